@@ -1,0 +1,686 @@
+//! The one settings model of clinvk, with a default for every field, and its loading:
+//! file (`config.yaml`, `config.yml` or `config.toml`), then `CLINVK_*` environment overrides,
+//! then command-line flags (applied by the caller), then validation.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The backends clinvk knows how to drive.
+pub const KNOWN_BACKENDS: [&str; 3] = ["claude", "codex", "gemini"];
+
+/// Everything configurable. Keys follow clinvk's documented `~/.clinvk/config.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub default_backend: String,
+    pub backends: BTreeMap<String, BackendSettings>,
+    pub unified_flags: UnifiedFlags,
+    pub session: SessionSettings,
+    pub output: OutputSettings,
+    pub parallel: ParallelSettings,
+    pub server: ServerSettings,
+    /// Model aliases for the OpenAI/Anthropic-compatible APIs: alias → `backend` or `backend/model`.
+    pub models: BTreeMap<String, String>,
+    pub log: LogSettings,
+    pub limits: LimitSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            default_backend: "claude".into(),
+            backends: KNOWN_BACKENDS
+                .iter()
+                .map(|b| (b.to_string(), BackendSettings::default()))
+                .collect(),
+            unified_flags: UnifiedFlags::default(),
+            session: SessionSettings::default(),
+            output: OutputSettings::default(),
+            parallel: ParallelSettings::default(),
+            server: ServerSettings::default(),
+            models: BTreeMap::new(),
+            log: LogSettings::default(),
+            limits: LimitSettings::default(),
+        }
+    }
+}
+
+/// Settings of one backend CLI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BackendSettings {
+    /// Executable name (looked up in PATH) or path; default: the backend's name.
+    pub command: Option<String>,
+    pub enabled: bool,
+    /// Default model; none = the CLI's own default.
+    pub model: Option<String>,
+    pub approval_mode: Option<String>,
+    pub sandbox_mode: Option<String>,
+    pub system_prompt: Option<String>,
+    pub allowed_tools: Vec<String>,
+    /// Flags always added to this backend's argv.
+    pub extra_flags: Vec<String>,
+    /// Flags a request's `extra` may add, in addition to the built-in allowlist.
+    pub allowed_extra_flags: Vec<String>,
+    /// Extra environment variables for the child process.
+    pub env: BTreeMap<String, String>,
+    /// Per-run timeout; default `server.request_timeout_secs`.
+    pub timeout_secs: Option<u64>,
+    /// Runs of this backend at once; default: only the global limit applies.
+    pub max_concurrent: Option<usize>,
+}
+
+impl Default for BackendSettings {
+    fn default() -> Self {
+        Self {
+            command: None,
+            enabled: true,
+            model: None,
+            approval_mode: None,
+            sandbox_mode: None,
+            system_prompt: None,
+            allowed_tools: Vec::new(),
+            extra_flags: Vec::new(),
+            allowed_extra_flags: Vec::new(),
+            env: BTreeMap::new(),
+            timeout_secs: None,
+            max_concurrent: None,
+        }
+    }
+}
+
+/// Options that apply to every backend unless a request says otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UnifiedFlags {
+    pub approval_mode: String,
+    pub sandbox_mode: String,
+    pub output_format: String,
+    pub verbose: bool,
+    pub dry_run: bool,
+    pub max_turns: Option<u32>,
+    pub max_tokens: Option<u32>,
+}
+
+impl Default for UnifiedFlags {
+    fn default() -> Self {
+        Self {
+            approval_mode: "default".into(),
+            sandbox_mode: "default".into(),
+            output_format: "default".into(),
+            verbose: false,
+            dry_run: false,
+            max_turns: None,
+            max_tokens: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SessionSettings {
+    /// Sessions unused for longer are deleted by a background task; 0 keeps them forever.
+    pub retention_days: u32,
+    pub default_tags: Vec<String>,
+    pub store_token_usage: bool,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            retention_days: 30,
+            default_tags: Vec::new(),
+            store_token_usage: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OutputSettings {
+    pub format: String,
+    pub show_tokens: bool,
+    pub show_timing: bool,
+    pub color: bool,
+}
+
+impl Default for OutputSettings {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            show_tokens: false,
+            show_timing: false,
+            color: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ParallelSettings {
+    pub max_workers: usize,
+    pub fail_fast: bool,
+    pub aggregate_output: bool,
+}
+
+impl Default for ParallelSettings {
+    fn default() -> Self {
+        Self {
+            max_workers: 3,
+            fail_fast: false,
+            aggregate_output: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub request_timeout_secs: u64,
+    pub read_timeout_secs: u64,
+    pub write_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+    /// How long in-flight runs may go on after a stop was asked for.
+    pub shutdown_grace_secs: u64,
+    pub api_keys_gopass_path: String,
+    pub rate_limit_enabled: bool,
+    pub rate_limit_rps: f64,
+    pub rate_limit_burst: u32,
+    pub trusted_proxies: Vec<String>,
+    pub max_request_body_bytes: u64,
+    pub cors_allowed_origins: Vec<String>,
+    pub cors_allow_credentials: bool,
+    pub cors_max_age: u64,
+    pub allowed_workdir_prefixes: Vec<String>,
+    /// Empty: a built-in list of system folders.
+    pub blocked_workdir_prefixes: Vec<String>,
+    pub metrics_enabled: bool,
+    pub metrics_require_auth: bool,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            request_timeout_secs: 300,
+            read_timeout_secs: 30,
+            write_timeout_secs: 300,
+            idle_timeout_secs: 120,
+            shutdown_grace_secs: 30,
+            api_keys_gopass_path: String::new(),
+            rate_limit_enabled: false,
+            rate_limit_rps: 10.0,
+            rate_limit_burst: 20,
+            trusted_proxies: Vec::new(),
+            max_request_body_bytes: 10 * 1024 * 1024,
+            cors_allowed_origins: vec![
+                "http://localhost".into(),
+                "http://127.0.0.1".into(),
+                "http://localhost:3000".into(),
+                "http://localhost:5173".into(),
+                "http://localhost:8080".into(),
+            ],
+            cors_allow_credentials: true,
+            cors_max_age: 300,
+            allowed_workdir_prefixes: Vec::new(),
+            blocked_workdir_prefixes: Vec::new(),
+            metrics_enabled: false,
+            metrics_require_auth: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogSettings {
+    /// Log to this file (rolled daily) instead of stderr.
+    pub file: Option<PathBuf>,
+    /// `error`, `warn`, `info`, `debug`, `trace` or a tracing filter; `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            file: None,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitSettings {
+    /// CLI processes running at once, all backends together.
+    pub max_concurrent: usize,
+    /// Runs waiting for a slot; beyond that a run is refused at once ("at capacity").
+    pub queue_size: usize,
+    /// How long a queued run waits for a slot before it is refused.
+    pub queue_timeout_secs: u64,
+    /// Seconds between SIGTERM and SIGKILL when a run is cancelled.
+    pub kill_grace_secs: u64,
+    /// Cap on one run's captured output (stdout), in bytes; the rest is dropped and noted.
+    pub max_output_bytes: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 8,
+            queue_size: 32,
+            queue_timeout_secs: 120,
+            kill_grace_secs: 2,
+            max_output_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// A configuration problem, with the file, key and line where known.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: key `{key}`: {message}")]
+    Parse {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("invalid environment variable {var}={value:?}: {message}")]
+    Env {
+        var: String,
+        value: String,
+        message: String,
+    },
+    #[error("invalid configuration{}: {key}: {message}", source_name.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default())]
+    Invalid {
+        source_name: Option<PathBuf>,
+        key: String,
+        message: String,
+    },
+}
+
+/// The result of loading: the settings, where they came from, and warnings (unknown keys).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub settings: Settings,
+    pub path: PathBuf,
+    pub file_found: bool,
+    pub warnings: Vec<String>,
+}
+
+/// Environment variables that are not `CLINVK_<SECTION>_<KEY>` overrides.
+const SPECIAL_ENV: [&str; 4] = ["CLINVK_HOME", "CLINVK_CONFIG", "CLINVK_API_KEYS", "CLINVK_TEST_CACHE"];
+
+/// Loads settings from `path` (must exist when `explicit`), then the environment `env`.
+pub fn load(
+    path: &Path,
+    explicit: bool,
+    env: &[(String, String)],
+) -> Result<Loaded, ConfigError> {
+    let mut warnings = Vec::new();
+    let (mut settings, file_found) = match std::fs::read_to_string(path) {
+        Ok(text) => (parse_text(path, &text, &mut warnings)?, true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            (Settings::default(), false)
+        }
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    settings = apply_env(settings, env, &mut warnings)?;
+    fill_backends(&mut settings);
+    validate(&settings, file_found.then_some(path))?;
+    Ok(Loaded {
+        settings,
+        path: path.to_path_buf(),
+        file_found,
+        warnings,
+    })
+}
+
+/// Parses the text of a config file (YAML, or TOML when the name ends in `.toml`).
+pub fn parse_text(
+    path: &Path,
+    text: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Settings, ConfigError> {
+    let parse_err = |key: String, message: String| ConfigError::Parse {
+        path: path.to_path_buf(),
+        key: if key.is_empty() || key == "." { "(top level)".into() } else { key },
+        message,
+    };
+    let mut unknown = Vec::new();
+    let mut on_unknown = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
+    let is_toml = path.extension().is_some_and(|e| e == "toml");
+    let result = if text.trim().is_empty()
+        || (!is_toml && text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---"))
+    {
+        Ok(Settings::default())
+    } else if is_toml {
+        let de = toml::de::Deserializer::parse(text).map_err(|e| parse_err(String::new(), e.to_string()))?;
+        let de = serde_ignored::Deserializer::new(de, &mut on_unknown);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            parse_err(key, e.into_inner().to_string().trim().replace('\n', " "))
+        })
+    } else {
+        let de = yaml_serde::Deserializer::from_str(text);
+        let de = serde_ignored::Deserializer::new(de, &mut on_unknown);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            parse_err(key, e.into_inner().to_string())
+        })
+    };
+    for key in unknown {
+        warnings.push(format!("{}: unknown key `{key}` ignored", path.display()));
+    }
+    result
+}
+
+/// Makes sure every known backend has an entry (a file that configures one keeps the others).
+fn fill_backends(s: &mut Settings) {
+    for b in KNOWN_BACKENDS {
+        s.backends.entry(b.to_string()).or_default();
+    }
+}
+
+/// Applies `CLINVK_<SECTION>_<KEY>=value` overrides, e.g. `CLINVK_SERVER_PORT=9000`,
+/// `CLINVK_BACKENDS_CLAUDE_MODEL=opus`, `CLINVK_DEFAULT_BACKEND=codex`.
+pub fn apply_env(
+    settings: Settings,
+    env: &[(String, String)],
+    warnings: &mut Vec<String>,
+) -> Result<Settings, ConfigError> {
+    let mut tree = serde_json::to_value(&settings).map_err(|e| ConfigError::Invalid {
+        source_name: None,
+        key: "(settings)".into(),
+        message: e.to_string(),
+    })?;
+    let mut touched = false;
+    for (var, value) in env {
+        let Some(rest) = var.strip_prefix("CLINVK_") else { continue };
+        if SPECIAL_ENV.contains(&var.as_str()) {
+            continue;
+        }
+        let name = rest.to_ascii_lowercase();
+        // CLINVK_API_KEYS_GOPASS_PATH is documented under this short name.
+        let name = if name == "api_keys_gopass_path" { "server_api_keys_gopass_path".to_string() } else { name };
+        let env_err = |message: String| ConfigError::Env {
+            var: var.clone(),
+            value: value.clone(),
+            message,
+        };
+        match set_by_env_name(&mut tree, &name, value) {
+            Ok(true) => touched = true,
+            Ok(false) => warnings.push(format!("environment variable {var} matches no config key; ignored")),
+            Err(m) => return Err(env_err(m)),
+        }
+    }
+    if !touched {
+        return Ok(settings);
+    }
+    serde_json::from_value(tree).map_err(|e| ConfigError::Invalid {
+        source_name: None,
+        key: "(environment)".into(),
+        message: e.to_string(),
+    })
+}
+
+/// Finds the key whose path, joined with `_`, equals `name`, and sets it from `raw`, keeping
+/// the type of the current value. Map sections (`backends`, `models`) accept new keys only for
+/// known backends.
+fn set_by_env_name(node: &mut serde_json::Value, name: &str, raw: &str) -> Result<bool, String> {
+    let serde_json::Value::Object(map) = node else { return Ok(false) };
+    let keys: Vec<String> = map.keys().cloned().collect();
+    for key in keys {
+        if name == key {
+            let slot = map.get_mut(&key).ok_or("internal: key vanished")?;
+            *slot = convert_env_value(slot, raw)?;
+            return Ok(true);
+        }
+        if let Some(rest) = name.strip_prefix(&format!("{key}_")) {
+            let child = map.get_mut(&key).ok_or("internal: key vanished")?;
+            if set_by_env_name(child, rest, raw)? {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+fn convert_env_value(current: &serde_json::Value, raw: &str) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    Ok(match current {
+        Value::Bool(_) => match raw.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Value::Bool(true),
+            "0" | "false" | "no" | "off" => Value::Bool(false),
+            _ => return Err("expected true or false".into()),
+        },
+        Value::Number(n) => {
+            let t = raw.trim();
+            if n.is_f64() {
+                let f: f64 = t.parse().map_err(|_| "expected a number".to_string())?;
+                serde_json::Number::from_f64(f).map(Value::Number).ok_or("expected a finite number")?
+            } else {
+                let i: u64 = t.parse().map_err(|_| "expected a whole number".to_string())?;
+                Value::Number(i.into())
+            }
+        }
+        Value::Array(_) => Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_string()))
+                .collect(),
+        ),
+        Value::Object(_) => serde_json::from_str(raw).map_err(|e| format!("expected a JSON object: {e}"))?,
+        Value::Null => match raw.trim().parse::<u64>() {
+            Ok(n) => Value::Number(n.into()),
+            Err(_) => Value::String(raw.to_string()),
+        },
+        Value::String(_) => Value::String(raw.to_string()),
+    })
+}
+
+const APPROVAL_MODES: [&str; 4] = ["default", "auto", "none", "always"];
+const SANDBOX_MODES: [&str; 4] = ["default", "read-only", "workspace", "full"];
+const OUTPUT_FORMATS: [&str; 4] = ["default", "text", "json", "stream-json"];
+
+/// Checks the values serde cannot check.
+pub fn validate(s: &Settings, source: Option<&Path>) -> Result<(), ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        source_name: source.map(Path::to_path_buf),
+        key: key.to_string(),
+        message,
+    };
+    if !s.backends.contains_key(&s.default_backend) {
+        return Err(invalid(
+            "default_backend",
+            format!("unknown backend {:?} (known: {})", s.default_backend, KNOWN_BACKENDS.join(", ")),
+        ));
+    }
+    for name in s.backends.keys() {
+        if !KNOWN_BACKENDS.contains(&name.as_str()) {
+            return Err(invalid(
+                &format!("backends.{name}"),
+                format!("unknown backend (known: {})", KNOWN_BACKENDS.join(", ")),
+            ));
+        }
+    }
+    let one_of = |key: &str, v: &str, allowed: &[&str]| {
+        if allowed.contains(&v) {
+            Ok(())
+        } else {
+            Err(invalid(key, format!("{v:?} is not one of {}", allowed.join(", "))))
+        }
+    };
+    one_of("unified_flags.approval_mode", &s.unified_flags.approval_mode, &APPROVAL_MODES)?;
+    one_of("unified_flags.sandbox_mode", &s.unified_flags.sandbox_mode, &SANDBOX_MODES)?;
+    one_of("unified_flags.output_format", &s.unified_flags.output_format, &OUTPUT_FORMATS)?;
+    for (name, b) in &s.backends {
+        if let Some(m) = &b.approval_mode {
+            one_of(&format!("backends.{name}.approval_mode"), m, &APPROVAL_MODES)?;
+        }
+        if let Some(m) = &b.sandbox_mode {
+            one_of(&format!("backends.{name}.sandbox_mode"), m, &SANDBOX_MODES)?;
+        }
+        if b.max_concurrent == Some(0) {
+            return Err(invalid(&format!("backends.{name}.max_concurrent"), "must be at least 1".into()));
+        }
+        if b.timeout_secs == Some(0) {
+            return Err(invalid(&format!("backends.{name}.timeout_secs"), "must be at least 1".into()));
+        }
+    }
+    if s.server.host.parse::<std::net::IpAddr>().is_err() && s.server.host != "localhost" {
+        return Err(invalid("server.host", format!("{:?} is not an IP address", s.server.host)));
+    }
+    if s.server.rate_limit_enabled && (s.server.rate_limit_rps.is_nan() || s.server.rate_limit_rps <= 0.0) {
+        return Err(invalid("server.rate_limit_rps", "must be greater than 0".into()));
+    }
+    if s.server.rate_limit_enabled && s.server.rate_limit_burst == 0 {
+        return Err(invalid("server.rate_limit_burst", "must be at least 1".into()));
+    }
+    if s.server.request_timeout_secs == 0 {
+        return Err(invalid("server.request_timeout_secs", "must be at least 1".into()));
+    }
+    if s.server.max_request_body_bytes == 0 {
+        return Err(invalid("server.max_request_body_bytes", "must be at least 1".into()));
+    }
+    if s.parallel.max_workers == 0 {
+        return Err(invalid("parallel.max_workers", "must be at least 1".into()));
+    }
+    if s.limits.max_concurrent == 0 {
+        return Err(invalid("limits.max_concurrent", "must be at least 1".into()));
+    }
+    for (alias, target) in &s.models {
+        let backend = target.split('/').next().unwrap_or_default();
+        if !KNOWN_BACKENDS.contains(&backend) {
+            return Err(invalid(
+                &format!("models.{alias}"),
+                format!("{target:?} must be `backend` or `backend/model` with a known backend"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn defaults_when_file_missing() {
+        let d = tempfile::tempdir().unwrap();
+        let l = load(&d.path().join("config.yaml"), false, &[]).unwrap();
+        assert!(!l.file_found);
+        assert_eq!(l.settings.server.port, 8080);
+        assert_eq!(l.settings.server.host, "127.0.0.1");
+        assert_eq!(l.settings.backends.len(), 3);
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let e = load(&d.path().join("nope.yaml"), true, &[]).unwrap_err();
+        assert!(e.to_string().contains("nope.yaml"), "{e}");
+    }
+
+    #[test]
+    fn yaml_values_and_unknown_key_warning() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "config.yaml",
+            "default_backend: codex\nbogus: 1\nserver:\n  port: 9001\nbackends:\n  claude:\n    model: opus\n",
+        );
+        let l = load(&p, true, &[]).unwrap();
+        assert_eq!(l.settings.default_backend, "codex");
+        assert_eq!(l.settings.server.port, 9001);
+        assert_eq!(l.settings.backends["claude"].model.as_deref(), Some("opus"));
+        assert!(l.settings.backends.contains_key("gemini"), "other backends kept");
+        assert!(l.warnings.iter().any(|w| w.contains("bogus")), "{:?}", l.warnings);
+    }
+
+    #[test]
+    fn bad_type_names_file_key_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "config.yaml", "# comment\nserver:\n  host: 127.0.0.1\n  port: lots\n");
+        let e = load(&p, true, &[]).unwrap_err().to_string();
+        assert!(e.contains("config.yaml"), "{e}");
+        assert!(e.contains("server.port"), "{e}");
+        assert!(e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn toml_is_accepted() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "config.toml", "[server]\nport = 9100\n");
+        assert_eq!(load(&p, true, &[]).unwrap().settings.server.port, 9100);
+        let p = write(d.path(), "bad.toml", "[server]\nport = \"x\"\n");
+        let e = load(&p, true, &[]).unwrap_err().to_string();
+        assert!(e.contains("server.port") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides() {
+        let d = tempfile::tempdir().unwrap();
+        let env = vec![
+            ("CLINVK_SERVER_PORT".to_string(), "9000".to_string()),
+            ("CLINVK_SERVER_RATE_LIMIT_ENABLED".to_string(), "true".to_string()),
+            ("CLINVK_BACKENDS_CLAUDE_MODEL".to_string(), "sonnet".to_string()),
+            ("CLINVK_DEFAULT_BACKEND".to_string(), "gemini".to_string()),
+            ("CLINVK_SERVER_TRUSTED_PROXIES".to_string(), "10.0.0.1, 10.0.0.2".to_string()),
+            ("CLINVK_NOTHING_HERE".to_string(), "1".to_string()),
+            ("CLINVK_HOME".to_string(), "/x".to_string()),
+        ];
+        let l = load(&d.path().join("c.yaml"), false, &env).unwrap();
+        assert_eq!(l.settings.server.port, 9000);
+        assert!(l.settings.server.rate_limit_enabled);
+        assert_eq!(l.settings.backends["claude"].model.as_deref(), Some("sonnet"));
+        assert_eq!(l.settings.default_backend, "gemini");
+        assert_eq!(l.settings.server.trusted_proxies, vec!["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
+        let bad = vec![("CLINVK_SERVER_PORT".to_string(), "high".to_string())];
+        let e = load(&d.path().join("c.yaml"), false, &bad).unwrap_err().to_string();
+        assert!(e.contains("CLINVK_SERVER_PORT"), "{e}");
+    }
+
+    #[test]
+    fn validation() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "config.yaml", "default_backend: nope\n");
+        assert!(load(&p, true, &[]).unwrap_err().to_string().contains("default_backend"));
+        let p = write(d.path(), "c2.yaml", "unified_flags:\n  approval_mode: sometimes\n");
+        assert!(load(&p, true, &[]).unwrap_err().to_string().contains("approval_mode"));
+        let p = write(d.path(), "c3.yaml", "models:\n  fast: nobody/x\n");
+        assert!(load(&p, true, &[]).unwrap_err().to_string().contains("models.fast"));
+    }
+
+    #[test]
+    fn empty_or_comment_only_file_gives_defaults() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "config.yaml", "# nothing yet\n");
+        assert_eq!(load(&p, true, &[]).unwrap().settings, {
+            let mut s = Settings::default();
+            fill_backends(&mut s);
+            s
+        });
+    }
+}

@@ -1,0 +1,178 @@
+//! The folders and files clinvk uses. Every path derives from `CLINVK_HOME`, or from `HOME`
+//! (and `XDG_RUNTIME_DIR`), so a daemon started with another `HOME` is fully isolated.
+
+use std::path::{Path, PathBuf};
+
+/// Where one clinvk installation keeps its state, config, sockets and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// The state folder: `$CLINVK_HOME`, else `~/.clinvk`.
+    pub state_dir: PathBuf,
+    /// The private runtime folder holding the control socket and the pid file.
+    pub runtime_dir: PathBuf,
+}
+
+/// Errors finding the folders.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    #[error("cannot find the home folder: set HOME or CLINVK_HOME")]
+    NoHome,
+}
+
+impl Paths {
+    /// Resolves the folders from the process environment.
+    pub fn from_env() -> Result<Self, PathError> {
+        Self::resolve(|k| std::env::var_os(k))
+    }
+
+    /// Resolves the folders from an environment lookup (testable without touching the process).
+    pub fn resolve(get: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<Self, PathError> {
+        let non_empty = |k: &str| get(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        if let Some(home) = non_empty("CLINVK_HOME") {
+            // An explicit state folder owns its runtime folder too, so two CLINVK_HOMEs never
+            // share a socket even when XDG_RUNTIME_DIR is set.
+            return Ok(Self::under(home));
+        }
+        let home = non_empty("HOME")
+            .or_else(|| directories::BaseDirs::new().map(|b| b.home_dir().to_path_buf()))
+            .ok_or(PathError::NoHome)?;
+        let state_dir = home.join(".clinvk");
+        let runtime_dir = match non_empty("XDG_RUNTIME_DIR") {
+            Some(xdg) => xdg.join("clinvk"),
+            None => state_dir.join("run"),
+        };
+        Ok(Self {
+            state_dir,
+            runtime_dir,
+        })
+    }
+
+    /// All folders under one state folder (used for `CLINVK_HOME` and by tests).
+    pub fn under(state_dir: impl Into<PathBuf>) -> Self {
+        let state_dir = state_dir.into();
+        Self {
+            runtime_dir: state_dir.join("run"),
+            state_dir,
+        }
+    }
+
+    /// The control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.runtime_dir.join("clinvkd.sock")
+    }
+
+    /// The pid file, locked by the running daemon.
+    pub fn pid_file(&self) -> PathBuf {
+        self.runtime_dir.join("clinvkd.pid")
+    }
+
+    /// Default folder of log files.
+    pub fn log_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+
+    /// One JSON file per session.
+    pub fn sessions_dir(&self) -> PathBuf {
+        self.state_dir.join("sessions")
+    }
+
+    /// The daemon's own API key store.
+    pub fn keys_file(&self) -> PathBuf {
+        self.state_dir.join("keys.json")
+    }
+
+    /// The config file to read: the first of `config.yaml`, `config.yml`, `config.toml` that
+    /// exists, else `config.yaml` (which may not exist: defaults apply).
+    pub fn default_config_file(&self) -> PathBuf {
+        for name in ["config.yaml", "config.yml", "config.toml"] {
+            let p = self.state_dir.join(name);
+            if p.exists() {
+                return p;
+            }
+        }
+        self.state_dir.join("config.yaml")
+    }
+}
+
+/// Creates a folder (and parents) and makes it private to its user (0700).
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Writes a file atomically (temp file in the same folder, fsync, rename) and privately (0600).
+pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+        let map: std::collections::HashMap<String, OsString> =
+            pairs.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn clinvk_home_wins_and_owns_runtime_dir() {
+        let p = Paths::resolve(env(&[("CLINVK_HOME", "/s"), ("HOME", "/h"), ("XDG_RUNTIME_DIR", "/r")]))
+            .unwrap();
+        assert_eq!(p.state_dir, PathBuf::from("/s"));
+        assert_eq!(p.socket(), PathBuf::from("/s/run/clinvkd.sock"));
+    }
+
+    #[test]
+    fn home_and_xdg_runtime() {
+        let p = Paths::resolve(env(&[("HOME", "/h"), ("XDG_RUNTIME_DIR", "/r")])).unwrap();
+        assert_eq!(p.state_dir, PathBuf::from("/h/.clinvk"));
+        assert_eq!(p.runtime_dir, PathBuf::from("/r/clinvk"));
+        let p = Paths::resolve(env(&[("HOME", "/h")])).unwrap();
+        assert_eq!(p.runtime_dir, PathBuf::from("/h/.clinvk/run"));
+    }
+
+    #[test]
+    fn atomic_write_is_private() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("x.json");
+        write_private_atomic(&f, b"{}").unwrap();
+        write_private_atomic(&f, b"{\"a\":1}").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"{\"a\":1}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "no temp file left");
+    }
+}

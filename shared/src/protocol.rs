@@ -1,0 +1,264 @@
+//! The control protocol between the daemon and its clients, spoken over the local socket.
+//!
+//! Frames are length-delimited JSON: a 4-byte big-endian length, then that many bytes of JSON.
+//! A connection starts with a handshake (`ClientFrame::Hello` → `ServerFrame::Welcome`, or
+//! `ServerFrame::Error` when the versions do not match), then the client sends one
+//! `ClientFrame::Request`. The daemon answers with one `Reply`, or — for streaming requests —
+//! with `Event` frames closed by `End` (or `Error`). Closing the connection cancels a streaming
+//! request (a running prompt is cancelled in the daemon).
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Bumped when frames change incompatibly.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame either side accepts.
+pub const MAX_FRAME_BYTES: usize = 32 * 1024 * 1024;
+/// How long the daemon waits for a client's `Hello`.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+
+/// A frame sent by a client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "frame", content = "body", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Hello(Hello),
+    Request(Request),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u32,
+    /// e.g. `clinvkctl 0.1.0`
+    pub client: String,
+}
+
+/// A frame sent by the daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "frame", content = "body", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Welcome(Welcome),
+    Reply(Reply),
+    /// One event of a streaming answer; the shape depends on the request.
+    Event(serde_json::Value),
+    /// The end of a streaming answer, with its final value (if any).
+    End(serde_json::Value),
+    Error(ErrorBody),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol: u32,
+    pub daemon_version: String,
+    pub pid: u32,
+}
+
+/// An error answer: a machine code and a message for people.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What a client can ask.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", content = "args", rename_all = "snake_case")]
+pub enum Request {
+    /// The daemon's state (`Reply::Status`).
+    Status,
+    /// Re-read the configuration; an invalid one is refused and the running one stays.
+    Reload,
+    /// Stop the daemon (graceful drain).
+    Stop,
+    /// Stream request and log events (`Event` frames of `AttachEvent`) until the client leaves.
+    Attach,
+    /// Call one core operation by its native-API name with a JSON body (as `/api/v1/<op>` takes).
+    /// Answers `Reply::Json`, or, for streaming operations, `Event` frames then `End`.
+    Call { op: String, body: serde_json::Value },
+}
+
+/// A one-shot answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
+pub enum Reply {
+    Status(Box<StatusInfo>),
+    Reloaded { changed: Vec<String>, warnings: Vec<String> },
+    Stopping,
+    Json(serde_json::Value),
+}
+
+/// What `clinvkctl status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct StatusInfo {
+    pub pid: u32,
+    pub version: String,
+    pub uptime_ms: u64,
+    pub started_at: String,
+    /// e.g. `http://127.0.0.1:8080`
+    pub http_url: String,
+    pub http_addr: String,
+    pub config_path: String,
+    pub config_loaded_from_file: bool,
+    pub state_dir: String,
+    pub socket_path: String,
+    pub socket_activated: bool,
+    pub draining: bool,
+    pub reloads: u64,
+    /// A digest of interesting config values, so a reload is visible.
+    pub config_summary: serde_json::Value,
+    pub requests_total: u64,
+    pub requests_in_flight: u64,
+    pub sessions: u64,
+    pub runs: Vec<RunInfo>,
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One running (or queued) CLI run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunInfo {
+    pub id: String,
+    pub backend: String,
+    pub pid: Option<u32>,
+    pub age_ms: u64,
+    /// `queued`, `running`, `cancelling`
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackendStatus {
+    pub name: String,
+    pub enabled: bool,
+    pub available: bool,
+    pub version: Option<String>,
+    pub command: String,
+    pub path: Option<String>,
+    pub message: Option<String>,
+    pub default_model: Option<String>,
+}
+
+/// What `clinvk serve` shows while attached.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AttachEvent {
+    Request {
+        time: String,
+        request_id: String,
+        method: String,
+        path: String,
+        status: u16,
+        duration_ms: u64,
+    },
+    Log {
+        time: String,
+        level: String,
+        message: String,
+    },
+    /// The daemon is going away (stop or drain); the client should expect EOF.
+    Stopping { reason: String },
+}
+
+/// Frame codec errors.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error("frame of {0} bytes is larger than the {MAX_FRAME_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one frame. `Ok(None)` on a clean EOF before any byte of a frame.
+pub async fn read_frame<R, T>(r: &mut R) -> Result<Option<T>, FrameError>
+where
+    R: AsyncRead + Unpin,
+    T: serde::de::DeserializeOwned,
+{
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameError::Closed
+        } else {
+            FrameError::Io(e)
+        }
+    })?;
+    Ok(Some(serde_json::from_slice(&buf)?))
+}
+
+/// Writes one frame and flushes it.
+pub async fn write_frame<W, T>(w: &mut W, value: &T) -> Result<(), FrameError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let bytes = serde_json::to_vec(value)?;
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(bytes.len()));
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 4);
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(&bytes);
+    w.write_all(&out).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn roundtrip_and_limits() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        write_frame(&mut a, &ClientFrame::Request(Request::Status)).await.unwrap();
+        let got: ClientFrame = read_frame(&mut b).await.unwrap().unwrap();
+        assert!(matches!(got, ClientFrame::Request(Request::Status)));
+
+        // An oversized length prefix is refused without allocating it.
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let e = read_frame::<_, ClientFrame>(&mut b).await.unwrap_err();
+        assert!(matches!(e, FrameError::TooLarge(_)));
+
+        // Garbage JSON is a malformed frame.
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(&5u32.to_be_bytes()).await.unwrap();
+        a.write_all(b"nope!").await.unwrap();
+        assert!(matches!(read_frame::<_, ClientFrame>(&mut b).await.unwrap_err(), FrameError::Malformed(_)));
+
+        // Clean EOF.
+        drop(a);
+        assert!(read_frame::<_, ClientFrame>(&mut b).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn wire_shape_is_stable() {
+        let v = serde_json::to_value(ClientFrame::Request(Request::Call {
+            op: "prompt".into(),
+            body: serde_json::json!({"prompt": "hi"}),
+        }))
+        .unwrap();
+        assert_eq!(v["frame"], "request");
+        assert_eq!(v["body"]["op"], "call");
+        assert_eq!(v["body"]["args"]["op"], "prompt");
+    }
+}

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Point the real CLIs (claude, codex, gemini) at the fake model server.
+
+Given a HOME folder and the fake server's port, :func:`prepare_home` writes the
+config files each CLI needs and :func:`cli_env` returns the environment to run
+them with.  Everything works through HOME + environment alone, so a daemon
+started with that environment passes it on to the CLIs unchanged.
+
+As a program::
+
+    python3 tests/fakemodel/cli_env.py --home DIR --port P --print-env
+
+writes the files and prints ``export NAME='value'`` lines (``eval`` them).
+``--json`` prints the variables as one JSON object instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# The codex model provider reads its API key from this variable.
+CODEX_KEY_VAR = "CLINVK_FAKE_OPENAI_API_KEY"
+FAKE_KEYS = {
+    "ANTHROPIC_API_KEY": "sk-ant-fake-key",
+    CODEX_KEY_VAR: "sk-fake-openai-key",
+    "GEMINI_API_KEY": "fake-gemini-key",
+}
+# Variables from the caller's environment that would point a CLI somewhere
+# else (another account, another config folder, another endpoint).
+LEAKY_VARS = (
+    "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_MODEL", "ANTHROPIC_SMALL_FAST_MODEL",
+    "ANTHROPIC_DEFAULT_HAIKU_MODEL", "ANTHROPIC_DEFAULT_SONNET_MODEL", "ANTHROPIC_DEFAULT_OPUS_MODEL",
+    "CLAUDE_CONFIG_DIR", "CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX",
+    "CLAUDE_CODE_OAUTH_TOKEN", "CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_CODE_SSE_PORT",
+    "OPENAI_API_KEY", "OPENAI_BASE_URL", "CODEX_API_KEY",
+    "CODEX_SANDBOX", "CODEX_SANDBOX_NETWORK_DISABLED", "CODEX_THREAD_ID",
+    "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_GCA", "GOOGLE_CLOUD_PROJECT",
+    "GOOGLE_CLOUD_LOCATION", "GOOGLE_APPLICATION_CREDENTIALS", "GEMINI_MODEL",
+    "GEMINI_CLI_HOME", "GEMINI_SYSTEM_MD", "GEMINI_CLI_SYSTEM_SETTINGS_PATH",
+    "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME",
+)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CLINVK_TEST_CACHE") or REPO_ROOT / ".test-cache")
+
+
+def npm_bin_dir(cache: Path | None = None) -> Path:
+    return (cache or cache_dir()) / "npm" / "node_modules" / ".bin"
+
+
+def base_url(port: int) -> str:
+    return f"http://127.0.0.1:{int(port)}"
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def codex_config(port: int) -> str:
+    return f"""\
+# written by tests/fakemodel/cli_env.py: codex talks to the fake model server
+model = "fake-model"
+model_provider = "fake"
+check_for_update_on_startup = false
+
+[model_providers.fake]
+name = "fake"
+base_url = "{base_url(port)}/v1"
+wire_api = "responses"
+env_key = "{CODEX_KEY_VAR}"
+request_max_retries = 0
+stream_max_retries = 0
+
+[analytics]
+enabled = false
+
+[feedback]
+enabled = false
+"""
+
+
+def gemini_settings() -> dict:
+    return {
+        "security": {"auth": {"selectedType": "gemini-api-key"}},
+        "privacy": {"usageStatisticsEnabled": False},
+        "telemetry": {"enabled": False},
+        "general": {"disableAutoUpdate": True, "disableUpdateNag": True},
+    }
+
+
+def claude_state() -> dict:
+    # ~/.claude.json: onboarding done, so nothing interactive is ever asked.
+    return {
+        "hasCompletedOnboarding": True,
+        "lastOnboardingVersion": "2.1.328",
+        "bypassPermissionsModeAccepted": True,
+        "autoUpdates": False,
+    }
+
+
+def prepare_home(home: str | os.PathLike, port: int) -> Path:
+    """Write every CLI's config under ``home`` (created if missing)."""
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    _write(home / ".codex" / "config.toml", codex_config(port))
+    _write(home / ".gemini" / "settings.json", json.dumps(gemini_settings(), indent=2) + "\n")
+    claude_json = home / ".claude.json"
+    state = claude_state()
+    if claude_json.exists():  # keep what claude itself recorded
+        try:
+            state = {**json.loads(claude_json.read_text()), **state}
+        except ValueError:
+            pass
+    _write(claude_json, json.dumps(state, indent=2) + "\n")
+    (home / ".claude").mkdir(exist_ok=True)
+    return home
+
+
+def cli_env(home: str | os.PathLike, port: int, cache: Path | None = None) -> dict[str, str]:
+    """The variables to set (on top of the caller's environment)."""
+    home = Path(home)
+    url = base_url(port)
+    bin_dir = npm_bin_dir(cache)
+    return {
+        "HOME": str(home),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+        # claude
+        "ANTHROPIC_BASE_URL": url,
+        "ANTHROPIC_API_KEY": FAKE_KEYS["ANTHROPIC_API_KEY"],
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        # codex
+        "CODEX_HOME": str(home / ".codex"),
+        CODEX_KEY_VAR: FAKE_KEYS[CODEX_KEY_VAR],
+        # gemini
+        "GEMINI_API_KEY": FAKE_KEYS["GEMINI_API_KEY"],
+        "GOOGLE_GEMINI_BASE_URL": url,
+        "GEMINI_CLI_TRUST_WORKSPACE": "true",
+    }
+
+
+def full_env(home, port, cache: Path | None = None, base: dict | None = None) -> dict[str, str]:
+    """``base`` (default: os.environ) minus leaky variables, plus :func:`cli_env`."""
+    env = dict(os.environ if base is None else base)
+    for name in LEAKY_VARS:
+        env.pop(name, None)
+    env.update(cli_env(home, port, cache))
+    return env
+
+
+def setup(home, port, cache: Path | None = None, base: dict | None = None) -> dict[str, str]:
+    """prepare_home + full_env in one call."""
+    prepare_home(home, port)
+    return full_env(home, port, cache, base)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Write CLI configs for the fake model server.")
+    ap.add_argument("--home", required=True)
+    ap.add_argument("--port", required=True, type=int)
+    ap.add_argument("--cache", help="test cache folder (default: $CLINVK_TEST_CACHE or .test-cache)")
+    ap.add_argument("--print-env", action="store_true", help="print export lines")
+    ap.add_argument("--json", action="store_true", help="print the variables as JSON")
+    args = ap.parse_args(argv)
+    cache = Path(args.cache) if args.cache else None
+    prepare_home(args.home, args.port)
+    env = cli_env(os.path.abspath(args.home), args.port, cache)
+    if args.json:
+        print(json.dumps({"set": env, "unset": list(LEAKY_VARS)}, indent=2))
+    elif args.print_env:
+        for name in LEAKY_VARS:
+            print(f"unset {name}")
+        for k, v in env.items():
+            print(f"export {k}={shlex.quote(v)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

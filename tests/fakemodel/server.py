@@ -1,0 +1,645 @@
+#!/usr/bin/env python3
+"""Fake model server for clinvk's tests (standard library only).
+
+Speaks the three wire protocols that the real CLIs use once their model API is
+redirected to loopback:
+
+* Anthropic Messages  ``POST /v1/messages[?beta=true]``  (claude), plus
+  ``POST /v1/messages/count_tokens`` and ``GET /v1/models``
+* OpenAI Responses    ``POST /v1/responses``             (codex), plus ``GET /v1/models``
+* Gemini              ``POST /v1beta/models/{M}:streamGenerateContent?alt=sse``,
+  ``:generateContent``, ``:countTokens``                  (gemini)
+
+The reply text is derived from the request (see README.md beside this file):
+
+    fake-reply turns=<N> last=<last user words, first 60 chars>[ sys=<…>][ w1 … wN]
+
+and is streamed word by word.  Test control endpoints live under ``/_fake/``.
+
+Usage: ``python3 server.py --port 0 --port-file PATH`` writes the chosen port to
+PATH (atomically) once listening and serves until killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+# Context the CLIs inject into user messages; removed before counting turns and
+# extracting the user's last words.
+INJECTED_BLOCK_RE = re.compile(
+    r"<(system-reminder|environment_context|session_context|user_instructions|"
+    r"turn_aborted|user_shell_command|INSTRUCTIONS|permissions instructions)\b[^>]*>"
+    r".*?</\1>",
+    re.S,
+)
+# Whole user items that are injected context rather than something the user typed.
+INJECTED_PREFIXES = ("# AGENTS.md instructions", "<environment_context", "<user_instructions")
+
+MAGIC_RE = re.compile(r"\[\[(slow|slowstart|error|error5xx|hang|long)(?::(\d+))?\]\]")
+SYSTEM_MARKER = "SYSMARK"
+DEFAULT_DELAY_MS = 400
+MODES = ("normal", "slow", "slowstart", "error", "error5xx", "hang")
+
+
+def _clean(text: str) -> str:
+    return INJECTED_BLOCK_RE.sub("", text).strip()
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------
+# Request analysis, one function per protocol.  Each returns a dict with
+# raw_user_texts (the text of every user message as received), user_texts (the
+# cleaned text of each real user turn) and system (the system prompt text).
+
+
+def _anthropic_text(content) -> tuple[str, bool]:
+    """Text of a message's content and whether it had any non-tool text."""
+    if isinstance(content, str):
+        return content, True
+    parts = []
+    for block in content or []:
+        if isinstance(block, dict) and block.get("type") == "text":
+            parts.append(block.get("text", ""))
+    return "\n".join(parts), bool(parts)
+
+
+def analyze_anthropic(body: dict) -> dict:
+    raw, turns = [], []
+    for msg in body.get("messages") or []:
+        if msg.get("role") != "user":
+            continue
+        text, has_text = _anthropic_text(msg.get("content"))
+        if not has_text:
+            continue  # tool results only
+        raw.append(text)
+        cleaned = _clean(text)
+        if cleaned:
+            turns.append(cleaned)
+    system = body.get("system")
+    if isinstance(system, list):
+        system = "\n".join(b.get("text", "") for b in system if isinstance(b, dict))
+    return {"raw_user_texts": raw, "user_texts": turns, "system": system or ""}
+
+
+def _responses_text(content) -> str:
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content or []:
+        if isinstance(part, dict) and part.get("type") in ("input_text", "text", "output_text"):
+            parts.append(part.get("text", ""))
+    return "\n".join(parts)
+
+
+def analyze_responses(body: dict) -> dict:
+    raw, turns, system = [], [], [body.get("instructions") or ""]
+    items = body.get("input")
+    if isinstance(items, str):
+        items = [{"type": "message", "role": "user", "content": items}]
+    for item in items or []:
+        if not isinstance(item, dict) or item.get("type", "message") != "message":
+            continue
+        role = item.get("role")
+        text = _responses_text(item.get("content"))
+        if role in ("system", "developer"):
+            system.append(text)
+        elif role == "user":
+            raw.append(text)
+            if text.lstrip().startswith(INJECTED_PREFIXES):
+                continue
+            cleaned = _clean(text)
+            if cleaned:
+                turns.append(cleaned)
+    return {"raw_user_texts": raw, "user_texts": turns, "system": "\n".join(s for s in system if s)}
+
+
+def _gemini_parts_text(parts) -> tuple[str, bool]:
+    texts = [p.get("text", "") for p in parts or [] if isinstance(p, dict) and "text" in p]
+    return "\n".join(texts), bool(texts)
+
+
+def analyze_gemini(body: dict) -> dict:
+    raw, turns = [], []
+    for content in body.get("contents") or []:
+        if content.get("role", "user") != "user":
+            continue
+        text, has_text = _gemini_parts_text(content.get("parts"))
+        if not has_text:
+            continue  # function responses only
+        raw.append(text)
+        cleaned = _clean(text)
+        if cleaned:
+            turns.append(cleaned)
+    si = body.get("systemInstruction") or body.get("system_instruction") or ""
+    if isinstance(si, dict):
+        si = _gemini_parts_text(si.get("parts"))[0]
+    elif isinstance(si, list):
+        si = "\n".join(_gemini_parts_text(c.get("parts"))[0] if isinstance(c, dict) else str(c) for c in si)
+    return {"raw_user_texts": raw, "user_texts": turns, "system": si or ""}
+
+
+def reply_text(info: dict, long_words: int = 0) -> str:
+    turns = info["user_texts"]
+    last = _squash(turns[-1])[:60] if turns else ""
+    text = f"fake-reply turns={len(turns)} last={last}".rstrip()
+    for line in info["system"].splitlines():
+        if SYSTEM_MARKER in line:
+            text += " sys=" + line.strip()[:30]
+            break
+    if long_words > 0:
+        text += " " + " ".join(f"w{i}" for i in range(1, long_words + 1))
+    return text
+
+
+def split_deltas(text: str) -> list[str]:
+    """Word-by-word deltas whose concatenation is exactly ``text``."""
+    pieces = re.findall(r"\S+\s*", text)
+    if not pieces:
+        return [text]
+    lead = text[: len(text) - len(text.lstrip())]
+    pieces[0] = lead + pieces[0]
+    return pieces
+
+
+def _fill_schema(schema: dict, name: str = "") -> object:
+    """A small value that satisfies a JSON schema (for gemini's utility calls)."""
+    if not isinstance(schema, dict):
+        return "fake"
+    if schema.get("enum"):
+        return schema["enum"][0]
+    typ = str(schema.get("type", "string")).lower()
+    if typ == "object":
+        props = schema.get("properties") or {}
+        keys = schema.get("required") or list(props)
+        return {k: _fill_schema(props.get(k, {}), k) for k in keys}
+    if typ == "array":
+        return []
+    if typ in ("integer", "number"):
+        if "confidence" in name:
+            return 0
+        return schema.get("minimum", 1)
+    if typ == "boolean":
+        return False
+    return "fake " + (name or "value")
+
+
+# --------------------------------------------------------------------------
+
+
+class State:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: list[dict] = []
+        self.others: list[dict] = []
+        self.scenario = {"mode": "normal", "delay_ms": DEFAULT_DELAY_MS}
+        self.stopping = threading.Event()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "fakemodel/1"
+    state: State  # set on the class by main()
+
+    # -- plumbing ----------------------------------------------------------
+
+    def log_message(self, fmt, *args):  # noqa: D401 - quiet unless asked
+        if self.server.verbose:  # type: ignore[attr-defined]
+            sys.stderr.write("fakemodel: " + (fmt % args) + "\n")
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        else:
+            data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        enc = (self.headers.get("Content-Encoding") or "").lower()
+        if enc == "gzip":
+            data = gzip.decompress(data)
+        elif enc == "deflate":
+            data = zlib.decompress(data)
+        return data
+
+    def _send_json(self, status: int, obj, extra_headers=None) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("request-id", "req_fake_" + uuid.uuid4().hex[:12])
+        for k, v in (extra_headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def _start_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("request-id", "req_fake_" + uuid.uuid4().hex[:12])
+        self.end_headers()
+
+    def _chunk(self, data: str) -> None:
+        raw = data.encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw))
+        self.wfile.flush()
+
+    def _end_stream(self) -> None:
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _hold(self) -> None:
+        """Keep the connection open, answering nothing, until the client leaves."""
+        self.close_connection = True
+        sock = self.connection
+        while not self.state.stopping.is_set():
+            ready, _, _ = select.select([sock], [], [], 0.5)
+            if ready:
+                try:
+                    if not sock.recv(1, socket.MSG_PEEK):
+                        return
+                except OSError:
+                    return
+                time.sleep(0.5)
+
+    def _record_other(self, method: str, body: bytes) -> None:
+        with self.state.lock:
+            self.state.others.append(
+                {"method": method, "path": self.path, "time": time.time(),
+                 "headers": dict(self.headers.items()), "body_bytes": len(body)}
+            )
+
+    # -- dispatch ------------------------------------------------------------
+
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def do_HEAD(self):
+        self._dispatch("HEAD")
+
+    def do_PUT(self):
+        self._dispatch("PUT")
+
+    def do_DELETE(self):
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        try:
+            body = self._read_body() if method in ("POST", "PUT") else b""
+            url = urlsplit(self.path)
+            path = url.path
+            query = parse_qs(url.query)
+            if path.startswith("/_fake/"):
+                return self._control(method, path, body)
+            if method == "POST" and path in ("/v1/messages", "/messages"):
+                return self._model_call("anthropic", path, query, body)
+            if method == "POST" and path in ("/v1/responses", "/responses"):
+                return self._model_call("responses", path, query, body)
+            m = re.fullmatch(r"/(v1beta|v1|v1alpha)/models/([^/:]+):(\w+)", path)
+            if method == "POST" and m:
+                if m.group(3) in ("streamGenerateContent", "generateContent"):
+                    return self._model_call("gemini", path, query, body, gemini_model=m.group(2),
+                                            gemini_stream=m.group(3) == "streamGenerateContent")
+                self._record_other(method, body)
+                if m.group(3) == "countTokens":
+                    return self._send_json(200, {"totalTokens": max(1, len(body) // 4)})
+                if m.group(3) == "embedContent":
+                    return self._send_json(200, {"embedding": {"values": [0.0] * 8}})
+                if m.group(3) == "batchEmbedContents":
+                    n = len((json.loads(body or b"{}")).get("requests") or [])
+                    return self._send_json(200, {"embeddings": [{"values": [0.0] * 8}] * n})
+            self._record_other(method, body)
+            if method == "POST" and path in ("/v1/messages/count_tokens", "/messages/count_tokens"):
+                return self._send_json(200, {"input_tokens": max(1, len(body) // 4)})
+            if method == "GET" and path in ("/v1/models", "/models"):
+                return self._send_json(200, {
+                    "object": "list",
+                    "data": [{"id": "fake-model", "object": "model", "type": "model",
+                              "created": 0, "created_at": "2025-01-01T00:00:00Z",
+                              "display_name": "Fake Model", "owned_by": "fakemodel"}],
+                    "models": [],
+                    "has_more": False, "first_id": "fake-model", "last_id": "fake-model",
+                })
+            if method == "HEAD" or path == "/":
+                return self._send_json(200, {"ok": True})
+            self._send_json(404, {"error": {"type": "not_found_error", "code": 404,
+                                            "message": f"fakemodel: no route for {method} {path}"},
+                                  "type": "error"})
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _control(self, method: str, path: str, body: bytes) -> None:
+        st = self.state
+        if path == "/_fake/requests" and method == "GET":
+            with st.lock:
+                return self._send_json(200, list(st.requests))
+        if path == "/_fake/other" and method == "GET":
+            with st.lock:
+                return self._send_json(200, list(st.others))
+        if path == "/_fake/reset" and method == "POST":
+            with st.lock:
+                st.requests.clear()
+                st.others.clear()
+                st.scenario = {"mode": "normal", "delay_ms": DEFAULT_DELAY_MS}
+            return self._send_json(200, {"ok": True})
+        if path == "/_fake/scenario":
+            if method == "POST":
+                try:
+                    obj = json.loads(body or b"{}")
+                except ValueError:
+                    return self._send_json(400, {"error": "body must be JSON"})
+                mode = obj.get("mode", "normal")
+                if mode not in MODES:
+                    return self._send_json(400, {"error": f"mode must be one of {MODES}"})
+                with st.lock:
+                    st.scenario = {"mode": mode,
+                                   "delay_ms": int(obj.get("delay_ms", DEFAULT_DELAY_MS))}
+            with st.lock:
+                return self._send_json(200, dict(st.scenario))
+        if path == "/_fake/health":
+            return self._send_json(200, {"ok": True, "pid": os.getpid()})
+        self._send_json(404, {"error": f"unknown control path {path}"})
+
+    # -- model calls -------------------------------------------------------
+
+    def _model_call(self, protocol, path, query, body, gemini_model=None, gemini_stream=False):
+        try:
+            req = json.loads(body or b"{}")
+        except ValueError:
+            return self._error(protocol, 400, "request body is not JSON")
+        if protocol == "anthropic":
+            info = analyze_anthropic(req)
+            model, stream = req.get("model"), bool(req.get("stream"))
+        elif protocol == "responses":
+            info = analyze_responses(req)
+            model, stream = req.get("model"), req.get("stream", False) is not False
+        else:
+            info = analyze_gemini(req)
+            model, stream = gemini_model, gemini_stream
+
+        utility = None
+        routing = False
+        schema = None
+        if protocol == "gemini":
+            gc = req.get("generationConfig") or {}
+            schema = gc.get("responseJsonSchema") or gc.get("responseSchema")
+            if schema or gc.get("responseMimeType") == "application/json":
+                props = (schema or {}).get("properties") or {}
+                routing = "model_choice" in props or "complexity_score" in props
+                utility = "routing" if routing else ",".join(sorted(props)) or "json"
+
+        with self.state.lock:
+            scenario = dict(self.state.scenario)
+        last_raw = info["user_texts"][-1] if info["user_texts"] else ""
+        magic = {name: (int(arg) if arg else None) for name, arg in MAGIC_RE.findall(last_raw)}
+        mode = scenario["mode"]
+        delay = scenario["delay_ms"] / 1000.0
+        for name in ("hang", "error", "error5xx", "slowstart", "slow"):
+            if name in magic:
+                mode = name
+                if magic[name] is not None:
+                    delay = magic[name] / 1000.0
+                break
+        long_words = magic.get("long") or 0
+        if utility:
+            mode, long_words = "normal", 0  # helper calls always answer at once
+
+        entry = {
+            "protocol": protocol, "path": self.path, "model": model, "stream": stream,
+            "turns": len(info["user_texts"]),
+            "last_user": _squash(last_raw)[:200],
+            "system_has_marker": SYSTEM_MARKER in info["system"],
+            "raw_user_texts": info["raw_user_texts"],
+            "user_texts": info["user_texts"],
+            "routing": routing, "utility": utility,
+            "mode": mode, "time": time.time(),
+            "headers": dict(self.headers.items()),
+            "body": req,
+        }
+        with self.state.lock:
+            self.state.requests.append(entry)
+
+        if mode == "slowstart":
+            time.sleep(delay)
+        if mode == "hang":
+            return self._hold()
+        if mode == "error":
+            return self._error(protocol, 400, "fakemodel: injected error [[error]]")
+        if mode == "error5xx":
+            return self._error(protocol, 500, "fakemodel: injected server error [[error5xx]]")
+
+        if utility:
+            text = json.dumps(_fill_schema(schema or {"type": "object"}))
+        else:
+            text = reply_text(info, long_words)
+        deltas = split_deltas(text)
+        gap = delay if mode == "slow" else 0.0
+        in_tokens = max(1, len(body) // 4)
+        if protocol == "anthropic":
+            return self._anthropic(req, model, stream, text, deltas, gap, in_tokens)
+        if protocol == "responses":
+            return self._responses(req, model, stream, text, deltas, gap, in_tokens)
+        return self._gemini(model, stream, text, deltas, gap, in_tokens)
+
+    def _error(self, protocol: str, status: int, message: str) -> None:
+        if protocol == "anthropic":
+            typ = "invalid_request_error" if status < 500 else "api_error"
+            obj = {"type": "error", "error": {"type": typ, "message": message}}
+        elif protocol == "responses":
+            typ = "invalid_request_error" if status < 500 else "server_error"
+            obj = {"error": {"message": message, "type": typ, "param": None,
+                             "code": "invalid_request" if status < 500 else "server_error"}}
+        else:
+            obj = {"error": {"code": status, "message": message,
+                             "status": "INVALID_ARGUMENT" if status < 500 else "INTERNAL"}}
+        self.close_connection = True
+        self._send_json(status, obj, {"Connection": "close"})
+
+    # Anthropic Messages ---------------------------------------------------
+
+    def _anthropic(self, req, model, stream, text, deltas, gap, in_tokens):
+        msg_id = "msg_fake_" + uuid.uuid4().hex[:20]
+        usage = {"input_tokens": in_tokens, "output_tokens": len(deltas),
+                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        if not stream:
+            return self._send_json(200, {
+                "id": msg_id, "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn", "stop_sequence": None, "usage": usage,
+            })
+
+        def ev(name, obj):
+            self._chunk(f"event: {name}\ndata: {json.dumps(obj)}\n\n")
+
+        self._start_stream()
+        ev("message_start", {"type": "message_start", "message": {
+            "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": dict(usage, output_tokens=1)}})
+        ev("content_block_start", {"type": "content_block_start", "index": 0,
+                                   "content_block": {"type": "text", "text": ""}})
+        ev("ping", {"type": "ping"})
+        for i, d in enumerate(deltas):
+            if gap and i:
+                time.sleep(gap)
+            ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": d}})
+        ev("content_block_stop", {"type": "content_block_stop", "index": 0})
+        ev("message_delta", {"type": "message_delta",
+                             "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                             "usage": {"output_tokens": len(deltas)}})
+        ev("message_stop", {"type": "message_stop"})
+        self._end_stream()
+
+    # OpenAI Responses -----------------------------------------------------
+
+    def _responses(self, req, model, stream, text, deltas, gap, in_tokens):
+        resp_id = "resp_fake_" + uuid.uuid4().hex[:20]
+        item_id = "msg_fake_" + uuid.uuid4().hex[:20]
+        created = int(time.time())
+        usage = {"input_tokens": in_tokens, "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": len(deltas), "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": in_tokens + len(deltas)}
+        part = {"type": "output_text", "text": text, "annotations": []}
+        item = {"id": item_id, "type": "message", "status": "completed", "role": "assistant",
+                "content": [part]}
+
+        def response(status, output, with_usage):
+            r = {"id": resp_id, "object": "response", "created_at": created, "status": status,
+                 "model": model, "output": output, "error": None, "incomplete_details": None,
+                 "instructions": None, "parallel_tool_calls": True, "tool_choice": "auto",
+                 "tools": [], "usage": usage if with_usage else None}
+            return r
+
+        if not stream:
+            r = response("completed", [item], True)
+            r["output_text"] = text
+            return self._send_json(200, r)
+
+        seq = [0]
+
+        def ev(name, obj):
+            obj = dict({"type": name, "sequence_number": seq[0]}, **obj)
+            seq[0] += 1
+            self._chunk(f"event: {name}\ndata: {json.dumps(obj)}\n\n")
+
+        self._start_stream()
+        ev("response.created", {"response": response("in_progress", [], False)})
+        ev("response.in_progress", {"response": response("in_progress", [], False)})
+        ev("response.output_item.added", {"output_index": 0, "item": {
+            "id": item_id, "type": "message", "status": "in_progress", "role": "assistant",
+            "content": []}})
+        ev("response.content_part.added", {"item_id": item_id, "output_index": 0,
+                                           "content_index": 0,
+                                           "part": {"type": "output_text", "text": "",
+                                                    "annotations": []}})
+        for i, d in enumerate(deltas):
+            if gap and i:
+                time.sleep(gap)
+            ev("response.output_text.delta", {"item_id": item_id, "output_index": 0,
+                                              "content_index": 0, "delta": d})
+        ev("response.output_text.done", {"item_id": item_id, "output_index": 0,
+                                         "content_index": 0, "text": text})
+        ev("response.content_part.done", {"item_id": item_id, "output_index": 0,
+                                          "content_index": 0, "part": part})
+        ev("response.output_item.done", {"output_index": 0, "item": item})
+        ev("response.completed", {"response": response("completed", [item], True)})
+        self._end_stream()
+
+    # Gemini ---------------------------------------------------------------
+
+    def _gemini(self, model, stream, text, deltas, gap, in_tokens):
+        resp_id = "fake-" + uuid.uuid4().hex[:16]
+
+        def chunk(piece, done, out_tokens):
+            cand = {"content": {"parts": [{"text": piece}], "role": "model"}, "index": 0}
+            if done:
+                cand["finishReason"] = "STOP"
+            return {"candidates": [cand],
+                    "usageMetadata": {"promptTokenCount": in_tokens,
+                                      "candidatesTokenCount": out_tokens,
+                                      "totalTokenCount": in_tokens + out_tokens},
+                    "modelVersion": model, "responseId": resp_id}
+
+        if not stream:
+            return self._send_json(200, chunk(text, True, len(deltas)))
+        self._start_stream()
+        for i, d in enumerate(deltas):
+            if gap and i:
+                time.sleep(gap)
+            self._chunk("data: " + json.dumps(chunk(d, i == len(deltas) - 1, i + 1)) + "\r\n\r\n")
+        self._end_stream()
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def write_port_file(path: str, port: int) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(f"{port}\n")
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--port-file", help="write the listening port here (atomically)")
+    ap.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    args = ap.parse_args(argv)
+
+    state = State()
+    handler = type("BoundHandler", (Handler,), {"state": state})
+    srv = Server((args.host, args.port), handler)
+    srv.verbose = args.verbose  # type: ignore[attr-defined]
+    port = srv.server_address[1]
+
+    def stop(signum, frame):
+        state.stopping.set()
+        threading.Thread(target=srv.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if args.port_file:
+        write_port_file(args.port_file, port)
+    sys.stderr.write(f"fakemodel: listening on http://{args.host}:{port}\n")
+    sys.stderr.flush()
+    try:
+        srv.serve_forever(poll_interval=0.2)
+    finally:
+        state.stopping.set()
+        srv.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
