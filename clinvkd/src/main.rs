@@ -1,1 +1,86 @@
-fn main(){}
+//! `clinvkd`: the clinvk daemon. Runs in the foreground, as service managers expect;
+//! `clinvk serve` starts it in the background.
+
+use clap::Parser;
+use clinvk_shared::paths::Paths;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "clinvkd",
+    version,
+    about = "The clinvk daemon: serves the claude, codex and gemini CLIs over HTTP",
+    long_about = "The clinvk daemon. It serves the native REST API (/api/v1), the OpenAI- and \
+Anthropic-compatible APIs and /health on one HTTP listener (default 127.0.0.1:8080), and \
+listens on a private control socket for clinvk and clinvkctl.\n\n\
+It runs in the foreground. Use `clinvk serve` to start it in the background, or a service \
+manager (see systemd/ and launchd/).\n\n\
+Configuration: ~/.clinvk/config.yaml (or $CLINVK_CONFIG), then CLINVK_* environment variables \
+(e.g. CLINVK_SERVER_PORT=9000), then these flags. State lives in ~/.clinvk (or $CLINVK_HOME).\n\n\
+Signals: SIGTERM/SIGINT drain and stop (exit 0); SIGHUP reloads the configuration."
+)]
+struct Args {
+    /// Config file (default: ~/.clinvk/config.yaml, .yml or config.toml; env CLINVK_CONFIG)
+    #[arg(long, short = 'c', value_name = "PATH", env = "CLINVK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to bind the HTTP server to (default 127.0.0.1)
+    #[arg(long, value_name = "HOST")]
+    host: Option<String>,
+    /// HTTP port (default 8080; 0 picks a free port, shown by `clinvkctl status`)
+    #[arg(long, short = 'p', value_name = "PORT")]
+    port: Option<u16>,
+    /// Log to this file (rolled daily) instead of stderr
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+    /// More logging: -v debug, -vv trace (RUST_LOG overrides)
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Start a new session (used by `clinvk serve` to detach from the terminal)
+    #[arg(long, hide = true)]
+    setsid: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match start(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clinvkd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(args: Args) -> anyhow::Result<()> {
+    let paths = Paths::from_env()?;
+    let explicit = args.config.is_some();
+    let config_path = args.config.clone().unwrap_or_else(|| paths.default_config_file());
+    let overrides = clinvkd::ctx::Overrides {
+        host: args.host.clone(),
+        port: args.port,
+        log_file: args.log_file.clone(),
+    };
+    let loaded = clinvkd::ctx::Ctx::load_settings(&config_path, explicit, &overrides)?;
+    let (events, _) = tokio::sync::broadcast::channel(1024);
+    let filter = clinvkd::logging::filter_for(&loaded.settings.log.level, args.verbose);
+    let log_file = loaded.settings.log.file.clone();
+    let _guard = clinvkd::logging::init(filter, log_file.as_deref(), events.clone())?;
+    if args.setsid {
+        // Started in the background by `clinvk serve`: leave the terminal's session.
+        let _ = nix::unistd::setsid();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let opts = clinvkd::DaemonOptions {
+        paths,
+        config_path,
+        config_explicit: explicit,
+        overrides,
+        loaded,
+        events,
+    };
+    let result = runtime.block_on(clinvkd::run(opts, std::future::pending()));
+    if let (Err(e), Some(_)) = (&result, &log_file) {
+        tracing::error!("{e:#}");
+    }
+    result
+}

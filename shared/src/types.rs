@@ -15,3 +15,8 @@ impl TokenUsage {
         self.output_tokens += other.output_tokens;
     }
 }
+
+/// Now, as an RFC 3339 timestamp with milliseconds (UTC).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}

@@ -48,6 +48,10 @@ INJECTED_BLOCK_RE = re.compile(
 )
 # Whole user items that are injected context rather than something the user typed.
 INJECTED_PREFIXES = ("# AGENTS.md instructions", "<environment_context", "<user_instructions")
+# codex compacts the history (e.g. when resuming with another model) by sending this
+# prompt, then carries the summary on as a user item with the second prefix.
+CODEX_COMPACT_PROMPT = "You are performing a CONTEXT CHECKPOINT COMPACTION"
+CODEX_SUMMARY_PREFIX = "Another language model started to solve this problem"
 
 MAGIC_RE = re.compile(r"\[\[(slow|slowstart|error|error5xx|hang|long)(?::(\d+))?\]\]")
 SYSTEM_MARKER = "SYSMARK"
@@ -122,12 +126,14 @@ def analyze_responses(body: dict) -> dict:
             system.append(text)
         elif role == "user":
             raw.append(text)
-            if text.lstrip().startswith(INJECTED_PREFIXES):
+            if text.lstrip().startswith(INJECTED_PREFIXES + (CODEX_COMPACT_PROMPT, CODEX_SUMMARY_PREFIX)):
                 continue
             cleaned = _clean(text)
             if cleaned:
                 turns.append(cleaned)
-    return {"raw_user_texts": raw, "user_texts": turns, "system": "\n".join(s for s in system if s)}
+    utility = "compaction" if raw and raw[-1].lstrip().startswith(CODEX_COMPACT_PROMPT) else None
+    return {"raw_user_texts": raw, "user_texts": turns, "system": "\n".join(s for s in system if s),
+            "utility": utility}
 
 
 def _gemini_parts_text(parts) -> tuple[str, bool]:
@@ -404,7 +410,7 @@ class Handler(BaseHTTPRequestHandler):
             info = analyze_gemini(req)
             model, stream = gemini_model, gemini_stream
 
-        utility = None
+        utility = info.get("utility")
         routing = False
         schema = None
         if protocol == "gemini":

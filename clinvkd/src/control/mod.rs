@@ -1,0 +1,208 @@
+//! The control socket server: a local socket (Unix domain socket, mode 0600, in a 0700 folder)
+//! that only the daemon's own user may use. One connection = handshake, one request, its answer.
+
+use crate::ctx::Ctx;
+use clinvk_shared::protocol::{
+    read_frame, write_frame, ClientFrame, ErrorBody, FrameError, Reply, Request, ServerFrame, StatusInfo, Welcome,
+    HANDSHAKE_TIMEOUT_MS, PROTOCOL_VERSION,
+};
+use interprocess::local_socket::tokio::{Listener, Stream};
+use interprocess::local_socket::traits::tokio::Listener as _;
+use interprocess::local_socket::traits::StreamCommon as _;
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Binds the control socket at `path` (mode 0600). The caller holds the pid lock, so a file
+/// already there is a stale socket of a crashed daemon and is replaced.
+pub fn bind(path: &Path) -> std::io::Result<Listener> {
+    if path.as_os_str().len() > 100 {
+        return Err(std::io::Error::other(format!(
+            "control socket path {} is too long for a Unix socket (set CLINVK_HOME or XDG_RUNTIME_DIR to a shorter folder)",
+            path.display()
+        )));
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!(socket = %path.display(), "removed a stale control socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let name = path.to_fs_name::<GenericFilePath>()?;
+    ListenerOptions::new().name(name).mode(0o600).create_tokio()
+}
+
+/// Accepts connections until the hard stop.
+pub async fn serve(ctx: Ctx, listener: Listener) {
+    let stopped = ctx.stopped();
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok(conn) => { tokio::spawn(handle(ctx.clone(), conn)); }
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut stopped => break,
+        }
+    }
+}
+
+async fn send(mut tx: &Stream, frame: &ServerFrame) -> Result<(), FrameError> {
+    write_frame(&mut tx, frame).await
+}
+
+async fn send_error(tx: &Stream, code: &str, message: impl Into<String>) {
+    let _ = send(tx, &ServerFrame::Error(ErrorBody::new(code, message))).await;
+}
+
+async fn handle(ctx: Ctx, conn: Stream) {
+    let peer_uid = conn.peer_creds().ok().and_then(|c| c.euid());
+    let tx = &conn;
+    let mut rx = &conn;
+    let my_uid = nix::unistd::geteuid().as_raw();
+    if peer_uid != Some(my_uid) {
+        tracing::warn!(peer_uid = ?peer_uid, "refused a control connection from another user");
+        send_error(tx, "permission_denied", "this daemon belongs to another user").await;
+        return;
+    }
+    // Handshake.
+    let hello = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), read_frame::<_, ClientFrame>(&mut rx)).await;
+    match hello {
+        Ok(Ok(Some(ClientFrame::Hello(h)))) if h.protocol == PROTOCOL_VERSION => {}
+        Ok(Ok(Some(ClientFrame::Hello(h)))) => {
+            send_error(
+                tx,
+                "version_mismatch",
+                format!(
+                    "client {} speaks control protocol {}, this daemon ({}) speaks {}; restart the daemon (clinvkctl stop) after upgrading",
+                    h.client,
+                    h.protocol,
+                    clinvk_shared::VERSION,
+                    PROTOCOL_VERSION
+                ),
+            )
+            .await;
+            return;
+        }
+        Ok(Ok(Some(_))) => return send_error(tx, "handshake_required", "the first frame must be hello").await,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => return send_error(tx, "bad_frame", e.to_string()).await,
+        Err(_) => return send_error(tx, "handshake_timeout", "no hello within the handshake timeout").await,
+    }
+    let welcome = ServerFrame::Welcome(Welcome {
+        protocol: PROTOCOL_VERSION,
+        daemon_version: clinvk_shared::VERSION.to_string(),
+        pid: std::process::id(),
+    });
+    if send(tx, &welcome).await.is_err() {
+        return;
+    }
+    let request = match read_frame::<_, ClientFrame>(&mut rx).await {
+        Ok(Some(ClientFrame::Request(r))) => r,
+        Ok(Some(_)) => return send_error(tx, "bad_frame", "expected a request").await,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!(error = %e, "bad control frame");
+            return send_error(tx, "bad_frame", e.to_string()).await;
+        }
+    };
+    tracing::debug!(request = ?std::mem::discriminant(&request), "control request");
+    match request {
+        Request::Status => {
+            let _ = send(tx, &ServerFrame::Reply(Reply::Status(Box::new(status(&ctx))))).await;
+        }
+        Request::Reload => {
+            let frame = match ctx.reload() {
+                Ok(o) => {
+                    tracing::info!(changed = ?o.changed, "configuration reloaded");
+                    ServerFrame::Reply(Reply::Reloaded {
+                        changed: o.changed,
+                        warnings: o.warnings,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reload refused; the running configuration stays");
+                    ServerFrame::Error(ErrorBody::new("invalid_config", e.to_string()))
+                }
+            };
+            let _ = send(tx, &frame).await;
+        }
+        Request::Stop => {
+            let _ = send(tx, &ServerFrame::Reply(Reply::Stopping)).await;
+            ctx.begin_drain("stop requested by clinvkctl");
+        }
+        Request::Attach => attach(&ctx, &conn).await,
+        Request::Call { op, .. } => {
+            send_error(tx, "unknown_op", format!("unknown operation {op:?}")).await;
+        }
+    }
+}
+
+/// Streams attach events until the client leaves or the daemon stops.
+async fn attach(ctx: &Ctx, conn: &Stream) {
+    let tx = conn;
+    let mut rx = conn;
+    let mut events = ctx.events.subscribe();
+    let stopped = ctx.stopped();
+    tokio::pin!(stopped);
+    let client_gone = async move {
+        // Any byte or EOF from the client ends the attachment.
+        let _ = read_frame::<_, ClientFrame>(&mut rx).await;
+    };
+    tokio::pin!(client_gone);
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(ev) => {
+                    let Ok(v) = serde_json::to_value(&ev) else { continue };
+                    if send(tx, &ServerFrame::Event(v)).await.is_err() { return; }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let v = serde_json::json!({"type": "log", "time": clinvk_shared::types::now_rfc3339(), "level": "WARN", "message": format!("{n} events were dropped (client too slow)")});
+                    if send(tx, &ServerFrame::Event(v)).await.is_err() { return; }
+                }
+                Err(_) => break,
+            },
+            _ = &mut client_gone => return,
+            _ = &mut stopped => break,
+        }
+    }
+    let _ = send(tx, &ServerFrame::End(serde_json::Value::Null)).await;
+}
+
+/// The daemon's state for `clinvkctl status`.
+pub fn status(ctx: &Ctx) -> StatusInfo {
+    let s = ctx.settings();
+    StatusInfo {
+        pid: std::process::id(),
+        version: clinvk_shared::VERSION.to_string(),
+        uptime_ms: ctx.uptime_ms(),
+        started_at: ctx.started_at.clone(),
+        http_url: ctx.http_url(),
+        http_addr: ctx.http_addr().map(|a| a.to_string()).unwrap_or_default(),
+        config_path: ctx.config_path.display().to_string(),
+        config_loaded_from_file: ctx.loaded_from_file(),
+        state_dir: ctx.paths.state_dir.display().to_string(),
+        socket_path: ctx.paths.socket().display().to_string(),
+        socket_activated: ctx.socket_activated.load(Ordering::Relaxed),
+        draining: ctx.is_draining(),
+        reloads: ctx.reloads.load(Ordering::Relaxed),
+        config_summary: serde_json::json!({
+            "default_backend": s.default_backend,
+            "request_timeout_secs": s.server.request_timeout_secs,
+            "rate_limit_enabled": s.server.rate_limit_enabled,
+            "metrics_enabled": s.server.metrics_enabled,
+            "max_concurrent": s.limits.max_concurrent,
+            "log_level": s.log.level,
+        }),
+        requests_total: ctx.requests_total.load(Ordering::Relaxed),
+        requests_in_flight: ctx.requests_in_flight.load(Ordering::Relaxed),
+        sessions: 0,
+        runs: Vec::new(),
+        backends: Vec::new(),
+    }
+}

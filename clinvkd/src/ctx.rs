@@ -1,0 +1,238 @@
+//! The daemon's shared context: one cheap-to-clone handle through which HTTP and control-socket
+//! handlers reach the settings (swappable on reload), counters, the event feed of attached
+//! clients, and the shutdown state. It owns no task; the daemon module starts and stops them.
+
+use clinvk_shared::config::{self, ConfigError, Settings};
+use clinvk_shared::paths::Paths;
+use clinvk_shared::protocol::AttachEvent;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+use tokio::sync::{broadcast, watch};
+
+/// Values given on the command line; they win over the file and the environment, on every reload.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(Clone)]
+pub struct Ctx(Arc<Inner>);
+
+pub struct Inner {
+    pub paths: Paths,
+    pub config_path: PathBuf,
+    pub config_explicit: bool,
+    pub overrides: Overrides,
+    settings: RwLock<Arc<Settings>>,
+    loaded_from_file: AtomicBool,
+    pub started: Instant,
+    pub started_at: String,
+    http_addr: RwLock<Option<SocketAddr>>,
+    pub socket_activated: AtomicBool,
+    pub events: broadcast::Sender<AttachEvent>,
+    draining: AtomicBool,
+    drain_tx: watch::Sender<bool>,
+    stop_tx: watch::Sender<bool>,
+    pub requests_total: AtomicU64,
+    pub requests_in_flight: AtomicU64,
+    pub reloads: AtomicU64,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// The result of a successful reload.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub changed: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl Ctx {
+    pub fn new(
+        paths: Paths,
+        config_path: PathBuf,
+        config_explicit: bool,
+        overrides: Overrides,
+        loaded: config::Loaded,
+        events: broadcast::Sender<AttachEvent>,
+    ) -> Self {
+        let (drain_tx, _) = watch::channel(false);
+        let (stop_tx, _) = watch::channel(false);
+        Ctx(Arc::new(Inner {
+            paths,
+            config_path,
+            config_explicit,
+            overrides,
+            settings: RwLock::new(Arc::new(loaded.settings)),
+            loaded_from_file: AtomicBool::new(loaded.file_found),
+            started: Instant::now(),
+            started_at: clinvk_shared::types::now_rfc3339(),
+            http_addr: RwLock::new(None),
+            socket_activated: AtomicBool::new(false),
+            events,
+            draining: AtomicBool::new(false),
+            drain_tx,
+            stop_tx,
+            requests_total: AtomicU64::new(0),
+            requests_in_flight: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+        }))
+    }
+
+    /// The settings in force now (a snapshot: a reload swaps in a new one).
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn loaded_from_file(&self) -> bool {
+        self.loaded_from_file.load(Ordering::Relaxed)
+    }
+
+    pub fn set_http_addr(&self, addr: SocketAddr) {
+        *self.http_addr.write().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        *self.http_addr.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn http_url(&self) -> String {
+        match self.http_addr() {
+            Some(a) => format!("http://{a}"),
+            None => String::new(),
+        }
+    }
+
+    /// Loads the configuration as the daemon does at start: file, environment, flags, validation.
+    pub fn load_settings(
+        config_path: &std::path::Path,
+        explicit: bool,
+        overrides: &Overrides,
+    ) -> Result<config::Loaded, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        let mut loaded = config::load(config_path, explicit, &env)?;
+        if let Some(h) = &overrides.host {
+            loaded.settings.server.host = h.clone();
+        }
+        if let Some(p) = overrides.port {
+            loaded.settings.server.port = p;
+        }
+        if let Some(f) = &overrides.log_file {
+            loaded.settings.log.file = Some(f.clone());
+        }
+        config::validate(&loaded.settings, Some(config_path))?;
+        Ok(loaded)
+    }
+
+    /// Re-reads the configuration. An invalid one is refused and the running one stays.
+    pub fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
+        let loaded = Self::load_settings(&self.config_path, self.config_explicit, &self.overrides)?;
+        let old = self.settings();
+        let mut changed = diff_keys(&old, &loaded.settings);
+        let mut warnings = loaded.warnings.clone();
+        for key in ["server.host", "server.port", "log.file"] {
+            if changed.iter().any(|c| c == key) {
+                warnings.push(format!("{key} changed: takes effect when the daemon restarts"));
+            }
+        }
+        changed.sort();
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded.settings);
+        self.loaded_from_file.store(loaded.file_found, Ordering::Relaxed);
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        Ok(ReloadOutcome { changed, warnings })
+    }
+
+    /// Starts the drain: new work is refused, in-flight work may finish.
+    pub fn begin_drain(&self, reason: &str) {
+        if !self.draining.swap(true, Ordering::SeqCst) {
+            let _ = self.drain_tx.send(true);
+            let _ = self.events.send(AttachEvent::Stopping {
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when the drain starts.
+    pub fn drain_started(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.drain_tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    }
+
+    /// Ends every open stream and connection: the last step of shutdown.
+    pub fn hard_stop(&self) {
+        let _ = self.stop_tx.send(true);
+    }
+
+    /// Resolves at the hard stop (streams use it to end so that graceful shutdown completes).
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop_tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    }
+
+    /// Sends an event to attached clients (dropped when nobody listens).
+    pub fn publish(&self, event: AttachEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Milliseconds since start.
+    pub fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+/// Dotted keys whose values differ between two settings.
+pub fn diff_keys(a: &Settings, b: &Settings) -> Vec<String> {
+    let mut out = Vec::new();
+    let (Ok(a), Ok(b)) = (serde_json::to_value(a), serde_json::to_value(b)) else {
+        return out;
+    };
+    diff_values("", &a, &b, &mut out);
+    out
+}
+
+fn diff_values(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                diff_values(&key, x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), out);
+            }
+        }
+        _ if a != b => out.push(prefix.to_string()),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_names_changed_keys() {
+        let a = Settings::default();
+        let mut b = a.clone();
+        b.server.port = 1;
+        b.backends.get_mut("codex").unwrap().model = Some("x".into());
+        assert_eq!(diff_keys(&a, &b), vec!["backends.codex.model", "server.port"]);
+    }
+}

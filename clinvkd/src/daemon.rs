@@ -1,0 +1,198 @@
+//! Start, listeners, signals, reload and the shutdown order of the daemon.
+//!
+//! Start: private folders → pid lock (one daemon per state folder) → HTTP listener → control
+//! socket → pid written → serve. Stop (SIGTERM, SIGINT, `clinvkctl stop`, or the caller's
+//! `shutdown` future): drain (new requests get 503, in-flight ones get
+//! `server.shutdown_grace_secs`) → hard stop (streams end, connections close) → socket and pid
+//! file removed → `Ok(())`.
+
+use crate::ctx::{Ctx, Overrides};
+use anyhow::Context as _;
+use clinvk_shared::config::Loaded;
+use clinvk_shared::paths::{ensure_private_dir, Paths};
+use clinvk_shared::protocol::AttachEvent;
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// Everything `run` needs; `main` builds it from flags, tests build it directly.
+pub struct DaemonOptions {
+    pub paths: Paths,
+    pub config_path: PathBuf,
+    pub config_explicit: bool,
+    pub overrides: Overrides,
+    pub loaded: Loaded,
+    pub events: broadcast::Sender<AttachEvent>,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("another clinvkd (pid {pid}) is already running for {state_dir}")]
+    AlreadyRunning { pid: String, state_dir: String },
+    #[error("cannot listen on {addr}: port {port} is already in use (choose another with --port or server.port)")]
+    PortInUse { addr: String, port: u16 },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+/// The held pid-file lock: released (and the file removed) on drop.
+struct PidLock {
+    lock: Flock<File>,
+    path: PathBuf,
+}
+
+impl PidLock {
+    fn acquire(paths: &Paths) -> anyhow::Result<PidLock> {
+        let path = paths.pid_file();
+        let mut opts = std::fs::OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(false);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let file = opts.open(&path).with_context(|| format!("cannot open pid file {}", path.display()))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(PidLock { lock, path }),
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                Err(StartError::AlreadyRunning {
+                    pid: if pid.is_empty() { "unknown".into() } else { pid.to_string() },
+                    state_dir: paths.state_dir.display().to_string(),
+                }
+                .into())
+            }
+            Err((_, e)) => Err(anyhow::anyhow!("cannot lock pid file {}: {e}", path.display())),
+        }
+    }
+
+    fn write_pid(&mut self) -> std::io::Result<()> {
+        let f: &mut File = &mut self.lock;
+        f.set_len(0)?;
+        f.rewind()?;
+        writeln!(f, "{}", std::process::id())?;
+        f.sync_all()
+    }
+}
+
+impl Drop for PidLock {
+    fn drop(&mut self) {
+        // Remove while still locked, so a new daemon never sees our file unlocked and half-gone.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds the HTTP listener on `host:port`.
+pub fn bind_http(host: &str, port: u16) -> Result<std::net::TcpListener, StartError> {
+    let addr_text = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let addr: SocketAddr = match addr_text.parse() {
+        Ok(a) => a,
+        Err(_) => SocketAddr::from(([127, 0, 0, 1], port)), // "localhost"
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            StartError::PortInUse { addr: addr.to_string(), port }
+        } else {
+            StartError::Bind { addr: addr.to_string(), source: e }
+        }
+    })?;
+    listener.set_nonblocking(true).map_err(|e| StartError::Bind { addr: addr.to_string(), source: e })?;
+    Ok(listener)
+}
+
+/// Runs the daemon until a stop is asked for, then shuts down in order and returns.
+pub async fn run(opts: DaemonOptions, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let paths = opts.paths.clone();
+    std::fs::create_dir_all(&paths.state_dir).with_context(|| format!("cannot create {}", paths.state_dir.display()))?;
+    ensure_private_dir(&paths.runtime_dir).with_context(|| format!("cannot create {}", paths.runtime_dir.display()))?;
+    let mut pid_lock = PidLock::acquire(&paths)?;
+
+    for w in &opts.loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let settings = opts.loaded.settings.clone();
+    let ctx = Ctx::new(paths.clone(), opts.config_path, opts.config_explicit, opts.overrides, opts.loaded, opts.events);
+    crate::http::meta::install_metrics();
+
+    let std_listener = bind_http(&settings.server.host, settings.server.port)?;
+    let http_addr = std_listener.local_addr()?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    ctx.set_http_addr(http_addr);
+
+    let control = crate::control::bind(&paths.socket())
+        .with_context(|| format!("cannot create the control socket {}", paths.socket().display()))?;
+    pid_lock.write_pid().context("cannot write the pid file")?;
+
+    let http_task = tokio::spawn(crate::http::serve(ctx.clone(), listener, ctx.stopped()));
+    let control_task = tokio::spawn(crate::control::serve(ctx.clone(), control));
+    tracing::info!(
+        pid = std::process::id(),
+        version = clinvk_shared::VERSION,
+        url = %ctx.http_url(),
+        socket = %paths.socket().display(),
+        "clinvkd ready"
+    );
+
+    wait_for_stop(&ctx, shutdown).await;
+    drain(&ctx).await;
+
+    ctx.hard_stop();
+    if tokio::time::timeout(Duration::from_secs(5), http_task).await.is_err() {
+        tracing::warn!("HTTP connections did not close within 5 s; leaving them");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), control_task).await;
+    let _ = std::fs::remove_file(paths.socket());
+    drop(pid_lock);
+    tracing::info!("clinvkd stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM/SIGINT, a control `Stop`, or the caller's future; reloads on SIGHUP.
+async fn wait_for_stop(ctx: &Ctx, shutdown: impl std::future::Future<Output = ()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => {
+            tracing::error!("cannot install signal handlers; stop with clinvkctl stop");
+            tokio::select! { _ = shutdown => {}, _ = ctx.drain_started() => {} }
+            return;
+        }
+    };
+    tokio::pin!(shutdown);
+    let drain_started = ctx.drain_started();
+    tokio::pin!(drain_started);
+    loop {
+        tokio::select! {
+            _ = term.recv() => { ctx.begin_drain("SIGTERM"); break; }
+            _ = int.recv() => { ctx.begin_drain("SIGINT"); break; }
+            _ = hup.recv() => match ctx.reload() {
+                Ok(o) => tracing::info!(changed = ?o.changed, "configuration reloaded (SIGHUP)"),
+                Err(e) => tracing::error!(error = %e, "reload refused (SIGHUP); the running configuration stays"),
+            },
+            _ = &mut shutdown => { ctx.begin_drain("shutdown"); break; }
+            _ = &mut drain_started => break,
+        }
+    }
+}
+
+/// Lets in-flight requests finish, up to `server.shutdown_grace_secs`.
+async fn drain(ctx: &Ctx) {
+    let grace = Duration::from_secs(ctx.settings().server.shutdown_grace_secs);
+    tracing::info!(grace_secs = grace.as_secs(), in_flight = ctx.requests_in_flight.load(Ordering::SeqCst), "draining");
+    let deadline = tokio::time::Instant::now() + grace;
+    while ctx.requests_in_flight.load(Ordering::SeqCst) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(in_flight = ctx.requests_in_flight.load(Ordering::SeqCst), "grace period over; stopping what is left");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,45 @@
+//! Meta endpoints: `/health`, `/metrics` (and later `/openapi.json`, `/docs`).
+
+use super::error::{json_response, ApiError, Kind};
+use crate::ctx::Ctx;
+use serde_json::json;
+use std::sync::OnceLock;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+
+/// `GET /health`: `ok`, `degraded` (some enabled backend unusable) or `unhealthy` (draining, or
+/// no backend usable).
+pub fn health(ctx: &Ctx) -> Response {
+    let uptime_ms = ctx.uptime_ms();
+    let status = if ctx.is_draining() { "unhealthy" } else { "ok" };
+    let code = if ctx.is_draining() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    json_response(
+        code,
+        &json!({
+            "status": status,
+            "version": clinvk_shared::VERSION,
+            "uptime": humantime::format_duration(std::time::Duration::from_secs(uptime_ms / 1000)).to_string(),
+            "uptime_ms": uptime_ms,
+            "backends": [],
+            "session_store": {"available": true, "session_count": 0},
+        }),
+    )
+}
+
+static RECORDER: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once (several daemons in one test process share it).
+pub fn install_metrics() {
+    RECORDER.get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok());
+}
+
+/// `GET /metrics` in Prometheus text format, when `server.metrics_enabled`.
+pub fn metrics(ctx: &Ctx) -> Result<Response, ApiError> {
+    if !ctx.settings().server.metrics_enabled {
+        return Err(ApiError::new(Kind::NotFound, "metrics_disabled", "metrics are disabled (server.metrics_enabled: false)"));
+    }
+    let text = RECORDER.get().and_then(|h| h.as_ref()).map(|h| h.render()).unwrap_or_default();
+    let mut resp = Response::new(text.into());
+    resp.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; version=0.0.4"));
+    Ok(resp)
+}

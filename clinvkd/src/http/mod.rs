@@ -1,0 +1,209 @@
+//! The HTTP server: warp extracts the request, `dispatch` does the rest in plain Rust — request
+//! id, drain check, routing to one module per API style, metrics and the request feed of attached
+//! clients. Each style answers errors in its own shape (`error`).
+
+pub mod error;
+pub mod meta;
+
+use crate::ctx::Ctx;
+use bytes::{Buf, Bytes};
+use error::{ApiError, Kind, Style};
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use tracing::Instrument;
+use warp::http::{HeaderMap, HeaderValue, Method};
+use warp::reply::Response;
+use warp::Filter;
+
+/// One HTTP request as the handlers see it.
+pub struct HttpRequest {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub headers: HeaderMap,
+    pub remote: Option<SocketAddr>,
+    pub request_id: String,
+    body: Option<BoxStream<'static, Result<Bytes, warp::Error>>>,
+}
+
+impl HttpRequest {
+    /// Reads the whole body, refusing more than `limit` bytes (413).
+    pub async fn body_bytes(&mut self, limit: u64) -> Result<Bytes, ApiError> {
+        let Some(mut stream) = self.body.take() else {
+            return Ok(Bytes::new());
+        };
+        let mut buf = bytes::BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("could not read the request body: {e}")))?;
+            if (buf.len() + chunk.len()) as u64 > limit {
+                return Err(ApiError::new(
+                    Kind::PayloadTooLarge,
+                    "request_too_large",
+                    format!("request body is larger than the {limit}-byte limit (server.max_request_body_bytes)"),
+                ));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// The warp filter serving everything.
+pub fn filter(ctx: Ctx) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone {
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    warp::method()
+        .and(warp::path::full())
+        .and(query)
+        .and(warp::header::headers_cloned())
+        .and(warp::addr::remote())
+        .and(warp::body::stream())
+        .then(move |method, path: warp::path::FullPath, query, headers, remote, body| {
+            let body = box_body(body);
+            let req = HttpRequest {
+                method,
+                path: path.as_str().to_string(),
+                query,
+                headers,
+                remote,
+                request_id: String::new(),
+                body: Some(body),
+            };
+            dispatch(ctx.clone(), req)
+        })
+        .or(warp::any().map(|| ApiError::not_found("not found").response(Style::Meta)))
+        .unify()
+}
+
+fn box_body<S, B>(s: S) -> BoxStream<'static, Result<Bytes, warp::Error>>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf,
+{
+    s.map_ok(|mut b| b.copy_to_bytes(b.remaining())).boxed()
+}
+
+/// A valid incoming `X-Request-Id`, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Counts a request in flight for the drain.
+struct InFlight(Ctx);
+
+impl InFlight {
+    fn new(ctx: &Ctx) -> Self {
+        ctx.requests_in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(ctx.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.requests_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn dispatch(ctx: Ctx, mut req: HttpRequest) -> Response {
+    let start = Instant::now();
+    req.request_id = request_id(&req.headers);
+    let rid = req.request_id.clone();
+    let method = req.method.clone();
+    let path = req.path.clone();
+    let style = Style::from_path(&path);
+    let template = route_template(&path);
+    ctx.requests_total.fetch_add(1, Ordering::Relaxed);
+    let _guard = InFlight::new(&ctx);
+    let span = tracing::info_span!("request", request_id = %rid, method = %method, path = %path);
+
+    let mut resp = if ctx.is_draining() && path != "/health" {
+        ApiError::new(Kind::Unavailable, "shutting_down", "the server is shutting down; retry shortly").response(style)
+    } else {
+        route(&ctx, req, style).instrument(span.clone()).await
+    };
+
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let status = resp.status().as_u16();
+    let elapsed = start.elapsed();
+    metrics::counter!("clinvk_requests_total", "method" => method.to_string(), "path" => template, "status" => status.to_string()).increment(1);
+    metrics::histogram!("clinvk_request_duration_seconds", "method" => method.to_string(), "path" => template).record(elapsed.as_secs_f64());
+    span.in_scope(|| tracing::info!(status, duration_ms = elapsed.as_millis() as u64, "request"));
+    ctx.publish(clinvk_shared::protocol::AttachEvent::Request {
+        time: clinvk_shared::types::now_rfc3339(),
+        request_id: rid,
+        method: method.to_string(),
+        path,
+        status,
+        duration_ms: elapsed.as_millis() as u64,
+    });
+    resp
+}
+
+/// The route template of a path, for metric labels (never the raw path: ids would explode them).
+pub fn route_template(path: &str) -> &'static str {
+    const FIXED: [&str; 15] = [
+        "/health",
+        "/openapi.json",
+        "/docs",
+        "/metrics",
+        "/api/v1/prompt",
+        "/api/v1/parallel",
+        "/api/v1/chain",
+        "/api/v1/compare",
+        "/api/v1/backends",
+        "/api/v1/sessions",
+        "/openai/v1/models",
+        "/openai/v1/chat/completions",
+        "/anthropic/v1/messages",
+        "/openai/v1/responses",
+        "/docs/",
+    ];
+    let trimmed = path.trim_end_matches('/');
+    if let Some(t) = FIXED.iter().find(|t| **t == trimmed) {
+        return t;
+    }
+    if path.starts_with("/api/v1/sessions/") {
+        return "/api/v1/sessions/{id}";
+    }
+    if path.starts_with("/openai/v1/models/") {
+        return "/openai/v1/models/{id}";
+    }
+    if path.starts_with("/docs/") {
+        return "/docs/{asset}";
+    }
+    "unmatched"
+}
+
+/// Routes a request to its handler.
+async fn route(ctx: &Ctx, req: HttpRequest, style: Style) -> Response {
+    let segments: Vec<&str> = req.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let m = req.method.clone();
+    let result: Result<Response, ApiError> = match (segments.as_slice(), m) {
+        (["health"], Method::GET) => Ok(meta::health(ctx)),
+        (["metrics"], Method::GET) => meta::metrics(ctx),
+        (["health"] | ["metrics"], _) => Err(method_not_allowed(&req.method)),
+        _ => Err(ApiError::not_found(format!("no route for {} {}", req.method, req.path))),
+    };
+    result.unwrap_or_else(|e| e.response(style))
+}
+
+fn method_not_allowed(m: &Method) -> ApiError {
+    ApiError::new(Kind::MethodNotAllowed, "method_not_allowed", format!("method {m} is not allowed here"))
+}
+
+/// Serves until `shutdown` resolves; `listener` is already bound.
+pub async fn serve(ctx: Ctx, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+    warp::serve(filter(ctx)).incoming(listener).graceful(shutdown).run().await;
+}
