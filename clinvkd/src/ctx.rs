@@ -91,7 +91,10 @@ impl Ctx {
 
     /// The settings in force now (a snapshot: a reload swaps in a new one).
     pub fn settings(&self) -> Arc<Settings> {
-        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn loaded_from_file(&self) -> bool {
@@ -142,12 +145,15 @@ impl Ctx {
         let mut warnings = loaded.warnings.clone();
         for key in ["server.host", "server.port", "log.file"] {
             if changed.iter().any(|c| c == key) {
-                warnings.push(format!("{key} changed: takes effect when the daemon restarts"));
+                warnings.push(format!(
+                    "{key} changed: takes effect when the daemon restarts"
+                ));
             }
         }
         changed.sort();
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded.settings);
-        self.loaded_from_file.store(loaded.file_found, Ordering::Relaxed);
+        self.loaded_from_file
+            .store(loaded.file_found, Ordering::Relaxed);
         self.reloads.fetch_add(1, Ordering::Relaxed);
         Ok(ReloadOutcome { changed, warnings })
     }
@@ -214,8 +220,17 @@ fn diff_values(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: 
         (Value::Object(x), Value::Object(y)) => {
             let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
             for k in keys {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                diff_values(&key, x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), out);
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                diff_values(
+                    &key,
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
             }
         }
         _ if a != b => out.push(prefix.to_string()),
@@ -233,6 +248,9 @@ mod tests {
         let mut b = a.clone();
         b.server.port = 1;
         b.backends.get_mut("codex").unwrap().model = Some("x".into());
-        assert_eq!(diff_keys(&a, &b), vec!["backends.codex.model", "server.port"]);
+        assert_eq!(
+            diff_keys(&a, &b),
+            vec!["backends.codex.model", "server.port"]
+        );
     }
 }

@@ -38,7 +38,10 @@ pub enum StartError {
     #[error("cannot listen on {addr}: port {port} is already in use (choose another with --port or server.port)")]
     PortInUse { addr: String, port: u16 },
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// The held pid-file lock: released (and the file removed) on drop.
@@ -53,7 +56,9 @@ impl PidLock {
         let mut opts = std::fs::OpenOptions::new();
         opts.read(true).write(true).create(true).truncate(false);
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let file = opts.open(&path).with_context(|| format!("cannot open pid file {}", path.display()))?;
+        let file = opts
+            .open(&path)
+            .with_context(|| format!("cannot open pid file {}", path.display()))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(PidLock { lock, path }),
             Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
@@ -61,12 +66,19 @@ impl PidLock {
                 let _ = file.read_to_string(&mut pid);
                 let pid = pid.trim();
                 Err(StartError::AlreadyRunning {
-                    pid: if pid.is_empty() { "unknown".into() } else { pid.to_string() },
+                    pid: if pid.is_empty() {
+                        "unknown".into()
+                    } else {
+                        pid.to_string()
+                    },
                     state_dir: paths.state_dir.display().to_string(),
                 }
                 .into())
             }
-            Err((_, e)) => Err(anyhow::anyhow!("cannot lock pid file {}: {e}", path.display())),
+            Err((_, e)) => Err(anyhow::anyhow!(
+                "cannot lock pid file {}: {e}",
+                path.display()
+            )),
         }
     }
 
@@ -88,34 +100,61 @@ impl Drop for PidLock {
 
 /// Binds the HTTP listener on `host:port`.
 pub fn bind_http(host: &str, port: u16) -> Result<std::net::TcpListener, StartError> {
-    let addr_text = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let addr_text = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
     let addr: SocketAddr = match addr_text.parse() {
         Ok(a) => a,
         Err(_) => SocketAddr::from(([127, 0, 0, 1], port)), // "localhost"
     };
     let listener = std::net::TcpListener::bind(addr).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
-            StartError::PortInUse { addr: addr.to_string(), port }
+            StartError::PortInUse {
+                addr: addr.to_string(),
+                port,
+            }
         } else {
-            StartError::Bind { addr: addr.to_string(), source: e }
+            StartError::Bind {
+                addr: addr.to_string(),
+                source: e,
+            }
         }
     })?;
-    listener.set_nonblocking(true).map_err(|e| StartError::Bind { addr: addr.to_string(), source: e })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| StartError::Bind {
+            addr: addr.to_string(),
+            source: e,
+        })?;
     Ok(listener)
 }
 
 /// Runs the daemon until a stop is asked for, then shuts down in order and returns.
-pub async fn run(opts: DaemonOptions, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    opts: DaemonOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let paths = opts.paths.clone();
-    std::fs::create_dir_all(&paths.state_dir).with_context(|| format!("cannot create {}", paths.state_dir.display()))?;
-    ensure_private_dir(&paths.runtime_dir).with_context(|| format!("cannot create {}", paths.runtime_dir.display()))?;
+    std::fs::create_dir_all(&paths.state_dir)
+        .with_context(|| format!("cannot create {}", paths.state_dir.display()))?;
+    ensure_private_dir(&paths.runtime_dir)
+        .with_context(|| format!("cannot create {}", paths.runtime_dir.display()))?;
     let mut pid_lock = PidLock::acquire(&paths)?;
 
     for w in &opts.loaded.warnings {
         tracing::warn!("{w}");
     }
     let settings = opts.loaded.settings.clone();
-    let ctx = Ctx::new(paths.clone(), opts.config_path, opts.config_explicit, opts.overrides, opts.loaded, opts.events);
+    let ctx = Ctx::new(
+        paths.clone(),
+        opts.config_path,
+        opts.config_explicit,
+        opts.overrides,
+        opts.loaded,
+        opts.events,
+    );
     crate::http::meta::install_metrics();
 
     let std_listener = bind_http(&settings.server.host, settings.server.port)?;
@@ -123,8 +162,12 @@ pub async fn run(opts: DaemonOptions, shutdown: impl std::future::Future<Output 
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
     ctx.set_http_addr(http_addr);
 
-    let control = crate::control::bind(&paths.socket())
-        .with_context(|| format!("cannot create the control socket {}", paths.socket().display()))?;
+    let control = crate::control::bind(&paths.socket()).with_context(|| {
+        format!(
+            "cannot create the control socket {}",
+            paths.socket().display()
+        )
+    })?;
     pid_lock.write_pid().context("cannot write the pid file")?;
 
     let http_task = tokio::spawn(crate::http::serve(ctx.clone(), listener, ctx.stopped()));
@@ -141,7 +184,10 @@ pub async fn run(opts: DaemonOptions, shutdown: impl std::future::Future<Output 
     drain(&ctx).await;
 
     ctx.hard_stop();
-    if tokio::time::timeout(Duration::from_secs(5), http_task).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), http_task)
+        .await
+        .is_err()
+    {
         tracing::warn!("HTTP connections did not close within 5 s; leaving them");
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), control_task).await;
@@ -186,11 +232,18 @@ async fn wait_for_stop(ctx: &Ctx, shutdown: impl std::future::Future<Output = ()
 /// Lets in-flight requests finish, up to `server.shutdown_grace_secs`.
 async fn drain(ctx: &Ctx) {
     let grace = Duration::from_secs(ctx.settings().server.shutdown_grace_secs);
-    tracing::info!(grace_secs = grace.as_secs(), in_flight = ctx.requests_in_flight.load(Ordering::SeqCst), "draining");
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        in_flight = ctx.requests_in_flight.load(Ordering::SeqCst),
+        "draining"
+    );
     let deadline = tokio::time::Instant::now() + grace;
     while ctx.requests_in_flight.load(Ordering::SeqCst) > 0 {
         if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(in_flight = ctx.requests_in_flight.load(Ordering::SeqCst), "grace period over; stopping what is left");
+            tracing::warn!(
+                in_flight = ctx.requests_in_flight.load(Ordering::SeqCst),
+                "grace period over; stopping what is left"
+            );
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -24,8 +24,10 @@ pub fn filter_for(config_level: &str, verbose: u8) -> EnvFilter {
         _ => "trace",
     };
     // warp logs an ERROR whenever a client drops a stream: that is normal here.
-    EnvFilter::try_new(format!("{level},warp::server=warn,hyper=warn,hyper_util=warn"))
-        .unwrap_or_else(|_| EnvFilter::new("info,warp::server=warn"))
+    EnvFilter::try_new(format!(
+        "{level},warp::server=warn,hyper=warn,hyper_util=warn"
+    ))
+    .unwrap_or_else(|_| EnvFilter::new("info,warp::server=warn"))
 }
 
 /// Installs the global subscriber. With `file`, logs go to `file` rolled daily.
@@ -37,14 +39,24 @@ pub fn init(
     let attach = AttachLayer { events };
     match file {
         Some(path) => {
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir)?;
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "clinvkd.log".into());
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "clinvkd.log".into());
             let appender = tracing_appender::rolling::daily(dir, name);
             let (writer, guard) = tracing_appender::non_blocking(appender);
             tracing_subscriber::registry()
                 .with(filter)
-                .with(tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(false))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(writer)
+                        .with_ansi(false),
+                )
                 .with(attach)
                 .try_init()
                 .map_err(std::io::Error::other)?;

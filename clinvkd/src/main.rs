@@ -54,7 +54,10 @@ fn main() -> std::process::ExitCode {
 fn start(args: Args) -> anyhow::Result<()> {
     let paths = Paths::from_env()?;
     let explicit = args.config.is_some();
-    let config_path = args.config.clone().unwrap_or_else(|| paths.default_config_file());
+    let config_path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| paths.default_config_file());
     let overrides = clinvkd::ctx::Overrides {
         host: args.host.clone(),
         port: args.port,
@@ -69,7 +72,9 @@ fn start(args: Args) -> anyhow::Result<()> {
         // Started in the background by `clinvk serve`: leave the terminal's session.
         let _ = nix::unistd::setsid();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let opts = clinvkd::DaemonOptions {
         paths,
         config_path,

@@ -317,14 +317,15 @@ pub struct Loaded {
 }
 
 /// Environment variables that are not `CLINVK_<SECTION>_<KEY>` overrides.
-const SPECIAL_ENV: [&str; 4] = ["CLINVK_HOME", "CLINVK_CONFIG", "CLINVK_API_KEYS", "CLINVK_TEST_CACHE"];
+const SPECIAL_ENV: [&str; 4] = [
+    "CLINVK_HOME",
+    "CLINVK_CONFIG",
+    "CLINVK_API_KEYS",
+    "CLINVK_TEST_CACHE",
+];
 
 /// Loads settings from `path` (must exist when `explicit`), then the environment `env`.
-pub fn load(
-    path: &Path,
-    explicit: bool,
-    env: &[(String, String)],
-) -> Result<Loaded, ConfigError> {
+pub fn load(path: &Path, explicit: bool, env: &[(String, String)]) -> Result<Loaded, ConfigError> {
     let mut warnings = Vec::new();
     let (mut settings, file_found) = match std::fs::read_to_string(path) {
         Ok(text) => (parse_text(path, &text, &mut warnings)?, true),
@@ -357,18 +358,25 @@ pub fn parse_text(
 ) -> Result<Settings, ConfigError> {
     let parse_err = |key: String, message: String| ConfigError::Parse {
         path: path.to_path_buf(),
-        key: if key.is_empty() || key == "." { "(top level)".into() } else { key },
+        key: if key.is_empty() || key == "." {
+            "(top level)".into()
+        } else {
+            key
+        },
         message,
     };
     let mut unknown = Vec::new();
     let mut on_unknown = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
     let is_toml = path.extension().is_some_and(|e| e == "toml");
     let result = if text.trim().is_empty()
-        || (!is_toml && text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---"))
-    {
+        || (!is_toml
+            && text.lines().all(|l| {
+                l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---"
+            })) {
         Ok(Settings::default())
     } else if is_toml {
-        let de = toml::de::Deserializer::parse(text).map_err(|e| parse_err(String::new(), e.to_string()))?;
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| parse_err(String::new(), e.to_string()))?;
         let de = serde_ignored::Deserializer::new(de, &mut on_unknown);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
@@ -379,7 +387,13 @@ pub fn parse_text(
         let de = serde_ignored::Deserializer::new(de, &mut on_unknown);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
-            parse_err(key, e.into_inner().to_string())
+            let message = e.into_inner().to_string();
+            // yaml_serde already names the key; say it once.
+            let message = message
+                .strip_prefix(&format!("{key}: "))
+                .map(str::to_string)
+                .unwrap_or(message);
+            parse_err(key, message)
         })
     };
     for key in unknown {
@@ -409,13 +423,19 @@ pub fn apply_env(
     })?;
     let mut touched = false;
     for (var, value) in env {
-        let Some(rest) = var.strip_prefix("CLINVK_") else { continue };
+        let Some(rest) = var.strip_prefix("CLINVK_") else {
+            continue;
+        };
         if SPECIAL_ENV.contains(&var.as_str()) {
             continue;
         }
         let name = rest.to_ascii_lowercase();
         // CLINVK_API_KEYS_GOPASS_PATH is documented under this short name.
-        let name = if name == "api_keys_gopass_path" { "server_api_keys_gopass_path".to_string() } else { name };
+        let name = if name == "api_keys_gopass_path" {
+            "server_api_keys_gopass_path".to_string()
+        } else {
+            name
+        };
         let env_err = |message: String| ConfigError::Env {
             var: var.clone(),
             value: value.clone(),
@@ -423,7 +443,9 @@ pub fn apply_env(
         };
         match set_by_env_name(&mut tree, &name, value) {
             Ok(true) => touched = true,
-            Ok(false) => warnings.push(format!("environment variable {var} matches no config key; ignored")),
+            Ok(false) => warnings.push(format!(
+                "environment variable {var} matches no config key; ignored"
+            )),
             Err(m) => return Err(env_err(m)),
         }
     }
@@ -441,7 +463,9 @@ pub fn apply_env(
 /// the type of the current value. Map sections (`backends`, `models`) accept new keys only for
 /// known backends.
 fn set_by_env_name(node: &mut serde_json::Value, name: &str, raw: &str) -> Result<bool, String> {
-    let serde_json::Value::Object(map) = node else { return Ok(false) };
+    let serde_json::Value::Object(map) = node else {
+        return Ok(false);
+    };
     let keys: Vec<String> = map.keys().cloned().collect();
     for key in keys {
         if name == key {
@@ -471,9 +495,13 @@ fn convert_env_value(current: &serde_json::Value, raw: &str) -> Result<serde_jso
             let t = raw.trim();
             if n.is_f64() {
                 let f: f64 = t.parse().map_err(|_| "expected a number".to_string())?;
-                serde_json::Number::from_f64(f).map(Value::Number).ok_or("expected a finite number")?
+                serde_json::Number::from_f64(f)
+                    .map(Value::Number)
+                    .ok_or("expected a finite number")?
             } else {
-                let i: u64 = t.parse().map_err(|_| "expected a whole number".to_string())?;
+                let i: u64 = t
+                    .parse()
+                    .map_err(|_| "expected a whole number".to_string())?;
                 Value::Number(i.into())
             }
         }
@@ -484,7 +512,9 @@ fn convert_env_value(current: &serde_json::Value, raw: &str) -> Result<serde_jso
                 .map(|s| Value::String(s.to_string()))
                 .collect(),
         ),
-        Value::Object(_) => serde_json::from_str(raw).map_err(|e| format!("expected a JSON object: {e}"))?,
+        Value::Object(_) => {
+            serde_json::from_str(raw).map_err(|e| format!("expected a JSON object: {e}"))?
+        }
         Value::Null => match raw.trim().parse::<u64>() {
             Ok(n) => Value::Number(n.into()),
             Err(_) => Value::String(raw.to_string()),
@@ -507,7 +537,11 @@ pub fn validate(s: &Settings, source: Option<&Path>) -> Result<(), ConfigError> 
     if !s.backends.contains_key(&s.default_backend) {
         return Err(invalid(
             "default_backend",
-            format!("unknown backend {:?} (known: {})", s.default_backend, KNOWN_BACKENDS.join(", ")),
+            format!(
+                "unknown backend {:?} (known: {})",
+                s.default_backend,
+                KNOWN_BACKENDS.join(", ")
+            ),
         ));
     }
     for name in s.backends.keys() {
@@ -522,46 +556,91 @@ pub fn validate(s: &Settings, source: Option<&Path>) -> Result<(), ConfigError> 
         if allowed.contains(&v) {
             Ok(())
         } else {
-            Err(invalid(key, format!("{v:?} is not one of {}", allowed.join(", "))))
+            Err(invalid(
+                key,
+                format!("{v:?} is not one of {}", allowed.join(", ")),
+            ))
         }
     };
-    one_of("unified_flags.approval_mode", &s.unified_flags.approval_mode, &APPROVAL_MODES)?;
-    one_of("unified_flags.sandbox_mode", &s.unified_flags.sandbox_mode, &SANDBOX_MODES)?;
-    one_of("unified_flags.output_format", &s.unified_flags.output_format, &OUTPUT_FORMATS)?;
+    one_of(
+        "unified_flags.approval_mode",
+        &s.unified_flags.approval_mode,
+        &APPROVAL_MODES,
+    )?;
+    one_of(
+        "unified_flags.sandbox_mode",
+        &s.unified_flags.sandbox_mode,
+        &SANDBOX_MODES,
+    )?;
+    one_of(
+        "unified_flags.output_format",
+        &s.unified_flags.output_format,
+        &OUTPUT_FORMATS,
+    )?;
     for (name, b) in &s.backends {
         if let Some(m) = &b.approval_mode {
-            one_of(&format!("backends.{name}.approval_mode"), m, &APPROVAL_MODES)?;
+            one_of(
+                &format!("backends.{name}.approval_mode"),
+                m,
+                &APPROVAL_MODES,
+            )?;
         }
         if let Some(m) = &b.sandbox_mode {
             one_of(&format!("backends.{name}.sandbox_mode"), m, &SANDBOX_MODES)?;
         }
         if b.max_concurrent == Some(0) {
-            return Err(invalid(&format!("backends.{name}.max_concurrent"), "must be at least 1".into()));
+            return Err(invalid(
+                &format!("backends.{name}.max_concurrent"),
+                "must be at least 1".into(),
+            ));
         }
         if b.timeout_secs == Some(0) {
-            return Err(invalid(&format!("backends.{name}.timeout_secs"), "must be at least 1".into()));
+            return Err(invalid(
+                &format!("backends.{name}.timeout_secs"),
+                "must be at least 1".into(),
+            ));
         }
     }
     if s.server.host.parse::<std::net::IpAddr>().is_err() && s.server.host != "localhost" {
-        return Err(invalid("server.host", format!("{:?} is not an IP address", s.server.host)));
+        return Err(invalid(
+            "server.host",
+            format!("{:?} is not an IP address", s.server.host),
+        ));
     }
-    if s.server.rate_limit_enabled && (s.server.rate_limit_rps.is_nan() || s.server.rate_limit_rps <= 0.0) {
-        return Err(invalid("server.rate_limit_rps", "must be greater than 0".into()));
+    if s.server.rate_limit_enabled
+        && (s.server.rate_limit_rps.is_nan() || s.server.rate_limit_rps <= 0.0)
+    {
+        return Err(invalid(
+            "server.rate_limit_rps",
+            "must be greater than 0".into(),
+        ));
     }
     if s.server.rate_limit_enabled && s.server.rate_limit_burst == 0 {
-        return Err(invalid("server.rate_limit_burst", "must be at least 1".into()));
+        return Err(invalid(
+            "server.rate_limit_burst",
+            "must be at least 1".into(),
+        ));
     }
     if s.server.request_timeout_secs == 0 {
-        return Err(invalid("server.request_timeout_secs", "must be at least 1".into()));
+        return Err(invalid(
+            "server.request_timeout_secs",
+            "must be at least 1".into(),
+        ));
     }
     if s.server.max_request_body_bytes == 0 {
-        return Err(invalid("server.max_request_body_bytes", "must be at least 1".into()));
+        return Err(invalid(
+            "server.max_request_body_bytes",
+            "must be at least 1".into(),
+        ));
     }
     if s.parallel.max_workers == 0 {
         return Err(invalid("parallel.max_workers", "must be at least 1".into()));
     }
     if s.limits.max_concurrent == 0 {
-        return Err(invalid("limits.max_concurrent", "must be at least 1".into()));
+        return Err(invalid(
+            "limits.max_concurrent",
+            "must be at least 1".into(),
+        ));
     }
     for (alias, target) in &s.models {
         let backend = target.split('/').next().unwrap_or_default();
@@ -614,14 +693,25 @@ mod tests {
         assert_eq!(l.settings.default_backend, "codex");
         assert_eq!(l.settings.server.port, 9001);
         assert_eq!(l.settings.backends["claude"].model.as_deref(), Some("opus"));
-        assert!(l.settings.backends.contains_key("gemini"), "other backends kept");
-        assert!(l.warnings.iter().any(|w| w.contains("bogus")), "{:?}", l.warnings);
+        assert!(
+            l.settings.backends.contains_key("gemini"),
+            "other backends kept"
+        );
+        assert!(
+            l.warnings.iter().any(|w| w.contains("bogus")),
+            "{:?}",
+            l.warnings
+        );
     }
 
     #[test]
     fn bad_type_names_file_key_and_line() {
         let d = tempfile::tempdir().unwrap();
-        let p = write(d.path(), "config.yaml", "# comment\nserver:\n  host: 127.0.0.1\n  port: lots\n");
+        let p = write(
+            d.path(),
+            "config.yaml",
+            "# comment\nserver:\n  host: 127.0.0.1\n  port: lots\n",
+        );
         let e = load(&p, true, &[]).unwrap_err().to_string();
         assert!(e.contains("config.yaml"), "{e}");
         assert!(e.contains("server.port"), "{e}");
@@ -643,22 +733,39 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let env = vec![
             ("CLINVK_SERVER_PORT".to_string(), "9000".to_string()),
-            ("CLINVK_SERVER_RATE_LIMIT_ENABLED".to_string(), "true".to_string()),
-            ("CLINVK_BACKENDS_CLAUDE_MODEL".to_string(), "sonnet".to_string()),
+            (
+                "CLINVK_SERVER_RATE_LIMIT_ENABLED".to_string(),
+                "true".to_string(),
+            ),
+            (
+                "CLINVK_BACKENDS_CLAUDE_MODEL".to_string(),
+                "sonnet".to_string(),
+            ),
             ("CLINVK_DEFAULT_BACKEND".to_string(), "gemini".to_string()),
-            ("CLINVK_SERVER_TRUSTED_PROXIES".to_string(), "10.0.0.1, 10.0.0.2".to_string()),
+            (
+                "CLINVK_SERVER_TRUSTED_PROXIES".to_string(),
+                "10.0.0.1, 10.0.0.2".to_string(),
+            ),
             ("CLINVK_NOTHING_HERE".to_string(), "1".to_string()),
             ("CLINVK_HOME".to_string(), "/x".to_string()),
         ];
         let l = load(&d.path().join("c.yaml"), false, &env).unwrap();
         assert_eq!(l.settings.server.port, 9000);
         assert!(l.settings.server.rate_limit_enabled);
-        assert_eq!(l.settings.backends["claude"].model.as_deref(), Some("sonnet"));
+        assert_eq!(
+            l.settings.backends["claude"].model.as_deref(),
+            Some("sonnet")
+        );
         assert_eq!(l.settings.default_backend, "gemini");
-        assert_eq!(l.settings.server.trusted_proxies, vec!["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(
+            l.settings.server.trusted_proxies,
+            vec!["10.0.0.1", "10.0.0.2"]
+        );
         assert_eq!(l.warnings.len(), 1, "{:?}", l.warnings);
         let bad = vec![("CLINVK_SERVER_PORT".to_string(), "high".to_string())];
-        let e = load(&d.path().join("c.yaml"), false, &bad).unwrap_err().to_string();
+        let e = load(&d.path().join("c.yaml"), false, &bad)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("CLINVK_SERVER_PORT"), "{e}");
     }
 
@@ -666,11 +773,24 @@ mod tests {
     fn validation() {
         let d = tempfile::tempdir().unwrap();
         let p = write(d.path(), "config.yaml", "default_backend: nope\n");
-        assert!(load(&p, true, &[]).unwrap_err().to_string().contains("default_backend"));
-        let p = write(d.path(), "c2.yaml", "unified_flags:\n  approval_mode: sometimes\n");
-        assert!(load(&p, true, &[]).unwrap_err().to_string().contains("approval_mode"));
+        assert!(load(&p, true, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("default_backend"));
+        let p = write(
+            d.path(),
+            "c2.yaml",
+            "unified_flags:\n  approval_mode: sometimes\n",
+        );
+        assert!(load(&p, true, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("approval_mode"));
         let p = write(d.path(), "c3.yaml", "models:\n  fast: nobody/x\n");
-        assert!(load(&p, true, &[]).unwrap_err().to_string().contains("models.fast"));
+        assert!(load(&p, true, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("models.fast"));
     }
 
     #[test]

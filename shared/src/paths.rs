@@ -109,7 +109,10 @@ pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
 pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     {
         let mut opts = std::fs::OpenOptions::new();
@@ -139,15 +142,21 @@ mod tests {
     use std::ffi::OsString;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
-        let map: std::collections::HashMap<String, OsString> =
-            pairs.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
+        let map: std::collections::HashMap<String, OsString> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
     #[test]
     fn clinvk_home_wins_and_owns_runtime_dir() {
-        let p = Paths::resolve(env(&[("CLINVK_HOME", "/s"), ("HOME", "/h"), ("XDG_RUNTIME_DIR", "/r")]))
-            .unwrap();
+        let p = Paths::resolve(env(&[
+            ("CLINVK_HOME", "/s"),
+            ("HOME", "/h"),
+            ("XDG_RUNTIME_DIR", "/r"),
+        ]))
+        .unwrap();
         assert_eq!(p.state_dir, PathBuf::from("/s"));
         assert_eq!(p.socket(), PathBuf::from("/s/run/clinvkd.sock"));
     }
@@ -171,8 +180,15 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "no temp file left");
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 }

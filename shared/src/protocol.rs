@@ -90,7 +90,10 @@ pub enum Request {
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum Reply {
     Status(Box<StatusInfo>),
-    Reloaded { changed: Vec<String>, warnings: Vec<String> },
+    Reloaded {
+        changed: Vec<String>,
+        warnings: Vec<String>,
+    },
     Stopping,
     Json(serde_json::Value),
 }
@@ -230,7 +233,9 @@ mod tests {
     #[tokio::test]
     async fn roundtrip_and_limits() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        write_frame(&mut a, &ClientFrame::Request(Request::Status)).await.unwrap();
+        write_frame(&mut a, &ClientFrame::Request(Request::Status))
+            .await
+            .unwrap();
         let got: ClientFrame = read_frame(&mut b).await.unwrap().unwrap();
         assert!(matches!(got, ClientFrame::Request(Request::Status)));
 
@@ -243,11 +248,17 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
         a.write_all(&5u32.to_be_bytes()).await.unwrap();
         a.write_all(b"nope!").await.unwrap();
-        assert!(matches!(read_frame::<_, ClientFrame>(&mut b).await.unwrap_err(), FrameError::Malformed(_)));
+        assert!(matches!(
+            read_frame::<_, ClientFrame>(&mut b).await.unwrap_err(),
+            FrameError::Malformed(_)
+        ));
 
         // Clean EOF.
         drop(a);
-        assert!(read_frame::<_, ClientFrame>(&mut b).await.unwrap().is_none());
+        assert!(read_frame::<_, ClientFrame>(&mut b)
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[test]

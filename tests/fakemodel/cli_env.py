@@ -68,10 +68,12 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def codex_config(port: int) -> str:
+def codex_config(port: int, fast_fail: bool = False) -> str:
+    retries = "request_max_retries = 0\nstream_max_retries = 0\n" if fast_fail else ""
     return f"""\
 # written by tests/fakemodel/cli_env.py: codex talks to the fake model server
-model = "fake-model"
+# no `model`: codex's own default (gpt-6.1-sol in 0.169.0) is used; an unknown
+# model name works too but adds a "Model metadata ... not found" warning item
 model_provider = "fake"
 check_for_update_on_startup = false
 
@@ -80,9 +82,7 @@ name = "fake"
 base_url = "{base_url(port)}/v1"
 wire_api = "responses"
 env_key = "{CODEX_KEY_VAR}"
-request_max_retries = 0
-stream_max_retries = 0
-
+{retries}
 [analytics]
 enabled = false
 
@@ -91,12 +91,15 @@ enabled = false
 """
 
 
-def gemini_settings() -> dict:
+def gemini_settings(fast_fail: bool = False) -> dict:
+    general = {"enableAutoUpdate": False, "enableAutoUpdateNotification": False}
+    if fast_fail:
+        general["maxAttempts"] = 1
     return {
         "security": {"auth": {"selectedType": "gemini-api-key"}},
         "privacy": {"usageStatisticsEnabled": False},
         "telemetry": {"enabled": False},
-        "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False},
+        "general": general,
     }
 
 
@@ -110,12 +113,19 @@ def claude_state() -> dict:
     }
 
 
-def prepare_home(home: str | os.PathLike, port: int) -> Path:
-    """Write every CLI's config under ``home`` (created if missing)."""
+def prepare_home(home: str | os.PathLike, port: int, fast_fail: bool = False) -> Path:
+    """Write every CLI's config under ``home`` (created if missing).
+
+    ``fast_fail`` turns the CLIs' own retries off (codex provider retries 0,
+    gemini ``general.maxAttempts`` 1; claude's is the env var set by cli_env), so
+    a 5xx from the fake model fails a run in about a second instead of minutes.
+    """
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
-    _write(home / ".codex" / "config.toml", codex_config(port))
-    _write(home / ".gemini" / "settings.json", json.dumps(gemini_settings(), indent=2) + "\n")
+    (home / "tmp").mkdir(exist_ok=True)
+    _write(home / ".codex" / "config.toml", codex_config(port, fast_fail))
+    _write(home / ".gemini" / "settings.json",
+           json.dumps(gemini_settings(fast_fail), indent=2) + "\n")
     claude_json = home / ".claude.json"
     state = claude_state()
     if claude_json.exists():  # keep what claude itself recorded
@@ -128,13 +138,17 @@ def prepare_home(home: str | os.PathLike, port: int) -> Path:
     return home
 
 
-def cli_env(home: str | os.PathLike, port: int, cache: Path | None = None) -> dict[str, str]:
+def cli_env(home: str | os.PathLike, port: int, cache: Path | None = None,
+            fast_fail: bool = False) -> dict[str, str]:
     """The variables to set (on top of the caller's environment)."""
     home = Path(home)
     url = base_url(port)
     bin_dir = npm_bin_dir(cache)
-    return {
+    env = {
         "HOME": str(home),
+        # temp files (gemini's error reports, codex's helpers) stay inside HOME; this
+        # also silences codex's warning about a CODEX_HOME under the temp folder
+        "TMPDIR": str(home / "tmp"),
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
         # claude
         "ANTHROPIC_BASE_URL": url,
@@ -149,21 +163,26 @@ def cli_env(home: str | os.PathLike, port: int, cache: Path | None = None) -> di
         "GOOGLE_GEMINI_BASE_URL": url,
         "GEMINI_CLI_TRUST_WORKSPACE": "true",
     }
-
-
-def full_env(home, port, cache: Path | None = None, base: dict | None = None) -> dict[str, str]:
-    """``base`` (default: os.environ) minus leaky variables, plus :func:`cli_env`."""
-    env = dict(os.environ if base is None else base)
-    for name in LEAKY_VARS:
-        env.pop(name, None)
-    env.update(cli_env(home, port, cache))
+    if fast_fail:
+        env["CLAUDE_CODE_MAX_RETRIES"] = "0"
     return env
 
 
-def setup(home, port, cache: Path | None = None, base: dict | None = None) -> dict[str, str]:
-    """prepare_home + full_env in one call."""
-    prepare_home(home, port)
-    return full_env(home, port, cache, base)
+def full_env(home, port, cache: Path | None = None, base: dict | None = None,
+             fast_fail: bool = False) -> dict[str, str]:
+    """``base`` (default: os.environ) minus leaky variables, plus :func:`cli_env`."""
+    env = dict(os.environ if base is None else base)
+    for name in LEAKY_VARS + ("CLAUDE_CODE_MAX_RETRIES",):
+        env.pop(name, None)
+    env.update(cli_env(home, port, cache, fast_fail))
+    return env
+
+
+def setup(home, port, cache: Path | None = None, base: dict | None = None,
+          fast_fail: bool = False) -> dict[str, str]:
+    """prepare_home + full_env in one call: returns the complete environment."""
+    prepare_home(home, port, fast_fail)
+    return full_env(home, port, cache, base, fast_fail)
 
 
 def main(argv=None) -> int:
@@ -173,10 +192,12 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", help="test cache folder (default: $CLINVK_TEST_CACHE or .test-cache)")
     ap.add_argument("--print-env", action="store_true", help="print export lines")
     ap.add_argument("--json", action="store_true", help="print the variables as JSON")
+    ap.add_argument("--fast-fail", action="store_true",
+                    help="turn the CLIs' retries off so a 5xx fails at once")
     args = ap.parse_args(argv)
     cache = Path(args.cache) if args.cache else None
-    prepare_home(args.home, args.port)
-    env = cli_env(os.path.abspath(args.home), args.port, cache)
+    prepare_home(args.home, args.port, args.fast_fail)
+    env = cli_env(os.path.abspath(args.home), args.port, cache, args.fast_fail)
     if args.json:
         print(json.dumps({"set": env, "unset": list(LEAKY_VARS)}, indent=2))
     elif args.print_env:

@@ -1,1 +1,38 @@
-fn main(){}
+//! `clinvkctl`: operator commands for the clinvk daemon.
+
+use clap::{Parser, Subcommand};
+use clinvkctl::cmd;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "clinvkctl",
+    version,
+    about = "Operate the clinvk daemon (clinvkd): status, reload, stop",
+    after_help = "Exit codes: 0 ok, 1 failure (e.g. reload refused), 2 usage error, 3 no daemon running.\n\
+The daemon is found through its control socket under $CLINVK_HOME (default ~/.clinvk/run or $XDG_RUNTIME_DIR/clinvk)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show the daemon's pid, version, uptime, address, config, backends and running processes
+    Status(cmd::status::StatusArgs),
+    /// Re-read the configuration (like SIGHUP); an invalid file is refused and the old config stays
+    Reload,
+    /// Stop the daemon: in-flight requests get the grace period, then it exits
+    Stop(cmd::stop::StopArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    clinvkctl::block_on(async move {
+        match cli.command {
+            Command::Status(a) => cmd::status::run(a).await,
+            Command::Reload => cmd::reload::run().await,
+            Command::Stop(a) => cmd::stop::run(a).await,
+        }
+    })
+}

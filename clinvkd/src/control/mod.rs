@@ -3,8 +3,8 @@
 
 use crate::ctx::Ctx;
 use clinvk_shared::protocol::{
-    read_frame, write_frame, ClientFrame, ErrorBody, FrameError, Reply, Request, ServerFrame, StatusInfo, Welcome,
-    HANDSHAKE_TIMEOUT_MS, PROTOCOL_VERSION,
+    read_frame, write_frame, ClientFrame, ErrorBody, FrameError, Reply, Request, ServerFrame,
+    StatusInfo, Welcome, HANDSHAKE_TIMEOUT_MS, PROTOCOL_VERSION,
 };
 use interprocess::local_socket::tokio::{Listener, Stream};
 use interprocess::local_socket::traits::tokio::Listener as _;
@@ -66,11 +66,20 @@ async fn handle(ctx: Ctx, conn: Stream) {
     let my_uid = nix::unistd::geteuid().as_raw();
     if peer_uid != Some(my_uid) {
         tracing::warn!(peer_uid = ?peer_uid, "refused a control connection from another user");
-        send_error(tx, "permission_denied", "this daemon belongs to another user").await;
+        send_error(
+            tx,
+            "permission_denied",
+            "this daemon belongs to another user",
+        )
+        .await;
         return;
     }
     // Handshake.
-    let hello = tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), read_frame::<_, ClientFrame>(&mut rx)).await;
+    let hello = tokio::time::timeout(
+        Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+        read_frame::<_, ClientFrame>(&mut rx),
+    )
+    .await;
     match hello {
         Ok(Ok(Some(ClientFrame::Hello(h)))) if h.protocol == PROTOCOL_VERSION => {}
         Ok(Ok(Some(ClientFrame::Hello(h)))) => {
@@ -88,10 +97,19 @@ async fn handle(ctx: Ctx, conn: Stream) {
             .await;
             return;
         }
-        Ok(Ok(Some(_))) => return send_error(tx, "handshake_required", "the first frame must be hello").await,
+        Ok(Ok(Some(_))) => {
+            return send_error(tx, "handshake_required", "the first frame must be hello").await
+        }
         Ok(Ok(None)) => return,
         Ok(Err(e)) => return send_error(tx, "bad_frame", e.to_string()).await,
-        Err(_) => return send_error(tx, "handshake_timeout", "no hello within the handshake timeout").await,
+        Err(_) => {
+            return send_error(
+                tx,
+                "handshake_timeout",
+                "no hello within the handshake timeout",
+            )
+            .await
+        }
     }
     let welcome = ServerFrame::Welcome(Welcome {
         protocol: PROTOCOL_VERSION,
@@ -113,7 +131,11 @@ async fn handle(ctx: Ctx, conn: Stream) {
     tracing::debug!(request = ?std::mem::discriminant(&request), "control request");
     match request {
         Request::Status => {
-            let _ = send(tx, &ServerFrame::Reply(Reply::Status(Box::new(status(&ctx))))).await;
+            let _ = send(
+                tx,
+                &ServerFrame::Reply(Reply::Status(Box::new(status(&ctx)))),
+            )
+            .await;
         }
         Request::Reload => {
             let frame = match ctx.reload() {

@@ -158,7 +158,8 @@ impl ApiError {
     pub fn response(&self, style: Style) -> Response {
         let mut resp = json_response(self.kind.status(), &self.body(style));
         if self.kind == Kind::Unauthorized {
-            resp.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
         }
         if let Some(secs) = self.retry_after_secs {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
@@ -174,7 +175,8 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response 
     let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = Response::new(bytes.into());
     *resp.status_mut() = status;
-    resp.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
     resp
 }
 

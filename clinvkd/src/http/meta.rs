@@ -12,7 +12,11 @@ use warp::reply::Response;
 pub fn health(ctx: &Ctx) -> Response {
     let uptime_ms = ctx.uptime_ms();
     let status = if ctx.is_draining() { "unhealthy" } else { "ok" };
-    let code = if ctx.is_draining() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let code = if ctx.is_draining() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     json_response(
         code,
         &json!({
@@ -30,16 +34,31 @@ static RECORDER: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>>
 
 /// Installs the process-wide Prometheus recorder once (several daemons in one test process share it).
 pub fn install_metrics() {
-    RECORDER.get_or_init(|| metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok());
+    RECORDER.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .ok()
+    });
 }
 
 /// `GET /metrics` in Prometheus text format, when `server.metrics_enabled`.
 pub fn metrics(ctx: &Ctx) -> Result<Response, ApiError> {
     if !ctx.settings().server.metrics_enabled {
-        return Err(ApiError::new(Kind::NotFound, "metrics_disabled", "metrics are disabled (server.metrics_enabled: false)"));
+        return Err(ApiError::new(
+            Kind::NotFound,
+            "metrics_disabled",
+            "metrics are disabled (server.metrics_enabled: false)",
+        ));
     }
-    let text = RECORDER.get().and_then(|h| h.as_ref()).map(|h| h.render()).unwrap_or_default();
+    let text = RECORDER
+        .get()
+        .and_then(|h| h.as_ref())
+        .map(|h| h.render())
+        .unwrap_or_default();
     let mut resp = Response::new(text.into());
-    resp.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; version=0.0.4"));
+    resp.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     Ok(resp)
 }

@@ -36,7 +36,12 @@ impl HttpRequest {
         };
         let mut buf = bytes::BytesMut::new();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", format!("could not read the request body: {e}")))?;
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_body",
+                    format!("could not read the request body: {e}"),
+                )
+            })?;
             if (buf.len() + chunk.len()) as u64 > limit {
                 return Err(ApiError::new(
                     Kind::PayloadTooLarge,
@@ -55,7 +60,9 @@ impl HttpRequest {
 }
 
 /// The warp filter serving everything.
-pub fn filter(ctx: Ctx) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone {
+pub fn filter(
+    ctx: Ctx,
+) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone {
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     warp::method()
         .and(warp::path::full())
@@ -63,19 +70,21 @@ pub fn filter(ctx: Ctx) -> impl Filter<Extract = (Response,), Error = std::conve
         .and(warp::header::headers_cloned())
         .and(warp::addr::remote())
         .and(warp::body::stream())
-        .then(move |method, path: warp::path::FullPath, query, headers, remote, body| {
-            let body = box_body(body);
-            let req = HttpRequest {
-                method,
-                path: path.as_str().to_string(),
-                query,
-                headers,
-                remote,
-                request_id: String::new(),
-                body: Some(body),
-            };
-            dispatch(ctx.clone(), req)
-        })
+        .then(
+            move |method, path: warp::path::FullPath, query, headers, remote, body| {
+                let body = box_body(body);
+                let req = HttpRequest {
+                    method,
+                    path: path.as_str().to_string(),
+                    query,
+                    headers,
+                    remote,
+                    request_id: String::new(),
+                    body: Some(body),
+                };
+                dispatch(ctx.clone(), req)
+            },
+        )
         .or(warp::any().map(|| ApiError::not_found("not found").response(Style::Meta)))
         .unify()
 }
@@ -127,7 +136,12 @@ async fn dispatch(ctx: Ctx, mut req: HttpRequest) -> Response {
     let span = tracing::info_span!("request", request_id = %rid, method = %method, path = %path);
 
     let mut resp = if ctx.is_draining() && path != "/health" {
-        ApiError::new(Kind::Unavailable, "shutting_down", "the server is shutting down; retry shortly").response(style)
+        ApiError::new(
+            Kind::Unavailable,
+            "shutting_down",
+            "the server is shutting down; retry shortly",
+        )
+        .response(style)
     } else {
         route(&ctx, req, style).instrument(span.clone()).await
     };
@@ -188,22 +202,42 @@ pub fn route_template(path: &str) -> &'static str {
 
 /// Routes a request to its handler.
 async fn route(ctx: &Ctx, req: HttpRequest, style: Style) -> Response {
-    let segments: Vec<&str> = req.path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segments: Vec<&str> = req
+        .path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let m = req.method.clone();
     let result: Result<Response, ApiError> = match (segments.as_slice(), m) {
         (["health"], Method::GET) => Ok(meta::health(ctx)),
         (["metrics"], Method::GET) => meta::metrics(ctx),
         (["health"] | ["metrics"], _) => Err(method_not_allowed(&req.method)),
-        _ => Err(ApiError::not_found(format!("no route for {} {}", req.method, req.path))),
+        _ => Err(ApiError::not_found(format!(
+            "no route for {} {}",
+            req.method, req.path
+        ))),
     };
     result.unwrap_or_else(|e| e.response(style))
 }
 
 fn method_not_allowed(m: &Method) -> ApiError {
-    ApiError::new(Kind::MethodNotAllowed, "method_not_allowed", format!("method {m} is not allowed here"))
+    ApiError::new(
+        Kind::MethodNotAllowed,
+        "method_not_allowed",
+        format!("method {m} is not allowed here"),
+    )
 }
 
 /// Serves until `shutdown` resolves; `listener` is already bound.
-pub async fn serve(ctx: Ctx, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
-    warp::serve(filter(ctx)).incoming(listener).graceful(shutdown).run().await;
+pub async fn serve(
+    ctx: Ctx,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(filter(ctx))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
 }
