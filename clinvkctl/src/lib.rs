@@ -100,12 +100,18 @@ impl Connection {
             daemon_pid: 0,
             daemon_version: String::new(),
         };
-        conn.send(&ClientFrame::Hello(Hello {
-            protocol: PROTOCOL_VERSION,
-            client: format!("{client} {}", clinvk_shared::VERSION),
-        }))
-        .await?;
-        match tokio::time::timeout(Duration::from_secs(10), conn.recv()).await {
+        let sent = conn
+            .send(&ClientFrame::Hello(Hello {
+                protocol: PROTOCOL_VERSION,
+                client: format!("{client} {}", clinvk_shared::VERSION),
+            }))
+            .await;
+        // Even when sending failed, the daemon may have said why it closed (e.g. wrong user).
+        let answer = tokio::time::timeout(Duration::from_secs(10), conn.recv()).await;
+        if let (Err(e), Ok(Err(_)) | Err(_)) = (&sent, &answer) {
+            return Err(ClientError::Other(e.to_string()));
+        }
+        match answer {
             Ok(Ok(ServerFrame::Welcome(w))) => {
                 conn.daemon_pid = w.pid;
                 conn.daemon_version = w.daemon_version;

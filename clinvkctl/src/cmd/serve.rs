@@ -22,6 +22,8 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> Result<u8, ClientError> {
     let paths = crate::paths()?;
+    // Installed before anything is printed, so a Ctrl-C right after the prompt is never lost.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let (started, info) = match status(&paths, "clinvk").await {
         Ok(info) => (None, info),
         Err(ClientError::NotRunning(_)) => {
@@ -68,8 +70,6 @@ pub async fn run(args: ServeArgs) -> Result<u8, ClientError> {
     );
     let mut conn = Connection::open(&paths, "clinvk").await?;
     conn.send(&ClientFrame::Request(Request::Attach)).await?;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
             frame = conn.recv() => match frame {
@@ -83,7 +83,7 @@ pub async fn run(args: ServeArgs) -> Result<u8, ClientError> {
                 }
                 Ok(_) => {}
             },
-            _ = &mut ctrl_c => break,
+            _ = sigint.recv() => break,
         }
     }
     match started {

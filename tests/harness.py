@@ -1,0 +1,207 @@
+"""Daemon-side test harness: a private world (temporary HOME) in which clinvkd, clinvk and
+clinvkctl run as a user would run them, built from the workspace's target folder.
+
+Everything waits on conditions (the control socket answering, a pid disappearing), never on
+bare sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+BIN_DIR = Path(os.environ.get("CLINVK_BIN_DIR", REPO_ROOT / "target" / "debug"))
+
+
+def binary(name: str) -> str:
+    path = BIN_DIR / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: build first (cargo build --bins), or set CLINVK_BIN_DIR")
+    return str(path)
+
+
+def poll(predicate, timeout: float, what: str, interval: float = 0.02):
+    """Polls ``predicate`` until it returns something truthy and returns that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is as good as gone
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+class LineReader:
+    """Collects a process's stdout lines in a thread, so tests can wait for a line without
+    blocking on a pipe (and without losing lines to Python's read-ahead buffer)."""
+
+    def __init__(self, stream):
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        self.closed = False
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream):
+        for line in stream:
+            with self.cond:
+                self.lines.append(line)
+                self.cond.notify_all()
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def wait_for(self, needle: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                text = "".join(self.lines)
+                if needle in text:
+                    return text
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closed:
+                    raise AssertionError(f"{needle!r} not seen in output: {text!r}")
+                self.cond.wait(left)
+
+
+def line_reader(proc) -> LineReader:
+    """The (one) LineReader of a Popen's stdout."""
+    if not hasattr(proc, "_line_reader"):
+        proc._line_reader = LineReader(proc.stdout)
+    return proc._line_reader
+
+
+class World:
+    """A temporary HOME with its own clinvk state folder, and helpers to run the binaries in it."""
+
+    def __init__(self, root: Path, extra_env: dict | None = None):
+        self.root = root
+        self.home = root / "home"
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("CLINVK_") and k not in ("XDG_RUNTIME_DIR", "RUST_LOG")}
+        env["HOME"] = str(self.home)
+        env["NO_COLOR"] = "1"
+        env.update(extra_env or {})
+        self.env = env
+        self.procs: list[subprocess.Popen] = []
+
+    # --- places -------------------------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return self.home / ".clinvk"
+
+    @property
+    def socket(self) -> Path:
+        return self.state_dir / "run" / "clinvkd.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "run" / "clinvkd.pid"
+
+    def write_config(self, text: str, name: str = "config.yaml") -> Path:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / name
+        path.write_text(text)
+        return path
+
+    # --- running things -----------------------------------------------------------------------
+    def run(self, *argv, timeout: float = 60, input: str | None = None, env: dict | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(a) for a in argv], env=env or self.env, input=input, text=True,
+                              capture_output=True, timeout=timeout, cwd=cwd or self.root)
+
+    def ctl(self, *args, **kw) -> subprocess.CompletedProcess:
+        return self.run(binary("clinvkctl"), *args, **kw)
+
+    def clinvk(self, *args, **kw) -> subprocess.CompletedProcess:
+        return self.run(binary("clinvk"), *args, **kw)
+
+    def popen(self, *argv, **kw) -> subprocess.Popen:
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        p = subprocess.Popen([str(a) for a in argv], env=kw.pop("env", self.env), text=True,
+                             cwd=kw.pop("cwd", self.root), **kw)
+        self.procs.append(p)
+        return p
+
+    def status(self) -> dict | None:
+        """The daemon's status, or None when none answers."""
+        r = self.ctl("status", "--json", timeout=20)
+        if r.returncode != 0:
+            return None
+        return json.loads(r.stdout)
+
+    def start_daemon(self, *args, port: int | str = 0, wait: bool = True) -> subprocess.Popen:
+        """Starts clinvkd in the foreground (as a service manager would) and waits until it answers."""
+        log = open(self.root / f"clinvkd-{len(self.procs)}.stderr", "w+")
+        argv = [binary("clinvkd")]
+        if port is not None:
+            argv += ["--port", str(port)]
+        p = self.popen(*argv, *args, stdout=subprocess.DEVNULL, stderr=log)
+        p.log_path = Path(log.name)  # type: ignore[attr-defined]
+        if wait:
+            def ready():
+                if p.poll() is not None:
+                    raise AssertionError(f"clinvkd exited {p.returncode}: {Path(log.name).read_text()}")
+                s = self.status()
+                return s if s and s["pid"] == p.pid else None
+            p.status = poll(ready, 30, "clinvkd to answer on its control socket")  # type: ignore[attr-defined]
+        return p
+
+    @property
+    def url(self) -> str:
+        s = self.status()
+        assert s, "no daemon running"
+        return s["http_url"]
+
+    def stop_all(self):
+        s = self.status()
+        if s:
+            self.ctl("stop", "--timeout", "20", timeout=30)
+            if pid_alive(s["pid"]):
+                os.kill(s["pid"], signal.SIGKILL)
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = World(tmp_path)
+    yield w
+    w.stop_all()
+
+
+@pytest.fixture
+def daemon(world):
+    """A running clinvkd on a free port in a private HOME."""
+    p = world.start_daemon()
+    yield p

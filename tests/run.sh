@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what it needs (pinned CLIs, a Python
+# venv with the official SDKs, Debian tools), builds once, then runs the Rust tests and the
+# black-box suite against the real CLIs and the fake model server. Exits non-zero on any failure.
+#
+# Environment: CLINVK_TEST_CACHE (default <repo>/.test-cache) holds the npm and pip installs,
+# reused by later runs. PYTEST_ARGS adds pytest arguments (e.g. "-k daemon").
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+start=$SECONDS
+step() { printf '\n==> %s (%ds)\n' "$*" "$((SECONDS - start))"; }
+
+step "system packages"
+need=()
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v systemd-socket-activate >/dev/null || need+=(systemd)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "warning: missing ${need[*]}; the tests that need them will be skipped"
+  fi
+fi
+
+step "CLIs and Python packages"
+./tests/install-clis.sh
+CACHE="${CLINVK_TEST_CACHE:-$PWD/.test-cache}"
+PY="$CACHE/venv/bin/python"
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "build"
+cargo build --workspace --bins --quiet
+
+step "Rust tests"
+cargo test --workspace --quiet
+
+step "black-box tests"
+# shellcheck disable=SC2086
+"$PY" -m pytest -p no:cacheprovider -ra tests/ ${PYTEST_ARGS:-}
+
+step "all tests passed"
