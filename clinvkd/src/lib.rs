@@ -6,5 +6,6 @@ pub mod ctx;
 pub mod daemon;
 pub mod http;
 pub mod logging;
+pub mod supervisor;
 
 pub use daemon::{run, DaemonOptions};

@@ -1,0 +1,135 @@
+//! Concurrency limits: a global cap and a per-backend cap on running CLI processes, with a
+//! bounded wait queue. Limits are read from the current settings at each decision, so a reload
+//! applies to the next run.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Why a run could not get a slot.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CapacityError {
+    #[error("at capacity: {running} runs in progress and {queued} waiting (limits.max_concurrent / limits.queue_size); retry later")]
+    QueueFull { running: usize, queued: usize },
+    #[error("at capacity: no slot for {backend} became free within {waited_secs} s")]
+    Timeout { backend: String, waited_secs: u64 },
+}
+
+/// Current limits, read at each decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub global: usize,
+    pub backend: Option<usize>,
+    pub queue: usize,
+    pub queue_timeout: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    running: usize,
+    per_backend: HashMap<String, usize>,
+    queued: usize,
+}
+
+/// The limiter (cheap to clone).
+#[derive(Clone, Default)]
+pub struct Limiter {
+    state: Arc<Mutex<State>>,
+    freed: Arc<Notify>,
+}
+
+/// A held slot; dropping it frees the slot.
+pub struct Permit {
+    limiter: Limiter,
+    backend: String,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        {
+            let mut st = self.limiter.lock();
+            st.running = st.running.saturating_sub(1);
+            if let Some(n) = st.per_backend.get_mut(&self.backend) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        self.limiter.freed.notify_waiters();
+        metrics::gauge!("clinvk_queued_runs").set(self.limiter.queued() as f64);
+    }
+}
+
+impl Limiter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn queued(&self) -> usize {
+        self.lock().queued
+    }
+
+    fn try_take(&self, backend: &str, limits: &Limits) -> bool {
+        let mut st = self.lock();
+        let b = st.per_backend.get(backend).copied().unwrap_or(0);
+        if st.running < limits.global && limits.backend.is_none_or(|max| b < max) {
+            st.running += 1;
+            *st.per_backend.entry(backend.to_string()).or_insert(0) += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Waits for a slot for `backend`. Refused at once when the queue is full, or after the
+    /// queue timeout.
+    pub async fn acquire(&self, backend: &str, limits: Limits) -> Result<Permit, CapacityError> {
+        let permit = || Permit {
+            limiter: self.clone(),
+            backend: backend.to_string(),
+        };
+        if self.try_take(backend, &limits) {
+            return Ok(permit());
+        }
+        let _queued = {
+            let mut st = self.lock();
+            if st.queued >= limits.queue {
+                return Err(CapacityError::QueueFull {
+                    running: st.running,
+                    queued: st.queued,
+                });
+            }
+            st.queued += 1;
+            QueueSlot(self.clone())
+        };
+        metrics::gauge!("clinvk_queued_runs").set(self.queued() as f64);
+        let result = tokio::time::timeout(limits.queue_timeout, async {
+            loop {
+                let notified = self.freed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.try_take(backend, &limits) {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        match result {
+            Ok(()) => Ok(permit()),
+            Err(_) => Err(CapacityError::Timeout {
+                backend: backend.to_string(),
+                waited_secs: limits.queue_timeout.as_secs(),
+            }),
+        }
+    }
+}
+
+/// A place in the wait queue, given back on drop (also when the waiting caller goes away).
+struct QueueSlot(Limiter);
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.queued = st.queued.saturating_sub(1);
+    }
+}

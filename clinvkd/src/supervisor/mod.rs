@@ -1,0 +1,318 @@
+//! The supervisor: sole owner of every CLI process the daemon starts.
+//!
+//! Each run gets its own process group, stdin closed, stdout and stderr read concurrently with
+//! caps (an endless line or a flood of output cannot exhaust memory), a timeout, and
+//! cancellation (SIGTERM to the group, SIGKILL after a grace period). When the main process
+//! exits, whatever it left in its group is killed, so no orphan outlives its run. A global and a
+//! per-backend concurrency limit with a bounded wait queue decide when a run may start.
+
+mod limiter;
+mod lines;
+
+pub use limiter::{CapacityError, Limiter, Limits, Permit};
+
+use clinvk_shared::protocol::RunInfo;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    pub backend: String,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub timeout: Duration,
+    /// Seconds between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// Longest stdout line kept; the rest of a longer line is dropped (and counted).
+    pub max_line_bytes: usize,
+    /// Stdout kept in all; later lines are dropped (and counted), the process keeps running.
+    pub max_output_bytes: usize,
+}
+
+/// What a run reports, in order: stdout lines, then one `Exit`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProcEvent {
+    /// One stdout line (lossy UTF-8, without the newline; cut to `max_line_bytes`).
+    Line(String),
+    Exit(ExitInfo),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub cancelled: bool,
+    /// The last 64 KiB of stderr.
+    pub stderr_tail: String,
+    pub truncated_lines: usize,
+    pub dropped_bytes: u64,
+    pub duration: Duration,
+}
+
+impl ExitInfo {
+    /// The code as the native API reports it: -1 for timeout/cancel/signal.
+    pub fn exit_code(&self) -> i32 {
+        if self.timed_out || self.cancelled {
+            return -1;
+        }
+        self.code.unwrap_or(-1)
+    }
+}
+
+/// Spawn failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot start {program}: {source}")]
+    Start {
+        program: String,
+        source: std::io::Error,
+    },
+}
+
+/// A started run: its events, and cancellation on drop.
+pub struct RunHandle {
+    pub id: String,
+    pub pid: u32,
+    pub events: mpsc::Receiver<ProcEvent>,
+    cancel: CancellationToken,
+}
+
+impl RunHandle {
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+impl Drop for RunHandle {
+    fn drop(&mut self) {
+        // Nobody listens any more (client gone, fail-fast, shutdown): stop the process group.
+        self.cancel.cancel();
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Tracked {
+    backend: String,
+    pid: Option<u32>,
+    started: Instant,
+    state: &'static str,
+    cancel: CancellationToken,
+}
+
+/// The process supervisor (cheap to clone).
+#[derive(Clone)]
+pub struct Supervisor {
+    runs: Arc<Mutex<HashMap<String, Tracked>>>,
+    pub limiter: Limiter,
+}
+
+impl Supervisor {
+    pub fn new(limiter: Limiter) -> Self {
+        Self {
+            runs: Arc::new(Mutex::new(HashMap::new())),
+            limiter,
+        }
+    }
+
+    fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The running set, for `clinvkctl status`.
+    pub fn running(&self) -> Vec<RunInfo> {
+        let mut v: Vec<RunInfo> = self
+            .runs()
+            .iter()
+            .map(|(id, t)| RunInfo {
+                id: id.clone(),
+                backend: t.backend.clone(),
+                pid: t.pid,
+                age_ms: t.started.elapsed().as_millis() as u64,
+                state: t.state.to_string(),
+            })
+            .collect();
+        v.sort_by(|a, b| b.age_ms.cmp(&a.age_ms));
+        v
+    }
+
+    /// Number of CLI processes alive now.
+    pub fn running_count(&self) -> usize {
+        self.runs().len()
+    }
+
+    /// Cancels every run (shutdown).
+    pub fn cancel_all(&self) {
+        for t in self.runs().values() {
+            t.cancel.cancel();
+        }
+    }
+
+    /// Starts a process for a run that holds `permit`. The permit is released when it exits.
+    pub fn spawn(&self, permit: Permit, spec: SpawnSpec) -> Result<RunHandle, SpawnError> {
+        let id = format!("run-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let mut cmd = tokio::process::Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(cwd) = &spec.cwd {
+            cmd.current_dir(cwd);
+        }
+        let mut child = cmd.spawn().map_err(|source| SpawnError::Start {
+            program: spec.program.display().to_string(),
+            source,
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let cancel = CancellationToken::new();
+        self.runs().insert(
+            id.clone(),
+            Tracked {
+                backend: spec.backend.clone(),
+                pid: Some(pid),
+                started: Instant::now(),
+                state: "running",
+                cancel: cancel.clone(),
+            },
+        );
+        metrics::gauge!("clinvk_running_processes").set(self.running_count() as f64);
+        tracing::debug!(run = %id, pid, backend = %spec.backend, program = %spec.program.display(), "started");
+        let (tx, rx) = mpsc::channel(256);
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let sup = self.clone();
+        let run_id = id.clone();
+        let token = cancel.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let stderr_task = tokio::spawn(read_tail(stderr, 64 * 1024));
+            let reader = lines::LineReader::new(spec.max_line_bytes, spec.max_output_bytes);
+            let (line_tx, mut line_rx) = mpsc::channel::<String>(256);
+            let stdout_task = tokio::spawn(reader.pump(stdout, line_tx));
+            let mut info = ExitInfo::default();
+            let deadline = tokio::time::sleep(spec.timeout);
+            tokio::pin!(deadline);
+            let mut lines_open = true;
+            let mut consumer_gone = false;
+            let status = loop {
+                tokio::select! {
+                    line = line_rx.recv(), if lines_open => match line {
+                        Some(l) => {
+                            if !consumer_gone && tx.send(ProcEvent::Line(l)).await.is_err() {
+                                consumer_gone = true; // keep reading so the child never blocks
+                            }
+                        }
+                        None => lines_open = false,
+                    },
+                    st = child.wait() => break st.ok(),
+                    _ = &mut deadline => {
+                        info.timed_out = true;
+                        sup.set_state(&run_id, "killing");
+                        break terminate(&mut child, pid, spec.kill_grace).await;
+                    }
+                    _ = token.cancelled() => {
+                        info.cancelled = true;
+                        sup.set_state(&run_id, "cancelling");
+                        break terminate(&mut child, pid, spec.kill_grace).await;
+                    }
+                }
+            };
+            // The main process is gone: anything left in its group (helpers, a grandchild
+            // holding stdout) goes too, so the pipes close and nothing is orphaned.
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            while let Some(l) = line_rx.recv().await {
+                if !consumer_gone && tx.send(ProcEvent::Line(l)).await.is_err() {
+                    consumer_gone = true;
+                }
+            }
+            let counts = stdout_task.await.unwrap_or_default();
+            info.stderr_tail = stderr_task.await.unwrap_or_default();
+            info.truncated_lines = counts.truncated_lines;
+            info.dropped_bytes = counts.dropped_bytes;
+            if let Some(st) = status {
+                use std::os::unix::process::ExitStatusExt;
+                info.code = st.code();
+                info.signal = st.signal();
+            }
+            info.duration = started.elapsed();
+            sup.runs().remove(&run_id);
+            metrics::gauge!("clinvk_running_processes").set(sup.running_count() as f64);
+            drop(permit);
+            tracing::debug!(run = %run_id, code = ?info.code, signal = ?info.signal, timed_out = info.timed_out, cancelled = info.cancelled, "exited");
+            let _ = tx.send(ProcEvent::Exit(info)).await;
+        });
+        Ok(RunHandle {
+            id,
+            pid,
+            events: rx,
+            cancel,
+        })
+    }
+
+    fn set_state(&self, id: &str, state: &'static str) {
+        if let Some(t) = self.runs().get_mut(id) {
+            t.state = state;
+        }
+    }
+}
+
+/// SIGTERM to the group, SIGKILL after `grace`; returns the exit status.
+async fn terminate(
+    child: &mut tokio::process::Child,
+    pid: u32,
+    grace: Duration,
+) -> Option<std::process::ExitStatus> {
+    let group = Pid::from_raw(pid as i32);
+    let _ = killpg(group, Signal::SIGTERM);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(st) => st.ok(),
+        Err(_) => {
+            let _ = killpg(group, Signal::SIGKILL);
+            child.wait().await.ok()
+        }
+    }
+}
+
+/// Reads a stream to its end, keeping only the last `cap` bytes (lossy UTF-8).
+async fn read_tail(stream: Option<impl tokio::io::AsyncRead + Unpin>, cap: usize) -> String {
+    let Some(mut s) = stream else {
+        return String::new();
+    };
+    let mut tail: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > 2 * cap {
+                    let cut = tail.len() - cap;
+                    tail.drain(..cut);
+                }
+            }
+        }
+    }
+    if tail.len() > cap {
+        let cut = tail.len() - cap;
+        tail.drain(..cut);
+    }
+    String::from_utf8_lossy(&tail).into_owned()
+}
+
+#[cfg(test)]
+mod tests;
