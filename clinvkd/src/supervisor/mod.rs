@@ -144,7 +144,7 @@ impl Supervisor {
                 state: t.state.to_string(),
             })
             .collect();
-        v.sort_by(|a, b| b.age_ms.cmp(&a.age_ms));
+        v.sort_by_key(|r| std::cmp::Reverse(r.age_ms));
         v
     }
 
