@@ -236,9 +236,22 @@ class CliHome:
 
 
 @pytest.fixture
-def cli_home(tmp_path, fake_model, cli_bin_dir) -> CliHome:
-    home = tmp_path / "home"
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    env = cli_env.setup(home, fake_model.port)
-    return CliHome(home=home, workdir=workdir, port=fake_model.port, env=env)
+def cli_home_factory(tmp_path, fake_model, cli_bin_dir):
+    """Make more HOMEs wired to ``fake_model``: ``cli_home_factory("h2", fast_fail=True)``.
+
+    ``fast_fail`` turns the CLIs' own retries off (see cli_env.prepare_home), so a
+    5xx from the fake model fails a run in seconds instead of minutes."""
+
+    def make(name: str = "home", fast_fail: bool = False) -> CliHome:
+        home = tmp_path / name
+        workdir = tmp_path / f"{name}-work"
+        workdir.mkdir()
+        env = cli_env.setup(home, fake_model.port, fast_fail=fast_fail)
+        return CliHome(home=home, workdir=workdir, port=fake_model.port, env=env)
+
+    return make
+
+
+@pytest.fixture
+def cli_home(cli_home_factory) -> CliHome:
+    return cli_home_factory()

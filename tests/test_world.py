@@ -359,6 +359,21 @@ def test_cli_fails_fast_on_4xx(cli, cli_bin_dir, cli_home, fake_model):
 
 
 @pytest.mark.parametrize("cli", ["claude", "codex", "gemini"])
+def test_cli_5xx_with_fast_fail_home(cli, cli_bin_dir, cli_home_factory, fake_model):
+    # by default the CLIs retry 5xx for minutes; a fast_fail HOME turns that off
+    home = cli_home_factory("ff", fast_fail=True)
+    fake_model.set_scenario("error5xx")
+    argv = {"claude": claude_argv(cli_bin_dir, "please fail"),
+            "codex": codex_argv(cli_bin_dir, "please fail"),
+            "gemini": gemini_argv(cli_bin_dir, "please fail", extra=["-m", "gemini-2.5-flash"])}[cli]
+    res = run_cli(argv, home.env, home.workdir, timeout=60)
+    # gemini's exit code is the HTTP status modulo 256 (400 -> 144, 500 -> 244)
+    assert res.returncode == {"claude": 1, "codex": 1, "gemini": 244}[cli], str(res)
+    assert res.seconds < 20, str(res)
+    assert len(fake_model.requests()) == 1
+
+
+@pytest.mark.parametrize("cli", ["claude", "codex", "gemini"])
 def test_cli_unknown_resume_id(cli, cli_bin_dir, cli_home, fake_model):
     bogus = str(uuid.uuid4())
     argv = {"claude": claude_argv(cli_bin_dir, "x", extra=["--resume", bogus]),

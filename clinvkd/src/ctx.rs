@@ -41,6 +41,12 @@ pub struct Inner {
     pub requests_total: AtomicU64,
     pub requests_in_flight: AtomicU64,
     pub reloads: AtomicU64,
+    /// Every CLI process the daemon runs.
+    pub supervisor: crate::supervisor::Supervisor,
+    /// Which backends can run.
+    pub backends: crate::availability::Registry,
+    /// Sessions on disk.
+    pub sessions: crate::session::Store,
 }
 
 impl std::ops::Deref for Ctx {
@@ -65,10 +71,11 @@ impl Ctx {
         overrides: Overrides,
         loaded: config::Loaded,
         events: broadcast::Sender<AttachEvent>,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
+        let sessions = crate::session::Store::open(&paths.sessions_dir())?;
         let (drain_tx, _) = watch::channel(false);
         let (stop_tx, _) = watch::channel(false);
-        Ctx(Arc::new(Inner {
+        Ok(Ctx(Arc::new(Inner {
             paths,
             config_path,
             config_explicit,
@@ -86,7 +93,10 @@ impl Ctx {
             requests_total: AtomicU64::new(0),
             requests_in_flight: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
-        }))
+            supervisor: crate::supervisor::Supervisor::new(crate::supervisor::Limiter::default()),
+            backends: crate::availability::Registry::default(),
+            sessions,
+        })))
     }
 
     /// The settings in force now (a snapshot: a reload swaps in a new one).
@@ -155,6 +165,8 @@ impl Ctx {
         self.loaded_from_file
             .store(loaded.file_found, Ordering::Relaxed);
         self.reloads.fetch_add(1, Ordering::Relaxed);
+        let (registry, settings) = (self.backends.clone(), self.settings());
+        tokio::spawn(async move { registry.refresh(&settings).await });
         Ok(ReloadOutcome { changed, warnings })
     }
 

@@ -154,8 +154,22 @@ pub async fn run(
         opts.overrides,
         opts.loaded,
         opts.events,
-    );
+    )
+    .with_context(|| {
+        format!(
+            "cannot open the session store in {}",
+            paths.sessions_dir().display()
+        )
+    })?;
+    let interrupted = ctx.sessions.mark_interrupted();
+    if interrupted > 0 {
+        tracing::warn!(
+            sessions = interrupted,
+            "marked sessions whose run was cut short by the last stop as interrupted"
+        );
+    }
     crate::http::meta::install_metrics();
+    metrics::gauge!("clinvk_active_sessions").set(ctx.sessions.count() as f64);
 
     let std_listener = bind_http(&settings.server.host, settings.server.port)?;
     let http_addr = std_listener.local_addr()?;
@@ -170,6 +184,34 @@ pub async fn run(
     })?;
     pid_lock.write_pid().context("cannot write the pid file")?;
 
+    {
+        // Availability: checked now (before readiness, so the first request knows), then every 5 min.
+        let ctx2 = ctx.clone();
+        ctx.backends.refresh(&ctx.settings()).await;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(300));
+            let mut ticks: u64 = 0;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if ticks > 0 {
+                            ctx2.backends.refresh(&ctx2.settings()).await;
+                        }
+                        // Session retention, hourly.
+                        let days = ctx2.settings().session.retention_days;
+                        if days > 0 && ticks % 12 == 0 {
+                            let n = ctx2.sessions.clean_older_than(u64::from(days));
+                            if n > 0 {
+                                tracing::info!(deleted = n, days, "session retention");
+                            }
+                        }
+                        ticks += 1;
+                    }
+                    _ = ctx2.stopped() => break,
+                }
+            }
+        });
+    }
     let http_task = tokio::spawn(crate::http::serve(ctx.clone(), listener, ctx.stopped()));
     let control_task = tokio::spawn(crate::control::serve(ctx.clone(), control));
     tracing::info!(
@@ -183,6 +225,13 @@ pub async fn run(
     wait_for_stop(&ctx, shutdown).await;
     drain(&ctx).await;
 
+    // What is still running after the grace period is killed with its process group.
+    ctx.supervisor.cancel_all();
+    let kill_deadline = tokio::time::Instant::now()
+        + Duration::from_secs(ctx.settings().limits.kill_grace_secs + 3);
+    while ctx.supervisor.running_count() > 0 && tokio::time::Instant::now() < kill_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     ctx.hard_stop();
     if tokio::time::timeout(Duration::from_secs(5), http_task)
         .await

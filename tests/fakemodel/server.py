@@ -440,7 +440,7 @@ class Handler(BaseHTTPRequestHandler):
         entry = {
             "protocol": protocol, "path": self.path, "model": model, "stream": stream,
             "turns": len(info["user_texts"]),
-            "last_user": _squash(last_raw)[:200],
+            "last_user": _squash(last_raw),
             "system_has_marker": SYSTEM_MARKER in info["system"],
             "raw_user_texts": info["raw_user_texts"],
             "user_texts": info["user_texts"],

@@ -158,9 +158,7 @@ async fn handle(ctx: Ctx, conn: Stream) {
             ctx.begin_drain("stop requested by clinvkctl");
         }
         Request::Attach => attach(&ctx, &conn).await,
-        Request::Call { op, .. } => {
-            send_error(tx, "unknown_op", format!("unknown operation {op:?}")).await;
-        }
+        Request::Call { op, body } => call(&ctx, &conn, &op, body).await,
     }
 }
 
@@ -223,8 +221,69 @@ pub fn status(ctx: &Ctx) -> StatusInfo {
         }),
         requests_total: ctx.requests_total.load(Ordering::Relaxed),
         requests_in_flight: ctx.requests_in_flight.load(Ordering::Relaxed),
-        sessions: 0,
-        runs: Vec::new(),
-        backends: Vec::new(),
+        sessions: ctx.sessions.count() as u64,
+        runs: ctx.supervisor.running(),
+        backends: ctx.backends.all(),
+    }
+}
+
+/// Resolves when the client closes its side (EOF or any further frame).
+async fn client_gone(conn: &Stream) {
+    let mut rx = conn;
+    let _ = read_frame::<_, ClientFrame>(&mut rx).await;
+}
+
+/// A core operation for a `clinvk` command. `prompt` streams its events; the others answer once.
+/// The client closing the connection (Ctrl-C) cancels the operation and its CLI processes.
+async fn call(ctx: &Ctx, conn: &Stream, op: &str, body: serde_json::Value) {
+    use crate::ops::prompt;
+    let work = async {
+        if op != "prompt" {
+            let frame = match crate::ops::call(ctx, op, body).await {
+                Ok(v) => ServerFrame::Reply(Reply::Json(v)),
+                Err(e) => ServerFrame::Error(ErrorBody::new(e.code, e.message)),
+            };
+            let _ = send(conn, &frame).await;
+            return;
+        }
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let plan =
+            match crate::ops::parse_body(&bytes).and_then(|req| prompt::plan(ctx, req, "cli")) {
+                Ok(p) => p,
+                Err(e) => return send_error(conn, &e.code, e.message).await,
+            };
+        if plan.dry_run {
+            let frame = match prompt::dry_run_json(ctx, &plan) {
+                Ok(v) => ServerFrame::End(v),
+                Err(e) => ServerFrame::Error(ErrorBody::new(e.code, e.message)),
+            };
+            let _ = send(conn, &frame).await;
+            return;
+        }
+        let mut run = match prompt::start(ctx, plan).await {
+            Ok(r) => r,
+            Err(e) => return send_error(conn, &e.code, e.message).await,
+        };
+        let mut saw_delta = false;
+        while let Some(update) = run.rx.recv().await {
+            let frame = match update {
+                prompt::PromptUpdate::Event(ev) => {
+                    match prompt::native_event(&ev, &mut saw_delta) {
+                        Some((kind, content)) => ServerFrame::Event(
+                            serde_json::json!({"type": kind, "content": content}),
+                        ),
+                        None => continue,
+                    }
+                }
+                prompt::PromptUpdate::Done(r) => ServerFrame::End(prompt::done_content(&r)),
+            };
+            if send(conn, &frame).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = work => {}
+        _ = client_gone(conn) => tracing::info!(op, "control client left; operation cancelled"),
     }
 }

@@ -11,7 +11,16 @@ use warp::reply::Response;
 /// no backend usable).
 pub fn health(ctx: &Ctx) -> Response {
     let uptime_ms = ctx.uptime_ms();
-    let status = if ctx.is_draining() { "unhealthy" } else { "ok" };
+    let backends = ctx.backends.all();
+    let enabled: Vec<_> = backends.iter().filter(|b| b.enabled).collect();
+    let usable = enabled.iter().filter(|b| b.available).count();
+    let status = if ctx.is_draining() || usable == 0 {
+        "unhealthy"
+    } else if usable < enabled.len() {
+        "degraded"
+    } else {
+        "ok"
+    };
     let code = if ctx.is_draining() {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -24,8 +33,10 @@ pub fn health(ctx: &Ctx) -> Response {
             "version": clinvk_shared::VERSION,
             "uptime": humantime::format_duration(std::time::Duration::from_secs(uptime_ms / 1000)).to_string(),
             "uptime_ms": uptime_ms,
-            "backends": [],
-            "session_store": {"available": true, "session_count": 0},
+            "backends": backends.iter().map(|b| json!({
+                "name": b.name, "available": b.available, "enabled": b.enabled, "version": b.version,
+            })).collect::<Vec<_>>(),
+            "session_store": {"available": true, "session_count": ctx.sessions.count()},
         }),
     )
 }

@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod meta;
+pub mod native;
 
 use crate::ctx::Ctx;
 use bytes::{Buf, Bytes};
@@ -213,6 +214,11 @@ async fn route(ctx: &Ctx, req: HttpRequest, style: Style) -> Response {
         (["health"], Method::GET) => Ok(meta::health(ctx)),
         (["metrics"], Method::GET) => meta::metrics(ctx),
         (["health"] | ["metrics"], _) => Err(method_not_allowed(&req.method)),
+        (["api", "v1", rest @ ..], _) => {
+            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+            native::route(ctx, req, &rest).await
+        }
         _ => Err(ApiError::not_found(format!(
             "no route for {} {}",
             req.method, req.path

@@ -1,0 +1,146 @@
+//! Which backends can run: the executable resolves and answers `--version`. Cached; refreshed at
+//! start, on reload and periodically. The version string is shown by `/api/v1/backends`,
+//! `/health` and `clinvkctl status`.
+
+use crate::backend;
+use clinvk_shared::config::{BackendSettings, Settings, KNOWN_BACKENDS};
+use clinvk_shared::protocol::BackendStatus;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// The cached availability of every backend (cheap to clone).
+#[derive(Clone, Default)]
+pub struct Registry {
+    map: Arc<RwLock<HashMap<String, BackendStatus>>>,
+}
+
+impl Registry {
+    /// The last known status of every backend, in a stable order.
+    pub fn all(&self) -> Vec<BackendStatus> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        KNOWN_BACKENDS
+            .iter()
+            .filter_map(|b| map.get(*b).cloned())
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<BackendStatus> {
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Re-checks every backend against `settings` (concurrently).
+    pub async fn refresh(&self, settings: &Settings) {
+        let checks = KNOWN_BACKENDS.iter().map(|name| {
+            let cfg = settings.backends.get(*name).cloned().unwrap_or_default();
+            async move { check(name, &cfg, &settings.default_backend).await }
+        });
+        let results = futures::future::join_all(checks).await;
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        for st in results {
+            map.insert(st.name.clone(), st);
+        }
+    }
+}
+
+/// The PATH a backend's child sees: its `env.PATH` if configured, else the daemon's.
+pub fn child_path(cfg: &BackendSettings) -> Option<std::ffi::OsString> {
+    cfg.env
+        .get("PATH")
+        .map(Into::into)
+        .or_else(|| std::env::var_os("PATH"))
+}
+
+/// Resolves a command name or path to an executable file.
+pub fn resolve(command: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    let is_exec = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        p.is_file()
+            && p.metadata()
+                .map(|m| m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+    };
+    if command.contains('/') {
+        let p = PathBuf::from(command);
+        return is_exec(&p).then_some(p);
+    }
+    std::env::split_paths(path_var?)
+        .map(|d| d.join(command))
+        .find(|p| is_exec(p))
+}
+
+async fn check(name: &str, cfg: &BackendSettings, _default: &str) -> BackendStatus {
+    let adapter = backend::adapter(name);
+    let command = cfg.command.clone().unwrap_or_else(|| {
+        adapter
+            .map(|a| a.default_command().to_string())
+            .unwrap_or_else(|| name.to_string())
+    });
+    let hint = adapter.map(|a| a.install_hint()).unwrap_or("");
+    let mut st = BackendStatus {
+        name: name.to_string(),
+        enabled: cfg.enabled,
+        available: false,
+        version: None,
+        command: command.clone(),
+        path: None,
+        message: None,
+        default_model: cfg.model.clone(),
+    };
+    if !cfg.enabled {
+        st.message = Some(format!(
+            "disabled in the configuration (backends.{name}.enabled: false)"
+        ));
+        return st;
+    }
+    let Some(path) = resolve(&command, child_path(cfg).as_deref()) else {
+        st.message = Some(format!(
+            "`{command}` was not found in PATH; install it ({hint}) or set backends.{name}.command to its path"
+        ));
+        return st;
+    };
+    st.path = Some(path.display().to_string());
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(&path)
+            .arg("--version")
+            .envs(cfg.env.iter())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await;
+    match out {
+        Ok(Ok(o)) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            st.version = text
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map(str::to_string);
+            st.available = true;
+        }
+        Ok(Ok(o)) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            st.message = Some(format!(
+                "`{} --version` failed ({}): {}",
+                path.display(),
+                o.status,
+                err.lines().last().unwrap_or("").trim()
+            ));
+        }
+        Ok(Err(e)) => st.message = Some(format!("cannot run {}: {e}", path.display())),
+        Err(_) => {
+            st.message = Some(format!(
+                "`{} --version` did not answer within 30 s",
+                path.display()
+            ))
+        }
+    }
+    st
+}

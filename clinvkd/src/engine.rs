@@ -1,0 +1,442 @@
+//! The core operation every API uses: run one invocation of a backend CLI and stream its
+//! unified events. It checks the backend, builds the argv through the backend's adapter (the one
+//! place argv is built), takes a concurrency slot, starts the process under the supervisor and
+//! parses its output line by line. Dropping the stream cancels the run (its group is killed).
+
+use crate::backend::{self, Event, Invocation, Outcome};
+use crate::ctx::Ctx;
+use crate::http::error::{ApiError, Kind};
+use crate::supervisor::{CapacityError, ExitInfo, Limits, ProcEvent, SpawnSpec};
+use clinvk_shared::types::TokenUsage;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("unknown backend {0:?} (known: claude, codex, gemini)")]
+    UnknownBackend(String),
+    #[error("backend {0} is disabled in the configuration (backends.{0}.enabled)")]
+    Disabled(String),
+    #[error("backend {name} is not available: {message}")]
+    Unavailable { name: String, message: String },
+    #[error(transparent)]
+    Capacity(#[from] CapacityError),
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{0}")]
+    Spawn(String),
+    #[error("the server is shutting down; retry shortly")]
+    Draining,
+}
+
+impl EngineError {
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        EngineError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The API error (status and code) for this failure; the style decides the shape.
+    pub fn api_error(&self) -> ApiError {
+        let msg = self.to_string();
+        match self {
+            EngineError::UnknownBackend(_) => {
+                ApiError::new(Kind::BadRequest, "unknown_backend", msg)
+            }
+            EngineError::Disabled(_) => ApiError::new(Kind::Unavailable, "backend_disabled", msg),
+            EngineError::Unavailable { .. } => {
+                ApiError::new(Kind::Unavailable, "backend_unavailable", msg)
+            }
+            EngineError::Capacity(_) => {
+                let mut e = ApiError::new(Kind::Unavailable, "at_capacity", msg);
+                e.retry_after_secs = Some(5);
+                e
+            }
+            EngineError::BadRequest { code, .. } => ApiError::new(Kind::BadRequest, *code, msg),
+            EngineError::Spawn(_) => ApiError::new(Kind::Unavailable, "backend_unavailable", msg),
+            EngineError::Draining => ApiError::new(Kind::Unavailable, "shutting_down", msg),
+        }
+    }
+}
+
+/// How a run ended, for every API style to render.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RunSummary {
+    pub backend: String,
+    pub model: Option<String>,
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    pub output: String,
+    /// Set when the run failed: CLI-reported error, non-zero exit, timeout, cancellation.
+    pub error: Option<String>,
+    pub usage: TokenUsage,
+    /// The backend's own session id (for resume).
+    pub backend_session_id: Option<String>,
+    pub timed_out: bool,
+    pub cancelled: bool,
+    #[serde(skip)]
+    pub stderr_tail: String,
+}
+
+impl RunSummary {
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// The API error a compatible API answers for a failed run (502 CLI failed, 504 timeout).
+    pub fn api_error(&self) -> Option<ApiError> {
+        let msg = self.error.clone()?;
+        Some(if self.timed_out {
+            ApiError::new(Kind::Timeout, "backend_timeout", msg)
+        } else {
+            ApiError::new(Kind::CliFailed, "backend_failed", msg)
+        })
+    }
+}
+
+/// One update of a running invocation.
+#[derive(Debug, Clone)]
+pub enum RunUpdate {
+    Event(Event),
+    Done(RunSummary),
+}
+
+/// A started run. Dropping it cancels the run.
+pub struct RunStream {
+    pub run_id: String,
+    pub backend: String,
+    pub argv: Vec<String>,
+    rx: mpsc::Receiver<RunUpdate>,
+}
+
+impl RunStream {
+    pub async fn next(&mut self) -> Option<RunUpdate> {
+        self.rx.recv().await
+    }
+
+    /// Waits for the end, ignoring the events.
+    pub async fn finish(mut self) -> RunSummary {
+        while let Some(u) = self.rx.recv().await {
+            if let RunUpdate::Done(s) = u {
+                return s;
+            }
+        }
+        RunSummary {
+            backend: self.backend.clone(),
+            exit_code: -1,
+            error: Some("the run ended without a result".into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// What a dry run reports: exactly what would run.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRun {
+    pub backend: String,
+    pub program: String,
+    /// The full argv, program first.
+    pub argv: Vec<String>,
+    pub cwd: Option<String>,
+    /// Names of the extra environment variables set for the child (values are not shown).
+    pub env: Vec<String>,
+}
+
+struct Prepared {
+    adapter: &'static dyn backend::Adapter,
+    spec: SpawnSpec,
+    argv: Vec<String>,
+    env_names: Vec<String>,
+    limits: Limits,
+}
+
+fn prepare(ctx: &Ctx, inv: &Invocation) -> Result<Prepared, EngineError> {
+    let settings = ctx.settings();
+    let adapter = backend::adapter(&inv.backend)
+        .ok_or_else(|| EngineError::UnknownBackend(inv.backend.clone()))?;
+    let cfg = settings
+        .backends
+        .get(&inv.backend)
+        .cloned()
+        .unwrap_or_default();
+    if !cfg.enabled {
+        return Err(EngineError::Disabled(inv.backend.clone()));
+    }
+    let status = ctx.backends.get(&inv.backend);
+    let program = match status {
+        Some(st) if st.available => st.path.clone().map(PathBuf::from),
+        Some(st) => {
+            return Err(EngineError::Unavailable {
+                name: inv.backend.clone(),
+                message: st.message.unwrap_or_else(|| "not available".into()),
+            })
+        }
+        None => None,
+    };
+    let cmd = adapter
+        .build(inv, &cfg)
+        .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
+    let program = program
+        .or_else(|| {
+            crate::availability::resolve(
+                &cmd.program,
+                crate::availability::child_path(&cfg).as_deref(),
+            )
+        })
+        .ok_or_else(|| EngineError::Unavailable {
+            name: inv.backend.clone(),
+            message: format!(
+                "`{}` was not found; {}",
+                cmd.program,
+                adapter.install_hint()
+            ),
+        })?;
+    let timeout = Duration::from_secs(
+        cfg.timeout_secs
+            .unwrap_or(settings.server.request_timeout_secs),
+    );
+    let mut argv = vec![program.display().to_string()];
+    argv.extend(cmd.args.iter().cloned());
+    let mut env: Vec<(String, String)> = cfg
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.extend(cmd.env.iter().cloned());
+    let env_names = env.iter().map(|(k, _)| k.clone()).collect();
+    let cwd = cmd.cwd.clone().or_else(|| inv.workdir.clone());
+    Ok(Prepared {
+        adapter,
+        spec: SpawnSpec {
+            backend: inv.backend.clone(),
+            program,
+            args: cmd.args,
+            env,
+            cwd,
+            timeout,
+            kill_grace: Duration::from_secs(settings.limits.kill_grace_secs),
+            max_line_bytes: 8 * 1024 * 1024,
+            max_output_bytes: settings.limits.max_output_bytes,
+        },
+        argv,
+        env_names,
+        limits: Limits {
+            global: settings.limits.max_concurrent,
+            backend: cfg.max_concurrent,
+            queue: settings.limits.queue_size,
+            queue_timeout: Duration::from_secs(settings.limits.queue_timeout_secs),
+        },
+    })
+}
+
+/// The exact argv that `start` would run, without starting anything.
+pub fn dry_run(ctx: &Ctx, inv: &Invocation) -> Result<DryRun, EngineError> {
+    let p = prepare(ctx, inv)?;
+    Ok(DryRun {
+        backend: inv.backend.clone(),
+        program: p.spec.program.display().to_string(),
+        argv: p.argv,
+        cwd: p.spec.cwd.map(|c| c.display().to_string()),
+        env: p.env_names,
+    })
+}
+
+/// Starts a run (waiting for a concurrency slot) and streams its events.
+pub async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, EngineError> {
+    if ctx.is_draining() {
+        return Err(EngineError::Draining);
+    }
+    let p = prepare(ctx, &inv)?;
+    let permit = ctx
+        .supervisor
+        .limiter
+        .acquire(&inv.backend, p.limits)
+        .await?;
+    let mut handle = ctx
+        .supervisor
+        .spawn(permit, p.spec)
+        .map_err(|e| EngineError::Spawn(format!("{e}; {}", p.adapter.install_hint())))?;
+    let (tx, rx) = mpsc::channel(256);
+    let backend = inv.backend.clone();
+    let model = inv.model.clone();
+    let run_id = handle.id.clone();
+    let stream_id = run_id.clone();
+    let mut parser = p.adapter.parser();
+    tracing::info!(run = %run_id, backend = %backend, pid = handle.pid, "run started");
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut outcome = Outcome::default();
+        let mut first_output = true;
+        let mut exit: Option<ExitInfo> = None;
+        while let Some(ev) = handle.events.recv().await {
+            let events = match ev {
+                ProcEvent::Line(line) => parser.parse_line(&line),
+                ProcEvent::Exit(info) => {
+                    let evs = parser.finish(info.code, &info.stderr_tail);
+                    exit = Some(info);
+                    evs
+                }
+            };
+            for e in events {
+                if first_output && matches!(e, Event::TextDelta { .. } | Event::Message { .. }) {
+                    first_output = false;
+                    metrics::histogram!("clinvk_time_to_first_output_seconds", "backend" => backend.clone())
+                        .record(started.elapsed().as_secs_f64());
+                }
+                outcome.apply(&e);
+                if tx.send(RunUpdate::Event(e)).await.is_err() {
+                    // The consumer left: dropping the handle kills the process group.
+                    tracing::info!(run = %run_id, "consumer gone; cancelling the run");
+                    return;
+                }
+            }
+            if exit.is_some() {
+                break;
+            }
+        }
+        let info = exit.unwrap_or_default();
+        let summary = summarize(&backend, model, outcome, &info, started.elapsed());
+        let status = if summary.timed_out {
+            "timeout"
+        } else if summary.cancelled {
+            "cancelled"
+        } else if summary.failed() {
+            "error"
+        } else {
+            "success"
+        };
+        metrics::counter!("clinvk_backend_executions_total", "backend" => backend.clone(), "status" => status).increment(1);
+        metrics::histogram!("clinvk_backend_execution_duration_seconds", "backend" => backend.clone())
+            .record(summary.duration_ms as f64 / 1000.0);
+        tracing::info!(run = %run_id, backend = %backend, exit_code = summary.exit_code, status, duration_ms = summary.duration_ms, "run finished");
+        let _ = tx.send(RunUpdate::Done(summary)).await;
+    });
+    Ok(RunStream {
+        run_id: stream_id,
+        backend: inv.backend,
+        argv: p.argv,
+        rx,
+    })
+}
+
+fn summarize(
+    backend: &str,
+    model: Option<String>,
+    o: Outcome,
+    info: &ExitInfo,
+    elapsed: Duration,
+) -> RunSummary {
+    let exit_code = info.exit_code();
+    let error = if info.timed_out {
+        Some(format!(
+            "{backend} timed out after {} s and was stopped",
+            elapsed.as_secs()
+        ))
+    } else if info.cancelled {
+        Some("cancelled".to_string())
+    } else if let Some(e) = o.error.clone() {
+        Some(format!("{backend}: {e}"))
+    } else if o.is_error || exit_code != 0 {
+        let tail = info
+            .stderr_tail
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
+        Some(format!(
+            "{backend} exited with {}{}",
+            match (info.code, info.signal) {
+                (Some(c), _) => format!("code {c}"),
+                (None, Some(s)) => format!("signal {s}"),
+                _ => "an unknown status".into(),
+            },
+            if tail.is_empty() {
+                String::new()
+            } else {
+                format!(": {tail}")
+            }
+        ))
+    } else {
+        None
+    };
+    RunSummary {
+        backend: backend.to_string(),
+        model,
+        exit_code,
+        duration_ms: elapsed.as_millis() as u64,
+        output: o.output,
+        error,
+        usage: o.usage,
+        backend_session_id: o.session_id,
+        timed_out: info.timed_out,
+        cancelled: info.cancelled,
+        stderr_tail: info.stderr_tail.clone(),
+    }
+}
+
+/// The built-in system folders a run may never use as its working folder.
+pub const BLOCKED_WORKDIRS: [&str; 14] = [
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib64",
+    "/proc",
+    "/root/.ssh",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/run",
+    "/var/lib",
+];
+
+/// Checks a requested working folder: absolute, exists, a folder, resolved through symlinks,
+/// outside the blocked prefixes, inside the allowed ones when set (path-boundary matching).
+pub fn validate_workdir(ctx: &Ctx, requested: &str) -> Result<PathBuf, EngineError> {
+    let settings = ctx.settings();
+    let p = Path::new(requested);
+    if !p.is_absolute() {
+        return Err(EngineError::bad(
+            "invalid_workdir",
+            format!("workdir {requested:?} must be an absolute path"),
+        ));
+    }
+    let real = std::fs::canonicalize(p).map_err(|_| {
+        EngineError::bad(
+            "invalid_workdir",
+            format!("workdir {requested:?} does not exist"),
+        )
+    })?;
+    if !real.is_dir() {
+        return Err(EngineError::bad(
+            "invalid_workdir",
+            format!("workdir {requested:?} is not a folder"),
+        ));
+    }
+    let blocked: Vec<String> = if settings.server.blocked_workdir_prefixes.is_empty() {
+        BLOCKED_WORKDIRS.iter().map(|s| s.to_string()).collect()
+    } else {
+        settings.server.blocked_workdir_prefixes.clone()
+    };
+    if real == Path::new("/") || blocked.iter().any(|b| real.starts_with(b)) {
+        return Err(EngineError::bad(
+            "workdir_not_allowed",
+            format!("workdir {requested:?} is in a blocked system folder"),
+        ));
+    }
+    let allowed = &settings.server.allowed_workdir_prefixes;
+    if !allowed.is_empty() && !allowed.iter().any(|a| real.starts_with(a)) {
+        return Err(EngineError::bad(
+            "workdir_not_allowed",
+            format!("workdir {requested:?} is outside server.allowed_workdir_prefixes"),
+        ));
+    }
+    Ok(real)
+}

@@ -1,0 +1,455 @@
+//! `prompt`: run one prompt on one backend, in a new or a resumed clinvk session.
+
+use crate::backend::{ApprovalMode, Event, Invocation, SandboxMode};
+use crate::ctx::Ctx;
+use crate::engine::{self, RunSummary, RunUpdate};
+use crate::http::error::{ApiError, Kind};
+use crate::session::{clip, Session, StoreError, Turn};
+use clinvk_shared::config::KNOWN_BACKENDS;
+use clinvk_shared::types::TokenUsage;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tokio::sync::mpsc;
+
+/// The body of `POST /api/v1/prompt` (also a task of `parallel`, a step of `chain`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct PromptRequest {
+    pub backend: Option<String>,
+    pub prompt: Option<String>,
+    pub model: Option<String>,
+    pub workdir: Option<String>,
+    pub approval_mode: Option<String>,
+    pub sandbox_mode: Option<String>,
+    pub output_format: Option<String>,
+    pub max_tokens: Option<u32>,
+    pub max_turns: Option<u32>,
+    pub system_prompt: Option<String>,
+    pub verbose: bool,
+    pub dry_run: bool,
+    pub ephemeral: bool,
+    pub extra: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub tags: Vec<String>,
+    /// Continue this clinvk session (by id or unique prefix) through the backend's resume.
+    pub session_id: Option<String>,
+}
+
+/// The answer of a finished prompt.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PromptResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    pub backend: String,
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    pub output: String,
+    pub error: Option<String>,
+    pub token_usage: TokenUsage,
+    #[serde(skip)]
+    pub summary: RunSummary,
+}
+
+/// A validated prompt, ready to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub inv: Invocation,
+    pub resume_session: Option<Session>,
+    pub ephemeral: bool,
+    pub dry_run: bool,
+    pub stream: bool,
+    pub tags: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub source: String,
+    /// For the compatible APIs: the transcript hash to store after this turn.
+    pub transcript_hash: Option<String>,
+}
+
+fn bad(code: &str, msg: impl Into<String>) -> ApiError {
+    ApiError::bad_request(code.to_string(), msg)
+}
+
+fn parse_mode<T: serde::de::DeserializeOwned>(
+    field: &str,
+    v: &Option<String>,
+    allowed: &str,
+) -> Result<Option<T>, ApiError> {
+    match v.as_deref() {
+        None | Some("") => Ok(None),
+        Some(s) => serde_json::from_value(serde_json::Value::String(s.to_string()))
+            .map(Some)
+            .map_err(|_| {
+                bad(
+                    "invalid_request",
+                    format!("`{field}` must be one of {allowed}, not {s:?}"),
+                )
+            }),
+    }
+}
+
+/// Checks a request and turns it into a plan.
+pub fn plan(ctx: &Ctx, req: PromptRequest, source: &str) -> Result<Plan, ApiError> {
+    let settings = ctx.settings();
+    let prompt = req.prompt.unwrap_or_default();
+    if prompt.trim().is_empty() {
+        return Err(bad(
+            "missing_field",
+            "`prompt` is required and must not be empty",
+        )
+        .with_param("prompt"));
+    }
+    let resume_session = match req.session_id.as_deref().filter(|s| !s.is_empty()) {
+        Some(id) => Some(ctx.sessions.get(id).map_err(store_error)?),
+        None => None,
+    };
+    let backend = match (req.backend.filter(|b| !b.is_empty()), &resume_session) {
+        (Some(b), _) => b,
+        (None, Some(s)) => s.backend.clone(),
+        (None, None) if source == "cli" => settings.default_backend.clone(),
+        (None, None) => {
+            return Err(bad(
+                "missing_field",
+                "`backend` is required (claude, codex or gemini)",
+            )
+            .with_param("backend"))
+        }
+    };
+    if !KNOWN_BACKENDS.contains(&backend.as_str()) {
+        return Err(bad(
+            "unknown_backend",
+            format!(
+                "unknown backend {backend:?} (known: {})",
+                KNOWN_BACKENDS.join(", ")
+            ),
+        )
+        .with_param("backend"));
+    }
+    if let Some(s) = &resume_session {
+        if s.backend != backend {
+            return Err(bad(
+                "session_backend_mismatch",
+                format!(
+                    "session {} belongs to backend {}, not {backend}",
+                    s.id, s.backend
+                ),
+            ));
+        }
+    }
+    let stream = match req.output_format.as_deref().unwrap_or("default") {
+        "default" | "text" | "json" | "" => false,
+        "stream-json" => true,
+        other => return Err(bad(
+            "invalid_request",
+            format!(
+                "`output_format` must be one of default, text, json, stream-json, not {other:?}"
+            ),
+        )),
+    };
+    let cfg = settings.backends.get(&backend).cloned().unwrap_or_default();
+    let approval: ApprovalMode = parse_mode(
+        "approval_mode",
+        &req.approval_mode,
+        "default, auto, none, always",
+    )?
+    .or(parse_mode(
+        "backends.approval_mode",
+        &cfg.approval_mode,
+        "",
+    )?)
+    .or(parse_mode(
+        "unified_flags.approval_mode",
+        &Some(settings.unified_flags.approval_mode.clone()),
+        "",
+    )?)
+    .unwrap_or_default();
+    let sandbox: SandboxMode = parse_mode(
+        "sandbox_mode",
+        &req.sandbox_mode,
+        "default, read-only, workspace, full",
+    )?
+    .or(parse_mode("backends.sandbox_mode", &cfg.sandbox_mode, "")?)
+    .or(parse_mode(
+        "unified_flags.sandbox_mode",
+        &Some(settings.unified_flags.sandbox_mode.clone()),
+        "",
+    )?)
+    .unwrap_or_default();
+    let workdir = match (
+        req.workdir.as_deref().filter(|w| !w.is_empty()),
+        &resume_session,
+    ) {
+        (Some(w), _) => Some(
+            engine::validate_workdir(ctx, w).map_err(|e| e.api_error().with_param("workdir"))?,
+        ),
+        (None, Some(s)) => s.working_dir.as_deref().map(std::path::PathBuf::from),
+        (None, None) => None,
+    };
+    let model = req
+        .model
+        .filter(|m| !m.is_empty() && m != &backend)
+        .or_else(|| resume_session.as_ref().and_then(|s| s.model.clone()));
+    let inv = Invocation {
+        backend: backend.clone(),
+        prompt,
+        model,
+        workdir,
+        resume: resume_session
+            .as_ref()
+            .and_then(|s| s.backend_session_id.clone()),
+        new_session_id: None,
+        system_prompt: req
+            .system_prompt
+            .filter(|s| !s.is_empty())
+            .or(cfg.system_prompt.clone()),
+        max_turns: req.max_turns.or(settings.unified_flags.max_turns),
+        approval_mode: approval,
+        sandbox_mode: sandbox,
+        extra: req.extra,
+        ephemeral: req.ephemeral,
+    };
+    if resume_session
+        .as_ref()
+        .is_some_and(|s| s.backend_session_id.is_none())
+    {
+        return Err(ApiError::new(Kind::Conflict, "session_not_resumable", "this session has no backend session id yet (its first turn did not start a backend session); start a new one"));
+    }
+    let mut tags = settings.session.default_tags.clone();
+    tags.extend(req.tags);
+    Ok(Plan {
+        inv,
+        resume_session,
+        ephemeral: req.ephemeral,
+        dry_run: req.dry_run || settings.unified_flags.dry_run,
+        stream,
+        tags,
+        metadata: req.metadata,
+        source: source.to_string(),
+        transcript_hash: None,
+    })
+}
+
+pub fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound(_) | StoreError::Ambiguous(_) => {
+            ApiError::new(Kind::NotFound, "session_not_found", e.to_string())
+        }
+        StoreError::Write { .. } => {
+            ApiError::new(Kind::Internal, "session_store_error", e.to_string())
+        }
+    }
+}
+
+/// One update of a running prompt.
+#[derive(Debug, Clone)]
+pub enum PromptUpdate {
+    Event(Event),
+    Done(PromptResult),
+}
+
+/// A started prompt. Dropping it cancels the run.
+pub struct PromptRun {
+    pub session_id: Option<String>,
+    pub backend: String,
+    pub rx: mpsc::Receiver<PromptUpdate>,
+}
+
+impl PromptRun {
+    pub async fn finish(mut self) -> PromptResult {
+        while let Some(u) = self.rx.recv().await {
+            if let PromptUpdate::Done(r) = u {
+                return r;
+            }
+        }
+        PromptResult {
+            backend: self.backend,
+            session_id: self.session_id,
+            exit_code: -1,
+            error: Some("cancelled".into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Starts a planned prompt: takes the session's turn lock, creates the session (persisted before
+/// the CLI starts, so a crash never loses it), starts the run, and records the turn at the end.
+pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
+    let lock = plan
+        .resume_session
+        .as_ref()
+        .map(|s| ctx.sessions.turn_lock(&s.id));
+    let guard = match lock {
+        Some(l) => Some(l.lock_owned().await),
+        None => None,
+    };
+    let run = engine::start(ctx, plan.inv.clone())
+        .await
+        .map_err(|e| e.api_error())?;
+    let session_id = if let Some(s) = &plan.resume_session {
+        let _ = ctx.sessions.update(&s.id, |s| s.status = "active".into());
+        Some(s.id.clone())
+    } else if plan.ephemeral {
+        None
+    } else {
+        let s = ctx
+            .sessions
+            .create(Session {
+                backend: plan.inv.backend.clone(),
+                model: plan.inv.model.clone(),
+                working_dir: plan.inv.workdir.as_ref().map(|w| w.display().to_string()),
+                initial_prompt: clip(&plan.inv.prompt, 2000),
+                tags: plan.tags.clone(),
+                metadata: plan.metadata.clone(),
+                source: plan.source.clone(),
+                ..Default::default()
+            })
+            .map_err(store_error)?;
+        Some(s.id)
+    };
+    let (tx, rx) = mpsc::channel(256);
+    let ctx2 = ctx.clone();
+    let sid = session_id.clone();
+    let backend = plan.inv.backend.clone();
+    let prompt_text = plan.inv.prompt.clone();
+    let transcript_hash = plan.transcript_hash.clone();
+    tokio::spawn(async move {
+        let _guard = guard;
+        let mut run = run;
+        let mut backend_sid: Option<String> = None;
+        let summary = loop {
+            match run.next().await {
+                Some(RunUpdate::Event(ev)) => {
+                    if let Event::SessionStarted { session_id, .. } = &ev {
+                        backend_sid = Some(session_id.clone());
+                        // Keep the backend id as soon as it is known: a crash mid-run stays resumable.
+                        if let Some(id) = &sid {
+                            let b = session_id.clone();
+                            let _ = ctx2.sessions.update(id, |s| s.backend_session_id = Some(b));
+                        }
+                    }
+                    if tx.send(PromptUpdate::Event(ev)).await.is_err() {
+                        drop(run); // cancels the CLI
+                        if let Some(id) = &sid {
+                            let _ = ctx2
+                                .sessions
+                                .update(id, |s| s.status = "interrupted".into());
+                        }
+                        return;
+                    }
+                }
+                Some(RunUpdate::Done(s)) => break s,
+                None => return,
+            }
+        };
+        if let Some(id) = &sid {
+            let turn = Turn {
+                at: clinvk_shared::types::now_rfc3339(),
+                prompt: clip(&prompt_text, 4000),
+                output_summary: clip(&summary.output, 4000),
+                usage: summary.usage,
+                exit_code: summary.exit_code,
+                duration_ms: summary.duration_ms,
+                error: summary.error.clone(),
+            };
+            let bsid = summary.backend_session_id.clone().or(backend_sid);
+            if let Err(e) = ctx2.sessions.add_turn(id, turn, bsid, summary.failed()) {
+                tracing::error!(session = %id, error = %e, "cannot record the turn");
+            }
+            if let Some(h) = &transcript_hash {
+                if !summary.failed() {
+                    let h = h.clone();
+                    let _ = ctx2.sessions.update(id, |s| s.transcript_hash = Some(h));
+                }
+            }
+        }
+        let result = PromptResult {
+            session_id: sid,
+            backend,
+            exit_code: summary.exit_code,
+            duration_ms: summary.duration_ms,
+            output: summary.output.clone(),
+            error: summary.error.clone(),
+            token_usage: summary.usage,
+            summary,
+        };
+        let _ = tx.send(PromptUpdate::Done(result)).await;
+    });
+    Ok(PromptRun {
+        session_id,
+        backend: plan.inv.backend,
+        rx,
+    })
+}
+
+/// The dry-run answer: the exact argv, nothing started.
+pub fn dry_run_json(ctx: &Ctx, plan: &Plan) -> Result<serde_json::Value, ApiError> {
+    let d = engine::dry_run(ctx, &plan.inv).map_err(|e| e.api_error())?;
+    Ok(serde_json::json!({
+        "dry_run": true,
+        "backend": d.backend,
+        "command": d.argv,
+        "program": d.program,
+        "cwd": d.cwd,
+        "env": d.env,
+        "session_id": plan.resume_session.as_ref().map(|s| s.id.clone()),
+    }))
+}
+
+/// Parses, plans and runs a prompt to its end; JSON result (the non-streaming native answer).
+pub async fn run_to_json(
+    ctx: &Ctx,
+    body: &[u8],
+    source: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let req: PromptRequest = super::parse_body(body)?;
+    let plan = plan(ctx, req, source)?;
+    if plan.dry_run {
+        return dry_run_json(ctx, &plan);
+    }
+    let result = start(ctx, plan).await?.finish().await;
+    Ok(serde_json::to_value(&result).unwrap_or_default())
+}
+
+/// An event in the native stream's form (`type` and `content`); `None` for events the stream
+/// does not show. A whole message after token deltas is skipped (it would repeat them).
+pub fn native_event(ev: &Event, saw_delta: &mut bool) -> Option<(&'static str, serde_json::Value)> {
+    use serde_json::json;
+    Some(match ev {
+        Event::SessionStarted { session_id, model } => (
+            "init",
+            json!({"backend_session_id": session_id, "model": model}),
+        ),
+        Event::TextDelta { text } => {
+            *saw_delta = true;
+            (
+                "message",
+                json!({"text": text, "role": "assistant", "delta": true}),
+            )
+        }
+        Event::Message { text } if !*saw_delta => (
+            "message",
+            json!({"text": text, "role": "assistant", "delta": false}),
+        ),
+        Event::ToolUse { id, name, input } => {
+            ("tool_use", json!({"id": id, "name": name, "input": input}))
+        }
+        Event::ToolResult {
+            id,
+            output,
+            is_error,
+        } => (
+            "tool_result",
+            json!({"id": id, "output": output, "is_error": is_error}),
+        ),
+        Event::Thinking { text } => ("thinking", json!({"text": text})),
+        Event::Error { message } => ("error", json!({"message": message})),
+        _ => return None,
+    })
+}
+
+/// The content of the final `done` event.
+pub fn done_content(r: &PromptResult) -> serde_json::Value {
+    serde_json::json!({
+        "token_usage": r.token_usage, "exit_code": r.exit_code, "duration_ms": r.duration_ms,
+        "output": r.output, "error": r.error, "session_id": r.session_id,
+    })
+}

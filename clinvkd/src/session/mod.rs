@@ -1,0 +1,420 @@
+//! The session store, owned by the daemon: one JSON file per session in the state folder,
+//! written atomically (temp file + fsync + rename) and privately (0600). The in-memory map is
+//! rebuilt from the files at start, so listings never depend on an index that can drift; a
+//! corrupt file is reported and skipped. Prompts on one session are serialised (a per-session
+//! lock), so turns never interleave.
+
+use clinvk_shared::paths::{ensure_private_dir, write_private_atomic};
+use clinvk_shared::types::{now_rfc3339, TokenUsage};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// One turn of a session.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct Turn {
+    pub at: String,
+    pub prompt: String,
+    /// The start of the output (at most 4000 characters).
+    pub output_summary: String,
+    pub usage: TokenUsage,
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
+/// A clinvk session: a conversation with one backend, resumable through the backend's own id.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct Session {
+    pub id: String,
+    pub backend: String,
+    /// The backend CLI's own session id (what `--resume` takes).
+    pub backend_session_id: Option<String>,
+    pub model: Option<String>,
+    pub working_dir: Option<String>,
+    pub title: String,
+    pub initial_prompt: String,
+    pub tags: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// `active` (a turn is running), `completed`, `error`, `interrupted`.
+    pub status: String,
+    pub turn_count: u32,
+    pub token_usage: TokenUsage,
+    pub created_at: String,
+    pub last_used: String,
+    /// Which API made it: `native`, `openai`, `anthropic`, `cli`.
+    pub source: String,
+    /// For the compatible APIs: a hash of the transcript so far (continuity).
+    pub transcript_hash: Option<String>,
+    pub turns: Vec<Turn>,
+}
+
+impl Session {
+    /// The listing form (no turns).
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id, "backend": self.backend, "backend_session_id": self.backend_session_id,
+            "created_at": self.created_at, "last_used": self.last_used,
+            "working_dir": self.working_dir, "model": self.model, "initial_prompt": self.initial_prompt,
+            "status": self.status, "turn_count": self.turn_count, "token_usage": self.token_usage,
+            "tags": self.tags, "title": self.title, "metadata": self.metadata, "source": self.source,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("session {0:?} not found")]
+    NotFound(String),
+    #[error("session id prefix {0:?} is ambiguous")]
+    Ambiguous(String),
+    #[error("cannot write session {id}: {source}")]
+    Write { id: String, source: std::io::Error },
+}
+
+/// The store (cheap to clone).
+#[derive(Clone)]
+pub struct Store {
+    dir: PathBuf,
+    map: Arc<Mutex<HashMap<String, Session>>>,
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    pub corrupt_files: Arc<Mutex<Vec<String>>>,
+}
+
+/// Filters and paging of a listing.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ListQuery {
+    pub backend: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<usize>,
+    pub offset: Option<usize>,
+}
+
+impl Store {
+    /// Opens (creating) the folder and loads every session file in it.
+    pub fn open(dir: &Path) -> std::io::Result<Store> {
+        ensure_private_dir(dir)?;
+        let store = Store {
+            dir: dir.to_path_buf(),
+            map: Arc::default(),
+            locks: Arc::default(),
+            corrupt_files: Arc::default(),
+        };
+        store.load_all();
+        Ok(store)
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn load_all(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut map = self.map();
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Session>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(s) if !s.id.is_empty() => {
+                    map.insert(s.id.clone(), s);
+                }
+                Ok(_) => self.report_corrupt(&path, "no id"),
+                Err(err) => self.report_corrupt(&path, &err),
+            }
+        }
+    }
+
+    fn report_corrupt(&self, path: &Path, err: &str) {
+        tracing::warn!(file = %path.display(), error = err, "skipping a corrupt session file");
+        self.corrupt_files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.display().to_string());
+    }
+
+    fn path_of(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    fn persist(&self, s: &Session) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(s).map_err(|e| StoreError::Write {
+            id: s.id.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        write_private_atomic(&self.path_of(&s.id), &bytes).map_err(|source| StoreError::Write {
+            id: s.id.clone(),
+            source,
+        })
+    }
+
+    pub fn count(&self) -> usize {
+        self.map().len()
+    }
+
+    /// Creates and persists a new session.
+    pub fn create(&self, mut s: Session) -> Result<Session, StoreError> {
+        if s.id.is_empty() {
+            s.id = uuid::Uuid::new_v4().to_string();
+        }
+        let now = now_rfc3339();
+        s.created_at = now.clone();
+        s.last_used = now;
+        if s.title.is_empty() {
+            s.title = title_of(&s.initial_prompt);
+        }
+        if s.status.is_empty() {
+            s.status = "active".into();
+        }
+        self.persist(&s)?;
+        self.map().insert(s.id.clone(), s.clone());
+        metrics::counter!("clinvk_sessions_created_total").increment(1);
+        metrics::gauge!("clinvk_active_sessions").set(self.count() as f64);
+        Ok(s)
+    }
+
+    /// Applies `f` to a session and persists it.
+    pub fn update(&self, id: &str, f: impl FnOnce(&mut Session)) -> Result<Session, StoreError> {
+        let updated = {
+            let mut map = self.map();
+            let s = map
+                .get_mut(id)
+                .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+            f(s);
+            s.clone()
+        };
+        self.persist(&updated)?;
+        Ok(updated)
+    }
+
+    /// Records a finished turn.
+    pub fn add_turn(
+        &self,
+        id: &str,
+        turn: Turn,
+        backend_session_id: Option<String>,
+        failed: bool,
+    ) -> Result<Session, StoreError> {
+        self.update(id, |s| {
+            s.turn_count += 1;
+            s.token_usage.add(turn.usage);
+            s.last_used = now_rfc3339();
+            if backend_session_id.is_some() {
+                s.backend_session_id = backend_session_id;
+            }
+            s.status = if failed {
+                "error".into()
+            } else {
+                "completed".into()
+            };
+            s.turns.push(turn);
+        })
+    }
+
+    /// By full id or unique prefix.
+    pub fn get(&self, id_or_prefix: &str) -> Result<Session, StoreError> {
+        let map = self.map();
+        if let Some(s) = map.get(id_or_prefix) {
+            return Ok(s.clone());
+        }
+        if id_or_prefix.is_empty() {
+            return Err(StoreError::NotFound(String::new()));
+        }
+        let mut hits = map.values().filter(|s| s.id.starts_with(id_or_prefix));
+        match (hits.next(), hits.next()) {
+            (Some(s), None) => Ok(s.clone()),
+            (Some(_), Some(_)) => Err(StoreError::Ambiguous(id_or_prefix.to_string())),
+            _ => Err(StoreError::NotFound(id_or_prefix.to_string())),
+        }
+    }
+
+    /// Newest `last_used` first; returns (page, total matching).
+    pub fn list(&self, q: &ListQuery) -> (Vec<Session>, usize) {
+        let mut all: Vec<Session> = self
+            .map()
+            .values()
+            .filter(|s| q.backend.as_ref().is_none_or(|b| &s.backend == b))
+            .filter(|s| q.status.as_ref().is_none_or(|st| &s.status == st))
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| {
+            b.last_used
+                .cmp(&a.last_used)
+                .then(b.created_at.cmp(&a.created_at))
+        });
+        let total = all.len();
+        let offset = q.offset.unwrap_or(0);
+        let limit = q.limit.unwrap_or(100);
+        (all.into_iter().skip(offset).take(limit).collect(), total)
+    }
+
+    pub fn delete(&self, id_or_prefix: &str) -> Result<Session, StoreError> {
+        let s = self.get(id_or_prefix)?;
+        match std::fs::remove_file(self.path_of(&s.id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StoreError::Write { id: s.id, source }),
+        }
+        self.map().remove(&s.id);
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&s.id);
+        metrics::gauge!("clinvk_active_sessions").set(self.count() as f64);
+        Ok(s)
+    }
+
+    /// Deletes sessions not used for `days`; returns how many.
+    pub fn clean_older_than(&self, days: u64) -> usize {
+        let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86_400);
+        let old: Vec<String> = self
+            .map()
+            .values()
+            .filter(|s| {
+                humantime::parse_rfc3339(&s.last_used)
+                    .map(|t| t < cutoff)
+                    .unwrap_or(false)
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        old.iter().filter(|id| self.delete(id).is_ok()).count()
+    }
+
+    /// Marks sessions left `active` by a daemon that died or was stopped mid-run.
+    pub fn mark_interrupted(&self) -> usize {
+        let ids: Vec<String> = self
+            .map()
+            .values()
+            .filter(|s| s.status == "active")
+            .map(|s| s.id.clone())
+            .collect();
+        ids.iter()
+            .filter(|id| self.update(id, |s| s.status = "interrupted".into()).is_ok())
+            .count()
+    }
+
+    /// The lock that serialises turns on one session.
+    pub fn turn_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The newest session whose transcript hash is `hash` on `backend`.
+    pub fn find_by_transcript(&self, backend: &str, hash: &str) -> Option<Session> {
+        self.map()
+            .values()
+            .filter(|s| s.backend == backend && s.transcript_hash.as_deref() == Some(hash))
+            .max_by(|a, b| a.last_used.cmp(&b.last_used))
+            .cloned()
+    }
+}
+
+/// A title from the first prompt: its first line, at most 60 characters.
+pub fn title_of(prompt: &str) -> String {
+    let line = prompt
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let mut t: String = line.chars().take(60).collect();
+    if line.chars().count() > 60 {
+        t.push('…');
+    }
+    t
+}
+
+/// At most `n` characters of `s`.
+pub fn clip(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_get_list_delete_and_reload() {
+        let d = tempfile::tempdir().unwrap();
+        let st = Store::open(d.path()).unwrap();
+        let a = st
+            .create(Session {
+                backend: "claude".into(),
+                initial_prompt: "hello there\nmore".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let b = st
+            .create(Session {
+                backend: "codex".into(),
+                initial_prompt: "x".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(a.title, "hello there");
+        st.add_turn(
+            &a.id,
+            Turn {
+                usage: TokenUsage {
+                    input_tokens: 3,
+                    output_tokens: 4,
+                },
+                ..Default::default()
+            },
+            Some("bs-1".into()),
+            false,
+        )
+        .unwrap();
+        let got = st.get(&a.id[..8]).unwrap();
+        assert_eq!(got.turn_count, 1);
+        assert_eq!(got.backend_session_id.as_deref(), Some("bs-1"));
+        let (page, total) = st.list(&ListQuery {
+            backend: Some("codex".into()),
+            ..Default::default()
+        });
+        assert_eq!((page.len(), total), (1, 1));
+        assert_eq!(page[0].id, b.id);
+        // A corrupt file is skipped, not fatal; the store reloads from files.
+        std::fs::write(d.path().join("junk.json"), b"{not json").unwrap();
+        let st2 = Store::open(d.path()).unwrap();
+        assert_eq!(st2.count(), 2);
+        assert_eq!(st2.corrupt_files.lock().unwrap().len(), 1);
+        assert_eq!(st2.get(&a.id).unwrap(), st.get(&a.id).unwrap());
+        st2.delete(&b.id).unwrap();
+        assert!(matches!(st2.get(&b.id), Err(StoreError::NotFound(_))));
+        assert_eq!(Store::open(d.path()).unwrap().count(), 1);
+        assert_eq!(st2.mark_interrupted(), 0);
+    }
+
+    #[test]
+    fn ambiguous_prefix() {
+        let d = tempfile::tempdir().unwrap();
+        let st = Store::open(d.path()).unwrap();
+        st.create(Session {
+            id: "abc1".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        st.create(Session {
+            id: "abc2".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(matches!(st.get("abc"), Err(StoreError::Ambiguous(_))));
+        assert!(st.get("abc2").is_ok());
+        assert_eq!(st.mark_interrupted(), 2);
+    }
+}
