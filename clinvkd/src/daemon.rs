@@ -199,7 +199,7 @@ pub async fn run(
                         }
                         // Session retention, hourly.
                         let days = ctx2.settings().session.retention_days;
-                        if days > 0 && ticks % 12 == 0 {
+                        if days > 0 && ticks.is_multiple_of(12) {
                             let n = ctx2.sessions.clean_older_than(u64::from(days));
                             if n > 0 {
                                 tracing::info!(deleted = n, days, "session retention");

@@ -243,7 +243,7 @@ pub fn store_error(e: StoreError) -> ApiError {
 #[derive(Debug, Clone)]
 pub enum PromptUpdate {
     Event(Event),
-    Done(PromptResult),
+    Done(Box<PromptResult>),
 }
 
 /// A started prompt. Dropping it cancels the run.
@@ -257,7 +257,7 @@ impl PromptRun {
     pub async fn finish(mut self) -> PromptResult {
         while let Some(u) = self.rx.recv().await {
             if let PromptUpdate::Done(r) = u {
-                return r;
+                return *r;
             }
         }
         PromptResult {
@@ -371,7 +371,7 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
             token_usage: summary.usage,
             summary,
         };
-        let _ = tx.send(PromptUpdate::Done(result)).await;
+        let _ = tx.send(PromptUpdate::Done(Box::new(result))).await;
     });
     Ok(PromptRun {
         session_id,
