@@ -2,9 +2,12 @@
 //! id, drain check, routing to one module per API style, metrics and the request feed of attached
 //! clients. Each style answers errors in its own shape (`error`).
 
+pub mod anthropic;
+pub mod compat;
 pub mod error;
 pub mod meta;
 pub mod native;
+pub mod openai;
 
 use crate::ctx::Ctx;
 use bytes::{Buf, Bytes};
@@ -218,6 +221,24 @@ async fn route(ctx: &Ctx, req: HttpRequest, style: Style) -> Response {
             let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
             let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
             native::route(ctx, req, &rest).await
+        }
+        (["openai", "v1", rest @ ..], _) => {
+            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            openai::route(
+                ctx,
+                req,
+                &rest.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .await
+        }
+        (["anthropic", "v1", rest @ ..], _) => {
+            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            anthropic::route(
+                ctx,
+                req,
+                &rest.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .await
         }
         _ => Err(ApiError::not_found(format!(
             "no route for {} {}",

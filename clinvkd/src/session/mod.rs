@@ -323,6 +323,30 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Takes the newest session of `backend` whose transcript hash is `hash`, atomically clearing
+    /// its hash so that no second request can continue the same conversation at the same time
+    /// (two clients sending the same history would otherwise share one backend session). The
+    /// caller stores the new hash once the turn succeeded.
+    pub fn claim_by_transcript(&self, backend: &str, hash: &str) -> Option<Session> {
+        let claimed = {
+            let mut map = self.map();
+            let id = map
+                .values()
+                .filter(|s| s.backend == backend && s.transcript_hash.as_deref() == Some(hash))
+                .max_by(|a, b| a.last_used.cmp(&b.last_used))
+                .map(|s| s.id.clone())?;
+            let s = map.get_mut(&id)?;
+            s.transcript_hash = None;
+            s.clone()
+        };
+        if let Err(e) = self.persist(&claimed) {
+            tracing::warn!(session = %claimed.id, error = %e, "cannot persist a claimed session");
+        }
+        Some(claimed)
+    }
+}
+
 /// A title from the first prompt: its first line, at most 60 characters.
 pub fn title_of(prompt: &str) -> String {
     let line = prompt

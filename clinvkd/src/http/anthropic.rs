@@ -1,0 +1,278 @@
+//! The Anthropic-compatible API under `/anthropic/v1/`: messages (JSON or SSE) and models.
+
+use super::compat::{self, Conversation, Frames, Msg, Role};
+use super::error::{json_response, ApiError, Kind, Style};
+use super::HttpRequest;
+use crate::ctx::Ctx;
+use crate::ops;
+use crate::ops::prompt::PromptResult;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use warp::http::{Method, StatusCode};
+use warp::reply::Response;
+
+pub async fn route(ctx: &Ctx, mut req: HttpRequest, rest: &[&str]) -> Result<Response, ApiError> {
+    let m = req.method.clone();
+    match (rest, m) {
+        (["messages"], Method::POST) => {
+            let limit = ctx.settings().server.max_request_body_bytes;
+            let body = req.body_bytes(limit).await?;
+            messages(ctx, compat::session_header(&req), &body).await
+        }
+        (["models"], Method::GET) => Ok(json_response(StatusCode::OK, &models(ctx))),
+        (["models", id @ ..], Method::GET) if !id.is_empty() => {
+            let id = id.join("/");
+            compat::resolve_model(ctx, &id)?;
+            Ok(json_response(StatusCode::OK, &model_object(ctx, &id)))
+        }
+        (["messages"] | ["models", ..], m) => Err(ApiError::new(
+            Kind::MethodNotAllowed,
+            "method_not_allowed",
+            format!("method {m} is not allowed on {}", req.path),
+        )),
+        _ => Err(ApiError::not_found(format!(
+            "no route for {} {}",
+            req.method, req.path
+        ))),
+    }
+}
+
+fn model_object(ctx: &Ctx, id: &str) -> Value {
+    json!({
+        "type": "model",
+        "id": id,
+        "display_name": format!("{id} (clinvk: {})", compat::owner_of(ctx, id)),
+        "created_at": ctx.started_at,
+    })
+}
+
+fn models(ctx: &Ctx) -> Value {
+    let ids = compat::model_ids(ctx);
+    let data: Vec<Value> = ids.iter().map(|id| model_object(ctx, id)).collect();
+    json!({"data": data, "has_more": false, "first_id": ids.first(), "last_id": ids.last()})
+}
+
+#[derive(Debug, Deserialize)]
+struct MessagesRequest {
+    model: String,
+    #[serde(default)]
+    max_tokens: Option<i64>,
+    messages: Vec<InMessage>,
+    #[serde(default)]
+    system: Option<Value>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InMessage {
+    role: String,
+    content: Value,
+}
+
+fn bad(param: String, msg: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_request", msg).with_param(param)
+}
+
+/// Text of a `tool_result` block's content (string or blocks).
+fn tool_result_text(content: Option<&Value>, param: &str) -> Result<String, ApiError> {
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(_)) => {
+            blocks_text(content.unwrap_or(&Value::Null), param).map(|(t, _)| t)
+        }
+        Some(_) => Err(bad(
+            param.into(),
+            "tool_result content must be a string or blocks",
+        )),
+    }
+}
+
+/// The text of a content (string or blocks), and whether it held tool results.
+fn blocks_text(content: &Value, param: &str) -> Result<(String, bool), ApiError> {
+    let blocks = match content {
+        Value::String(s) => return Ok((s.clone(), false)),
+        Value::Array(b) => b,
+        _ => {
+            return Err(bad(
+                param.into(),
+                "`content` must be a string or an array of content blocks",
+            ))
+        }
+    };
+    let mut texts = Vec::new();
+    let mut tool = false;
+    for (i, b) in blocks.iter().enumerate() {
+        let p = format!("{param}[{i}]");
+        let kind = b.get("type").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "text" => texts.push(b.get("text").and_then(Value::as_str).unwrap_or("").to_string()),
+            "tool_result" => {
+                tool = true;
+                let id = b.get("tool_use_id").and_then(Value::as_str).unwrap_or("?");
+                let err = if b.get("is_error").and_then(Value::as_bool) == Some(true) {
+                    " (error)"
+                } else {
+                    ""
+                };
+                let text = tool_result_text(b.get("content"), &format!("{p}.content"))?;
+                texts.push(format!("[tool result for {id}{err}]\n{text}"));
+            }
+            "tool_use" | "server_tool_use" => {
+                let name = b.get("name").and_then(Value::as_str).unwrap_or("tool");
+                let input = b.get("input").cloned().unwrap_or(Value::Null);
+                texts.push(format!("[called tool {name} with {input}]"));
+            }
+            "thinking" | "redacted_thinking" => {}
+            "image" | "document" | "search_result" | "container_upload" => {
+                return Err(ApiError::bad_request(
+                    "unsupported_content",
+                    format!("content block type {kind:?} is not supported: the CLIs behind this server take text only; send text blocks"),
+                )
+                .with_param(p))
+            }
+            other => {
+                return Err(bad(
+                    format!("{p}.type"),
+                    format!("unknown content block type {other:?}"),
+                ))
+            }
+        }
+    }
+    Ok((texts.join("\n"), tool))
+}
+
+fn conversation(r: &MessagesRequest) -> Result<Conversation, ApiError> {
+    let mut conv = Conversation::default();
+    match &r.system {
+        None | Some(Value::Null) => {}
+        Some(v) => conv.add_system(&blocks_text(v, "system")?.0),
+    }
+    if r.messages.is_empty() {
+        return Err(bad(
+            "messages".into(),
+            "`messages` must hold at least one message",
+        ));
+    }
+    for (i, m) in r.messages.iter().enumerate() {
+        // Tool results arrive inside user turns; their text carries their own labels.
+        let (text, _tool) = blocks_text(&m.content, &format!("messages[{i}].content"))?;
+        let role = match m.role.as_str() {
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => {
+                return Err(bad(
+                    format!("messages[{i}].role"),
+                    format!("unknown role {other:?} (user, assistant)"),
+                ))
+            }
+        };
+        conv.messages.push(Msg::new(role, text));
+    }
+    Ok(conv)
+}
+
+async fn messages(ctx: &Ctx, session: Option<String>, body: &[u8]) -> Result<Response, ApiError> {
+    let mr: MessagesRequest = ops::parse_body(body)?;
+    match mr.max_tokens {
+        Some(n) if n > 0 => {}
+        Some(_) => {
+            return Err(bad(
+                "max_tokens".into(),
+                "`max_tokens` must be greater than 0",
+            ))
+        }
+        None => return Err(bad("max_tokens".into(), "`max_tokens` is required")),
+    }
+    let target = compat::resolve_model(ctx, &mr.model)?;
+    let conv = conversation(&mr)?;
+    let started = compat::start(ctx, session, "anthropic", &target, conv).await?;
+    let id = format!("msg_{}", compat::new_id());
+    if mr.stream.unwrap_or(false) {
+        let frames = EventFrames {
+            id,
+            model: mr.model.clone(),
+        };
+        return compat::stream(ctx, started, frames).await;
+    }
+    let reply = compat::complete(ctx, started).await?;
+    let u = reply.result.token_usage;
+    let mut resp = json_response(
+        StatusCode::OK,
+        &json!({
+            "id": id,
+            "type": "message",
+            "role": "assistant",
+            "model": mr.model,
+            "content": [{"type": "text", "text": reply.text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": null,
+            "usage": {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens},
+        }),
+    );
+    compat::set_session_header(&mut resp, &reply.session_id);
+    Ok(resp)
+}
+
+/// Anthropic's `event:`/`data:` frames.
+struct EventFrames {
+    id: String,
+    model: String,
+}
+
+fn event(name: &str, data: &Value) -> Bytes {
+    let mut out = format!("event: {name}\ndata: ").into_bytes();
+    out.extend(serde_json::to_vec(data).unwrap_or_default());
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+impl Frames for EventFrames {
+    fn start(&mut self) -> Vec<Bytes> {
+        vec![
+            event(
+                "message_start",
+                &json!({"type": "message_start", "message": {
+                    "id": self.id, "type": "message", "role": "assistant", "model": self.model,
+                    "content": [], "stop_reason": null, "stop_sequence": null,
+                    "usage": {"input_tokens": 0, "output_tokens": 0},
+                }}),
+            ),
+            event(
+                "content_block_start",
+                &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
+            event("ping", &json!({"type": "ping"})),
+        ]
+    }
+
+    fn delta(&mut self, text: &str) -> Vec<Bytes> {
+        vec![event(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+        )]
+    }
+
+    fn finish(&mut self, result: &PromptResult) -> Vec<Bytes> {
+        let u = result.token_usage;
+        vec![
+            event(
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": 0}),
+            ),
+            event(
+                "message_delta",
+                &json!({"type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                    "usage": {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens}}),
+            ),
+            event("message_stop", &json!({"type": "message_stop"})),
+        ]
+    }
+
+    fn error(&mut self, e: &ApiError) -> Vec<Bytes> {
+        vec![event("error", &e.body(Style::Anthropic))]
+    }
+}

@@ -1,0 +1,695 @@
+//! What the OpenAI- and Anthropic-compatible APIs share: model → backend mapping, rendering a
+//! conversation into a CLI prompt, conversation continuity (transcript hashes), and driving a
+//! prompt run to a JSON answer or an SSE stream. Each API module only parses its own request
+//! shape into a `Conversation` and renders its own frames (`Frames`).
+
+use super::error::{ApiError, Kind};
+use crate::backend::Event;
+use crate::ctx::Ctx;
+use crate::ops::prompt::{self, PromptRequest, PromptResult, PromptRun, PromptUpdate};
+use bytes::Bytes;
+use clinvk_shared::config::KNOWN_BACKENDS;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use warp::http::HeaderValue;
+use warp::reply::{Reply, Response};
+
+/// The header naming a native session to continue (and, on answers, the session used).
+pub const SESSION_HEADER: &str = "x-clinvk-session";
+
+/// Where a model name leads: a backend and, when given, the model the CLI should use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub backend: String,
+    /// `None` = the backend's default model (never the backend's own name).
+    pub model: Option<String>,
+}
+
+fn model_not_found(name: &str) -> ApiError {
+    ApiError::new(
+        Kind::ModelNotFound,
+        "model_not_found",
+        format!(
+            "the model {name:?} does not exist: use a backend name ({}), `<backend>/<model>`, a configured alias, or a name of a backend's model family (claude-…, gpt-…/o3…/codex…, gemini-…)",
+            KNOWN_BACKENDS.join(", ")
+        ),
+    )
+    .with_param("model")
+}
+
+fn enabled(ctx: &Ctx, backend: &str) -> bool {
+    ctx.settings()
+        .backends
+        .get(backend)
+        .is_none_or(|b| b.enabled)
+}
+
+/// `backend` or `backend/model` (the form of config aliases and of explicit names).
+fn split_target(s: &str) -> Option<Target> {
+    let (backend, model) = match s.split_once('/') {
+        Some((b, m)) => (b, Some(m.trim()).filter(|m| !m.is_empty() && *m != b)),
+        None => (s, None),
+    };
+    KNOWN_BACKENDS.contains(&backend).then(|| Target {
+        backend: backend.to_string(),
+        model: model.map(str::to_string),
+    })
+}
+
+/// Maps a requested model name: configured alias, `<backend>/<model>`, bare backend name (its
+/// default model), then family names (`claude…` → claude, `gpt…`/`o1…`/`o3…`/`o4…`/`codex…` →
+/// codex, `gemini…` → gemini, passed on as the model). Anything else is 404 `model_not_found`.
+pub fn resolve_model(ctx: &Ctx, name: &str) -> Result<Target, ApiError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(
+            ApiError::bad_request("missing_field", "`model` is required").with_param("model"),
+        );
+    }
+    let settings = ctx.settings();
+    let target = if let Some(t) = settings.models.get(name).and_then(|t| split_target(t)) {
+        Some(t)
+    } else if let Some(t) = split_target(name) {
+        Some(t)
+    } else {
+        let lower = name.to_ascii_lowercase();
+        let family = if lower.contains("claude") {
+            Some("claude")
+        } else if lower.contains("gemini") {
+            Some("gemini")
+        } else if lower.starts_with("gpt")
+            || lower.contains("codex")
+            || ["o1", "o3", "o4"]
+                .iter()
+                .any(|p| lower == *p || lower.starts_with(&format!("{p}-")))
+        {
+            Some("codex")
+        } else {
+            None
+        };
+        family.map(|b| Target {
+            backend: b.to_string(),
+            model: Some(name.to_string()),
+        })
+    };
+    match target {
+        Some(t) if enabled(ctx, &t.backend) => Ok(t),
+        Some(t) => Err(ApiError::new(
+            Kind::Unavailable,
+            "backend_disabled",
+            format!("the backend {} is disabled in the configuration", t.backend),
+        )),
+        None => Err(model_not_found(name)),
+    }
+}
+
+/// The model ids the mapping accepts by name: enabled backends, `backend/<configured model>`,
+/// and configured aliases (sorted, no duplicates).
+pub fn model_ids(ctx: &Ctx) -> Vec<String> {
+    let settings = ctx.settings();
+    let mut ids: Vec<String> = Vec::new();
+    for b in KNOWN_BACKENDS {
+        if !enabled(ctx, b) {
+            continue;
+        }
+        ids.push(b.to_string());
+        if let Some(m) = settings.backends.get(b).and_then(|c| c.model.clone()) {
+            ids.push(format!("{b}/{m}"));
+        }
+    }
+    for (alias, target) in &settings.models {
+        if split_target(target).is_some_and(|t| enabled(ctx, &t.backend)) {
+            ids.push(alias.clone());
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// The backend a listed model id runs on (for `owned_by`).
+pub fn owner_of(ctx: &Ctx, id: &str) -> String {
+    resolve_model(ctx, id)
+        .map(|t| t.backend)
+        .unwrap_or_else(|_| "clinvk".into())
+}
+
+/// The role of one conversation turn (system and developer turns go to the system prompt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Assistant,
+    Tool,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+/// One turn, already reduced to text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Msg {
+    pub role: Role,
+    /// For tool results: the call they answer.
+    pub label: Option<String>,
+    pub text: String,
+}
+
+impl Msg {
+    pub fn new(role: Role, text: impl Into<String>) -> Msg {
+        Msg {
+            role,
+            label: None,
+            text: text.into(),
+        }
+    }
+}
+
+/// A request's conversation: the system prompt and the turns, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct Conversation {
+    pub system: Option<String>,
+    pub messages: Vec<Msg>,
+}
+
+impl Conversation {
+    /// Adds to the system prompt (several system/developer turns are joined).
+    pub fn add_system(&mut self, text: &str) {
+        let text = text.trim();
+        if text.is_empty() {
+            return;
+        }
+        match &mut self.system {
+            Some(s) => {
+                s.push_str("\n\n");
+                s.push_str(text);
+            }
+            None => self.system = Some(text.to_string()),
+        }
+    }
+
+    /// The index where the new turns start: right after the last assistant turn.
+    fn split(&self) -> usize {
+        self.messages
+            .iter()
+            .rposition(|m| m.role == Role::Assistant)
+            .map_or(0, |i| i + 1)
+    }
+}
+
+/// Renders turns into one prompt. A lone user turn is sent as it is; several turns (a fresh
+/// start of a longer conversation, or tool results before a user turn) are written out with
+/// their roles, so the CLI sees the whole conversation faithfully.
+pub fn render(msgs: &[Msg]) -> String {
+    if let [m] = msgs {
+        if m.role == Role::User {
+            return m.text.clone();
+        }
+    }
+    let mut out = String::new();
+    let last_user = msgs.iter().rposition(|m| m.role == Role::User);
+    if msgs.len() > 1 {
+        out.push_str(
+            "The conversation so far is below, one turn per block. Reply as the assistant to the last turn.\n\n",
+        );
+    }
+    for (i, m) in msgs.iter().enumerate() {
+        let head = match (m.role, &m.label) {
+            (Role::Tool, Some(l)) => format!("[tool result for {l}]"),
+            (Role::Tool, None) => "[tool result]".to_string(),
+            (r, _) if Some(i) == last_user && msgs.len() > 1 => {
+                format!("[{} — reply to this]", r.name())
+            }
+            (r, _) => format!("[{}]", r.name()),
+        };
+        if !out.is_empty() && !out.ends_with("\n\n") {
+            out.push_str("\n\n");
+        }
+        out.push_str(&head);
+        out.push('\n');
+        out.push_str(m.text.trim_end());
+    }
+    out
+}
+
+/// A stable hash of a conversation on one target: what identifies a conversation for continuity.
+pub fn transcript_hash(target: &Target, system: Option<&str>, msgs: &[Msg]) -> String {
+    let turns: Vec<serde_json::Value> = msgs
+        .iter()
+        .map(|m| json!([m.role.name(), m.label, m.text.trim()]))
+        .collect();
+    let canon = json!({
+        "backend": target.backend,
+        "model": target.model,
+        "system": system.map(str::trim),
+        "turns": turns,
+    });
+    let digest = Sha256::digest(serde_json::to_vec(&canon).unwrap_or_default());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What is needed to record a conversation when its turn succeeds.
+pub struct Continuity {
+    pub session_id: Option<String>,
+    /// The conversation up to and including the new turns (the reply is appended at the end).
+    transcript: Vec<Msg>,
+    target: Target,
+    system: Option<String>,
+    /// Whether this run continued a stored session.
+    pub resumed: bool,
+}
+
+impl Continuity {
+    /// Stores the transcript hash of the conversation including `reply`, so the client's next
+    /// request (which sends this reply back as history) continues this session.
+    fn commit(&self, ctx: &Ctx, reply: &str) {
+        let Some(id) = &self.session_id else { return };
+        let mut msgs = self.transcript.clone();
+        msgs.push(Msg::new(Role::Assistant, reply));
+        let hash = transcript_hash(&self.target, self.system.as_deref(), &msgs);
+        if let Err(e) = ctx.sessions.update(id, |s| s.transcript_hash = Some(hash)) {
+            tracing::warn!(session = %id, error = %e, "cannot store the transcript hash");
+        }
+    }
+}
+
+/// A started run.
+pub struct Started {
+    pub run: PromptRun,
+    pub meta: Continuity,
+}
+
+/// Plans and starts a run for a conversation: continues a stored session when the request names
+/// one (`X-Clinvk-Session`) or when its earlier turns are exactly a stored conversation on the
+/// same backend and model (then only the new turns are sent); otherwise a fresh session gets the
+/// whole conversation.
+pub async fn start(
+    ctx: &Ctx,
+    explicit_session: Option<String>,
+    source: &str,
+    target: &Target,
+    conv: Conversation,
+) -> Result<Started, ApiError> {
+    let split = conv.split();
+    let (history, new) = conv.messages.split_at(split);
+    if !new.iter().any(|m| m.role != Role::Assistant) || new.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the conversation must end with a user turn (or tool results) after the last assistant turn",
+        )
+        .with_param("messages"));
+    }
+    if !conv.messages.iter().any(|m| !m.text.trim().is_empty()) {
+        return Err(
+            ApiError::bad_request("invalid_request", "the conversation holds no text")
+                .with_param("messages"),
+        );
+    }
+    let resume = match explicit_session {
+        Some(id) => Some(id),
+        None if !history.is_empty() => {
+            let hash = transcript_hash(target, conv.system.as_deref(), history);
+            ctx.sessions
+                .claim_by_transcript(&target.backend, &hash)
+                .filter(|s| s.backend_session_id.is_some())
+                .map(|s| s.id)
+        }
+        None => None,
+    };
+    let prompt_text = if resume.is_some() {
+        render(new)
+    } else {
+        render(&conv.messages)
+    };
+    let preq = PromptRequest {
+        backend: Some(target.backend.clone()),
+        prompt: Some(prompt_text),
+        model: target.model.clone(),
+        system_prompt: conv.system.clone(),
+        session_id: resume.clone(),
+        ..Default::default()
+    };
+    let plan = prompt::plan(ctx, preq, source)?;
+    let run = prompt::start(ctx, plan).await?;
+    Ok(Started {
+        meta: Continuity {
+            session_id: run.session_id.clone(),
+            transcript: conv.messages,
+            target: target.clone(),
+            system: conv.system,
+            resumed: resume.is_some(),
+        },
+        run,
+    })
+}
+
+/// What a run produces, reduced to what the compatible APIs show.
+pub enum Piece {
+    Text(String),
+    Done(Box<PromptResult>),
+}
+
+/// Reads a run's updates as text pieces: token deltas as the CLI prints them, or whole messages
+/// when the CLI prints no deltas (a whole message after deltas would repeat them).
+pub struct Pieces {
+    run: PromptRun,
+    saw_delta: bool,
+    pub emitted: String,
+    pending: Option<Box<PromptResult>>,
+}
+
+impl Pieces {
+    pub fn new(run: PromptRun) -> Self {
+        Pieces {
+            run,
+            saw_delta: false,
+            emitted: String::new(),
+            pending: None,
+        }
+    }
+
+    pub async fn next(&mut self) -> Option<Piece> {
+        if let Some(r) = self.pending.take() {
+            return Some(Piece::Done(r));
+        }
+        loop {
+            let text = match self.run.rx.recv().await? {
+                PromptUpdate::Event(Event::TextDelta { text }) => {
+                    self.saw_delta = true;
+                    text
+                }
+                PromptUpdate::Event(Event::Message { text }) if !self.saw_delta => {
+                    if self.emitted.is_empty() || self.emitted.ends_with(char::is_whitespace) {
+                        text
+                    } else {
+                        format!("\n\n{text}")
+                    }
+                }
+                PromptUpdate::Event(_) => continue,
+                PromptUpdate::Done(r) => {
+                    // A CLI that printed its answer only in the final result.
+                    if self.emitted.is_empty() && !r.output.is_empty() && r.error.is_none() {
+                        let text = r.output.clone();
+                        self.emitted.push_str(&text);
+                        // Hand out the text now and the result on the next call.
+                        self.pending = Some(r);
+                        return Some(Piece::Text(text));
+                    }
+                    return Some(Piece::Done(r));
+                }
+            };
+            if text.is_empty() {
+                continue;
+            }
+            self.emitted.push_str(&text);
+            return Some(Piece::Text(text));
+        }
+    }
+}
+
+/// The API error of a failed run (502 CLI failed, 504 timeout).
+pub fn run_error(r: &PromptResult) -> Option<ApiError> {
+    r.summary.api_error().or_else(|| {
+        r.error
+            .as_ref()
+            .map(|e| ApiError::new(Kind::CliFailed, "backend_failed", e.clone()))
+    })
+}
+
+/// A finished, successful run: the reply text and the result.
+pub struct Finished {
+    pub text: String,
+    pub result: PromptResult,
+    pub session_id: Option<String>,
+}
+
+/// Runs to the end (the non-streaming answer); a failed run is an error.
+pub async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, ApiError> {
+    let Started { run, meta } = started;
+    let stopped = ctx.stopped();
+    tokio::pin!(stopped);
+    let mut pieces = Pieces::new(run);
+    let result = loop {
+        let piece = tokio::select! {
+            p = pieces.next() => p,
+            _ = &mut stopped => return Err(shutting_down()),
+        };
+        match piece {
+            Some(Piece::Text(_)) => continue,
+            Some(Piece::Done(r)) => break *r,
+            None => {
+                return Err(ApiError::new(
+                    Kind::Internal,
+                    "run_lost",
+                    "the run ended without a result",
+                ))
+            }
+        }
+    };
+    if let Some(e) = run_error(&result) {
+        return Err(e);
+    }
+    let text = if result.output.is_empty() {
+        pieces.emitted.clone()
+    } else {
+        result.output.clone()
+    };
+    meta.commit(ctx, &text);
+    Ok(Finished {
+        text,
+        result,
+        session_id: meta.session_id,
+    })
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(
+        Kind::Unavailable,
+        "shutting_down",
+        "the server is shutting down; retry shortly",
+    )
+}
+
+/// One API style's stream frames.
+pub trait Frames: Send + 'static {
+    /// Frames before the first text (e.g. the role chunk, `message_start`).
+    fn start(&mut self) -> Vec<Bytes>;
+    fn delta(&mut self, text: &str) -> Vec<Bytes>;
+    /// The closing frames of a successful run.
+    fn finish(&mut self, result: &PromptResult) -> Vec<Bytes>;
+    /// The frame of a failure after the stream began; the stream ends after it.
+    fn error(&mut self, e: &ApiError) -> Vec<Bytes>;
+}
+
+/// Streams a run as server-sent events. The HTTP status is decided by the first thing the run
+/// produces: a run that fails before any text answers an ordinary error response (so clients
+/// raise their usual exception with the right status); once text flowed, a failure is an error
+/// frame, then the stream ends. Each piece is written as soon as the CLI printed it.
+pub async fn stream(
+    ctx: &Ctx,
+    started: Started,
+    mut frames: impl Frames,
+) -> Result<Response, ApiError> {
+    let Started { run, meta } = started;
+    let mut pieces = Pieces::new(run);
+    let stopped = ctx.stopped();
+    tokio::pin!(stopped);
+    let first = tokio::select! {
+        p = pieces.next() => p,
+        _ = &mut stopped => return Err(shutting_down()),
+    };
+    let first = match first {
+        None => {
+            return Err(ApiError::new(
+                Kind::Internal,
+                "run_lost",
+                "the run ended without a result",
+            ))
+        }
+        Some(Piece::Done(r)) => {
+            if let Some(e) = run_error(&r) {
+                return Err(e);
+            }
+            Piece::Done(r)
+        }
+        Some(p) => p,
+    };
+    let session_id = meta.session_id.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let ctx2 = ctx.clone();
+    tokio::spawn(async move {
+        let stopped = ctx2.stopped();
+        tokio::pin!(stopped);
+        let mut out = frames.start();
+        let mut next = Some(first);
+        loop {
+            let piece = match next.take() {
+                Some(p) => Some(p),
+                None => tokio::select! {
+                    p = pieces.next() => p,
+                    _ = &mut stopped => {
+                        out.extend(frames.error(&shutting_down()));
+                        for b in out.drain(..) { let _ = tx.send(b).await; }
+                        return;
+                    }
+                },
+            };
+            let mut end = false;
+            match piece {
+                Some(Piece::Text(t)) => out.extend(frames.delta(&t)),
+                Some(Piece::Done(r)) => {
+                    end = true;
+                    match run_error(&r) {
+                        Some(e) => out.extend(frames.error(&e)),
+                        None => {
+                            meta.commit(&ctx2, &pieces.emitted);
+                            out.extend(frames.finish(&r));
+                        }
+                    }
+                }
+                None => {
+                    end = true;
+                    out.extend(frames.error(&ApiError::new(
+                        Kind::Internal,
+                        "run_lost",
+                        "the run ended without a result",
+                    )));
+                }
+            }
+            for b in out.drain(..) {
+                if tx.send(b).await.is_err() {
+                    return; // client gone: dropping `pieces` cancels the CLI
+                }
+            }
+            if end {
+                return;
+            }
+        }
+    });
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<Bytes, std::convert::Infallible>(b), rx))
+    });
+    let mut resp = warp::reply::stream(body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    set_session_header(&mut resp, &session_id);
+    Ok(resp)
+}
+
+/// Names the session a run used on the answer (`X-Clinvk-Session`).
+pub fn set_session_header(resp: &mut Response, session_id: &Option<String>) {
+    if let Some(v) = session_id
+        .as_deref()
+        .and_then(|s| HeaderValue::from_str(s).ok())
+    {
+        resp.headers_mut().insert(SESSION_HEADER, v);
+    }
+}
+
+/// The session a request names explicitly (`X-Clinvk-Session`).
+pub fn session_header(req: &super::HttpRequest) -> Option<String> {
+    req.header(SESSION_HEADER)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A short unique id suffix.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_targets() {
+        assert_eq!(
+            split_target("claude"),
+            Some(Target {
+                backend: "claude".into(),
+                model: None
+            })
+        );
+        assert_eq!(
+            split_target("codex/gpt-5"),
+            Some(Target {
+                backend: "codex".into(),
+                model: Some("gpt-5".into())
+            })
+        );
+        assert_eq!(
+            split_target("claude/claude"),
+            Some(Target {
+                backend: "claude".into(),
+                model: None
+            })
+        );
+        assert_eq!(split_target("nobody/x"), None);
+    }
+
+    #[test]
+    fn render_and_split() {
+        let mut c = Conversation::default();
+        c.messages.push(Msg::new(Role::User, "hi"));
+        assert_eq!(c.split(), 0);
+        assert_eq!(render(&c.messages), "hi");
+        c.messages.push(Msg::new(Role::Assistant, "hello"));
+        c.messages.push(Msg::new(Role::User, "more"));
+        assert_eq!(c.split(), 2);
+        let all = render(&c.messages);
+        assert!(
+            all.contains("[user]\nhi") && all.contains("[assistant]\nhello"),
+            "{all}"
+        );
+        assert!(all.contains("reply to this]\nmore"), "{all}");
+        assert_eq!(render(&c.messages[2..]), "more");
+    }
+
+    #[test]
+    fn hashes_depend_on_everything() {
+        let t = Target {
+            backend: "claude".into(),
+            model: None,
+        };
+        let a = vec![Msg::new(Role::User, "hi"), Msg::new(Role::Assistant, "yo ")];
+        let h = transcript_hash(&t, None, &a);
+        assert_eq!(
+            h,
+            transcript_hash(
+                &t,
+                None,
+                &[Msg::new(Role::User, " hi"), Msg::new(Role::Assistant, "yo")]
+            )
+        );
+        assert_ne!(h, transcript_hash(&t, Some("sys"), &a));
+        let t2 = Target {
+            backend: "codex".into(),
+            model: None,
+        };
+        assert_ne!(h, transcript_hash(&t2, None, &a));
+        assert_ne!(h, transcript_hash(&t, None, &a[..1]));
+    }
+}

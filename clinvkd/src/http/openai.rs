@@ -1,0 +1,316 @@
+//! The OpenAI-compatible API under `/openai/v1/`: models and chat completions (JSON or SSE).
+
+use super::compat::{self, Conversation, Frames, Msg, Role};
+use super::error::{json_response, ApiError, Kind};
+use super::HttpRequest;
+use crate::ctx::Ctx;
+use crate::ops;
+use crate::ops::prompt::PromptResult;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use warp::http::{Method, StatusCode};
+use warp::reply::Response;
+
+pub async fn route(ctx: &Ctx, mut req: HttpRequest, rest: &[&str]) -> Result<Response, ApiError> {
+    let m = req.method.clone();
+    match (rest, m) {
+        (["models"], Method::GET) => Ok(json_response(StatusCode::OK, &models(ctx))),
+        (["models", id @ ..], Method::GET) if !id.is_empty() => model(ctx, &id.join("/")),
+        (["chat", "completions"], Method::POST) => {
+            let limit = ctx.settings().server.max_request_body_bytes;
+            let body = req.body_bytes(limit).await?;
+            chat(ctx, compat::session_header(&req), &body).await
+        }
+        (["models", ..] | ["chat", "completions"], m) => Err(ApiError::new(
+            Kind::MethodNotAllowed,
+            "method_not_allowed",
+            format!("method {m} is not allowed on {}", req.path),
+        )),
+        _ => Err(ApiError::not_found(format!(
+            "no route for {} {}",
+            req.method, req.path
+        ))),
+    }
+}
+
+fn model_object(ctx: &Ctx, id: &str, created: u64) -> Value {
+    json!({"id": id, "object": "model", "created": created, "owned_by": compat::owner_of(ctx, id)})
+}
+
+fn models(ctx: &Ctx) -> Value {
+    let created = ctx_created(ctx);
+    let data: Vec<Value> = compat::model_ids(ctx)
+        .iter()
+        .map(|id| model_object(ctx, id, created))
+        .collect();
+    json!({"object": "list", "data": data})
+}
+
+/// When the daemon started (a stable `created` for the listed models).
+fn ctx_created(ctx: &Ctx) -> u64 {
+    compat::unix_now().saturating_sub(ctx.started.elapsed().as_secs())
+}
+
+fn model(ctx: &Ctx, id: &str) -> Result<Response, ApiError> {
+    compat::resolve_model(ctx, id)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &model_object(ctx, id, ctx_created(ctx)),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatRequest {
+    model: String,
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    n: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<Value>,
+    #[serde(default)]
+    tool_calls: Option<Vec<Value>>,
+    #[serde(default)]
+    function_call: Option<Value>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+fn bad(param: String, msg: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_request", msg).with_param(param)
+}
+
+/// A message's content as text: a string, or an array of parts whose text parts are joined.
+fn content_text(content: &Option<Value>, param: &str) -> Result<String, ApiError> {
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut texts = Vec::new();
+            for (i, p) in parts.iter().enumerate() {
+                let kind = p.get("type").and_then(Value::as_str).unwrap_or("");
+                match kind {
+                    "text" | "input_text" | "output_text" => {
+                        texts.push(p.get("text").and_then(Value::as_str).unwrap_or("").to_string())
+                    }
+                    "refusal" => texts.push(
+                        p.get("refusal")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
+                    ),
+                    "image_url" | "input_image" | "input_audio" | "file" | "input_file" => {
+                        return Err(ApiError::bad_request(
+                            "unsupported_content",
+                            format!("content part type {kind:?} is not supported: the CLIs behind this server take text only; send text parts"),
+                        )
+                        .with_param(format!("{param}[{i}]")))
+                    }
+                    other => {
+                        return Err(bad(
+                            format!("{param}[{i}].type"),
+                            format!("unknown content part type {other:?}"),
+                        ))
+                    }
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+        Some(_) => Err(bad(
+            param.to_string(),
+            "`content` must be a string or an array of content parts",
+        )),
+    }
+}
+
+fn conversation(messages: &[ChatMessage]) -> Result<Conversation, ApiError> {
+    if messages.is_empty() {
+        return Err(bad(
+            "messages".into(),
+            "`messages` must hold at least one message",
+        ));
+    }
+    let mut conv = Conversation::default();
+    for (i, m) in messages.iter().enumerate() {
+        let param = format!("messages[{i}].content");
+        let text = content_text(&m.content, &param)?;
+        match m.role.as_str() {
+            "system" | "developer" => conv.add_system(&text),
+            "user" => conv.messages.push(Msg::new(Role::User, text)),
+            "assistant" => {
+                let mut text = text;
+                let calls = m.tool_calls.iter().flatten().chain(m.function_call.iter());
+                for c in calls {
+                    let f = c.get("function").unwrap_or(c);
+                    let name = f.get("name").and_then(Value::as_str).unwrap_or("tool");
+                    let args = f
+                        .get("arguments")
+                        .map(|a| {
+                            a.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| a.to_string())
+                        })
+                        .unwrap_or_default();
+                    let id = c.get("id").and_then(Value::as_str);
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    text.push_str(&match id {
+                        Some(id) => format!("[called tool {name} (call {id}) with {args}]"),
+                        None => format!("[called tool {name} with {args}]"),
+                    });
+                }
+                conv.messages.push(Msg::new(Role::Assistant, text));
+            }
+            "tool" | "function" => conv.messages.push(Msg {
+                role: Role::Tool,
+                label: m.tool_call_id.clone().or_else(|| m.name.clone()),
+                text,
+            }),
+            other => {
+                return Err(bad(
+                    format!("messages[{i}].role"),
+                    format!("unknown role {other:?} (system, developer, user, assistant, tool)"),
+                ))
+            }
+        }
+    }
+    Ok(conv)
+}
+
+fn usage_json(r: &PromptResult) -> Value {
+    let u = r.token_usage;
+    json!({
+        "prompt_tokens": u.input_tokens,
+        "completion_tokens": u.output_tokens,
+        "total_tokens": u.input_tokens + u.output_tokens,
+    })
+}
+
+async fn chat(ctx: &Ctx, session: Option<String>, body: &[u8]) -> Result<Response, ApiError> {
+    let cr: ChatRequest = ops::parse_body(body)?;
+    if cr.n.is_some_and(|n| n != 1) {
+        return Err(bad(
+            "n".into(),
+            "only `n: 1` is supported (one CLI run answers one choice)",
+        ));
+    }
+    let target = compat::resolve_model(ctx, &cr.model)?;
+    let conv = conversation(&cr.messages)?;
+    let started = compat::start(ctx, session, "openai", &target, conv).await?;
+    let id = format!("chatcmpl-{}", compat::new_id());
+    let created = compat::unix_now();
+    if cr.stream.unwrap_or(false) {
+        let frames = ChunkFrames {
+            id,
+            created,
+            model: cr.model.clone(),
+            include_usage: cr
+                .stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+        };
+        return compat::stream(ctx, started, frames).await;
+    }
+    let reply = compat::complete(ctx, started).await?;
+    let mut resp = json_response(
+        StatusCode::OK,
+        &json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": cr.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": reply.text, "refusal": null},
+                "logprobs": null,
+                "finish_reason": "stop",
+            }],
+            "usage": usage_json(&reply.result),
+            "system_fingerprint": null,
+        }),
+    );
+    compat::set_session_header(&mut resp, &reply.session_id);
+    Ok(resp)
+}
+
+/// `chat.completion.chunk` frames.
+struct ChunkFrames {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+}
+
+impl ChunkFrames {
+    fn chunk(&self, choices: Value, usage: Option<Value>) -> Bytes {
+        let mut v = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": null,
+            "choices": choices,
+        });
+        if self.include_usage {
+            v["usage"] = usage.unwrap_or(Value::Null);
+        }
+        data_frame(&v)
+    }
+}
+
+fn data_frame(v: &Value) -> Bytes {
+    let mut out = b"data: ".to_vec();
+    out.extend(serde_json::to_vec(v).unwrap_or_default());
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+impl Frames for ChunkFrames {
+    fn start(&mut self) -> Vec<Bytes> {
+        vec![self.chunk(
+            json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),
+            None,
+        )]
+    }
+
+    fn delta(&mut self, text: &str) -> Vec<Bytes> {
+        vec![self.chunk(
+            json!([{"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]),
+            None,
+        )]
+    }
+
+    fn finish(&mut self, result: &PromptResult) -> Vec<Bytes> {
+        let mut out = vec![self.chunk(
+            json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "stop"}]),
+            None,
+        )];
+        if self.include_usage {
+            out.push(self.chunk(json!([]), Some(usage_json(result))));
+        }
+        out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        out
+    }
+
+    fn error(&mut self, e: &ApiError) -> Vec<Bytes> {
+        vec![data_frame(&e.body(super::error::Style::OpenAi))]
+    }
+}
