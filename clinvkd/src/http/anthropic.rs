@@ -22,7 +22,7 @@ pub async fn route(ctx: &Ctx, mut req: HttpRequest, rest: &[&str]) -> Result<Res
         }
         (["models"], Method::GET) => Ok(json_response(StatusCode::OK, &models(ctx))),
         (["models", id @ ..], Method::GET) if !id.is_empty() => {
-            let id = id.join("/");
+            let id = compat::path_model_id(id);
             compat::resolve_model(ctx, &id)?;
             Ok(json_response(StatusCode::OK, &model_object(ctx, &id)))
         }
