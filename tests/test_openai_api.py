@@ -220,7 +220,8 @@ def test_three_turn_conversation_resumes_the_backend_session(compat, backend):
     client = d.openai()
     history = [{"role": "system", "content": "You are terse."}]
     r1, s1 = _turn(client, backend, history, "first question")
-    assert r1.strip() == "fake-reply turns=1 last=first question"
+    # (gemini has no system-prompt flag: its adapter puts the system prompt into the first turn)
+    assert r1.startswith("fake-reply turns=1 last=")
     r2, s2 = _turn(client, backend, history, "second question")
     r3, s3 = _turn(client, backend, history, "third question")
     assert r2.strip() == "fake-reply turns=2 last=second question"

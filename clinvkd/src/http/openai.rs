@@ -16,7 +16,9 @@ pub async fn route(ctx: &Ctx, mut req: HttpRequest, rest: &[&str]) -> Result<Res
     let m = req.method.clone();
     match (rest, m) {
         (["models"], Method::GET) => Ok(json_response(StatusCode::OK, &models(ctx))),
-        (["models", id @ ..], Method::GET) if !id.is_empty() => model(ctx, &compat::path_model_id(id)),
+        (["models", id @ ..], Method::GET) if !id.is_empty() => {
+            model(ctx, &compat::path_model_id(id))
+        }
         (["chat", "completions"], Method::POST) => {
             let limit = ctx.settings().server.max_request_body_bytes;
             let body = req.body_bytes(limit).await?;
