@@ -11,7 +11,8 @@ use clinvk_shared::types::TokenUsage;
 use serde_json::Value;
 
 use super::common::{
-    config_env, content_text, exit_error, joined, json_object, resolve, str_of, u64_of, ExtraRules,
+    check_arg_lengths, config_env, content_text, exit_error, joined, json_object, resolve, str_of,
+    u64_of, ExtraRules,
 };
 use super::{
     Adapter, ApprovalMode, ArgvError, CommandSpec, Event, Invocation, LineParser, SandboxMode,
@@ -115,6 +116,7 @@ impl Adapter for Claude {
         args.extend(r.extra);
         args.push("--".into());
         args.push(r.prompt);
+        check_arg_lengths(&args)?;
         Ok(CommandSpec {
             program: cfg
                 .command

@@ -17,8 +17,8 @@ use clinvk_shared::types::TokenUsage;
 use serde_json::Value;
 
 use super::common::{
-    config_env, content_text, exit_error, humanize_error, json_object, resolve, str_of, u64_of,
-    ExtraRules,
+    check_arg_lengths, config_env, content_text, exit_error, humanize_error, json_object, resolve,
+    str_of, u64_of, ExtraRules,
 };
 use super::{
     Adapter, ApprovalMode, ArgvError, CommandSpec, Event, Invocation, LineParser, SandboxMode,
@@ -108,6 +108,7 @@ impl Adapter for Codex {
             args.push("--".into());
         }
         args.push(r.prompt);
+        check_arg_lengths(&args)?;
         Ok(CommandSpec {
             program: cfg
                 .command

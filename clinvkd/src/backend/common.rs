@@ -203,6 +203,22 @@ pub(crate) fn check_extra(
     Ok(out)
 }
 
+/// Linux refuses to start a program with an argument of 128 KiB or more (`MAX_ARG_STRLEN`,
+/// counting the terminating NUL): the prompt is one argument, so this bounds its size.
+pub(crate) const MAX_ARG_BYTES: usize = 128 * 1024 - 1;
+
+/// Refuses argv the OS would refuse at spawn time, with a message that says why.
+pub(crate) fn check_arg_lengths(args: &[String]) -> Result<(), ArgvError> {
+    match args.iter().find(|a| a.len() > MAX_ARG_BYTES) {
+        Some(a) => Err(ArgvError::Invalid(format!(
+            "an argument of {} bytes is too long for the command line (at most {MAX_ARG_BYTES} \
+             bytes each; the prompt and the system prompt are passed as arguments)",
+            a.len()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// `--flag=value` for an option the CLI parses as a list (so it cannot swallow what follows).
 pub(crate) fn joined(flag: &str, value: &str) -> String {
     format!("{flag}={value}")
@@ -460,6 +476,13 @@ mod tests {
         );
         assert!(check_extra(&s(&["--effort", "a\0b"]), &RULES, &[]).is_err());
         assert_eq!(check_extra(&[], &RULES, &[]).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn argument_size_limit() {
+        assert!(check_arg_lengths(&["a".repeat(MAX_ARG_BYTES)]).is_ok());
+        let e = check_arg_lengths(&["-p".into(), "a".repeat(MAX_ARG_BYTES + 1)]).unwrap_err();
+        assert!(e.to_string().contains("131072 bytes is too long"), "{e}");
     }
 
     #[test]

@@ -15,8 +15,8 @@ use clinvk_shared::types::TokenUsage;
 use serde_json::Value;
 
 use super::common::{
-    config_env, content_text, exit_error, humanize_error, joined, json_object, last_json_error,
-    resolve, str_of, u64_of, ExtraRules,
+    check_arg_lengths, config_env, content_text, exit_error, humanize_error, joined, json_object,
+    last_json_error, resolve, str_of, u64_of, ExtraRules,
 };
 use super::{
     Adapter, ApprovalMode, ArgvError, CommandSpec, Event, Invocation, LineParser, SandboxMode,
@@ -96,6 +96,7 @@ impl Adapter for Gemini {
         }
         args.extend(cfg.extra_flags.iter().cloned());
         args.extend(r.extra);
+        check_arg_lengths(&args)?;
         Ok(CommandSpec {
             program: cfg
                 .command
