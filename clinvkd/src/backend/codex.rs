@@ -319,12 +319,12 @@ impl LineParser for CodexParser {
                 let msg = v
                     .get("error")
                     .and_then(|e| str_of(e, "message"))
-                    .unwrap_or("codex turn failed")
+                    .unwrap_or("the turn failed")
                     .to_string();
                 out.extend(self.error(&msg));
             }
             "error" => {
-                let msg = str_of(&v, "message").unwrap_or("codex error").to_string();
+                let msg = str_of(&v, "message").unwrap_or("unknown error").to_string();
                 // Stream retries ("Reconnecting... 2/5 (…)") come as `error` lines too; the
                 // run fails only with `turn.failed` or a final error after them.
                 if msg.starts_with("Reconnecting...") {
@@ -344,7 +344,7 @@ impl LineParser for CodexParser {
         }
         self.error_reported = true;
         vec![Event::Error {
-            message: exit_error("codex", exit_code, stderr_tail),
+            message: exit_error(exit_code, stderr_tail),
         }]
     }
 }

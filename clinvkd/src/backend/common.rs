@@ -403,15 +403,16 @@ pub(crate) fn last_json_error(text: &str) -> Option<Value> {
     found
 }
 
-/// The message for a failed exit that produced no error event.
-pub(crate) fn exit_error(cli: &str, exit_code: Option<i32>, stderr_tail: &str) -> String {
+/// The message for a failed exit that produced no error event. It does not name the CLI:
+/// the engine puts the backend's name in front of every error.
+pub(crate) fn exit_error(exit_code: Option<i32>, stderr_tail: &str) -> String {
     let summary = stderr_summary(stderr_tail);
     if !summary.is_empty() {
         return summary;
     }
     match exit_code {
-        Some(c) => format!("{cli} exited with code {c}"),
-        None => format!("{cli} was terminated by a signal"),
+        Some(c) => format!("the process exited with code {c} and no error message"),
+        None => "the process was killed by a signal".to_string(),
     }
 }
 
@@ -520,11 +521,11 @@ mod tests {
         assert_eq!(stderr_summary(""), "");
         let long = "x".repeat(10_000);
         assert_eq!(stderr_summary(&long).chars().count(), MAX_ERROR_CHARS + 1);
-        assert_eq!(exit_error("codex", Some(3), ""), "codex exited with code 3");
         assert_eq!(
-            exit_error("codex", None, "  "),
-            "codex was terminated by a signal"
+            exit_error(Some(3), ""),
+            "the process exited with code 3 and no error message"
         );
+        assert_eq!(exit_error(None, "  "), "the process was killed by a signal");
     }
 
     #[test]

@@ -152,7 +152,7 @@ impl GeminiParser {
             let msg = v
                 .get("error")
                 .and_then(|e| str_of(e, "message"))
-                .unwrap_or("gemini reported an error")
+                .unwrap_or("the run failed")
                 .to_string();
             out.extend(self.error(&msg));
         }
@@ -230,7 +230,7 @@ impl LineParser for GeminiParser {
                 });
             }
             "error" => {
-                let msg = str_of(&v, "message").unwrap_or("gemini error").to_string();
+                let msg = str_of(&v, "message").unwrap_or("unknown error").to_string();
                 if str_of(&v, "severity") == Some("warning") {
                     tracing::info!(message = %msg, "gemini warning");
                 } else {
@@ -255,7 +255,7 @@ impl LineParser for GeminiParser {
         });
         let message = match from_json {
             Some(m) => m,
-            None => exit_error("gemini", exit_code, stderr_tail),
+            None => exit_error(exit_code, stderr_tail),
         };
         self.error(&message).into_iter().collect()
     }
