@@ -3,9 +3,12 @@
 //!
 //! ```sh
 //! python3 tests/fakemodel/server.py --port 0 --port-file /tmp/fm.port &
+//! export RUSTUP_HOME=~/.rustup CARGO_HOME=~/.cargo   # the eval below replaces HOME
 //! eval "$(python3 tests/fakemodel/cli_env.py --home /tmp/h --port "$(cat /tmp/fm.port)" --fast-fail --print-env)"
+//! export PATH="$PWD/.test-cache/npm/node_modules/.bin:$PATH"
 //! cargo test -p clinvkd --lib backend::live_tests -- --ignored
 //! ```
+//! (about 2½ minutes; the three tests run in parallel.)
 //!
 //! Each test spawns the CLI exactly as built by `Adapter::build` (stdin /dev/null, the
 //! spec's env and cwd) and folds its output with the adapter's parser.
