@@ -11,7 +11,8 @@ use clinvk_shared::types::TokenUsage;
 use serde_json::Value;
 
 use super::common::{
-    config_env, content_text, exit_error, joined, json_object, resolve, str_of, u64_of, ExtraRules,
+    check_arg_lengths, config_env, content_text, exit_error, joined, json_object, resolve, str_of,
+    u64_of, ExtraRules,
 };
 use super::{
     Adapter, ApprovalMode, ArgvError, CommandSpec, Event, Invocation, LineParser, SandboxMode,
@@ -115,6 +116,7 @@ impl Adapter for Claude {
         args.extend(r.extra);
         args.push("--".into());
         args.push(r.prompt);
+        check_arg_lengths(&args)?;
         Ok(CommandSpec {
             program: cfg
                 .command
@@ -239,8 +241,8 @@ impl ClaudeParser {
                 t
             } else {
                 format!(
-                    "claude reported an error ({})",
-                    str_of(v, "subtype").unwrap_or("no details")
+                    "the run ended with {}",
+                    str_of(v, "subtype").unwrap_or("an error and no message")
                 )
             };
             let ev = self.error(message);
@@ -313,7 +315,7 @@ impl LineParser for ClaudeParser {
         }
         let message = match self.api_error.take() {
             Some(t) if !t.trim().is_empty() => t,
-            _ => exit_error("claude", exit_code, stderr_tail),
+            _ => exit_error(exit_code, stderr_tail),
         };
         vec![self.error(message)]
     }
@@ -805,7 +807,7 @@ mod tests {
         assert_eq!(
             p.finish(None, ""),
             vec![Event::Error {
-                message: "claude was terminated by a signal".into()
+                message: "the process was killed by a signal".into()
             }]
         );
         // An error result already reported: no second error at exit.

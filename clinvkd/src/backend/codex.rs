@@ -17,8 +17,8 @@ use clinvk_shared::types::TokenUsage;
 use serde_json::Value;
 
 use super::common::{
-    config_env, content_text, exit_error, humanize_error, json_object, resolve, str_of, u64_of,
-    ExtraRules,
+    check_arg_lengths, config_env, content_text, exit_error, humanize_error, json_object, resolve,
+    str_of, u64_of, ExtraRules,
 };
 use super::{
     Adapter, ApprovalMode, ArgvError, CommandSpec, Event, Invocation, LineParser, SandboxMode,
@@ -108,6 +108,7 @@ impl Adapter for Codex {
             args.push("--".into());
         }
         args.push(r.prompt);
+        check_arg_lengths(&args)?;
         Ok(CommandSpec {
             program: cfg
                 .command
@@ -318,12 +319,12 @@ impl LineParser for CodexParser {
                 let msg = v
                     .get("error")
                     .and_then(|e| str_of(e, "message"))
-                    .unwrap_or("codex turn failed")
+                    .unwrap_or("the turn failed")
                     .to_string();
                 out.extend(self.error(&msg));
             }
             "error" => {
-                let msg = str_of(&v, "message").unwrap_or("codex error").to_string();
+                let msg = str_of(&v, "message").unwrap_or("unknown error").to_string();
                 // Stream retries ("Reconnecting... 2/5 (…)") come as `error` lines too; the
                 // run fails only with `turn.failed` or a final error after them.
                 if msg.starts_with("Reconnecting...") {
@@ -343,7 +344,7 @@ impl LineParser for CodexParser {
         }
         self.error_reported = true;
         vec![Event::Error {
-            message: exit_error("codex", exit_code, stderr_tail),
+            message: exit_error(exit_code, stderr_tail),
         }]
     }
 }

@@ -203,6 +203,22 @@ pub(crate) fn check_extra(
     Ok(out)
 }
 
+/// Linux refuses to start a program with an argument of 128 KiB or more (`MAX_ARG_STRLEN`,
+/// counting the terminating NUL): the prompt is one argument, so this bounds its size.
+pub(crate) const MAX_ARG_BYTES: usize = 128 * 1024 - 1;
+
+/// Refuses argv the OS would refuse at spawn time, with a message that says why.
+pub(crate) fn check_arg_lengths(args: &[String]) -> Result<(), ArgvError> {
+    match args.iter().find(|a| a.len() > MAX_ARG_BYTES) {
+        Some(a) => Err(ArgvError::Invalid(format!(
+            "an argument of {} bytes is too long for the command line (at most {MAX_ARG_BYTES} \
+             bytes each; the prompt and the system prompt are passed as arguments)",
+            a.len()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// `--flag=value` for an option the CLI parses as a list (so it cannot swallow what follows).
 pub(crate) fn joined(flag: &str, value: &str) -> String {
     format!("{flag}={value}")
@@ -387,15 +403,16 @@ pub(crate) fn last_json_error(text: &str) -> Option<Value> {
     found
 }
 
-/// The message for a failed exit that produced no error event.
-pub(crate) fn exit_error(cli: &str, exit_code: Option<i32>, stderr_tail: &str) -> String {
+/// The message for a failed exit that produced no error event. It does not name the CLI:
+/// the engine puts the backend's name in front of every error.
+pub(crate) fn exit_error(exit_code: Option<i32>, stderr_tail: &str) -> String {
     let summary = stderr_summary(stderr_tail);
     if !summary.is_empty() {
         return summary;
     }
     match exit_code {
-        Some(c) => format!("{cli} exited with code {c}"),
-        None => format!("{cli} was terminated by a signal"),
+        Some(c) => format!("the process exited with code {c} and no error message"),
+        None => "the process was killed by a signal".to_string(),
     }
 }
 
@@ -463,6 +480,13 @@ mod tests {
     }
 
     #[test]
+    fn argument_size_limit() {
+        assert!(check_arg_lengths(&["a".repeat(MAX_ARG_BYTES)]).is_ok());
+        let e = check_arg_lengths(&["-p".into(), "a".repeat(MAX_ARG_BYTES + 1)]).unwrap_err();
+        assert!(e.to_string().contains("131072 bytes is too long"), "{e}");
+    }
+
+    #[test]
     fn humanize() {
         assert_eq!(
             humanize_error(
@@ -497,11 +521,11 @@ mod tests {
         assert_eq!(stderr_summary(""), "");
         let long = "x".repeat(10_000);
         assert_eq!(stderr_summary(&long).chars().count(), MAX_ERROR_CHARS + 1);
-        assert_eq!(exit_error("codex", Some(3), ""), "codex exited with code 3");
         assert_eq!(
-            exit_error("codex", None, "  "),
-            "codex was terminated by a signal"
+            exit_error(Some(3), ""),
+            "the process exited with code 3 and no error message"
         );
+        assert_eq!(exit_error(None, "  "), "the process was killed by a signal");
     }
 
     #[test]

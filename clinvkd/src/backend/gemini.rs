@@ -15,8 +15,8 @@ use clinvk_shared::types::TokenUsage;
 use serde_json::Value;
 
 use super::common::{
-    config_env, content_text, exit_error, humanize_error, joined, json_object, last_json_error,
-    resolve, str_of, u64_of, ExtraRules,
+    check_arg_lengths, config_env, content_text, exit_error, humanize_error, joined, json_object,
+    last_json_error, resolve, str_of, u64_of, ExtraRules,
 };
 use super::{
     Adapter, ApprovalMode, ArgvError, CommandSpec, Event, Invocation, LineParser, SandboxMode,
@@ -96,6 +96,7 @@ impl Adapter for Gemini {
         }
         args.extend(cfg.extra_flags.iter().cloned());
         args.extend(r.extra);
+        check_arg_lengths(&args)?;
         Ok(CommandSpec {
             program: cfg
                 .command
@@ -151,7 +152,7 @@ impl GeminiParser {
             let msg = v
                 .get("error")
                 .and_then(|e| str_of(e, "message"))
-                .unwrap_or("gemini reported an error")
+                .unwrap_or("the run failed")
                 .to_string();
             out.extend(self.error(&msg));
         }
@@ -229,7 +230,7 @@ impl LineParser for GeminiParser {
                 });
             }
             "error" => {
-                let msg = str_of(&v, "message").unwrap_or("gemini error").to_string();
+                let msg = str_of(&v, "message").unwrap_or("unknown error").to_string();
                 if str_of(&v, "severity") == Some("warning") {
                     tracing::info!(message = %msg, "gemini warning");
                 } else {
@@ -254,7 +255,7 @@ impl LineParser for GeminiParser {
         });
         let message = match from_json {
             Some(m) => m,
-            None => exit_error("gemini", exit_code, stderr_tail),
+            None => exit_error(exit_code, stderr_tail),
         };
         self.error(&message).into_iter().collect()
     }

@@ -10,6 +10,8 @@ mod claude;
 mod codex;
 mod common;
 mod gemini;
+#[cfg(test)]
+mod live_tests;
 mod outcome;
 
 use std::path::PathBuf;
