@@ -224,7 +224,8 @@ def live_world(tmp_path, cli_home):
 
 def start_live(world: World, config: str = "") -> str:
     """Starts clinvkd in a live world with `config` (YAML) and returns its URL."""
-    world.write_config("server:\n  metrics_enabled: true\n" + config)
+    world.env["CLINVK_SERVER_METRICS_ENABLED"] = "true"
+    world.write_config(config or "# test\n")
     p = world.start_daemon()
     return p.status["http_url"]
 

@@ -130,7 +130,7 @@ def test_timeout_kills_the_whole_group(live_world):
     status, r, _ = post(url + "/api/v1/prompt", {"backend": "claude", "prompt": "hi"})
     assert status == 200 and r["exit_code"] == 0, r  # the group is reaped when the CLI exits
     url2 = url
-    live_world.write_config(f"server:\n  metrics_enabled: true\nbackends:\n  claude:\n    command: {FAKECLI_DIR / 'hang'}\n    timeout_secs: 2\n")
+    live_world.write_config(f"backends:\n  claude:\n    command: {FAKECLI_DIR / 'hang'}\n    timeout_secs: 2\n")
     assert live_world.ctl("reload").returncode == 0
     poll(lambda: get_json(url2 + "/api/v1/backends")[1]["backends"][0]["path"].endswith("hang"), 30, "the reload")
     status, r, _ = post(url2 + "/api/v1/prompt", {"backend": "claude", "prompt": "hi"})
@@ -140,7 +140,7 @@ def test_timeout_kills_the_whole_group(live_world):
 
 def test_cancel_kills_the_group_within_two_seconds(live_world):
     url = fake(live_world, "ignore-sigterm", "")
-    live_world.write_config(f"server:\n  metrics_enabled: true\nlimits:\n  kill_grace_secs: 1\nbackends:\n  claude:\n    command: {FAKECLI_DIR / 'ignore-sigterm'}\n")
+    live_world.write_config(f"limits:\n  kill_grace_secs: 1\nbackends:\n  claude:\n    command: {FAKECLI_DIR / 'ignore-sigterm'}\n")
     live_world.ctl("reload")
     events = stream_ndjson(url + "/api/v1/prompt", {"backend": "claude", "prompt": "x", "output_format": "stream-json"})
     next(e for e in events if e["type"] == "message")

@@ -141,22 +141,33 @@ pub async fn run(opts: &PromptOptions, mut body: Value) -> Result<u8, ClientErro
 #[derive(clap::Args, Debug)]
 pub struct ResumeArgs {
     /// Continue the most recently used session
-    #[arg(long, conflicts_with = "session")]
+    #[arg(long)]
     pub last: bool,
-    /// Session id (or a unique prefix of it)
-    #[arg(value_name = "ID", required_unless_present = "last")]
-    pub session: Option<String>,
-    /// The next prompt
-    #[arg(required = true)]
-    pub prompt: String,
+    /// `ID PROMPT` (the session id or a unique prefix, then the prompt), or `PROMPT` with --last
+    #[arg(required = true, num_args = 1..=2, value_names = ["ID", "PROMPT"])]
+    pub args: Vec<String>,
 }
 
 /// `clinvk resume [--last | ID] "prompt"`.
 pub async fn resume(opts: &PromptOptions, args: ResumeArgs) -> Result<u8, ClientError> {
     let paths = crate::paths()?;
-    let id = match (args.last, args.session) {
-        (_, Some(id)) => id,
-        (true, None) => {
+    let (session, prompt) = match (args.last, args.args.as_slice()) {
+        (false, [id, prompt]) => (Some(id.clone()), prompt.clone()),
+        (true, [prompt]) => (None, prompt.clone()),
+        (true, _) => {
+            return Err(ClientError::Other(
+                "with --last, give only the prompt".into(),
+            ))
+        }
+        (false, _) => {
+            return Err(ClientError::Other(
+                "give the session id and the prompt, or use --last".into(),
+            ))
+        }
+    };
+    let id = match session {
+        Some(id) => id,
+        None => {
             let mut q = json!({"limit": 1});
             if let Some(b) = &opts.backend {
                 q["backend"] = json!(b);
@@ -167,11 +178,10 @@ pub async fn resume(opts: &PromptOptions, args: ResumeArgs) -> Result<u8, Client
                 .ok_or_else(|| ClientError::Other("there is no session to resume yet".into()))?
                 .to_string()
         }
-        (false, None) => return Err(ClientError::Other("name a session or use --last".into())),
     };
     let mut opts = opts.clone();
     // The session decides the backend and working folder unless given.
-    let body = json!({"prompt": args.prompt, "session_id": id});
+    let body = json!({"prompt": prompt, "session_id": id});
     if opts.workdir.is_none() {
         let s = crate::call_json(&paths, "sessions.get", json!({"id": id})).await?;
         if let Some(w) = s["working_dir"].as_str() {
