@@ -47,6 +47,10 @@ pub struct Inner {
     pub backends: crate::availability::Registry,
     /// Sessions on disk.
     pub sessions: crate::session::Store,
+    /// Accepted API keys.
+    pub keys: crate::keys::KeyStore,
+    /// Per-client token buckets.
+    pub rate: crate::http::guard::RateLimiter,
 }
 
 impl std::ops::Deref for Ctx {
@@ -73,6 +77,10 @@ impl Ctx {
         events: broadcast::Sender<AttachEvent>,
     ) -> std::io::Result<Self> {
         let sessions = crate::session::Store::open(&paths.sessions_dir())?;
+        let keys = crate::keys::KeyStore::open(&paths.keys_file());
+        keys.set_external(&crate::keys::external_keys(
+            &loaded.settings.server.api_keys_gopass_path,
+        ));
         let (drain_tx, _) = watch::channel(false);
         let (stop_tx, _) = watch::channel(false);
         Ok(Ctx(Arc::new(Inner {
@@ -96,6 +104,8 @@ impl Ctx {
             supervisor: crate::supervisor::Supervisor::new(crate::supervisor::Limiter::default()),
             backends: crate::availability::Registry::default(),
             sessions,
+            keys,
+            rate: Default::default(),
         })))
     }
 
@@ -165,6 +175,9 @@ impl Ctx {
         self.loaded_from_file
             .store(loaded.file_found, Ordering::Relaxed);
         self.reloads.fetch_add(1, Ordering::Relaxed);
+        self.keys.set_external(&crate::keys::external_keys(
+            &self.settings().server.api_keys_gopass_path,
+        ));
         let (registry, settings) = (self.backends.clone(), self.settings());
         tokio::spawn(async move { registry.refresh(&settings).await });
         Ok(ReloadOutcome { changed, warnings })

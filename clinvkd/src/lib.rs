@@ -8,6 +8,7 @@ pub mod ctx;
 pub mod daemon;
 pub mod engine;
 pub mod http;
+pub mod keys;
 pub mod logging;
 pub mod ops;
 pub mod session;

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod keys;
 pub mod multi;
 pub mod prompt;
 pub mod reload;
