@@ -10,6 +10,7 @@ pub mod engine;
 pub mod http;
 pub mod logging;
 pub mod ops;
+pub mod service;
 pub mod session;
 pub mod supervisor;
 

@@ -138,12 +138,14 @@ pub fn plan(ctx: &Ctx, req: PromptRequest, source: &str) -> Result<Plan, ApiErro
     let stream = match req.output_format.as_deref().unwrap_or("default") {
         "default" | "text" | "json" | "" => false,
         "stream-json" => true,
-        other => return Err(bad(
-            "invalid_request",
-            format!(
+        other => {
+            return Err(bad(
+                "invalid_request",
+                format!(
                 "`output_format` must be one of default, text, json, stream-json, not {other:?}"
             ),
-        )),
+            ))
+        }
     };
     let cfg = settings.backends.get(&backend).cloned().unwrap_or_default();
     let approval: ApprovalMode = parse_mode(
