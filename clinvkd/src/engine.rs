@@ -272,7 +272,15 @@ pub async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, EngineError>
         let mut outcome = Outcome::default();
         let mut first_output = true;
         let mut exit: Option<ExitInfo> = None;
-        while let Some(ev) = handle.events.recv().await {
+        loop {
+            let ev = tokio::select! {
+                ev = handle.events.recv() => ev,
+                _ = tx.closed() => {
+                    tracing::info!(run = %run_id, "consumer gone; cancelling the run");
+                    return; // dropping the handle kills the process group
+                }
+            };
+            let Some(ev) = ev else { break };
             let events = match ev {
                 ProcEvent::Line(line) => parser.parse_line(&line),
                 ProcEvent::Exit(info) => {

@@ -1,10 +1,17 @@
-//! PLACEHOLDER interface, replaced by the real adapters (branch backend-adapters) at merge.
+//! The backend adapters: one per CLI, each the single place that builds that CLI's argv and
+//! parses its streaming output into the unified event stream.
+
+mod claude;
+mod codex;
+mod gemini;
 
 use clinvk_shared::config::BackendSettings;
 use clinvk_shared::types::TokenUsage;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+/// `approval_mode` of the native API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ApprovalMode {
     #[default]
@@ -13,7 +20,9 @@ pub enum ApprovalMode {
     None,
     Always,
 }
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+
+/// `sandbox_mode` of the native API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SandboxMode {
     #[default]
@@ -23,37 +32,51 @@ pub enum SandboxMode {
     Full,
 }
 
+/// One run of a backend CLI, as every API describes it.
 #[derive(Debug, Clone, Default)]
 pub struct Invocation {
     pub backend: String,
     pub prompt: String,
+    /// None: the backend's configured model, else the CLI's default.
     pub model: Option<String>,
+    /// Already validated and absolute; the process runs there.
     pub workdir: Option<PathBuf>,
+    /// The backend's own session id to resume.
     pub resume: Option<String>,
+    /// A UUID for a new session, where the CLI lets us choose it.
     pub new_session_id: Option<String>,
     pub system_prompt: Option<String>,
     pub max_turns: Option<u32>,
     pub approval_mode: ApprovalMode,
     pub sandbox_mode: SandboxMode,
+    /// Extra CLI flags from the request, checked against the allowlist.
     pub extra: Vec<String>,
+    /// No persisted session where the CLI supports it.
     pub ephemeral: bool,
 }
+
+/// What to start.
+#[derive(Debug, Clone, PartialEq)]
 pub struct CommandSpec {
     pub program: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
-    pub stdin_null: bool,
 }
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+
+/// The unified event stream of every CLI.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     SessionStarted {
         session_id: String,
         model: Option<String>,
     },
+    /// Token-level text, where the CLI offers it.
     TextDelta {
         text: String,
     },
+    /// A complete assistant message.
     Message {
         text: String,
     },
@@ -71,40 +94,138 @@ pub enum Event {
         text: String,
     },
     Usage(TokenUsage),
+    /// The CLI's final result, if it prints one.
     Result {
         text: Option<String>,
         is_error: bool,
     },
+    /// A failure the CLI reported.
     Error {
         message: String,
     },
+    /// Output that is not the expected JSON: kept, never dropped.
     Unparsed {
         line: String,
     },
 }
+
+/// Parses one run's stdout, line by line (stateful).
 pub trait LineParser: Send {
     fn parse_line(&mut self, line: &str) -> Vec<Event>;
+    /// At exit: failures only visible in the exit code or on stderr.
     fn finish(&mut self, exit_code: Option<i32>, stderr_tail: &str) -> Vec<Event>;
 }
+
+/// One backend CLI.
 pub trait Adapter: Send + Sync {
     fn name(&self) -> &'static str;
     fn default_command(&self) -> &'static str;
     fn install_hint(&self) -> &'static str;
+    /// The one place this CLI's argv is built.
     fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError>;
     fn parser(&self) -> Box<dyn LineParser>;
+    /// Flags a request's `extra` may use (plus `backends.<name>.allowed_extra_flags`).
     fn builtin_extra_allowlist(&self) -> &'static [&'static str];
 }
-pub fn adapter(_name: &str) -> Option<&'static dyn Adapter> {
-    None
-}
-#[derive(Debug, thiserror::Error)]
+
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ArgvError {
-    #[error("{0}")]
-    DisallowedFlag(String),
+    #[error("flag {0:?} is not allowed in `extra` (allowed: {1})")]
+    DisallowedFlag(String, String),
     #[error("{0}")]
     Invalid(String),
 }
-#[derive(Debug, Default)]
+
+static CLAUDE: claude::Claude = claude::Claude;
+static CODEX: codex::Codex = codex::Codex;
+static GEMINI: gemini::Gemini = gemini::Gemini;
+
+pub fn adapter(name: &str) -> Option<&'static dyn Adapter> {
+    match name {
+        "claude" => Some(&CLAUDE),
+        "codex" => Some(&CODEX),
+        "gemini" => Some(&GEMINI),
+        _ => None,
+    }
+}
+
+pub fn all() -> [&'static dyn Adapter; 3] {
+    [&CLAUDE, &CODEX, &GEMINI]
+}
+
+/// The model to pass: the request's, else the config's; a bare backend name means the default.
+pub(crate) fn model_for(inv: &Invocation, cfg: &BackendSettings) -> Option<String> {
+    inv.model
+        .clone()
+        .or_else(|| cfg.model.clone())
+        .filter(|m| !m.is_empty() && m != &inv.backend && m != "default")
+}
+
+/// Checks a request's extra flags against the allowlist: every `-flag` (or `--flag=value`) must be
+/// allowed; a bare value may only follow an allowed flag.
+pub(crate) fn check_extra(
+    extra: &[String],
+    builtin: &[&str],
+    cfg: &BackendSettings,
+) -> Result<Vec<String>, ArgvError> {
+    let allowed = |f: &str| builtin.contains(&f) || cfg.allowed_extra_flags.iter().any(|a| a == f);
+    let list = || {
+        let mut v: Vec<String> = builtin.iter().map(|s| s.to_string()).collect();
+        v.extend(cfg.allowed_extra_flags.iter().cloned());
+        v.join(", ")
+    };
+    let mut prev_flag = false;
+    for tok in extra {
+        if tok.starts_with('-') {
+            let name = tok.split_once('=').map(|(n, _)| n).unwrap_or(tok);
+            if !allowed(name) {
+                return Err(ArgvError::DisallowedFlag(tok.clone(), list()));
+            }
+            prev_flag = !tok.contains('=');
+        } else if prev_flag {
+            prev_flag = false;
+        } else {
+            return Err(ArgvError::DisallowedFlag(tok.clone(), list()));
+        }
+    }
+    Ok(extra.to_vec())
+}
+
+/// The system prompt folded into the prompt, for CLIs without a system-prompt flag.
+pub(crate) fn with_system_prompt(inv: &Invocation, sp: Option<&str>) -> String {
+    match sp.filter(|s| !s.trim().is_empty()) {
+        Some(sp) if inv.resume.is_none() => format!("<system>\n{sp}\n</system>\n\n{}", inv.prompt),
+        _ => inv.prompt.clone(),
+    }
+}
+
+/// A useful line of stderr for an error message: the last non-empty line that is not a trace.
+pub(crate) fn stderr_summary(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("at ")
+                && !l
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_digit() && l.contains(": <"))
+        })
+        .collect();
+    // Prefer an explicit error line.
+    if let Some(l) = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("Error") || l.contains("error:") || l.starts_with("ERROR"))
+    {
+        return l.to_string();
+    }
+    lines.last().map(|l| l.to_string()).unwrap_or_default()
+}
+
+/// Accumulates a run's events into its final outcome.
+#[derive(Debug, Default, Clone)]
 pub struct Outcome {
     pub session_id: Option<String>,
     pub output: String,
@@ -112,7 +233,133 @@ pub struct Outcome {
     pub error: Option<String>,
     pub is_error: bool,
     pub unparsed: usize,
+    deltas: String,
+    messages: Vec<String>,
+    result: Option<String>,
 }
+
 impl Outcome {
-    pub fn apply(&mut self, _ev: &Event) {}
+    pub fn apply(&mut self, ev: &Event) {
+        match ev {
+            Event::SessionStarted { session_id, .. } => self.session_id = Some(session_id.clone()),
+            Event::TextDelta { text } => self.deltas.push_str(text),
+            Event::Message { text } => self.messages.push(text.clone()),
+            Event::Usage(u) => self.usage = *u,
+            Event::Result { text, is_error } => {
+                self.result = text.clone();
+                self.is_error |= is_error;
+            }
+            Event::Error { message } => {
+                self.is_error = true;
+                if self.error.is_none() {
+                    self.error = Some(message.clone());
+                }
+            }
+            Event::Unparsed { .. } => self.unparsed += 1,
+            _ => {}
+        }
+        // The final text: the CLI's result if it printed one, else its whole messages, else the deltas.
+        self.output = match (&self.result, self.messages.is_empty()) {
+            (Some(r), _) if !self.is_error => r.clone(),
+            (_, false) => self.messages.join("\n\n"),
+            _ => self.deltas.clone(),
+        };
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+
+    /// Runs a parser over a recorded fixture (stdout, stderr, exit code).
+    pub fn replay(
+        parser: &mut dyn LineParser,
+        stdout: &str,
+        stderr: &str,
+        exit: &str,
+    ) -> (Vec<Event>, Outcome) {
+        let mut events = Vec::new();
+        for line in stdout.lines() {
+            events.extend(parser.parse_line(line));
+        }
+        events.extend(parser.finish(exit.trim().parse().ok(), stderr));
+        let mut o = Outcome::default();
+        for e in &events {
+            o.apply(e);
+        }
+        (events, o)
+    }
+
+    pub fn inv(backend: &str, prompt: &str) -> Invocation {
+        Invocation {
+            backend: backend.into(),
+            prompt: prompt.into(),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_allowlist() {
+        let cfg = BackendSettings::default();
+        let ok = check_extra(
+            &["--add-dir".into(), "/x".into(), "--max-turns=3".into()],
+            &["--add-dir", "--max-turns"],
+            &cfg,
+        );
+        assert!(ok.is_ok());
+        let bad = check_extra(
+            &["--dangerously-skip-permissions".into()],
+            &["--add-dir"],
+            &cfg,
+        )
+        .unwrap_err();
+        assert!(bad.to_string().contains("--dangerously-skip-permissions"));
+        assert!(check_extra(&["stray".into()], &["--add-dir"], &cfg).is_err());
+        let cfg = BackendSettings {
+            allowed_extra_flags: vec!["--verbose".into()],
+            ..Default::default()
+        };
+        assert!(check_extra(&["--verbose".into()], &[], &cfg).is_ok());
+    }
+
+    #[test]
+    fn outcome_prefers_result_and_never_duplicates() {
+        let mut o = Outcome::default();
+        for e in [
+            Event::TextDelta { text: "a".into() },
+            Event::TextDelta { text: "b".into() },
+            Event::Message { text: "ab".into() },
+        ] {
+            o.apply(&e);
+        }
+        assert_eq!(o.output, "ab");
+        o.apply(&Event::Result {
+            text: Some("ab".into()),
+            is_error: false,
+        });
+        assert_eq!(o.output, "ab");
+        let mut o = Outcome::default();
+        o.apply(&Event::TextDelta { text: "x".into() });
+        assert_eq!(o.output, "x");
+    }
+
+    #[test]
+    fn model_rules() {
+        let cfg = BackendSettings::default();
+        let mut i = testutil::inv("claude", "p");
+        assert_eq!(model_for(&i, &cfg), None);
+        i.model = Some("claude".into());
+        assert_eq!(
+            model_for(&i, &cfg),
+            None,
+            "a bare backend name is the default model"
+        );
+        i.model = Some("opus".into());
+        assert_eq!(model_for(&i, &cfg).as_deref(), Some("opus"));
+    }
 }

@@ -318,7 +318,18 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
         let mut run = run;
         let mut backend_sid: Option<String> = None;
         let summary = loop {
-            match run.next().await {
+            let next = tokio::select! {
+                n = run.next() => n,
+                // The consumer left while the CLI was silent: stop waiting for it.
+                _ = tx.closed() => {
+                    drop(run);
+                    if let Some(id) = &sid {
+                        let _ = ctx2.sessions.update(id, |s| s.status = "interrupted".into());
+                    }
+                    return;
+                }
+            };
+            match next {
                 Some(RunUpdate::Event(ev)) => {
                     if let Event::SessionStarted { session_id, .. } = &ev {
                         backend_sid = Some(session_id.clone());

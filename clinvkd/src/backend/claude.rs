@@ -1,0 +1,432 @@
+//! Claude Code (`claude`): `-p --output-format stream-json --verbose --include-partial-messages`.
+
+use super::*;
+use serde_json::Value;
+
+pub struct Claude;
+
+const ALLOW: &[&str] = &[
+    "--add-dir",
+    "--allowedTools",
+    "--allowed-tools",
+    "--disallowedTools",
+    "--disallowed-tools",
+    "--append-system-prompt",
+    "--fallback-model",
+    "--strict-mcp-config",
+    "--permission-mode",
+];
+
+impl Adapter for Claude {
+    fn name(&self) -> &'static str {
+        "claude"
+    }
+    fn default_command(&self) -> &'static str {
+        "claude"
+    }
+    fn install_hint(&self) -> &'static str {
+        "npm install -g @anthropic-ai/claude-code"
+    }
+    fn builtin_extra_allowlist(&self) -> &'static [&'static str] {
+        ALLOW
+    }
+
+    fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError> {
+        let mut a: Vec<String> = [
+            "-p",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--include-partial-messages",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut push = |k: &str, v: &str| {
+            a.push(k.to_string());
+            a.push(v.to_string());
+        };
+        if let Some(m) = model_for(inv, cfg) {
+            push("--model", &m);
+        }
+        // Note: claude keeps a session's first system prompt; on --resume it ignores a new one.
+        if let Some(sp) = inv.system_prompt.as_deref().filter(|s| !s.is_empty()) {
+            push("--system-prompt", sp);
+        }
+        if let Some(n) = inv.max_turns {
+            push("--max-turns", &n.to_string());
+        }
+        let mode = match (inv.approval_mode, inv.sandbox_mode) {
+            (ApprovalMode::Auto, _) => Some("acceptEdits"),
+            (ApprovalMode::None, _) => Some("dontAsk"),
+            (ApprovalMode::Always, _) => Some("manual"),
+            (ApprovalMode::Default, SandboxMode::ReadOnly) => Some("plan"),
+            _ => None,
+        };
+        if let Some(m) = mode {
+            push("--permission-mode", m);
+        }
+        if !cfg.allowed_tools.is_empty() {
+            push("--allowedTools", &cfg.allowed_tools.join(","));
+        }
+        match (&inv.resume, &inv.new_session_id) {
+            (Some(id), _) => push("--resume", id),
+            (None, Some(id)) => push("--session-id", id),
+            _ => {}
+        }
+        if inv.ephemeral {
+            a.push("--no-session-persistence".into());
+        }
+        a.extend(cfg.extra_flags.iter().cloned());
+        a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
+        // `--` ends the options: a prompt that starts with "-" stays a prompt.
+        a.push("--".into());
+        a.push(inv.prompt.clone());
+        Ok(CommandSpec {
+            program: cfg.command.clone().unwrap_or_else(|| "claude".into()),
+            args: a,
+            env: vec![],
+            cwd: inv.workdir.clone(),
+        })
+    }
+
+    fn parser(&self) -> Box<dyn LineParser> {
+        Box::new(Parser::default())
+    }
+}
+
+#[derive(Default)]
+struct Parser {
+    session_announced: bool,
+    saw_error: bool,
+    saw_result: bool,
+}
+
+fn usage_of(v: &Value) -> TokenUsage {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    TokenUsage {
+        input_tokens: n("input_tokens")
+            + n("cache_creation_input_tokens")
+            + n("cache_read_input_tokens"),
+        output_tokens: n("output_tokens"),
+    }
+}
+
+impl LineParser for Parser {
+    fn parse_line(&mut self, line: &str) -> Vec<Event> {
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            return vec![];
+        }
+        let Ok(v) = serde_json::from_str::<Value>(trimmed) else {
+            return vec![Event::Unparsed {
+                line: line.to_string(),
+            }];
+        };
+        let mut out = Vec::new();
+        if !self.session_announced {
+            if let Some(sid) = v["session_id"].as_str() {
+                self.session_announced = true;
+                out.push(Event::SessionStarted {
+                    session_id: sid.to_string(),
+                    model: v["model"].as_str().map(str::to_string),
+                });
+            }
+        }
+        match v["type"].as_str() {
+            Some("stream_event") => {
+                let ev = &v["event"];
+                if ev["type"] == "content_block_delta" {
+                    match ev["delta"]["type"].as_str() {
+                        Some("text_delta") => out.push(Event::TextDelta {
+                            text: ev["delta"]["text"].as_str().unwrap_or_default().to_string(),
+                        }),
+                        Some("thinking_delta") => out.push(Event::Thinking {
+                            text: ev["delta"]["thinking"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_string(),
+                        }),
+                        _ => {}
+                    }
+                }
+            }
+            Some("assistant") => {
+                let mut text = Vec::new();
+                for block in v["message"]["content"].as_array().into_iter().flatten() {
+                    match block["type"].as_str() {
+                        Some("text") => {
+                            text.push(block["text"].as_str().unwrap_or_default().to_string())
+                        }
+                        Some("tool_use") => out.push(Event::ToolUse {
+                            id: block["id"].as_str().map(str::to_string),
+                            name: block["name"].as_str().unwrap_or_default().to_string(),
+                            input: block["input"].clone(),
+                        }),
+                        _ => {}
+                    }
+                }
+                if !text.is_empty() {
+                    out.push(Event::Message {
+                        text: text.join(""),
+                    });
+                }
+            }
+            Some("user") => {
+                for block in v["message"]["content"].as_array().into_iter().flatten() {
+                    if block["type"] == "tool_result" {
+                        let output = match &block["content"] {
+                            Value::String(s) => s.clone(),
+                            Value::Array(parts) => parts
+                                .iter()
+                                .filter_map(|p| p["text"].as_str())
+                                .collect::<Vec<_>>()
+                                .join("\n"),
+                            other => other.to_string(),
+                        };
+                        out.push(Event::ToolResult {
+                            id: block["tool_use_id"].as_str().map(str::to_string),
+                            output,
+                            is_error: block["is_error"].as_bool().unwrap_or(false),
+                        });
+                    }
+                }
+            }
+            Some("result") => {
+                self.saw_result = true;
+                out.push(Event::Usage(usage_of(&v["usage"])));
+                let is_error = v["is_error"].as_bool().unwrap_or(false);
+                let text = v["result"].as_str().map(str::to_string);
+                out.push(Event::Result {
+                    text: text.clone(),
+                    is_error,
+                });
+                if is_error {
+                    self.saw_error = true;
+                    let errors: Vec<String> = v["errors"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|e| e.as_str().map(str::to_string))
+                        .collect();
+                    let message = text
+                        .filter(|t| !t.is_empty())
+                        .or_else(|| (!errors.is_empty()).then(|| errors.join("; ")))
+                        .unwrap_or_else(|| {
+                            format!(
+                                "claude reported an error ({})",
+                                v["subtype"].as_str().unwrap_or("unknown")
+                            )
+                        });
+                    out.push(Event::Error { message });
+                }
+            }
+            Some("system") | Some("rate_limit_event") => {}
+            Some(_) => {}
+            None => out.push(Event::Unparsed {
+                line: line.to_string(),
+            }),
+        }
+        out
+    }
+
+    fn finish(&mut self, exit_code: Option<i32>, stderr_tail: &str) -> Vec<Event> {
+        if self.saw_error || exit_code == Some(0) {
+            return vec![];
+        }
+        let detail = stderr_summary(stderr_tail);
+        vec![Event::Error {
+            message: if detail.is_empty() {
+                format!(
+                    "claude exited with {}",
+                    exit_code
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "a signal".into())
+                )
+            } else {
+                detail
+            },
+        }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{inv, replay};
+    use super::*;
+
+    macro_rules! fixture {
+        ($name:literal) => {
+            (
+                include_str!(concat!(
+                    "../../tests/fixtures/claude-2.1.328-",
+                    $name,
+                    ".stdout"
+                )),
+                include_str!(concat!(
+                    "../../tests/fixtures/claude-2.1.328-",
+                    $name,
+                    ".stderr"
+                )),
+                include_str!(concat!(
+                    "../../tests/fixtures/claude-2.1.328-",
+                    $name,
+                    ".exit"
+                )),
+            )
+        };
+    }
+
+    #[test]
+    fn argv() {
+        let cfg = BackendSettings::default();
+        let mut i = inv("claude", "-hello");
+        let spec = Claude.build(&i, &cfg).unwrap();
+        assert_eq!(
+            spec.args,
+            [
+                "-p",
+                "--output-format",
+                "stream-json",
+                "--verbose",
+                "--include-partial-messages",
+                "--",
+                "-hello"
+            ]
+        );
+        assert_eq!(spec.program, "claude");
+        i.model = Some("sonnet".into());
+        i.system_prompt = Some("be brief".into());
+        i.max_turns = Some(3);
+        i.approval_mode = ApprovalMode::Auto;
+        i.resume = Some("abc".into());
+        i.ephemeral = true;
+        i.extra = vec!["--add-dir".into(), "/tmp".into()];
+        let args = Claude.build(&i, &cfg).unwrap().args;
+        let tail: Vec<&str> = args[5..].iter().map(String::as_str).collect();
+        assert_eq!(
+            tail,
+            [
+                "--model",
+                "sonnet",
+                "--system-prompt",
+                "be brief",
+                "--max-turns",
+                "3",
+                "--permission-mode",
+                "acceptEdits",
+                "--resume",
+                "abc",
+                "--no-session-persistence",
+                "--add-dir",
+                "/tmp",
+                "--",
+                "-hello"
+            ]
+        );
+        i.extra = vec!["--dangerously-skip-permissions".into()];
+        assert!(matches!(
+            Claude.build(&i, &cfg),
+            Err(ArgvError::DisallowedFlag(..))
+        ));
+        let mut i = inv("claude", "x");
+        i.sandbox_mode = SandboxMode::ReadOnly;
+        assert!(Claude
+            .build(&i, &cfg)
+            .unwrap()
+            .args
+            .windows(2)
+            .any(|w| w == ["--permission-mode", "plan"]));
+        i.approval_mode = ApprovalMode::None;
+        assert!(Claude
+            .build(&i, &cfg)
+            .unwrap()
+            .args
+            .windows(2)
+            .any(|w| w == ["--permission-mode", "dontAsk"]));
+    }
+
+    #[test]
+    fn ok_stream() {
+        let (o, e, x) = fixture!("ok");
+        let (events, out) = replay(&mut *Claude.parser(), o, e, x);
+        assert_eq!(
+            out.session_id.as_deref(),
+            Some("1b18f70d-443c-483d-a197-ee9a42506920")
+        );
+        let deltas = events
+            .iter()
+            .filter(|e| matches!(e, Event::TextDelta { .. }))
+            .count();
+        assert!(deltas >= 2, "{deltas}");
+        assert_eq!(
+            out.output,
+            "fake-reply turns=1 last=Say hello in a few words"
+        );
+        assert_eq!(out.usage.output_tokens, 8);
+        assert_eq!(out.usage.input_tokens, 12315);
+        assert!(out.error.is_none() && !out.is_error);
+        assert_eq!(out.unparsed, 0);
+    }
+
+    #[test]
+    fn resume_and_system() {
+        for (o, e, x) in [fixture!("resume"), fixture!("system")] {
+            let (_, out) = replay(&mut *Claude.parser(), o, e, x);
+            assert!(out.output.starts_with("fake-reply"), "{}", out.output);
+            assert!(out.error.is_none());
+        }
+        let (o, e, x) = fixture!("resume");
+        let (_, out) = replay(&mut *Claude.parser(), o, e, x);
+        assert!(out.output.contains("turns=2"), "{}", out.output);
+    }
+
+    #[test]
+    fn api_error_is_an_error() {
+        let (o, e, x) = fixture!("error");
+        let (_, out) = replay(&mut *Claude.parser(), o, e, x);
+        assert!(out.is_error);
+        assert!(
+            out.error.as_deref().unwrap().contains("400"),
+            "{:?}",
+            out.error
+        );
+    }
+
+    #[test]
+    fn bad_resume() {
+        let (o, e, x) = fixture!("badresume");
+        let (_, out) = replay(&mut *Claude.parser(), o, e, x);
+        assert!(
+            out.error
+                .as_deref()
+                .unwrap()
+                .contains("No conversation found"),
+            "{:?}",
+            out.error
+        );
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut p = Claude.parser();
+        assert!(matches!(
+            p.parse_line("not json")[0],
+            Event::Unparsed { .. }
+        ));
+        assert!(p.parse_line("").is_empty());
+        assert!(matches!(p.parse_line("[1,2]")[0], Event::Unparsed { .. }));
+        let big = "x".repeat(1 << 20);
+        assert!(matches!(p.parse_line(&big)[0], Event::Unparsed { .. }));
+        let (o, e, x) = fixture!("json");
+        let (_, out) = replay(&mut *Claude.parser(), o, e, x);
+        assert!(out.error.is_none());
+        let ev = p.finish(Some(1), "boom\nError: it broke\n");
+        assert_eq!(
+            ev,
+            vec![Event::Error {
+                message: "Error: it broke".into()
+            }]
+        );
+    }
+}

@@ -1,0 +1,310 @@
+//! OpenAI Codex (`codex`): `exec --json` (whole messages; no token deltas in this mode).
+
+use super::*;
+use serde_json::Value;
+
+pub struct Codex;
+
+const ALLOW: &[&str] = &["--add-dir", "--skip-git-repo-check", "--oss"];
+
+impl Adapter for Codex {
+    fn name(&self) -> &'static str {
+        "codex"
+    }
+    fn default_command(&self) -> &'static str {
+        "codex"
+    }
+    fn install_hint(&self) -> &'static str {
+        "npm install -g @openai/codex"
+    }
+    fn builtin_extra_allowlist(&self) -> &'static [&'static str] {
+        ALLOW
+    }
+
+    fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError> {
+        let mut a: Vec<String> = Vec::new();
+        // The approval policy belongs before `exec` in this version (`exec -a` is rejected).
+        let approval = match inv.approval_mode {
+            ApprovalMode::Auto => Some("on-request"),
+            ApprovalMode::None => Some("never"),
+            ApprovalMode::Always => Some("untrusted"),
+            ApprovalMode::Default => None,
+        };
+        if let Some(p) = approval {
+            a.extend(["-a".to_string(), p.to_string()]);
+        }
+        a.extend(["exec", "--json", "--skip-git-repo-check"].map(String::from));
+        if let Some(m) = model_for(inv, cfg) {
+            a.extend(["-m".to_string(), m]);
+        }
+        let sandbox = match inv.sandbox_mode {
+            SandboxMode::ReadOnly => Some("read-only"),
+            SandboxMode::Workspace => Some("workspace-write"),
+            SandboxMode::Full => Some("danger-full-access"),
+            SandboxMode::Default => None,
+        };
+        if let Some(s) = sandbox {
+            a.extend(["--sandbox".to_string(), s.to_string()]);
+        }
+        if inv.ephemeral {
+            a.push("--ephemeral".into());
+        }
+        a.extend(cfg.extra_flags.iter().cloned());
+        a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
+        if let Some(id) = &inv.resume {
+            a.extend(["resume".to_string(), id.clone()]);
+        }
+        a.push("--".into());
+        a.push(with_system_prompt(inv, inv.system_prompt.as_deref()));
+        Ok(CommandSpec {
+            program: cfg.command.clone().unwrap_or_else(|| "codex".into()),
+            args: a,
+            env: vec![],
+            cwd: inv.workdir.clone(),
+        })
+    }
+
+    fn parser(&self) -> Box<dyn LineParser> {
+        Box::new(Parser::default())
+    }
+}
+
+#[derive(Default)]
+struct Parser {
+    saw_error: bool,
+}
+
+/// codex wraps upstream errors as a JSON string; show the inner message.
+fn error_text(raw: &str) -> String {
+    serde_json::from_str::<Value>(raw)
+        .ok()
+        .and_then(|v| {
+            v["error"]["message"]
+                .as_str()
+                .or(v["message"].as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| raw.to_string())
+}
+
+impl LineParser for Parser {
+    fn parse_line(&mut self, line: &str) -> Vec<Event> {
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            return vec![];
+        }
+        let Ok(v) = serde_json::from_str::<Value>(trimmed) else {
+            return vec![Event::Unparsed {
+                line: line.to_string(),
+            }];
+        };
+        let item = &v["item"];
+        match v["type"].as_str() {
+            Some("thread.started") => vec![Event::SessionStarted {
+                session_id: v["thread_id"].as_str().unwrap_or_default().to_string(),
+                model: None,
+            }],
+            Some("item.completed") => match item["type"].as_str() {
+                Some("agent_message") => vec![Event::Message {
+                    text: item["text"].as_str().unwrap_or_default().to_string(),
+                }],
+                Some("reasoning") => vec![Event::Thinking {
+                    text: item["text"].as_str().unwrap_or_default().to_string(),
+                }],
+                Some("command_execution") => vec![Event::ToolResult {
+                    id: item["id"].as_str().map(str::to_string),
+                    output: item["aggregated_output"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    is_error: item["exit_code"].as_i64().is_some_and(|c| c != 0),
+                }],
+                // `error` items are warnings (e.g. an unknown model's metadata), not failures.
+                _ => vec![],
+            },
+            Some("item.started") if item["type"] == "command_execution" => vec![Event::ToolUse {
+                id: item["id"].as_str().map(str::to_string),
+                name: "shell".into(),
+                input: serde_json::json!({"command": item["command"]}),
+            }],
+            Some("turn.completed") => {
+                let u = &v["usage"];
+                vec![Event::Usage(TokenUsage {
+                    input_tokens: u["input_tokens"].as_u64().unwrap_or(0),
+                    output_tokens: u["output_tokens"].as_u64().unwrap_or(0),
+                })]
+            }
+            Some("turn.failed") => {
+                if self.saw_error {
+                    return vec![];
+                }
+                self.saw_error = true;
+                vec![Event::Error {
+                    message: error_text(
+                        v["error"]["message"].as_str().unwrap_or("the turn failed"),
+                    ),
+                }]
+            }
+            Some("error") => {
+                let msg = v["message"].as_str().unwrap_or("error");
+                if msg.starts_with("Reconnecting") || self.saw_error {
+                    return vec![];
+                }
+                self.saw_error = true;
+                vec![Event::Error {
+                    message: error_text(msg),
+                }]
+            }
+            Some(_) => vec![],
+            None => vec![Event::Unparsed {
+                line: line.to_string(),
+            }],
+        }
+    }
+
+    fn finish(&mut self, exit_code: Option<i32>, stderr_tail: &str) -> Vec<Event> {
+        if self.saw_error || exit_code == Some(0) {
+            return vec![];
+        }
+        let detail = stderr_summary(stderr_tail);
+        vec![Event::Error {
+            message: if detail.is_empty() {
+                format!("codex exited with {exit_code:?}")
+            } else {
+                detail
+            },
+        }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{inv, replay};
+    use super::*;
+
+    macro_rules! fixture {
+        ($name:literal) => {
+            (
+                include_str!(concat!(
+                    "../../tests/fixtures/codex-0.169.0-",
+                    $name,
+                    ".stdout"
+                )),
+                include_str!(concat!(
+                    "../../tests/fixtures/codex-0.169.0-",
+                    $name,
+                    ".stderr"
+                )),
+                include_str!(concat!(
+                    "../../tests/fixtures/codex-0.169.0-",
+                    $name,
+                    ".exit"
+                )),
+            )
+        };
+    }
+
+    #[test]
+    fn argv() {
+        let cfg = BackendSettings::default();
+        let mut i = inv("codex", "hi");
+        assert_eq!(
+            Codex.build(&i, &cfg).unwrap().args,
+            ["exec", "--json", "--skip-git-repo-check", "--", "hi"]
+        );
+        i.approval_mode = ApprovalMode::None;
+        i.sandbox_mode = SandboxMode::ReadOnly;
+        i.model = Some("o4-mini".into());
+        i.resume = Some("T1".into());
+        i.ephemeral = true;
+        i.system_prompt = Some("ignored on resume".into());
+        assert_eq!(
+            Codex.build(&i, &cfg).unwrap().args,
+            [
+                "-a",
+                "never",
+                "exec",
+                "--json",
+                "--skip-git-repo-check",
+                "-m",
+                "o4-mini",
+                "--sandbox",
+                "read-only",
+                "--ephemeral",
+                "resume",
+                "T1",
+                "--",
+                "hi"
+            ]
+        );
+        let mut i = inv("codex", "hi");
+        i.system_prompt = Some("SYS".into());
+        let last = Codex.build(&i, &cfg).unwrap().args.pop().unwrap();
+        assert_eq!(last, "<system>\nSYS\n</system>\n\nhi");
+        i.extra = vec!["-c".into(), "x=1".into()];
+        assert!(
+            Codex.build(&i, &cfg).is_err(),
+            "arbitrary config overrides are not allowed"
+        );
+    }
+
+    #[test]
+    fn ok_and_resume() {
+        let (o, e, x) = fixture!("ok");
+        let (_, out) = replay(&mut *Codex.parser(), o, e, x);
+        assert_eq!(
+            out.session_id.as_deref(),
+            Some("01a21a40-150b-7670-91cd-c8e6c5761462")
+        );
+        assert_eq!(
+            out.output,
+            "fake-reply turns=1 last=Say hello in a few words"
+        );
+        assert_eq!(out.usage.output_tokens, 8);
+        assert!(out.error.is_none());
+        let (o, e, x) = fixture!("resume");
+        let (_, out) = replay(&mut *Codex.parser(), o, e, x);
+        assert!(out.output.contains("turns=2"), "{}", out.output);
+        let (o, e, x) = fixture!("model");
+        let (_, out) = replay(&mut *Codex.parser(), o, e, x);
+        assert!(
+            out.error.is_none(),
+            "warning items are not failures: {:?}",
+            out.error
+        );
+    }
+
+    #[test]
+    fn errors() {
+        let (o, e, x) = fixture!("error");
+        let (events, out) = replay(&mut *Codex.parser(), o, e, x);
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::Error { .. }))
+                .count(),
+            1
+        );
+        assert_eq!(
+            out.error.as_deref(),
+            Some("fakemodel: injected error [[error]]")
+        );
+        let (o, e, x) = fixture!("badresume");
+        let (_, out) = replay(&mut *Codex.parser(), o, e, x);
+        assert!(
+            out.error.as_deref().unwrap().contains("no rollout found"),
+            "{:?}",
+            out.error
+        );
+    }
+
+    #[test]
+    fn garbage() {
+        let mut p = Codex.parser();
+        assert!(matches!(
+            p.parse_line("Reading additional input from stdin...")[0],
+            Event::Unparsed { .. }
+        ));
+        assert!(p.parse_line("{\"type\":\"turn.started\"}").is_empty());
+    }
+}

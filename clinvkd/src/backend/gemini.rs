@@ -1,0 +1,285 @@
+//! Google Gemini CLI (`gemini`): `--prompt=… --output-format stream-json`.
+
+use super::*;
+use serde_json::Value;
+
+pub struct Gemini;
+
+const ALLOW: &[&str] = &[
+    "--include-directories",
+    "--extensions",
+    "-e",
+    "--allowed-tools",
+    "--allowed-mcp-server-names",
+];
+
+impl Adapter for Gemini {
+    fn name(&self) -> &'static str {
+        "gemini"
+    }
+    fn default_command(&self) -> &'static str {
+        "gemini"
+    }
+    fn install_hint(&self) -> &'static str {
+        "npm install -g @google/gemini-cli"
+    }
+    fn builtin_extra_allowlist(&self) -> &'static [&'static str] {
+        ALLOW
+    }
+
+    fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError> {
+        // `--prompt=<text>` keeps a prompt that starts with "-" a prompt.
+        let mut a = vec![
+            format!(
+                "--prompt={}",
+                with_system_prompt(inv, inv.system_prompt.as_deref())
+            ),
+            "--output-format".to_string(),
+            "stream-json".to_string(),
+            "--skip-trust".to_string(),
+        ];
+        if let Some(m) = model_for(inv, cfg) {
+            a.extend(["-m".to_string(), m]);
+        }
+        let mode = match (inv.approval_mode, inv.sandbox_mode) {
+            (ApprovalMode::Auto, _) => Some("auto_edit"),
+            (ApprovalMode::None, _) => Some("yolo"),
+            (ApprovalMode::Always, _) => Some("default"),
+            (ApprovalMode::Default, SandboxMode::ReadOnly) => Some("plan"),
+            _ => None,
+        };
+        if let Some(m) = mode {
+            a.extend(["--approval-mode".to_string(), m.to_string()]);
+        }
+        if inv.sandbox_mode == SandboxMode::Workspace {
+            a.push("--sandbox".into());
+        }
+        match (&inv.resume, &inv.new_session_id) {
+            (Some(id), _) => a.extend(["--resume".to_string(), id.clone()]),
+            (None, Some(id)) => a.extend(["--session-id".to_string(), id.clone()]),
+            _ => {}
+        }
+        a.extend(cfg.extra_flags.iter().cloned());
+        a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
+        Ok(CommandSpec {
+            program: cfg.command.clone().unwrap_or_else(|| "gemini".into()),
+            args: a,
+            env: vec![("GEMINI_CLI_TRUST_WORKSPACE".into(), "true".into())],
+            cwd: inv.workdir.clone(),
+        })
+    }
+
+    fn parser(&self) -> Box<dyn LineParser> {
+        Box::new(Parser::default())
+    }
+}
+
+#[derive(Default)]
+struct Parser {
+    saw_error: bool,
+}
+
+fn error_message(e: &Value) -> String {
+    e["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| e.to_string())
+}
+
+impl LineParser for Parser {
+    fn parse_line(&mut self, line: &str) -> Vec<Event> {
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            return vec![];
+        }
+        let Ok(v) = serde_json::from_str::<Value>(trimmed) else {
+            return vec![Event::Unparsed {
+                line: line.to_string(),
+            }];
+        };
+        match v["type"].as_str() {
+            Some("init") => vec![Event::SessionStarted {
+                session_id: v["session_id"].as_str().unwrap_or_default().to_string(),
+                model: v["model"].as_str().map(str::to_string),
+            }],
+            Some("message") if v["role"] == "assistant" => {
+                let text = v["content"].as_str().unwrap_or_default().to_string();
+                if v["delta"].as_bool().unwrap_or(false) {
+                    vec![Event::TextDelta { text }]
+                } else {
+                    vec![Event::Message { text }]
+                }
+            }
+            Some("tool_use") => vec![Event::ToolUse {
+                id: v["tool_id"].as_str().map(str::to_string),
+                name: v["tool_name"].as_str().unwrap_or_default().to_string(),
+                input: v["parameters"].clone(),
+            }],
+            Some("tool_result") => vec![Event::ToolResult {
+                id: v["tool_id"].as_str().map(str::to_string),
+                output: v["output"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v["error"].to_string()),
+                is_error: v["status"] == "error",
+            }],
+            Some("result") => {
+                let s = &v["stats"];
+                let mut out = vec![Event::Usage(TokenUsage {
+                    input_tokens: s["input_tokens"].as_u64().unwrap_or(0),
+                    output_tokens: s["output_tokens"].as_u64().unwrap_or(0),
+                })];
+                let is_error = v["status"] == "error";
+                out.push(Event::Result {
+                    text: None,
+                    is_error,
+                });
+                if is_error {
+                    self.saw_error = true;
+                    out.push(Event::Error {
+                        message: error_message(&v["error"]),
+                    });
+                }
+                out
+            }
+            Some("error") => {
+                self.saw_error = true;
+                vec![Event::Error {
+                    message: error_message(&v),
+                }]
+            }
+            Some(_) => vec![],
+            None => vec![Event::Unparsed {
+                line: line.to_string(),
+            }],
+        }
+    }
+
+    fn finish(&mut self, exit_code: Option<i32>, stderr_tail: &str) -> Vec<Event> {
+        if self.saw_error || exit_code == Some(0) {
+            return vec![];
+        }
+        // In json mode gemini prints its error object on stderr.
+        for line in stderr_tail.lines().rev() {
+            if let Ok(v) = serde_json::from_str::<Value>(line.trim()) {
+                if v["error"].is_object() {
+                    return vec![Event::Error {
+                        message: error_message(&v["error"]),
+                    }];
+                }
+            }
+        }
+        let detail = stderr_summary(stderr_tail);
+        vec![Event::Error {
+            message: if detail.is_empty() {
+                format!("gemini exited with {exit_code:?}")
+            } else {
+                detail
+            },
+        }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{inv, replay};
+    use super::*;
+
+    macro_rules! fixture {
+        ($name:literal) => {
+            (
+                include_str!(concat!(
+                    "../../tests/fixtures/gemini-0.61.0-",
+                    $name,
+                    ".stdout"
+                )),
+                include_str!(concat!(
+                    "../../tests/fixtures/gemini-0.61.0-",
+                    $name,
+                    ".stderr"
+                )),
+                include_str!(concat!(
+                    "../../tests/fixtures/gemini-0.61.0-",
+                    $name,
+                    ".exit"
+                )),
+            )
+        };
+    }
+
+    #[test]
+    fn argv() {
+        let cfg = BackendSettings::default();
+        let mut i = inv("gemini", "-hi");
+        let spec = Gemini.build(&i, &cfg).unwrap();
+        assert_eq!(
+            spec.args,
+            [
+                "--prompt=-hi",
+                "--output-format",
+                "stream-json",
+                "--skip-trust"
+            ]
+        );
+        assert!(spec
+            .env
+            .contains(&("GEMINI_CLI_TRUST_WORKSPACE".into(), "true".into())));
+        i.model = Some("gemini-2.5-flash".into());
+        i.resume = Some("S1".into());
+        i.approval_mode = ApprovalMode::Auto;
+        assert_eq!(
+            Gemini.build(&i, &cfg).unwrap().args[4..],
+            [
+                "-m",
+                "gemini-2.5-flash",
+                "--approval-mode",
+                "auto_edit",
+                "--resume",
+                "S1"
+            ]
+        );
+    }
+
+    #[test]
+    fn ok_resume_system() {
+        let (o, e, x) = fixture!("ok");
+        let (events, out) = replay(&mut *Gemini.parser(), o, e, x);
+        assert_eq!(
+            out.session_id.as_deref(),
+            Some("dbce03c2-4f20-4956-9224-5ae94efbfb2f")
+        );
+        assert!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::TextDelta { .. }))
+                .count()
+                >= 2
+        );
+        assert_eq!(
+            out.output,
+            "fake-reply turns=1 last=Say hello in a few words"
+        );
+        assert!(out.usage.output_tokens > 0);
+        assert!(out.error.is_none());
+        let (o, e, x) = fixture!("resume");
+        let (_, out) = replay(&mut *Gemini.parser(), o, e, x);
+        assert!(out.output.contains("turns=2"), "{}", out.output);
+    }
+
+    #[test]
+    fn errors() {
+        let (o, e, x) = fixture!("error");
+        let (_, out) = replay(&mut *Gemini.parser(), o, e, x);
+        assert!(
+            out.error.as_deref().unwrap().contains("injected error"),
+            "{:?}",
+            out.error
+        );
+        let (o, e, x) = fixture!("badresume");
+        let (_, out) = replay(&mut *Gemini.parser(), o, e, x);
+        assert!(out.error.is_some());
+        let (o, e, x) = fixture!("error-json");
+        let (_, out) = replay(&mut *Gemini.parser(), o, e, x);
+        assert!(out.error.is_some(), "json-mode error on stderr is found");
+    }
+}
