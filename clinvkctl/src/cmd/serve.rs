@@ -135,8 +135,9 @@ async fn port_owner(
     let Some(version) = probe_clinvkd(&host, port).await else {
         return Err(start_error);
     };
-    // A socket-activated daemon needs a moment after that first request to open its control socket.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    // The daemon binds its control socket before it serves HTTP, so once /health has answered,
+    // ours would answer at once; the short wait only absorbs slow machines.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         match status(paths, "clinvk").await {
             Ok(info) => return Ok(info),
