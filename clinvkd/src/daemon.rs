@@ -1,7 +1,8 @@
 //! Start, listeners, signals, reload and the shutdown order of the daemon.
 //!
 //! Start: private folders → pid lock (one daemon per state folder) → HTTP listener → control
-//! socket → pid written → serve. Stop (SIGTERM, SIGINT, `clinvkctl stop`, or the caller's
+//! socket → pid written → serve → `READY=1` (see `service`). Under systemd socket activation the
+//! HTTP listener (and the control socket, when passed named `control`) are the passed sockets. Stop (SIGTERM, SIGINT, `clinvkctl stop`, or the caller's
 //! `shutdown` future): drain (new requests get 503, in-flight ones get
 //! `server.shutdown_grace_secs`) → hard stop (streams end, connections close) → socket and pid
 //! file removed → `Ok(())`.
