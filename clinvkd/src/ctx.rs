@@ -158,7 +158,22 @@ impl Ctx {
     }
 
     /// Re-reads the configuration. An invalid one is refused and the running one stays.
+    /// The service manager (if any) sees `RELOADING=1`, then `READY=1` whatever the outcome.
     pub fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
+        crate::service::reloading();
+        let result = self.reload_inner();
+        let status = match &result {
+            Ok(_) => format!("serving {}; configuration reloaded", self.http_url()),
+            Err(_) => format!(
+                "serving {}; last reload refused (invalid configuration)",
+                self.http_url()
+            ),
+        };
+        crate::service::ready(&status);
+        result
+    }
+
+    fn reload_inner(&self) -> Result<ReloadOutcome, ConfigError> {
         let loaded = Self::load_settings(&self.config_path, self.config_explicit, &self.overrides)?;
         let old = self.settings();
         let mut changed = diff_keys(&old, &loaded.settings);
@@ -186,6 +201,7 @@ impl Ctx {
     /// Starts the drain: new work is refused, in-flight work may finish.
     pub fn begin_drain(&self, reason: &str) {
         if !self.draining.swap(true, Ordering::SeqCst) {
+            crate::service::stopping(reason);
             let _ = self.drain_tx.send(true);
             let _ = self.events.send(AttachEvent::Stopping {
                 reason: reason.to_string(),

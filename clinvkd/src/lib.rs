@@ -11,6 +11,7 @@ pub mod http;
 pub mod keys;
 pub mod logging;
 pub mod ops;
+pub mod service;
 pub mod session;
 pub mod supervisor;
 

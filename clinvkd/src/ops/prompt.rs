@@ -367,6 +367,12 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
             if let Err(e) = ctx2.sessions.add_turn(id, turn, bsid, summary.failed()) {
                 tracing::error!(session = %id, error = %e, "cannot record the turn");
             }
+            // A run cut short by the daemon's stop (grace period over) is interrupted, not failed.
+            if summary.failed() && ctx2.is_draining() {
+                let _ = ctx2
+                    .sessions
+                    .update(id, |s| s.status = "interrupted".into());
+            }
             if let Some(h) = &transcript_hash {
                 if !summary.failed() {
                     let h = h.clone();
