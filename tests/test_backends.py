@@ -102,13 +102,15 @@ def test_model_and_system_prompt_reach_the_model(live_world, fake_model, backend
     assert fake_model.requests() == [], "a dry run starts nothing"
     if backend == "claude":
         assert argv[argv.index("--system-prompt") + 1] == "SYSMARK be brief"
+    if backend == "codex":
+        assert argv[argv.index("-c") + 1] == 'developer_instructions="SYSMARK be brief"'
     status, r, _ = post(url + "/api/v1/prompt", body)
     assert status == 200 and r["error"] is None, r
     req = fake_model.requests()[-1]
     assert req["model"] == "m-test-1"
-    if backend == "claude":
-        assert req["system_has_marker"] and "sys=SYSMARK" in r["output"]
-    else:  # folded into the prompt: the model still receives it
+    if backend in ("claude", "codex"):  # a real system/developer message
+        assert req["system_has_marker"] and "sys=SYSMARK" in r["output"], (req, r["output"])
+    else:  # gemini: folded into the prompt, the model still receives it
         assert any("SYSMARK be brief" in t for t in req["raw_user_texts"])
 
 
@@ -190,3 +192,13 @@ def test_at_capacity_is_refused_at_once(live_world):
     assert status == 503 and r["code"] == "at_capacity", r
     assert {k.lower(): v for k, v in hdrs.items()}.get("retry-after") == "5"
     events.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_prompt_longer_than_an_argv_element_goes_through_stdin(live_world, fake_model, backend):
+    url = start_live(live_world)
+    prompt = "LONGSTART " + "word " * 40_000  # 200 kB: more than one argv element may hold
+    status, r, _ = post(url + "/api/v1/prompt", {"backend": backend, "prompt": prompt, "workdir": str(live_world.workdir), "ephemeral": True})
+    assert status == 200 and r["error"] is None, r
+    assert "last=LONGSTART word" in r["output"], r["output"][:200]
+    assert sum(len(t) for t in fake_model.requests()[-1]["raw_user_texts"]) >= len(prompt) - 100

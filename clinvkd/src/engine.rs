@@ -221,6 +221,7 @@ fn prepare(ctx: &Ctx, inv: &Invocation) -> Result<Prepared, EngineError> {
             kill_grace: Duration::from_secs(settings.limits.kill_grace_secs),
             max_line_bytes: 8 * 1024 * 1024,
             max_output_bytes: settings.limits.max_output_bytes,
+            stdin: cmd.stdin.map(String::into_bytes),
         },
         argv,
         env_names,

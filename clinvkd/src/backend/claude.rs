@@ -79,14 +79,21 @@ impl Adapter for Claude {
         }
         a.extend(cfg.extra_flags.iter().cloned());
         a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
-        // `--` ends the options: a prompt that starts with "-" stays a prompt.
-        a.push("--".into());
-        a.push(inv.prompt.clone());
+        // A long prompt goes through stdin (one argv element may not exceed 128 KiB);
+        // otherwise `--` ends the options, so a prompt that starts with "-" stays a prompt.
+        let stdin = if inv.prompt.len() > STDIN_THRESHOLD {
+            Some(inv.prompt.clone())
+        } else {
+            a.push("--".into());
+            a.push(inv.prompt.clone());
+            None
+        };
         Ok(CommandSpec {
             program: cfg.command.clone().unwrap_or_else(|| "claude".into()),
             args: a,
             env: vec![],
             cwd: inv.workdir.clone(),
+            stdin,
         })
     }
 
@@ -151,6 +158,9 @@ impl LineParser for Parser {
                     }
                 }
             }
+            // An API failure is first reported as a synthetic assistant message; the result line
+            // that follows carries the error.
+            Some("assistant") if v["is_api_error_message"].as_bool() == Some(true) => {}
             Some("assistant") => {
                 let mut text = Vec::new();
                 for block in v["message"]["content"].as_array().into_iter().flatten() {

@@ -23,17 +23,22 @@ impl Adapter for Codex {
 
     fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError> {
         let mut a: Vec<String> = Vec::new();
-        // The approval policy belongs before `exec` in this version (`exec -a` is rejected).
-        let approval = match inv.approval_mode {
-            ApprovalMode::Auto => Some("on-request"),
-            ApprovalMode::None => Some("never"),
-            ApprovalMode::Always => Some("untrusted"),
-            ApprovalMode::Default => None,
+        // The approval policy belongs before `exec` (`exec -a` is rejected); 0.169.0 accepts only
+        // on-request and never (`untrusted` is gone). `exec` alone runs with `never`; its
+        // `--approve-for-me` (automatic review) is the closest to `auto`, but conflicts with -s.
+        let approval = match (inv.approval_mode, inv.sandbox_mode) {
+            (ApprovalMode::Auto, SandboxMode::Default) => None,
+            (ApprovalMode::Auto, _) | (ApprovalMode::Always, _) => Some("on-request"),
+            (ApprovalMode::None, _) => Some("never"),
+            (ApprovalMode::Default, _) => None,
         };
         if let Some(p) = approval {
             a.extend(["-a".to_string(), p.to_string()]);
         }
         a.extend(["exec", "--json", "--skip-git-repo-check"].map(String::from));
+        if (inv.approval_mode, inv.sandbox_mode) == (ApprovalMode::Auto, SandboxMode::Default) {
+            a.push("--approve-for-me".into());
+        }
         if let Some(m) = model_for(inv, cfg) {
             a.extend(["-m".to_string(), m]);
         }
@@ -49,18 +54,37 @@ impl Adapter for Codex {
         if inv.ephemeral {
             a.push("--ephemeral".into());
         }
+        // codex has a real route for a system prompt: developer instructions.
+        if let Some(sp) = inv
+            .system_prompt
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+        {
+            a.extend([
+                "-c".to_string(),
+                format!("developer_instructions={}", toml_string(sp)),
+            ]);
+        }
         a.extend(cfg.extra_flags.iter().cloned());
         a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
         if let Some(id) = &inv.resume {
             a.extend(["resume".to_string(), id.clone()]);
         }
         a.push("--".into());
-        a.push(with_system_prompt(inv, inv.system_prompt.as_deref()));
+        // A long prompt goes through stdin (`-`): one argv element may not exceed 128 KiB.
+        let stdin = if inv.prompt.len() > STDIN_THRESHOLD {
+            a.push("-".into());
+            Some(inv.prompt.clone())
+        } else {
+            a.push(inv.prompt.clone());
+            None
+        };
         Ok(CommandSpec {
             program: cfg.command.clone().unwrap_or_else(|| "codex".into()),
             args: a,
             env: vec![],
             cwd: inv.workdir.clone(),
+            stdin,
         })
     }
 
@@ -72,6 +96,25 @@ impl Adapter for Codex {
 #[derive(Default)]
 struct Parser {
     saw_error: bool,
+}
+
+/// A TOML basic string (for `-c key=value`).
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// codex wraps upstream errors as a JSON string; show the inner message.
@@ -217,30 +260,37 @@ mod tests {
         i.model = Some("o4-mini".into());
         i.resume = Some("T1".into());
         i.ephemeral = true;
-        i.system_prompt = Some("ignored on resume".into());
-        assert_eq!(
-            Codex.build(&i, &cfg).unwrap().args,
-            [
-                "-a",
-                "never",
-                "exec",
-                "--json",
-                "--skip-git-repo-check",
-                "-m",
-                "o4-mini",
-                "--sandbox",
-                "read-only",
-                "--ephemeral",
-                "resume",
-                "T1",
-                "--",
-                "hi"
-            ]
-        );
+        i.system_prompt = Some("Be \"terse\".\nSYSMARK".into());
+        let expected = [
+            "-a",
+            "never",
+            "exec",
+            "--json",
+            "--skip-git-repo-check",
+            "-m",
+            "o4-mini",
+            "--sandbox",
+            "read-only",
+            "--ephemeral",
+            "-c",
+            "developer_instructions=\"Be \\\"terse\\\".\\nSYSMARK\"",
+            "resume",
+            "T1",
+            "--",
+            "hi",
+        ];
+        assert_eq!(Codex.build(&i, &cfg).unwrap().args, expected);
         let mut i = inv("codex", "hi");
-        i.system_prompt = Some("SYS".into());
-        let last = Codex.build(&i, &cfg).unwrap().args.pop().unwrap();
-        assert_eq!(last, "<system>\nSYS\n</system>\n\nhi");
+        i.approval_mode = ApprovalMode::Auto;
+        assert!(Codex
+            .build(&i, &cfg)
+            .unwrap()
+            .args
+            .contains(&"--approve-for-me".to_string()));
+        i.prompt = "x".repeat(200_000);
+        let spec = Codex.build(&i, &cfg).unwrap();
+        assert_eq!(spec.args.last().unwrap(), "-");
+        assert_eq!(spec.stdin.as_deref().map(str::len), Some(200_000));
         i.extra = vec!["-c".into(), "x=1".into()];
         assert!(
             Codex.build(&i, &cfg).is_err(),

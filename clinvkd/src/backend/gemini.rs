@@ -28,12 +28,16 @@ impl Adapter for Gemini {
     }
 
     fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError> {
-        // `--prompt=<text>` keeps a prompt that starts with "-" a prompt.
+        // `--prompt=<text>` keeps a prompt that starts with "-" a prompt. A long prompt goes
+        // through stdin (gemini prepends stdin to the -p text): one argv element may not exceed 128 KiB.
+        let full = with_system_prompt(inv, inv.system_prompt.as_deref());
+        let (prompt_arg, stdin) = if full.len() > STDIN_THRESHOLD {
+            (String::new(), Some(full))
+        } else {
+            (full, None)
+        };
         let mut a = vec![
-            format!(
-                "--prompt={}",
-                with_system_prompt(inv, inv.system_prompt.as_deref())
-            ),
+            format!("--prompt={prompt_arg}"),
             "--output-format".to_string(),
             "stream-json".to_string(),
             "--skip-trust".to_string(),
@@ -66,6 +70,7 @@ impl Adapter for Gemini {
             args: a,
             env: vec![("GEMINI_CLI_TRUST_WORKSPACE".into(), "true".into())],
             cwd: inv.workdir.clone(),
+            stdin,
         })
     }
 

@@ -62,7 +62,12 @@ pub struct CommandSpec {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
+    /// Written to the child's stdin, then closed (long prompts); None: stdin is /dev/null.
+    pub stdin: Option<String>,
 }
+
+/// Prompts longer than this go through stdin: Linux refuses one argv element of 128 KiB or more.
+pub(crate) const STDIN_THRESHOLD: usize = 96 * 1024;
 
 /// The unified event stream of every CLI.
 #[derive(Debug, Clone, PartialEq, Serialize)]
