@@ -79,15 +79,8 @@ impl Adapter for Claude {
         }
         a.extend(cfg.extra_flags.iter().cloned());
         a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
-        // A long prompt goes through stdin (one argv element may not exceed 128 KiB);
-        // otherwise `--` ends the options, so a prompt that starts with "-" stays a prompt.
-        let stdin = if inv.prompt.len() > STDIN_THRESHOLD {
-            Some(inv.prompt.clone())
-        } else {
-            a.push("--".into());
-            a.push(inv.prompt.clone());
-            None
-        };
+        // claude reads a long prompt from stdin when no prompt argument is given.
+        let stdin = push_prompt(&mut a, &inv.prompt, None);
         Ok(CommandSpec {
             program: cfg.command.clone().unwrap_or_else(|| "claude".into()),
             args: a,
@@ -121,14 +114,9 @@ fn usage_of(v: &Value) -> TokenUsage {
 
 impl LineParser for Parser {
     fn parse_line(&mut self, line: &str) -> Vec<Event> {
-        let trimmed = line.trim();
-        if trimmed.is_empty() {
-            return vec![];
-        }
-        let Ok(v) = serde_json::from_str::<Value>(trimmed) else {
-            return vec![Event::Unparsed {
-                line: line.to_string(),
-            }];
+        let v = match json_line(line) {
+            Ok(v) => v,
+            Err(events) => return events,
         };
         let mut out = Vec::new();
         if !self.session_announced {
@@ -241,51 +229,15 @@ impl LineParser for Parser {
     }
 
     fn finish(&mut self, exit_code: Option<i32>, stderr_tail: &str) -> Vec<Event> {
-        if self.saw_error || exit_code == Some(0) {
-            return vec![];
-        }
-        let detail = stderr_summary(stderr_tail);
-        vec![Event::Error {
-            message: if detail.is_empty() {
-                format!(
-                    "claude exited with {}",
-                    exit_code
-                        .map(|c| c.to_string())
-                        .unwrap_or_else(|| "a signal".into())
-                )
-            } else {
-                detail
-            },
-        }]
+        exit_error("claude", self.saw_error, exit_code, stderr_tail)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixture;
     use super::super::testutil::{inv, replay};
     use super::*;
-
-    macro_rules! fixture {
-        ($name:literal) => {
-            (
-                include_str!(concat!(
-                    "../../tests/fixtures/claude-2.1.328-",
-                    $name,
-                    ".stdout"
-                )),
-                include_str!(concat!(
-                    "../../tests/fixtures/claude-2.1.328-",
-                    $name,
-                    ".stderr"
-                )),
-                include_str!(concat!(
-                    "../../tests/fixtures/claude-2.1.328-",
-                    $name,
-                    ".exit"
-                )),
-            )
-        };
-    }
 
     #[test]
     fn argv() {
@@ -358,7 +310,7 @@ mod tests {
 
     #[test]
     fn ok_stream() {
-        let (o, e, x) = fixture!("ok");
+        let (o, e, x) = fixture!("claude-2.1.328-", "ok");
         let (events, out) = replay(&mut *Claude.parser(), o, e, x);
         assert_eq!(
             out.session_id.as_deref(),
@@ -381,19 +333,22 @@ mod tests {
 
     #[test]
     fn resume_and_system() {
-        for (o, e, x) in [fixture!("resume"), fixture!("system")] {
+        for (o, e, x) in [
+            fixture!("claude-2.1.328-", "resume"),
+            fixture!("claude-2.1.328-", "system"),
+        ] {
             let (_, out) = replay(&mut *Claude.parser(), o, e, x);
             assert!(out.output.starts_with("fake-reply"), "{}", out.output);
             assert!(out.error.is_none());
         }
-        let (o, e, x) = fixture!("resume");
+        let (o, e, x) = fixture!("claude-2.1.328-", "resume");
         let (_, out) = replay(&mut *Claude.parser(), o, e, x);
         assert!(out.output.contains("turns=2"), "{}", out.output);
     }
 
     #[test]
     fn api_error_is_an_error() {
-        let (o, e, x) = fixture!("error");
+        let (o, e, x) = fixture!("claude-2.1.328-", "error");
         let (_, out) = replay(&mut *Claude.parser(), o, e, x);
         assert!(out.is_error);
         assert!(
@@ -405,7 +360,7 @@ mod tests {
 
     #[test]
     fn bad_resume() {
-        let (o, e, x) = fixture!("badresume");
+        let (o, e, x) = fixture!("claude-2.1.328-", "badresume");
         let (_, out) = replay(&mut *Claude.parser(), o, e, x);
         assert!(
             out.error
@@ -428,7 +383,7 @@ mod tests {
         assert!(matches!(p.parse_line("[1,2]")[0], Event::Unparsed { .. }));
         let big = "x".repeat(1 << 20);
         assert!(matches!(p.parse_line(&big)[0], Event::Unparsed { .. }));
-        let (o, e, x) = fixture!("json");
+        let (o, e, x) = fixture!("claude-2.1.328-", "json");
         let (_, out) = replay(&mut *Claude.parser(), o, e, x);
         assert!(out.error.is_none());
         let ev = p.finish(Some(1), "boom\nError: it broke\n");

@@ -70,15 +70,8 @@ impl Adapter for Codex {
         if let Some(id) = &inv.resume {
             a.extend(["resume".to_string(), id.clone()]);
         }
-        a.push("--".into());
-        // A long prompt goes through stdin (`-`): one argv element may not exceed 128 KiB.
-        let stdin = if inv.prompt.len() > STDIN_THRESHOLD {
-            a.push("-".into());
-            Some(inv.prompt.clone())
-        } else {
-            a.push(inv.prompt.clone());
-            None
-        };
+        // codex reads the prompt from stdin when it is `-`.
+        let stdin = push_prompt(&mut a, &inv.prompt, Some("-"));
         Ok(CommandSpec {
             program: cfg.command.clone().unwrap_or_else(|| "codex".into()),
             args: a,
@@ -132,14 +125,9 @@ fn error_text(raw: &str) -> String {
 
 impl LineParser for Parser {
     fn parse_line(&mut self, line: &str) -> Vec<Event> {
-        let trimmed = line.trim();
-        if trimmed.is_empty() {
-            return vec![];
-        }
-        let Ok(v) = serde_json::from_str::<Value>(trimmed) else {
-            return vec![Event::Unparsed {
-                line: line.to_string(),
-            }];
+        let v = match json_line(line) {
+            Ok(v) => v,
+            Err(events) => return events,
         };
         let item = &v["item"];
         match v["type"].as_str() {
@@ -206,46 +194,15 @@ impl LineParser for Parser {
     }
 
     fn finish(&mut self, exit_code: Option<i32>, stderr_tail: &str) -> Vec<Event> {
-        if self.saw_error || exit_code == Some(0) {
-            return vec![];
-        }
-        let detail = stderr_summary(stderr_tail);
-        vec![Event::Error {
-            message: if detail.is_empty() {
-                format!("codex exited with {exit_code:?}")
-            } else {
-                detail
-            },
-        }]
+        exit_error("codex", self.saw_error, exit_code, stderr_tail)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixture;
     use super::super::testutil::{inv, replay};
     use super::*;
-
-    macro_rules! fixture {
-        ($name:literal) => {
-            (
-                include_str!(concat!(
-                    "../../tests/fixtures/codex-0.169.0-",
-                    $name,
-                    ".stdout"
-                )),
-                include_str!(concat!(
-                    "../../tests/fixtures/codex-0.169.0-",
-                    $name,
-                    ".stderr"
-                )),
-                include_str!(concat!(
-                    "../../tests/fixtures/codex-0.169.0-",
-                    $name,
-                    ".exit"
-                )),
-            )
-        };
-    }
 
     #[test]
     fn argv() {
@@ -300,7 +257,7 @@ mod tests {
 
     #[test]
     fn ok_and_resume() {
-        let (o, e, x) = fixture!("ok");
+        let (o, e, x) = fixture!("codex-0.169.0-", "ok");
         let (_, out) = replay(&mut *Codex.parser(), o, e, x);
         assert_eq!(
             out.session_id.as_deref(),
@@ -312,10 +269,10 @@ mod tests {
         );
         assert_eq!(out.usage.output_tokens, 8);
         assert!(out.error.is_none());
-        let (o, e, x) = fixture!("resume");
+        let (o, e, x) = fixture!("codex-0.169.0-", "resume");
         let (_, out) = replay(&mut *Codex.parser(), o, e, x);
         assert!(out.output.contains("turns=2"), "{}", out.output);
-        let (o, e, x) = fixture!("model");
+        let (o, e, x) = fixture!("codex-0.169.0-", "model");
         let (_, out) = replay(&mut *Codex.parser(), o, e, x);
         assert!(
             out.error.is_none(),
@@ -326,7 +283,7 @@ mod tests {
 
     #[test]
     fn errors() {
-        let (o, e, x) = fixture!("error");
+        let (o, e, x) = fixture!("codex-0.169.0-", "error");
         let (events, out) = replay(&mut *Codex.parser(), o, e, x);
         assert_eq!(
             events
@@ -339,7 +296,7 @@ mod tests {
             out.error.as_deref(),
             Some("fakemodel: injected error [[error]]")
         );
-        let (o, e, x) = fixture!("badresume");
+        let (o, e, x) = fixture!("codex-0.169.0-", "badresume");
         let (_, out) = replay(&mut *Codex.parser(), o, e, x);
         assert!(
             out.error.as_deref().unwrap().contains("no rollout found"),

@@ -93,14 +93,9 @@ fn error_message(e: &Value) -> String {
 
 impl LineParser for Parser {
     fn parse_line(&mut self, line: &str) -> Vec<Event> {
-        let trimmed = line.trim();
-        if trimmed.is_empty() {
-            return vec![];
-        }
-        let Ok(v) = serde_json::from_str::<Value>(trimmed) else {
-            return vec![Event::Unparsed {
-                line: line.to_string(),
-            }];
+        let v = match json_line(line) {
+            Ok(v) => v,
+            Err(events) => return events,
         };
         match v["type"].as_str() {
             Some("init") => vec![Event::SessionStarted {
@@ -174,43 +169,15 @@ impl LineParser for Parser {
                 }
             }
         }
-        let detail = stderr_summary(stderr_tail);
-        vec![Event::Error {
-            message: if detail.is_empty() {
-                format!("gemini exited with {exit_code:?}")
-            } else {
-                detail
-            },
-        }]
+        exit_error("gemini", false, exit_code, stderr_tail)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixture;
     use super::super::testutil::{inv, replay};
     use super::*;
-
-    macro_rules! fixture {
-        ($name:literal) => {
-            (
-                include_str!(concat!(
-                    "../../tests/fixtures/gemini-0.61.0-",
-                    $name,
-                    ".stdout"
-                )),
-                include_str!(concat!(
-                    "../../tests/fixtures/gemini-0.61.0-",
-                    $name,
-                    ".stderr"
-                )),
-                include_str!(concat!(
-                    "../../tests/fixtures/gemini-0.61.0-",
-                    $name,
-                    ".exit"
-                )),
-            )
-        };
-    }
 
     #[test]
     fn argv() {
@@ -247,7 +214,7 @@ mod tests {
 
     #[test]
     fn ok_resume_system() {
-        let (o, e, x) = fixture!("ok");
+        let (o, e, x) = fixture!("gemini-0.61.0-", "ok");
         let (events, out) = replay(&mut *Gemini.parser(), o, e, x);
         assert_eq!(
             out.session_id.as_deref(),
@@ -266,24 +233,24 @@ mod tests {
         );
         assert!(out.usage.output_tokens > 0);
         assert!(out.error.is_none());
-        let (o, e, x) = fixture!("resume");
+        let (o, e, x) = fixture!("gemini-0.61.0-", "resume");
         let (_, out) = replay(&mut *Gemini.parser(), o, e, x);
         assert!(out.output.contains("turns=2"), "{}", out.output);
     }
 
     #[test]
     fn errors() {
-        let (o, e, x) = fixture!("error");
+        let (o, e, x) = fixture!("gemini-0.61.0-", "error");
         let (_, out) = replay(&mut *Gemini.parser(), o, e, x);
         assert!(
             out.error.as_deref().unwrap().contains("injected error"),
             "{:?}",
             out.error
         );
-        let (o, e, x) = fixture!("badresume");
+        let (o, e, x) = fixture!("gemini-0.61.0-", "badresume");
         let (_, out) = replay(&mut *Gemini.parser(), o, e, x);
         assert!(out.error.is_some());
-        let (o, e, x) = fixture!("error-json");
+        let (o, e, x) = fixture!("gemini-0.61.0-", "error-json");
         let (_, out) = replay(&mut *Gemini.parser(), o, e, x);
         assert!(out.error.is_some(), "json-mode error on stderr is found");
     }

@@ -204,6 +204,59 @@ pub(crate) fn with_system_prompt(inv: &Invocation, sp: Option<&str>) -> String {
     }
 }
 
+/// Ends the options with `--` and adds the prompt; a long prompt goes through stdin instead
+/// (one argv element may not exceed 128 KiB): then `stdin_marker` (if any) stands in its place.
+pub(crate) fn push_prompt(
+    args: &mut Vec<String>,
+    prompt: &str,
+    stdin_marker: Option<&str>,
+) -> Option<String> {
+    if prompt.len() > STDIN_THRESHOLD {
+        if let Some(m) = stdin_marker {
+            args.extend(["--".to_string(), m.to_string()]);
+        }
+        return Some(prompt.to_string());
+    }
+    args.extend(["--".to_string(), prompt.to_string()]);
+    None
+}
+
+/// One stdout line as JSON; `Err` holds the events for a line that is not (blank: none).
+pub(crate) fn json_line(line: &str) -> Result<serde_json::Value, Vec<Event>> {
+    let trimmed = line.trim();
+    if trimmed.is_empty() {
+        return Err(vec![]);
+    }
+    match serde_json::from_str::<serde_json::Value>(trimmed) {
+        Ok(v) if v.is_object() => Ok(v),
+        _ => Err(vec![Event::Unparsed {
+            line: line.to_string(),
+        }]),
+    }
+}
+
+/// The error of a run that exited non-zero without reporting why on stdout.
+pub(crate) fn exit_error(
+    cli: &str,
+    saw_error: bool,
+    exit_code: Option<i32>,
+    stderr_tail: &str,
+) -> Vec<Event> {
+    if saw_error || exit_code == Some(0) {
+        return vec![];
+    }
+    let detail = stderr_summary(stderr_tail);
+    let message = if !detail.is_empty() {
+        detail
+    } else {
+        match exit_code {
+            Some(c) => format!("{cli} exited with code {c}"),
+            None => format!("{cli} was killed by a signal"),
+        }
+    };
+    vec![Event::Error { message }]
+}
+
 /// A useful line of stderr for an error message: the last non-empty line that is not a trace.
 pub(crate) fn stderr_summary(stderr: &str) -> String {
     let lines: Vec<&str> = stderr
@@ -271,6 +324,20 @@ impl Outcome {
         };
     }
 }
+
+/// The recorded fixture `(stdout, stderr, exit)` of `clinvkd/tests/fixtures/<prefix><name>.*`.
+#[cfg(test)]
+macro_rules! fixture {
+    ($prefix:literal, $name:literal) => {
+        (
+            include_str!(concat!("../../tests/fixtures/", $prefix, $name, ".stdout")),
+            include_str!(concat!("../../tests/fixtures/", $prefix, $name, ".stderr")),
+            include_str!(concat!("../../tests/fixtures/", $prefix, $name, ".exit")),
+        )
+    };
+}
+#[cfg(test)]
+pub(crate) use fixture;
 
 #[cfg(test)]
 pub(crate) mod testutil {
