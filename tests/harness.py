@@ -97,12 +97,15 @@ def line_reader(proc) -> LineReader:
 class World:
     """A temporary HOME with its own clinvk state folder, and helpers to run the binaries in it."""
 
-    def __init__(self, root: Path, extra_env: dict | None = None):
+    def __init__(self, root: Path, extra_env: dict | None = None, home: Path | None = None,
+                 base_env: dict | None = None):
         self.root = root
-        self.home = root / "home"
+        root.mkdir(parents=True, exist_ok=True)
+        self.home = home or root / "home"
         self.home.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("CLINVK_") and k not in ("XDG_RUNTIME_DIR", "RUST_LOG")}
+        env = {k: v for k, v in (base_env or os.environ).items()
+               if not (k.startswith("CLINVK_") and not k.startswith("CLINVK_FAKE_"))
+               and k not in ("XDG_RUNTIME_DIR", "RUST_LOG")}
         env["HOME"] = str(self.home)
         env["NO_COLOR"] = "1"
         env.update(extra_env or {})
@@ -205,3 +208,51 @@ def daemon(world):
     """A running clinvkd on a free port in a private HOME."""
     p = world.start_daemon()
     yield p
+
+
+FAKECLI_DIR = TESTS_DIR / "fakecli"
+
+
+@pytest.fixture
+def live_world(tmp_path, cli_home):
+    """A World whose HOME and environment make the real CLIs talk to the fake model server."""
+    w = World(tmp_path / "world", home=cli_home.home, base_env=cli_home.env)
+    w.workdir = cli_home.workdir  # type: ignore[attr-defined]
+    yield w
+    w.stop_all()
+
+
+def start_live(world: World, config: str = "") -> str:
+    """Starts clinvkd in a live world with `config` (YAML) and returns its URL."""
+    world.env["CLINVK_SERVER_METRICS_ENABLED"] = "true"
+    world.write_config(config or "# test\n")
+    p = world.start_daemon()
+    return p.status["http_url"]
+
+
+def post(url: str, body, timeout: float = 120, headers: dict | None = None):
+    """POST JSON; returns (status, parsed body or text, headers)."""
+    import urllib.request
+    import urllib.error
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="POST",
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, raw, hdrs = r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        status, raw, hdrs = e.code, e.read(), dict(e.headers)
+    try:
+        return status, json.loads(raw), hdrs
+    except ValueError:
+        return status, raw.decode(errors="replace"), hdrs
+
+
+def get_json(url: str, timeout: float = 30):
+    import urllib.request
+    import urllib.error
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")

@@ -48,7 +48,9 @@ def test_start_health_and_request_id(world, daemon):
     status, headers, body = get(st["http_url"] + "/health", {"X-Request-Id": "abc-123"})
     assert status == 200
     health = json.loads(body)
-    assert health["status"] == "ok"
+    # No CLI is installed in this bare world: nothing can run.
+    assert health["status"] == "unhealthy"
+    assert {b["name"]: b["available"] for b in health["backends"]} == {"claude": False, "codex": False, "gemini": False}
     assert health["version"] == "0.1.0"
     assert health["uptime_ms"] >= 0 and "uptime" in health
     assert headers["x-request-id"] == "abc-123"

@@ -294,3 +294,45 @@ where
         }
     }
 }
+
+/// Connects to the daemon, starting it (in the background, on its configured address) when
+/// none runs — the everyday commands need one.
+pub async fn ensure_daemon(paths: &Paths, client: &str) -> Result<Connection, ClientError> {
+    match Connection::open(paths, client).await {
+        Err(ClientError::NotRunning(_)) => {
+            eprintln!("starting clinvkd…");
+            if let Some(s) = start_daemon(paths, &StartOptions::default()).await? {
+                eprintln!(
+                    "clinvkd started (pid {}), serving {}",
+                    s.status.pid, s.status.http_url
+                );
+            }
+            Connection::open(paths, client).await
+        }
+        other => other,
+    }
+}
+
+/// Calls a one-shot core operation (`parallel`, `sessions.list`, …) and returns its JSON.
+pub async fn call_json(
+    paths: &Paths,
+    op: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, ClientError> {
+    let mut conn = ensure_daemon(paths, "clinvk").await?;
+    match conn
+        .request(Request::Call {
+            op: op.to_string(),
+            body,
+        })
+        .await?
+    {
+        Reply::Json(v) => Ok(v),
+        other => Err(ClientError::Other(format!("unexpected answer: {other:?}"))),
+    }
+}
+
+/// Prints `s` as pretty JSON.
+pub fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}

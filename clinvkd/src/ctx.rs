@@ -47,6 +47,10 @@ pub struct Inner {
     pub backends: crate::availability::Registry,
     /// Sessions on disk.
     pub sessions: crate::session::Store,
+    /// Accepted API keys.
+    pub keys: crate::keys::KeyStore,
+    /// Per-client token buckets.
+    pub rate: crate::http::guard::RateLimiter,
 }
 
 impl std::ops::Deref for Ctx {
@@ -73,6 +77,10 @@ impl Ctx {
         events: broadcast::Sender<AttachEvent>,
     ) -> std::io::Result<Self> {
         let sessions = crate::session::Store::open(&paths.sessions_dir())?;
+        let keys = crate::keys::KeyStore::open(&paths.keys_file());
+        keys.set_external(&crate::keys::external_keys(
+            &loaded.settings.server.api_keys_gopass_path,
+        ));
         let (drain_tx, _) = watch::channel(false);
         let (stop_tx, _) = watch::channel(false);
         Ok(Ctx(Arc::new(Inner {
@@ -96,6 +104,8 @@ impl Ctx {
             supervisor: crate::supervisor::Supervisor::new(crate::supervisor::Limiter::default()),
             backends: crate::availability::Registry::default(),
             sessions,
+            keys,
+            rate: Default::default(),
         })))
     }
 
@@ -148,7 +158,22 @@ impl Ctx {
     }
 
     /// Re-reads the configuration. An invalid one is refused and the running one stays.
+    /// The service manager (if any) sees `RELOADING=1`, then `READY=1` whatever the outcome.
     pub fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
+        crate::service::reloading();
+        let result = self.reload_inner();
+        let status = match &result {
+            Ok(_) => format!("serving {}; configuration reloaded", self.http_url()),
+            Err(_) => format!(
+                "serving {}; last reload refused (invalid configuration)",
+                self.http_url()
+            ),
+        };
+        crate::service::ready(&status);
+        result
+    }
+
+    fn reload_inner(&self) -> Result<ReloadOutcome, ConfigError> {
         let loaded = Self::load_settings(&self.config_path, self.config_explicit, &self.overrides)?;
         let old = self.settings();
         let mut changed = diff_keys(&old, &loaded.settings);
@@ -165,6 +190,9 @@ impl Ctx {
         self.loaded_from_file
             .store(loaded.file_found, Ordering::Relaxed);
         self.reloads.fetch_add(1, Ordering::Relaxed);
+        self.keys.set_external(&crate::keys::external_keys(
+            &self.settings().server.api_keys_gopass_path,
+        ));
         let (registry, settings) = (self.backends.clone(), self.settings());
         tokio::spawn(async move { registry.refresh(&settings).await });
         Ok(ReloadOutcome { changed, warnings })
@@ -173,6 +201,7 @@ impl Ctx {
     /// Starts the drain: new work is refused, in-flight work may finish.
     pub fn begin_drain(&self, reason: &str) {
         if !self.draining.swap(true, Ordering::SeqCst) {
+            crate::service::stopping(reason);
             let _ = self.drain_tx.send(true);
             let _ = self.events.send(AttachEvent::Stopping {
                 reason: reason.to_string(),

@@ -1,7 +1,8 @@
 //! Start, listeners, signals, reload and the shutdown order of the daemon.
 //!
 //! Start: private folders → pid lock (one daemon per state folder) → HTTP listener → control
-//! socket → pid written → serve. Stop (SIGTERM, SIGINT, `clinvkctl stop`, or the caller's
+//! socket → pid written → serve → `READY=1` (see `service`). Under systemd socket activation the
+//! HTTP listener (and the control socket, when passed named `control`) are the passed sockets. Stop (SIGTERM, SIGINT, `clinvkctl stop`, or the caller's
 //! `shutdown` future): drain (new requests get 503, in-flight ones get
 //! `server.shutdown_grace_secs`) → hard stop (streams end, connections close) → socket and pid
 //! file removed → `Ok(())`.
@@ -28,6 +29,8 @@ pub struct DaemonOptions {
     pub overrides: Overrides,
     pub loaded: Loaded,
     pub events: broadcast::Sender<AttachEvent>,
+    /// Sockets passed by systemd (`service::take_activation`, called before threads start).
+    pub activation: Option<crate::service::Activation>,
 }
 
 /// Why the daemon could not start.
@@ -171,17 +174,47 @@ pub async fn run(
     crate::http::meta::install_metrics();
     metrics::gauge!("clinvk_active_sessions").set(ctx.sessions.count() as f64);
 
-    let std_listener = bind_http(&settings.server.host, settings.server.port)?;
-    let http_addr = std_listener.local_addr()?;
-    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    let activation = opts.activation.unwrap_or_default();
+    let socket_activated = !activation.is_empty();
+    ctx.socket_activated
+        .store(socket_activated, Ordering::Relaxed);
+    let std_listeners = if activation.http.is_empty() {
+        vec![bind_http(&settings.server.host, settings.server.port)?]
+    } else {
+        tracing::info!(sockets = ?activation.described, "socket-activated: serving on the passed sockets");
+        activation.http
+    };
+    let mut listeners = Vec::new();
+    for l in std_listeners {
+        let addr = l.local_addr()?;
+        listeners.push((addr, tokio::net::TcpListener::from_std(l)?));
+    }
+    let http_addr = listeners[0].0;
     ctx.set_http_addr(http_addr);
 
-    let control = crate::control::bind(&paths.socket()).with_context(|| {
-        format!(
-            "cannot create the control socket {}",
-            paths.socket().display()
-        )
-    })?;
+    // A control socket passed by systemd belongs to it: adopted, never bound or removed here.
+    let control_passed = activation.control.is_some();
+    let control = match activation.control {
+        Some(l) => {
+            if l.local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()))
+                != Some(paths.socket())
+            {
+                tracing::warn!(
+                    expected = %paths.socket().display(),
+                    "the passed control socket is not where clinvk and clinvkctl look for it"
+                );
+            }
+            crate::service::adopt_control(l).context("cannot use the passed control socket")?
+        }
+        None => crate::control::bind(&paths.socket()).with_context(|| {
+            format!(
+                "cannot create the control socket {}",
+                paths.socket().display()
+            )
+        })?,
+    };
     pid_lock.write_pid().context("cannot write the pid file")?;
 
     {
@@ -212,15 +245,20 @@ pub async fn run(
             }
         });
     }
-    let http_task = tokio::spawn(crate::http::serve(ctx.clone(), listener, ctx.stopped()));
+    let http_tasks: Vec<_> = listeners
+        .into_iter()
+        .map(|(_, l)| tokio::spawn(crate::http::serve(ctx.clone(), l, ctx.stopped())))
+        .collect();
     let control_task = tokio::spawn(crate::control::serve(ctx.clone(), control));
     tracing::info!(
         pid = std::process::id(),
         version = clinvk_shared::VERSION,
         url = %ctx.http_url(),
         socket = %paths.socket().display(),
+        socket_activated,
         "clinvkd ready"
     );
+    crate::service::ready(&format!("serving {}", ctx.http_url()));
 
     wait_for_stop(&ctx, shutdown).await;
     drain(&ctx).await;
@@ -233,14 +271,20 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     ctx.hard_stop();
-    if tokio::time::timeout(Duration::from_secs(5), http_task)
-        .await
-        .is_err()
+    crate::service::status("closing connections");
+    if tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::future::join_all(http_tasks),
+    )
+    .await
+    .is_err()
     {
         tracing::warn!("HTTP connections did not close within 5 s; leaving them");
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), control_task).await;
-    let _ = std::fs::remove_file(paths.socket());
+    if !control_passed {
+        let _ = std::fs::remove_file(paths.socket());
+    }
     drop(pid_lock);
     tracing::info!("clinvkd stopped");
     Ok(())

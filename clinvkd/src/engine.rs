@@ -221,6 +221,7 @@ fn prepare(ctx: &Ctx, inv: &Invocation) -> Result<Prepared, EngineError> {
             kill_grace: Duration::from_secs(settings.limits.kill_grace_secs),
             max_line_bytes: 8 * 1024 * 1024,
             max_output_bytes: settings.limits.max_output_bytes,
+            stdin: cmd.stdin.map(String::into_bytes),
         },
         argv,
         env_names,
@@ -272,7 +273,15 @@ pub async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, EngineError>
         let mut outcome = Outcome::default();
         let mut first_output = true;
         let mut exit: Option<ExitInfo> = None;
-        while let Some(ev) = handle.events.recv().await {
+        loop {
+            let ev = tokio::select! {
+                ev = handle.events.recv() => ev,
+                _ = tx.closed() => {
+                    tracing::info!(run = %run_id, "consumer gone; cancelling the run");
+                    return; // dropping the handle kills the process group
+                }
+            };
+            let Some(ev) = ev else { break };
             let events = match ev {
                 ProcEvent::Line(line) => parser.parse_line(&line),
                 ProcEvent::Exit(info) => {

@@ -8,8 +8,10 @@ pub mod ctx;
 pub mod daemon;
 pub mod engine;
 pub mod http;
+pub mod keys;
 pub mod logging;
 pub mod ops;
+pub mod service;
 pub mod session;
 pub mod supervisor;
 

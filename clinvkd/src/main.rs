@@ -52,6 +52,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn start(args: Args) -> anyhow::Result<()> {
+    // First, before any thread: taking the passed sockets clears LISTEN_* from the environment.
+    let activation = clinvkd::service::take_activation()?;
     let paths = Paths::from_env()?;
     let explicit = args.config.is_some();
     let config_path = args
@@ -82,6 +84,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         overrides,
         loaded,
         events,
+        activation,
     };
     let result = runtime.block_on(clinvkd::run(opts, std::future::pending()));
     if let (Err(e), Some(_)) = (&result, &log_file) {

@@ -1,6 +1,6 @@
 //! `clinvk`: the user's command. Everything goes through the daemon, started on demand.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use clinvkctl::cmd;
 
 #[derive(Parser, Debug)]
@@ -8,25 +8,52 @@ use clinvkctl::cmd;
     name = "clinvk",
     version,
     about = "Use the claude, codex and gemini CLIs through the clinvk daemon",
-    after_help = "Exit codes: 0 ok, 1 failure, 2 usage error, 3 no daemon running, 130 interrupted.\n\
-`clinvk serve` starts the daemon (clinvkd) in the background or attaches to the running one."
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  clinvk \"explain this repository\"            # default backend, streams the answer\n  clinvk -b codex -m o4-mini \"write a test\"\n  clinvk resume --last \"and now the docs\"\n  clinvk sessions list\n  clinvk compare --backends claude,gemini \"what is a monad?\"\n  clinvk serve                                  # the HTTP server\n\n\
+Exit codes: 0 ok, 1 failure (the run failed, or the daemon refused), 2 usage error,\n3 no daemon running (clinvkctl), 130 interrupted (Ctrl-C cancels the run in the daemon).\n\
+Commands that run prompts start the daemon (clinvkd) when none runs."
 )]
 struct Cli {
+    #[command(flatten)]
+    opts: cmd::prompt::PromptOptions,
+    /// The prompt to run
+    prompt: Option<String>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start the HTTP server (the clinvkd daemon) or attach to the running one, and show requests
     Serve(cmd::serve::ServeArgs),
+    /// Continue a session with a new prompt
+    Resume(cmd::prompt::ResumeArgs),
+    /// List, show, delete and clean sessions
+    #[command(subcommand)]
+    Sessions(cmd::sessions::SessionsCommand),
+    /// Run many prompts at once from a JSON file
+    Parallel(cmd::multi::ParallelArgs),
+    /// Run prompts in sequence from a JSON file ({{previous}} is the previous output)
+    Chain(cmd::multi::ChainArgs),
+    /// Run one prompt on several backends
+    Compare(cmd::multi::CompareArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     clinvkctl::block_on(async move {
-        match cli.command {
-            Command::Serve(a) => cmd::serve::run(a).await,
+        match (cli.command, cli.prompt) {
+            (Some(Command::Serve(a)), _) => cmd::serve::run(a).await,
+            (Some(Command::Resume(a)), _) => cmd::prompt::resume(&cli.opts, a).await,
+            (Some(Command::Sessions(c)), _) => cmd::sessions::run(c).await,
+            (Some(Command::Parallel(a)), _) => cmd::multi::parallel(a).await,
+            (Some(Command::Chain(a)), _) => cmd::multi::chain(a).await,
+            (Some(Command::Compare(a)), _) => cmd::multi::compare(a).await,
+            (None, Some(p)) => cmd::prompt::run(&cli.opts, serde_json::json!({"prompt": p})).await,
+            (None, None) => {
+                let _ = Cli::command().print_help();
+                Ok(clinvkctl::exit::USAGE)
+            }
         }
     })
 }

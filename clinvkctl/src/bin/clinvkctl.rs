@@ -7,7 +7,7 @@ use clinvkctl::cmd;
 #[command(
     name = "clinvkctl",
     version,
-    about = "Operate the clinvk daemon (clinvkd): status, reload, stop",
+    about = "Operate the clinvk daemon (clinvkd): status, reload, stop, API keys",
     after_help = "Exit codes: 0 ok, 1 failure (e.g. reload refused), 2 usage error, 3 no daemon running.\n\
 The daemon is found through its control socket under $CLINVK_HOME (default ~/.clinvk/run or $XDG_RUNTIME_DIR/clinvk)."
 )]
@@ -24,6 +24,9 @@ enum Command {
     Reload,
     /// Stop the daemon: in-flight requests get the grace period, then it exits
     Stop(cmd::stop::StopArgs),
+    /// Manage the daemon's API keys (add, list, revoke)
+    #[command(subcommand)]
+    Keys(cmd::keys::KeysCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,6 +36,7 @@ fn main() -> std::process::ExitCode {
             Command::Status(a) => cmd::status::run(a).await,
             Command::Reload => cmd::reload::run().await,
             Command::Stop(a) => cmd::stop::run(a).await,
+            Command::Keys(c) => cmd::keys::run(c).await,
         }
     })
 }

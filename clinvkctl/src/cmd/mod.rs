@@ -1,6 +1,10 @@
 //! One module per subcommand.
 
+pub mod keys;
+pub mod multi;
+pub mod prompt;
 pub mod reload;
 pub mod serve;
+pub mod sessions;
 pub mod status;
 pub mod stop;

@@ -32,12 +32,13 @@ pub async fn run(args: ServeArgs) -> Result<u8, ClientError> {
                 port: args.port,
                 config: args.config.clone(),
             };
-            match start_daemon(&paths, &opts).await? {
-                Some(s) => {
+            match start_daemon(&paths, &opts).await {
+                Ok(Some(s)) => {
                     let info = s.status.clone();
                     (Some(s), info)
                 }
-                None => (None, status(&paths, "clinvk").await?),
+                Ok(None) => (None, status(&paths, "clinvk").await?),
+                Err(e) => (None, port_owner(&paths, &args, e).await?),
             }
         }
         Err(e) => return Err(e),
@@ -49,8 +50,14 @@ pub async fn run(args: ServeArgs) -> Result<u8, ClientError> {
         ),
         None => {
             println!(
-                "clinvkd already running (pid {}), serving {}",
-                info.pid, info.http_url
+                "clinvkd already running (pid {}{}), serving {}",
+                info.pid,
+                if info.socket_activated {
+                    ", socket-activated service"
+                } else {
+                    ""
+                },
+                info.http_url
             );
             for m in mismatches(&args, &info) {
                 eprintln!("warning: {m}; the running daemon keeps its address (stop it with `clinvkctl stop` to change it)");
@@ -110,6 +117,94 @@ pub async fn run(args: ServeArgs) -> Result<u8, ClientError> {
             Ok(exit::OK)
         }
     }
+}
+
+/// The daemon we tried to start could not listen. When the port is held by a socket-activated
+/// clinvkd (systemd owns the socket, the daemon starts on the first connection), a request to
+/// its `/health` starts it; if it is ours (same state folder, so same control socket), we attach
+/// to it. Otherwise the error says who holds the port instead of a bare "address in use".
+async fn port_owner(
+    paths: &clinvk_shared::paths::Paths,
+    args: &ServeArgs,
+    start_error: ClientError,
+) -> Result<StatusInfo, ClientError> {
+    if !start_error.to_string().contains("already in use") {
+        return Err(start_error);
+    }
+    let (host, port) = target_addr(paths, args);
+    let Some(version) = probe_clinvkd(&host, port).await else {
+        return Err(start_error);
+    };
+    // The daemon binds its control socket before it serves HTTP, so once /health has answered,
+    // ours would answer at once; the short wait only absorbs slow machines.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match status(paths, "clinvk").await {
+            Ok(info) => return Ok(info),
+            Err(ClientError::NotRunning(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(_) => break,
+        }
+    }
+    Err(ClientError::Other(format!(
+        "port {port} on {host} is served by another clinvkd ({version}), most likely a \
+socket-activated service (systemd clinvkd.socket), but its control socket is not {} (another \
+user or state folder), so `clinvk serve` cannot attach to it. Use that service \
+(`systemctl --user status clinvkd.socket`, or `systemctl status clinvkd.socket`), or start \
+your own daemon on another port with --port.",
+        paths.socket().display()
+    )))
+}
+
+/// Where a daemon started by this command would listen: flags, else the config file and
+/// `CLINVK_*` environment, else the defaults.
+fn target_addr(paths: &clinvk_shared::paths::Paths, args: &ServeArgs) -> (String, u16) {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let explicit = args.config.is_some();
+    let file = args
+        .config
+        .clone()
+        .unwrap_or_else(|| paths.default_config_file());
+    let settings = clinvk_shared::config::load(&file, explicit, &env)
+        .map(|l| l.settings)
+        .unwrap_or_default();
+    let host = args.host.clone().unwrap_or(settings.server.host);
+    let host = if host == "0.0.0.0" || host == "::" || host == "localhost" {
+        "127.0.0.1".to_string()
+    } else {
+        host
+    };
+    (host, args.port.unwrap_or(settings.server.port))
+}
+
+/// `Some("clinvkd <version>")` when `/health` on `host:port` answers as clinvkd does.
+async fn probe_clinvkd(host: &str, port: u16) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let exchange = async {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.ok()?;
+        let req = format!("GET /health HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        conn.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        conn.take(64 * 1024).read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        let body = text.split("\r\n\r\n").nth(1)?;
+        let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+        v.get("uptime_ms")?;
+        Some(format!(
+            "clinvkd {}",
+            v.get("version").and_then(|x| x.as_str()).unwrap_or("?")
+        ))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(15), exchange)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// What the user asked for that the running daemon does not match.

@@ -1,159 +1,75 @@
-//! The backend adapters: for each AI coding CLI (`claude`, `codex`, `gemini`) the one place
-//! that builds its argv from an [`Invocation`], and a [`LineParser`] that turns its streaming
-//! stdout into the unified [`Event`] stream. Nothing here spawns a process: the supervisor runs
-//! the [`CommandSpec`] and feeds stdout lines (lossy UTF-8, no trailing newline) to the parser.
-//!
-//! Flags, output shapes and failure signals follow what the pinned CLI versions actually do
-//! (`docs/real-clis.md`, recorded outputs in `clinvkd/tests/fixtures/`).
+//! The backend adapters: one per CLI, each the single place that builds that CLI's argv and
+//! parses its streaming output into the unified event stream.
 
 mod claude;
 mod codex;
-mod common;
 mod gemini;
-#[cfg(test)]
-mod live_tests;
-mod outcome;
-
-use std::path::PathBuf;
-use std::str::FromStr;
 
 use clinvk_shared::config::BackendSettings;
 use clinvk_shared::types::TokenUsage;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
-pub use claude::Claude;
-pub use codex::Codex;
-pub use gemini::Gemini;
-pub use outcome::Outcome;
-
-/// When the agent asks before acting (`approval_mode` of the API).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// `approval_mode` of the native API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ApprovalMode {
-    /// The CLI's own default (or the backend's configured mode).
     #[default]
     Default,
-    /// Approve routine actions (edits) automatically.
     Auto,
-    /// Never ask.
     None,
-    /// Ask for everything (headless: whatever would need approval is refused).
     Always,
 }
 
-impl ApprovalMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Default => "default",
-            Self::Auto => "auto",
-            Self::None => "none",
-            Self::Always => "always",
-        }
-    }
-}
-
-impl FromStr for ApprovalMode {
-    type Err = ArgvError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "" | "default" => Ok(Self::Default),
-            "auto" => Ok(Self::Auto),
-            "none" => Ok(Self::None),
-            "always" => Ok(Self::Always),
-            other => Err(ArgvError::Invalid(format!(
-                "approval_mode {other:?} is not one of default, auto, none, always"
-            ))),
-        }
-    }
-}
-
-/// What the agent's commands may touch (`sandbox_mode` of the API).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// `sandbox_mode` of the native API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SandboxMode {
     #[default]
     Default,
-    #[serde(alias = "read_only")]
     ReadOnly,
     Workspace,
     Full,
 }
 
-impl SandboxMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Default => "default",
-            Self::ReadOnly => "read-only",
-            Self::Workspace => "workspace",
-            Self::Full => "full",
-        }
-    }
-}
-
-impl FromStr for SandboxMode {
-    type Err = ArgvError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "" | "default" => Ok(Self::Default),
-            "read-only" | "read_only" | "readonly" => Ok(Self::ReadOnly),
-            "workspace" => Ok(Self::Workspace),
-            "full" => Ok(Self::Full),
-            other => Err(ArgvError::Invalid(format!(
-                "sandbox_mode {other:?} is not one of default, read-only, workspace, full"
-            ))),
-        }
-    }
-}
-
-/// One run of a backend CLI, as the engine asks for it.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// One run of a backend CLI, as every API describes it.
+#[derive(Debug, Clone, Default)]
 pub struct Invocation {
     pub backend: String,
     pub prompt: String,
-    /// None = the backend's configured model, else the CLI's default. The backend's bare name
-    /// (e.g. `claude`) also means the default.
+    /// None: the backend's configured model, else the CLI's default.
     pub model: Option<String>,
-    /// Already validated and absolute; the supervisor sets it as the process cwd.
+    /// Already validated and absolute; the process runs there.
     pub workdir: Option<PathBuf>,
-    /// The backend's own session id to continue.
+    /// The backend's own session id to resume.
     pub resume: Option<String>,
-    /// A UUID for a new session, where the CLI lets the caller choose it (claude, gemini).
+    /// A UUID for a new session, where the CLI lets us choose it.
     pub new_session_id: Option<String>,
-    /// None = the backend's configured system prompt.
     pub system_prompt: Option<String>,
-    /// claude only.
     pub max_turns: Option<u32>,
-    /// `Default` = the backend's configured mode.
     pub approval_mode: ApprovalMode,
-    /// `Default` = the backend's configured mode.
     pub sandbox_mode: SandboxMode,
-    /// The request's extra CLI flags, checked against the allowlists.
+    /// Extra CLI flags from the request, checked against the allowlist.
     pub extra: Vec<String>,
-    /// No persisted session where the CLI supports it (claude, codex).
+    /// No persisted session where the CLI supports it.
     pub ephemeral: bool,
 }
 
-/// What to spawn. `env` is added to the daemon's environment.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// What to start.
+#[derive(Debug, Clone, PartialEq)]
 pub struct CommandSpec {
     pub program: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
-    /// Run with stdin on /dev/null: all three CLIs read a piped stdin and wait for its end.
-    pub stdin_null: bool,
+    /// Written to the child's stdin, then closed (long prompts); None: stdin is /dev/null.
+    pub stdin: Option<String>,
 }
 
-impl CommandSpec {
-    /// `program` followed by the arguments, as `dry_run` shows it.
-    pub fn argv(&self) -> Vec<String> {
-        std::iter::once(self.program.clone())
-            .chain(self.args.iter().cloned())
-            .collect()
-    }
-}
+/// Prompts longer than this go through stdin: Linux refuses one argv element of 128 KiB or more.
+pub(crate) const STDIN_THRESHOLD: usize = 96 * 1024;
 
-/// The unified event stream of a run, whatever the CLI.
+/// The unified event stream of every CLI.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
@@ -161,12 +77,11 @@ pub enum Event {
         session_id: String,
         model: Option<String>,
     },
-    /// A piece of assistant text as the CLI streams it (claude, gemini).
+    /// Token-level text, where the CLI offers it.
     TextDelta {
         text: String,
     },
-    /// A complete assistant message (codex `agent_message`, claude `assistant` text). When a
-    /// CLI streams deltas too, this repeats their text: renderers that showed the deltas skip it.
+    /// A complete assistant message.
     Message {
         text: String,
     },
@@ -184,12 +99,12 @@ pub enum Event {
         text: String,
     },
     Usage(TokenUsage),
-    /// The CLI's final result line, if it prints one.
+    /// The CLI's final result, if it prints one.
     Result {
         text: Option<String>,
         is_error: bool,
     },
-    /// A failure the CLI reported (or a failed exit).
+    /// A failure the CLI reported.
     Error {
         message: String,
     },
@@ -199,122 +114,324 @@ pub enum Event {
     },
 }
 
-/// Turns one CLI's stdout into events. One parser per run.
+/// Parses one run's stdout, line by line (stateful).
 pub trait LineParser: Send {
-    /// One stdout line without its newline. Never panics, whatever the input.
     fn parse_line(&mut self, line: &str) -> Vec<Event>;
-    /// Called once when the process has exited (`None`: killed by a signal), with the end of
-    /// its stderr. A failed exit that produced no `Error` yet yields one here.
+    /// At exit: failures only visible in the exit code or on stderr.
     fn finish(&mut self, exit_code: Option<i32>, stderr_tail: &str) -> Vec<Event>;
 }
 
 /// One backend CLI.
 pub trait Adapter: Send + Sync {
     fn name(&self) -> &'static str;
-    /// The program looked up in PATH when `backends.<name>.command` is not set.
     fn default_command(&self) -> &'static str;
     fn install_hint(&self) -> &'static str;
     /// The one place this CLI's argv is built.
     fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError>;
     fn parser(&self) -> Box<dyn LineParser>;
-    /// Flags a request's `extra` may use (besides `backends.<name>.allowed_extra_flags`).
+    /// Flags a request's `extra` may use (plus `backends.<name>.allowed_extra_flags`).
     fn builtin_extra_allowlist(&self) -> &'static [&'static str];
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ArgvError {
-    #[error("flag not allowed in extra: {0}")]
-    DisallowedFlag(String),
+    #[error("flag {0:?} is not allowed in `extra` (allowed: {1})")]
+    DisallowedFlag(String, String),
     #[error("{0}")]
     Invalid(String),
 }
 
-static CLAUDE: Claude = Claude;
-static CODEX: Codex = Codex;
-static GEMINI: Gemini = Gemini;
+static CLAUDE: claude::Claude = claude::Claude;
+static CODEX: codex::Codex = codex::Codex;
+static GEMINI: gemini::Gemini = gemini::Gemini;
 
-/// The adapter of a backend by name (`claude`, `codex`, `gemini`).
 pub fn adapter(name: &str) -> Option<&'static dyn Adapter> {
-    all().into_iter().find(|a| a.name() == name)
+    match name {
+        "claude" => Some(&CLAUDE),
+        "codex" => Some(&CODEX),
+        "gemini" => Some(&GEMINI),
+        _ => None,
+    }
 }
 
-/// Every adapter, in a fixed order.
 pub fn all() -> [&'static dyn Adapter; 3] {
     [&CLAUDE, &CODEX, &GEMINI]
 }
 
+/// The model to pass: the request's, else the config's; a bare backend name means the default.
+pub(crate) fn model_for(inv: &Invocation, cfg: &BackendSettings) -> Option<String> {
+    inv.model
+        .clone()
+        .or_else(|| cfg.model.clone())
+        .filter(|m| !m.is_empty() && m != &inv.backend && m != "default")
+}
+
+/// Checks a request's extra flags against the allowlist: every `-flag` (or `--flag=value`) must be
+/// allowed; a bare value may only follow an allowed flag.
+pub(crate) fn check_extra(
+    extra: &[String],
+    builtin: &[&str],
+    cfg: &BackendSettings,
+) -> Result<Vec<String>, ArgvError> {
+    let allowed = |f: &str| builtin.contains(&f) || cfg.allowed_extra_flags.iter().any(|a| a == f);
+    let list = || {
+        let mut v: Vec<String> = builtin.iter().map(|s| s.to_string()).collect();
+        v.extend(cfg.allowed_extra_flags.iter().cloned());
+        v.join(", ")
+    };
+    let mut prev_flag = false;
+    for tok in extra {
+        if tok.starts_with('-') {
+            let name = tok.split_once('=').map(|(n, _)| n).unwrap_or(tok);
+            if !allowed(name) {
+                return Err(ArgvError::DisallowedFlag(tok.clone(), list()));
+            }
+            prev_flag = !tok.contains('=');
+        } else if prev_flag {
+            prev_flag = false;
+        } else {
+            return Err(ArgvError::DisallowedFlag(tok.clone(), list()));
+        }
+    }
+    Ok(extra.to_vec())
+}
+
+/// The system prompt folded into the prompt, for CLIs without a system-prompt flag.
+pub(crate) fn with_system_prompt(inv: &Invocation, sp: Option<&str>) -> String {
+    match sp.filter(|s| !s.trim().is_empty()) {
+        Some(sp) if inv.resume.is_none() => format!("<system>\n{sp}\n</system>\n\n{}", inv.prompt),
+        _ => inv.prompt.clone(),
+    }
+}
+
+/// Ends the options with `--` and adds the prompt; a long prompt goes through stdin instead
+/// (one argv element may not exceed 128 KiB): then `stdin_marker` (if any) stands in its place.
+pub(crate) fn push_prompt(
+    args: &mut Vec<String>,
+    prompt: &str,
+    stdin_marker: Option<&str>,
+) -> Option<String> {
+    if prompt.len() > STDIN_THRESHOLD {
+        if let Some(m) = stdin_marker {
+            args.extend(["--".to_string(), m.to_string()]);
+        }
+        return Some(prompt.to_string());
+    }
+    args.extend(["--".to_string(), prompt.to_string()]);
+    None
+}
+
+/// One stdout line as JSON; `Err` holds the events for a line that is not (blank: none).
+pub(crate) fn json_line(line: &str) -> Result<serde_json::Value, Vec<Event>> {
+    let trimmed = line.trim();
+    if trimmed.is_empty() {
+        return Err(vec![]);
+    }
+    match serde_json::from_str::<serde_json::Value>(trimmed) {
+        Ok(v) if v.is_object() => Ok(v),
+        _ => Err(vec![Event::Unparsed {
+            line: line.to_string(),
+        }]),
+    }
+}
+
+/// The error of a run that exited non-zero without reporting why on stdout.
+pub(crate) fn exit_error(
+    cli: &str,
+    saw_error: bool,
+    exit_code: Option<i32>,
+    stderr_tail: &str,
+) -> Vec<Event> {
+    if saw_error || exit_code == Some(0) {
+        return vec![];
+    }
+    let detail = stderr_summary(stderr_tail);
+    let message = if !detail.is_empty() {
+        detail
+    } else {
+        match exit_code {
+            Some(c) => format!("{cli} exited with code {c}"),
+            None => format!("{cli} was killed by a signal"),
+        }
+    };
+    vec![Event::Error { message }]
+}
+
+/// A useful line of stderr for an error message: the last non-empty line that is not a trace.
+pub(crate) fn stderr_summary(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("at ")
+                && !l
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_digit() && l.contains(": <"))
+        })
+        .collect();
+    // Prefer an explicit error line.
+    if let Some(l) = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("Error") || l.contains("error:") || l.starts_with("ERROR"))
+    {
+        return l.to_string();
+    }
+    lines.last().map(|l| l.to_string()).unwrap_or_default()
+}
+
+/// Accumulates a run's events into its final outcome.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    pub session_id: Option<String>,
+    pub output: String,
+    pub usage: TokenUsage,
+    pub error: Option<String>,
+    pub is_error: bool,
+    pub unparsed: usize,
+    deltas: String,
+    messages: Vec<String>,
+    result: Option<String>,
+}
+
+impl Outcome {
+    pub fn apply(&mut self, ev: &Event) {
+        match ev {
+            Event::SessionStarted { session_id, .. } => self.session_id = Some(session_id.clone()),
+            Event::TextDelta { text } => self.deltas.push_str(text),
+            Event::Message { text } => self.messages.push(text.clone()),
+            Event::Usage(u) => self.usage = *u,
+            Event::Result { text, is_error } => {
+                self.result = text.clone();
+                self.is_error |= is_error;
+            }
+            Event::Error { message } => {
+                self.is_error = true;
+                if self.error.is_none() {
+                    self.error = Some(message.clone());
+                }
+            }
+            Event::Unparsed { .. } => self.unparsed += 1,
+            _ => {}
+        }
+        // The final text: the CLI's result if it printed one, else its whole messages, else the deltas.
+        self.output = match (&self.result, self.messages.is_empty()) {
+            (Some(r), _) if !self.is_error => r.clone(),
+            (_, false) => self.messages.join("\n\n"),
+            _ => self.deltas.clone(),
+        };
+    }
+}
+
+/// The recorded fixture `(stdout, stderr, exit)` of `clinvkd/tests/fixtures/<prefix><name>.*`.
 #[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may unwrap
+macro_rules! fixture {
+    ($prefix:literal, $name:literal) => {
+        (
+            include_str!(concat!("../../tests/fixtures/", $prefix, $name, ".stdout")),
+            include_str!(concat!("../../tests/fixtures/", $prefix, $name, ".stderr")),
+            include_str!(concat!("../../tests/fixtures/", $prefix, $name, ".exit")),
+        )
+    };
+}
+#[cfg(test)]
+pub(crate) use fixture;
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+
+    /// Runs a parser over a recorded fixture (stdout, stderr, exit code).
+    pub fn replay(
+        parser: &mut dyn LineParser,
+        stdout: &str,
+        stderr: &str,
+        exit: &str,
+    ) -> (Vec<Event>, Outcome) {
+        let mut events = Vec::new();
+        for line in stdout.lines() {
+            events.extend(parser.parse_line(line));
+        }
+        events.extend(parser.finish(exit.trim().parse().ok(), stderr));
+        let mut o = Outcome::default();
+        for e in &events {
+            o.apply(e);
+        }
+        (events, o)
+    }
+
+    pub fn inv(backend: &str, prompt: &str) -> Invocation {
+        Invocation {
+            backend: backend.into(),
+            prompt: prompt.into(),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn registry() {
-        assert_eq!(
-            all().map(|a| a.name()),
-            ["claude", "codex", "gemini"],
-            "fixed order"
+    fn extra_allowlist() {
+        let cfg = BackendSettings::default();
+        let ok = check_extra(
+            &["--add-dir".into(), "/x".into(), "--max-turns=3".into()],
+            &["--add-dir", "--max-turns"],
+            &cfg,
         );
-        for a in all() {
-            assert_eq!(adapter(a.name()).map(|b| b.name()), Some(a.name()));
-            assert_eq!(a.default_command(), a.name());
-            assert!(a.install_hint().starts_with("npm install -g @"));
-        }
-        assert!(adapter("nope").is_none());
-        assert!(adapter("Claude").is_none());
+        assert!(ok.is_ok());
+        let bad = check_extra(
+            &["--dangerously-skip-permissions".into()],
+            &["--add-dir"],
+            &cfg,
+        )
+        .unwrap_err();
+        assert!(bad.to_string().contains("--dangerously-skip-permissions"));
+        assert!(check_extra(&["stray".into()], &["--add-dir"], &cfg).is_err());
+        let cfg = BackendSettings {
+            allowed_extra_flags: vec!["--verbose".into()],
+            ..Default::default()
+        };
+        assert!(check_extra(&["--verbose".into()], &[], &cfg).is_ok());
     }
 
     #[test]
-    fn modes_from_strings_and_serde() {
-        assert_eq!("none".parse::<ApprovalMode>(), Ok(ApprovalMode::None));
-        assert_eq!("Always".parse::<ApprovalMode>(), Ok(ApprovalMode::Always));
-        assert!("sometimes".parse::<ApprovalMode>().is_err());
-        assert_eq!(
-            "read-only".parse::<SandboxMode>(),
-            Ok(SandboxMode::ReadOnly)
-        );
-        assert_eq!("full".parse::<SandboxMode>(), Ok(SandboxMode::Full));
-        assert!("partial".parse::<SandboxMode>().is_err());
-        let m: SandboxMode = serde_json::from_str("\"read-only\"").unwrap();
-        assert_eq!(m, SandboxMode::ReadOnly);
-        let m: SandboxMode = serde_json::from_str("\"read_only\"").unwrap();
-        assert_eq!(m, SandboxMode::ReadOnly);
-        let a: ApprovalMode = serde_json::from_str("\"auto\"").unwrap();
-        assert_eq!(a, ApprovalMode::Auto);
-        assert_eq!(
-            serde_json::to_string(&SandboxMode::ReadOnly).unwrap(),
-            "\"read-only\""
-        );
-        for m in [
-            ApprovalMode::Default,
-            ApprovalMode::Auto,
-            ApprovalMode::None,
-            ApprovalMode::Always,
+    fn outcome_prefers_result_and_never_duplicates() {
+        let mut o = Outcome::default();
+        for e in [
+            Event::TextDelta { text: "a".into() },
+            Event::TextDelta { text: "b".into() },
+            Event::Message { text: "ab".into() },
         ] {
-            assert_eq!(m.as_str().parse::<ApprovalMode>(), Ok(m));
+            o.apply(&e);
         }
-        for m in [
-            SandboxMode::Default,
-            SandboxMode::ReadOnly,
-            SandboxMode::Workspace,
-            SandboxMode::Full,
-        ] {
-            assert_eq!(m.as_str().parse::<SandboxMode>(), Ok(m));
-        }
+        assert_eq!(o.output, "ab");
+        o.apply(&Event::Result {
+            text: Some("ab".into()),
+            is_error: false,
+        });
+        assert_eq!(o.output, "ab");
+        let mut o = Outcome::default();
+        o.apply(&Event::TextDelta { text: "x".into() });
+        assert_eq!(o.output, "x");
     }
 
     #[test]
-    fn events_serialize_tagged() {
-        let v = serde_json::to_value(Event::TextDelta { text: "hi".into() }).unwrap();
-        assert_eq!(v, serde_json::json!({"type": "text_delta", "text": "hi"}));
-        let v = serde_json::to_value(Event::Usage(TokenUsage {
-            input_tokens: 3,
-            output_tokens: 4,
-        }))
-        .unwrap();
+    fn model_rules() {
+        let cfg = BackendSettings::default();
+        let mut i = testutil::inv("claude", "p");
+        assert_eq!(model_for(&i, &cfg), None);
+        i.model = Some("claude".into());
         assert_eq!(
-            v,
-            serde_json::json!({"type": "usage", "input_tokens": 3, "output_tokens": 4})
+            model_for(&i, &cfg),
+            None,
+            "a bare backend name is the default model"
         );
+        i.model = Some("opus".into());
+        assert_eq!(model_for(&i, &cfg).as_deref(), Some("opus"));
     }
 }

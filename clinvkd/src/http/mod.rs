@@ -5,6 +5,7 @@
 pub mod anthropic;
 pub mod compat;
 pub mod error;
+pub mod guard;
 pub mod meta;
 pub mod native;
 pub mod openai;
@@ -139,6 +140,7 @@ async fn dispatch(ctx: Ctx, mut req: HttpRequest) -> Response {
     let _guard = InFlight::new(&ctx);
     let span = tracing::info_span!("request", request_id = %rid, method = %method, path = %path);
 
+    let origin = req.header("origin").map(str::to_string);
     let mut resp = if ctx.is_draining() && path != "/health" {
         ApiError::new(
             Kind::Unavailable,
@@ -146,9 +148,15 @@ async fn dispatch(ctx: Ctx, mut req: HttpRequest) -> Response {
             "the server is shutting down; retry shortly",
         )
         .response(style)
+    } else if let Some(preflight) = guard::preflight(&ctx, &req) {
+        preflight
     } else {
-        route(&ctx, req, style).instrument(span.clone()).await
+        match guard::authenticate(&ctx, &req).and_then(|client| ctx.rate.check(&ctx, &client)) {
+            Err(e) => e.response(style),
+            Ok(()) => route(&ctx, req, style).instrument(span.clone()).await,
+        }
     };
+    guard::add_cors(&ctx, origin.as_deref(), &mut resp);
 
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-request-id", v);

@@ -46,6 +46,36 @@ pub async fn call(ctx: &Ctx, op: &str, body: Value) -> Result<Value, ApiError> {
         "sessions.get" => sessions::get(ctx, body["id"].as_str().unwrap_or_default()),
         "sessions.delete" => sessions::delete(ctx, body["id"].as_str().unwrap_or_default()),
         "sessions.clean" => sessions::clean(ctx, &body),
+        "keys.add" => {
+            let name = body["name"].as_str().unwrap_or("unnamed");
+            let (k, secret) = ctx.keys.add(name).map_err(|e| {
+                ApiError::new(
+                    crate::http::error::Kind::Internal,
+                    "key_store_error",
+                    e.to_string(),
+                )
+            })?;
+            Ok(
+                serde_json::json!({"key": secret, "id": k.id, "name": k.name, "prefix": k.prefix, "created_at": k.created_at}),
+            )
+        }
+        "keys.list" => {
+            Ok(serde_json::json!({"keys": ctx.keys.list(), "required": ctx.keys.required()}))
+        }
+        "keys.revoke" => {
+            let id = body["id"].as_str().unwrap_or_default();
+            match ctx.keys.revoke(id) {
+                Ok(true) => Ok(serde_json::json!({"revoked": id})),
+                Ok(false) => Err(ApiError::not_found(format!(
+                    "no key with id or name {id:?}"
+                ))),
+                Err(e) => Err(ApiError::new(
+                    crate::http::error::Kind::Internal,
+                    "key_store_error",
+                    e.to_string(),
+                )),
+            }
+        }
         _ => Err(ApiError::bad_request(
             "unknown_op",
             format!("unknown operation {op:?}"),

@@ -318,7 +318,18 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
         let mut run = run;
         let mut backend_sid: Option<String> = None;
         let summary = loop {
-            match run.next().await {
+            let next = tokio::select! {
+                n = run.next() => n,
+                // The consumer left while the CLI was silent: stop waiting for it.
+                _ = tx.closed() => {
+                    drop(run);
+                    if let Some(id) = &sid {
+                        let _ = ctx2.sessions.update(id, |s| s.status = "interrupted".into());
+                    }
+                    return;
+                }
+            };
+            match next {
                 Some(RunUpdate::Event(ev)) => {
                     if let Event::SessionStarted { session_id, .. } = &ev {
                         backend_sid = Some(session_id.clone());
@@ -355,6 +366,12 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
             let bsid = summary.backend_session_id.clone().or(backend_sid);
             if let Err(e) = ctx2.sessions.add_turn(id, turn, bsid, summary.failed()) {
                 tracing::error!(session = %id, error = %e, "cannot record the turn");
+            }
+            // A run cut short by the daemon's stop (grace period over) is interrupted, not failed.
+            if summary.failed() && ctx2.is_draining() {
+                let _ = ctx2
+                    .sessions
+                    .update(id, |s| s.status = "interrupted".into());
             }
             if let Some(h) = &transcript_hash {
                 if !summary.failed() {

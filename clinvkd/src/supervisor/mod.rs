@@ -38,6 +38,8 @@ pub struct SpawnSpec {
     pub max_line_bytes: usize,
     /// Stdout kept in all; later lines are dropped (and counted), the process keeps running.
     pub max_output_bytes: usize,
+    /// Written to stdin, which is then closed; None: stdin is /dev/null.
+    pub stdin: Option<Vec<u8>>,
 }
 
 /// What a run reports, in order: stdout lines, then one `Exit`.
@@ -166,7 +168,11 @@ impl Supervisor {
         let mut cmd = tokio::process::Command::new(&spec.program);
         cmd.args(&spec.args)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+            .stdin(if spec.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -179,6 +185,13 @@ impl Supervisor {
             source,
         })?;
         let pid = child.id().unwrap_or(0);
+        if let (Some(mut sink), Some(data)) = (child.stdin.take(), spec.stdin.clone()) {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = sink.write_all(&data).await;
+                let _ = sink.shutdown().await; // EOF: the CLI stops waiting for more
+            });
+        }
         let cancel = CancellationToken::new();
         self.runs().insert(
             id.clone(),

@@ -12,6 +12,7 @@ fn spec(script: &str, timeout_ms: u64) -> SpawnSpec {
         kill_grace: Duration::from_millis(500),
         max_line_bytes: 64 * 1024,
         max_output_bytes: 1024 * 1024,
+        stdin: None,
     }
 }
 
@@ -221,4 +222,15 @@ async fn limiter_queues_then_refuses() {
     let _a = limiter.acquire("a", l).await.unwrap();
     assert!(limiter.acquire("a", l).await.is_err());
     assert!(limiter.acquire("b", l).await.is_ok());
+}
+
+#[tokio::test]
+async fn stdin_payload_is_written_and_closed() {
+    let sup = Supervisor::new(Limiter::default());
+    let mut s = spec("wc -c", 10_000);
+    s.stdin = Some(vec![b'x'; 300_000]);
+    let mut h = start(&sup, s).await;
+    let (lines, info) = collect(&mut h).await;
+    assert_eq!(lines[0].trim(), "300000");
+    assert_eq!(info.code, Some(0));
 }
