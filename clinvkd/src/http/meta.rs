@@ -1,4 +1,4 @@
-//! Meta endpoints: `/health`, `/metrics` (and later `/openapi.json`, `/docs`).
+//! Meta endpoints: `/health`, `/metrics` (`/openapi.json` and `/docs` live in `openapi`).
 
 use super::error::{json_response, ApiError, Kind};
 use crate::ctx::Ctx;
