@@ -238,6 +238,7 @@ def test_clinvk_commands_drive_the_daemon(live_world, fake_model, tmp_path):
     r = w.clinvk("parallel", "--file", tasks, "--json")
     out = json.loads(r.stdout)
     assert r.returncode == 0 and out["completed"] == 2, out
+    assert "[1/2] task" in r.stderr and "[2/2] task" in r.stderr, r.stderr  # progress per task
     chain = tmp_path / "chain.json"
     chain.write_text(json.dumps({"steps": [{"backend": "claude", "prompt": "one"}, {"backend": "claude", "prompt": "two {{previous}}"}]}))
     r = w.clinvk("chain", "--file", chain)

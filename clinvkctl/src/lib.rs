@@ -336,3 +336,28 @@ pub async fn call_json(
 pub fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
+
+/// Calls a core operation that streams events before its result (`parallel`): `on_event` sees
+/// each event; returns the final value.
+pub async fn call_stream(
+    paths: &Paths,
+    op: &str,
+    body: serde_json::Value,
+    mut on_event: impl FnMut(&serde_json::Value),
+) -> Result<serde_json::Value, ClientError> {
+    let mut conn = ensure_daemon(paths, "clinvk").await?;
+    conn.send(&ClientFrame::Request(Request::Call {
+        op: op.to_string(),
+        body,
+    }))
+    .await?;
+    loop {
+        match conn.recv().await? {
+            ServerFrame::Event(ev) => on_event(&ev),
+            ServerFrame::End(v) => return Ok(v),
+            ServerFrame::Reply(Reply::Json(v)) => return Ok(v),
+            ServerFrame::Error(e) => return Err(ClientError::Daemon(e)),
+            other => return Err(ClientError::Other(format!("unexpected answer: {other:?}"))),
+        }
+    }
+}

@@ -65,7 +65,21 @@ pub async fn parallel(args: ParallelArgs) -> Result<u8, ClientError> {
     }
     let n = body["tasks"].as_array().map(|a| a.len()).unwrap_or(0);
     eprintln!("running {n} tasks…");
-    let v = call_json(&paths, "parallel", body).await?;
+    let mut done = 0;
+    let v = crate::call_stream(&paths, "parallel", body, |ev| {
+        done += 1;
+        let status = match ev["error"].as_str() {
+            None => "ok".to_string(),
+            Some(e) => format!("FAILED: {e}"),
+        };
+        eprintln!(
+            "[{done}/{n}] task {} ({}) {status} ({} ms)",
+            ev["index"].as_u64().unwrap_or(0) + 1,
+            ev["backend"].as_str().unwrap_or_default(),
+            ev["duration_ms"]
+        );
+    })
+    .await?;
     if args.json {
         print_json(&v);
     } else {

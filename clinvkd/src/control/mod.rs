@@ -238,6 +238,32 @@ async fn client_gone(conn: &Stream) {
 async fn call(ctx: &Ctx, conn: &Stream, op: &str, body: serde_json::Value) {
     use crate::ops::prompt;
     let work = async {
+        if op == "parallel" {
+            // Progress per task, then the result.
+            let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel();
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            let run = crate::ops::multi::parallel_with_progress(ctx, &bytes, Some(ptx));
+            tokio::pin!(run);
+            let result = loop {
+                tokio::select! {
+                    r = &mut run => break r,
+                    Some(ev) = prx.recv() => {
+                        if send(conn, &ServerFrame::Event(ev)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            };
+            while let Ok(ev) = prx.try_recv() {
+                let _ = send(conn, &ServerFrame::Event(ev)).await;
+            }
+            let frame = match result {
+                Ok(v) => ServerFrame::End(v),
+                Err(e) => ServerFrame::Error(ErrorBody::new(e.code, e.message)),
+            };
+            let _ = send(conn, &frame).await;
+            return;
+        }
         if op != "prompt" {
             let frame = match crate::ops::call(ctx, op, body).await {
                 Ok(v) => ServerFrame::Reply(Reply::Json(v)),

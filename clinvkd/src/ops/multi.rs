@@ -57,6 +57,15 @@ fn failed(v: &Value) -> bool {
 /// `POST /api/v1/parallel`: tasks run concurrently (at most `max_parallel`); with `fail_fast`
 /// the first failure cancels the rest, which are reported as failed with `error: "cancelled"`.
 pub async fn parallel(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
+    parallel_with_progress(ctx, body, None).await
+}
+
+/// `parallel`, reporting each finished task on `progress` (`{"type":"task_done","index",…}`).
+pub async fn parallel_with_progress(
+    ctx: &Ctx,
+    body: &[u8],
+    progress: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
+) -> Result<Value, ApiError> {
     let req: ParallelRequest = parse_body(body)?;
     if req.tasks.is_empty() {
         return Err(
@@ -78,6 +87,11 @@ pub async fn parallel(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
         .max(1);
     let fail_fast = req.fail_fast.unwrap_or(settings.parallel.fail_fast);
     let total = req.tasks.len();
+    let backends: Vec<String> = req
+        .tasks
+        .iter()
+        .map(|t| t.backend.clone().unwrap_or_default())
+        .collect();
     let start = Instant::now();
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(max));
     let mut set = tokio::task::JoinSet::new();
@@ -94,6 +108,12 @@ pub async fn parallel(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
     while let Some(done) = set.join_next().await {
         let Ok((i, v)) = done else { continue };
         let stop = fail_fast && failed(&v);
+        if let Some(p) = &progress {
+            let _ = p.send(json!({
+                "type": "task_done", "index": i, "total": total, "backend": v["backend"],
+                "exit_code": v["exit_code"], "error": v["error"], "duration_ms": v["duration_ms"],
+            }));
+        }
         results[i] = Some(v);
         if stop {
             set.abort_all(); // dropping the runs kills their process groups
@@ -103,7 +123,10 @@ pub async fn parallel(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
     }
     let results: Vec<Value> = results
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| task_json(&error_result("", "cancelled".into()))))
+        .enumerate()
+        .map(|(i, r)| {
+            r.unwrap_or_else(|| task_json(&error_result(&backends[i], "cancelled".into())))
+        })
         .collect();
     let failed_count = results.iter().filter(|v| failed(v)).count();
     Ok(json!({
