@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wait_for
+
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 BIN_DIR = Path(os.environ.get("CLINVK_BIN_DIR", REPO_ROOT / "target" / "debug"))
@@ -31,14 +33,7 @@ def binary(name: str) -> str:
 
 def poll(predicate, timeout: float, what: str, interval: float = 0.02):
     """Polls ``predicate`` until it returns something truthy and returns that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    return wait_for(predicate, timeout, interval, what)
 
 
 def pid_alive(pid: int) -> bool:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import http_json
+
 from harness import REPO_ROOT, TESTS_DIR, World, binary, pid_alive, poll, world  # noqa: F401
 
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
@@ -41,18 +43,7 @@ def free_port() -> int:
 
 
 def http(method: str, url: str, body=None, timeout: float = 30):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            status, raw = r.status, r.read()
-    except urllib.error.HTTPError as e:
-        status, raw = e.code, e.read()
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode(errors="replace")
+    return http_json(method, url, body, timeout)
 
 
 def socket_activate(world: World, *listen: str, fdnames: str | None = None, port: int | None = None):

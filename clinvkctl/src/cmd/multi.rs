@@ -36,6 +36,16 @@ fn line_for(i: usize, label: &str, r: &Value) -> String {
     )
 }
 
+/// One block per result, labelled by `label_key` (`backend` or `name`).
+fn print_results(v: &Value, label_key: &str) {
+    for (i, r) in v["results"].as_array().into_iter().flatten().enumerate() {
+        println!(
+            "{}\n",
+            line_for(i, r[label_key].as_str().unwrap_or_default(), r)
+        );
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct ParallelArgs {
     /// JSON file: {"tasks": [{"backend", "prompt", …}, …]} or a bare array of tasks
@@ -83,18 +93,7 @@ pub async fn parallel(args: ParallelArgs) -> Result<u8, ClientError> {
     if args.json {
         print_json(&v);
     } else {
-        for (i, r) in v["results"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            println!(
-                "{}\n",
-                line_for(i, r["backend"].as_str().unwrap_or_default(), r)
-            );
-        }
+        print_results(&v, "backend");
         println!(
             "{} of {} tasks completed, {} failed ({} ms)",
             v["completed"], v["total_tasks"], v["failed"], v["total_duration_ms"]
@@ -127,18 +126,7 @@ pub async fn chain(args: ChainArgs) -> Result<u8, ClientError> {
     if args.json {
         print_json(&v);
     } else {
-        for (i, r) in v["results"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            println!(
-                "{}\n",
-                line_for(i, r["name"].as_str().unwrap_or_default(), r)
-            );
-        }
+        print_results(&v, "name");
         println!(
             "{} of {} steps completed",
             v["completed_steps"], v["total_steps"]
@@ -197,18 +185,7 @@ pub async fn compare(args: CompareArgs) -> Result<u8, ClientError> {
     if args.json {
         print_json(&v);
     } else {
-        for (i, r) in v["results"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
-            println!(
-                "{}\n",
-                line_for(i, r["backend"].as_str().unwrap_or_default(), r)
-            );
-        }
+        print_results(&v, "backend");
     }
     let any_failed = v["results"]
         .as_array()
