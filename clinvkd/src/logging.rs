@@ -85,7 +85,11 @@ struct AttachLayer {
 
 impl<S: tracing::Subscriber> Layer<S> for AttachLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        if self.events.receiver_count() == 0 || *event.metadata().level() > tracing::Level::INFO {
+        // Request lines reach attached clients as `Request` events already.
+        if self.events.receiver_count() == 0
+            || *event.metadata().level() > tracing::Level::INFO
+            || event.metadata().target() == "clinvkd::http"
+        {
             return;
         }
         let mut v = MessageVisitor(String::new());
