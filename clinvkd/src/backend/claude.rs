@@ -81,13 +81,7 @@ impl Adapter for Claude {
         a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
         // claude reads a long prompt from stdin when no prompt argument is given.
         let stdin = push_prompt(&mut a, &inv.prompt, None);
-        Ok(CommandSpec {
-            program: cfg.command.clone().unwrap_or_else(|| "claude".into()),
-            args: a,
-            env: vec![],
-            cwd: inv.workdir.clone(),
-            stdin,
-        })
+        Ok(CommandSpec::for_run("claude", cfg, inv, a, stdin))
     }
 
     fn parser(&self) -> Box<dyn LineParser> {

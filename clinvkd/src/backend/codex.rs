@@ -72,13 +72,7 @@ impl Adapter for Codex {
         }
         // codex reads the prompt from stdin when it is `-`.
         let stdin = push_prompt(&mut a, &inv.prompt, Some("-"));
-        Ok(CommandSpec {
-            program: cfg.command.clone().unwrap_or_else(|| "codex".into()),
-            args: a,
-            env: vec![],
-            cwd: inv.workdir.clone(),
-            stdin,
-        })
+        Ok(CommandSpec::for_run("codex", cfg, inv, a, stdin))
     }
 
     fn parser(&self) -> Box<dyn LineParser> {

@@ -66,11 +66,8 @@ impl Adapter for Gemini {
         a.extend(cfg.extra_flags.iter().cloned());
         a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
         Ok(CommandSpec {
-            program: cfg.command.clone().unwrap_or_else(|| "gemini".into()),
-            args: a,
             env: vec![("GEMINI_CLI_TRUST_WORKSPACE".into(), "true".into())],
-            cwd: inv.workdir.clone(),
-            stdin,
+            ..CommandSpec::for_run("gemini", cfg, inv, a, stdin)
         })
     }
 

@@ -66,6 +66,28 @@ pub struct CommandSpec {
     pub stdin: Option<String>,
 }
 
+impl CommandSpec {
+    /// The spec of one run: `cfg.command` (or the CLI's own name), the args, the request's workdir.
+    pub(crate) fn for_run(
+        default_program: &str,
+        cfg: &BackendSettings,
+        inv: &Invocation,
+        args: Vec<String>,
+        stdin: Option<String>,
+    ) -> Self {
+        CommandSpec {
+            program: cfg
+                .command
+                .clone()
+                .unwrap_or_else(|| default_program.to_string()),
+            args,
+            env: vec![],
+            cwd: inv.workdir.clone(),
+            stdin,
+        }
+    }
+}
+
 /// Prompts longer than this go through stdin: Linux refuses one argv element of 128 KiB or more.
 pub(crate) const STDIN_THRESHOLD: usize = 96 * 1024;
 

@@ -1,7 +1,7 @@
 //! The Anthropic-compatible API under `/anthropic/v1/`: messages (JSON or SSE) and models.
 
 use super::compat::{self, Conversation, Frames, Msg, Role};
-use super::error::{json_response, ApiError, Kind, Style};
+use super::error::{json_response, ApiError, Style};
 use super::HttpRequest;
 use crate::ctx::Ctx;
 use crate::ops;
@@ -26,15 +26,8 @@ pub async fn route(ctx: &Ctx, mut req: HttpRequest, rest: &[&str]) -> Result<Res
             compat::resolve_model(ctx, &id)?;
             Ok(json_response(StatusCode::OK, &model_object(ctx, &id)))
         }
-        (["messages"] | ["models", ..], m) => Err(ApiError::new(
-            Kind::MethodNotAllowed,
-            "method_not_allowed",
-            format!("method {m} is not allowed on {}", req.path),
-        )),
-        _ => Err(ApiError::not_found(format!(
-            "no route for {} {}",
-            req.method, req.path
-        ))),
+        (["messages"] | ["models", ..], m) => Err(ApiError::method_not_allowed(m, &req.path)),
+        _ => Err(ApiError::no_route(&req.method, &req.path)),
     }
 }
 

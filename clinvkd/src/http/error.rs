@@ -125,6 +125,20 @@ impl ApiError {
         Self::new(Kind::NotFound, "not_found", message)
     }
 
+    /// The path exists, the method does not.
+    pub fn method_not_allowed(method: impl std::fmt::Display, path: &str) -> Self {
+        Self::new(
+            Kind::MethodNotAllowed,
+            "method_not_allowed",
+            format!("method {method} is not allowed on {path}"),
+        )
+    }
+
+    /// Nothing is served at this path.
+    pub fn no_route(method: impl std::fmt::Display, path: &str) -> Self {
+        Self::not_found(format!("no route for {method} {path}"))
+    }
+
     pub fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
         self

@@ -243,7 +243,7 @@ async fn route(ctx: &Ctx, req: HttpRequest, style: Style) -> Response {
         (["docs"], Method::GET) => Ok(openapi::docs_page()),
         (["docs", asset], Method::GET) => openapi::asset(asset),
         (["health"] | ["metrics"] | ["openapi.json"] | ["docs"] | ["docs", _], _) => {
-            Err(method_not_allowed(&req.method))
+            Err(ApiError::method_not_allowed(&req.method, &req.path))
         }
         (["api", "v1", rest @ ..], _) => {
             let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
@@ -268,20 +268,9 @@ async fn route(ctx: &Ctx, req: HttpRequest, style: Style) -> Response {
             )
             .await
         }
-        _ => Err(ApiError::not_found(format!(
-            "no route for {} {}",
-            req.method, req.path
-        ))),
+        _ => Err(ApiError::no_route(&req.method, &req.path)),
     };
     result.unwrap_or_else(|e| e.response(style))
-}
-
-fn method_not_allowed(m: &Method) -> ApiError {
-    ApiError::new(
-        Kind::MethodNotAllowed,
-        "method_not_allowed",
-        format!("method {m} is not allowed here"),
-    )
 }
 
 /// Serves until `shutdown` resolves; `listener` is already bound.

@@ -1,6 +1,6 @@
 //! The native REST API under `/api/v1/`: thin adapters over the core operations (`ops`).
 
-use super::error::{json_response, ApiError, Kind};
+use super::error::{json_response, ApiError};
 use super::HttpRequest;
 use crate::ctx::Ctx;
 use crate::ops::{self, prompt};
@@ -37,15 +37,8 @@ pub async fn route(ctx: &Ctx, mut req: HttpRequest, rest: &[&str]) -> Result<Res
             | ["sessions"]
             | ["sessions", _],
             m,
-        ) => Err(ApiError::new(
-            Kind::MethodNotAllowed,
-            "method_not_allowed",
-            format!("method {m} is not allowed on {}", req.path),
-        )),
-        _ => Err(ApiError::not_found(format!(
-            "no route for {} {}",
-            req.method, req.path
-        ))),
+        ) => Err(ApiError::method_not_allowed(m, &req.path)),
+        _ => Err(ApiError::no_route(&req.method, &req.path)),
     }
 }
 

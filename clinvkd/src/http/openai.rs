@@ -1,7 +1,7 @@
 //! The OpenAI-compatible API under `/openai/v1/`: models and chat completions (JSON or SSE).
 
 use super::compat::{self, Conversation, Frames, Msg, Role};
-use super::error::{json_response, ApiError, Kind};
+use super::error::{json_response, ApiError};
 use super::HttpRequest;
 use crate::ctx::Ctx;
 use crate::ops;
@@ -24,15 +24,10 @@ pub async fn route(ctx: &Ctx, mut req: HttpRequest, rest: &[&str]) -> Result<Res
             let body = req.body_bytes(limit).await?;
             chat(ctx, compat::session_header(&req), &body).await
         }
-        (["models", ..] | ["chat", "completions"], m) => Err(ApiError::new(
-            Kind::MethodNotAllowed,
-            "method_not_allowed",
-            format!("method {m} is not allowed on {}", req.path),
-        )),
-        _ => Err(ApiError::not_found(format!(
-            "no route for {} {}",
-            req.method, req.path
-        ))),
+        (["models", ..] | ["chat", "completions"], m) => {
+            Err(ApiError::method_not_allowed(m, &req.path))
+        }
+        _ => Err(ApiError::no_route(&req.method, &req.path)),
     }
 }
 
