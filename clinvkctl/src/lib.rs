@@ -174,6 +174,8 @@ pub struct StartOptions {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub config: Option<PathBuf>,
+    /// `--insecure`: let it serve a non-loopback host without authentication.
+    pub insecure: bool,
 }
 
 /// A daemon this client started.
@@ -204,9 +206,14 @@ pub async fn start_daemon(
 ) -> Result<Option<Started>, ClientError> {
     let exe = daemon_executable();
     let log_dir = paths.log_dir();
-    std::fs::create_dir_all(&log_dir)?;
+    // Logs may quote prompts at debug level: private to the user.
+    clinvk_shared::paths::ensure_private_dir(&paths.state_dir)?;
+    clinvk_shared::paths::ensure_private_dir(&log_dir)?;
     let stderr_file = log_dir.join("clinvkd.stderr");
-    let stderr = std::fs::File::create(&stderr_file)?;
+    let mut opts_file = std::fs::OpenOptions::new();
+    opts_file.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts_file, 0o600);
+    let stderr = opts_file.open(&stderr_file)?;
     let mut cmd = tokio::process::Command::new(&exe);
     cmd.arg("--setsid")
         .arg("--log-file")
@@ -219,6 +226,9 @@ pub async fn start_daemon(
     }
     if let Some(c) = &opts.config {
         cmd.arg("--config").arg(c);
+    }
+    if opts.insecure {
+        cmd.arg("--insecure");
     }
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())

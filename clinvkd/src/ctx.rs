@@ -18,6 +18,38 @@ pub struct Overrides {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub log_file: Option<PathBuf>,
+    /// `--insecure`: serve a non-loopback address without authentication.
+    pub insecure: bool,
+}
+
+/// Why a reload was refused (the running configuration stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyStoreError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Refuses to serve a non-loopback address without authentication (unless `--insecure`).
+pub fn check_exposure(
+    addrs: &[SocketAddr],
+    auth_required: bool,
+    insecure: bool,
+) -> Result<(), String> {
+    if auth_required || insecure {
+        return Ok(());
+    }
+    match addrs.iter().find(|a| !a.ip().is_loopback()) {
+        Some(a) => Err(format!(
+            "refusing to serve {a} without authentication: anyone who can reach it could run agents as you. \
+Add an API key (CLINVK_API_KEYS, or `clinvkctl keys add NAME` while serving on 127.0.0.1) and keep \
+server.auth at auto or required, or pass --insecure to serve it unauthenticated anyway"
+        )),
+        None => Ok(()),
+    }
 }
 
 #[derive(Clone)]
@@ -32,7 +64,7 @@ pub struct Inner {
     loaded_from_file: AtomicBool,
     pub started: Instant,
     pub started_at: String,
-    http_addr: RwLock<Option<SocketAddr>>,
+    http_addrs: RwLock<Vec<SocketAddr>>,
     pub socket_activated: AtomicBool,
     pub events: broadcast::Sender<AttachEvent>,
     draining: AtomicBool,
@@ -75,12 +107,19 @@ impl Ctx {
         overrides: Overrides,
         loaded: config::Loaded,
         events: broadcast::Sender<AttachEvent>,
-    ) -> std::io::Result<Self> {
-        let sessions = crate::session::Store::open(&paths.sessions_dir())?;
-        let keys = crate::keys::KeyStore::open(&paths.keys_file());
-        keys.set_external(&crate::keys::external_keys(
-            &loaded.settings.server.api_keys_gopass_path,
-        ));
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let sessions = crate::session::Store::open(&paths.sessions_dir()).with_context(|| {
+            format!(
+                "cannot open the session store in {}",
+                paths.sessions_dir().display()
+            )
+        })?;
+        let keys = crate::keys::KeyStore::open(&paths.keys_file())?;
+        keys.set_external(
+            &crate::keys::external_keys(&loaded.settings.server.api_keys_gopass_path)
+                .map_err(anyhow::Error::msg)?,
+        );
         let (drain_tx, _) = watch::channel(false);
         let (stop_tx, _) = watch::channel(false);
         Ok(Ctx(Arc::new(Inner {
@@ -92,7 +131,7 @@ impl Ctx {
             loaded_from_file: AtomicBool::new(loaded.file_found),
             started: Instant::now(),
             started_at: clinvk_shared::types::now_rfc3339(),
-            http_addr: RwLock::new(None),
+            http_addrs: RwLock::new(Vec::new()),
             socket_activated: AtomicBool::new(false),
             events,
             draining: AtomicBool::new(false),
@@ -121,12 +160,25 @@ impl Ctx {
         self.loaded_from_file.load(Ordering::Relaxed)
     }
 
-    pub fn set_http_addr(&self, addr: SocketAddr) {
-        *self.http_addr.write().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+    /// Records the addresses the HTTP server listens on (the first is the one shown).
+    pub fn set_http_addrs(&self, addrs: Vec<SocketAddr>) {
+        *self.http_addrs.write().unwrap_or_else(|e| e.into_inner()) = addrs;
+    }
+
+    pub fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.http_addrs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        *self.http_addr.read().unwrap_or_else(|e| e.into_inner())
+        self.http_addrs().first().copied()
+    }
+
+    /// Whether the HTTP API asks for a key now.
+    pub fn auth_required(&self) -> bool {
+        self.keys.required(self.settings().server.auth)
     }
 
     pub fn http_url(&self) -> String {
@@ -159,7 +211,7 @@ impl Ctx {
 
     /// Re-reads the configuration. An invalid one is refused and the running one stays.
     /// The service manager (if any) sees `RELOADING=1`, then `READY=1` whatever the outcome.
-    pub fn reload(&self) -> Result<ReloadOutcome, ConfigError> {
+    pub fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         crate::service::reloading();
         let result = self.reload_inner();
         let status = match &result {
@@ -173,8 +225,21 @@ impl Ctx {
         result
     }
 
-    fn reload_inner(&self) -> Result<ReloadOutcome, ConfigError> {
+    fn reload_inner(&self) -> Result<ReloadOutcome, ReloadError> {
         let loaded = Self::load_settings(&self.config_path, self.config_explicit, &self.overrides)?;
+        // Keys first: an unreadable store or gopass refuses the reload (never "no keys").
+        let external = crate::keys::external_keys(&loaded.settings.server.api_keys_gopass_path)
+            .map_err(ReloadError::Refused)?;
+        let probe = crate::keys::KeyStore::open(&self.paths.keys_file())?;
+        probe.set_external(&external);
+        check_exposure(
+            &self.http_addrs(),
+            probe.required(loaded.settings.server.auth),
+            self.overrides.insecure,
+        )
+        .map_err(ReloadError::Refused)?;
+        self.keys.reload()?;
+        self.keys.set_external(&external);
         let old = self.settings();
         let mut changed = diff_keys(&old, &loaded.settings);
         let mut warnings = loaded.warnings.clone();
@@ -190,9 +255,6 @@ impl Ctx {
         self.loaded_from_file
             .store(loaded.file_found, Ordering::Relaxed);
         self.reloads.fetch_add(1, Ordering::Relaxed);
-        self.keys.set_external(&crate::keys::external_keys(
-            &self.settings().server.api_keys_gopass_path,
-        ));
         let (registry, settings) = (self.backends.clone(), self.settings());
         tokio::spawn(async move { registry.refresh(&settings).await });
         Ok(ReloadOutcome { changed, warnings })

@@ -140,7 +140,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let paths = opts.paths.clone();
-    std::fs::create_dir_all(&paths.state_dir)
+    // The state folder holds sessions, keys and logs: private to its user.
+    ensure_private_dir(&paths.state_dir)
         .with_context(|| format!("cannot create {}", paths.state_dir.display()))?;
     ensure_private_dir(&paths.runtime_dir)
         .with_context(|| format!("cannot create {}", paths.runtime_dir.display()))?;
@@ -157,13 +158,17 @@ pub async fn run(
         opts.overrides,
         opts.loaded,
         opts.events,
-    )
-    .with_context(|| {
-        format!(
-            "cannot open the session store in {}",
-            paths.sessions_dir().display()
-        )
-    })?;
+    )?;
+    // Process groups a crashed predecessor left behind (recorded with their start times).
+    let reaped = crate::supervisor::reap_orphans(&paths.runtime_dir);
+    if reaped > 0 {
+        tracing::warn!(
+            groups = reaped,
+            "killed CLI process groups left running by a daemon that did not stop cleanly"
+        );
+    }
+    ctx.supervisor
+        .set_record_dir(paths.runtime_dir.join("runs"));
     let interrupted = ctx.sessions.mark_interrupted();
     if interrupted > 0 {
         tracing::warn!(
@@ -189,8 +194,17 @@ pub async fn run(
         let addr = l.local_addr()?;
         listeners.push((addr, tokio::net::TcpListener::from_std(l)?));
     }
-    let http_addr = listeners[0].0;
-    ctx.set_http_addr(http_addr);
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|(a, _)| *a).collect();
+    crate::ctx::check_exposure(&addrs, ctx.auth_required(), ctx.overrides.insecure)
+        .map_err(anyhow::Error::msg)?;
+    if ctx.overrides.insecure && !ctx.auth_required() {
+        tracing::warn!("--insecure: serving without authentication");
+    }
+    if settings.server.auth == clinvk_shared::config::AuthMode::Required && ctx.keys.count() == 0 {
+        tracing::warn!("server.auth is `required` but no key exists: every API request is refused until one is added (clinvkctl keys add NAME)");
+    }
+    ctx.set_http_addrs(addrs);
+    crate::engine::prepare_default_workdir(&ctx)?;
 
     // A control socket passed by systemd belongs to it: adopted, never bound or removed here.
     let control_passed = activation.control.is_some();
@@ -245,6 +259,7 @@ pub async fn run(
             }
         });
     }
+    raise_fd_limit();
     let http_tasks: Vec<_> = listeners
         .into_iter()
         .map(|(_, l)| tokio::spawn(crate::http::serve(ctx.clone(), l, ctx.stopped())))
@@ -288,6 +303,17 @@ pub async fn run(
     drop(pid_lock);
     tracing::info!("clinvkd stopped");
     Ok(())
+}
+
+/// Raises the soft limit of open files to the hard limit, so that `server.max_connections`
+/// (plus the CLIs' pipes) fits.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }
 
 /// Waits for SIGTERM/SIGINT, a control `Stop`, or the caller's future; reloads on SIGHUP.

@@ -206,6 +206,7 @@ fn prepare(ctx: &Ctx, inv: &Invocation) -> Result<Prepared, EngineError> {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    env.extend(inv.env.iter().cloned());
     env.extend(cmd.env.iter().cloned());
     let env_names = env.iter().map(|(k, _)| k.clone()).collect();
     let cwd = cmd.cwd.clone().or_else(|| inv.workdir.clone());
@@ -222,6 +223,7 @@ fn prepare(ctx: &Ctx, inv: &Invocation) -> Result<Prepared, EngineError> {
             max_line_bytes: 8 * 1024 * 1024,
             max_output_bytes: settings.limits.max_output_bytes,
             stdin: cmd.stdin.map(String::into_bytes),
+            env_remove: cfg.env_remove.clone(),
         },
         argv,
         env_names,
@@ -347,16 +349,17 @@ fn summarize(
         ))
     } else if info.cancelled {
         Some("cancelled".to_string())
-    } else if let Some(e) = o.error.clone() {
-        Some(format!("{backend}: {e}"))
+    } else if let Some(e) = o.error.as_deref() {
+        Some(format!("{backend}: {}", clip_quote(e)))
     } else if o.is_error || exit_code != 0 {
-        let tail = info
-            .stderr_tail
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim();
+        let tail = clip_quote(
+            info.stderr_tail
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim(),
+        );
         Some(format!(
             "{backend} exited with {}{}",
             match (info.code, info.signal) {
@@ -388,6 +391,17 @@ fn summarize(
     }
 }
 
+/// The longest piece of a CLI's own output (stderr, error text) quoted in an error message.
+const MAX_QUOTE_CHARS: usize = 1000;
+
+/// `text` cut to `MAX_QUOTE_CHARS` characters (marked when cut).
+fn clip_quote(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTE_CHARS) {
+        Some((i, _)) => format!("{}… (cut)", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
 /// The built-in system folders a run may never use as its working folder.
 pub const BLOCKED_WORKDIRS: [&str; 14] = [
     "/bin",
@@ -406,8 +420,74 @@ pub const BLOCKED_WORKDIRS: [&str; 14] = [
     "/var/lib",
 ];
 
+/// Folders of the home that hold credentials: the CLIs' own and the usual secret ones.
+pub const BLOCKED_HOME_FOLDERS: [&str; 9] = [
+    ".claude",
+    ".codex",
+    ".gemini",
+    ".ssh",
+    ".aws",
+    ".gnupg",
+    ".kube",
+    ".docker",
+    ".config/gcloud",
+];
+
+/// The folder a run without `workdir` uses: `server.default_workdir`, else
+/// `<state folder>/workspace`.
+pub fn default_workdir(ctx: &Ctx) -> PathBuf {
+    let configured = ctx.settings().server.default_workdir.clone();
+    if configured.trim().is_empty() {
+        ctx.paths.state_dir.join("workspace")
+    } else {
+        PathBuf::from(configured)
+    }
+}
+
+/// Creates the default workdir (private) at start.
+pub fn prepare_default_workdir(ctx: &Ctx) -> anyhow::Result<()> {
+    let dir = default_workdir(ctx);
+    if ctx.settings().server.default_workdir.trim().is_empty() {
+        clinvk_shared::paths::ensure_private_dir(&dir)
+    } else {
+        std::fs::create_dir_all(&dir)
+    }
+    .map_err(|e| anyhow::anyhow!("cannot create the default workdir {}: {e}", dir.display()))
+}
+
+/// Every blocked folder, resolved through symlinks where it exists: the built-in system
+/// folders, `server.blocked_workdir_prefixes`, the state folder, and the home's credential
+/// folders.
+fn blocked_folders(ctx: &Ctx) -> Vec<PathBuf> {
+    let settings = ctx.settings();
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let mut out: Vec<PathBuf> = BLOCKED_WORKDIRS.iter().map(PathBuf::from).collect();
+    out.extend(
+        settings
+            .server
+            .blocked_workdir_prefixes
+            .iter()
+            .map(PathBuf::from),
+    );
+    out.push(ctx.paths.state_dir.clone());
+    if let Some(h) = &home {
+        out.extend(BLOCKED_HOME_FOLDERS.iter().map(|f| h.join(f)));
+    }
+    let mut resolved = Vec::new();
+    for p in out {
+        if let Ok(real) = std::fs::canonicalize(&p) {
+            if real != p {
+                resolved.push(real);
+            }
+        }
+        resolved.push(p);
+    }
+    resolved
+}
+
 /// Checks a requested working folder: absolute, exists, a folder, resolved through symlinks,
-/// outside the blocked prefixes, inside the allowed ones when set (path-boundary matching).
+/// outside the blocked folders, inside the allowed ones when set (path-boundary matching). The
+/// default workdir is always allowed. A refusal says the same whether or not the path exists.
 pub fn validate_workdir(ctx: &Ctx, requested: &str) -> Result<PathBuf, EngineError> {
     let settings = ctx.settings();
     let p = Path::new(requested);
@@ -417,35 +497,30 @@ pub fn validate_workdir(ctx: &Ctx, requested: &str) -> Result<PathBuf, EngineErr
             format!("workdir {requested:?} must be an absolute path"),
         ));
     }
-    let real = std::fs::canonicalize(p).map_err(|_| {
+    let refused = || {
         EngineError::bad(
-            "invalid_workdir",
-            format!("workdir {requested:?} does not exist"),
-        )
-    })?;
-    if !real.is_dir() {
-        return Err(EngineError::bad(
-            "invalid_workdir",
-            format!("workdir {requested:?} is not a folder"),
-        ));
-    }
-    let blocked: Vec<String> = if settings.server.blocked_workdir_prefixes.is_empty() {
-        BLOCKED_WORKDIRS.iter().map(|s| s.to_string()).collect()
-    } else {
-        settings.server.blocked_workdir_prefixes.clone()
-    };
-    if real == Path::new("/") || blocked.iter().any(|b| real.starts_with(b)) {
-        return Err(EngineError::bad(
             "workdir_not_allowed",
-            format!("workdir {requested:?} is in a blocked system folder"),
-        ));
+            format!("workdir {requested:?} cannot be used: it must be an existing folder that the server's workdir policy allows"),
+        )
+    };
+    let real = std::fs::canonicalize(p).map_err(|_| refused())?;
+    if !real.is_dir() {
+        return Err(refused());
+    }
+    let default = std::fs::canonicalize(default_workdir(ctx)).ok();
+    if default.as_ref().is_some_and(|d| real.starts_with(d)) {
+        return Ok(real);
+    }
+    if real == Path::new("/") || blocked_folders(ctx).iter().any(|b| real.starts_with(b)) {
+        return Err(refused());
     }
     let allowed = &settings.server.allowed_workdir_prefixes;
-    if !allowed.is_empty() && !allowed.iter().any(|a| real.starts_with(a)) {
-        return Err(EngineError::bad(
-            "workdir_not_allowed",
-            format!("workdir {requested:?} is outside server.allowed_workdir_prefixes"),
-        ));
+    if !allowed.is_empty()
+        && !allowed.iter().any(|a| {
+            real.starts_with(a) || std::fs::canonicalize(a).is_ok_and(|a| real.starts_with(a))
+        })
+    {
+        return Err(refused());
     }
     Ok(real)
 }

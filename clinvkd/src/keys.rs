@@ -3,11 +3,13 @@
 //! folder, 0600, managed with `clinvkctl keys`). Only SHA-256 digests are kept in memory and on
 //! disk; a presented key is checked against every digest in constant time. No keys → open.
 
+use clinvk_shared::config::AuthMode;
 use clinvk_shared::paths::write_private_atomic;
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use subtle::ConstantTimeEq;
 
 /// A key of the daemon's own store (the secret itself is never stored).
@@ -22,11 +24,32 @@ pub struct StoredKey {
     pub created_at: String,
 }
 
+/// Why the key store cannot be used. The daemon refuses to start (and a reload fails) rather
+/// than treat an unreadable store as "no keys".
+#[derive(Debug, thiserror::Error)]
+pub enum KeyStoreError {
+    #[error("cannot read the key store {file}: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the key store {file} is corrupt ({message}); fix or remove it")]
+    Corrupt { file: PathBuf, message: String },
+    #[error("cannot write the key store {file}: {source}")]
+    Write {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 #[derive(Default)]
 struct Inner {
-    external: Vec<[u8; 32]>,
+    /// Digests of the keys from the environment and gopass, with their ids (`env-…`).
+    external: Vec<([u8; 32], String)>,
     stored: Vec<StoredKey>,
-    stored_digests: Vec<[u8; 32]>,
+    stored_digests: Vec<([u8; 32], String)>,
+    /// Whether the store file exists (even empty): keys were managed here once.
+    file_exists: bool,
 }
 
 /// All accepted keys (cheap to clone).
@@ -34,6 +57,9 @@ struct Inner {
 pub struct KeyStore {
     file: PathBuf,
     inner: Arc<RwLock<Inner>>,
+    /// Serialises read-modify-write of the store file inside this process (the file lock
+    /// serialises it between processes).
+    write_lock: Arc<Mutex<()>>,
 }
 
 fn digest(key: &str) -> [u8; 32] {
@@ -55,25 +81,48 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Reads the store file: `Ok(None)` when it does not exist.
+fn read_file(file: &Path) -> Result<Option<Vec<StoredKey>>, KeyStoreError> {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(KeyStoreError::Read {
+                file: file.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let keys: Vec<StoredKey> =
+        serde_json::from_slice(&bytes).map_err(|e| KeyStoreError::Corrupt {
+            file: file.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if let Some(k) = keys.iter().find(|k| unhex(&k.sha256).is_none()) {
+        return Err(KeyStoreError::Corrupt {
+            file: file.to_path_buf(),
+            message: format!("key {:?} has no valid sha256", k.id),
+        });
+    }
+    Ok(Some(keys))
+}
+
 impl KeyStore {
-    /// Loads the store file (a missing file is an empty store).
-    pub fn open(file: &Path) -> Self {
+    /// Loads the store file (a missing file is an empty store; an unreadable one is an error).
+    pub fn open(file: &Path) -> Result<Self, KeyStoreError> {
         let ks = KeyStore {
             file: file.to_path_buf(),
-            inner: Arc::default(),
+            ..Default::default()
         };
-        let stored: Vec<StoredKey> = std::fs::read(file)
-            .ok()
-            .and_then(|b| match serde_json::from_slice(&b) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    tracing::error!(file = %file.display(), error = %e, "cannot read the key store; its keys are not accepted");
-                    None
-                }
-            })
-            .unwrap_or_default();
-        ks.set_stored(stored);
-        ks
+        ks.reload()?;
+        Ok(ks)
+    }
+
+    /// Re-reads the store file (on reload); on error the keys in force stay.
+    pub fn reload(&self) -> Result<(), KeyStoreError> {
+        let stored = read_file(&self.file)?;
+        self.set_stored(stored.is_some(), stored.unwrap_or_default());
+        Ok(())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
@@ -84,10 +133,14 @@ impl KeyStore {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set_stored(&self, stored: Vec<StoredKey>) {
+    fn set_stored(&self, file_exists: bool, stored: Vec<StoredKey>) {
         let mut w = self.write();
-        w.stored_digests = stored.iter().filter_map(|k| unhex(&k.sha256)).collect();
+        w.stored_digests = stored
+            .iter()
+            .filter_map(|k| unhex(&k.sha256).map(|d| (d, k.id.clone())))
+            .collect();
         w.stored = stored;
+        w.file_exists = file_exists;
     }
 
     /// Replaces the keys that come from outside the store (environment, gopass).
@@ -96,29 +149,76 @@ impl KeyStore {
             .iter()
             .map(|k| k.trim())
             .filter(|k| !k.is_empty())
-            .map(digest)
+            .map(|k| {
+                let d = digest(k);
+                (d, format!("env-{}", &hex(&d)[..8]))
+            })
             .collect();
     }
 
-    /// Whether any key is configured (no keys: the API is open).
-    pub fn required(&self) -> bool {
+    /// Whether keys were ever set up: any key from any source, or a store file (even one whose
+    /// last key was revoked).
+    pub fn configured(&self) -> bool {
         let r = self.read();
-        !r.external.is_empty() || !r.stored_digests.is_empty()
+        !r.external.is_empty() || !r.stored_digests.is_empty() || r.file_exists
     }
 
-    /// Checks a presented key in constant time against every accepted digest.
-    pub fn check(&self, presented: &str) -> bool {
+    /// Whether the HTTP API asks for a key under `mode`.
+    pub fn required(&self, mode: AuthMode) -> bool {
+        match mode {
+            AuthMode::Off => false,
+            AuthMode::Required => true,
+            AuthMode::Auto => self.configured(),
+        }
+    }
+
+    /// Number of keys that are accepted now.
+    pub fn count(&self) -> usize {
+        let r = self.read();
+        r.external.len() + r.stored_digests.len()
+    }
+
+    /// Checks a presented key in constant time against every accepted digest; returns the id
+    /// of the key it matches.
+    pub fn check(&self, presented: &str) -> Option<String> {
         let d = digest(presented);
         let r = self.read();
-        let mut ok = subtle::Choice::from(0u8);
-        for k in r.external.iter().chain(r.stored_digests.iter()) {
-            ok |= k.ct_eq(&d);
+        let mut found = None;
+        for (k, id) in r.external.iter().chain(r.stored_digests.iter()) {
+            let eq: bool = k.ct_eq(&d).into();
+            if eq {
+                found = Some(id.clone());
+            }
         }
-        ok.into()
+        found
+    }
+
+    /// Read-modify-write of the store file under the in-process lock and an exclusive file
+    /// lock, starting from what is on disk (so no update is lost).
+    fn modify<T>(&self, f: impl FnOnce(&mut Vec<StoredKey>) -> T) -> Result<T, KeyStoreError> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let werr = |source| KeyStoreError::Write {
+            file: self.file.clone(),
+            source,
+        };
+        let lock_path = self.file.with_extension("json.lock");
+        let mut opts = std::fs::OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(false);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let lock_file = opts.open(&lock_path).map_err(werr)?;
+        let _flock = Flock::lock(lock_file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| werr(std::io::Error::from(e)))?;
+        let mut stored = read_file(&self.file)?.unwrap_or_default();
+        let out = f(&mut stored);
+        let bytes =
+            serde_json::to_vec_pretty(&stored).map_err(|e| werr(std::io::Error::other(e)))?;
+        write_private_atomic(&self.file, &bytes).map_err(werr)?;
+        self.set_stored(true, stored);
+        Ok(out)
     }
 
     /// Creates a key, stores its digest, and returns the key (shown once).
-    pub fn add(&self, name: &str) -> std::io::Result<(StoredKey, String)> {
+    pub fn add(&self, name: &str) -> Result<(StoredKey, String), KeyStoreError> {
         let secret = format!(
             "ck-{}{}",
             uuid::Uuid::new_v4().simple(),
@@ -131,10 +231,8 @@ impl KeyStore {
             prefix: secret[..8].to_string(),
             created_at: clinvk_shared::types::now_rfc3339(),
         };
-        let mut stored = self.list();
-        stored.push(key.clone());
-        self.save(&stored)?;
-        self.set_stored(stored);
+        let k = key.clone();
+        self.modify(move |stored| stored.push(k))?;
         Ok((key, secret))
     }
 
@@ -143,26 +241,18 @@ impl KeyStore {
     }
 
     /// Revokes a stored key by id or name; returns whether one was found.
-    pub fn revoke(&self, id_or_name: &str) -> std::io::Result<bool> {
-        let mut stored = self.list();
-        let before = stored.len();
-        stored.retain(|k| k.id != id_or_name && k.name != id_or_name);
-        if stored.len() == before {
-            return Ok(false);
-        }
-        self.save(&stored)?;
-        self.set_stored(stored);
-        Ok(true)
-    }
-
-    fn save(&self, stored: &[StoredKey]) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(stored).map_err(std::io::Error::other)?;
-        write_private_atomic(&self.file, &bytes)
+    pub fn revoke(&self, id_or_name: &str) -> Result<bool, KeyStoreError> {
+        self.modify(|stored| {
+            let before = stored.len();
+            stored.retain(|k| k.id != id_or_name && k.name != id_or_name);
+            stored.len() != before
+        })
     }
 }
 
-/// Keys from the environment and gopass, read at start and on every reload.
-pub fn external_keys(gopass_path: &str) -> Vec<String> {
+/// Keys from the environment and gopass, read at start and on every reload. A configured gopass
+/// path that cannot be read is an error (never "no keys").
+pub fn external_keys(gopass_path: &str) -> Result<Vec<String>, String> {
     let mut keys: Vec<String> = std::env::var("CLINVK_API_KEYS")
         .unwrap_or_default()
         .split(',')
@@ -186,12 +276,19 @@ pub fn external_keys(gopass_path: &str) -> Vec<String> {
                     .filter(|k| !k.is_empty()),
             ),
             Ok(o) => {
-                tracing::error!(path, status = %o.status, "gopass could not read the API keys")
+                return Err(format!(
+                    "gopass could not read the API keys at {path:?} ({}); fix it or unset server.api_keys_gopass_path",
+                    o.status
+                ))
             }
-            Err(e) => tracing::error!(path, error = %e, "cannot run gopass to read the API keys"),
+            Err(e) => {
+                return Err(format!(
+                    "cannot run gopass to read the API keys at {path:?}: {e}"
+                ))
+            }
         }
     }
-    keys
+    Ok(keys)
 }
 
 #[cfg(test)]
@@ -202,17 +299,64 @@ mod tests {
     fn add_check_revoke_and_persist() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("keys.json");
-        let ks = KeyStore::open(&f);
-        assert!(!ks.required());
+        let ks = KeyStore::open(&f).unwrap();
+        assert!(!ks.required(AuthMode::Auto));
         let (k, secret) = ks.add("ci").unwrap();
-        assert!(ks.required() && ks.check(&secret) && !ks.check("nope"));
+        assert!(ks.required(AuthMode::Auto) && !ks.required(AuthMode::Off));
+        assert_eq!(ks.check(&secret), Some(k.id.clone()));
+        assert_eq!(ks.check("nope"), None);
         let text = std::fs::read_to_string(&f).unwrap();
         assert!(!text.contains(&secret), "only the digest is stored");
-        assert!(KeyStore::open(&f).check(&secret));
+        assert!(KeyStore::open(&f).unwrap().check(&secret).is_some());
         ks.set_external(&["env-key".into()]);
-        assert!(ks.check("env-key"));
+        assert!(ks.check("env-key").unwrap().starts_with("env-"));
+        ks.set_external(&[]);
         assert!(ks.revoke(&k.id).unwrap());
-        assert!(!ks.check(&secret));
+        assert!(ks.check(&secret).is_none());
         assert!(!ks.revoke("nothing").unwrap());
+        // The last key revoked: still required (fails closed) until auth is switched off.
+        assert_eq!(ks.count(), 0);
+        assert!(ks.required(AuthMode::Auto));
+    }
+
+    #[test]
+    fn corrupt_store_is_an_error_not_an_empty_store() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("keys.json");
+        std::fs::write(&f, "{not json").unwrap();
+        let e = KeyStore::open(&f).err().expect("corrupt store refused");
+        assert!(e.to_string().contains("keys.json"), "{e}");
+    }
+
+    #[test]
+    fn concurrent_adds_and_revokes_lose_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("keys.json");
+        let a = KeyStore::open(&f).unwrap();
+        let b = KeyStore::open(&f).unwrap(); // a second handle: as another process would
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let ks = if t % 2 == 0 { a.clone() } else { b.clone() };
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        ks.add(&format!("t{t}-{i}")).unwrap();
+                        if i % 2 == 1 {
+                            assert!(ks.revoke(&format!("t{t}-{i}")).unwrap());
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        a.reload().unwrap();
+        let mut names: Vec<String> = a.list().into_iter().map(|k| k.name).collect();
+        names.sort();
+        let mut want: Vec<String> = (0..8)
+            .flat_map(|t| (0..10).step_by(2).map(move |i| format!("t{t}-{i}")))
+            .collect();
+        want.sort();
+        assert_eq!(names, want);
     }
 }

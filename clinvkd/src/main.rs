@@ -35,6 +35,10 @@ struct Args {
     /// More logging: -v debug, -vv trace (RUST_LOG overrides)
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Serve a non-loopback --host without authentication (refused otherwise: anyone on the
+    /// network could run agents as you)
+    #[arg(long)]
+    insecure: bool,
     /// Start a new session (used by `clinvk serve` to detach from the terminal)
     #[arg(long, hide = true)]
     setsid: bool,
@@ -52,6 +56,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn start(args: Args) -> anyhow::Result<()> {
+    // Everything the daemon writes (logs, sessions, keys) is private; the CLIs get the user's
+    // own umask back (see supervisor).
+    clinvkd::supervisor::set_private_umask();
     // First, before any thread: taking the passed sockets clears LISTEN_* from the environment.
     let activation = clinvkd::service::take_activation()?;
     let paths = Paths::from_env()?;
@@ -64,6 +71,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         host: args.host.clone(),
         port: args.port,
         log_file: args.log_file.clone(),
+        insecure: args.insecure,
     };
     let loaded = clinvkd::ctx::Ctx::load_settings(&config_path, explicit, &overrides)?;
     let (events, _) = tokio::sync::broadcast::channel(1024);

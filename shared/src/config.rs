@@ -65,6 +65,11 @@ pub struct BackendSettings {
     pub allowed_extra_flags: Vec<String>,
     /// Extra environment variables for the child process.
     pub env: BTreeMap<String, String>,
+    /// Names a request's `env` may set for this backend (none by default).
+    pub allowed_request_env: Vec<String>,
+    /// Variables of the daemon's environment this backend's CLI must not see (besides `CLINVK_*`,
+    /// which it never sees).
+    pub env_remove: Vec<String>,
     /// Per-run timeout; default `server.request_timeout_secs`.
     pub timeout_secs: Option<u64>,
     /// Runs of this backend at once; default: only the global limit applies.
@@ -84,6 +89,8 @@ impl Default for BackendSettings {
             extra_flags: Vec::new(),
             allowed_extra_flags: Vec::new(),
             env: BTreeMap::new(),
+            allowed_request_env: Vec::new(),
+            env_remove: Vec::new(),
             timeout_secs: None,
             max_concurrent: None,
         }
@@ -186,6 +193,19 @@ pub struct ServerSettings {
     /// How long in-flight runs may go on after a stop was asked for.
     pub shutdown_grace_secs: u64,
     pub api_keys_gopass_path: String,
+    /// `auto` (required as soon as any key exists), `required`, or `off`.
+    pub auth: AuthMode,
+    /// Failed authentications one client IP may make per minute before it gets 429.
+    pub max_auth_failures: u32,
+    /// Host names (or `host:port`) accepted in the `Host` header besides loopback names and
+    /// the bound address (DNS-rebinding defence); `*` accepts any.
+    pub allowed_hosts: Vec<String>,
+    /// Whether a request may loosen the configured `approval_mode`/`sandbox_mode`.
+    pub allow_request_escalation: bool,
+    /// Where a request without `workdir` runs; empty: `<state folder>/workspace`.
+    pub default_workdir: String,
+    /// HTTP connections open at once; more wait in the listen queue.
+    pub max_connections: usize,
     pub rate_limit_enabled: bool,
     pub rate_limit_rps: f64,
     pub rate_limit_burst: u32,
@@ -195,7 +215,8 @@ pub struct ServerSettings {
     pub cors_allow_credentials: bool,
     pub cors_max_age: u64,
     pub allowed_workdir_prefixes: Vec<String>,
-    /// Empty: a built-in list of system folders.
+    /// Folders refused as a workdir, in addition to the built-in list (system folders, the state
+    /// folder, the CLIs' credential folders and the home's secret folders).
     pub blocked_workdir_prefixes: Vec<String>,
     pub metrics_enabled: bool,
     pub metrics_require_auth: bool,
@@ -212,26 +233,40 @@ impl Default for ServerSettings {
             idle_timeout_secs: 120,
             shutdown_grace_secs: 30,
             api_keys_gopass_path: String::new(),
+            auth: AuthMode::Auto,
+            max_auth_failures: 10,
+            allowed_hosts: Vec::new(),
+            allow_request_escalation: false,
+            default_workdir: String::new(),
+            max_connections: 512,
             rate_limit_enabled: false,
             rate_limit_rps: 10.0,
             rate_limit_burst: 20,
             trusted_proxies: Vec::new(),
             max_request_body_bytes: 10 * 1024 * 1024,
-            cors_allowed_origins: vec![
-                "http://localhost".into(),
-                "http://127.0.0.1".into(),
-                "http://localhost:3000".into(),
-                "http://localhost:5173".into(),
-                "http://localhost:8080".into(),
-            ],
-            cors_allow_credentials: true,
+            cors_allowed_origins: Vec::new(),
+            cors_allow_credentials: false,
             cors_max_age: 300,
             allowed_workdir_prefixes: Vec::new(),
             blocked_workdir_prefixes: Vec::new(),
             metrics_enabled: false,
-            metrics_require_auth: false,
+            metrics_require_auth: true,
         }
     }
+}
+
+/// When the HTTP API asks for a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Required as soon as any key exists (environment, gopass, or the key store file), and
+    /// from then on: revoking the last key leaves the API closed.
+    #[default]
+    Auto,
+    /// Always required; with no key at all, every request is refused.
+    Required,
+    /// Never asked for, even when keys exist.
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -265,6 +300,9 @@ pub struct LimitSettings {
     pub kill_grace_secs: u64,
     /// Cap on one run's captured output (stdout), in bytes; the rest is dropped and noted.
     pub max_output_bytes: usize,
+    /// The most tasks of one `parallel` request that run at once (a request's `max_parallel`
+    /// is capped by it).
+    pub max_parallel_per_request: usize,
 }
 
 impl Default for LimitSettings {
@@ -275,6 +313,7 @@ impl Default for LimitSettings {
             queue_timeout_secs: 120,
             kill_grace_secs: 2,
             max_output_bytes: 16 * 1024 * 1024,
+            max_parallel_per_request: 8,
         }
     }
 }
@@ -633,6 +672,43 @@ pub fn validate(s: &Settings, source: Option<&Path>) -> Result<(), ConfigError> 
             "must be at least 1".into(),
         ));
     }
+    if s.server.max_connections == 0 {
+        return Err(invalid(
+            "server.max_connections",
+            "must be at least 1".into(),
+        ));
+    }
+    if s.limits.max_parallel_per_request == 0 {
+        return Err(invalid(
+            "limits.max_parallel_per_request",
+            "must be at least 1".into(),
+        ));
+    }
+    for (key, v) in [
+        ("server.read_timeout_secs", s.server.read_timeout_secs),
+        ("server.write_timeout_secs", s.server.write_timeout_secs),
+        ("server.idle_timeout_secs", s.server.idle_timeout_secs),
+    ] {
+        if v == 0 {
+            return Err(invalid(key, "must be at least 1".into()));
+        }
+    }
+    for p in &s.server.trusted_proxies {
+        if parse_cidr(p).is_none() {
+            return Err(invalid(
+                "server.trusted_proxies",
+                format!("{p:?} is not an IP address or CIDR range (e.g. 10.0.0.0/8)"),
+            ));
+        }
+    }
+    for o in &s.server.cors_allowed_origins {
+        if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+            return Err(invalid(
+                "server.cors_allowed_origins",
+                format!("{o:?} must be `*` or scheme://host[:port]"),
+            ));
+        }
+    }
     if s.parallel.max_workers == 0 {
         return Err(invalid("parallel.max_workers", "must be at least 1".into()));
     }
@@ -643,20 +719,110 @@ pub fn validate(s: &Settings, source: Option<&Path>) -> Result<(), ConfigError> 
         ));
     }
     for (alias, target) in &s.models {
-        let backend = target.split('/').next().unwrap_or_default();
-        if !KNOWN_BACKENDS.contains(&backend) {
+        let (backend, model) = target.split_once('/').unwrap_or((target, ""));
+        if !KNOWN_BACKENDS.contains(&backend) || (!model.is_empty() && !is_safe_model_name(model)) {
             return Err(invalid(
                 &format!("models.{alias}"),
                 format!("{target:?} must be `backend` or `backend/model` with a known backend"),
             ));
         }
     }
+    for (name, b) in &s.backends {
+        if let Some(m) = b.model.as_deref().filter(|m| !is_safe_model_name(m)) {
+            return Err(invalid(
+                &format!("backends.{name}.model"),
+                format!("{m:?} is not a valid model name"),
+            ));
+        }
+    }
     Ok(())
+}
+
+/// Whether a model name is safe to pass to a CLI: 1–128 characters of letters, digits and
+/// `._:/@+-`, not starting with `-` (it could be read as a flag) nor containing `..`.
+pub fn is_safe_model_name(m: &str) -> bool {
+    !m.is_empty()
+        && m.len() <= 128
+        && !m.starts_with(['-', '/', '.'])
+        && !m.contains("..")
+        && m.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:/@+-".contains(&b))
+}
+
+/// An IP address or a CIDR range (`10.0.0.0/8`, `::1/128`): the network and the prefix length.
+pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let s = s.trim();
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (
+            a.parse::<std::net::IpAddr>().ok()?,
+            Some(l.parse::<u8>().ok()?),
+        ),
+        None => (s.parse::<std::net::IpAddr>().ok()?, None),
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = len.unwrap_or(max);
+    (len <= max).then_some((addr, len))
+}
+
+/// Whether `ip` is inside the range `(net, len)` (IPv4-mapped IPv6 addresses count as IPv4).
+pub fn cidr_contains(net: (std::net::IpAddr, u8), ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    match (net.0, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = if net.1 == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(net.1))
+            };
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = if net.1 == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(net.1))
+            };
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_names_and_cidrs() {
+        for ok in [
+            "claude-sonnet-4",
+            "gpt-5.1",
+            "sonnet",
+            "models/gemini-2.5-pro",
+            "a@b:c+d",
+        ] {
+            assert!(is_safe_model_name(ok), "{ok}");
+        }
+        for bad in ["-rf", "--help", "a b", "", "x;y", "../x", "a\nb", "$(x)"] {
+            assert!(!is_safe_model_name(bad), "{bad}");
+        }
+        let net = parse_cidr("10.0.0.0/8").unwrap();
+        assert!(cidr_contains(net, "10.1.2.3".parse().unwrap()));
+        assert!(!cidr_contains(net, "11.0.0.1".parse().unwrap()));
+        assert!(cidr_contains(
+            parse_cidr("127.0.0.1").unwrap(),
+            "::ffff:127.0.0.1".parse().unwrap()
+        ));
+        assert!(cidr_contains(
+            parse_cidr("::1/128").unwrap(),
+            "::1".parse().unwrap()
+        ));
+        assert!(parse_cidr("10.0.0.0/33").is_none() && parse_cidr("nope").is_none());
+    }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);

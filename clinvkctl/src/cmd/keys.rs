@@ -47,18 +47,25 @@ pub async fn run(cmd: KeysCommand) -> Result<u8, ClientError> {
                     );
                 }
                 println!(
-                    "keys {}",
+                    "keys {} (server.auth: {})",
                     if v["required"] == json!(true) {
                         "are required"
                     } else {
-                        "are not required (no key configured)"
-                    }
+                        "are not required"
+                    },
+                    v["auth"].as_str().unwrap_or("auto")
                 );
             }
         }
         KeysCommand::Revoke { id } => {
-            call_json(&paths, "keys.revoke", json!({"id": id})).await?;
+            let v = call_json(&paths, "keys.revoke", json!({"id": id})).await?;
             println!("revoked {id}");
+            if v["remaining"] == json!(0) && v["required"] == json!(true) {
+                eprintln!(
+                    "no key is left: the API stays closed (every request gets 401) until you add \
+one with `clinvkctl keys add NAME`, or set server.auth: off to open it"
+                );
+            }
         }
     }
     Ok(exit::OK)

@@ -15,6 +15,10 @@ pub struct ServeArgs {
     /// Config file for a daemon this command starts
     #[arg(long, short = 'c', value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Serve a non-loopback --host without API keys (refused otherwise: anyone on the network
+    /// could run agents as you)
+    #[arg(long)]
+    pub insecure: bool,
     /// Return at once and leave the daemon running in the background
     #[arg(long, short = 'd')]
     pub detach: bool,
@@ -31,6 +35,7 @@ pub async fn run(args: ServeArgs) -> Result<u8, ClientError> {
                 host: args.host.clone(),
                 port: args.port,
                 config: args.config.clone(),
+                insecure: args.insecure,
             };
             match start_daemon(&paths, &opts).await {
                 Ok(Some(s)) => {

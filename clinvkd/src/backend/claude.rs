@@ -5,16 +5,13 @@ use serde_json::Value;
 
 pub struct Claude;
 
+/// Flags a request's `extra` may use: none that grants tools, permissions or folders
+/// (`--permission-mode`, `--allowedTools`, `--add-dir`, … need `allowed_extra_flags`).
 const ALLOW: &[&str] = &[
-    "--add-dir",
-    "--allowedTools",
-    "--allowed-tools",
-    "--disallowedTools",
-    "--disallowed-tools",
-    "--append-system-prompt",
-    "--fallback-model",
-    "--strict-mcp-config",
-    "--permission-mode",
+    "--disallowedTools <tools>",
+    "--disallowed-tools <tools>",
+    "--append-system-prompt <text>",
+    "--fallback-model <model>",
 ];
 
 impl Adapter for Claude {
@@ -257,7 +254,7 @@ mod tests {
         i.approval_mode = ApprovalMode::Auto;
         i.resume = Some("abc".into());
         i.ephemeral = true;
-        i.extra = vec!["--add-dir".into(), "/tmp".into()];
+        i.extra = vec!["--fallback-model".into(), "haiku".into()];
         let args = Claude.build(&i, &cfg).unwrap().args;
         let tail: Vec<&str> = args[5..].iter().map(String::as_str).collect();
         assert_eq!(
@@ -274,8 +271,8 @@ mod tests {
                 "--resume",
                 "abc",
                 "--no-session-persistence",
-                "--add-dir",
-                "/tmp",
+                "--fallback-model",
+                "haiku",
                 "--",
                 "-hello"
             ]

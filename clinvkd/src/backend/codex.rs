@@ -5,7 +5,9 @@ use serde_json::Value;
 
 pub struct Codex;
 
-const ALLOW: &[&str] = &["--add-dir", "--skip-git-repo-check", "--oss"];
+/// Flags a request's `extra` may use: none that grants permissions or folders (`--add-dir`,
+/// `-c`, … need `allowed_extra_flags`).
+const ALLOW: &[&str] = &["--skip-git-repo-check", "--oss"];
 
 impl Adapter for Codex {
     fn name(&self) -> &'static str {

@@ -5,13 +5,9 @@ use serde_json::Value;
 
 pub struct Gemini;
 
-const ALLOW: &[&str] = &[
-    "--include-directories",
-    "--extensions",
-    "-e",
-    "--allowed-tools",
-    "--allowed-mcp-server-names",
-];
+/// Flags a request's `extra` may use: none by default — gemini's flags that take one grant
+/// folders, tools, extensions or MCP servers (`allowed_extra_flags` may allow them).
+const ALLOW: &[&str] = &[];
 
 impl Adapter for Gemini {
     fn name(&self) -> &'static str {

@@ -51,6 +51,8 @@ pub struct Invocation {
     pub sandbox_mode: SandboxMode,
     /// Extra CLI flags from the request, checked against the allowlist.
     pub extra: Vec<String>,
+    /// Environment variables from the request (names allowed by the operator).
+    pub env: Vec<(String, String)>,
     /// No persisted session where the CLI supports it.
     pub ephemeral: bool,
 }
@@ -188,34 +190,121 @@ pub(crate) fn model_for(inv: &Invocation, cfg: &BackendSettings) -> Option<Strin
         .filter(|m| !m.is_empty() && m != &inv.backend && m != "default")
 }
 
-/// Checks a request's extra flags against the allowlist: every `-flag` (or `--flag=value`) must be
-/// allowed; a bare value may only follow an allowed flag.
+/// Flags whose value is a folder: a request's value passes the workdir policy.
+pub(crate) const FOLDER_FLAGS: [&str; 4] = ["--add-dir", "--include-directories", "-C", "--cd"];
+
+/// Flags of the CLIs known to take a value (so an allow-list entry without `<value>` still
+/// takes one); any other flag is a switch.
+const VALUE_FLAGS: [&str; 22] = [
+    "--add-dir",
+    "--allowedTools",
+    "--allowed-tools",
+    "--disallowedTools",
+    "--disallowed-tools",
+    "--permission-mode",
+    "--append-system-prompt",
+    "--fallback-model",
+    "--include-directories",
+    "--allowed-mcp-server-names",
+    "--extensions",
+    "-e",
+    "--mcp-config",
+    "--settings",
+    "--model",
+    "-m",
+    "-c",
+    "--config",
+    "--profile",
+    "-C",
+    "--cd",
+    "--max-turns",
+];
+
+/// One allow-list entry: `--flag` (a switch, unless the CLI's flag is known to take a value) or
+/// `--flag <value>` (takes a value).
+fn allow_entry(entry: &str) -> (&str, bool) {
+    match entry.trim().split_once(char::is_whitespace) {
+        Some((flag, _)) => (flag, true),
+        None => (entry.trim(), VALUE_FLAGS.contains(&entry.trim())),
+    }
+}
+
+/// Checks a request's extra flags against the allowlist (built-in plus
+/// `backends.<name>.allowed_extra_flags`): every token is an allowed flag, `--flag=value` of an
+/// allowed flag that takes a value, or the value right after such a flag. A value never starts
+/// with `-`, so nothing can be smuggled in as a positional argument or a second flag.
 pub(crate) fn check_extra(
     extra: &[String],
     builtin: &[&str],
     cfg: &BackendSettings,
 ) -> Result<Vec<String>, ArgvError> {
-    let allowed = |f: &str| builtin.contains(&f) || cfg.allowed_extra_flags.iter().any(|a| a == f);
-    let list = || {
-        let mut v: Vec<String> = builtin.iter().map(|s| s.to_string()).collect();
-        v.extend(cfg.allowed_extra_flags.iter().cloned());
-        v.join(", ")
+    let entries: Vec<(&str, bool)> = builtin
+        .iter()
+        .copied()
+        .chain(cfg.allowed_extra_flags.iter().map(String::as_str))
+        .map(allow_entry)
+        .collect();
+    let lookup = |f: &str| entries.iter().find(|(n, _)| *n == f).map(|(_, v)| *v);
+    let refuse = |tok: &str| {
+        let list: Vec<&str> = entries.iter().map(|(n, _)| *n).collect();
+        ArgvError::DisallowedFlag(
+            tok.to_string(),
+            if list.is_empty() {
+                "none; an operator may allow flags with backends.<name>.allowed_extra_flags".into()
+            } else {
+                list.join(", ")
+            },
+        )
     };
-    let mut prev_flag = false;
+    let mut wants_value = false;
     for tok in extra {
-        if tok.starts_with('-') {
-            let name = tok.split_once('=').map(|(n, _)| n).unwrap_or(tok);
-            if !allowed(name) {
-                return Err(ArgvError::DisallowedFlag(tok.clone(), list()));
+        if wants_value {
+            if tok.starts_with('-') || tok.is_empty() {
+                return Err(ArgvError::Invalid(format!(
+                    "`extra`: {tok:?} is not a valid value for the flag before it"
+                )));
             }
-            prev_flag = !tok.contains('=');
-        } else if prev_flag {
-            prev_flag = false;
-        } else {
-            return Err(ArgvError::DisallowedFlag(tok.clone(), list()));
+            wants_value = false;
+            continue;
+        }
+        if !tok.starts_with('-') {
+            return Err(refuse(tok));
+        }
+        match tok.split_once('=') {
+            Some((name, _)) => match lookup(name) {
+                Some(true) => {}
+                _ => return Err(refuse(tok)),
+            },
+            None => match lookup(tok) {
+                Some(v) => wants_value = v,
+                None => return Err(refuse(tok)),
+            },
         }
     }
+    if wants_value {
+        return Err(ArgvError::Invalid(
+            "`extra` ends with a flag that needs a value".into(),
+        ));
+    }
     Ok(extra.to_vec())
+}
+
+/// The folder values of a checked `extra` list (`--add-dir D`, `--add-dir=D`, …).
+pub(crate) fn extra_folders(extra: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = extra.iter().peekable();
+    while let Some(tok) = it.next() {
+        if let Some((name, v)) = tok.split_once('=') {
+            if FOLDER_FLAGS.contains(&name) {
+                out.push(v.to_string());
+            }
+        } else if FOLDER_FLAGS.contains(&tok.as_str()) {
+            if let Some(v) = it.next() {
+                out.push(v.clone());
+            }
+        }
+    }
+    out
 }
 
 /// The system prompt folded into the prompt, for CLIs without a system-prompt flag.
@@ -419,6 +508,54 @@ mod tests {
             ..Default::default()
         };
         assert!(check_extra(&["--verbose".into()], &[], &cfg).is_ok());
+        // A switch cannot carry a smuggled positional argument; a value never starts with `-`.
+        assert!(check_extra(&["--verbose".into(), "rm -rf".into()], &[], &cfg).is_err());
+        assert!(check_extra(
+            &["--add-dir".into(), "--dangerously-skip-permissions".into()],
+            &["--add-dir"],
+            &cfg
+        )
+        .is_err());
+        assert!(check_extra(&["--add-dir".into()], &["--add-dir"], &cfg).is_err());
+        assert!(check_extra(&["--verbose=1".into()], &[], &cfg).is_err());
+        // An operator entry with a placeholder takes a value.
+        let cfg = BackendSettings {
+            allowed_extra_flags: vec!["--tag <name>".into()],
+            ..Default::default()
+        };
+        assert!(check_extra(&["--tag".into(), "x".into()], &[], &cfg).is_ok());
+        assert_eq!(
+            extra_folders(&[
+                "--add-dir".into(),
+                "/a".into(),
+                "--include-directories=/b".into()
+            ]),
+            vec!["/a", "/b"]
+        );
+    }
+
+    #[test]
+    fn builtin_allowlists_grant_nothing() {
+        for name in ["claude", "codex", "gemini"] {
+            let list = adapter(name).unwrap().builtin_extra_allowlist();
+            for grant in [
+                "--permission-mode",
+                "--allowedTools",
+                "--allowed-tools",
+                "--add-dir",
+                "--include-directories",
+                "--dangerously-skip-permissions",
+                "--yolo",
+                "-c",
+                "--extensions",
+                "--allowed-mcp-server-names",
+            ] {
+                assert!(
+                    !list.iter().any(|e| allow_entry(e).0 == grant),
+                    "{name} allows {grant}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -119,7 +119,15 @@ async fn handle(ctx: Ctx, conn: Stream) {
     if send(tx, &welcome).await.is_err() {
         return;
     }
-    let request = match read_frame::<_, ClientFrame>(&mut rx).await {
+    // A client that says hello and then nothing does not keep a connection forever.
+    let idle = Duration::from_secs(ctx.settings().server.read_timeout_secs);
+    let request = match tokio::time::timeout(idle, read_frame::<_, ClientFrame>(&mut rx)).await {
+        Err(_) => {
+            return send_error(tx, "request_timeout", "no request within the read timeout").await
+        }
+        Ok(r) => r,
+    };
+    let request = match request {
         Ok(Some(ClientFrame::Request(r))) => r,
         Ok(Some(_)) => return send_error(tx, "bad_frame", "expected a request").await,
         Ok(None) => return,
@@ -242,7 +250,8 @@ async fn call(ctx: &Ctx, conn: &Stream, op: &str, body: serde_json::Value) {
             // Progress per task, then the result.
             let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel();
             let bytes = serde_json::to_vec(&body).unwrap_or_default();
-            let run = crate::ops::multi::parallel_with_progress(ctx, &bytes, Some(ptx));
+            let me = crate::ops::Caller::control();
+            let run = crate::ops::multi::parallel_with_progress(ctx, &me, &bytes, Some(ptx));
             tokio::pin!(run);
             let result = loop {
                 tokio::select! {
@@ -273,11 +282,12 @@ async fn call(ctx: &Ctx, conn: &Stream, op: &str, body: serde_json::Value) {
             return;
         }
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let plan =
-            match crate::ops::parse_body(&bytes).and_then(|req| prompt::plan(ctx, req, "cli")) {
-                Ok(p) => p,
-                Err(e) => return send_error(conn, &e.code, e.message).await,
-            };
+        let plan = match crate::ops::parse_body(&bytes)
+            .and_then(|req| prompt::plan(ctx, &crate::ops::Caller::control(), req, "cli"))
+        {
+            Ok(p) => p,
+            Err(e) => return send_error(conn, &e.code, e.message).await,
+        };
         if plan.dry_run {
             let frame = match prompt::dry_run_json(ctx, &plan) {
                 Ok(v) => ServerFrame::End(v),

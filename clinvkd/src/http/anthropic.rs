@@ -18,7 +18,7 @@ pub async fn route(ctx: &Ctx, mut req: HttpRequest, rest: &[&str]) -> Result<Res
         (["messages"], Method::POST) => {
             let limit = ctx.settings().server.max_request_body_bytes;
             let body = req.body_bytes(limit).await?;
-            messages(ctx, compat::session_header(&req), &body).await
+            messages(ctx, &req.caller, compat::session_header(&req), &body).await
         }
         (["models"], Method::GET) => Ok(json_response(StatusCode::OK, &models(ctx))),
         (["models", id @ ..], Method::GET) if !id.is_empty() => {
@@ -167,7 +167,12 @@ fn conversation(r: &MessagesRequest) -> Result<Conversation, ApiError> {
     Ok(conv)
 }
 
-async fn messages(ctx: &Ctx, session: Option<String>, body: &[u8]) -> Result<Response, ApiError> {
+async fn messages(
+    ctx: &Ctx,
+    caller: &ops::Caller,
+    session: Option<String>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
     let mr: MessagesRequest = ops::parse_body(body)?;
     match mr.max_tokens {
         Some(n) if n > 0 => {}
@@ -181,7 +186,7 @@ async fn messages(ctx: &Ctx, session: Option<String>, body: &[u8]) -> Result<Res
     }
     let target = compat::resolve_model(ctx, &mr.model)?;
     let conv = conversation(&mr)?;
-    let started = compat::start(ctx, session, "anthropic", &target, conv).await?;
+    let started = compat::start(ctx, caller, session, "anthropic", &target, conv).await?;
     let id = format!("msg_{}", compat::new_id());
     if mr.stream.unwrap_or(false) {
         let frames = EventFrames {

@@ -291,6 +291,7 @@ pub struct Started {
 /// whole conversation.
 pub async fn start(
     ctx: &Ctx,
+    caller: &crate::ops::Caller,
     explicit_session: Option<String>,
     source: &str,
     target: &Target,
@@ -316,7 +317,7 @@ pub async fn start(
         None if !history.is_empty() => {
             let hash = transcript_hash(target, conv.system.as_deref(), history);
             ctx.sessions
-                .claim_by_transcript(&target.backend, &hash)
+                .claim_by_transcript(&target.backend, &hash, caller.owner())
                 .filter(|s| s.backend_session_id.is_some())
                 .map(|s| s.id)
         }
@@ -335,7 +336,7 @@ pub async fn start(
         session_id: resume.clone(),
         ..Default::default()
     };
-    let plan = prompt::plan(ctx, preq, source)?;
+    let plan = prompt::plan(ctx, caller, preq, source)?;
     let run = prompt::start(ctx, plan).await?;
     Ok(Started {
         meta: Continuity {
@@ -533,6 +534,8 @@ pub async fn stream(
                 Some(p) => Some(p),
                 None => tokio::select! {
                     p = pieces.next() => p,
+                    // The client left while the CLI was silent: dropping `pieces` cancels it.
+                    _ = tx.closed() => return,
                     _ = &mut stopped => {
                         out.extend(frames.error(&shutting_down()));
                         for b in out.drain(..) { let _ = tx.send(b).await; }

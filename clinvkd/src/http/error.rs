@@ -33,11 +33,18 @@ impl Style {
 pub enum Kind {
     BadRequest,
     Unauthorized,
+    /// Refused by policy: a foreign origin, an escalation the operator does not allow.
+    Forbidden,
     NotFound,
     ModelNotFound,
     MethodNotAllowed,
     Conflict,
+    /// The client took too long to send its request.
+    RequestTimeout,
     PayloadTooLarge,
+    UnsupportedMediaType,
+    /// The `Host` is not one this server answers for (DNS rebinding).
+    Misdirected,
     RateLimited,
     /// No capacity, backend unavailable, or the daemon is draining.
     Unavailable,
@@ -52,6 +59,10 @@ impl Kind {
         match self {
             Kind::BadRequest => StatusCode::BAD_REQUEST,
             Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Kind::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Kind::NotFound | Kind::ModelNotFound => StatusCode::NOT_FOUND,
             Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Kind::Conflict => StatusCode::CONFLICT,
@@ -67,10 +78,15 @@ impl Kind {
     /// OpenAI's `error.type`.
     fn openai_type(self) -> &'static str {
         match self {
-            Kind::BadRequest | Kind::MethodNotAllowed | Kind::Conflict | Kind::PayloadTooLarge => {
-                "invalid_request_error"
-            }
+            Kind::BadRequest
+            | Kind::MethodNotAllowed
+            | Kind::Conflict
+            | Kind::PayloadTooLarge
+            | Kind::RequestTimeout
+            | Kind::UnsupportedMediaType
+            | Kind::Misdirected => "invalid_request_error",
             Kind::Unauthorized => "authentication_error",
+            Kind::Forbidden => "permission_error",
             Kind::NotFound | Kind::ModelNotFound => "not_found_error",
             Kind::RateLimited => "rate_limit_error",
             Kind::Unavailable => "service_unavailable_error",
@@ -83,10 +99,15 @@ impl Kind {
     /// Anthropic's `error.type`.
     fn anthropic_type(self) -> &'static str {
         match self {
-            Kind::BadRequest | Kind::MethodNotAllowed | Kind::Conflict | Kind::PayloadTooLarge => {
-                "invalid_request_error"
-            }
+            Kind::BadRequest
+            | Kind::MethodNotAllowed
+            | Kind::Conflict
+            | Kind::RequestTimeout
+            | Kind::UnsupportedMediaType
+            | Kind::Misdirected => "invalid_request_error",
+            Kind::PayloadTooLarge => "request_too_large",
             Kind::Unauthorized => "authentication_error",
+            Kind::Forbidden => "permission_error",
             Kind::NotFound | Kind::ModelNotFound => "not_found_error",
             Kind::RateLimited => "rate_limit_error",
             Kind::Unavailable => "overloaded_error",

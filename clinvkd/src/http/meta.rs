@@ -12,6 +12,25 @@ use warp::reply::Response;
 pub fn health(ctx: &Ctx) -> Response {
     let uptime_ms = ctx.uptime_ms();
     let backends = ctx.backends.all();
+    let (status, code) = health_status(ctx);
+    json_response(
+        code,
+        &json!({
+            "status": status,
+            "version": clinvk_shared::VERSION,
+            "uptime": humantime::format_duration(std::time::Duration::from_secs(uptime_ms / 1000)).to_string(),
+            "uptime_ms": uptime_ms,
+            "backends": backends.iter().map(|b| json!({
+                "name": b.name, "available": b.available, "enabled": b.enabled, "version": b.version,
+            })).collect::<Vec<_>>(),
+            "session_store": {"available": true, "session_count": ctx.sessions.count()},
+        }),
+    )
+}
+
+/// The health verdict and its HTTP status.
+fn health_status(ctx: &Ctx) -> (&'static str, StatusCode) {
+    let backends = ctx.backends.all();
     let enabled: Vec<_> = backends.iter().filter(|b| b.enabled).collect();
     let usable = enabled.iter().filter(|b| b.available).count();
     let status = if ctx.is_draining() || usable == 0 {
@@ -26,19 +45,13 @@ pub fn health(ctx: &Ctx) -> Response {
     } else {
         StatusCode::OK
     };
-    json_response(
-        code,
-        &json!({
-            "status": status,
-            "version": clinvk_shared::VERSION,
-            "uptime": humantime::format_duration(std::time::Duration::from_secs(uptime_ms / 1000)).to_string(),
-            "uptime_ms": uptime_ms,
-            "backends": backends.iter().map(|b| json!({
-                "name": b.name, "available": b.available, "enabled": b.enabled, "version": b.version,
-            })).collect::<Vec<_>>(),
-            "session_store": {"available": true, "session_count": ctx.sessions.count()},
-        }),
-    )
+    (status, code)
+}
+
+/// `GET /health` without a key while auth is on: only the verdict.
+pub fn health_status_only(ctx: &Ctx) -> Response {
+    let (status, code) = health_status(ctx);
+    json_response(code, &json!({ "status": status }))
 }
 
 static RECORDER: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = OnceLock::new();

@@ -10,6 +10,7 @@ pub mod meta;
 pub mod native;
 pub mod openai;
 pub mod openapi;
+pub mod server;
 
 use crate::ctx::Ctx;
 use bytes::{Buf, Bytes};
@@ -31,6 +32,10 @@ pub struct HttpRequest {
     pub headers: HeaderMap,
     pub remote: Option<SocketAddr>,
     pub request_id: String,
+    /// Who asks (set by the key check).
+    pub caller: crate::ops::Caller,
+    /// How long the body may stall (`server.read_timeout_secs`).
+    read_timeout: std::time::Duration,
     body: Option<BoxStream<'static, Result<Bytes, warp::Error>>>,
 }
 
@@ -41,7 +46,20 @@ impl HttpRequest {
             return Ok(Bytes::new());
         };
         let mut buf = bytes::BytesMut::new();
-        while let Some(chunk) = stream.next().await {
+        loop {
+            let next = tokio::time::timeout(self.read_timeout, stream.next())
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        Kind::RequestTimeout,
+                        "request_timeout",
+                        format!(
+                            "the request body stalled for {} s (server.read_timeout_secs)",
+                            self.read_timeout.as_secs()
+                        ),
+                    )
+                })?;
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| {
                 ApiError::bad_request(
                     "invalid_body",
@@ -74,24 +92,40 @@ pub fn filter(
         .and(warp::path::full())
         .and(query)
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(warp::ext::optional::<server::Peer>())
         .and(warp::body::stream())
         .then(
-            move |method, path: warp::path::FullPath, query, headers, remote, body| {
+            move |method,
+                  path: warp::path::FullPath,
+                  query,
+                  headers,
+                  peer: Option<server::Peer>,
+                  body| {
                 let body = box_body(body);
                 let req = HttpRequest {
                     method,
                     path: path.as_str().to_string(),
                     query,
                     headers,
-                    remote,
+                    remote: peer.map(|p| p.0),
                     request_id: String::new(),
+                    caller: crate::ops::Caller::http(None),
+                    read_timeout: std::time::Duration::from_secs(
+                        ctx.settings().server.read_timeout_secs,
+                    ),
                     body: Some(body),
                 };
                 dispatch(ctx.clone(), req)
             },
         )
-        .or(warp::any().map(|| ApiError::not_found("not found").response(Style::Meta)))
+        .or(warp::any().map(|| {
+            let mut resp = ApiError::not_found("not found").response(Style::Meta);
+            resp.headers_mut().insert(
+                "x-content-type-options",
+                HeaderValue::from_static("nosniff"),
+            );
+            resp
+        }))
         .unify()
 }
 
@@ -141,23 +175,25 @@ async fn dispatch(ctx: Ctx, mut req: HttpRequest) -> Response {
     let _guard = InFlight::new(&ctx);
     let span = tracing::info_span!("request", request_id = %rid, method = %method, path = %path);
 
-    let origin = req.header("origin").map(str::to_string);
-    let mut resp = if ctx.is_draining() && path != "/health" {
-        ApiError::new(
-            Kind::Unavailable,
-            "shutting_down",
-            "the server is shutting down; retry shortly",
-        )
-        .response(style)
-    } else if let Some(preflight) = guard::preflight(&ctx, &req) {
-        preflight
-    } else {
-        match guard::authenticate(&ctx, &req).and_then(|client| ctx.rate.check(&ctx, &client)) {
-            Err(e) => e.response(style),
-            Ok(()) => route(&ctx, req, style).instrument(span.clone()).await,
+    let mut cors_origin = None;
+    let mut resp = match admit(&ctx, &mut req) {
+        Err(e) => e.response(style),
+        Ok(Admitted::Answered(resp, origin)) => {
+            cors_origin = origin;
+            resp
+        }
+        Ok(Admitted::Route(origin)) => {
+            cors_origin = origin;
+            route(&ctx, req, style).instrument(span.clone()).await
         }
     };
-    guard::add_cors(&ctx, origin.as_deref(), &mut resp);
+    if let Some(o) = &cors_origin {
+        guard::add_cors(&ctx, o, &mut resp);
+    }
+    resp.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
 
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-request-id", v);
@@ -176,6 +212,44 @@ async fn dispatch(ctx: Ctx, mut req: HttpRequest) -> Response {
         duration_ms: elapsed.as_millis() as u64,
     });
     resp
+}
+
+/// What the guards decided about a request.
+enum Admitted {
+    /// Answered already (a preflight); with the allowed cross origin, if any.
+    Answered(Response, Option<String>),
+    /// Go on to the handler; with the allowed cross origin, if any.
+    Route(Option<String>),
+}
+
+/// Runs the guards in order (see `guard`): host, origin, preflight, drain, key, rate limit, body
+/// headers. Nothing of a refused request reaches a handler.
+fn admit(ctx: &Ctx, req: &mut HttpRequest) -> Result<Admitted, ApiError> {
+    guard::check_host(ctx, req)?;
+    let origin = guard::check_origin(ctx, req)?;
+    let cors = match &origin {
+        guard::OriginCheck::Allowed(o) => Some(o.clone()),
+        guard::OriginCheck::SameOrigin => None,
+    };
+    if let Some(p) = guard::preflight(ctx, req, &origin) {
+        return Ok(Admitted::Answered(p, cors));
+    }
+    if ctx.is_draining() && req.path != "/health" {
+        return Err(ApiError::new(
+            Kind::Unavailable,
+            "shutting_down",
+            "the server is shutting down; retry shortly",
+        ));
+    }
+    let auth = guard::authenticate(ctx, req)?;
+    ctx.rate.check(ctx, &auth.client)?;
+    guard::check_body_headers(ctx, req)?;
+    req.caller = auth.caller;
+    if !auth.verified && req.path == "/health" {
+        // Without a key, /health says only whether the server is up.
+        return Ok(Admitted::Answered(meta::health_status_only(ctx), cors));
+    }
+    Ok(Admitted::Route(cors))
 }
 
 /// Every route template the server names (in metrics and in `/openapi.json`).
@@ -273,15 +347,4 @@ async fn route(ctx: &Ctx, req: HttpRequest, style: Style) -> Response {
     result.unwrap_or_else(|e| e.response(style))
 }
 
-/// Serves until `shutdown` resolves; `listener` is already bound.
-pub async fn serve(
-    ctx: Ctx,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    warp::serve(filter(ctx))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
-}
+pub use server::serve;

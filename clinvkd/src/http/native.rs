@@ -13,21 +13,22 @@ pub async fn route(ctx: &Ctx, mut req: HttpRequest, rest: &[&str]) -> Result<Res
     let m = req.method.clone();
     let limit = ctx.settings().server.max_request_body_bytes;
     let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
+    let me = req.caller.clone();
     match (rest, m) {
-        (["prompt"], Method::POST) => prompt(ctx, &req.body_bytes(limit).await?).await,
+        (["prompt"], Method::POST) => prompt(ctx, &me, &req.body_bytes(limit).await?).await,
         (["parallel"], Method::POST) => {
-            ok(ops::multi::parallel(ctx, &req.body_bytes(limit).await?).await?)
+            ok(ops::multi::parallel(ctx, &me, &req.body_bytes(limit).await?).await?)
         }
         (["chain"], Method::POST) => {
-            ok(ops::multi::chain(ctx, &req.body_bytes(limit).await?).await?)
+            ok(ops::multi::chain(ctx, &me, &req.body_bytes(limit).await?).await?)
         }
         (["compare"], Method::POST) => {
-            ok(ops::multi::compare(ctx, &req.body_bytes(limit).await?).await?)
+            ok(ops::multi::compare(ctx, &me, &req.body_bytes(limit).await?).await?)
         }
         (["backends"], Method::GET) => ok(ops::sessions::backends(ctx)),
-        (["sessions"], Method::GET) => ok(ops::sessions::list(ctx, &query_json(&req.query)?)?),
-        (["sessions", id], Method::GET) => ok(ops::sessions::get(ctx, id)?),
-        (["sessions", id], Method::DELETE) => ok(ops::sessions::delete(ctx, id)?),
+        (["sessions"], Method::GET) => ok(ops::sessions::list(ctx, &me, &query_json(&req.query)?)?),
+        (["sessions", id], Method::GET) => ok(ops::sessions::get(ctx, &me, id)?),
+        (["sessions", id], Method::DELETE) => ok(ops::sessions::delete(ctx, &me, id)?),
         (
             ["prompt"]
             | ["parallel"]
@@ -89,9 +90,9 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn prompt(ctx: &Ctx, body: &[u8]) -> Result<Response, ApiError> {
+async fn prompt(ctx: &Ctx, caller: &ops::Caller, body: &[u8]) -> Result<Response, ApiError> {
     let req: prompt::PromptRequest = ops::parse_body(body)?;
-    let plan = prompt::plan(ctx, req, "native")?;
+    let plan = prompt::plan(ctx, caller, req, "native")?;
     if plan.dry_run {
         return Ok(json_response(
             StatusCode::OK,
@@ -124,6 +125,8 @@ fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
             let update = tokio::select! {
                 u = run.rx.recv() => u,
                 _ = &mut stopped => None,
+                // The client left while the CLI was silent: dropping `run` cancels it now.
+                _ = tx.closed() => return,
             };
             let Some(update) = update else { break };
             let (kind, content) = match update {

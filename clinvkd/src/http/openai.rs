@@ -22,7 +22,7 @@ pub async fn route(ctx: &Ctx, mut req: HttpRequest, rest: &[&str]) -> Result<Res
         (["chat", "completions"], Method::POST) => {
             let limit = ctx.settings().server.max_request_body_bytes;
             let body = req.body_bytes(limit).await?;
-            chat(ctx, compat::session_header(&req), &body).await
+            chat(ctx, &req.caller, compat::session_header(&req), &body).await
         }
         (["models", ..] | ["chat", "completions"], m) => {
             Err(ApiError::method_not_allowed(m, &req.path))
@@ -201,7 +201,12 @@ fn usage_json(r: &PromptResult) -> Value {
     })
 }
 
-async fn chat(ctx: &Ctx, session: Option<String>, body: &[u8]) -> Result<Response, ApiError> {
+async fn chat(
+    ctx: &Ctx,
+    caller: &ops::Caller,
+    session: Option<String>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
     let cr: ChatRequest = ops::parse_body(body)?;
     if cr.n.is_some_and(|n| n != 1) {
         return Err(bad(
@@ -211,7 +216,7 @@ async fn chat(ctx: &Ctx, session: Option<String>, body: &[u8]) -> Result<Respons
     }
     let target = compat::resolve_model(ctx, &cr.model)?;
     let conv = conversation(&cr.messages)?;
-    let started = compat::start(ctx, session, "openai", &target, conv).await?;
+    let started = compat::start(ctx, caller, session, "openai", &target, conv).await?;
     let id = format!("chatcmpl-{}", compat::new_id());
     let created = compat::unix_now();
     if cr.stream.unwrap_or(false) {

@@ -1,7 +1,7 @@
 //! `parallel`, `chain` and `compare`: several prompts, built on `prompt`.
 
-use super::parse_body;
 use super::prompt::{self, PromptRequest, PromptResult};
+use super::{parse_body, Caller};
 use crate::ctx::Ctx;
 use crate::http::error::ApiError;
 use serde::Deserialize;
@@ -31,9 +31,9 @@ fn error_result(backend: &str, message: String) -> PromptResult {
 }
 
 /// Runs one prompt request to its end; a request that cannot start becomes a failed result.
-async fn run_one(ctx: &Ctx, req: PromptRequest, dry_run: bool) -> Value {
+async fn run_one(ctx: &Ctx, caller: &Caller, req: PromptRequest, dry_run: bool) -> Value {
     let backend = req.backend.clone().unwrap_or_default();
-    let plan = match prompt::plan(ctx, req, "native") {
+    let plan = match prompt::plan(ctx, caller, req, "native") {
         Ok(mut p) => {
             p.dry_run |= dry_run;
             p
@@ -56,13 +56,14 @@ fn failed(v: &Value) -> bool {
 
 /// `POST /api/v1/parallel`: tasks run concurrently (at most `max_parallel`); with `fail_fast`
 /// the first failure cancels the rest, which are reported as failed with `error: "cancelled"`.
-pub async fn parallel(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
-    parallel_with_progress(ctx, body, None).await
+pub async fn parallel(ctx: &Ctx, caller: &Caller, body: &[u8]) -> Result<Value, ApiError> {
+    parallel_with_progress(ctx, caller, body, None).await
 }
 
 /// `parallel`, reporting each finished task on `progress` (`{"type":"task_done","index",…}`).
 pub async fn parallel_with_progress(
     ctx: &Ctx,
+    caller: &Caller,
     body: &[u8],
     progress: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
 ) -> Result<Value, ApiError> {
@@ -75,16 +76,17 @@ pub async fn parallel_with_progress(
     }
     // Client mistakes in any task are refused before anything runs.
     for (i, t) in req.tasks.iter().enumerate() {
-        prompt::plan(ctx, t.clone(), "native").map_err(|e| ApiError {
+        prompt::plan(ctx, caller, t.clone(), "native").map_err(|e| ApiError {
             message: format!("tasks[{i}]: {}", e.message),
             ..e
         })?;
     }
     let settings = ctx.settings();
+    // The operator's cap wins over the request's (and the configured default).
     let max = req
         .max_parallel
         .unwrap_or(settings.parallel.max_workers)
-        .max(1);
+        .clamp(1, settings.limits.max_parallel_per_request);
     let fail_fast = req.fail_fast.unwrap_or(settings.parallel.fail_fast);
     let total = req.tasks.len();
     let backends: Vec<String> = req
@@ -97,11 +99,12 @@ pub async fn parallel_with_progress(
     let mut set = tokio::task::JoinSet::new();
     for (i, t) in req.tasks.into_iter().enumerate() {
         let ctx = ctx.clone();
+        let caller = caller.clone();
         let sem = sem.clone();
         let dry = req.dry_run;
         set.spawn(async move {
             let _permit = sem.acquire_owned().await;
-            (i, run_one(&ctx, t, dry).await)
+            (i, run_one(&ctx, &caller, t, dry).await)
         });
     }
     let mut results: Vec<Option<Value>> = vec![None; total];
@@ -157,7 +160,7 @@ struct ChainRequest {
 
 /// `POST /api/v1/chain`: steps in order; `{{previous}}` in a step's prompt becomes the previous
 /// step's output.
-pub async fn chain(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
+pub async fn chain(ctx: &Ctx, caller: &Caller, body: &[u8]) -> Result<Value, ApiError> {
     let req: ChainRequest = parse_body(body)?;
     if req.steps.is_empty() {
         return Err(
@@ -168,7 +171,7 @@ pub async fn chain(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
     for (i, s) in req.steps.iter().enumerate() {
         let mut r = s.request.clone();
         r.prompt = r.prompt.map(|p| p.replace("{{previous}}", "x"));
-        prompt::plan(ctx, r, "native").map_err(|e| ApiError {
+        prompt::plan(ctx, caller, r, "native").map_err(|e| ApiError {
             message: format!("steps[{i}]: {}", e.message),
             ..e
         })?;
@@ -187,7 +190,7 @@ pub async fn chain(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
         }
         let workdir = r.workdir.clone();
         let backend = r.backend.clone().unwrap_or_default();
-        let v = run_one(ctx, r, req.dry_run).await;
+        let v = run_one(ctx, caller, r, req.dry_run).await;
         let is_failed = failed(&v);
         previous = v["output"].as_str().unwrap_or_default().to_string();
         previous_workdir = workdir.or(previous_workdir);
@@ -232,7 +235,7 @@ struct CompareRequest {
 }
 
 /// `POST /api/v1/compare`: one prompt on several backends.
-pub async fn compare(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
+pub async fn compare(ctx: &Ctx, caller: &Caller, body: &[u8]) -> Result<Value, ApiError> {
     let req: CompareRequest = parse_body(body)?;
     if req.backends.is_empty() {
         return Err(ApiError::bad_request(
@@ -250,20 +253,20 @@ pub async fn compare(ctx: &Ctx, body: &[u8]) -> Result<Value, ApiError> {
         ..Default::default()
     };
     for b in &req.backends {
-        prompt::plan(ctx, make(b), "native")?;
+        prompt::plan(ctx, caller, make(b), "native")?;
     }
     let start = Instant::now();
     let runs: Vec<Value> = if req.sequential {
         let mut v = Vec::new();
         for b in &req.backends {
-            v.push(run_one(ctx, make(b), req.dry_run).await);
+            v.push(run_one(ctx, caller, make(b), req.dry_run).await);
         }
         v
     } else {
         futures::future::join_all(
             req.backends
                 .iter()
-                .map(|b| run_one(ctx, make(b), req.dry_run)),
+                .map(|b| run_one(ctx, caller, make(b), req.dry_run)),
         )
         .await
     };

@@ -1,11 +1,12 @@
 //! `prompt`: run one prompt on one backend, in a new or a resumed clinvk session.
 
+use super::Caller;
 use crate::backend::{ApprovalMode, Event, Invocation, SandboxMode};
 use crate::ctx::Ctx;
 use crate::engine::{self, RunSummary, RunUpdate};
 use crate::http::error::{ApiError, Kind};
 use crate::session::{clip, Session, StoreError, Turn};
-use clinvk_shared::config::KNOWN_BACKENDS;
+use clinvk_shared::config::{is_safe_model_name, KNOWN_BACKENDS};
 use clinvk_shared::types::TokenUsage;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -29,6 +30,8 @@ pub struct PromptRequest {
     pub dry_run: bool,
     pub ephemeral: bool,
     pub extra: Vec<String>,
+    /// Environment variables for the CLI: only names in `backends.<b>.allowed_request_env`.
+    pub env: BTreeMap<String, String>,
     pub metadata: BTreeMap<String, String>,
     pub tags: Vec<String>,
     /// Continue this clinvk session (by id or unique prefix) through the backend's resume.
@@ -61,6 +64,8 @@ pub struct Plan {
     pub tags: Vec<String>,
     pub metadata: BTreeMap<String, String>,
     pub source: String,
+    /// The key that asks (recorded as the owner of a new session).
+    pub owner: Option<String>,
     /// For the compatible APIs: the transcript hash to store after this turn.
     pub transcript_hash: Option<String>,
 }
@@ -87,8 +92,50 @@ fn parse_mode<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// How strict an approval mode is (higher: asks more).
+fn approval_rank(m: ApprovalMode) -> u8 {
+    match m {
+        ApprovalMode::None => 0,
+        ApprovalMode::Auto => 1,
+        ApprovalMode::Default => 2,
+        ApprovalMode::Always => 3,
+    }
+}
+
+/// How strict a sandbox mode is (higher: allows less).
+fn sandbox_rank(m: SandboxMode) -> u8 {
+    match m {
+        SandboxMode::Full => 0,
+        SandboxMode::Workspace => 1,
+        SandboxMode::Default => 2,
+        SandboxMode::ReadOnly => 3,
+    }
+}
+
+/// A mode's name as the API writes it.
+fn wire_name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn escalation(field: &str, requested: &str, configured: &str) -> ApiError {
+    ApiError::new(
+        Kind::Forbidden,
+        "escalation_not_allowed",
+        format!("`{field}: {requested}` is looser than the server's `{configured}`; a request may only keep or tighten it (server.allow_request_escalation)"),
+    )
+    .with_param(field)
+}
+
 /// Checks a request and turns it into a plan.
-pub fn plan(ctx: &Ctx, req: PromptRequest, source: &str) -> Result<Plan, ApiError> {
+pub fn plan(
+    ctx: &Ctx,
+    caller: &Caller,
+    req: PromptRequest,
+    source: &str,
+) -> Result<Plan, ApiError> {
     let settings = ctx.settings();
     let prompt = req.prompt.unwrap_or_default();
     if prompt.trim().is_empty() {
@@ -99,9 +146,23 @@ pub fn plan(ctx: &Ctx, req: PromptRequest, source: &str) -> Result<Plan, ApiErro
         .with_param("prompt"));
     }
     let resume_session = match req.session_id.as_deref().filter(|s| !s.is_empty()) {
-        Some(id) => Some(ctx.sessions.get(id).map_err(store_error)?),
+        Some(id) => {
+            caller.check_session_id(id)?;
+            Some(ctx.sessions.get(id, caller.owner()).map_err(store_error)?)
+        }
         None => None,
     };
+    if let Some(m) = req
+        .model
+        .as_deref()
+        .filter(|m| !m.is_empty() && !is_safe_model_name(m))
+    {
+        return Err(bad(
+            "invalid_model",
+            format!("model {m:?} is not a valid model name (letters, digits and ._:/@+- only; not starting with -)"),
+        )
+        .with_param("model"));
+    }
     let backend = match (req.backend.filter(|b| !b.is_empty()), &resume_session) {
         (Some(b), _) => b,
         (None, Some(s)) => s.backend.clone(),
@@ -148,34 +209,67 @@ pub fn plan(ctx: &Ctx, req: PromptRequest, source: &str) -> Result<Plan, ApiErro
         }
     };
     let cfg = settings.backends.get(&backend).cloned().unwrap_or_default();
+    // The configured modes are a ceiling: a request may keep or tighten them, never loosen.
+    let cfg_approval: ApprovalMode = parse_mode("backends.approval_mode", &cfg.approval_mode, "")?
+        .or(parse_mode(
+            "unified_flags.approval_mode",
+            &Some(settings.unified_flags.approval_mode.clone()),
+            "",
+        )?)
+        .unwrap_or_default();
+    let cfg_sandbox: SandboxMode = parse_mode("backends.sandbox_mode", &cfg.sandbox_mode, "")?
+        .or(parse_mode(
+            "unified_flags.sandbox_mode",
+            &Some(settings.unified_flags.sandbox_mode.clone()),
+            "",
+        )?)
+        .unwrap_or_default();
     let approval: ApprovalMode = parse_mode(
         "approval_mode",
         &req.approval_mode,
         "default, auto, none, always",
     )?
-    .or(parse_mode(
-        "backends.approval_mode",
-        &cfg.approval_mode,
-        "",
-    )?)
-    .or(parse_mode(
-        "unified_flags.approval_mode",
-        &Some(settings.unified_flags.approval_mode.clone()),
-        "",
-    )?)
-    .unwrap_or_default();
+    .unwrap_or(cfg_approval);
     let sandbox: SandboxMode = parse_mode(
         "sandbox_mode",
         &req.sandbox_mode,
         "default, read-only, workspace, full",
     )?
-    .or(parse_mode("backends.sandbox_mode", &cfg.sandbox_mode, "")?)
-    .or(parse_mode(
-        "unified_flags.sandbox_mode",
-        &Some(settings.unified_flags.sandbox_mode.clone()),
-        "",
-    )?)
-    .unwrap_or_default();
+    .unwrap_or(cfg_sandbox);
+    if !settings.server.allow_request_escalation {
+        if approval_rank(approval) < approval_rank(cfg_approval) {
+            return Err(escalation(
+                "approval_mode",
+                &wire_name(&approval),
+                &wire_name(&cfg_approval),
+            ));
+        }
+        if sandbox_rank(sandbox) < sandbox_rank(cfg_sandbox) {
+            return Err(escalation(
+                "sandbox_mode",
+                &wire_name(&sandbox),
+                &wire_name(&cfg_sandbox),
+            ));
+        }
+    }
+    let adapter = crate::backend::adapter(&backend)
+        .ok_or_else(|| bad("unknown_backend", "unknown backend"))?;
+    crate::backend::check_extra(&req.extra, adapter.builtin_extra_allowlist(), &cfg)
+        .map_err(|e| bad("invalid_flags", e.to_string()).with_param("extra"))?;
+    for folder in crate::backend::extra_folders(&req.extra) {
+        engine::validate_workdir(ctx, &folder).map_err(|e| e.api_error().with_param("extra"))?;
+    }
+    let mut env = Vec::new();
+    for (name, value) in &req.env {
+        if name.starts_with("CLINVK_") || !cfg.allowed_request_env.iter().any(|a| a == name) {
+            return Err(bad(
+                "env_not_allowed",
+                format!("environment variable {name:?} may not be set by a request (backends.{backend}.allowed_request_env)"),
+            )
+            .with_param("env"));
+        }
+        env.push((name.clone(), value.clone()));
+    }
     let workdir = match (
         req.workdir.as_deref().filter(|w| !w.is_empty()),
         &resume_session,
@@ -184,7 +278,8 @@ pub fn plan(ctx: &Ctx, req: PromptRequest, source: &str) -> Result<Plan, ApiErro
             engine::validate_workdir(ctx, w).map_err(|e| e.api_error().with_param("workdir"))?,
         ),
         (None, Some(s)) => s.working_dir.as_deref().map(std::path::PathBuf::from),
-        (None, None) => None,
+        // Never the folder the daemon happened to be started in.
+        (None, None) => Some(engine::default_workdir(ctx)),
     };
     let model = req
         .model
@@ -207,6 +302,7 @@ pub fn plan(ctx: &Ctx, req: PromptRequest, source: &str) -> Result<Plan, ApiErro
         approval_mode: approval,
         sandbox_mode: sandbox,
         extra: req.extra,
+        env,
         ephemeral: req.ephemeral,
     };
     if resume_session
@@ -226,6 +322,7 @@ pub fn plan(ctx: &Ctx, req: PromptRequest, source: &str) -> Result<Plan, ApiErro
         tags,
         metadata: req.metadata,
         source: source.to_string(),
+        owner: caller.key_id.clone(),
         transcript_hash: None,
     })
 }
@@ -302,6 +399,7 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
                 tags: plan.tags.clone(),
                 metadata: plan.metadata.clone(),
                 source: plan.source.clone(),
+                owner: plan.owner.clone(),
                 ..Default::default()
             })
             .map_err(store_error)?;
@@ -416,11 +514,12 @@ pub fn dry_run_json(ctx: &Ctx, plan: &Plan) -> Result<serde_json::Value, ApiErro
 /// Parses, plans and runs a prompt to its end; JSON result (the non-streaming native answer).
 pub async fn run_to_json(
     ctx: &Ctx,
+    caller: &Caller,
     body: &[u8],
     source: &str,
 ) -> Result<serde_json::Value, ApiError> {
     let req: PromptRequest = super::parse_body(body)?;
-    let plan = plan(ctx, req, source)?;
+    let plan = plan(ctx, caller, req, source)?;
     if plan.dry_run {
         return dry_run_json(ctx, &plan);
     }

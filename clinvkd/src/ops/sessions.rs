@@ -1,6 +1,7 @@
 //! Sessions and backends: listing, showing, deleting, cleaning.
 
 use super::prompt::store_error;
+use super::Caller;
 use crate::ctx::Ctx;
 use crate::http::error::ApiError;
 use crate::session::ListQuery;
@@ -21,9 +22,10 @@ pub fn backends(ctx: &Ctx) -> Value {
     json!({ "backends": list })
 }
 
-pub fn list(ctx: &Ctx, query: &Value) -> Result<Value, ApiError> {
-    let q: ListQuery = serde_json::from_value(query.clone())
+pub fn list(ctx: &Ctx, caller: &Caller, query: &Value) -> Result<Value, ApiError> {
+    let mut q: ListQuery = serde_json::from_value(query.clone())
         .map_err(|e| ApiError::bad_request("invalid_request", format!("invalid query: {e}")))?;
+    q.owner = caller.key_id.clone();
     let (page, total) = ctx.sessions.list(&q);
     Ok(json!({
         "sessions": page.iter().map(|s| s.summary()).collect::<Vec<_>>(),
@@ -33,15 +35,20 @@ pub fn list(ctx: &Ctx, query: &Value) -> Result<Value, ApiError> {
     }))
 }
 
-pub fn get(ctx: &Ctx, id: &str) -> Result<Value, ApiError> {
-    let s = ctx.sessions.get(id).map_err(store_error)?;
+pub fn get(ctx: &Ctx, caller: &Caller, id: &str) -> Result<Value, ApiError> {
+    caller.check_session_id(id)?;
+    let s = ctx.sessions.get(id, caller.owner()).map_err(store_error)?;
     let mut v = s.summary();
     v["turns"] = serde_json::to_value(&s.turns).unwrap_or_default();
     Ok(v)
 }
 
-pub fn delete(ctx: &Ctx, id: &str) -> Result<Value, ApiError> {
-    let s = ctx.sessions.delete(id).map_err(store_error)?;
+pub fn delete(ctx: &Ctx, caller: &Caller, id: &str) -> Result<Value, ApiError> {
+    caller.check_session_id(id)?;
+    let s = ctx
+        .sessions
+        .delete(id, caller.owner())
+        .map_err(store_error)?;
     Ok(json!({"deleted": true, "id": s.id}))
 }
 

@@ -49,7 +49,17 @@ pub struct Session {
     pub source: String,
     /// For the compatible APIs: a hash of the transcript so far (continuity).
     pub transcript_hash: Option<String>,
+    /// The id of the API key that created it (never the key); none: made by the daemon's
+    /// owner (control socket, or HTTP with auth off). Key holders see only their own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     pub turns: Vec<Turn>,
+}
+
+/// Whether a caller that acts for `owner` (`None`: the daemon's owner, who sees everything) may
+/// see session `s`.
+pub fn visible_to(s: &Session, owner: Option<&str>) -> bool {
+    owner.is_none_or(|o| s.owner.as_deref() == Some(o))
 }
 
 impl Session {
@@ -88,6 +98,9 @@ pub struct Store {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct ListQuery {
+    /// Only the sessions of this key (set by the server, never by the client).
+    #[serde(skip)]
+    pub owner: Option<String>,
     pub backend: Option<String>,
     pub status: Option<String>,
     pub limit: Option<usize>,
@@ -221,16 +234,18 @@ impl Store {
         })
     }
 
-    /// By full id or unique prefix.
-    pub fn get(&self, id_or_prefix: &str) -> Result<Session, StoreError> {
+    /// By full id or unique prefix, among the sessions `owner` may see.
+    pub fn get(&self, id_or_prefix: &str, owner: Option<&str>) -> Result<Session, StoreError> {
         let map = self.map();
-        if let Some(s) = map.get(id_or_prefix) {
+        if let Some(s) = map.get(id_or_prefix).filter(|s| visible_to(s, owner)) {
             return Ok(s.clone());
         }
         if id_or_prefix.is_empty() {
             return Err(StoreError::NotFound(String::new()));
         }
-        let mut hits = map.values().filter(|s| s.id.starts_with(id_or_prefix));
+        let mut hits = map
+            .values()
+            .filter(|s| visible_to(s, owner) && s.id.starts_with(id_or_prefix));
         match (hits.next(), hits.next()) {
             (Some(s), None) => Ok(s.clone()),
             (Some(_), Some(_)) => Err(StoreError::Ambiguous(id_or_prefix.to_string())),
@@ -243,6 +258,7 @@ impl Store {
         let mut all: Vec<Session> = self
             .map()
             .values()
+            .filter(|s| visible_to(s, q.owner.as_deref()))
             .filter(|s| q.backend.as_ref().is_none_or(|b| &s.backend == b))
             .filter(|s| q.status.as_ref().is_none_or(|st| &s.status == st))
             .cloned()
@@ -258,8 +274,8 @@ impl Store {
         (all.into_iter().skip(offset).take(limit).collect(), total)
     }
 
-    pub fn delete(&self, id_or_prefix: &str) -> Result<Session, StoreError> {
-        let s = self.get(id_or_prefix)?;
+    pub fn delete(&self, id_or_prefix: &str, owner: Option<&str>) -> Result<Session, StoreError> {
+        let s = self.get(id_or_prefix, owner)?;
         match std::fs::remove_file(self.path_of(&s.id)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -287,7 +303,9 @@ impl Store {
             })
             .map(|s| s.id.clone())
             .collect();
-        old.iter().filter(|id| self.delete(id).is_ok()).count()
+        old.iter()
+            .filter(|id| self.delete(id, None).is_ok())
+            .count()
     }
 
     /// Marks sessions left `active` by a daemon that died or was stopped mid-run.
@@ -312,15 +330,6 @@ impl Store {
             .or_default()
             .clone()
     }
-
-    /// The newest session whose transcript hash is `hash` on `backend`.
-    pub fn find_by_transcript(&self, backend: &str, hash: &str) -> Option<Session> {
-        self.map()
-            .values()
-            .filter(|s| s.backend == backend && s.transcript_hash.as_deref() == Some(hash))
-            .max_by(|a, b| a.last_used.cmp(&b.last_used))
-            .cloned()
-    }
 }
 
 impl Store {
@@ -328,11 +337,17 @@ impl Store {
     /// its hash so that no second request can continue the same conversation at the same time
     /// (two clients sending the same history would otherwise share one backend session). The
     /// caller stores the new hash once the turn succeeded.
-    pub fn claim_by_transcript(&self, backend: &str, hash: &str) -> Option<Session> {
+    pub fn claim_by_transcript(
+        &self,
+        backend: &str,
+        hash: &str,
+        owner: Option<&str>,
+    ) -> Option<Session> {
         let claimed = {
             let mut map = self.map();
             let id = map
                 .values()
+                .filter(|s| visible_to(s, owner))
                 .filter(|s| s.backend == backend && s.transcript_hash.as_deref() == Some(hash))
                 .max_by(|a, b| a.last_used.cmp(&b.last_used))
                 .map(|s| s.id.clone())?;
@@ -402,7 +417,7 @@ mod tests {
             false,
         )
         .unwrap();
-        let got = st.get(&a.id[..8]).unwrap();
+        let got = st.get(&a.id[..8], None).unwrap();
         assert_eq!(got.turn_count, 1);
         assert_eq!(got.backend_session_id.as_deref(), Some("bs-1"));
         let (page, total) = st.list(&ListQuery {
@@ -416,9 +431,9 @@ mod tests {
         let st2 = Store::open(d.path()).unwrap();
         assert_eq!(st2.count(), 2);
         assert_eq!(st2.corrupt_files.lock().unwrap().len(), 1);
-        assert_eq!(st2.get(&a.id).unwrap(), st.get(&a.id).unwrap());
-        st2.delete(&b.id).unwrap();
-        assert!(matches!(st2.get(&b.id), Err(StoreError::NotFound(_))));
+        assert_eq!(st2.get(&a.id, None).unwrap(), st.get(&a.id, None).unwrap());
+        st2.delete(&b.id, None).unwrap();
+        assert!(matches!(st2.get(&b.id, None), Err(StoreError::NotFound(_))));
         assert_eq!(Store::open(d.path()).unwrap().count(), 1);
         assert_eq!(st2.mark_interrupted(), 0);
     }
@@ -437,8 +452,29 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert!(matches!(st.get("abc"), Err(StoreError::Ambiguous(_))));
-        assert!(st.get("abc2").is_ok());
+        assert!(matches!(st.get("abc", None), Err(StoreError::Ambiguous(_))));
+        assert!(st.get("abc2", None).is_ok());
         assert_eq!(st.mark_interrupted(), 2);
+    }
+
+    #[test]
+    fn key_holders_see_only_their_own() {
+        let d = tempfile::tempdir().unwrap();
+        let st = Store::open(d.path()).unwrap();
+        let a = st
+            .create(Session {
+                owner: Some("key-a".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(st.get(&a.id, Some("key-b")).is_err());
+        assert!(st.delete(&a.id, Some("key-b")).is_err());
+        assert!(st.get(&a.id, Some("key-a")).is_ok());
+        assert!(st.get(&a.id, None).is_ok(), "the owner sees all");
+        let q = ListQuery {
+            owner: Some("key-b".into()),
+            ..Default::default()
+        };
+        assert_eq!(st.list(&q).1, 0);
     }
 }

@@ -40,6 +40,9 @@ pub struct SpawnSpec {
     pub max_output_bytes: usize,
     /// Written to stdin, which is then closed; None: stdin is /dev/null.
     pub stdin: Option<Vec<u8>>,
+    /// Variables of the daemon's environment the child must not see (besides `CLINVK_*`,
+    /// which it never sees).
+    pub env_remove: Vec<String>,
 }
 
 /// What a run reports, in order: stdout lines, then one `Exit`.
@@ -119,6 +122,9 @@ struct Tracked {
 pub struct Supervisor {
     runs: Arc<Mutex<HashMap<String, Tracked>>>,
     pub limiter: Limiter,
+    /// Where each running process group is recorded (pid and start time), so that a daemon
+    /// starting after a crash can kill what its predecessor left.
+    record_dir: Arc<Mutex<Option<PathBuf>>>,
 }
 
 impl Supervisor {
@@ -126,7 +132,25 @@ impl Supervisor {
         Self {
             runs: Arc::new(Mutex::new(HashMap::new())),
             limiter,
+            record_dir: Arc::default(),
         }
+    }
+
+    /// Records running process groups in `dir` from now on.
+    pub fn set_record_dir(&self, dir: PathBuf) {
+        if let Err(e) = clinvk_shared::paths::ensure_private_dir(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot record running CLIs; a crash may leave them running");
+            return;
+        }
+        *self.record_dir.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir);
+    }
+
+    fn record_file(&self, pid: u32) -> Option<PathBuf> {
+        self.record_dir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|d| d.join(pid.to_string()))
     }
 
     fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
@@ -177,14 +201,35 @@ impl Supervisor {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        // Agents never see the daemon's own settings and secrets (CLINVK_API_KEYS, …).
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CLINVK_") {
+                cmd.env_remove(&name);
+            }
+        }
+        for name in &spec.env_remove {
+            cmd.env_remove(name);
+        }
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
         }
+        die_with_parent(&mut cmd);
         let mut child = cmd.spawn().map_err(|source| SpawnError::Start {
             program: spec.program.display().to_string(),
             source,
         })?;
         let pid = child.id().unwrap_or(0);
+        let record = self.record_file(pid);
+        if let Some(f) = &record {
+            match proc_start_time(pid) {
+                Some(t) => {
+                    if let Err(e) = std::fs::write(f, format!("{pid} {t}\n")) {
+                        tracing::warn!(file = %f.display(), error = %e, "cannot record a running CLI");
+                    }
+                }
+                None => tracing::debug!(pid, "no start time to record"),
+            }
+        }
         if let (Some(mut sink), Some(data)) = (child.stdin.take(), spec.stdin.clone()) {
             tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
@@ -264,6 +309,9 @@ impl Supervisor {
             }
             info.duration = started.elapsed();
             sup.runs().remove(&run_id);
+            if let Some(f) = &record {
+                let _ = std::fs::remove_file(f);
+            }
             metrics::gauge!("clinvk_running_processes").set(sup.running_count() as f64);
             drop(permit);
             tracing::debug!(run = %run_id, code = ?info.code, signal = ?info.signal, timed_out = info.timed_out, cancelled = info.cancelled, "exited");
@@ -282,6 +330,105 @@ impl Supervisor {
             t.state = state;
         }
     }
+}
+
+/// The umask the daemon was started with (restored in its children).
+static CHILD_UMASK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0o022);
+
+/// Makes every file the daemon creates private (umask 077), remembering the user's umask for
+/// the CLIs. Call once at start, before any thread.
+pub fn set_private_umask() {
+    use nix::sys::stat::{umask, Mode};
+    let old = umask(Mode::from_bits_truncate(0o077));
+    CHILD_UMASK.store(old.bits(), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Makes the child die (SIGKILL) when the daemon dies, even by `kill -9`; its own children are
+/// caught by `reap_orphans` at the next start.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut tokio::process::Command) {
+    let parent = nix::unistd::getpid();
+    let mask = nix::sys::stat::Mode::from_bits_truncate(
+        CHILD_UMASK.load(std::sync::atomic::Ordering::Relaxed) as _,
+    );
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
+    // calls (prctl, getppid); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::stat::umask(mask);
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // The daemon died before the prctl took effect: do not start at all.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("the daemon is gone"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Fields of `/proc/<pid>/stat` after the command name: (process group, start time in ticks).
+fn proc_stat(pid: u32) -> Option<(i32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    if rest.first() == Some(&"Z") {
+        return None; // a zombie is as good as gone
+    }
+    Some((rest.get(2)?.parse().ok()?, rest.get(19)?.parse().ok()?))
+}
+
+fn proc_start_time(pid: u32) -> Option<u64> {
+    proc_stat(pid).map(|(_, t)| t)
+}
+
+/// Kills the process groups recorded in `runtime_dir/runs` by a daemon that did not stop
+/// cleanly: a group whose leader still runs with the recorded start time, or whose leader is
+/// gone but whose members (started after it) live on. A pid reused by an unrelated process is
+/// left alone. Returns the number of groups killed.
+pub fn reap_orphans(runtime_dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(runtime_dir.join("runs")) else {
+        return 0;
+    };
+    let mut killed = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        let recorded = std::fs::read_to_string(&path).ok().and_then(|t| {
+            let mut it = t.split_whitespace();
+            Some((
+                it.next()?.parse::<u32>().ok()?,
+                it.next()?.parse::<u64>().ok()?,
+            ))
+        });
+        let _ = std::fs::remove_file(&path);
+        let Some((pid, started)) = recorded else {
+            continue;
+        };
+        let ours = match proc_stat(pid) {
+            Some((_, t)) => t == started,
+            None => group_members(pid as i32)
+                .iter()
+                .any(|&m| proc_start_time(m as u32).is_some_and(|t| t >= started)),
+        };
+        if ours && killpg(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
+            tracing::info!(
+                pgid = pid,
+                "killed a CLI process group left by the previous daemon"
+            );
+            killed += 1;
+        }
+    }
+    killed
+}
+
+/// The live processes of a process group.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| proc_stat(p as u32).is_some_and(|(g, _)| g == pgid))
+        .collect()
 }
 
 /// SIGTERM to the group, SIGKILL after `grace`; returns the exit status.

@@ -13,6 +13,7 @@ fn spec(script: &str, timeout_ms: u64) -> SpawnSpec {
         max_line_bytes: 64 * 1024,
         max_output_bytes: 1024 * 1024,
         stdin: None,
+        env_remove: vec![],
     }
 }
 

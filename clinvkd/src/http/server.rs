@@ -1,0 +1,188 @@
+//! The HTTP listener loop: accepts connections up to `server.max_connections` (more wait in the
+//! kernel's listen queue), and serves each with hyper under the configured timeouts:
+//! - a connection that does not send a complete request head within `read_timeout_secs` (or,
+//!   between keep-alive requests, `idle_timeout_secs`, whichever is shorter) is closed — hyper's
+//!   header-read timer starts whenever the connection waits for a request head;
+//! - a request body that stalls for `read_timeout_secs` is refused (`HttpRequest::body_bytes`);
+//! - a client that stops reading an answer for `write_timeout_secs` is dropped (`StallGuard`).
+//!
+//! Warp's own `serve` offers none of these knobs, so the filter runs as a plain service here.
+
+use crate::ctx::Ctx;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The peer address of a connection, handed to the filter as a request extension.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// The connection cap: the configured one, kept below the open-file limit (the CLIs' pipes and
+/// the sessions need descriptors too).
+fn connection_cap(configured: usize) -> usize {
+    let fd_limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft as usize)
+        .unwrap_or(1024);
+    configured.min(fd_limit.saturating_sub(128).max(16))
+}
+
+/// Serves until `shutdown` resolves, then waits for open connections to finish.
+pub async fn serve(
+    ctx: Ctx,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let cap = connection_cap(ctx.settings().server.max_connections);
+    tracing::debug!(cap, "HTTP connection cap");
+    let slots = Arc::new(tokio::sync::Semaphore::new(cap));
+    let service = warp::service(super::filter(ctx.clone()));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut backoff = Duration::from_millis(5);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => {
+                    backoff = Duration::from_millis(5);
+                    pair
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: wait a little, never spin.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let s = ctx.settings();
+        let head_timeout =
+            Duration::from_secs(s.server.read_timeout_secs.min(s.server.idle_timeout_secs));
+        let io = StallGuard::new(stream, Duration::from_secs(s.server.write_timeout_secs));
+        let service = service.clone();
+        let hyper_service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(Peer(peer));
+                let mut service = service.clone();
+                tower_service::Service::call(&mut service, req)
+            });
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(head_timeout)
+                .keep_alive(true);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), hyper_service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(error = %e, peer = %peer, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// A TCP stream whose writes fail once the peer has not taken any data for `limit`.
+struct StallGuard {
+    inner: TcpStream,
+    limit: Duration,
+    stalled_since: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl StallGuard {
+    fn new(inner: TcpStream, limit: Duration) -> Self {
+        StallGuard {
+            inner,
+            limit,
+            stalled_since: None,
+        }
+    }
+
+    /// On a pending write: starts (or checks) the stall timer.
+    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        let limit = self.limit;
+        let timer = self
+            .stalled_since
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading (server.write_timeout_secs)",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for StallGuard {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StallGuard {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending => self.pending(cx),
+            ready => {
+                self.stalled_since = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => self.pending(cx),
+            ready => {
+                self.stalled_since = None;
+                ready
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self.pending(cx),
+            ready => ready,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
