@@ -85,8 +85,7 @@ def compat(tmp_path, fake_model, cli_bin_dir):
         root.mkdir()
         home = root / "home"
         env = cli_env.setup(home, fake_model.port, fast_fail=fast_fail)
-        env = {k: v for k, v in env.items()
-               if not k.startswith("CLINVK_") or k == "CLINVK_FAKE_OPENAI_API_KEY"}
+        env = {k: v for k, v in env.items() if not k.startswith("CLINVK_")}
         world = World(root, extra_env=env)
         assert world.home == home
         started.append(world)

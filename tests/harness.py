@@ -99,7 +99,7 @@ class World:
         self.home = home or root / "home"
         self.home.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in (base_env or os.environ).items()
-               if not (k.startswith("CLINVK_") and not k.startswith("CLINVK_FAKE_"))
+               if not k.startswith("CLINVK_")
                and k not in ("XDG_RUNTIME_DIR", "RUST_LOG")}
         env["HOME"] = str(self.home)
         env["NO_COLOR"] = "1"

@@ -246,8 +246,8 @@ def test_real_answers_have_the_documented_shapes(served):
         ("GET", "/health", None, 200),
         ("GET", "/api/v1/backends", None, 200),
         ("GET", "/api/v1/sessions?limit=5", None, 200),
-        ("GET", "/api/v1/sessions/abc", None, 404),
-        ("DELETE", "/api/v1/sessions/abc", None, 404),
+        ("GET", "/api/v1/sessions/abcdefgh-none", None, 404),
+        ("DELETE", "/api/v1/sessions/abcdefgh-none", None, 404),
         ("POST", "/api/v1/prompt", b"{}", 400),
         ("POST", "/api/v1/prompt", b"{not json", 400),
         ("POST", "/api/v1/prompt", json.dumps({"backend": "claude", "prompt": "hi", "dry_run": True}).encode(), 200),
@@ -297,7 +297,7 @@ def test_docs_page_works_offline_with_the_daemons_own_assets(served):
 
 def test_metrics_label_requests_by_route_template(served):
     url, _ = served
-    assert request("GET", url + "/api/v1/sessions/abc")[0] == 404
+    assert request("GET", url + "/api/v1/sessions/abcdefgh-none")[0] == 404
     assert request("GET", url + "/api/v1/sessions/abcdef-123")[0] == 404
     status, headers, raw = request("GET", url + "/metrics")
     assert status == 200

@@ -28,8 +28,9 @@ def test_client_mistakes_are_4xx_in_the_native_shape(live_world, tmp_path):
         ({"prompt": "hi"}, 400, "missing_field"),
         ({"backend": "nope", "prompt": "hi"}, 400, "unknown_backend"),
         ({"backend": "claude", "prompt": "hi", "workdir": "relative/dir"}, 400, "invalid_workdir"),
-        ({"backend": "claude", "prompt": "hi", "workdir": "/does/not/exist"}, 400, "invalid_workdir"),
-        ({"backend": "claude", "prompt": "hi", "workdir": str(a_file)}, 400, "invalid_workdir"),
+        # The same refusal whether or not the folder exists (no probing of the file system).
+        ({"backend": "claude", "prompt": "hi", "workdir": "/does/not/exist"}, 400, "workdir_not_allowed"),
+        ({"backend": "claude", "prompt": "hi", "workdir": str(a_file)}, 400, "workdir_not_allowed"),
         ({"backend": "claude", "prompt": "hi", "workdir": "/etc"}, 400, "workdir_not_allowed"),
         ({"backend": "claude", "prompt": "hi", "extra": ["--dangerously-skip-permissions"]}, 400, "invalid_flags"),
         ({"backend": "claude", "prompt": "hi", "approval_mode": "sometimes"}, 400, "invalid_request"),
@@ -41,7 +42,8 @@ def test_client_mistakes_are_4xx_in_the_native_shape(live_world, tmp_path):
         got, r, _ = post(p, body)
         assert (got, r.get("code") if isinstance(r, dict) else r) == (status, code), (body if len(str(body)) < 200 else "big", r)
         assert r["success"] is False and r["error"]
-    assert get_json(url + "/api/v1/sessions/nope")[0] == 404
+    assert get_json(url + "/api/v1/sessions/nope-no-such-id")[0] == 404
+    assert get_json(url + "/api/v1/sessions/nope")[0] == 400, "prefixes under 8 characters are refused"
     assert post(url + "/api/v1/parallel", {"tasks": []})[0] == 400
     assert post(url + "/api/v1/chain", {"steps": [{"backend": "claude"}]})[0] == 400
     assert post(url + "/api/v1/compare", {"backends": [], "prompt": "x"})[0] == 400

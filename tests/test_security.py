@@ -66,13 +66,17 @@ def test_clinvkctl_keys_are_live_without_restart(world):
     assert stat.S_IMODE(os.stat(world.state_dir / "keys.json").st_mode) == 0o600
     listed = json.loads(world.ctl("keys", "list", "--json").stdout)
     kid = listed["keys"][0]["id"]
-    assert world.ctl("keys", "revoke", kid).returncode == 0
-    assert call(url + "/api/v1/sessions", headers={"Authorization": f"Bearer {key}"})[0] == 200, "no keys left: open again"
+    r = world.ctl("keys", "revoke", kid)
+    assert r.returncode == 0 and "closed" in r.stderr, r.stderr
+    # Revoking the last key never opens the API (it fails closed).
+    assert call(url + "/api/v1/sessions", headers={"Authorization": f"Bearer {key}"})[0] == 401
+    assert call(url + "/api/v1/sessions")[0] == 401
     assert world.ctl("keys", "revoke", "nothing").returncode == 1
 
 
 def test_cors_preflight_before_auth(world):
     world.env["CLINVK_API_KEYS"] = "secret"
+    world.write_config("server:\n  cors_allowed_origins: ['http://localhost:3000']\n")
     url = world.start_daemon().status["http_url"]
     s, h, _ = call(url + "/openai/v1/chat/completions", "OPTIONS", headers={
         "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
@@ -81,7 +85,7 @@ def test_cors_preflight_before_auth(world):
     assert h["access-control-allow-origin"] == "http://localhost:3000"
     assert "x-stainless-os" in h["access-control-allow-headers"]
     s, h, _ = call(url + "/openai/v1/models", "OPTIONS", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"})
-    assert "access-control-allow-origin" not in h
+    assert s == 403 and "access-control-allow-origin" not in h
     s, h, _ = call(url + "/health", headers={"Origin": "http://localhost:3000"})
     assert h["access-control-allow-origin"] == "http://localhost:3000"
 

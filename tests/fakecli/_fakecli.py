@@ -241,6 +241,66 @@ def hang(run: Run) -> None:
         time.sleep(3600)
 
 
+def record_start(run: Run) -> None:
+    """Appends one JSON line (pid, cwd, argv) to $FAKECLI_START_LOG, then behaves like ``ok``."""
+    path = os.environ.get("FAKECLI_START_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"pid": os.getpid(), "cwd": os.getcwd(), "argv": run.argv}) + "\n")
+    ok(run)
+
+
+def env_dump(run: Run) -> None:
+    """Answers with its working folder (``FAKECLI_CWD=…``) and its whole environment, one
+    ``KEY=VALUE`` line each, as the reply text."""
+    lines = [f"FAKECLI_CWD={os.getcwd()}"] + [f"{k}={v}" for k, v in sorted(os.environ.items())]
+    run.init()
+    run.message_start()
+    run.delta("\n".join(lines))
+    run.finish()
+
+
+def hang_with_grandchild(run: Run) -> None:
+    """Starts ``sleep 1000`` in the CLI's own process group (no pipes shared), prints init, sleeps."""
+    subprocess.Popen(["sleep", "1000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+    run.init()
+    while True:
+        time.sleep(3600)
+
+
+def count_overlap(run: Run) -> None:
+    """Counts runs at once in $FAKECLI_OVERLAP_FILE (JSON ``{"running","max","starts"}``, updated
+    under an flock), stays ``FAKECLI_DELAY_MS`` (default 300) ms, then behaves like ``ok``."""
+    import fcntl
+
+    path = os.environ["FAKECLI_OVERLAP_FILE"]
+
+    def update(delta: int) -> None:
+        with open(path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                with open(path) as f:
+                    state = json.load(f)
+            except (OSError, ValueError):
+                state = {"running": 0, "max": 0, "starts": 0}
+            state["running"] += delta
+            if delta > 0:
+                state["starts"] += 1
+                state["max"] = max(state["max"], state["running"])
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(state, f)
+            os.replace(tmp, path)
+
+    update(1)
+    try:
+        time.sleep(float(os.environ.get("FAKECLI_DELAY_MS", "300")) / 1000)
+    finally:
+        update(-1)
+    ok(run)
+
+
 BEHAVIOURS = {
     "ok": ok,
     "slow-ok": slow_ok,
@@ -250,6 +310,10 @@ BEHAVIOURS = {
     "garbage": garbage,
     "huge-line": huge_line,
     "hang": hang,
+    "record-start": record_start,
+    "env-dump": env_dump,
+    "hang-with-grandchild": hang_with_grandchild,
+    "count-overlap": count_overlap,
 }
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # The codex model provider reads its API key from this variable.
-CODEX_KEY_VAR = "CLINVK_FAKE_OPENAI_API_KEY"
+CODEX_KEY_VAR = "FAKEMODEL_OPENAI_API_KEY"
 FAKE_KEYS = {
     "ANTHROPIC_API_KEY": "sk-ant-fake-key",
     CODEX_KEY_VAR: "sk-fake-openai-key",

@@ -200,7 +200,13 @@ async fn probe_clinvkd(host: &str, port: u16) -> Option<String> {
         let text = String::from_utf8_lossy(&buf);
         let body = text.split("\r\n\r\n").nth(1)?;
         let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
-        v.get("uptime_ms")?;
+        if v.get("uptime_ms").is_none() {
+            // With auth on, /health tells a client without a key only its status.
+            let status = v.get("status")?.as_str()?;
+            return ["ok", "degraded", "unhealthy"]
+                .contains(&status)
+                .then(|| "clinvkd (version shown only with a key)".to_string());
+        }
         Some(format!(
             "clinvkd {}",
             v.get("version").and_then(|x| x.as_str()).unwrap_or("?")

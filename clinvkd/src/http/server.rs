@@ -9,7 +9,7 @@
 //! Warp's own `serve` offers none of these knobs, so the filter runs as a plain service here.
 
 use crate::ctx::Ctx;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -84,13 +84,14 @@ pub async fn serve(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // HTTP/1 only: the auto-detecting builder waits for the first bytes without a
+            // timer, so a silent connection would be kept forever.
+            let mut builder = hyper::server::conn::http1::Builder::new();
             builder
-                .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(head_timeout)
                 .keep_alive(true);
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), hyper_service);
+            let conn = builder.serve_connection(TokioIo::new(io), hyper_service);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, peer = %peer, "HTTP connection ended with an error");
             }
