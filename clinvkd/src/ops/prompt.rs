@@ -92,6 +92,16 @@ fn parse_mode<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// The configured mode: the backend's, else the unified one (both validated at load).
+fn configured_mode<T: serde::de::DeserializeOwned + Default>(
+    backend: &Option<String>,
+    unified: &str,
+) -> Result<T, ApiError> {
+    Ok(parse_mode("backends.<name>", backend, "")?
+        .or(parse_mode("unified_flags", &Some(unified.to_string()), "")?)
+        .unwrap_or_default())
+}
+
 /// How strict an approval mode is (higher: asks more).
 fn approval_rank(m: ApprovalMode) -> u8 {
     match m {
@@ -210,20 +220,10 @@ pub fn plan(
     };
     let cfg = settings.backends.get(&backend).cloned().unwrap_or_default();
     // The configured modes are a ceiling: a request may keep or tighten them, never loosen.
-    let cfg_approval: ApprovalMode = parse_mode("backends.approval_mode", &cfg.approval_mode, "")?
-        .or(parse_mode(
-            "unified_flags.approval_mode",
-            &Some(settings.unified_flags.approval_mode.clone()),
-            "",
-        )?)
-        .unwrap_or_default();
-    let cfg_sandbox: SandboxMode = parse_mode("backends.sandbox_mode", &cfg.sandbox_mode, "")?
-        .or(parse_mode(
-            "unified_flags.sandbox_mode",
-            &Some(settings.unified_flags.sandbox_mode.clone()),
-            "",
-        )?)
-        .unwrap_or_default();
+    let cfg_approval: ApprovalMode =
+        configured_mode(&cfg.approval_mode, &settings.unified_flags.approval_mode)?;
+    let cfg_sandbox: SandboxMode =
+        configured_mode(&cfg.sandbox_mode, &settings.unified_flags.sandbox_mode)?;
     let approval: ApprovalMode = parse_mode(
         "approval_mode",
         &req.approval_mode,
