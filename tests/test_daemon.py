@@ -127,14 +127,17 @@ def read_until(proc, needle: str, timeout: float = 30) -> str:
     return line_reader(proc).wait_for(needle, timeout)
 
 
-def test_ctrl_c_stops_a_daemon_that_serve_started(world):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_ctrl_c_stops_a_daemon_that_serve_started(world, sig):
+    """Ctrl-C, a service manager's SIGTERM and a closed terminal's SIGHUP all stop the daemon
+    that `clinvk serve` started: no orphan is left."""
     p = world.popen(binary("clinvk"), "serve", "--port", "0")
     read_until(p, "press Ctrl-C")
     pid = world.status()["pid"]
     # The attached view shows requests as they happen.
     get(world.url + "/health")
     read_until(p, "GET /health 200")
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     assert p.wait(timeout=30) == 0, p.stderr.read()
     poll(lambda: not pid_alive(pid), 10, "the daemon to exit")
     assert world.status() is None

@@ -72,6 +72,10 @@ pub struct Inner {
     stop_tx: watch::Sender<bool>,
     pub requests_total: AtomicU64,
     pub requests_in_flight: AtomicU64,
+    /// Everything a stop must let finish (within `server.shutdown_grace_secs`): HTTP requests
+    /// until their answer is sent (streams included), prompt runs, and `clinvk` calls. The drain
+    /// closes it and awaits it.
+    pub work: tokio_util::task::TaskTracker,
     pub reloads: AtomicU64,
     /// Every CLI process the daemon runs.
     pub supervisor: crate::supervisor::Supervisor,
@@ -139,6 +143,7 @@ impl Ctx {
             stop_tx,
             requests_total: AtomicU64::new(0),
             requests_in_flight: AtomicU64::new(0),
+            work: tokio_util::task::TaskTracker::new(),
             reloads: AtomicU64::new(0),
             supervisor: crate::supervisor::Supervisor::new(crate::supervisor::Limiter::default()),
             backends: crate::availability::Registry::default(),

@@ -348,23 +348,20 @@ async fn wait_for_stop(ctx: &Ctx, shutdown: impl std::future::Future<Output = ()
     }
 }
 
-/// Lets in-flight requests finish, up to `server.shutdown_grace_secs`.
+/// Lets in-flight requests, streams, runs and `clinvk` calls finish, up to
+/// `server.shutdown_grace_secs`.
 async fn drain(ctx: &Ctx) {
     let grace = Duration::from_secs(ctx.settings().server.shutdown_grace_secs);
     tracing::info!(
         grace_secs = grace.as_secs(),
-        in_flight = ctx.requests_in_flight.load(Ordering::SeqCst),
+        in_flight = ctx.work.len(),
         "draining"
     );
-    let deadline = tokio::time::Instant::now() + grace;
-    while ctx.requests_in_flight.load(Ordering::SeqCst) > 0 {
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(
-                in_flight = ctx.requests_in_flight.load(Ordering::SeqCst),
-                "grace period over; stopping what is left"
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    ctx.work.close();
+    if tokio::time::timeout(grace, ctx.work.wait()).await.is_err() {
+        tracing::warn!(
+            in_flight = ctx.work.len(),
+            "grace period over; stopping what is left"
+        );
     }
 }

@@ -27,7 +27,12 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> Result<u8, ClientError> {
     let paths = crate::paths()?;
     // Installed before anything is printed, so a Ctrl-C right after the prompt is never lost.
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigint = signal(SignalKind::interrupt())?;
+    // A closed terminal (SIGHUP) or a service manager's SIGTERM stops what this command
+    // started, as Ctrl-C does: no orphan daemon is left behind.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let (started, info) = match status(&paths, "clinvk").await {
         Ok(info) => (None, info),
         Err(ClientError::NotRunning(_)) => {
@@ -96,6 +101,8 @@ pub async fn run(args: ServeArgs) -> Result<u8, ClientError> {
                 Ok(_) => {}
             },
             _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => break,
         }
     }
     match started {

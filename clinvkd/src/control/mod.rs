@@ -33,17 +33,38 @@ pub fn bind(path: &Path) -> std::io::Result<Listener> {
     ListenerOptions::new().name(name).mode(0o600).create_tokio()
 }
 
-/// Accepts connections until the hard stop.
+/// Control connections open at once; more wait in the socket's listen queue.
+const MAX_CONTROL_CONNECTIONS: usize = 256;
+
+/// Accepts connections until the hard stop, at most `MAX_CONTROL_CONNECTIONS` at once, backing
+/// off on accept errors (out of descriptors and the like) instead of spinning.
 pub async fn serve(ctx: Ctx, listener: Listener) {
     let stopped = ctx.stopped();
     tokio::pin!(stopped);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
+    let mut backoff = Duration::from_millis(5);
     loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut stopped => break,
+        };
         tokio::select! {
             conn = listener.accept() => match conn {
-                Ok(conn) => { tokio::spawn(handle(ctx.clone(), conn)); }
+                Ok(conn) => {
+                    backoff = Duration::from_millis(5);
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        handle(ctx, conn).await;
+                    });
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "control socket accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             },
             _ = &mut stopped => break,
@@ -245,6 +266,8 @@ async fn client_gone(conn: &Stream) {
 /// The client closing the connection (Ctrl-C) cancels the operation and its CLI processes.
 async fn call(ctx: &Ctx, conn: &Stream, op: &str, body: serde_json::Value) {
     use crate::ops::prompt;
+    // A stop lets a `clinvk` command finish (and its answer reach the client) within the grace.
+    let _work = ctx.work.token();
     let work = async {
         if op == "parallel" {
             // Progress per task, then the result.

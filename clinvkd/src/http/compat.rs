@@ -524,7 +524,8 @@ pub async fn stream(
     let session_id = meta.session_id.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let ctx2 = ctx.clone();
-    tokio::spawn(async move {
+    // Tracked: a stop lets the stream run to its end within the grace period.
+    ctx.work.spawn(async move {
         let stopped = ctx2.stopped();
         tokio::pin!(stopped);
         let mut out = frames.start();

@@ -147,13 +147,17 @@ fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-/// Counts a request in flight for the drain.
-struct InFlight(Ctx);
+/// Counts a request in flight (for status) and holds the drain open until its handler returns;
+/// a streamed answer holds it through its relay task.
+struct InFlight(
+    Ctx,
+    #[allow(dead_code)] tokio_util::task::task_tracker::TaskTrackerToken,
+);
 
 impl InFlight {
     fn new(ctx: &Ctx) -> Self {
         ctx.requests_in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(ctx.clone())
+        InFlight(ctx.clone(), ctx.work.token())
     }
 }
 

@@ -115,7 +115,8 @@ async fn prompt(ctx: &Ctx, caller: &ops::Caller, body: &[u8]) -> Result<Response
 fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let stopped = ctx.stopped();
-    tokio::spawn(async move {
+    // Tracked: a stop lets the stream run to its end within the grace period.
+    ctx.work.spawn(async move {
         tokio::pin!(stopped);
         let backend = run.backend.clone();
         let session_id = run.session_id.clone();

@@ -380,9 +380,21 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
         Some(l) => Some(l.lock_owned().await),
         None => None,
     };
-    let run = engine::start(ctx, plan.inv.clone())
-        .await
-        .map_err(|e| e.api_error())?;
+    let mut plan = plan;
+    // Under the turn lock, the session as the previous turn left it (its backend id may have
+    // been set or changed since the plan was made).
+    let previous_status = match &plan.resume_session {
+        Some(s) => {
+            let fresh = ctx.sessions.get(&s.id, None).map_err(store_error)?;
+            if fresh.backend_session_id.is_some() {
+                plan.inv.resume = fresh.backend_session_id.clone();
+            }
+            Some(fresh.status)
+        }
+        None => None,
+    };
+    // The session is on disk before the CLI can start: a crash at any later point never loses
+    // it (it is marked interrupted at the next start).
     let session_id = if let Some(s) = &plan.resume_session {
         let _ = ctx.sessions.update(&s.id, |s| s.status = "active".into());
         Some(s.id.clone())
@@ -405,13 +417,30 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
             .map_err(store_error)?;
         Some(s.id)
     };
+    let run = match engine::start(ctx, plan.inv.clone()).await {
+        Ok(run) => run,
+        Err(e) => {
+            // Nothing ran: a new session goes away, a continued one gets its status back.
+            match (&session_id, previous_status) {
+                (Some(id), Some(status)) => {
+                    let _ = ctx.sessions.update(id, |s| s.status = status);
+                }
+                (Some(id), None) => {
+                    let _ = ctx.sessions.delete(id, None);
+                }
+                _ => {}
+            }
+            return Err(e.api_error());
+        }
+    };
     let (tx, rx) = mpsc::channel(256);
     let ctx2 = ctx.clone();
     let sid = session_id.clone();
     let backend = plan.inv.backend.clone();
     let prompt_text = plan.inv.prompt.clone();
     let transcript_hash = plan.transcript_hash.clone();
-    tokio::spawn(async move {
+    // Tracked: a stop lets the run finish within the grace period.
+    ctx.work.spawn(async move {
         let _guard = guard;
         let mut run = run;
         let mut backend_sid: Option<String> = None;
