@@ -85,8 +85,6 @@ pub struct Inner {
     pub sessions: crate::session::Store,
     /// Accepted API keys.
     pub keys: crate::keys::KeyStore,
-    /// Per-client token buckets.
-    pub rate: crate::http::guard::RateLimiter,
 }
 
 impl std::ops::Deref for Ctx {
@@ -149,7 +147,6 @@ impl Ctx {
             backends: crate::availability::Registry::default(),
             sessions,
             keys,
-            rate: Default::default(),
         })))
     }
 

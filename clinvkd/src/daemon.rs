@@ -260,9 +260,18 @@ pub async fn run(
         });
     }
     raise_fd_limit();
+    // One set of rate-limit buckets for every listener.
+    let rate = std::sync::Arc::new(crate::http::guard::RateLimiter::default());
     let http_tasks: Vec<_> = listeners
         .into_iter()
-        .map(|(_, l)| tokio::spawn(crate::http::serve(ctx.clone(), l, ctx.stopped())))
+        .map(|(_, l)| {
+            tokio::spawn(crate::http::serve(
+                ctx.clone(),
+                rate.clone(),
+                l,
+                ctx.stopped(),
+            ))
+        })
         .collect();
     let control_task = tokio::spawn(crate::control::serve(ctx.clone(), control));
     tracing::info!(

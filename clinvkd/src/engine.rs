@@ -5,7 +5,7 @@
 
 use crate::backend::{self, Event, Invocation, Outcome};
 use crate::ctx::Ctx;
-use crate::http::error::{ApiError, Kind};
+use crate::error::{ApiError, Kind};
 use crate::supervisor::{CapacityError, ExitInfo, Limits, ProcEvent, SpawnSpec};
 use clinvk_shared::types::TokenUsage;
 use serde::Serialize;

@@ -7,6 +7,7 @@ pub mod control;
 pub mod ctx;
 pub mod daemon;
 pub mod engine;
+pub mod error;
 pub mod http;
 pub mod keys;
 pub mod logging;

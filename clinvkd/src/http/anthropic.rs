@@ -1,7 +1,7 @@
 //! The Anthropic-compatible API under `/anthropic/v1/`: messages (JSON or SSE) and models.
 
 use super::compat::{self, Conversation, Frames, Msg, Role};
-use super::error::{json_response, ApiError, Style};
+use super::error::{json_response, ApiError, Render as _, Style};
 use super::HttpRequest;
 use crate::ctx::Ctx;
 use crate::ops;

@@ -28,34 +28,17 @@ impl Style {
     }
 }
 
-/// What went wrong, independent of the API style.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    BadRequest,
-    Unauthorized,
-    /// Refused by policy: a foreign origin, an escalation the operator does not allow.
-    Forbidden,
-    NotFound,
-    ModelNotFound,
-    MethodNotAllowed,
-    Conflict,
-    /// The client took too long to send its request.
-    RequestTimeout,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    /// The `Host` is not one this server answers for (DNS rebinding).
-    Misdirected,
-    RateLimited,
-    /// No capacity, backend unavailable, or the daemon is draining.
-    Unavailable,
-    /// The CLI ran and failed.
-    CliFailed,
-    Timeout,
-    Internal,
+pub use crate::error::{ApiError, Kind};
+
+/// HTTP status and vendor error types of each kind.
+trait KindHttp {
+    fn status(self) -> StatusCode;
+    fn openai_type(self) -> &'static str;
+    fn anthropic_type(self) -> &'static str;
 }
 
-impl Kind {
-    pub fn status(self) -> StatusCode {
+impl KindHttp for Kind {
+    fn status(self) -> StatusCode {
         match self {
             Kind::BadRequest => StatusCode::BAD_REQUEST,
             Kind::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -117,56 +100,16 @@ impl Kind {
     }
 }
 
-/// An error answer: kind, machine code, message, and optional extras.
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    pub kind: Kind,
-    pub code: String,
-    pub message: String,
-    pub param: Option<String>,
-    pub retry_after_secs: Option<u64>,
+/// Rendering of a core error in an API style's shape.
+pub trait Render {
+    /// The body in a style's shape, as JSON (also used for mid-stream error frames).
+    fn body(&self, style: Style) -> serde_json::Value;
+    /// The full HTTP response in a style's shape.
+    fn response(&self, style: Style) -> Response;
 }
 
-impl ApiError {
-    pub fn new(kind: Kind, code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            code: code.into(),
-            message: message.into(),
-            param: None,
-            retry_after_secs: None,
-        }
-    }
-
-    pub fn bad_request(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::new(Kind::BadRequest, code, message)
-    }
-
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(Kind::NotFound, "not_found", message)
-    }
-
-    /// The path exists, the method does not.
-    pub fn method_not_allowed(method: impl std::fmt::Display, path: &str) -> Self {
-        Self::new(
-            Kind::MethodNotAllowed,
-            "method_not_allowed",
-            format!("method {method} is not allowed on {path}"),
-        )
-    }
-
-    /// Nothing is served at this path.
-    pub fn no_route(method: impl std::fmt::Display, path: &str) -> Self {
-        Self::not_found(format!("no route for {method} {path}"))
-    }
-
-    pub fn with_param(mut self, param: impl Into<String>) -> Self {
-        self.param = Some(param.into());
-        self
-    }
-
-    /// The body in a style's shape, as JSON (also used for mid-stream error frames).
-    pub fn body(&self, style: Style) -> serde_json::Value {
+impl Render for ApiError {
+    fn body(&self, style: Style) -> serde_json::Value {
         use serde_json::json;
         match style {
             Style::Native | Style::Meta => json!({
@@ -189,8 +132,7 @@ impl ApiError {
         }
     }
 
-    /// The full HTTP response in a style's shape.
-    pub fn response(&self, style: Style) -> Response {
+    fn response(&self, style: Style) -> Response {
         let mut resp = json_response(self.kind.status(), &self.body(style));
         if self.kind == Kind::Unauthorized {
             resp.headers_mut()

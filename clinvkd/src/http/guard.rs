@@ -229,7 +229,11 @@ pub struct Authenticated {
 }
 
 /// 4. Checks the key. Public paths pass without one (`verified` says whether a valid key came).
-pub fn authenticate(ctx: &Ctx, req: &HttpRequest) -> Result<Authenticated, ApiError> {
+pub fn authenticate(
+    ctx: &Ctx,
+    rate: &RateLimiter,
+    req: &HttpRequest,
+) -> Result<Authenticated, ApiError> {
     let ip = client_ip(ctx, req)
         .map(|i| i.to_string())
         .unwrap_or_else(|| "unknown".into());
@@ -252,7 +256,7 @@ pub fn authenticate(ctx: &Ctx, req: &HttpRequest) -> Result<Authenticated, ApiEr
         });
     }
     // A client that keeps guessing is stopped before its key is even checked.
-    ctx.rate.check_failures(ctx, &ip)?;
+    rate.check_failures(ctx, &ip)?;
     match presented.as_deref().map(|k| ctx.keys.check(k)) {
         Some(Some(key_id)) => Ok(Authenticated {
             client: format!("key:{key_id}"),
@@ -265,7 +269,7 @@ pub fn authenticate(ctx: &Ctx, req: &HttpRequest) -> Result<Authenticated, ApiEr
             client: format!("ip:{ip}"),
         }),
         Some(None) => {
-            ctx.rate.record_failure(ctx, &ip);
+            rate.record_failure(ctx, &ip);
             Err(ApiError::new(
                 Kind::Unauthorized,
                 "invalid_api_key",
@@ -273,7 +277,7 @@ pub fn authenticate(ctx: &Ctx, req: &HttpRequest) -> Result<Authenticated, ApiEr
             ))
         }
         None => {
-            ctx.rate.record_failure(ctx, &ip);
+            rate.record_failure(ctx, &ip);
             Err(ApiError::new(
                 Kind::Unauthorized,
                 "missing_api_key",

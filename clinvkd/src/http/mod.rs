@@ -14,7 +14,7 @@ pub mod server;
 
 use crate::ctx::Ctx;
 use bytes::{Buf, Bytes};
-use error::{ApiError, Kind, Style};
+use error::{ApiError, Kind, Render as _, Style};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -83,9 +83,11 @@ impl HttpRequest {
     }
 }
 
-/// The warp filter serving everything.
+/// The warp filter serving everything. `rate` holds the rate limiter's buckets (one set for
+/// every listener of the daemon).
 pub fn filter(
     ctx: Ctx,
+    rate: std::sync::Arc<guard::RateLimiter>,
 ) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone {
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     warp::method()
@@ -115,7 +117,7 @@ pub fn filter(
                     ),
                     body: Some(body),
                 };
-                dispatch(ctx.clone(), req)
+                dispatch(ctx.clone(), rate.clone(), req)
             },
         )
         .or(warp::any().map(|| {
@@ -167,7 +169,11 @@ impl Drop for InFlight {
     }
 }
 
-async fn dispatch(ctx: Ctx, mut req: HttpRequest) -> Response {
+async fn dispatch(
+    ctx: Ctx,
+    rate: std::sync::Arc<guard::RateLimiter>,
+    mut req: HttpRequest,
+) -> Response {
     let start = Instant::now();
     req.request_id = request_id(&req.headers);
     let rid = req.request_id.clone();
@@ -180,7 +186,7 @@ async fn dispatch(ctx: Ctx, mut req: HttpRequest) -> Response {
     let span = tracing::info_span!("request", request_id = %rid, method = %method, path = %path);
 
     let mut cors_origin = None;
-    let mut resp = match admit(&ctx, &mut req) {
+    let mut resp = match admit(&ctx, &rate, &mut req) {
         Err(e) => e.response(style),
         Ok(Admitted::Answered(resp, origin)) => {
             cors_origin = origin;
@@ -228,7 +234,11 @@ enum Admitted {
 
 /// Runs the guards in order (see `guard`): host, origin, preflight, drain, key, rate limit, body
 /// headers. Nothing of a refused request reaches a handler.
-fn admit(ctx: &Ctx, req: &mut HttpRequest) -> Result<Admitted, ApiError> {
+fn admit(
+    ctx: &Ctx,
+    rate: &guard::RateLimiter,
+    req: &mut HttpRequest,
+) -> Result<Admitted, ApiError> {
     guard::check_host(ctx, req)?;
     let origin = guard::check_origin(ctx, req)?;
     let cors = match &origin {
@@ -245,8 +255,8 @@ fn admit(ctx: &Ctx, req: &mut HttpRequest) -> Result<Admitted, ApiError> {
             "the server is shutting down; retry shortly",
         ));
     }
-    let auth = guard::authenticate(ctx, req)?;
-    ctx.rate.check(ctx, &auth.client)?;
+    let auth = guard::authenticate(ctx, rate, req)?;
+    rate.check(ctx, &auth.client)?;
     guard::check_body_headers(ctx, req)?;
     req.caller = auth.caller;
     if !auth.verified && req.path == "/health" {

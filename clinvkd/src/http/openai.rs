@@ -1,7 +1,7 @@
 //! The OpenAI-compatible API under `/openai/v1/`: models and chat completions (JSON or SSE).
 
 use super::compat::{self, Conversation, Frames, Msg, Role};
-use super::error::{json_response, ApiError};
+use super::error::{json_response, ApiError, Render as _};
 use super::HttpRequest;
 use crate::ctx::Ctx;
 use crate::ops;

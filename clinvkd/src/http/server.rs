@@ -35,13 +35,14 @@ fn connection_cap(configured: usize) -> usize {
 /// Serves until `shutdown` resolves, then waits for open connections to finish.
 pub async fn serve(
     ctx: Ctx,
+    rate: Arc<super::guard::RateLimiter>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let cap = connection_cap(ctx.settings().server.max_connections);
     tracing::debug!(cap, "HTTP connection cap");
     let slots = Arc::new(tokio::sync::Semaphore::new(cap));
-    let service = warp::service(super::filter(ctx.clone()));
+    let service = warp::service(super::filter(ctx.clone(), rate));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut backoff = Duration::from_millis(5);
     tokio::pin!(shutdown);

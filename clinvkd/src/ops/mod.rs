@@ -7,7 +7,7 @@ pub mod prompt;
 pub mod sessions;
 
 use crate::ctx::Ctx;
-use crate::http::error::ApiError;
+use crate::error::ApiError;
 use serde_json::Value;
 
 /// Who asks for an operation: the daemon's owner (control socket, or HTTP with auth off) sees
@@ -96,7 +96,7 @@ pub async fn call(ctx: &Ctx, op: &str, body: Value) -> Result<Value, ApiError> {
             let (k, secret) = ctx.keys.add(name).map_err(|e| {
                 tracing::error!(error = %e, "cannot add a key");
                 ApiError::new(
-                    crate::http::error::Kind::Internal,
+                    crate::error::Kind::Internal,
                     "key_store_error",
                     e.to_string(),
                 )
@@ -123,7 +123,7 @@ pub async fn call(ctx: &Ctx, op: &str, body: Value) -> Result<Value, ApiError> {
                     "no key with id or name {id:?}"
                 ))),
                 Err(e) => Err(ApiError::new(
-                    crate::http::error::Kind::Internal,
+                    crate::error::Kind::Internal,
                     "key_store_error",
                     e.to_string(),
                 )),

@@ -3,7 +3,7 @@
 use super::prompt::{self, PromptRequest, PromptResult};
 use super::{parse_body, Caller};
 use crate::ctx::Ctx;
-use crate::http::error::ApiError;
+use crate::error::ApiError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Instant;

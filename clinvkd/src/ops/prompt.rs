@@ -4,7 +4,7 @@ use super::Caller;
 use crate::backend::{ApprovalMode, Event, Invocation, SandboxMode};
 use crate::ctx::Ctx;
 use crate::engine::{self, RunSummary, RunUpdate};
-use crate::http::error::{ApiError, Kind};
+use crate::error::{ApiError, Kind};
 use crate::session::{clip, Session, StoreError, Turn};
 use clinvk_shared::config::{is_safe_model_name, KNOWN_BACKENDS};
 use clinvk_shared::types::TokenUsage;

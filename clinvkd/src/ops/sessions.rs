@@ -3,7 +3,7 @@
 use super::prompt::store_error;
 use super::Caller;
 use crate::ctx::Ctx;
-use crate::http::error::ApiError;
+use crate::error::ApiError;
 use crate::session::ListQuery;
 use serde_json::{json, Value};
 
