@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -22,6 +23,17 @@ from conftest import wait_for
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 BIN_DIR = Path(os.environ.get("CLINVK_BIN_DIR", REPO_ROOT / "target" / "debug"))
+
+
+def _control_protocol() -> int:
+    """The control protocol version the built daemon speaks (from its source, never hard-coded)."""
+    text = (REPO_ROOT / "shared" / "src" / "protocol.rs").read_text()
+    m = re.search(r"pub const PROTOCOL_VERSION: u32 = (\d+);", text)
+    assert m, "PROTOCOL_VERSION not found in shared/src/protocol.rs"
+    return int(m.group(1))
+
+
+CONTROL_PROTOCOL = _control_protocol()
 
 
 def binary(name: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import World, binary, daemon, line_reader, pid_alive, poll, world  # noqa: F401  (fixtures)
+from harness import CONTROL_PROTOCOL, World, binary, daemon, line_reader, pid_alive, poll, world  # noqa: F401  (fixtures)
 
 
 def get(url: str, headers: dict | None = None):
@@ -306,7 +306,7 @@ def test_garbage_and_oversized_frames_do_not_kill_the_daemon(world, daemon):
     s.close()
 
     s = connect(world)  # a proper handshake, then garbage as the request
-    s.sendall(frame({"frame": "hello", "body": {"protocol": 1, "client": "test"}}))
+    s.sendall(frame({"frame": "hello", "body": {"protocol": CONTROL_PROTOCOL, "client": "test"}}))
     assert read_frame(s)["frame"] == "welcome"
     s.sendall(struct.pack(">I", 3) + b"{{{")
     assert read_frame(s)["frame"] == "error"

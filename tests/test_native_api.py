@@ -36,6 +36,10 @@ def test_client_mistakes_are_4xx_in_the_native_shape(live_world, tmp_path):
         ({"backend": "claude", "prompt": "hi", "approval_mode": "sometimes"}, 400, "invalid_request"),
         ({"backend": "claude", "prompt": "hi", "max_turns": "many"}, 400, "invalid_request"),
         ({"backend": "claude", "prompt": "hi", "session_id": "no-such-session"}, 404, "session_not_found"),
+        # Fields that would do nothing are refused, not ignored.
+        ({"backend": "claude", "prompt": "hi", "bogus": 1}, 400, "invalid_request"),
+        ({"backend": "claude", "prompt": "hi", "max_tokens": 100}, 400, "unsupported_field"),
+        ({"backend": "claude", "prompt": "hi", "verbose": True}, 400, "unsupported_field"),
         ({"backend": "claude", "prompt": "x" * 3000}, 413, "request_too_large"),
     ]
     for body, status, code in cases:
@@ -45,6 +49,15 @@ def test_client_mistakes_are_4xx_in_the_native_shape(live_world, tmp_path):
     assert get_json(url + "/api/v1/sessions/nope-no-such-id")[0] == 404
     assert get_json(url + "/api/v1/sessions/nope")[0] == 400, "prefixes under 8 characters are refused"
     assert post(url + "/api/v1/parallel", {"tasks": []})[0] == 400
+    s, r, _ = post(url + "/api/v1/prompt", {"backend": "claude", "prompt": "hi", "bogus": 1})
+    assert "bogus" in r["error"], r
+    for path, body in [("/api/v1/parallel", {"tasks": [{"backend": "claude", "prompt": "x", "nope": 1}]}),
+                       ("/api/v1/chain", {"steps": [{"name": "a", "prompt": "x", "nope": 1}]}),
+                       ("/api/v1/compare", {"backends": ["claude"], "prompt": "x", "nope": 1}),
+                       ("/api/v1/parallel", {"tasks": [], "nope": 1})]:
+        s, r, _ = post(url + path, body)
+        assert s == 400 and "nope" in r["error"], (path, r)
+    assert get_json(url + "/api/v1/sessions?color=blue")[0] == 400
     assert post(url + "/api/v1/chain", {"steps": [{"backend": "claude"}]})[0] == 400
     assert post(url + "/api/v1/compare", {"backends": [], "prompt": "x"})[0] == 400
     s, r = get_json(url + "/api/v1/sessions?limit=lots")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import FAKECLI_DIR, World, binary, pid_alive, poll, world  # noqa: F401  (fixture)
+from harness import CONTROL_PROTOCOL, FAKECLI_DIR, World, binary, pid_alive, poll, world  # noqa: F401  (fixture)
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -629,7 +629,11 @@ def test_idle_control_connection_is_closed(world):
     s.settimeout(30)
     try:
         s.connect(str(world.socket))
-        s.sendall(frame({"frame": "hello", "body": {"protocol": 1, "client": "test"}}))
+        s.sendall(frame({"frame": "hello", "body": {"protocol": CONTROL_PROTOCOL, "client": "test"}}))
+        (n,) = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))
+        welcome = json.loads(s.recv(n, socket.MSG_WAITALL))
+        assert welcome["frame"] == "welcome", welcome
+        # Then nothing: the daemon says why and closes the connection.
         assert not wait_closed([s], 30), "the daemon keeps a silent control connection open"
     finally:
         s.close()

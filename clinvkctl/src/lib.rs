@@ -5,7 +5,7 @@ pub mod cmd;
 
 use clinvk_shared::paths::Paths;
 use clinvk_shared::protocol::{
-    read_frame, write_frame, ClientFrame, ErrorBody, Hello, Reply, Request, ServerFrame,
+    read_frame, write_frame, ClientFrame, ErrorBody, Event, Hello, Reply, Request, ServerFrame,
     StatusInfo, PROTOCOL_VERSION,
 };
 use interprocess::local_socket::tokio::Stream;
@@ -323,49 +323,45 @@ pub async fn ensure_daemon(paths: &Paths, client: &str) -> Result<Connection, Cl
     }
 }
 
-/// Calls a one-shot core operation (`parallel`, `sessions.list`, …) and returns its JSON.
-pub async fn call_json(
-    paths: &Paths,
-    op: &str,
-    body: serde_json::Value,
-) -> Result<serde_json::Value, ClientError> {
-    let mut conn = ensure_daemon(paths, "clinvk").await?;
-    match conn
-        .request(Request::Call {
-            op: op.to_string(),
-            body,
-        })
-        .await?
-    {
-        Reply::Json(v) => Ok(v),
-        other => Err(ClientError::Other(format!("unexpected answer: {other:?}"))),
+/// Sends one operation (starting the daemon when none runs) and returns its answer.
+pub async fn call(paths: &Paths, req: Request) -> Result<Reply, ClientError> {
+    ensure_daemon(paths, "clinvk").await?.request(req).await
+}
+
+/// The error for an answer of another kind than the request calls for.
+pub fn unexpected(reply: Reply) -> ClientError {
+    ClientError::Other(format!("unexpected answer from clinvkd: {reply:?}"))
+}
+
+/// Prints `v` as pretty JSON.
+pub fn print_json<T: serde::Serialize>(v: &T) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("error: cannot print the answer as JSON: {e}"),
     }
 }
 
-/// Prints `s` as pretty JSON.
-pub fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+/// Prints `v` as one line of JSON (`-o stream-json`).
+pub fn print_line<T: serde::Serialize>(v: &T) {
+    match serde_json::to_string(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("error: cannot print an event as JSON: {e}"),
+    }
 }
 
-/// Calls a core operation that streams events before its result (`parallel`): `on_event` sees
-/// each event; returns the final value.
+/// Sends an operation that streams events before its answer (`parallel`): `on_event` sees each
+/// event; returns the answer.
 pub async fn call_stream(
     paths: &Paths,
-    op: &str,
-    body: serde_json::Value,
-    mut on_event: impl FnMut(&serde_json::Value),
-) -> Result<serde_json::Value, ClientError> {
+    req: Request,
+    mut on_event: impl FnMut(Event),
+) -> Result<Reply, ClientError> {
     let mut conn = ensure_daemon(paths, "clinvk").await?;
-    conn.send(&ClientFrame::Request(Request::Call {
-        op: op.to_string(),
-        body,
-    }))
-    .await?;
+    conn.send(&ClientFrame::Request(req)).await?;
     loop {
         match conn.recv().await? {
-            ServerFrame::Event(ev) => on_event(&ev),
-            ServerFrame::End(v) => return Ok(v),
-            ServerFrame::Reply(Reply::Json(v)) => return Ok(v),
+            ServerFrame::Event(ev) => on_event(ev),
+            ServerFrame::Reply(r) => return Ok(r),
             ServerFrame::Error(e) => return Err(ClientError::Daemon(e)),
             other => return Err(ClientError::Other(format!("unexpected answer: {other:?}"))),
         }

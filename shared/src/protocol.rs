@@ -7,11 +7,16 @@
 //! with `Event` frames closed by `End` (or `Error`). Closing the connection cancels a streaming
 //! request (a running prompt is cancelled in the daemon).
 
+use crate::api::{
+    BackendList, ChainRequest, ChainResult, CompareRequest, CompareResult, KeyList, KeyRevoked,
+    ListQuery, NewKey, ParallelRequest, ParallelResult, PromptOutcome, PromptRequest, RunEvent,
+    SessionDeleted, SessionDetail, SessionPage, TaskDone,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bumped when frames change incompatibly.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame either side accepts.
 pub const MAX_FRAME_BYTES: usize = 32 * 1024 * 1024;
 /// How long the daemon waits for a client's `Hello`.
@@ -37,12 +42,25 @@ pub struct Hello {
 #[serde(tag = "frame", content = "body", rename_all = "snake_case")]
 pub enum ServerFrame {
     Welcome(Welcome),
+    /// The answer; for a streaming request, after its events.
     Reply(Reply),
-    /// One event of a streaming answer; the shape depends on the request.
-    Event(serde_json::Value),
-    /// The end of a streaming answer, with its final value (if any).
-    End(serde_json::Value),
+    /// One event of a streaming answer.
+    Event(Event),
+    /// The end of an `Attach` stream (the daemon is stopping).
+    End,
     Error(ErrorBody),
+}
+
+/// An event of a streaming answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// Of a `Prompt`.
+    Run(RunEvent),
+    /// Of a `Parallel`: one task has ended.
+    TaskDone(TaskDone),
+    /// Of an `Attach`.
+    Attach(AttachEvent),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,11 +96,37 @@ pub enum Request {
     Reload,
     /// Stop the daemon (graceful drain).
     Stop,
-    /// Stream request and log events (`Event` frames of `AttachEvent`) until the client leaves.
+    /// Stream request and log events (`Event::Attach`) until the client leaves (or `End`).
     Attach,
-    /// Call one core operation by its native-API name with a JSON body (as `/api/v1/<op>` takes).
-    /// Answers `Reply::Json`, or, for streaming operations, `Event` frames then `End`.
-    Call { op: String, body: serde_json::Value },
+    /// Run a prompt: `Event::Run` frames, then `Reply::Prompt`. Closing the connection cancels
+    /// it (its CLI is killed with its group).
+    Prompt(Box<PromptRequest>),
+    /// `Event::TaskDone` frames, then `Reply::Parallel`.
+    Parallel(ParallelRequest),
+    Chain(ChainRequest),
+    Compare(CompareRequest),
+    Backends,
+    Sessions(SessionsRequest),
+    Keys(KeysRequest),
+}
+
+/// The session operations (the control socket sees every session).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum SessionsRequest {
+    List(ListQuery),
+    Get { id: String },
+    Delete { id: String },
+    Clean { older_than_days: u64 },
+}
+
+/// The daemon's own API keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum KeysRequest {
+    Add { name: String },
+    List,
+    Revoke { id: String },
 }
 
 /// A one-shot answer.
@@ -95,7 +139,20 @@ pub enum Reply {
         warnings: Vec<String>,
     },
     Stopping,
-    Json(serde_json::Value),
+    Prompt(Box<PromptOutcome>),
+    Parallel(Box<ParallelResult>),
+    Chain(Box<ChainResult>),
+    Compare(Box<CompareResult>),
+    Backends(BackendList),
+    Sessions(SessionPage),
+    Session(Box<SessionDetail>),
+    SessionDeleted(SessionDeleted),
+    SessionsCleaned {
+        deleted: usize,
+    },
+    KeyAdded(NewKey),
+    Keys(KeyList),
+    KeyRevoked(KeyRevoked),
 }
 
 /// What `clinvkctl status` shows.
@@ -263,13 +320,26 @@ mod tests {
 
     #[test]
     fn wire_shape_is_stable() {
-        let v = serde_json::to_value(ClientFrame::Request(Request::Call {
-            op: "prompt".into(),
-            body: serde_json::json!({"prompt": "hi"}),
-        }))
+        let v = serde_json::to_value(ClientFrame::Request(Request::Prompt(Box::new(
+            crate::api::PromptRequest {
+                prompt: Some("hi".into()),
+                ..Default::default()
+            },
+        ))))
         .unwrap();
         assert_eq!(v["frame"], "request");
-        assert_eq!(v["body"]["op"], "call");
-        assert_eq!(v["body"]["args"]["op"], "prompt");
+        assert_eq!(v["body"]["op"], "prompt");
+        assert_eq!(v["body"]["args"]["prompt"], "hi");
+        let v = serde_json::to_value(Request::Sessions(SessionsRequest::Get { id: "x".into() }))
+            .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"op": "sessions", "args": {"action": "get", "id": "x"}})
+        );
+        let back: Request = serde_json::from_value(v).unwrap();
+        assert!(matches!(
+            back,
+            Request::Sessions(SessionsRequest::Get { .. })
+        ));
     }
 }

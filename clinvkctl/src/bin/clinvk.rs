@@ -49,7 +49,13 @@ fn main() -> std::process::ExitCode {
             (Some(Command::Parallel(a)), _) => cmd::multi::parallel(a).await,
             (Some(Command::Chain(a)), _) => cmd::multi::chain(a).await,
             (Some(Command::Compare(a)), _) => cmd::multi::compare(a).await,
-            (None, Some(p)) => cmd::prompt::run(&cli.opts, serde_json::json!({"prompt": p})).await,
+            (None, Some(p)) => {
+                let req = clinvk_shared::api::PromptRequest {
+                    prompt: Some(p),
+                    ..Default::default()
+                };
+                cmd::prompt::run(&cli.opts, req).await
+            }
             (None, None) => {
                 let _ = Cli::command().print_help();
                 Ok(clinvkctl::exit::USAGE)

@@ -1,7 +1,7 @@
 //! `clinvkctl keys add|list|revoke`: the daemon's own API keys (stored hashed; live at once).
 
-use crate::{call_json, exit, print_json, ClientError};
-use serde_json::json;
+use crate::{exit, print_json, unexpected, ClientError};
+use clinvk_shared::protocol::{KeysRequest, Reply, Request};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum KeysCommand {
@@ -19,52 +19,63 @@ pub enum KeysCommand {
     Revoke { id: String },
 }
 
+async fn keys(paths: &clinvk_shared::paths::Paths, req: KeysRequest) -> Result<Reply, ClientError> {
+    // Never start a daemon for this: keys belong to a running one.
+    crate::request(paths, "clinvkctl", Request::Keys(req)).await
+}
+
 pub async fn run(cmd: KeysCommand) -> Result<u8, ClientError> {
     let paths = crate::paths()?;
-    crate::status(&paths, "clinvkctl").await?; // never start a daemon for this
     match cmd {
         KeysCommand::Add { name } => {
-            let v = call_json(&paths, "keys.add", json!({"name": name})).await?;
-            eprintln!(
-                "created key {} ({}); store it now, it is not shown again:",
-                v["id"].as_str().unwrap_or_default(),
-                name
-            );
-            println!("{}", v["key"].as_str().unwrap_or_default());
+            match keys(&paths, KeysRequest::Add { name: name.clone() }).await? {
+                Reply::KeyAdded(k) => {
+                    eprintln!(
+                        "created key {} ({name}); store it now, it is not shown again:",
+                        k.info.id
+                    );
+                    println!("{}", k.key);
+                }
+                other => return Err(unexpected(other)),
+            }
         }
         KeysCommand::List { json } => {
-            let v = call_json(&paths, "keys.list", json!({})).await?;
+            let v = match keys(&paths, KeysRequest::List).await? {
+                Reply::Keys(v) => v,
+                other => return Err(unexpected(other)),
+            };
             if json {
                 print_json(&v);
             } else {
-                for k in v["keys"].as_array().cloned().unwrap_or_default() {
-                    println!(
-                        "{}  {:<20} {}…  {}",
-                        k["id"].as_str().unwrap_or_default(),
-                        k["name"].as_str().unwrap_or_default(),
-                        k["prefix"].as_str().unwrap_or_default(),
-                        k["created_at"].as_str().unwrap_or_default()
-                    );
+                for k in &v.keys {
+                    println!("{}  {:<20} {}…  {}", k.id, k.name, k.prefix, k.created_at);
                 }
+                let auth = serde_json::to_value(v.auth)
+                    .ok()
+                    .and_then(|a| a.as_str().map(str::to_string))
+                    .unwrap_or_default();
                 println!(
-                    "keys {} (server.auth: {})",
-                    if v["required"] == json!(true) {
+                    "keys {} (server.auth: {auth})",
+                    if v.required {
                         "are required"
                     } else {
                         "are not required"
-                    },
-                    v["auth"].as_str().unwrap_or("auto")
+                    }
                 );
             }
         }
         KeysCommand::Revoke { id } => {
-            let v = call_json(&paths, "keys.revoke", json!({"id": id})).await?;
-            println!("revoked {id}");
-            if v["remaining"] == json!(0) && v["required"] == json!(true) {
-                eprintln!(
-                    "no key is left: the API stays closed (every request gets 401) until you add \
+            match keys(&paths, KeysRequest::Revoke { id: id.clone() }).await? {
+                Reply::KeyRevoked(v) => {
+                    println!("revoked {id}");
+                    if v.remaining == 0 && v.required {
+                        eprintln!(
+                        "no key is left: the API stays closed (every request gets 401) until you add \
 one with `clinvkctl keys add NAME`, or set server.auth: off to open it"
-                );
+                    );
+                    }
+                }
+                other => return Err(unexpected(other)),
             }
         }
     }

@@ -1,48 +1,55 @@
 //! `clinvk parallel`, `clinvk chain`, `clinvk compare`: several prompts, run by the daemon.
 
-use crate::{call_json, exit, print_json, ClientError};
-use serde_json::{json, Value};
+use crate::{call, exit, print_json, unexpected, ClientError};
+use clinvk_shared::api::{
+    ChainRequest, ChainStep, CompareRequest, ParallelRequest, PromptRequest, StepOutcome,
+};
+use clinvk_shared::protocol::{Event, Reply, Request};
+use serde::de::DeserializeOwned;
 
-fn read_file(path: &std::path::Path) -> Result<Value, ClientError> {
+/// Reads a request file: the request object, or a bare array of its items (`wrap` makes the
+/// request of those).
+fn read_file<T: DeserializeOwned, I: DeserializeOwned>(
+    path: &std::path::Path,
+    wrap: impl FnOnce(Vec<I>) -> T,
+) -> Result<T, ClientError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ClientError::Other(format!("cannot read {}: {e}", path.display())))?;
-    serde_json::from_str(&text)
-        .map_err(|e| ClientError::Other(format!("{} is not valid JSON: {e}", path.display())))
-}
-
-fn absolutize_workdirs(items: &mut Value) {
-    if let Some(arr) = items.as_array_mut() {
-        for t in arr {
-            if let Some(w) = t["workdir"].as_str() {
-                if let Ok(abs) = std::path::absolute(w) {
-                    t["workdir"] = json!(abs);
-                }
-            }
-        }
+    let bad = |e: serde_json::Error| ClientError::Other(format!("{}: {e}", path.display()));
+    if text.trim_start().starts_with('[') {
+        Ok(wrap(serde_json::from_str(&text).map_err(bad)?))
+    } else {
+        serde_json::from_str(&text).map_err(bad)
     }
 }
 
-fn line_for(i: usize, label: &str, r: &Value) -> String {
-    let status = if r["error"].is_null() {
-        "ok".to_string()
-    } else {
-        format!("FAILED: {}", r["error"].as_str().unwrap_or_default())
+/// Relative workdirs become absolute; a missing one is the current folder (as for `clinvk "…"`).
+fn settle_workdir(r: &mut PromptRequest, fill: bool) -> Result<(), ClientError> {
+    match &r.workdir {
+        Some(w) => r.workdir = Some(std::path::absolute(w)?.display().to_string()),
+        None if fill => r.workdir = Some(std::env::current_dir()?.display().to_string()),
+        None => {}
+    }
+    Ok(())
+}
+
+fn line_for(i: usize, label: &str, r: &StepOutcome) -> String {
+    let status = match &r.error {
+        None => "ok".to_string(),
+        Some(e) => format!("FAILED: {e}"),
     };
     format!(
         "[{}] {label} — {status} ({} ms)\n{}",
         i + 1,
-        r["duration_ms"],
-        r["output"].as_str().unwrap_or_default().trim_end()
+        r.duration_ms.unwrap_or(0),
+        r.output.as_deref().unwrap_or_default().trim_end()
     )
 }
 
-/// One block per result, labelled by `label_key` (`backend` or `name`).
-fn print_results(v: &Value, label_key: &str) {
-    for (i, r) in v["results"].as_array().into_iter().flatten().enumerate() {
-        println!(
-            "{}\n",
-            line_for(i, r[label_key].as_str().unwrap_or_default(), r)
-        );
+/// One block per result.
+fn print_results<'a>(results: impl Iterator<Item = (&'a str, StepOutcome)>) {
+    for (i, (label, r)) in results.enumerate() {
+        println!("{}\n", line_for(i, label, &r));
     }
 }
 
@@ -62,44 +69,54 @@ pub struct ParallelArgs {
 
 pub async fn parallel(args: ParallelArgs) -> Result<u8, ClientError> {
     let paths = crate::paths()?;
-    let mut body = read_file(&args.file)?;
-    if body.is_array() {
-        body = json!({"tasks": body});
+    let mut req: ParallelRequest = read_file(&args.file, |tasks| ParallelRequest {
+        tasks,
+        ..Default::default()
+    })?;
+    for t in &mut req.tasks {
+        settle_workdir(t, true)?;
     }
-    absolutize_workdirs(&mut body["tasks"]);
-    if let Some(m) = args.max_parallel {
-        body["max_parallel"] = json!(m);
+    if args.max_parallel.is_some() {
+        req.max_parallel = args.max_parallel;
     }
     if args.fail_fast {
-        body["fail_fast"] = json!(true);
+        req.fail_fast = Some(true);
     }
-    let n = body["tasks"].as_array().map(|a| a.len()).unwrap_or(0);
+    let n = req.tasks.len();
     eprintln!("running {n} tasks…");
     let mut done = 0;
-    let v = crate::call_stream(&paths, "parallel", body, |ev| {
+    let reply = crate::call_stream(&paths, Request::Parallel(req), |ev| {
+        let Event::TaskDone(ev) = ev else { return };
         done += 1;
-        let status = match ev["error"].as_str() {
+        let status = match &ev.error {
             None => "ok".to_string(),
             Some(e) => format!("FAILED: {e}"),
         };
         eprintln!(
             "[{done}/{n}] task {} ({}) {status} ({} ms)",
-            ev["index"].as_u64().unwrap_or(0) + 1,
-            ev["backend"].as_str().unwrap_or_default(),
-            ev["duration_ms"]
+            ev.index + 1,
+            ev.backend,
+            ev.duration_ms.unwrap_or(0)
         );
     })
     .await?;
+    let Reply::Parallel(v) = reply else {
+        return Err(unexpected(reply));
+    };
     if args.json {
         print_json(&v);
     } else {
-        print_results(&v, "backend");
+        print_results(
+            v.results
+                .iter()
+                .map(|r| (r.backend(), StepOutcome::from(r))),
+        );
         println!(
             "{} of {} tasks completed, {} failed ({} ms)",
-            v["completed"], v["total_tasks"], v["failed"], v["total_duration_ms"]
+            v.completed, v.total_tasks, v.failed, v.total_duration_ms
         );
     }
-    Ok(if v["failed"].as_u64().unwrap_or(0) > 0 {
+    Ok(if v.failed > 0 {
         exit::FAILURE
     } else {
         exit::OK
@@ -117,22 +134,30 @@ pub struct ChainArgs {
 
 pub async fn chain(args: ChainArgs) -> Result<u8, ClientError> {
     let paths = crate::paths()?;
-    let mut body = read_file(&args.file)?;
-    if body.is_array() {
-        body = json!({"steps": body});
+    let mut req: ChainRequest = read_file(&args.file, |steps: Vec<ChainStep>| ChainRequest {
+        steps,
+        ..Default::default()
+    })?;
+    // With pass_working_dir, later steps inherit the previous step's folder.
+    let pass = req.pass_working_dir;
+    for (i, s) in req.steps.iter_mut().enumerate() {
+        settle_workdir(&mut s.request, i == 0 || !pass)?;
     }
-    absolutize_workdirs(&mut body["steps"]);
-    let v = call_json(&paths, "chain", body).await?;
+    let v = match call(&paths, Request::Chain(req)).await? {
+        Reply::Chain(v) => v,
+        other => return Err(unexpected(other)),
+    };
     if args.json {
         print_json(&v);
     } else {
-        print_results(&v, "name");
-        println!(
-            "{} of {} steps completed",
-            v["completed_steps"], v["total_steps"]
+        print_results(
+            v.results
+                .iter()
+                .map(|r| (r.name.as_str(), r.outcome.clone())),
         );
+        println!("{} of {} steps completed", v.completed_steps, v.total_steps);
     }
-    Ok(if v["failed_step"].is_null() {
+    Ok(if v.failed_step.is_none() {
         exit::OK
     } else {
         exit::FAILURE
@@ -158,15 +183,15 @@ pub struct CompareArgs {
 pub async fn compare(args: CompareArgs) -> Result<u8, ClientError> {
     let paths = crate::paths()?;
     let backends: Vec<String> = if args.all_backends {
-        let v = call_json(&paths, "backends", json!({})).await?;
-        v["backends"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .filter(|b| b["available"] == json!(true))
-            .filter_map(|b| b["name"].as_str().map(str::to_string))
-            .collect()
+        match call(&paths, Request::Backends).await? {
+            Reply::Backends(list) => list
+                .backends
+                .into_iter()
+                .filter(|b| b.available)
+                .map(|b| b.name)
+                .collect(),
+            other => return Err(unexpected(other)),
+        }
     } else {
         args.backends
     };
@@ -175,20 +200,26 @@ pub async fn compare(args: CompareArgs) -> Result<u8, ClientError> {
             "no backend is available to compare".into(),
         ));
     }
-    let workdir = std::env::current_dir()?;
-    let v = call_json(
-        &paths,
-        "compare",
-        json!({"backends": backends, "prompt": args.prompt, "workdir": workdir, "sequential": args.sequential}),
-    )
-    .await?;
+    let req = CompareRequest {
+        backends,
+        prompt: Some(args.prompt),
+        workdir: Some(std::env::current_dir()?.display().to_string()),
+        sequential: args.sequential,
+        ..Default::default()
+    };
+    let v = match call(&paths, Request::Compare(req)).await? {
+        Reply::Compare(v) => v,
+        other => return Err(unexpected(other)),
+    };
     if args.json {
         print_json(&v);
     } else {
-        print_results(&v, "backend");
+        print_results(
+            v.results
+                .iter()
+                .map(|r| (r.backend.as_str(), r.outcome.clone())),
+        );
     }
-    let any_failed = v["results"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|r| !r["error"].is_null()));
+    let any_failed = v.results.iter().any(|r| r.outcome.error.is_some());
     Ok(if any_failed { exit::FAILURE } else { exit::OK })
 }

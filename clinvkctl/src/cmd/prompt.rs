@@ -1,9 +1,9 @@
 //! `clinvk [-b BACKEND] [-m MODEL] [-w DIR] "prompt"` and `clinvk resume`: run a prompt through
 //! the daemon, streaming the answer to the terminal as it arrives.
 
-use crate::{ensure_daemon, exit, ClientError};
-use clinvk_shared::protocol::{ClientFrame, Request, ServerFrame};
-use serde_json::{json, Value};
+use crate::{ensure_daemon, exit, unexpected, ClientError};
+use clinvk_shared::api::{Done, ListQuery, PromptOutcome, PromptRequest, RunEvent};
+use clinvk_shared::protocol::{ClientFrame, Event, Reply, Request, ServerFrame, SessionsRequest};
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
@@ -30,29 +30,27 @@ pub struct PromptOptions {
     pub dry_run: bool,
 }
 
-/// Runs `body` as a prompt and renders it; returns the exit code.
-pub async fn run(opts: &PromptOptions, mut body: Value) -> Result<u8, ClientError> {
+/// Runs `req` as a prompt (with the options' backend, model, workdir — default: the current
+/// folder, sent explicitly) and renders it; returns the exit code.
+pub async fn run(opts: &PromptOptions, mut req: PromptRequest) -> Result<u8, ClientError> {
     let paths = crate::paths()?;
-    if let Some(b) = &opts.backend {
-        body["backend"] = json!(b);
+    if opts.backend.is_some() {
+        req.backend = opts.backend.clone();
     }
-    if let Some(m) = &opts.model {
-        body["model"] = json!(m);
+    if opts.model.is_some() {
+        req.model = opts.model.clone();
     }
     let workdir = match &opts.workdir {
         Some(w) => std::path::absolute(w)?,
         None => std::env::current_dir()?,
     };
-    body["workdir"] = json!(workdir);
-    body["ephemeral"] = json!(opts.ephemeral);
-    body["dry_run"] = json!(opts.dry_run);
+    req.workdir = Some(workdir.display().to_string());
+    req.ephemeral = opts.ephemeral;
+    req.dry_run = opts.dry_run;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut conn = ensure_daemon(&paths, "clinvk").await?;
-    conn.send(&ClientFrame::Request(Request::Call {
-        op: "prompt".into(),
-        body,
-    }))
-    .await?;
+    conn.send(&ClientFrame::Request(Request::Prompt(Box::new(req))))
+        .await?;
     let spinner = opts.output_format == "text" && std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut printed_any = false;
@@ -75,54 +73,52 @@ pub async fn run(opts: &PromptOptions, mut body: Value) -> Result<u8, ClientErro
             }
         };
         match frame {
-            ServerFrame::Event(ev) => {
+            ServerFrame::Event(Event::Run(ev)) => {
                 if opts.output_format == "stream-json" {
-                    println!("{ev}");
+                    crate::print_line(&ev);
                     continue;
                 }
                 if opts.output_format != "text" {
                     continue;
                 }
-                match ev["type"].as_str() {
-                    Some("message") => {
+                match ev {
+                    RunEvent::Message { text, .. } => {
                         if spinner && !printed_any {
                             eprint!("\r\x1b[K");
                         }
                         printed_any = true;
-                        let _ = write!(
-                            stdout,
-                            "{}",
-                            ev["content"]["text"].as_str().unwrap_or_default()
-                        );
+                        let _ = write!(stdout, "{text}");
                         let _ = stdout.flush();
                     }
-                    Some("error") => eprintln!(
-                        "\nerror: {}",
-                        ev["content"]["message"].as_str().unwrap_or_default()
-                    ),
+                    RunEvent::Error { message, .. } => eprintln!("\nerror: {message}"),
                     _ => {}
                 }
             }
-            ServerFrame::End(result) => {
+            ServerFrame::Reply(Reply::Prompt(outcome)) => {
                 if spinner && !printed_any {
                     eprint!("\r\x1b[K");
                 }
-                if opts.dry_run || opts.output_format == "json" {
+                let result = match *outcome {
+                    PromptOutcome::DryRun(d) => {
+                        crate::print_json(&d);
+                        return Ok(exit::OK);
+                    }
+                    PromptOutcome::Result(r) => r,
+                };
+                if opts.output_format == "json" {
                     crate::print_json(&result);
                 } else if opts.output_format == "stream-json" {
-                    println!("{}", json!({"type": "done", "content": result}));
+                    crate::print_line(&RunEvent::Done(Done::from(&result)));
                 } else if printed_any {
                     println!();
-                } else if let Some(out) = result["output"].as_str().filter(|o| !o.is_empty()) {
-                    println!("{out}");
+                } else if !result.output.is_empty() {
+                    println!("{}", result.output);
                 }
-                let failed = !result["error"].is_null();
-                if failed && opts.output_format == "text" {
-                    eprintln!("error: {}", result["error"].as_str().unwrap_or_default());
+                let failed = result.error.is_some();
+                if let (Some(e), "text") = (&result.error, opts.output_format.as_str()) {
+                    eprintln!("error: {e}");
                 }
-                if let (Some(sid), "text") =
-                    (result["session_id"].as_str(), opts.output_format.as_str())
-                {
+                if let (Some(sid), "text") = (&result.session_id, opts.output_format.as_str()) {
                     if std::io::stderr().is_terminal() {
                         eprintln!(
                             "(session {sid}; continue with `clinvk resume {}`)",
@@ -132,6 +128,7 @@ pub async fn run(opts: &PromptOptions, mut body: Value) -> Result<u8, ClientErro
                 }
                 return Ok(if failed { exit::FAILURE } else { exit::OK });
             }
+            ServerFrame::Reply(other) => return Err(unexpected(other)),
             ServerFrame::Error(e) => return Err(ClientError::Daemon(e)),
             _ => {}
         }
@@ -168,28 +165,47 @@ pub async fn resume(opts: &PromptOptions, args: ResumeArgs) -> Result<u8, Client
     let id = match session {
         Some(id) => id,
         None => {
-            let mut q = json!({"limit": 1});
-            if let Some(b) = &opts.backend {
-                q["backend"] = json!(b);
+            let q = ListQuery {
+                backend: opts.backend.clone(),
+                limit: Some(1),
+                ..Default::default()
+            };
+            match crate::call(&paths, Request::Sessions(SessionsRequest::List(q))).await? {
+                Reply::Sessions(page) => page
+                    .sessions
+                    .into_iter()
+                    .next()
+                    .map(|s| s.id)
+                    .ok_or_else(|| {
+                        ClientError::Other("there is no session to resume yet".into())
+                    })?,
+                other => return Err(unexpected(other)),
             }
-            let list = crate::call_json(&paths, "sessions.list", q).await?;
-            list["sessions"][0]["id"]
-                .as_str()
-                .ok_or_else(|| ClientError::Other("there is no session to resume yet".into()))?
-                .to_string()
         }
     };
     let mut opts = opts.clone();
     // The session decides the backend and working folder unless given.
-    let body = json!({"prompt": prompt, "session_id": id});
     if opts.workdir.is_none() {
-        let s = crate::call_json(&paths, "sessions.get", json!({"id": id})).await?;
-        if let Some(w) = s["working_dir"].as_str() {
+        let s = match crate::call(
+            &paths,
+            Request::Sessions(SessionsRequest::Get { id: id.clone() }),
+        )
+        .await?
+        {
+            Reply::Session(s) => s,
+            other => return Err(unexpected(other)),
+        };
+        if let Some(w) = &s.info.working_dir {
             opts.workdir = Some(w.into());
         }
         if opts.backend.is_none() {
-            opts.backend = s["backend"].as_str().map(str::to_string);
+            opts.backend = Some(s.info.backend.clone());
         }
     }
-    run(&opts, body).await
+    let req = PromptRequest {
+        prompt: Some(prompt),
+        session_id: Some(id),
+        ..Default::default()
+    };
+    run(&opts, req).await
 }

@@ -1,7 +1,7 @@
 //! `clinvk serve`: start the daemon (or attach to the running one) and show its requests.
 
 use crate::{exit, start_daemon, status, ClientError, Connection, StartOptions};
-use clinvk_shared::protocol::{AttachEvent, ClientFrame, Request, ServerFrame, StatusInfo};
+use clinvk_shared::protocol::{AttachEvent, ClientFrame, Event, Request, ServerFrame, StatusInfo};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -90,10 +90,8 @@ pub async fn run(args: ServeArgs) -> Result<u8, ClientError> {
     loop {
         tokio::select! {
             frame = conn.recv() => match frame {
-                Ok(ServerFrame::Event(v)) => {
-                    if let Ok(ev) = serde_json::from_value::<AttachEvent>(v) { print_event(&ev); }
-                }
-                Ok(ServerFrame::End(_)) | Err(_) => {
+                Ok(ServerFrame::Event(Event::Attach(ev))) => print_event(&ev),
+                Ok(ServerFrame::End) | Err(_) => {
                     println!("clinvkd has stopped");
                     if let Some(mut s) = started { let _ = s.child.wait().await; }
                     return Ok(exit::OK);

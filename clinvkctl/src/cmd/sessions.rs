@@ -1,7 +1,8 @@
 //! `clinvk sessions list|show|delete|clean`.
 
-use crate::{call_json, exit, print_json, ClientError};
-use serde_json::json;
+use crate::{call, exit, print_json, unexpected, ClientError};
+use clinvk_shared::api::{ListQuery, SessionStatus};
+use clinvk_shared::protocol::{Reply, Request, SessionsRequest};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum SessionsCommand {
@@ -51,6 +52,30 @@ fn parse_days(age: &str) -> Result<u64, ClientError> {
     })
 }
 
+/// A `--status` value.
+fn parse_status(s: &str) -> Result<SessionStatus, ClientError> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+        ClientError::Other(format!(
+            "unknown status {s:?}: use active, completed, error or interrupted"
+        ))
+    })
+}
+
+/// A status as listings write it.
+fn status_name(s: SessionStatus) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+async fn sessions(
+    paths: &clinvk_shared::paths::Paths,
+    req: SessionsRequest,
+) -> Result<Reply, ClientError> {
+    call(paths, Request::Sessions(req)).await
+}
+
 pub async fn run(cmd: SessionsCommand) -> Result<u8, ClientError> {
     let paths = crate::paths()?;
     match cmd {
@@ -60,86 +85,88 @@ pub async fn run(cmd: SessionsCommand) -> Result<u8, ClientError> {
             limit,
             json,
         } => {
-            let v = call_json(
-                &paths,
-                "sessions.list",
-                json!({"backend": backend, "status": status, "limit": limit}),
-            )
-            .await?;
+            let q = ListQuery {
+                backend,
+                status: status.as_deref().map(parse_status).transpose()?,
+                limit: Some(limit),
+                offset: None,
+            };
+            let v = match sessions(&paths, SessionsRequest::List(q)).await? {
+                Reply::Sessions(v) => v,
+                other => return Err(unexpected(other)),
+            };
             if json {
                 print_json(&v);
                 return Ok(exit::OK);
             }
-            let sessions = v["sessions"].as_array().cloned().unwrap_or_default();
-            if sessions.is_empty() {
+            if v.sessions.is_empty() {
                 println!("no sessions");
             }
-            for s in sessions {
+            for s in &v.sessions {
                 println!(
                     "{}  {:<7} {:<11} {:>3} turns  {}  {}",
-                    &s["id"].as_str().unwrap_or_default()
-                        [..8.min(s["id"].as_str().unwrap_or_default().len())],
-                    s["backend"].as_str().unwrap_or_default(),
-                    s["status"].as_str().unwrap_or_default(),
-                    s["turn_count"],
-                    s["last_used"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .get(..19)
-                        .unwrap_or_default(),
-                    s["title"].as_str().unwrap_or_default()
+                    &s.id[..8.min(s.id.len())],
+                    s.backend,
+                    status_name(s.status),
+                    s.turn_count,
+                    s.last_used.get(..19).unwrap_or_default(),
+                    s.title
                 );
             }
-            println!(
-                "({} of {})",
-                v["sessions"].as_array().map(|a| a.len()).unwrap_or(0),
-                v["total"]
-            );
+            println!("({} of {})", v.sessions.len(), v.total);
         }
         SessionsCommand::Show { id, json } => {
-            let s = call_json(&paths, "sessions.get", json!({"id": id})).await?;
+            let s = match sessions(&paths, SessionsRequest::Get { id }).await? {
+                Reply::Session(s) => s,
+                other => return Err(unexpected(other)),
+            };
             if json {
                 print_json(&s);
                 return Ok(exit::OK);
             }
+            let i = &s.info;
             println!(
                 "session {}  ({}, {})",
-                s["id"].as_str().unwrap_or_default(),
-                s["backend"].as_str().unwrap_or_default(),
-                s["status"].as_str().unwrap_or_default()
+                i.id,
+                i.backend,
+                status_name(i.status)
             );
-            println!("  title:    {}", s["title"].as_str().unwrap_or_default());
-            println!("  workdir:  {}", s["working_dir"].as_str().unwrap_or("-"));
+            println!("  title:    {}", i.title);
+            println!("  workdir:  {}", i.working_dir.as_deref().unwrap_or("-"));
             println!(
                 "  tokens:   {} in / {} out",
-                s["token_usage"]["input_tokens"], s["token_usage"]["output_tokens"]
+                i.token_usage.input_tokens, i.token_usage.output_tokens
             );
-            for (i, t) in s["turns"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .enumerate()
-            {
-                println!("\n[{}] {}", i + 1, t["at"].as_str().unwrap_or_default());
-                println!("> {}", t["prompt"].as_str().unwrap_or_default());
-                println!("{}", t["output_summary"].as_str().unwrap_or_default());
-                if let Some(e) = t["error"].as_str() {
+            for (n, t) in s.turns.iter().enumerate() {
+                println!("\n[{}] {}", n + 1, t.at);
+                println!("> {}", t.prompt);
+                println!("{}", t.output_summary);
+                if let Some(e) = &t.error {
                     println!("(error: {e})");
                 }
             }
         }
         SessionsCommand::Delete { id } => {
-            let v = call_json(&paths, "sessions.delete", json!({"id": id})).await?;
-            println!("deleted session {}", v["id"].as_str().unwrap_or_default());
+            match sessions(&paths, SessionsRequest::Delete { id }).await? {
+                Reply::SessionDeleted(v) => println!("deleted session {}", v.id),
+                other => return Err(unexpected(other)),
+            }
         }
         SessionsCommand::Clean { older_than } => {
             let days = parse_days(&older_than)?;
-            let v = call_json(&paths, "sessions.clean", json!({"older_than_days": days})).await?;
-            println!(
-                "deleted {} sessions unused for {days} days or more",
-                v["deleted"]
-            );
+            match sessions(
+                &paths,
+                SessionsRequest::Clean {
+                    older_than_days: days,
+                },
+            )
+            .await?
+            {
+                Reply::SessionsCleaned { deleted } => {
+                    println!("deleted {deleted} sessions unused for {days} days or more")
+                }
+                other => return Err(unexpected(other)),
+            }
         }
     }
     Ok(exit::OK)

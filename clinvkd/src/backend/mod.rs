@@ -7,30 +7,10 @@ mod gemini;
 
 use clinvk_shared::config::BackendSettings;
 use clinvk_shared::types::TokenUsage;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::path::PathBuf;
 
-/// `approval_mode` of the native API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ApprovalMode {
-    #[default]
-    Default,
-    Auto,
-    None,
-    Always,
-}
-
-/// `sandbox_mode` of the native API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SandboxMode {
-    #[default]
-    Default,
-    ReadOnly,
-    Workspace,
-    Full,
-}
+pub use clinvk_shared::api::{ApprovalMode, SandboxMode};
 
 /// One run of a backend CLI, as every API describes it.
 #[derive(Debug, Clone, Default)]

@@ -3,8 +3,8 @@
 
 use crate::ctx::Ctx;
 use clinvk_shared::protocol::{
-    read_frame, write_frame, ClientFrame, ErrorBody, FrameError, Reply, Request, ServerFrame,
-    StatusInfo, Welcome, HANDSHAKE_TIMEOUT_MS, PROTOCOL_VERSION,
+    read_frame, write_frame, AttachEvent, ClientFrame, ErrorBody, Event, FrameError, Reply,
+    Request, ServerFrame, StatusInfo, Welcome, HANDSHAKE_TIMEOUT_MS, PROTOCOL_VERSION,
 };
 use interprocess::local_socket::tokio::{Listener, Stream};
 use interprocess::local_socket::traits::tokio::Listener as _;
@@ -187,7 +187,7 @@ async fn handle(ctx: Ctx, conn: Stream) {
             ctx.begin_drain("stop requested by clinvkctl");
         }
         Request::Attach => attach(&ctx, &conn).await,
-        Request::Call { op, body } => call(&ctx, &conn, &op, body).await,
+        op => operation(&ctx, &conn, op).await,
     }
 }
 
@@ -207,12 +207,15 @@ async fn attach(ctx: &Ctx, conn: &Stream) {
         tokio::select! {
             ev = events.recv() => match ev {
                 Ok(ev) => {
-                    let Ok(v) = serde_json::to_value(&ev) else { continue };
-                    if send(tx, &ServerFrame::Event(v)).await.is_err() { return; }
+                    if send(tx, &ServerFrame::Event(Event::Attach(ev))).await.is_err() { return; }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let v = serde_json::json!({"type": "log", "time": clinvk_shared::types::now_rfc3339(), "level": "WARN", "message": format!("{n} events were dropped (client too slow)")});
-                    if send(tx, &ServerFrame::Event(v)).await.is_err() { return; }
+                    let ev = AttachEvent::Log {
+                        time: clinvk_shared::types::now_rfc3339(),
+                        level: "WARN".into(),
+                        message: format!("{n} events were dropped (client too slow)"),
+                    };
+                    if send(tx, &ServerFrame::Event(Event::Attach(ev))).await.is_err() { return; }
                 }
                 Err(_) => break,
             },
@@ -220,7 +223,7 @@ async fn attach(ctx: &Ctx, conn: &Stream) {
             _ = &mut stopped => break,
         }
     }
-    let _ = send(tx, &ServerFrame::End(serde_json::Value::Null)).await;
+    let _ = send(tx, &ServerFrame::End).await;
 }
 
 /// The daemon's state for `clinvkctl status`.
@@ -262,87 +265,127 @@ async fn client_gone(conn: &Stream) {
     let _ = read_frame::<_, ClientFrame>(&mut rx).await;
 }
 
-/// A core operation for a `clinvk` command. `prompt` streams its events; the others answer once.
-/// The client closing the connection (Ctrl-C) cancels the operation and its CLI processes.
-async fn call(ctx: &Ctx, conn: &Stream, op: &str, body: serde_json::Value) {
-    use crate::ops::prompt;
+/// The error frame of a failed operation.
+fn error_frame(e: crate::error::ApiError) -> ServerFrame {
+    ServerFrame::Error(ErrorBody::new(e.code, e.message))
+}
+
+/// The answer frame of an operation's result.
+fn reply<T>(r: Result<T, crate::error::ApiError>, wrap: impl FnOnce(T) -> Reply) -> ServerFrame {
+    match r {
+        Ok(v) => ServerFrame::Reply(wrap(v)),
+        Err(e) => error_frame(e),
+    }
+}
+
+/// A core operation for a `clinvk` command, as the daemon's owner (every session is visible).
+/// `Prompt` and `Parallel` stream events before their answer. The client closing the
+/// connection (Ctrl-C) cancels the operation and its CLI processes.
+async fn operation(ctx: &Ctx, conn: &Stream, request: Request) {
+    use crate::ops::{self, multi, sessions, Caller};
+    use clinvk_shared::protocol::{KeysRequest, SessionsRequest};
     // A stop lets a `clinvk` command finish (and its answer reach the client) within the grace.
     let _work = ctx.work.token();
+    let me = Caller::control();
     let work = async {
-        if op == "parallel" {
-            // Progress per task, then the result.
-            let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel();
-            let bytes = serde_json::to_vec(&body).unwrap_or_default();
-            let me = crate::ops::Caller::control();
-            let run = crate::ops::multi::parallel_with_progress(ctx, &me, &bytes, Some(ptx));
-            tokio::pin!(run);
-            let result = loop {
-                tokio::select! {
-                    r = &mut run => break r,
-                    Some(ev) = prx.recv() => {
-                        if send(conn, &ServerFrame::Event(ev)).await.is_err() {
-                            return;
+        let frame = match request {
+            Request::Prompt(req) => return run_prompt(ctx, conn, *req).await,
+            Request::Parallel(req) => {
+                // Progress per task, then the result.
+                let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel();
+                let run = multi::parallel(ctx, &me, req, Some(ptx));
+                tokio::pin!(run);
+                let result = loop {
+                    tokio::select! {
+                        r = &mut run => break r,
+                        Some(ev) = prx.recv() => {
+                            if send(conn, &ServerFrame::Event(Event::TaskDone(ev))).await.is_err() {
+                                return;
+                            }
                         }
                     }
+                };
+                while let Ok(ev) = prx.try_recv() {
+                    let _ = send(conn, &ServerFrame::Event(Event::TaskDone(ev))).await;
                 }
-            };
-            while let Ok(ev) = prx.try_recv() {
-                let _ = send(conn, &ServerFrame::Event(ev)).await;
+                reply(result, |r| Reply::Parallel(Box::new(r)))
             }
-            let frame = match result {
-                Ok(v) => ServerFrame::End(v),
-                Err(e) => ServerFrame::Error(ErrorBody::new(e.code, e.message)),
-            };
-            let _ = send(conn, &frame).await;
-            return;
-        }
-        if op != "prompt" {
-            let frame = match crate::ops::call(ctx, op, body).await {
-                Ok(v) => ServerFrame::Reply(Reply::Json(v)),
-                Err(e) => ServerFrame::Error(ErrorBody::new(e.code, e.message)),
-            };
-            let _ = send(conn, &frame).await;
-            return;
-        }
-        let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let plan = match crate::ops::parse_body(&bytes)
-            .and_then(|req| prompt::plan(ctx, &crate::ops::Caller::control(), req, "cli"))
-        {
-            Ok(p) => p,
-            Err(e) => return send_error(conn, &e.code, e.message).await,
-        };
-        if plan.dry_run {
-            let frame = match prompt::dry_run_json(ctx, &plan) {
-                Ok(v) => ServerFrame::End(v),
-                Err(e) => ServerFrame::Error(ErrorBody::new(e.code, e.message)),
-            };
-            let _ = send(conn, &frame).await;
-            return;
-        }
-        let mut run = match prompt::start(ctx, plan).await {
-            Ok(r) => r,
-            Err(e) => return send_error(conn, &e.code, e.message).await,
-        };
-        let mut saw_delta = false;
-        while let Some(update) = run.rx.recv().await {
-            let frame = match update {
-                prompt::PromptUpdate::Event(ev) => {
-                    match prompt::native_event(&ev, &mut saw_delta) {
-                        Some((kind, content)) => ServerFrame::Event(
-                            serde_json::json!({"type": kind, "content": content}),
-                        ),
-                        None => continue,
-                    }
-                }
-                prompt::PromptUpdate::Done(r) => ServerFrame::End(prompt::done_content(&r)),
-            };
-            if send(conn, &frame).await.is_err() {
-                return;
+            Request::Chain(req) => reply(multi::chain(ctx, &me, req).await, |r| {
+                Reply::Chain(Box::new(r))
+            }),
+            Request::Compare(req) => reply(multi::compare(ctx, &me, req).await, |r| {
+                Reply::Compare(Box::new(r))
+            }),
+            Request::Backends => ServerFrame::Reply(Reply::Backends(sessions::backends(ctx))),
+            Request::Sessions(SessionsRequest::List(q)) => {
+                ServerFrame::Reply(Reply::Sessions(sessions::list(ctx, &me, &q)))
             }
-        }
+            Request::Sessions(SessionsRequest::Get { id }) => {
+                reply(sessions::get(ctx, &me, &id), |s| {
+                    Reply::Session(Box::new(s))
+                })
+            }
+            Request::Sessions(SessionsRequest::Delete { id }) => {
+                reply(sessions::delete(ctx, &me, &id), Reply::SessionDeleted)
+            }
+            Request::Sessions(SessionsRequest::Clean { older_than_days }) => {
+                ServerFrame::Reply(Reply::SessionsCleaned {
+                    deleted: sessions::clean(ctx, older_than_days),
+                })
+            }
+            Request::Keys(KeysRequest::Add { name }) => {
+                reply(ops::keys::add(ctx, &name), Reply::KeyAdded)
+            }
+            Request::Keys(KeysRequest::List) => {
+                ServerFrame::Reply(Reply::Keys(ops::keys::list(ctx)))
+            }
+            Request::Keys(KeysRequest::Revoke { id }) => {
+                reply(ops::keys::revoke(ctx, &id), Reply::KeyRevoked)
+            }
+            Request::Status | Request::Reload | Request::Stop | Request::Attach => {
+                ServerFrame::Error(ErrorBody::new("bad_request", "not an operation"))
+            }
+        };
+        let _ = send(conn, &frame).await;
     };
     tokio::select! {
         _ = work => {}
-        _ = client_gone(conn) => tracing::info!(op, "control client left; operation cancelled"),
+        _ = client_gone(conn) => tracing::info!("control client left; operation cancelled"),
+    }
+}
+
+/// `clinvk "prompt"`: the run's events as they come, then its result.
+async fn run_prompt(ctx: &Ctx, conn: &Stream, req: clinvk_shared::api::PromptRequest) {
+    use crate::ops::{prompt, Caller};
+    use clinvk_shared::api::PromptOutcome;
+    let plan = match prompt::plan(ctx, &Caller::control(), req, "cli") {
+        Ok(p) => p,
+        Err(e) => return send_error(conn, &e.code, e.message).await,
+    };
+    if plan.dry_run {
+        let frame = reply(prompt::dry_run(ctx, &plan), |d| {
+            Reply::Prompt(Box::new(PromptOutcome::DryRun(d)))
+        });
+        let _ = send(conn, &frame).await;
+        return;
+    }
+    let mut run = match prompt::start(ctx, plan).await {
+        Ok(r) => r,
+        Err(e) => return send_error(conn, &e.code, e.message).await,
+    };
+    let mut saw_delta = false;
+    while let Some(update) = run.rx.recv().await {
+        let frame = match update {
+            prompt::PromptUpdate::Event(ev) => match prompt::run_event(&ev, &mut saw_delta) {
+                Some(ev) => ServerFrame::Event(Event::Run(ev)),
+                None => continue,
+            },
+            prompt::PromptUpdate::Done(r) => {
+                ServerFrame::Reply(Reply::Prompt(Box::new(PromptOutcome::Result(r.result))))
+            }
+        };
+        if send(conn, &frame).await.is_err() {
+            return;
+        }
     }
 }

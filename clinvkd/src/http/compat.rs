@@ -6,7 +6,7 @@
 use super::error::{ApiError, Kind};
 use crate::backend::Event;
 use crate::ctx::Ctx;
-use crate::ops::prompt::{self, PromptRequest, PromptResult, PromptRun, PromptUpdate};
+use crate::ops::prompt::{self, Completed, PromptRequest, PromptResult, PromptRun, PromptUpdate};
 use bytes::Bytes;
 use clinvk_shared::config::KNOWN_BACKENDS;
 use serde_json::json;
@@ -353,7 +353,7 @@ pub async fn start(
 /// What a run produces, reduced to what the compatible APIs show.
 pub enum Piece {
     Text(String),
-    Done(Box<PromptResult>),
+    Done(Box<Completed>),
 }
 
 /// Reads a run's updates as text pieces: token deltas as the CLI prints them, or whole messages
@@ -362,7 +362,7 @@ pub struct Pieces {
     run: PromptRun,
     saw_delta: bool,
     pub emitted: String,
-    pending: Option<Box<PromptResult>>,
+    pending: Option<Box<Completed>>,
 }
 
 impl Pieces {
@@ -415,7 +415,7 @@ impl Pieces {
 }
 
 /// The API error of a failed run (502 CLI failed, 504 timeout).
-pub fn run_error(r: &PromptResult) -> Option<ApiError> {
+pub fn run_error(r: &Completed) -> Option<ApiError> {
     r.summary.api_error().or_else(|| {
         r.error
             .as_ref()
@@ -464,7 +464,7 @@ pub async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, ApiError>
     meta.commit(ctx, &text);
     Ok(Finished {
         text,
-        result,
+        result: result.result,
         session_id: meta.session_id,
     })
 }

@@ -1,34 +1,43 @@
 //! The native REST API under `/api/v1/`: thin adapters over the core operations (`ops`).
 
-use super::error::{json_response, ApiError};
+use super::error::{json_response, ApiError, Kind};
 use super::HttpRequest;
 use crate::ctx::Ctx;
 use crate::ops::{self, prompt};
 use bytes::Bytes;
-use serde_json::{json, Value};
+use clinvk_shared::api::{Done, ListQuery, RunEvent};
+use serde::Serialize;
+use serde_json::Value;
 use warp::http::{HeaderValue, Method, StatusCode};
 use warp::reply::{Reply, Response};
 
 pub async fn route(ctx: &Ctx, mut req: HttpRequest, rest: &[&str]) -> Result<Response, ApiError> {
     let m = req.method.clone();
     let limit = ctx.settings().server.max_request_body_bytes;
-    let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
     let me = req.caller.clone();
     match (rest, m) {
-        (["prompt"], Method::POST) => prompt(ctx, &me, &req.body_bytes(limit).await?).await,
+        (["prompt"], Method::POST) => {
+            let body = ops::parse_body(&req.body_bytes(limit).await?)?;
+            prompt(ctx, &me, body).await
+        }
         (["parallel"], Method::POST) => {
-            ok(ops::multi::parallel(ctx, &me, &req.body_bytes(limit).await?).await?)
+            let body = ops::parse_body(&req.body_bytes(limit).await?)?;
+            json_ok(&ops::multi::parallel(ctx, &me, body, None).await?)
         }
         (["chain"], Method::POST) => {
-            ok(ops::multi::chain(ctx, &me, &req.body_bytes(limit).await?).await?)
+            let body = ops::parse_body(&req.body_bytes(limit).await?)?;
+            json_ok(&ops::multi::chain(ctx, &me, body).await?)
         }
         (["compare"], Method::POST) => {
-            ok(ops::multi::compare(ctx, &me, &req.body_bytes(limit).await?).await?)
+            let body = ops::parse_body(&req.body_bytes(limit).await?)?;
+            json_ok(&ops::multi::compare(ctx, &me, body).await?)
         }
-        (["backends"], Method::GET) => ok(ops::sessions::backends(ctx)),
-        (["sessions"], Method::GET) => ok(ops::sessions::list(ctx, &me, &query_json(&req.query)?)?),
-        (["sessions", id], Method::GET) => ok(ops::sessions::get(ctx, &me, id)?),
-        (["sessions", id], Method::DELETE) => ok(ops::sessions::delete(ctx, &me, id)?),
+        (["backends"], Method::GET) => json_ok(&ops::sessions::backends(ctx)),
+        (["sessions"], Method::GET) => {
+            json_ok(&ops::sessions::list(ctx, &me, &list_query(&req.query)?))
+        }
+        (["sessions", id], Method::GET) => json_ok(&ops::sessions::get(ctx, &me, id)?),
+        (["sessions", id], Method::DELETE) => json_ok(&ops::sessions::delete(ctx, &me, id)?),
         (
             ["prompt"]
             | ["parallel"]
@@ -43,8 +52,20 @@ pub async fn route(ctx: &Ctx, mut req: HttpRequest, rest: &[&str]) -> Result<Res
     }
 }
 
-/// `?backend=claude&limit=5` as a JSON object of the listing query.
-fn query_json(query: &str) -> Result<Value, ApiError> {
+/// A 200 answer of a typed result; a result that cannot be written is a 500, never `null`.
+fn json_ok<T: Serialize>(v: &T) -> Result<Response, ApiError> {
+    let v = serde_json::to_value(v).map_err(|e| {
+        ApiError::new(
+            Kind::Internal,
+            "serialization_failed",
+            format!("the answer could not be written: {e}"),
+        )
+    })?;
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+/// `?backend=claude&status=completed&limit=5` as the listing query.
+fn list_query(query: &str) -> Result<ListQuery, ApiError> {
     let mut out = serde_json::Map::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -57,11 +78,19 @@ fn query_json(query: &str) -> Result<Value, ApiError> {
                 )
             })?),
             "backend" | "status" => Value::String(v),
-            _ => continue,
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!(
+                        "unknown query parameter `{other}` (known: backend, status, limit, offset)"
+                    ),
+                ))
+            }
         };
         out.insert(k.to_string(), value);
     }
-    Ok(Value::Object(out))
+    serde_json::from_value(Value::Object(out))
+        .map_err(|e| ApiError::bad_request("invalid_request", format!("invalid query: {e}")))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -90,23 +119,19 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn prompt(ctx: &Ctx, caller: &ops::Caller, body: &[u8]) -> Result<Response, ApiError> {
-    let req: prompt::PromptRequest = ops::parse_body(body)?;
+async fn prompt(
+    ctx: &Ctx,
+    caller: &ops::Caller,
+    req: prompt::PromptRequest,
+) -> Result<Response, ApiError> {
     let plan = prompt::plan(ctx, caller, req, "native")?;
     if plan.dry_run {
-        return Ok(json_response(
-            StatusCode::OK,
-            &prompt::dry_run_json(ctx, &plan)?,
-        ));
+        return json_ok(&prompt::dry_run(ctx, &plan)?);
     }
     let stream = plan.stream;
     let run = prompt::start(ctx, plan).await?;
     if !stream {
-        let result = run.finish().await;
-        return Ok(json_response(
-            StatusCode::OK,
-            &serde_json::to_value(&result).unwrap_or_default(),
-        ));
+        return json_ok(&run.finish().await.result);
     }
     Ok(ndjson(ctx, run))
 }
@@ -130,33 +155,29 @@ fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
                 _ = tx.closed() => return,
             };
             let Some(update) = update else { break };
-            let (kind, content) = match update {
-                prompt::PromptUpdate::Event(ev) => {
-                    match prompt::native_event(&ev, &mut saw_delta) {
-                        Some(kc) => kc,
-                        None => continue,
-                    }
-                }
+            let event = match update {
+                prompt::PromptUpdate::Event(ev) => match prompt::run_event(&ev, &mut saw_delta) {
+                    Some(ev) => ev,
+                    None => continue,
+                },
                 prompt::PromptUpdate::Done(r) => {
                     if let Some(e) = &r.error {
-                        let line = event_line(
-                            &backend,
-                            &session_id,
-                            seq,
-                            "error",
-                            json!({"message": e, "exit_code": r.exit_code}),
-                        );
+                        let ev = RunEvent::Error {
+                            message: e.clone(),
+                            exit_code: Some(r.exit_code),
+                        };
+                        let line = event_line(&backend, &session_id, seq, &ev);
                         seq += 1;
                         if tx.send(line).await.is_err() {
                             return;
                         }
                     }
-                    ("done", prompt::done_content(&r))
+                    RunEvent::Done(Done::from(&r.result))
                 }
             };
-            let done = kind == "done";
+            let done = matches!(event, RunEvent::Done(_));
             if tx
-                .send(event_line(&backend, &session_id, seq, kind, content))
+                .send(event_line(&backend, &session_id, seq, &event))
                 .await
                 .is_err()
             {
@@ -183,22 +204,33 @@ fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
     resp
 }
 
-fn event_line(
-    backend: &str,
-    session_id: &Option<String>,
-    seq: u64,
-    kind: &str,
-    content: Value,
-) -> Bytes {
-    let mut line = serde_json::to_vec(&json!({
-        "type": kind,
-        "backend": backend,
-        "session_id": session_id,
-        "timestamp": clinvk_shared::types::now_rfc3339(),
-        "content": content,
-        "sequence": seq,
-    }))
-    .unwrap_or_default();
-    line.push(b'\n');
-    Bytes::from(line)
+/// One line of the native stream.
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(flatten)]
+    event: &'a RunEvent,
+    backend: &'a str,
+    session_id: &'a Option<String>,
+    timestamp: String,
+    sequence: u64,
+}
+
+fn event_line(backend: &str, session_id: &Option<String>, seq: u64, event: &RunEvent) -> Bytes {
+    let line = Line {
+        event,
+        backend,
+        session_id,
+        timestamp: clinvk_shared::types::now_rfc3339(),
+        sequence: seq,
+    };
+    match serde_json::to_vec(&line) {
+        Ok(mut v) => {
+            v.push(b'\n');
+            Bytes::from(v)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write a stream event");
+            Bytes::new()
+        }
+    }
 }

@@ -1,14 +1,13 @@
 //! The core operations, shared by every front end: the native HTTP API, the compatible APIs
 //! and the control socket (`clinvk` commands) all call these — never two implementations of one
-//! operation. Each takes the native API's JSON body and answers JSON, or streams events.
+//! operation. Each takes its typed request (`clinvk_shared::api`) and answers its typed result,
+//! or streams events.
 
 pub mod multi;
 pub mod prompt;
 pub mod sessions;
 
-use crate::ctx::Ctx;
 use crate::error::ApiError;
-use serde_json::Value;
 
 /// Who asks for an operation: the daemon's owner (control socket, or HTTP with auth off) sees
 /// every session; an API key holder only the sessions its key made.
@@ -77,61 +76,56 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     })
 }
 
-/// Calls a non-streaming operation by its native-API name (the control socket's `Call`).
-pub async fn call(ctx: &Ctx, op: &str, body: Value) -> Result<Value, ApiError> {
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
-    let me = Caller::control();
-    match op {
-        "prompt" => prompt::run_to_json(ctx, &me, &bytes, "cli").await,
-        "parallel" => multi::parallel(ctx, &me, &bytes).await,
-        "chain" => multi::chain(ctx, &me, &bytes).await,
-        "compare" => multi::compare(ctx, &me, &bytes).await,
-        "backends" => Ok(sessions::backends(ctx)),
-        "sessions.list" => sessions::list(ctx, &me, &body),
-        "sessions.get" => sessions::get(ctx, &me, body["id"].as_str().unwrap_or_default()),
-        "sessions.delete" => sessions::delete(ctx, &me, body["id"].as_str().unwrap_or_default()),
-        "sessions.clean" => sessions::clean(ctx, &body),
-        "keys.add" => {
-            let name = body["name"].as_str().unwrap_or("unnamed");
-            let (k, secret) = ctx.keys.add(name).map_err(|e| {
-                tracing::error!(error = %e, "cannot add a key");
-                ApiError::new(
-                    crate::error::Kind::Internal,
-                    "key_store_error",
-                    e.to_string(),
-                )
-            })?;
-            Ok(
-                serde_json::json!({"key": secret, "id": k.id, "name": k.name, "prefix": k.prefix, "created_at": k.created_at}),
-            )
+/// The daemon's own API keys (`clinvkctl keys`).
+pub mod keys {
+    use crate::ctx::Ctx;
+    use crate::error::{ApiError, Kind};
+    use clinvk_shared::api::{KeyInfo, KeyList, KeyRevoked, NewKey};
+
+    fn store_error(e: crate::keys::KeyStoreError) -> ApiError {
+        tracing::error!(error = %e, "key store");
+        ApiError::new(Kind::Internal, "key_store_error", e.to_string())
+    }
+
+    fn info(k: &crate::keys::StoredKey) -> KeyInfo {
+        KeyInfo {
+            id: k.id.clone(),
+            name: k.name.clone(),
+            prefix: k.prefix.clone(),
+            created_at: k.created_at.clone(),
         }
-        "keys.list" => Ok(serde_json::json!({
-            "keys": ctx.keys.list(),
-            "required": ctx.auth_required(),
-            "auth": ctx.settings().server.auth,
-            "accepted_keys": ctx.keys.count(),
-        })),
-        "keys.revoke" => {
-            let id = body["id"].as_str().unwrap_or_default();
-            match ctx.keys.revoke(id) {
-                Ok(true) => Ok(serde_json::json!({
-                    "revoked": id,
-                    "remaining": ctx.keys.count(),
-                    "required": ctx.auth_required(),
-                })),
-                Ok(false) => Err(ApiError::not_found(format!(
-                    "no key with id or name {id:?}"
-                ))),
-                Err(e) => Err(ApiError::new(
-                    crate::error::Kind::Internal,
-                    "key_store_error",
-                    e.to_string(),
-                )),
-            }
+    }
+
+    pub fn add(ctx: &Ctx, name: &str) -> Result<NewKey, ApiError> {
+        if name.trim().is_empty() {
+            return Err(ApiError::bad_request("missing_field", "a key needs a name"));
         }
-        _ => Err(ApiError::bad_request(
-            "unknown_op",
-            format!("unknown operation {op:?}"),
-        )),
+        let (k, key) = ctx.keys.add(name).map_err(store_error)?;
+        Ok(NewKey {
+            key,
+            info: info(&k),
+        })
+    }
+
+    pub fn list(ctx: &Ctx) -> KeyList {
+        KeyList {
+            keys: ctx.keys.list().iter().map(info).collect(),
+            required: ctx.auth_required(),
+            auth: ctx.settings().server.auth,
+            accepted_keys: ctx.keys.count(),
+        }
+    }
+
+    pub fn revoke(ctx: &Ctx, id: &str) -> Result<KeyRevoked, ApiError> {
+        if !ctx.keys.revoke(id).map_err(store_error)? {
+            return Err(ApiError::not_found(format!(
+                "no key with id or name {id:?}"
+            )));
+        }
+        Ok(KeyRevoked {
+            revoked: id.to_string(),
+            remaining: ctx.keys.count(),
+            required: ctx.auth_required(),
+        })
     }
 }

@@ -5,52 +5,27 @@ use crate::backend::{ApprovalMode, Event, Invocation, SandboxMode};
 use crate::ctx::Ctx;
 use crate::engine::{self, RunSummary, RunUpdate};
 use crate::error::{ApiError, Kind};
-use crate::session::{clip, Session, StoreError, Turn};
+use crate::session::{clip, Session, StoreError};
+use clinvk_shared::api::{self, DryRun, OutputFormat, RunEvent, SessionStatus, Turn};
+pub use clinvk_shared::api::{PromptRequest, PromptResult};
 use clinvk_shared::config::{is_safe_model_name, KNOWN_BACKENDS};
-use clinvk_shared::types::TokenUsage;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 
-/// The body of `POST /api/v1/prompt` (also a task of `parallel`, a step of `chain`).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
-pub struct PromptRequest {
-    pub backend: Option<String>,
-    pub prompt: Option<String>,
-    pub model: Option<String>,
-    pub workdir: Option<String>,
-    pub approval_mode: Option<String>,
-    pub sandbox_mode: Option<String>,
-    pub output_format: Option<String>,
-    pub max_tokens: Option<u32>,
-    pub max_turns: Option<u32>,
-    pub system_prompt: Option<String>,
-    pub verbose: bool,
-    pub dry_run: bool,
-    pub ephemeral: bool,
-    pub extra: Vec<String>,
-    /// Environment variables for the CLI: only names in `backends.<b>.allowed_request_env`.
-    pub env: BTreeMap<String, String>,
-    pub metadata: BTreeMap<String, String>,
-    pub tags: Vec<String>,
-    /// Continue this clinvk session (by id or unique prefix) through the backend's resume.
-    pub session_id: Option<String>,
+/// A finished prompt: the result every front end shows, and the run's details (the compatible
+/// APIs tell a timeout from a failure by them).
+#[derive(Debug, Clone, Default)]
+pub struct Completed {
+    pub result: PromptResult,
+    pub summary: RunSummary,
 }
 
-/// The answer of a finished prompt.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct PromptResult {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
-    pub backend: String,
-    pub exit_code: i32,
-    pub duration_ms: u64,
-    pub output: String,
-    pub error: Option<String>,
-    pub token_usage: TokenUsage,
-    #[serde(skip)]
-    pub summary: RunSummary,
+impl std::ops::Deref for Completed {
+    type Target = PromptResult;
+    fn deref(&self) -> &PromptResult {
+        &self.result
+    }
 }
 
 /// A validated prompt, ready to run.
@@ -74,52 +49,19 @@ fn bad(code: &str, msg: impl Into<String>) -> ApiError {
     ApiError::bad_request(code.to_string(), msg)
 }
 
-fn parse_mode<T: serde::de::DeserializeOwned>(
-    field: &str,
-    v: &Option<String>,
-    allowed: &str,
-) -> Result<Option<T>, ApiError> {
-    match v.as_deref() {
-        None | Some("") => Ok(None),
-        Some(s) => serde_json::from_value(serde_json::Value::String(s.to_string()))
-            .map(Some)
-            .map_err(|_| {
-                bad(
-                    "invalid_request",
-                    format!("`{field}` must be one of {allowed}, not {s:?}"),
-                )
-            }),
-    }
-}
-
-/// The configured mode: the backend's, else the unified one (both validated at load).
+/// A configured mode: the backend's, else the unified one (both validated at load).
 fn configured_mode<T: serde::de::DeserializeOwned + Default>(
     backend: &Option<String>,
     unified: &str,
 ) -> Result<T, ApiError> {
-    Ok(parse_mode("backends.<name>", backend, "")?
-        .or(parse_mode("unified_flags", &Some(unified.to_string()), "")?)
-        .unwrap_or_default())
-}
-
-/// How strict an approval mode is (higher: asks more).
-fn approval_rank(m: ApprovalMode) -> u8 {
-    match m {
-        ApprovalMode::None => 0,
-        ApprovalMode::Auto => 1,
-        ApprovalMode::Default => 2,
-        ApprovalMode::Always => 3,
-    }
-}
-
-/// How strict a sandbox mode is (higher: allows less).
-fn sandbox_rank(m: SandboxMode) -> u8 {
-    match m {
-        SandboxMode::Full => 0,
-        SandboxMode::Workspace => 1,
-        SandboxMode::Default => 2,
-        SandboxMode::ReadOnly => 3,
-    }
+    let name = backend.as_deref().unwrap_or(unified);
+    serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|_| {
+        ApiError::new(
+            Kind::Internal,
+            "invalid_config",
+            format!("the configured mode {name:?} is not valid"),
+        )
+    })
 }
 
 /// A mode's name as the API writes it.
@@ -206,45 +148,38 @@ pub fn plan(
             ));
         }
     }
-    let stream = match req.output_format.as_deref().unwrap_or("default") {
-        "default" | "text" | "json" | "" => false,
-        "stream-json" => true,
-        other => {
-            return Err(bad(
-                "invalid_request",
-                format!(
-                "`output_format` must be one of default, text, json, stream-json, not {other:?}"
-            ),
-            ))
-        }
-    };
+    let stream = req.output_format == Some(OutputFormat::StreamJson);
+    if req.max_tokens.is_some() {
+        return Err(bad(
+            "unsupported_field",
+            "`max_tokens` is not supported: none of the CLIs can cap the tokens of an answer (use `max_turns` to bound a run)",
+        )
+        .with_param("max_tokens"));
+    }
+    if req.verbose == Some(true) {
+        return Err(bad(
+            "unsupported_field",
+            "`verbose` is not supported: the stream always carries every event the CLI reports",
+        )
+        .with_param("verbose"));
+    }
     let cfg = settings.backends.get(&backend).cloned().unwrap_or_default();
     // The configured modes are a ceiling: a request may keep or tighten them, never loosen.
     let cfg_approval: ApprovalMode =
         configured_mode(&cfg.approval_mode, &settings.unified_flags.approval_mode)?;
     let cfg_sandbox: SandboxMode =
         configured_mode(&cfg.sandbox_mode, &settings.unified_flags.sandbox_mode)?;
-    let approval: ApprovalMode = parse_mode(
-        "approval_mode",
-        &req.approval_mode,
-        "default, auto, none, always",
-    )?
-    .unwrap_or(cfg_approval);
-    let sandbox: SandboxMode = parse_mode(
-        "sandbox_mode",
-        &req.sandbox_mode,
-        "default, read-only, workspace, full",
-    )?
-    .unwrap_or(cfg_sandbox);
+    let approval: ApprovalMode = req.approval_mode.unwrap_or(cfg_approval);
+    let sandbox: SandboxMode = req.sandbox_mode.unwrap_or(cfg_sandbox);
     if !settings.server.allow_request_escalation {
-        if approval_rank(approval) < approval_rank(cfg_approval) {
+        if approval.strictness() < cfg_approval.strictness() {
             return Err(escalation(
                 "approval_mode",
                 &wire_name(&approval),
                 &wire_name(&cfg_approval),
             ));
         }
-        if sandbox_rank(sandbox) < sandbox_rank(cfg_sandbox) {
+        if sandbox.strictness() < cfg_sandbox.strictness() {
             return Err(escalation(
                 "sandbox_mode",
                 &wire_name(&sandbox),
@@ -342,7 +277,7 @@ pub fn store_error(e: StoreError) -> ApiError {
 #[derive(Debug, Clone)]
 pub enum PromptUpdate {
     Event(Event),
-    Done(Box<PromptResult>),
+    Done(Box<Completed>),
 }
 
 /// A started prompt. Dropping it cancels the run.
@@ -353,18 +288,21 @@ pub struct PromptRun {
 }
 
 impl PromptRun {
-    pub async fn finish(mut self) -> PromptResult {
+    pub async fn finish(mut self) -> Completed {
         while let Some(u) = self.rx.recv().await {
             if let PromptUpdate::Done(r) = u {
                 return *r;
             }
         }
-        PromptResult {
-            backend: self.backend,
-            session_id: self.session_id,
-            exit_code: -1,
-            error: Some("cancelled".into()),
-            ..Default::default()
+        Completed {
+            result: PromptResult {
+                backend: self.backend,
+                session_id: self.session_id,
+                exit_code: -1,
+                error: Some("cancelled".into()),
+                ..Default::default()
+            },
+            summary: RunSummary::default(),
         }
     }
 }
@@ -396,7 +334,9 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
     // The session is on disk before the CLI can start: a crash at any later point never loses
     // it (it is marked interrupted at the next start).
     let session_id = if let Some(s) = &plan.resume_session {
-        let _ = ctx.sessions.update(&s.id, |s| s.status = "active".into());
+        let _ = ctx
+            .sessions
+            .update(&s.id, |s| s.status = SessionStatus::Active);
         Some(s.id.clone())
     } else if plan.ephemeral {
         None
@@ -451,7 +391,7 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
                 _ = tx.closed() => {
                     drop(run);
                     if let Some(id) = &sid {
-                        let _ = ctx2.sessions.update(id, |s| s.status = "interrupted".into());
+                        let _ = ctx2.sessions.update(id, |s| s.status = SessionStatus::Interrupted);
                     }
                     return;
                 }
@@ -471,7 +411,7 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
                         if let Some(id) = &sid {
                             let _ = ctx2
                                 .sessions
-                                .update(id, |s| s.status = "interrupted".into());
+                                .update(id, |s| s.status = SessionStatus::Interrupted);
                         }
                         return;
                     }
@@ -498,7 +438,7 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
             if summary.failed() && ctx2.is_draining() {
                 let _ = ctx2
                     .sessions
-                    .update(id, |s| s.status = "interrupted".into());
+                    .update(id, |s| s.status = SessionStatus::Interrupted);
             }
             if let Some(h) = &transcript_hash {
                 if !summary.failed() {
@@ -515,9 +455,10 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
             output: summary.output.clone(),
             error: summary.error.clone(),
             token_usage: summary.usage,
-            summary,
         };
-        let _ = tx.send(PromptUpdate::Done(Box::new(result))).await;
+        let _ = tx
+            .send(PromptUpdate::Done(Box::new(Completed { result, summary })))
+            .await;
     });
     Ok(PromptRun {
         session_id,
@@ -527,76 +468,74 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
 }
 
 /// The dry-run answer: the exact argv, nothing started.
-pub fn dry_run_json(ctx: &Ctx, plan: &Plan) -> Result<serde_json::Value, ApiError> {
+pub fn dry_run(ctx: &Ctx, plan: &Plan) -> Result<DryRun, ApiError> {
     let d = engine::dry_run(ctx, &plan.inv).map_err(|e| e.api_error())?;
-    Ok(serde_json::json!({
-        "dry_run": true,
-        "backend": d.backend,
-        "command": d.argv,
-        "program": d.program,
-        "cwd": d.cwd,
-        "env": d.env,
-        "session_id": plan.resume_session.as_ref().map(|s| s.id.clone()),
-    }))
+    Ok(DryRun {
+        dry_run: true,
+        backend: d.backend,
+        command: d.argv,
+        program: d.program,
+        cwd: d.cwd,
+        env: d.env,
+        session_id: plan.resume_session.as_ref().map(|s| s.id.clone()),
+    })
 }
 
-/// Parses, plans and runs a prompt to its end; JSON result (the non-streaming native answer).
-pub async fn run_to_json(
+/// Plans and runs a prompt to its end (the non-streaming answer), or reports its dry run.
+pub async fn run_to_end(
     ctx: &Ctx,
     caller: &Caller,
-    body: &[u8],
+    req: PromptRequest,
     source: &str,
-) -> Result<serde_json::Value, ApiError> {
-    let req: PromptRequest = super::parse_body(body)?;
+) -> Result<api::PromptOutcome, ApiError> {
     let plan = plan(ctx, caller, req, source)?;
     if plan.dry_run {
-        return dry_run_json(ctx, &plan);
+        return Ok(api::PromptOutcome::DryRun(dry_run(ctx, &plan)?));
     }
-    let result = start(ctx, plan).await?.finish().await;
-    Ok(serde_json::to_value(&result).unwrap_or_default())
+    let done = start(ctx, plan).await?.finish().await;
+    Ok(api::PromptOutcome::Result(done.result))
 }
 
-/// An event in the native stream's form (`type` and `content`); `None` for events the stream
-/// does not show. A whole message after token deltas is skipped (it would repeat them).
-pub fn native_event(ev: &Event, saw_delta: &mut bool) -> Option<(&'static str, serde_json::Value)> {
-    use serde_json::json;
+/// An event as the native stream and `clinvk` show it; `None` for events they do not show. A
+/// whole message after token deltas is skipped (it would repeat them).
+pub fn run_event(ev: &Event, saw_delta: &mut bool) -> Option<RunEvent> {
     Some(match ev {
-        Event::SessionStarted { session_id, model } => (
-            "init",
-            json!({"backend_session_id": session_id, "model": model}),
-        ),
+        Event::SessionStarted { session_id, model } => RunEvent::Init {
+            backend_session_id: session_id.clone(),
+            model: model.clone(),
+        },
         Event::TextDelta { text } => {
             *saw_delta = true;
-            (
-                "message",
-                json!({"text": text, "role": "assistant", "delta": true}),
-            )
+            RunEvent::Message {
+                text: text.clone(),
+                role: "assistant".into(),
+                delta: true,
+            }
         }
-        Event::Message { text } if !*saw_delta => (
-            "message",
-            json!({"text": text, "role": "assistant", "delta": false}),
-        ),
-        Event::ToolUse { id, name, input } => {
-            ("tool_use", json!({"id": id, "name": name, "input": input}))
-        }
+        Event::Message { text } if !*saw_delta => RunEvent::Message {
+            text: text.clone(),
+            role: "assistant".into(),
+            delta: false,
+        },
+        Event::ToolUse { id, name, input } => RunEvent::ToolUse {
+            id: id.clone(),
+            name: name.clone(),
+            input: input.clone(),
+        },
         Event::ToolResult {
             id,
             output,
             is_error,
-        } => (
-            "tool_result",
-            json!({"id": id, "output": output, "is_error": is_error}),
-        ),
-        Event::Thinking { text } => ("thinking", json!({"text": text})),
-        Event::Error { message } => ("error", json!({"message": message})),
+        } => RunEvent::ToolResult {
+            id: id.clone(),
+            output: output.clone(),
+            is_error: *is_error,
+        },
+        Event::Thinking { text } => RunEvent::Thinking { text: text.clone() },
+        Event::Error { message } => RunEvent::Error {
+            message: message.clone(),
+            exit_code: None,
+        },
         _ => return None,
-    })
-}
-
-/// The content of the final `done` event.
-pub fn done_content(r: &PromptResult) -> serde_json::Value {
-    serde_json::json!({
-        "token_usage": r.token_usage, "exit_code": r.exit_code, "duration_ms": r.duration_ms,
-        "output": r.output, "error": r.error, "session_id": r.session_id,
     })
 }

@@ -11,19 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// One turn of a session.
-#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
-#[serde(default)]
-pub struct Turn {
-    pub at: String,
-    pub prompt: String,
-    /// The start of the output (at most 4000 characters).
-    pub output_summary: String,
-    pub usage: TokenUsage,
-    pub exit_code: i32,
-    pub duration_ms: u64,
-    pub error: Option<String>,
-}
+pub use clinvk_shared::api::{ListQuery, SessionStatus, Turn};
 
 /// A clinvk session: a conversation with one backend, resumable through the backend's own id.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
@@ -39,8 +27,7 @@ pub struct Session {
     pub initial_prompt: String,
     pub tags: Vec<String>,
     pub metadata: BTreeMap<String, String>,
-    /// `active` (a turn is running), `completed`, `error`, `interrupted`.
-    pub status: String,
+    pub status: SessionStatus,
     pub turn_count: u32,
     pub token_usage: TokenUsage,
     pub created_at: String,
@@ -64,14 +51,32 @@ pub fn visible_to(s: &Session, owner: Option<&str>) -> bool {
 
 impl Session {
     /// The listing form (no turns).
-    pub fn summary(&self) -> serde_json::Value {
-        serde_json::json!({
-            "id": self.id, "backend": self.backend, "backend_session_id": self.backend_session_id,
-            "created_at": self.created_at, "last_used": self.last_used,
-            "working_dir": self.working_dir, "model": self.model, "initial_prompt": self.initial_prompt,
-            "status": self.status, "turn_count": self.turn_count, "token_usage": self.token_usage,
-            "tags": self.tags, "title": self.title, "metadata": self.metadata, "source": self.source,
-        })
+    pub fn info(&self) -> clinvk_shared::api::SessionInfo {
+        clinvk_shared::api::SessionInfo {
+            id: self.id.clone(),
+            backend: self.backend.clone(),
+            backend_session_id: self.backend_session_id.clone(),
+            created_at: self.created_at.clone(),
+            last_used: self.last_used.clone(),
+            working_dir: self.working_dir.clone(),
+            model: self.model.clone(),
+            initial_prompt: self.initial_prompt.clone(),
+            status: self.status,
+            turn_count: self.turn_count,
+            token_usage: self.token_usage,
+            tags: self.tags.clone(),
+            title: self.title.clone(),
+            metadata: self.metadata.clone(),
+            source: self.source.clone(),
+        }
+    }
+
+    /// The whole session, turns included.
+    pub fn detail(&self) -> clinvk_shared::api::SessionDetail {
+        clinvk_shared::api::SessionDetail {
+            info: self.info(),
+            turns: self.turns.clone(),
+        }
     }
 }
 
@@ -92,19 +97,6 @@ pub struct Store {
     map: Arc<Mutex<HashMap<String, Session>>>,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     pub corrupt_files: Arc<Mutex<Vec<String>>>,
-}
-
-/// Filters and paging of a listing.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct ListQuery {
-    /// Only the sessions of this key (set by the server, never by the client).
-    #[serde(skip)]
-    pub owner: Option<String>,
-    pub backend: Option<String>,
-    pub status: Option<String>,
-    pub limit: Option<usize>,
-    pub offset: Option<usize>,
 }
 
 impl Store {
@@ -186,9 +178,6 @@ impl Store {
         if s.title.is_empty() {
             s.title = title_of(&s.initial_prompt);
         }
-        if s.status.is_empty() {
-            s.status = "active".into();
-        }
         self.persist(&s)?;
         self.map().insert(s.id.clone(), s.clone());
         metrics::counter!("clinvk_sessions_created_total").increment(1);
@@ -226,9 +215,9 @@ impl Store {
                 s.backend_session_id = backend_session_id;
             }
             s.status = if failed {
-                "error".into()
+                SessionStatus::Error
             } else {
-                "completed".into()
+                SessionStatus::Completed
             };
             s.turns.push(turn);
         })
@@ -254,13 +243,13 @@ impl Store {
     }
 
     /// Newest `last_used` first; returns (page, total matching).
-    pub fn list(&self, q: &ListQuery) -> (Vec<Session>, usize) {
+    pub fn list(&self, q: &ListQuery, owner: Option<&str>) -> (Vec<Session>, usize) {
         let mut all: Vec<Session> = self
             .map()
             .values()
-            .filter(|s| visible_to(s, q.owner.as_deref()))
+            .filter(|s| visible_to(s, owner))
             .filter(|s| q.backend.as_ref().is_none_or(|b| &s.backend == b))
-            .filter(|s| q.status.as_ref().is_none_or(|st| &s.status == st))
+            .filter(|s| q.status.is_none_or(|st| s.status == st))
             .cloned()
             .collect();
         all.sort_by(|a, b| {
@@ -313,11 +302,14 @@ impl Store {
         let ids: Vec<String> = self
             .map()
             .values()
-            .filter(|s| s.status == "active")
+            .filter(|s| s.status == SessionStatus::Active)
             .map(|s| s.id.clone())
             .collect();
         ids.iter()
-            .filter(|id| self.update(id, |s| s.status = "interrupted".into()).is_ok())
+            .filter(|id| {
+                self.update(id, |s| s.status = SessionStatus::Interrupted)
+                    .is_ok()
+            })
             .count()
     }
 
@@ -420,10 +412,13 @@ mod tests {
         let got = st.get(&a.id[..8], None).unwrap();
         assert_eq!(got.turn_count, 1);
         assert_eq!(got.backend_session_id.as_deref(), Some("bs-1"));
-        let (page, total) = st.list(&ListQuery {
-            backend: Some("codex".into()),
-            ..Default::default()
-        });
+        let (page, total) = st.list(
+            &ListQuery {
+                backend: Some("codex".into()),
+                ..Default::default()
+            },
+            None,
+        );
         assert_eq!((page.len(), total), (1, 1));
         assert_eq!(page[0].id, b.id);
         // A corrupt file is skipped, not fatal; the store reloads from files.
@@ -471,10 +466,7 @@ mod tests {
         assert!(st.delete(&a.id, Some("key-b")).is_err());
         assert!(st.get(&a.id, Some("key-a")).is_ok());
         assert!(st.get(&a.id, None).is_ok(), "the owner sees all");
-        let q = ListQuery {
-            owner: Some("key-b".into()),
-            ..Default::default()
-        };
-        assert_eq!(st.list(&q).1, 0);
+        assert_eq!(st.list(&ListQuery::default(), Some("key-b")).1, 0);
+        assert_eq!(st.list(&ListQuery::default(), Some("key-a")).1, 1);
     }
 }

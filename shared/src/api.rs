@@ -1,0 +1,562 @@
+//! The operations' requests, results and events: one set of types for the daemon's native HTTP
+//! API, its control socket and both clients, so the compiler finds every place a change touches.
+//! Their JSON forms are the native API's (`/api/v1/…`); requests refuse unknown fields.
+
+use crate::types::TokenUsage;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `approval_mode`: how much the agent may do without asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApprovalMode {
+    /// The CLI's own default.
+    #[default]
+    Default,
+    /// Edits without asking.
+    Auto,
+    /// Nothing is asked (the loosest).
+    None,
+    /// Everything is asked (the strictest).
+    Always,
+}
+
+impl ApprovalMode {
+    /// How strict it is (higher: asks more).
+    pub fn strictness(self) -> u8 {
+        match self {
+            ApprovalMode::None => 0,
+            ApprovalMode::Auto => 1,
+            ApprovalMode::Default => 2,
+            ApprovalMode::Always => 3,
+        }
+    }
+}
+
+/// `sandbox_mode`: what the agent's commands may touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SandboxMode {
+    /// The CLI's own default.
+    #[default]
+    Default,
+    ReadOnly,
+    Workspace,
+    /// No sandbox (the loosest).
+    Full,
+}
+
+impl SandboxMode {
+    /// How strict it is (higher: allows less).
+    pub fn strictness(self) -> u8 {
+        match self {
+            SandboxMode::Full => 0,
+            SandboxMode::Workspace => 1,
+            SandboxMode::Default => 2,
+            SandboxMode::ReadOnly => 3,
+        }
+    }
+}
+
+/// `output_format` of a prompt: a JSON answer at the end, or NDJSON events as they come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    #[default]
+    Default,
+    Text,
+    Json,
+    StreamJson,
+}
+
+/// Where a session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    /// A turn is running.
+    #[default]
+    Active,
+    Completed,
+    Error,
+    /// A run was cut short (the client left, the daemon stopped or crashed).
+    Interrupted,
+}
+
+/// `POST /api/v1/prompt` (also a task of `parallel`, a step of `chain`, and `clinvk "…"`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PromptRequest {
+    pub backend: Option<String>,
+    pub prompt: Option<String>,
+    pub model: Option<String>,
+    pub workdir: Option<String>,
+    pub approval_mode: Option<ApprovalMode>,
+    pub sandbox_mode: Option<SandboxMode>,
+    pub output_format: Option<OutputFormat>,
+    /// Refused when set: none of the CLIs can cap the tokens of an answer.
+    pub max_tokens: Option<u32>,
+    pub max_turns: Option<u32>,
+    pub system_prompt: Option<String>,
+    /// Refused when true: the CLIs always run with their verbose event stream, and the events
+    /// the stream shows do not change.
+    pub verbose: Option<bool>,
+    pub dry_run: bool,
+    pub ephemeral: bool,
+    pub extra: Vec<String>,
+    /// Environment variables for the CLI: only names in `backends.<b>.allowed_request_env`.
+    pub env: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+    pub tags: Vec<String>,
+    /// Continue this session (by id or unique prefix) through the backend's own resume.
+    pub session_id: Option<String>,
+}
+
+/// The answer of a finished prompt (a run that started, even if it failed).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PromptResult {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    pub backend: String,
+    /// -1 for a timeout or a cancellation.
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    pub output: String,
+    /// Why the run failed (CLI error, non-zero exit, timeout, cancellation).
+    pub error: Option<String>,
+    pub token_usage: TokenUsage,
+}
+
+impl PromptResult {
+    pub fn failed(&self) -> bool {
+        self.error.is_some() || self.exit_code != 0
+    }
+}
+
+/// What a dry run reports: exactly what would run, nothing started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DryRun {
+    /// Always true (tells a dry run's answer from a result).
+    pub dry_run: bool,
+    pub backend: String,
+    /// The full argv, program first.
+    pub command: Vec<String>,
+    pub program: String,
+    pub cwd: Option<String>,
+    /// Names of the extra environment variables (values are not shown).
+    pub env: Vec<String>,
+    pub session_id: Option<String>,
+}
+
+/// A prompt's answer: a result, or a dry run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PromptOutcome {
+    DryRun(DryRun),
+    Result(PromptResult),
+}
+
+impl PromptOutcome {
+    pub fn failed(&self) -> bool {
+        match self {
+            PromptOutcome::Result(r) => r.failed(),
+            PromptOutcome::DryRun(_) => false,
+        }
+    }
+
+    pub fn backend(&self) -> &str {
+        match self {
+            PromptOutcome::Result(r) => &r.backend,
+            PromptOutcome::DryRun(d) => &d.backend,
+        }
+    }
+
+    pub fn result(&self) -> Option<&PromptResult> {
+        match self {
+            PromptOutcome::Result(r) => Some(r),
+            PromptOutcome::DryRun(_) => None,
+        }
+    }
+}
+
+/// `POST /api/v1/parallel`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ParallelRequest {
+    pub tasks: Vec<PromptRequest>,
+    /// Tasks at once (default `parallel.max_workers`, capped by
+    /// `limits.max_parallel_per_request`).
+    pub max_parallel: Option<usize>,
+    pub fail_fast: Option<bool>,
+    pub dry_run: bool,
+}
+
+/// The answer of `parallel`: one outcome per task, in the tasks' order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ParallelResult {
+    pub total_tasks: usize,
+    pub completed: usize,
+    pub failed: usize,
+    pub total_duration_ms: u64,
+    pub results: Vec<PromptOutcome>,
+}
+
+/// A task of `parallel` has ended (streamed to `clinvk parallel` as it happens).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDone {
+    pub index: usize,
+    pub total: usize,
+    pub backend: String,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub duration_ms: Option<u64>,
+}
+
+/// One step of `chain`: a prompt request with an optional name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ChainStep {
+    pub name: Option<String>,
+    #[serde(flatten)]
+    pub request: PromptRequest,
+}
+
+// Written by hand: `deny_unknown_fields` does not work through `flatten`.
+impl<'de> Deserialize<'de> for ChainStep {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_json::Map::deserialize(d)?;
+        let name = match map.remove("name") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(String::deserialize(v).map_err(D::Error::custom)?),
+        };
+        let request =
+            PromptRequest::deserialize(serde_json::Value::Object(map)).map_err(D::Error::custom)?;
+        Ok(ChainStep { name, request })
+    }
+}
+
+/// `POST /api/v1/chain`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChainRequest {
+    pub steps: Vec<ChainStep>,
+    /// Default true.
+    pub stop_on_failure: Option<bool>,
+    /// A step without `workdir` gets the previous step's.
+    pub pass_working_dir: bool,
+    pub dry_run: bool,
+}
+
+/// One step's outcome in `chain` (or one backend's in `compare`): the fields of a result, or of
+/// a dry run (then only `command` is set).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepOutcome {
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub output: Option<String>,
+    pub session_id: Option<String>,
+    pub command: Option<Vec<String>>,
+}
+
+impl StepOutcome {
+    pub fn failed(&self) -> bool {
+        self.error.is_some() || self.exit_code.is_some_and(|c| c != 0)
+    }
+}
+
+impl From<&PromptOutcome> for StepOutcome {
+    fn from(o: &PromptOutcome) -> Self {
+        match o {
+            PromptOutcome::Result(r) => StepOutcome {
+                exit_code: Some(r.exit_code),
+                error: r.error.clone(),
+                duration_ms: Some(r.duration_ms),
+                output: Some(r.output.clone()),
+                session_id: r.session_id.clone(),
+                command: None,
+            },
+            PromptOutcome::DryRun(d) => StepOutcome {
+                command: Some(d.command.clone()),
+                session_id: d.session_id.clone(),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// One step of a `chain` answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChainStepResult {
+    /// 1-based.
+    pub step: usize,
+    pub name: String,
+    pub backend: String,
+    #[serde(flatten)]
+    pub outcome: StepOutcome,
+}
+
+/// The answer of `chain`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChainResult {
+    pub total_steps: usize,
+    pub completed_steps: usize,
+    /// The first step that failed (1-based).
+    pub failed_step: Option<usize>,
+    pub total_duration_ms: u64,
+    pub results: Vec<ChainStepResult>,
+}
+
+/// `POST /api/v1/compare`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompareRequest {
+    pub backends: Vec<String>,
+    pub prompt: Option<String>,
+    pub model: Option<String>,
+    pub workdir: Option<String>,
+    pub sequential: bool,
+    pub dry_run: bool,
+    pub ephemeral: bool,
+}
+
+/// One backend of a `compare` answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompareEntry {
+    pub backend: String,
+    pub model: Option<String>,
+    #[serde(flatten)]
+    pub outcome: StepOutcome,
+}
+
+/// The answer of `compare`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompareResult {
+    pub prompt: Option<String>,
+    pub backends: Vec<String>,
+    pub results: Vec<CompareEntry>,
+    pub total_duration_ms: u64,
+}
+
+/// `GET /api/v1/backends`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackendList {
+    pub backends: Vec<crate::protocol::BackendStatus>,
+}
+
+/// Filters and paging of `GET /api/v1/sessions`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListQuery {
+    pub backend: Option<String>,
+    pub status: Option<SessionStatus>,
+    /// Default 100.
+    pub limit: Option<usize>,
+    pub offset: Option<usize>,
+}
+
+/// A session as listings show it (no turns).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub id: String,
+    pub backend: String,
+    /// The backend CLI's own session id (what its resume takes).
+    pub backend_session_id: Option<String>,
+    pub created_at: String,
+    pub last_used: String,
+    pub working_dir: Option<String>,
+    pub model: Option<String>,
+    pub initial_prompt: String,
+    pub status: SessionStatus,
+    pub turn_count: u32,
+    pub token_usage: TokenUsage,
+    pub tags: Vec<String>,
+    pub title: String,
+    pub metadata: BTreeMap<String, String>,
+    /// Which API made it: `native`, `openai`, `anthropic`, `cli`.
+    pub source: String,
+}
+
+/// One turn of a session.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default)]
+pub struct Turn {
+    pub at: String,
+    pub prompt: String,
+    /// The start of the output (at most 4000 characters).
+    pub output_summary: String,
+    pub usage: TokenUsage,
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+}
+
+/// `GET /api/v1/sessions/{id}`: a session with its turns.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionDetail {
+    #[serde(flatten)]
+    pub info: SessionInfo,
+    pub turns: Vec<Turn>,
+}
+
+/// A page of sessions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionPage {
+    pub sessions: Vec<SessionInfo>,
+    /// How many match the filters in all.
+    pub total: usize,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+/// `DELETE /api/v1/sessions/{id}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionDeleted {
+    pub deleted: bool,
+    pub id: String,
+}
+
+/// A stored API key as `clinvkctl keys list` shows it (never the key nor its digest).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub name: String,
+    /// The first characters of the key, to recognise it.
+    pub prefix: String,
+    pub created_at: String,
+}
+
+/// A key just created: the only time the key itself is shown.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NewKey {
+    pub key: String,
+    #[serde(flatten)]
+    pub info: KeyInfo,
+}
+
+/// The stored keys and whether the API asks for one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeyList {
+    pub keys: Vec<KeyInfo>,
+    pub required: bool,
+    pub auth: crate::config::AuthMode,
+    /// Keys accepted now, from every source.
+    pub accepted_keys: usize,
+}
+
+/// A key revoked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeyRevoked {
+    pub revoked: String,
+    /// Keys accepted now, from every source.
+    pub remaining: usize,
+    pub required: bool,
+}
+
+/// The content of a run's closing `done` event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Done {
+    pub token_usage: TokenUsage,
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    pub output: String,
+    pub error: Option<String>,
+    pub session_id: Option<String>,
+}
+
+impl From<&PromptResult> for Done {
+    fn from(r: &PromptResult) -> Self {
+        Done {
+            token_usage: r.token_usage,
+            exit_code: r.exit_code,
+            duration_ms: r.duration_ms,
+            output: r.output.clone(),
+            error: r.error.clone(),
+            session_id: r.session_id.clone(),
+        }
+    }
+}
+
+/// One event of a running prompt, as the native NDJSON stream and `clinvk` show it
+/// (`{"type": …, "content": …}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "content", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// The CLI announced its session.
+    Init {
+        backend_session_id: String,
+        model: Option<String>,
+    },
+    /// Assistant text: a token delta (`delta: true`) or a whole message.
+    Message {
+        text: String,
+        role: String,
+        delta: bool,
+    },
+    ToolUse {
+        id: Option<String>,
+        name: String,
+        input: serde_json::Value,
+    },
+    ToolResult {
+        id: Option<String>,
+        output: String,
+        is_error: bool,
+    },
+    Thinking {
+        text: String,
+    },
+    /// A failure: reported by the CLI, or the run's end (then with its exit code).
+    Error {
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+    },
+    /// The last event.
+    Done(Done),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_refuse_unknown_fields() {
+        let e = serde_json::from_str::<PromptRequest>(r#"{"prompt":"x","bogus":1}"#).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let step: ChainStep =
+            serde_json::from_str(r#"{"name":"a","prompt":"x","backend":"claude"}"#).unwrap();
+        assert_eq!(step.name.as_deref(), Some("a"));
+        assert_eq!(step.request.prompt.as_deref(), Some("x"));
+        let e = serde_json::from_str::<ChainStep>(r#"{"prompt":"x","nope":true}"#).unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn wire_forms() {
+        let ev = RunEvent::Message {
+            text: "hi".into(),
+            role: "assistant".into(),
+            delta: true,
+        };
+        assert_eq!(
+            serde_json::to_value(&ev).unwrap(),
+            serde_json::json!({"type": "message", "content": {"text": "hi", "role": "assistant", "delta": true}})
+        );
+        let dry = PromptOutcome::DryRun(DryRun {
+            dry_run: true,
+            ..Default::default()
+        });
+        let back: PromptOutcome =
+            serde_json::from_value(serde_json::to_value(&dry).unwrap()).unwrap();
+        assert_eq!(back, dry);
+        let res = PromptOutcome::Result(PromptResult::default());
+        let back: PromptOutcome =
+            serde_json::from_value(serde_json::to_value(&res).unwrap()).unwrap();
+        assert_eq!(back, res);
+        assert_eq!(
+            serde_json::to_value(SandboxMode::ReadOnly).unwrap(),
+            "read-only"
+        );
+        assert!(ApprovalMode::Always.strictness() > ApprovalMode::None.strictness());
+    }
+}
