@@ -250,6 +250,44 @@ impl KeyStore {
     }
 }
 
+/// Runs a short helper command, killing it when it takes longer than `limit` (a gopass waiting
+/// for a passphrase must not hang a start or a reload).
+fn run_with_timeout(
+    cmd: &mut std::process::Command,
+    limit: std::time::Duration,
+) -> std::io::Result<std::process::Output> {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s", limit.as_secs()),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stdout = Vec::new();
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_end(&mut stdout)?;
+    }
+    Ok(std::process::Output {
+        status,
+        stdout,
+        stderr: Vec::new(),
+    })
+}
+
 /// Keys from the environment and gopass, read at start and on every reload. A configured gopass
 /// path that cannot be read is an error (never "no keys").
 pub fn external_keys(gopass_path: &str) -> Result<Vec<String>, String> {
@@ -264,29 +302,23 @@ pub fn external_keys(gopass_path: &str) -> Result<Vec<String>, String> {
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| gopass_path.to_string());
     if !path.is_empty() {
-        match std::process::Command::new("gopass")
-            .args(["show", "-o", &path])
-            .stdin(std::process::Stdio::null())
-            .output()
-        {
-            Ok(o) if o.status.success() => keys.extend(
-                String::from_utf8_lossy(&o.stdout)
-                    .split([',', '\n'])
-                    .map(|k| k.trim().to_string())
-                    .filter(|k| !k.is_empty()),
-            ),
-            Ok(o) => {
-                return Err(format!(
-                    "gopass could not read the API keys at {path:?} ({}); fix it or unset server.api_keys_gopass_path",
-                    o.status
-                ))
-            }
-            Err(e) => {
-                return Err(format!(
-                    "cannot run gopass to read the API keys at {path:?}: {e}"
-                ))
-            }
+        let out = run_with_timeout(
+            std::process::Command::new("gopass").args(["show", "-o", &path]),
+            std::time::Duration::from_secs(10),
+        )
+        .map_err(|e| format!("cannot run gopass to read the API keys at {path:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "gopass could not read the API keys at {path:?} ({}); fix it or unset server.api_keys_gopass_path",
+                out.status
+            ));
         }
+        keys.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .split([',', '\n'])
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty()),
+        );
     }
     Ok(keys)
 }
@@ -317,6 +349,22 @@ mod tests {
         // The last key revoked: still required (fails closed) until auth is switched off.
         assert_eq!(ks.count(), 0);
         assert!(ks.required(AuthMode::Auto));
+    }
+
+    #[test]
+    fn a_hanging_helper_is_stopped() {
+        let e = run_with_timeout(
+            std::process::Command::new("sleep").arg("30"),
+            std::time::Duration::from_millis(200),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        let out = run_with_timeout(
+            std::process::Command::new("echo").arg("k1,k2"),
+            std::time::Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "k1,k2");
     }
 
     #[test]

@@ -66,10 +66,8 @@ impl Adapter for Claude {
         if !cfg.allowed_tools.is_empty() {
             push("--allowedTools", &cfg.allowed_tools.join(","));
         }
-        match (&inv.resume, &inv.new_session_id) {
-            (Some(id), _) => push("--resume", id),
-            (None, Some(id)) => push("--session-id", id),
-            _ => {}
+        if let Some(id) = &inv.resume {
+            push("--resume", id);
         }
         if inv.ephemeral {
             a.push("--no-session-persistence".into());

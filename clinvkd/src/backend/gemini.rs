@@ -54,10 +54,8 @@ impl Adapter for Gemini {
         if inv.sandbox_mode == SandboxMode::Workspace {
             a.push("--sandbox".into());
         }
-        match (&inv.resume, &inv.new_session_id) {
-            (Some(id), _) => a.extend(["--resume".to_string(), id.clone()]),
-            (None, Some(id)) => a.extend(["--session-id".to_string(), id.clone()]),
-            _ => {}
+        if let Some(id) = &inv.resume {
+            a.extend(["--resume".to_string(), id.clone()]);
         }
         a.extend(cfg.extra_flags.iter().cloned());
         a.extend(check_extra(&inv.extra, ALLOW, cfg)?);

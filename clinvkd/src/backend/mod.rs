@@ -23,8 +23,6 @@ pub struct Invocation {
     pub workdir: Option<PathBuf>,
     /// The backend's own session id to resume.
     pub resume: Option<String>,
-    /// A UUID for a new session, where the CLI lets us choose it.
-    pub new_session_id: Option<String>,
     pub system_prompt: Option<String>,
     pub max_turns: Option<u32>,
     pub approval_mode: ApprovalMode,
@@ -156,10 +154,6 @@ pub fn adapter(name: &str) -> Option<&'static dyn Adapter> {
         "gemini" => Some(&GEMINI),
         _ => None,
     }
-}
-
-pub fn all() -> [&'static dyn Adapter; 3] {
-    [&CLAUDE, &CODEX, &GEMINI]
 }
 
 /// The model to pass: the request's, else the config's; a bare backend name means the default.

@@ -2,34 +2,15 @@
 
 use super::compat::{self, Conversation, Frames, Msg, Role};
 use super::error::{json_response, ApiError, Render as _, Style};
-use super::HttpRequest;
+
 use crate::ctx::Ctx;
 use crate::ops;
 use crate::ops::prompt::PromptResult;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use warp::http::{Method, StatusCode};
+use warp::http::StatusCode;
 use warp::reply::Response;
-
-pub async fn route(ctx: &Ctx, mut req: HttpRequest, rest: &[&str]) -> Result<Response, ApiError> {
-    let m = req.method.clone();
-    match (rest, m) {
-        (["messages"], Method::POST) => {
-            let limit = ctx.settings().server.max_request_body_bytes;
-            let body = req.body_bytes(limit).await?;
-            messages(ctx, &req.caller, compat::session_header(&req), &body).await
-        }
-        (["models"], Method::GET) => Ok(json_response(StatusCode::OK, &models(ctx))),
-        (["models", id @ ..], Method::GET) if !id.is_empty() => {
-            let id = compat::path_model_id(id);
-            compat::resolve_model(ctx, &id)?;
-            Ok(json_response(StatusCode::OK, &model_object(ctx, &id)))
-        }
-        (["messages"] | ["models", ..], m) => Err(ApiError::method_not_allowed(m, &req.path)),
-        _ => Err(ApiError::no_route(&req.method, &req.path)),
-    }
-}
 
 fn model_object(ctx: &Ctx, id: &str) -> Value {
     json!({
@@ -40,14 +21,24 @@ fn model_object(ctx: &Ctx, id: &str) -> Value {
     })
 }
 
-fn models(ctx: &Ctx) -> Value {
+/// `GET /anthropic/v1/models`.
+pub(crate) fn models(ctx: &Ctx) -> Response {
     let ids = compat::model_ids(ctx);
     let data: Vec<Value> = ids.iter().map(|id| model_object(ctx, id)).collect();
-    json!({"data": data, "has_more": false, "first_id": ids.first(), "last_id": ids.last()})
+    json_response(
+        StatusCode::OK,
+        &json!({"data": data, "has_more": false, "first_id": ids.first(), "last_id": ids.last()}),
+    )
+}
+
+/// `GET /anthropic/v1/models/{id}`.
+pub(crate) fn model(ctx: &Ctx, id: &str) -> Result<Response, ApiError> {
+    compat::resolve_model(ctx, id)?;
+    Ok(json_response(StatusCode::OK, &model_object(ctx, id)))
 }
 
 #[derive(Debug, Deserialize)]
-struct MessagesRequest {
+pub(crate) struct MessagesRequest {
     model: String,
     #[serde(default)]
     max_tokens: Option<i64>,
@@ -167,13 +158,12 @@ fn conversation(r: &MessagesRequest) -> Result<Conversation, ApiError> {
     Ok(conv)
 }
 
-async fn messages(
+pub(crate) async fn messages(
     ctx: &Ctx,
     caller: &ops::Caller,
     session: Option<String>,
-    body: &[u8],
+    mr: MessagesRequest,
 ) -> Result<Response, ApiError> {
-    let mr: MessagesRequest = ops::parse_body(body)?;
     match mr.max_tokens {
         Some(n) if n > 0 => {}
         Some(_) => {

@@ -611,32 +611,6 @@ pub fn session_header(req: &super::HttpRequest) -> Option<String> {
         .map(str::to_string)
 }
 
-/// A model id from path segments (`/models/claude/sonnet` or `/models/claude%2Fsonnet`).
-pub fn path_model_id(segments: &[&str]) -> String {
-    let joined = segments.join("/");
-    let bytes = joined.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Seconds since the epoch.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -24,11 +24,6 @@ use std::time::Instant;
 use warp::http::{HeaderValue, Method, StatusCode};
 use warp::reply::Response;
 
-/// Paths that never need a key.
-pub fn is_public(path: &str) -> bool {
-    path == "/health" || path == "/openapi.json" || path == "/docs" || path.starts_with("/docs/")
-}
-
 /// The host part of a `Host` header value (`[::1]:8080` → `::1`, `a.b:80` → `a.b`).
 fn host_name(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
@@ -229,17 +224,21 @@ pub struct Authenticated {
 }
 
 /// 4. Checks the key. Public paths pass without one (`verified` says whether a valid key came).
-pub fn authenticate(
+pub(crate) fn authenticate(
     ctx: &Ctx,
     rate: &RateLimiter,
     req: &HttpRequest,
+    access: super::routes::Access,
 ) -> Result<Authenticated, ApiError> {
     let ip = client_ip(ctx, req)
         .map(|i| i.to_string())
         .unwrap_or_else(|| "unknown".into());
     let settings = ctx.settings();
-    let public =
-        is_public(&req.path) || (req.path == "/metrics" && !settings.server.metrics_require_auth);
+    let public = match access {
+        super::routes::Access::Public => true,
+        super::routes::Access::Metrics => !settings.server.metrics_require_auth,
+        super::routes::Access::Key => false,
+    };
     if !ctx.auth_required() {
         return Ok(Authenticated {
             caller: Caller::http(None),

@@ -10,6 +10,7 @@ pub mod meta;
 pub mod native;
 pub mod openai;
 pub mod openapi;
+pub(crate) mod routes;
 pub mod server;
 
 use crate::ctx::Ctx;
@@ -76,6 +77,12 @@ impl HttpRequest {
             buf.extend_from_slice(&chunk);
         }
         Ok(buf.freeze())
+    }
+
+    /// Reads the body (within `server.max_request_body_bytes`) and parses it as `T`.
+    pub async fn json<T: serde::de::DeserializeOwned>(&mut self, ctx: &Ctx) -> Result<T, ApiError> {
+        let limit = ctx.settings().server.max_request_body_bytes;
+        crate::ops::parse_body(&self.body_bytes(limit).await?)
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -180,13 +187,14 @@ async fn dispatch(
     let method = req.method.clone();
     let path = req.path.clone();
     let style = Style::from_path(&path);
-    let template = route_template(&path);
+    let found = routes::find(&method, &path);
+    let template = found.template();
     ctx.requests_total.fetch_add(1, Ordering::Relaxed);
     let _guard = InFlight::new(&ctx);
     let span = tracing::info_span!("request", request_id = %rid, method = %method, path = %path);
 
     let mut cors_origin = None;
-    let mut resp = match admit(&ctx, &rate, &mut req) {
+    let mut resp = match admit(&ctx, &rate, &mut req, found.access()) {
         Err(e) => e.response(style),
         Ok(Admitted::Answered(resp, origin)) => {
             cors_origin = origin;
@@ -194,7 +202,9 @@ async fn dispatch(
         }
         Ok(Admitted::Route(origin)) => {
             cors_origin = origin;
-            route(&ctx, req, style).instrument(span.clone()).await
+            route(&ctx, req, found, style)
+                .instrument(span.clone())
+                .await
         }
     };
     if let Some(o) = &cors_origin {
@@ -238,6 +248,7 @@ fn admit(
     ctx: &Ctx,
     rate: &guard::RateLimiter,
     req: &mut HttpRequest,
+    access: routes::Access,
 ) -> Result<Admitted, ApiError> {
     guard::check_host(ctx, req)?;
     let origin = guard::check_origin(ctx, req)?;
@@ -255,7 +266,7 @@ fn admit(
             "the server is shutting down; retry shortly",
         ));
     }
-    let auth = guard::authenticate(ctx, rate, req)?;
+    let auth = guard::authenticate(ctx, rate, req, access)?;
     rate.check(ctx, &auth.client)?;
     guard::check_body_headers(ctx, req)?;
     req.caller = auth.caller;
@@ -266,99 +277,58 @@ fn admit(
     Ok(Admitted::Route(cors))
 }
 
-/// Every route template the server names (in metrics and in `/openapi.json`).
-pub const ROUTE_TEMPLATES: [&str; 20] = [
-    "/health",
-    "/openapi.json",
-    "/docs",
-    "/docs/{asset}",
-    "/metrics",
-    "/api/v1/prompt",
-    "/api/v1/parallel",
-    "/api/v1/chain",
-    "/api/v1/compare",
-    "/api/v1/backends",
-    "/api/v1/sessions",
-    "/api/v1/sessions/{id}",
-    "/openai/v1/models",
-    "/openai/v1/models/{id}",
-    "/openai/v1/chat/completions",
-    "/openai/v1/responses",
-    "/anthropic/v1/messages",
-    "/anthropic/v1/models",
-    "/anthropic/v1/models/{id}",
-    "unmatched",
-];
-
-/// Templates kept for routes that are planned but not served yet (not in `/openapi.json`).
-pub const PLANNED_ROUTES: [&str; 2] = ["/openai/v1/responses", "unmatched"];
-
-/// The route template of a path, for metric labels (never the raw path: ids would explode them).
-pub fn route_template(path: &str) -> &'static str {
-    let trimmed = path.trim_end_matches('/');
-    if let Some(t) = ROUTE_TEMPLATES
-        .iter()
-        .find(|t| !t.contains('{') && **t == trimmed)
-    {
-        return t;
-    }
-    for (prefix, template) in [
-        ("/api/v1/sessions/", "/api/v1/sessions/{id}"),
-        ("/openai/v1/models/", "/openai/v1/models/{id}"),
-        ("/anthropic/v1/models/", "/anthropic/v1/models/{id}"),
-        ("/docs/", "/docs/{asset}"),
-    ] {
-        if path.starts_with(prefix) {
-            return template;
-        }
-    }
-    "unmatched"
-}
-
-/// Routes a request to its handler.
-async fn route(ctx: &Ctx, req: HttpRequest, style: Style) -> Response {
-    let segments: Vec<&str> = req
-        .path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
-    let m = req.method.clone();
-    let result: Result<Response, ApiError> = match (segments.as_slice(), m) {
-        (["health"], Method::GET) => Ok(meta::health(ctx)),
-        (["metrics"], Method::GET) => meta::metrics(ctx),
-        (["openapi.json"], Method::GET) => Ok(openapi::spec()),
-        (["docs"], Method::GET) => Ok(openapi::docs_page()),
-        (["docs", asset], Method::GET) => openapi::asset(asset),
-        (["health"] | ["metrics"] | ["openapi.json"] | ["docs"] | ["docs", _], _) => {
-            Err(ApiError::method_not_allowed(&req.method, &req.path))
-        }
-        (["api", "v1", rest @ ..], _) => {
-            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
-            let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
-            native::route(ctx, req, &rest).await
-        }
-        (["openai", "v1", rest @ ..], _) => {
-            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
-            openai::route(
-                ctx,
-                req,
-                &rest.iter().map(String::as_str).collect::<Vec<_>>(),
-            )
-            .await
-        }
-        (["anthropic", "v1", rest @ ..], _) => {
-            let rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
-            anthropic::route(
-                ctx,
-                req,
-                &rest.iter().map(String::as_str).collect::<Vec<_>>(),
-            )
-            .await
-        }
-        _ => Err(ApiError::no_route(&req.method, &req.path)),
+/// Answers a request the guards let through, by the route table.
+async fn route(ctx: &Ctx, req: HttpRequest, found: routes::Lookup, style: Style) -> Response {
+    let result = match found {
+        routes::Lookup::Route(r, params) => call(ctx, req, r.op, params).await,
+        routes::Lookup::WrongMethod(_) => Err(ApiError::method_not_allowed(&req.method, &req.path)),
+        routes::Lookup::NotFound => Err(ApiError::no_route(&req.method, &req.path)),
     };
     result.unwrap_or_else(|e| e.response(style))
+}
+
+/// The handler of each route.
+async fn call(
+    ctx: &Ctx,
+    mut req: HttpRequest,
+    op: routes::Op,
+    params: Vec<String>,
+) -> Result<Response, ApiError> {
+    use crate::ops::{multi, sessions};
+    use routes::Op;
+    let param = params.into_iter().next().unwrap_or_default();
+    let me = req.caller.clone();
+    match op {
+        Op::Health => Ok(meta::health(ctx)),
+        Op::Metrics => meta::metrics(ctx),
+        Op::OpenApi => Ok(openapi::spec()),
+        Op::Docs => Ok(openapi::docs_page()),
+        Op::DocsAsset => openapi::asset(&param),
+        Op::Prompt => native::prompt(ctx, &me, req.json(ctx).await?).await,
+        Op::Parallel => {
+            native::json_ok(&multi::parallel(ctx, &me, req.json(ctx).await?, None).await?)
+        }
+        Op::Chain => native::json_ok(&multi::chain(ctx, &me, req.json(ctx).await?).await?),
+        Op::Compare => native::json_ok(&multi::compare(ctx, &me, req.json(ctx).await?).await?),
+        Op::Backends => native::json_ok(&sessions::backends(ctx)),
+        Op::SessionsList => {
+            native::json_ok(&sessions::list(ctx, &me, &native::list_query(&req.query)?))
+        }
+        Op::SessionGet => native::json_ok(&sessions::get(ctx, &me, &param)?),
+        Op::SessionDelete => native::json_ok(&sessions::delete(ctx, &me, &param)?),
+        Op::OpenAiModels => Ok(openai::models(ctx)),
+        Op::OpenAiModel => openai::model(ctx, &param),
+        Op::OpenAiChat => {
+            let session = compat::session_header(&req);
+            openai::chat(ctx, &me, session, req.json(ctx).await?).await
+        }
+        Op::AnthropicMessages => {
+            let session = compat::session_header(&req);
+            anthropic::messages(ctx, &me, session, req.json(ctx).await?).await
+        }
+        Op::AnthropicModels => Ok(anthropic::models(ctx)),
+        Op::AnthropicModel => anthropic::model(ctx, &param),
+    }
 }
 
 pub use server::serve;

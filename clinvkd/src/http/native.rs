@@ -1,59 +1,18 @@
 //! The native REST API under `/api/v1/`: thin adapters over the core operations (`ops`).
 
 use super::error::{json_response, ApiError, Kind};
-use super::HttpRequest;
+
 use crate::ctx::Ctx;
 use crate::ops::{self, prompt};
 use bytes::Bytes;
 use clinvk_shared::api::{Done, ListQuery, RunEvent};
 use serde::Serialize;
 use serde_json::Value;
-use warp::http::{HeaderValue, Method, StatusCode};
+use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 
-pub async fn route(ctx: &Ctx, mut req: HttpRequest, rest: &[&str]) -> Result<Response, ApiError> {
-    let m = req.method.clone();
-    let limit = ctx.settings().server.max_request_body_bytes;
-    let me = req.caller.clone();
-    match (rest, m) {
-        (["prompt"], Method::POST) => {
-            let body = ops::parse_body(&req.body_bytes(limit).await?)?;
-            prompt(ctx, &me, body).await
-        }
-        (["parallel"], Method::POST) => {
-            let body = ops::parse_body(&req.body_bytes(limit).await?)?;
-            json_ok(&ops::multi::parallel(ctx, &me, body, None).await?)
-        }
-        (["chain"], Method::POST) => {
-            let body = ops::parse_body(&req.body_bytes(limit).await?)?;
-            json_ok(&ops::multi::chain(ctx, &me, body).await?)
-        }
-        (["compare"], Method::POST) => {
-            let body = ops::parse_body(&req.body_bytes(limit).await?)?;
-            json_ok(&ops::multi::compare(ctx, &me, body).await?)
-        }
-        (["backends"], Method::GET) => json_ok(&ops::sessions::backends(ctx)),
-        (["sessions"], Method::GET) => {
-            json_ok(&ops::sessions::list(ctx, &me, &list_query(&req.query)?))
-        }
-        (["sessions", id], Method::GET) => json_ok(&ops::sessions::get(ctx, &me, id)?),
-        (["sessions", id], Method::DELETE) => json_ok(&ops::sessions::delete(ctx, &me, id)?),
-        (
-            ["prompt"]
-            | ["parallel"]
-            | ["chain"]
-            | ["compare"]
-            | ["backends"]
-            | ["sessions"]
-            | ["sessions", _],
-            m,
-        ) => Err(ApiError::method_not_allowed(m, &req.path)),
-        _ => Err(ApiError::no_route(&req.method, &req.path)),
-    }
-}
-
 /// A 200 answer of a typed result; a result that cannot be written is a 500, never `null`.
-fn json_ok<T: Serialize>(v: &T) -> Result<Response, ApiError> {
+pub(crate) fn json_ok<T: Serialize>(v: &T) -> Result<Response, ApiError> {
     let v = serde_json::to_value(v).map_err(|e| {
         ApiError::new(
             Kind::Internal,
@@ -65,11 +24,11 @@ fn json_ok<T: Serialize>(v: &T) -> Result<Response, ApiError> {
 }
 
 /// `?backend=claude&status=completed&limit=5` as the listing query.
-fn list_query(query: &str) -> Result<ListQuery, ApiError> {
+pub(crate) fn list_query(query: &str) -> Result<ListQuery, ApiError> {
     let mut out = serde_json::Map::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v);
+        let v = super::routes::percent_decode(v, true);
         let value = match k {
             "limit" | "offset" => Value::from(v.parse::<u64>().map_err(|_| {
                 ApiError::bad_request(
@@ -93,33 +52,7 @@ fn list_query(query: &str) -> Result<ListQuery, ApiError> {
         .map_err(|e| ApiError::bad_request("invalid_request", format!("invalid query: {e}")))
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(
-                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                    16,
-                ) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-async fn prompt(
+pub(crate) async fn prompt(
     ctx: &Ctx,
     caller: &ops::Caller,
     req: prompt::PromptRequest,

@@ -2,46 +2,28 @@
 
 use super::compat::{self, Conversation, Frames, Msg, Role};
 use super::error::{json_response, ApiError, Render as _};
-use super::HttpRequest;
+
 use crate::ctx::Ctx;
 use crate::ops;
 use crate::ops::prompt::PromptResult;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use warp::http::{Method, StatusCode};
+use warp::http::StatusCode;
 use warp::reply::Response;
-
-pub async fn route(ctx: &Ctx, mut req: HttpRequest, rest: &[&str]) -> Result<Response, ApiError> {
-    let m = req.method.clone();
-    match (rest, m) {
-        (["models"], Method::GET) => Ok(json_response(StatusCode::OK, &models(ctx))),
-        (["models", id @ ..], Method::GET) if !id.is_empty() => {
-            model(ctx, &compat::path_model_id(id))
-        }
-        (["chat", "completions"], Method::POST) => {
-            let limit = ctx.settings().server.max_request_body_bytes;
-            let body = req.body_bytes(limit).await?;
-            chat(ctx, &req.caller, compat::session_header(&req), &body).await
-        }
-        (["models", ..] | ["chat", "completions"], m) => {
-            Err(ApiError::method_not_allowed(m, &req.path))
-        }
-        _ => Err(ApiError::no_route(&req.method, &req.path)),
-    }
-}
 
 fn model_object(ctx: &Ctx, id: &str, created: u64) -> Value {
     json!({"id": id, "object": "model", "created": created, "owned_by": compat::owner_of(ctx, id)})
 }
 
-fn models(ctx: &Ctx) -> Value {
+/// `GET /openai/v1/models`.
+pub(crate) fn models(ctx: &Ctx) -> Response {
     let created = ctx_created(ctx);
     let data: Vec<Value> = compat::model_ids(ctx)
         .iter()
         .map(|id| model_object(ctx, id, created))
         .collect();
-    json!({"object": "list", "data": data})
+    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
 /// When the daemon started (a stable `created` for the listed models).
@@ -49,7 +31,8 @@ fn ctx_created(ctx: &Ctx) -> u64 {
     compat::unix_now().saturating_sub(ctx.started.elapsed().as_secs())
 }
 
-fn model(ctx: &Ctx, id: &str) -> Result<Response, ApiError> {
+/// `GET /openai/v1/models/{id}`.
+pub(crate) fn model(ctx: &Ctx, id: &str) -> Result<Response, ApiError> {
     compat::resolve_model(ctx, id)?;
     Ok(json_response(
         StatusCode::OK,
@@ -58,7 +41,7 @@ fn model(ctx: &Ctx, id: &str) -> Result<Response, ApiError> {
 }
 
 #[derive(Debug, Deserialize)]
-struct ChatRequest {
+pub(crate) struct ChatRequest {
     model: String,
     messages: Vec<ChatMessage>,
     #[serde(default)]
@@ -201,13 +184,12 @@ fn usage_json(r: &PromptResult) -> Value {
     })
 }
 
-async fn chat(
+pub(crate) async fn chat(
     ctx: &Ctx,
     caller: &ops::Caller,
     session: Option<String>,
-    body: &[u8],
+    cr: ChatRequest,
 ) -> Result<Response, ApiError> {
-    let cr: ChatRequest = ops::parse_body(body)?;
     if cr.n.is_some_and(|n| n != 1) {
         return Err(bad(
             "n".into(),

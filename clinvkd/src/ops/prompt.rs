@@ -41,8 +41,6 @@ pub struct Plan {
     pub source: String,
     /// The key that asks (recorded as the owner of a new session).
     pub owner: Option<String>,
-    /// For the compatible APIs: the transcript hash to store after this turn.
-    pub transcript_hash: Option<String>,
 }
 
 fn bad(code: &str, msg: impl Into<String>) -> ApiError {
@@ -228,7 +226,6 @@ pub fn plan(
         resume: resume_session
             .as_ref()
             .and_then(|s| s.backend_session_id.clone()),
-        new_session_id: None,
         system_prompt: req
             .system_prompt
             .filter(|s| !s.is_empty())
@@ -258,7 +255,6 @@ pub fn plan(
         metadata: req.metadata,
         source: source.to_string(),
         owner: caller.key_id.clone(),
-        transcript_hash: None,
     })
 }
 
@@ -378,7 +374,6 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
     let sid = session_id.clone();
     let backend = plan.inv.backend.clone();
     let prompt_text = plan.inv.prompt.clone();
-    let transcript_hash = plan.transcript_hash.clone();
     // Tracked: a stop lets the run finish within the grace period.
     ctx.work.spawn(async move {
         let _guard = guard;
@@ -439,12 +434,6 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
                 let _ = ctx2
                     .sessions
                     .update(id, |s| s.status = SessionStatus::Interrupted);
-            }
-            if let Some(h) = &transcript_hash {
-                if !summary.failed() {
-                    let h = h.clone();
-                    let _ = ctx2.sessions.update(id, |s| s.transcript_hash = Some(h));
-                }
             }
         }
         let result = PromptResult {

@@ -95,6 +95,10 @@ pub enum StoreError {
 pub struct Store {
     dir: PathBuf,
     map: Arc<Mutex<HashMap<String, Session>>>,
+    /// Held from a change of the map to the end of its write to disk, so writes land in the
+    /// order the changes were made: a file never goes back to an older state, and a deleted
+    /// session is never written again.
+    writes: Arc<Mutex<()>>,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     pub corrupt_files: Arc<Mutex<Vec<String>>>,
 }
@@ -106,11 +110,16 @@ impl Store {
         let store = Store {
             dir: dir.to_path_buf(),
             map: Arc::default(),
+            writes: Arc::default(),
             locks: Arc::default(),
             corrupt_files: Arc::default(),
         };
         store.load_all();
         Ok(store)
+    }
+
+    fn writing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
@@ -178,6 +187,7 @@ impl Store {
         if s.title.is_empty() {
             s.title = title_of(&s.initial_prompt);
         }
+        let _writing = self.writing();
         self.persist(&s)?;
         self.map().insert(s.id.clone(), s.clone());
         metrics::counter!("clinvk_sessions_created_total").increment(1);
@@ -187,6 +197,7 @@ impl Store {
 
     /// Applies `f` to a session and persists it.
     pub fn update(&self, id: &str, f: impl FnOnce(&mut Session)) -> Result<Session, StoreError> {
+        let _writing = self.writing();
         let updated = {
             let mut map = self.map();
             let s = map
@@ -264,6 +275,7 @@ impl Store {
     }
 
     pub fn delete(&self, id_or_prefix: &str, owner: Option<&str>) -> Result<Session, StoreError> {
+        let _writing = self.writing();
         let s = self.get(id_or_prefix, owner)?;
         match std::fs::remove_file(self.path_of(&s.id)) {
             Ok(()) => {}
@@ -335,6 +347,7 @@ impl Store {
         hash: &str,
         owner: Option<&str>,
     ) -> Option<Session> {
+        let _writing = self.writing();
         let claimed = {
             let mut map = self.map();
             let id = map
@@ -450,6 +463,45 @@ mod tests {
         assert!(matches!(st.get("abc", None), Err(StoreError::Ambiguous(_))));
         assert!(st.get("abc2", None).is_ok());
         assert_eq!(st.mark_interrupted(), 2);
+    }
+
+    #[test]
+    fn concurrent_writes_never_leave_an_older_file() {
+        let d = tempfile::tempdir().unwrap();
+        let st = Store::open(d.path()).unwrap();
+        let id = st.create(Session::default()).unwrap().id;
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let st = st.clone();
+                let id = id.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        st.update(&id, |s| s.turn_count += 1).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let on_disk: Session =
+            serde_json::from_slice(&std::fs::read(d.path().join(format!("{id}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(
+            on_disk.turn_count, 400,
+            "the last write is the newest state"
+        );
+        assert_eq!(st.get(&id, None).unwrap(), on_disk);
+        // A delete racing an update never leaves the file behind.
+        st.delete(&id, None).unwrap();
+        assert!(st.update(&id, |s| s.turn_count += 1).is_err());
+        assert!(!d.path().join(format!("{id}.json")).exists());
+        let leftovers: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+            .collect();
+        assert!(leftovers.is_empty(), "no temp file is left behind");
     }
 
     #[test]

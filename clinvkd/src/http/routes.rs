@@ -1,0 +1,253 @@
+//! The one route table. Dispatch, 404 versus 405, the `path` label of the metrics, which routes
+//! need no key, and the check that `/openapi.json` documents exactly these routes all read it;
+//! adding a route is one line here (plus its handler and its documentation).
+
+use warp::http::Method;
+
+/// What a route does (the dispatcher's `match` over it is exhaustive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Health,
+    Metrics,
+    OpenApi,
+    Docs,
+    DocsAsset,
+    Prompt,
+    Parallel,
+    Chain,
+    Compare,
+    Backends,
+    SessionsList,
+    SessionGet,
+    SessionDelete,
+    OpenAiModels,
+    OpenAiModel,
+    OpenAiChat,
+    AnthropicMessages,
+    AnthropicModels,
+    AnthropicModel,
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Never needs a key (`/health` then says only its status).
+    Public,
+    /// Needs a key when auth is on and `server.metrics_require_auth` (default) is set.
+    Metrics,
+    /// Needs a key when auth is on.
+    Key,
+}
+
+/// One route: a method and a path template. `{name}` matches one path segment; `{name*}` the
+/// rest of the path (one segment or more).
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub method: Method,
+    pub template: &'static str,
+    pub op: Op,
+    pub access: Access,
+}
+
+const fn route(method: Method, template: &'static str, op: Op, access: Access) -> Route {
+    Route {
+        method,
+        template,
+        op,
+        access,
+    }
+}
+
+use Access::{Key, Metrics, Public};
+
+/// Every route the server answers.
+pub(crate) static ROUTES: [Route; 19] = [
+    route(Method::GET, "/health", Op::Health, Public),
+    route(Method::GET, "/metrics", Op::Metrics, Metrics),
+    route(Method::GET, "/openapi.json", Op::OpenApi, Public),
+    route(Method::GET, "/docs", Op::Docs, Public),
+    route(Method::GET, "/docs/{asset}", Op::DocsAsset, Public),
+    route(Method::POST, "/api/v1/prompt", Op::Prompt, Key),
+    route(Method::POST, "/api/v1/parallel", Op::Parallel, Key),
+    route(Method::POST, "/api/v1/chain", Op::Chain, Key),
+    route(Method::POST, "/api/v1/compare", Op::Compare, Key),
+    route(Method::GET, "/api/v1/backends", Op::Backends, Key),
+    route(Method::GET, "/api/v1/sessions", Op::SessionsList, Key),
+    route(Method::GET, "/api/v1/sessions/{id}", Op::SessionGet, Key),
+    route(
+        Method::DELETE,
+        "/api/v1/sessions/{id}",
+        Op::SessionDelete,
+        Key,
+    ),
+    route(Method::GET, "/openai/v1/models", Op::OpenAiModels, Key),
+    route(Method::GET, "/openai/v1/models/{id*}", Op::OpenAiModel, Key),
+    route(
+        Method::POST,
+        "/openai/v1/chat/completions",
+        Op::OpenAiChat,
+        Key,
+    ),
+    route(
+        Method::POST,
+        "/anthropic/v1/messages",
+        Op::AnthropicMessages,
+        Key,
+    ),
+    route(
+        Method::GET,
+        "/anthropic/v1/models",
+        Op::AnthropicModels,
+        Key,
+    ),
+    route(
+        Method::GET,
+        "/anthropic/v1/models/{id*}",
+        Op::AnthropicModel,
+        Key,
+    ),
+];
+
+/// The metric label of a path no route matches.
+pub(crate) const UNMATCHED: &str = "unmatched";
+
+/// What the table says about a request.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// The route, with its parameters (percent-decoded) in template order.
+    Route(&'static Route, Vec<String>),
+    /// The path is a route's, the method is not: 405.
+    WrongMethod(&'static str),
+    /// 404.
+    NotFound,
+}
+
+impl Lookup {
+    /// The template for the metric label (never the raw path: ids would explode the series).
+    pub(crate) fn template(&self) -> &'static str {
+        match self {
+            Lookup::Route(r, _) => r.template,
+            Lookup::WrongMethod(t) => t,
+            Lookup::NotFound => UNMATCHED,
+        }
+    }
+
+    /// Who may call it; an unknown path needs a key like any API path (401 before 404).
+    pub(crate) fn access(&self) -> Access {
+        match self {
+            Lookup::Route(r, _) => r.access,
+            _ => Access::Key,
+        }
+    }
+}
+
+/// The parameters of `path` under `template`, or None when it does not match.
+fn matches(template: &str, path: &str) -> Option<Vec<String>> {
+    let want: Vec<&str> = template.trim_matches('/').split('/').collect();
+    let got: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut params = Vec::new();
+    for (i, w) in want.iter().enumerate() {
+        if let Some(name) = w.strip_prefix('{').and_then(|w| w.strip_suffix('}')) {
+            if name.ends_with('*') {
+                let rest = got.get(i..).filter(|r| !r.is_empty())?;
+                params.push(percent_decode(&rest.join("/"), false));
+                return Some(params);
+            }
+            params.push(percent_decode(got.get(i)?, false));
+        } else if got.get(i) != Some(w) {
+            return None;
+        }
+    }
+    (got.len() == want.len()).then_some(params)
+}
+
+/// Looks a request up in the table.
+pub(crate) fn find(method: &Method, path: &str) -> Lookup {
+    let mut wrong_method = None;
+    for r in &ROUTES {
+        if let Some(params) = matches(r.template, path) {
+            if r.method == *method {
+                return Lookup::Route(r, params);
+            }
+            wrong_method.get_or_insert(r.template);
+        }
+    }
+    wrong_method.map_or(Lookup::NotFound, Lookup::WrongMethod)
+}
+
+/// The one percent-decoder (paths; queries with `plus_is_space`). Invalid escapes stay as they
+/// are; invalid UTF-8 is replaced.
+pub(crate) fn percent_decode(s: &str, plus_is_space: bool) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups() {
+        let Lookup::Route(r, p) = find(&Method::GET, "/api/v1/sessions/abc%2Fd") else {
+            panic!("not found")
+        };
+        assert_eq!((r.op, p), (Op::SessionGet, vec!["abc/d".to_string()]));
+        let Lookup::Route(r, p) = find(&Method::GET, "/openai/v1/models/claude/sonnet") else {
+            panic!("not found")
+        };
+        assert_eq!(
+            (r.op, p),
+            (Op::OpenAiModel, vec!["claude/sonnet".to_string()])
+        );
+        assert!(
+            matches!(find(&Method::GET, "/api/v1/sessions/"), Lookup::Route(r, _) if r.op == Op::SessionsList)
+        );
+        assert!(matches!(
+            find(&Method::PUT, "/api/v1/prompt"),
+            Lookup::WrongMethod("/api/v1/prompt")
+        ));
+        assert!(matches!(
+            find(&Method::GET, "/api/v1/nope"),
+            Lookup::NotFound
+        ));
+        assert!(
+            matches!(find(&Method::GET, "/openai/v1/models/"), Lookup::Route(r, _) if r.op == Op::OpenAiModels)
+        );
+        assert_eq!(find(&Method::GET, "/x/y").template(), UNMATCHED);
+        assert_eq!(find(&Method::GET, "/health").access(), Access::Public);
+        assert_eq!(find(&Method::GET, "/nope").access(), Access::Key);
+    }
+
+    #[test]
+    fn decoding() {
+        assert_eq!(percent_decode("a%20b+c", true), "a b c");
+        assert_eq!(percent_decode("a+b%zz", false), "a+b%zz");
+    }
+}
