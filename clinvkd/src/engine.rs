@@ -381,7 +381,7 @@ fn summarize(
         model,
         exit_code,
         duration_ms: elapsed.as_millis() as u64,
-        output: o.output,
+        output: o.output(),
         error,
         usage: o.usage,
         backend_session_id: o.session_id,

@@ -311,7 +311,7 @@ mod tests {
             .count();
         assert!(deltas >= 2, "{deltas}");
         assert_eq!(
-            out.output,
+            out.output(),
             "fake-reply turns=1 last=Say hello in a few words"
         );
         assert_eq!(out.usage.output_tokens, 8);
@@ -327,12 +327,12 @@ mod tests {
             fixture!("claude-2.1.328-", "system"),
         ] {
             let (_, out) = replay(&mut *Claude.parser(), o, e, x);
-            assert!(out.output.starts_with("fake-reply"), "{}", out.output);
+            assert!(out.output().starts_with("fake-reply"), "{}", out.output());
             assert!(out.error.is_none());
         }
         let (o, e, x) = fixture!("claude-2.1.328-", "resume");
         let (_, out) = replay(&mut *Claude.parser(), o, e, x);
-        assert!(out.output.contains("turns=2"), "{}", out.output);
+        assert!(out.output().contains("turns=2"), "{}", out.output());
     }
 
     #[test]

@@ -260,14 +260,14 @@ mod tests {
             Some("01a21a40-150b-7670-91cd-c8e6c5761462")
         );
         assert_eq!(
-            out.output,
+            out.output(),
             "fake-reply turns=1 last=Say hello in a few words"
         );
         assert_eq!(out.usage.output_tokens, 8);
         assert!(out.error.is_none());
         let (o, e, x) = fixture!("codex-0.169.0-", "resume");
         let (_, out) = replay(&mut *Codex.parser(), o, e, x);
-        assert!(out.output.contains("turns=2"), "{}", out.output);
+        assert!(out.output().contains("turns=2"), "{}", out.output());
         let (o, e, x) = fixture!("codex-0.169.0-", "model");
         let (_, out) = replay(&mut *Codex.parser(), o, e, x);
         assert!(

@@ -219,14 +219,14 @@ mod tests {
                 >= 2
         );
         assert_eq!(
-            out.output,
+            out.output(),
             "fake-reply turns=1 last=Say hello in a few words"
         );
         assert!(out.usage.output_tokens > 0);
         assert!(out.error.is_none());
         let (o, e, x) = fixture!("gemini-0.61.0-", "resume");
         let (_, out) = replay(&mut *Gemini.parser(), o, e, x);
-        assert!(out.output.contains("turns=2"), "{}", out.output);
+        assert!(out.output().contains("turns=2"), "{}", out.output());
     }
 
     #[test]

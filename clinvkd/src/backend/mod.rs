@@ -371,7 +371,6 @@ pub(crate) fn stderr_summary(stderr: &str) -> String {
 #[derive(Debug, Default, Clone)]
 pub struct Outcome {
     pub session_id: Option<String>,
-    pub output: String,
     pub usage: TokenUsage,
     pub error: Option<String>,
     pub is_error: bool,
@@ -401,12 +400,17 @@ impl Outcome {
             Event::Unparsed { .. } => self.unparsed += 1,
             _ => {}
         }
-        // The final text: the CLI's result if it printed one, else its whole messages, else the deltas.
-        self.output = match (&self.result, self.messages.is_empty()) {
+    }
+
+    /// The final text: the CLI's result if it printed one, else its whole messages, else the
+    /// deltas. (Computed once at the end: copying the growing text on every delta would make a
+    /// long answer quadratic.)
+    pub fn output(&self) -> String {
+        match (&self.result, self.messages.is_empty()) {
             (Some(r), _) if !self.is_error => r.clone(),
             (_, false) => self.messages.join("\n\n"),
             _ => self.deltas.clone(),
-        };
+        }
     }
 }
 
@@ -542,15 +546,15 @@ mod tests {
         ] {
             o.apply(&e);
         }
-        assert_eq!(o.output, "ab");
+        assert_eq!(o.output(), "ab");
         o.apply(&Event::Result {
             text: Some("ab".into()),
             is_error: false,
         });
-        assert_eq!(o.output, "ab");
+        assert_eq!(o.output(), "ab");
         let mut o = Outcome::default();
         o.apply(&Event::TextDelta { text: "x".into() });
-        assert_eq!(o.output, "x");
+        assert_eq!(o.output(), "x");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use clinvk_shared::config::KNOWN_BACKENDS;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use warp::http::HeaderValue;
-use warp::reply::{Reply, Response};
+use warp::reply::Response;
 
 /// The header naming a native session to continue (and, on answers, the session used).
 pub const SESSION_HEADER: &str = "x-clinvk-session";
@@ -576,19 +576,7 @@ pub async fn stream(
             }
         }
     });
-    let body = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<Bytes, std::convert::Infallible>(b), rx))
-    });
-    let mut resp = warp::reply::stream(body).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        "content-type",
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert("cache-control", HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    let mut resp = super::streamed(rx, "text/event-stream");
     set_session_header(&mut resp, &session_id);
     Ok(resp)
 }

@@ -277,6 +277,23 @@ fn admit(
     Ok(Admitted::Route(cors))
 }
 
+/// A streamed answer: each chunk `rx` yields is written as soon as it comes (no buffering by
+/// proxies either), until the sender closes.
+fn streamed(rx: tokio::sync::mpsc::Receiver<Bytes>, content_type: &'static str) -> Response {
+    use warp::reply::Reply as _;
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<Bytes, std::convert::Infallible>(b), rx))
+    });
+    let mut resp = warp::reply::stream(body).into_response();
+    let h = resp.headers_mut();
+    h.insert("content-type", HeaderValue::from_static(content_type));
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
 /// Answers a request the guards let through, by the route table.
 async fn route(ctx: &Ctx, req: HttpRequest, found: routes::Lookup, style: Style) -> Response {
     let result = match found {

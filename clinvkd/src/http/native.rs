@@ -8,8 +8,8 @@ use bytes::Bytes;
 use clinvk_shared::api::{Done, ListQuery, RunEvent};
 use serde::Serialize;
 use serde_json::Value;
-use warp::http::{HeaderValue, StatusCode};
-use warp::reply::{Reply, Response};
+use warp::http::StatusCode;
+use warp::reply::Response;
 
 /// A 200 answer of a typed result; a result that cannot be written is a 500, never `null`.
 pub(crate) fn json_ok<T: Serialize>(v: &T) -> Result<Response, ApiError> {
@@ -122,19 +122,7 @@ fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
             }
         }
     });
-    let body = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<Bytes, std::convert::Infallible>(b), rx))
-    });
-    let mut resp = warp::reply::stream(body).into_response();
-    resp.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    resp.headers_mut()
-        .insert("cache-control", HeaderValue::from_static("no-cache"));
-    resp
+    super::streamed(rx, "application/x-ndjson")
 }
 
 /// One line of the native stream.
