@@ -143,12 +143,17 @@ impl Default for SessionSettings {
     }
 }
 
+/// How `clinvk` shows an answer (read by the client).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OutputSettings {
+    /// `clinvk`'s default `-o`: text, json or stream-json.
     pub format: String,
+    /// After an answer, `clinvk` prints its token counts (stderr).
     pub show_tokens: bool,
+    /// After an answer, `clinvk` prints how long it took (stderr).
     pub show_timing: bool,
+    /// `clinvk` prints no colours; `false` is accepted, `true` changes nothing.
     pub color: bool,
 }
 
@@ -616,6 +621,26 @@ pub fn validate(s: &Settings, source: Option<&Path>) -> Result<(), ConfigError> 
         &s.unified_flags.output_format,
         &OUTPUT_FORMATS,
     )?;
+    one_of(
+        "output.format",
+        &s.output.format,
+        &["text", "json", "stream-json"],
+    )?;
+    // Settings no CLI can honour are refused, not silently ignored.
+    if s.unified_flags.verbose {
+        return Err(invalid(
+            "unified_flags.verbose",
+            "is not supported: the CLIs always run with their verbose event stream (remove the key)"
+                .into(),
+        ));
+    }
+    if s.unified_flags.max_tokens.is_some() {
+        return Err(invalid(
+            "unified_flags.max_tokens",
+            "is not supported: none of the CLIs can cap the tokens of an answer (use max_turns)"
+                .into(),
+        ));
+    }
     for (name, b) in &s.backends {
         if let Some(m) = &b.approval_mode {
             one_of(
@@ -957,6 +982,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("models.fast"));
+    }
+
+    #[test]
+    fn settings_no_cli_honours_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        for (text, key) in [
+            ("unified_flags:\n  verbose: true\n", "unified_flags.verbose"),
+            (
+                "unified_flags:\n  max_tokens: 100\n",
+                "unified_flags.max_tokens",
+            ),
+            ("output:\n  format: xml\n", "output.format"),
+        ] {
+            let p = write(d.path(), "c.yaml", text);
+            let e = load(&p, true, &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]

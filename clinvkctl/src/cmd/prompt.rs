@@ -18,10 +18,11 @@ pub struct PromptOptions {
     /// Working folder for the CLI (absolute; default: the current folder)
     #[arg(short, long, value_name = "DIR", global = true)]
     pub workdir: Option<std::path::PathBuf>,
-    /// text (stream the answer), json (the result object), stream-json (one event per line)
-    #[arg(short = 'o', long, value_name = "FORMAT", default_value = "text", global = true,
+    /// text (stream the answer), json (the result object), stream-json (one event per line);
+    /// default: output.format from the config, else text
+    #[arg(short = 'o', long, value_name = "FORMAT", global = true,
           value_parser = ["text", "json", "stream-json"])]
-    pub output_format: String,
+    pub output_format: Option<String>,
     /// Do not keep a session for this prompt
     #[arg(long, global = true)]
     pub ephemeral: bool,
@@ -51,7 +52,12 @@ pub async fn run(opts: &PromptOptions, mut req: PromptRequest) -> Result<u8, Cli
     let mut conn = ensure_daemon(&paths, "clinvk").await?;
     conn.send(&ClientFrame::Request(Request::Prompt(Box::new(req))))
         .await?;
-    let spinner = opts.output_format == "text" && std::io::stderr().is_terminal();
+    let display = display_settings(&paths);
+    let format = opts
+        .output_format
+        .clone()
+        .unwrap_or_else(|| display.format.clone());
+    let spinner = format == "text" && std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut printed_any = false;
     let mut spin_tick = tokio::time::interval(Duration::from_millis(120));
@@ -74,11 +80,11 @@ pub async fn run(opts: &PromptOptions, mut req: PromptRequest) -> Result<u8, Cli
         };
         match frame {
             ServerFrame::Event(Event::Run(ev)) => {
-                if opts.output_format == "stream-json" {
+                if format == "stream-json" {
                     crate::print_line(&ev);
                     continue;
                 }
-                if opts.output_format != "text" {
+                if format != "text" {
                     continue;
                 }
                 match ev {
@@ -105,9 +111,9 @@ pub async fn run(opts: &PromptOptions, mut req: PromptRequest) -> Result<u8, Cli
                     }
                     PromptOutcome::Result(r) => r,
                 };
-                if opts.output_format == "json" {
+                if format == "json" {
                     crate::print_json(&result);
-                } else if opts.output_format == "stream-json" {
+                } else if format == "stream-json" {
                     crate::print_line(&RunEvent::Done(Done::from(&result)));
                 } else if printed_any {
                     println!();
@@ -115,10 +121,19 @@ pub async fn run(opts: &PromptOptions, mut req: PromptRequest) -> Result<u8, Cli
                     println!("{}", result.output);
                 }
                 let failed = result.error.is_some();
-                if let (Some(e), "text") = (&result.error, opts.output_format.as_str()) {
+                if let (Some(e), "text") = (&result.error, format.as_str()) {
                     eprintln!("error: {e}");
                 }
-                if let (Some(sid), "text") = (&result.session_id, opts.output_format.as_str()) {
+                if format == "text" && display.show_tokens {
+                    eprintln!(
+                        "tokens: {} in, {} out",
+                        result.token_usage.input_tokens, result.token_usage.output_tokens
+                    );
+                }
+                if format == "text" && display.show_timing {
+                    eprintln!("time: {:.1} s", result.duration_ms as f64 / 1000.0);
+                }
+                if let (Some(sid), "text") = (&result.session_id, format.as_str()) {
                     if std::io::stderr().is_terminal() {
                         eprintln!(
                             "(session {sid}; continue with `clinvk resume {}`)",
@@ -133,6 +148,19 @@ pub async fn run(opts: &PromptOptions, mut req: PromptRequest) -> Result<u8, Cli
             _ => {}
         }
     }
+}
+
+/// The config's `output` section (how answers are shown); defaults when it cannot be read (the
+/// daemon reports a broken config).
+fn display_settings(paths: &clinvk_shared::paths::Paths) -> clinvk_shared::config::OutputSettings {
+    let (file, explicit) = match std::env::var_os("CLINVK_CONFIG").filter(|v| !v.is_empty()) {
+        Some(f) => (std::path::PathBuf::from(f), true),
+        None => (paths.default_config_file(), false),
+    };
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    clinvk_shared::config::load(&file, explicit, &env)
+        .map(|l| l.settings.output)
+        .unwrap_or_default()
 }
 
 #[derive(clap::Args, Debug)]

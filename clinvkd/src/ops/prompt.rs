@@ -146,7 +146,12 @@ pub fn plan(
             ));
         }
     }
-    let stream = req.output_format == Some(OutputFormat::StreamJson);
+    // The request's format, else `unified_flags.output_format` (validated at load).
+    let format = match req.output_format {
+        Some(f) => f,
+        None => configured_mode(&None, &settings.unified_flags.output_format)?,
+    };
+    let stream = format == OutputFormat::StreamJson;
     if req.max_tokens.is_some() {
         return Err(bad(
             "unsupported_field",
@@ -420,7 +425,12 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
                 at: clinvk_shared::types::now_rfc3339(),
                 prompt: clip(&prompt_text, 4000),
                 output_summary: clip(&summary.output, 4000),
-                usage: summary.usage,
+                // `session.store_token_usage: false` keeps no token counts in the session.
+                usage: if ctx2.settings().session.store_token_usage {
+                    summary.usage
+                } else {
+                    Default::default()
+                },
                 exit_code: summary.exit_code,
                 duration_ms: summary.duration_ms,
                 error: summary.error.clone(),
