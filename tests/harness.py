@@ -36,6 +36,17 @@ def _control_protocol() -> int:
 CONTROL_PROTOCOL = _control_protocol()
 
 
+def _workspace_version() -> str:
+    """The version every clinvk binary reports (the workspace's, never hard-coded)."""
+    text = (REPO_ROOT / "Cargo.toml").read_text()
+    m = re.search(r'\[workspace\.package\][^\[]*?\bversion\s*=\s*"([^"]+)"', text, re.S)
+    assert m, "no [workspace.package] version in Cargo.toml"
+    return m.group(1)
+
+
+VERSION = _workspace_version()
+
+
 def binary(name: str) -> str:
     path = BIN_DIR / name
     if not path.exists():

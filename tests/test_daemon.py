@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import CONTROL_PROTOCOL, World, binary, daemon, line_reader, pid_alive, poll, world  # noqa: F401  (fixtures)
+from harness import CONTROL_PROTOCOL, VERSION, World, binary, daemon, line_reader, pid_alive, poll, world  # noqa: F401  (fixtures)
 
 
 def get(url: str, headers: dict | None = None):
@@ -31,7 +31,7 @@ def get(url: str, headers: dict | None = None):
 def test_versions_and_help():
     for name in ("clinvkd", "clinvk", "clinvkctl"):
         r = subprocess.run([binary(name), "--version"], capture_output=True, text=True)
-        assert r.returncode == 0 and r.stdout.strip().endswith("0.1.0"), r
+        assert r.returncode == 0 and r.stdout.strip().endswith(VERSION), r
         h = subprocess.run([binary(name), "--help"], capture_output=True, text=True)
         assert h.returncode == 0 and "Usage" in h.stdout, h
     for sub in ("status", "reload", "stop"):
@@ -51,7 +51,7 @@ def test_start_health_and_request_id(world, daemon):
     # No CLI is installed in this bare world: nothing can run.
     assert health["status"] == "unhealthy"
     assert {b["name"]: b["available"] for b in health["backends"]} == {"claude": False, "codex": False, "gemini": False}
-    assert health["version"] == "0.1.0"
+    assert health["version"] == VERSION
     assert health["uptime_ms"] >= 0 and "uptime" in health
     assert headers["x-request-id"] == "abc-123"
     status, headers, _ = get(st["http_url"] + "/health")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import CLAUDE_VERSION, CODEX_VERSION, GEMINI_VERSION
 from harness import FAKECLI_DIR, binary, get_json, live_world, poll, post, start_live  # noqa: F401
 
 
@@ -86,7 +87,8 @@ def test_backends_and_health_list_versions(live_world):
     by = {x["name"]: x for x in b["backends"]}
     assert set(by) == {"claude", "codex", "gemini"}
     assert all(x["available"] for x in by.values()), by
-    assert "2.1.328" in by["claude"]["version"] and "0.169.0" in by["codex"]["version"] and "0.61.0" in by["gemini"]["version"]
+    assert CLAUDE_VERSION in by["claude"]["version"] and CODEX_VERSION in by["codex"]["version"] \
+        and GEMINI_VERSION in by["gemini"]["version"], by
     s, h = get_json(url + "/health")
     assert h["status"] == "ok" and {x["name"] for x in h["backends"] if x["available"]} == set(by)
 

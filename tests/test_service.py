@@ -22,7 +22,7 @@ import pytest
 
 from conftest import http_json
 
-from harness import REPO_ROOT, TESTS_DIR, World, binary, pid_alive, poll, world  # noqa: F401
+from harness import REPO_ROOT, TESTS_DIR, VERSION, World, binary, pid_alive, poll, world  # noqa: F401
 
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
 FAKECLI = TESTS_DIR / "fakecli"
@@ -94,7 +94,7 @@ def test_first_http_request_starts_the_daemon(world):
     sa = socket_activate(world, f"127.0.0.1:{port}")
     assert not world.pid_file.exists(), "nothing runs before the first connection"
     status, body = http("GET", f"http://127.0.0.1:{port}/health")
-    assert status in (200, 503) and body["version"] == "0.1.0", body
+    assert status in (200, 503) and body["version"] == VERSION, body
     st = poll(world.status, 20, "the activated daemon to answer on its control socket")
     assert st["pid"] == sa.pid, "systemd-socket-activate execs clinvkd in place"
     assert st["socket_activated"] is True

@@ -334,13 +334,13 @@ async fn operation(ctx: &Ctx, conn: &Stream, request: Request) {
                 })
             }
             Request::Keys(KeysRequest::Add { name }) => {
-                reply(ops::keys::add(ctx, &name), Reply::KeyAdded)
+                reply(ops::keys::add(ctx, &name).await, Reply::KeyAdded)
             }
             Request::Keys(KeysRequest::List) => {
                 ServerFrame::Reply(Reply::Keys(ops::keys::list(ctx)))
             }
             Request::Keys(KeysRequest::Revoke { id }) => {
-                reply(ops::keys::revoke(ctx, &id), Reply::KeyRevoked)
+                reply(ops::keys::revoke(ctx, &id).await, Reply::KeyRevoked)
             }
             Request::Status | Request::Reload | Request::Stop | Request::Attach => {
                 ServerFrame::Error(ErrorBody::new("bad_request", "not an operation"))

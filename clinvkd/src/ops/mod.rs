@@ -96,11 +96,28 @@ pub mod keys {
         }
     }
 
-    pub fn add(ctx: &Ctx, name: &str) -> Result<NewKey, ApiError> {
+    /// Runs key-store work on the blocking pool (it locks a file and waits for the disk).
+    async fn off_thread<T: Send + 'static>(
+        ctx: &Ctx,
+        f: impl FnOnce(&crate::keys::KeyStore) -> Result<T, crate::keys::KeyStoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let keys = ctx.keys.clone();
+        match tokio::task::spawn_blocking(move || f(&keys)).await {
+            Ok(r) => r.map_err(store_error),
+            Err(e) => Err(ApiError::new(
+                Kind::Internal,
+                "key_store_error",
+                format!("the key store task failed: {e}"),
+            )),
+        }
+    }
+
+    pub async fn add(ctx: &Ctx, name: &str) -> Result<NewKey, ApiError> {
         if name.trim().is_empty() {
             return Err(ApiError::bad_request("missing_field", "a key needs a name"));
         }
-        let (k, key) = ctx.keys.add(name).map_err(store_error)?;
+        let owned = name.to_string();
+        let (k, key) = off_thread(ctx, move |ks| ks.add(&owned)).await?;
         Ok(NewKey {
             key,
             info: info(&k),
@@ -116,8 +133,9 @@ pub mod keys {
         }
     }
 
-    pub fn revoke(ctx: &Ctx, id: &str) -> Result<KeyRevoked, ApiError> {
-        if !ctx.keys.revoke(id).map_err(store_error)? {
+    pub async fn revoke(ctx: &Ctx, id: &str) -> Result<KeyRevoked, ApiError> {
+        let owned = id.to_string();
+        if !off_thread(ctx, move |ks| ks.revoke(&owned)).await? {
             return Err(ApiError::not_found(format!(
                 "no key with id or name {id:?}"
             )));

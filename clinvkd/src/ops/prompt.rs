@@ -337,14 +337,15 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
     let session_id = if let Some(s) = &plan.resume_session {
         let _ = ctx
             .sessions
-            .update(&s.id, |s| s.status = SessionStatus::Active);
+            .update_async(&s.id, |s| s.status = SessionStatus::Active)
+            .await;
         Some(s.id.clone())
     } else if plan.ephemeral {
         None
     } else {
         let s = ctx
             .sessions
-            .create(Session {
+            .create_async(Session {
                 backend: plan.inv.backend.clone(),
                 model: plan.inv.model.clone(),
                 working_dir: plan.inv.workdir.as_ref().map(|w| w.display().to_string()),
@@ -355,6 +356,7 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
                 owner: plan.owner.clone(),
                 ..Default::default()
             })
+            .await
             .map_err(store_error)?;
         Some(s.id)
     };
@@ -364,10 +366,17 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
             // Nothing ran: a new session goes away, a continued one gets its status back.
             match (&session_id, previous_status) {
                 (Some(id), Some(status)) => {
-                    let _ = ctx.sessions.update(id, |s| s.status = status);
+                    let _ = ctx
+                        .sessions
+                        .update_async(id, move |s| s.status = status)
+                        .await;
                 }
                 (Some(id), None) => {
-                    let _ = ctx.sessions.delete(id, None);
+                    let id = id.clone();
+                    let _ = ctx
+                        .sessions
+                        .off_thread(move |st| st.delete(&id, None))
+                        .await;
                 }
                 _ => {}
             }
@@ -391,7 +400,10 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
                 _ = tx.closed() => {
                     drop(run);
                     if let Some(id) = &sid {
-                        let _ = ctx2.sessions.update(id, |s| s.status = SessionStatus::Interrupted);
+                        let _ = ctx2
+                            .sessions
+                            .update_async(id, |s| s.status = SessionStatus::Interrupted)
+                            .await;
                     }
                     return;
                 }
@@ -403,7 +415,10 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
                         // Keep the backend id as soon as it is known: a crash mid-run stays resumable.
                         if let Some(id) = &sid {
                             let b = session_id.clone();
-                            let _ = ctx2.sessions.update(id, |s| s.backend_session_id = Some(b));
+                            let _ = ctx2
+                                .sessions
+                                .update_async(id, |s| s.backend_session_id = Some(b))
+                                .await;
                         }
                     }
                     if tx.send(PromptUpdate::Event(ev)).await.is_err() {
@@ -411,7 +426,8 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
                         if let Some(id) = &sid {
                             let _ = ctx2
                                 .sessions
-                                .update(id, |s| s.status = SessionStatus::Interrupted);
+                                .update_async(id, |s| s.status = SessionStatus::Interrupted)
+                                .await;
                         }
                         return;
                     }
@@ -436,14 +452,20 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
                 error: summary.error.clone(),
             };
             let bsid = summary.backend_session_id.clone().or(backend_sid);
-            if let Err(e) = ctx2.sessions.add_turn(id, turn, bsid, summary.failed()) {
+            let (tid, failed) = (id.clone(), summary.failed());
+            let recorded = ctx2
+                .sessions
+                .off_thread(move |st| st.add_turn(&tid, turn, bsid, failed))
+                .await;
+            if let Err(e) = recorded {
                 tracing::error!(session = %id, error = %e, "cannot record the turn");
             }
             // A run cut short by the daemon's stop (grace period over) is interrupted, not failed.
             if summary.failed() && ctx2.is_draining() {
                 let _ = ctx2
                     .sessions
-                    .update(id, |s| s.status = SessionStatus::Interrupted);
+                    .update_async(id, |s| s.status = SessionStatus::Interrupted)
+                    .await;
             }
         }
         let result = PromptResult {

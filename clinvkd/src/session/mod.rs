@@ -234,6 +234,38 @@ impl Store {
         })
     }
 
+    /// Runs store work on the blocking pool: writes wait for the disk (fsync), and the async
+    /// workers must keep serving meanwhile.
+    pub async fn off_thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let st = self.clone();
+        match tokio::task::spawn_blocking(move || f(&st)).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(StoreError::Write {
+                id: String::new(),
+                source: std::io::Error::other("the session write was cancelled (shutdown)"),
+            }),
+        }
+    }
+
+    /// `create` on the blocking pool.
+    pub async fn create_async(&self, s: Session) -> Result<Session, StoreError> {
+        self.off_thread(move |st| st.create(s)).await
+    }
+
+    /// `update` on the blocking pool.
+    pub async fn update_async(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Session) + Send + 'static,
+    ) -> Result<Session, StoreError> {
+        let id = id.to_string();
+        self.off_thread(move |st| st.update(&id, f)).await
+    }
+
     /// By full id or unique prefix, among the sessions `owner` may see.
     pub fn get(&self, id_or_prefix: &str, owner: Option<&str>) -> Result<Session, StoreError> {
         let map = self.map();
