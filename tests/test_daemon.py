@@ -74,7 +74,7 @@ def test_port_in_use_is_a_clear_error(world):
     port = s.getsockname()[1]
     r = world.run(binary("clinvkd"), "--port", str(port), timeout=30)
     s.close()
-    assert r.returncode == 1
+    assert r.returncode == 98, "its own exit code, so clinvk serve need not read the text"
     assert f"port {port} is already in use" in r.stderr, r.stderr
     assert "panicked" not in r.stderr
     assert r.stderr.count("\n") <= 2, "one clear line, not a trace"

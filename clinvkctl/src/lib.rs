@@ -34,6 +34,9 @@ pub enum ClientError {
     NotRunning(String),
     #[error("{}", .0.message)]
     Daemon(ErrorBody),
+    /// The daemon could not listen: its port is taken (clinvkd's own exit code says so).
+    #[error("{0}")]
+    PortInUse(String),
     #[error("{0}")]
     Other(String),
 }
@@ -250,14 +253,21 @@ pub async fn start_daemon(
             }
             let text = std::fs::read_to_string(&stderr_file).unwrap_or_default();
             let text = text.trim();
-            return Err(ClientError::Other(format!(
+            let message = format!(
                 "clinvkd exited ({code}) before it was ready{}",
                 if text.is_empty() {
                     String::new()
                 } else {
                     format!(":\n{text}")
                 }
-            )));
+            );
+            return Err(
+                if code.code() == Some(i32::from(clinvk_shared::EXIT_PORT_IN_USE)) {
+                    ClientError::PortInUse(message)
+                } else {
+                    ClientError::Other(message)
+                },
+            );
         }
         match status(paths, "clinvk").await {
             Ok(s) if s.pid == child.id().unwrap_or(0) => {

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 /// The cached availability of every backend (cheap to clone).
 #[derive(Clone, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     map: Arc<RwLock<HashMap<String, BackendStatus>>>,
 }
 
 impl Registry {
     /// The last known status of every backend, in a stable order.
-    pub fn all(&self) -> Vec<BackendStatus> {
+    pub(crate) fn all(&self) -> Vec<BackendStatus> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
         KNOWN_BACKENDS
             .iter()
@@ -26,7 +26,7 @@ impl Registry {
             .collect()
     }
 
-    pub fn get(&self, name: &str) -> Option<BackendStatus> {
+    pub(crate) fn get(&self, name: &str) -> Option<BackendStatus> {
         self.map
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -35,7 +35,7 @@ impl Registry {
     }
 
     /// Re-checks every backend against `settings` (concurrently).
-    pub async fn refresh(&self, settings: &Settings) {
+    pub(crate) async fn refresh(&self, settings: &Settings) {
         let checks = KNOWN_BACKENDS.iter().map(|name| {
             let cfg = settings.backends.get(*name).cloned().unwrap_or_default();
             async move { check(name, &cfg, &settings.default_backend).await }
@@ -49,7 +49,7 @@ impl Registry {
 }
 
 /// The PATH a backend's child sees: its `env.PATH` if configured, else the daemon's.
-pub fn child_path(cfg: &BackendSettings) -> Option<std::ffi::OsString> {
+pub(crate) fn child_path(cfg: &BackendSettings) -> Option<std::ffi::OsString> {
     cfg.env
         .get("PATH")
         .map(Into::into)
@@ -57,7 +57,7 @@ pub fn child_path(cfg: &BackendSettings) -> Option<std::ffi::OsString> {
 }
 
 /// Resolves a command name or path to an executable file.
-pub fn resolve(command: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+pub(crate) fn resolve(command: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
     let is_exec = |p: &Path| {
         use std::os::unix::fs::PermissionsExt;
         p.is_file()

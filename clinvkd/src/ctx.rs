@@ -24,7 +24,7 @@ pub struct Overrides {
 
 /// Why a reload was refused (the running configuration stays).
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
+pub(crate) enum ReloadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -33,8 +33,17 @@ pub enum ReloadError {
     Refused(String),
 }
 
+/// Loads the configuration as the daemon does at start: file, environment, flags, validation.
+pub fn load_settings(
+    config_path: &std::path::Path,
+    explicit: bool,
+    overrides: &Overrides,
+) -> Result<config::Loaded, ConfigError> {
+    Ctx::load_settings(config_path, explicit, overrides)
+}
+
 /// Refuses to serve a non-loopback address without authentication (unless `--insecure`).
-pub fn check_exposure(
+pub(crate) fn check_exposure(
     addrs: &[SocketAddr],
     auth_required: bool,
     insecure: bool,
@@ -53,38 +62,38 @@ server.auth at auto or required, or pass --insecure to serve it unauthenticated 
 }
 
 #[derive(Clone)]
-pub struct Ctx(Arc<Inner>);
+pub(crate) struct Ctx(Arc<Inner>);
 
-pub struct Inner {
-    pub paths: Paths,
-    pub config_path: PathBuf,
-    pub config_explicit: bool,
-    pub overrides: Overrides,
+pub(crate) struct Inner {
+    pub(crate) paths: Paths,
+    pub(crate) config_path: PathBuf,
+    pub(crate) config_explicit: bool,
+    pub(crate) overrides: Overrides,
     settings: RwLock<Arc<Settings>>,
     loaded_from_file: AtomicBool,
-    pub started: Instant,
-    pub started_at: String,
+    pub(crate) started: Instant,
+    pub(crate) started_at: String,
     http_addrs: RwLock<Vec<SocketAddr>>,
-    pub socket_activated: AtomicBool,
-    pub events: broadcast::Sender<AttachEvent>,
+    pub(crate) socket_activated: AtomicBool,
+    pub(crate) events: broadcast::Sender<AttachEvent>,
     draining: AtomicBool,
     drain_tx: watch::Sender<bool>,
     stop_tx: watch::Sender<bool>,
-    pub requests_total: AtomicU64,
-    pub requests_in_flight: AtomicU64,
+    pub(crate) requests_total: AtomicU64,
+    pub(crate) requests_in_flight: AtomicU64,
     /// Everything a stop must let finish (within `server.shutdown_grace_secs`): HTTP requests
     /// until their answer is sent (streams included), prompt runs, and `clinvk` calls. The drain
     /// closes it and awaits it.
-    pub work: tokio_util::task::TaskTracker,
-    pub reloads: AtomicU64,
+    pub(crate) work: tokio_util::task::TaskTracker,
+    pub(crate) reloads: AtomicU64,
     /// Every CLI process the daemon runs.
-    pub supervisor: crate::supervisor::Supervisor,
+    pub(crate) supervisor: crate::supervisor::Supervisor,
     /// Which backends can run.
-    pub backends: crate::availability::Registry,
+    pub(crate) backends: crate::availability::Registry,
     /// Sessions on disk.
-    pub sessions: crate::session::Store,
+    pub(crate) sessions: crate::session::Store,
     /// Accepted API keys.
-    pub keys: crate::keys::KeyStore,
+    pub(crate) keys: crate::keys::KeyStore,
 }
 
 impl std::ops::Deref for Ctx {
@@ -96,13 +105,13 @@ impl std::ops::Deref for Ctx {
 
 /// The result of a successful reload.
 #[derive(Debug, Clone)]
-pub struct ReloadOutcome {
-    pub changed: Vec<String>,
-    pub warnings: Vec<String>,
+pub(crate) struct ReloadOutcome {
+    pub(crate) changed: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 impl Ctx {
-    pub fn new(
+    pub(crate) fn new(
         paths: Paths,
         config_path: PathBuf,
         config_explicit: bool,
@@ -151,39 +160,39 @@ impl Ctx {
     }
 
     /// The settings in force now (a snapshot: a reload swaps in a new one).
-    pub fn settings(&self) -> Arc<Settings> {
+    pub(crate) fn settings(&self) -> Arc<Settings> {
         self.settings
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    pub fn loaded_from_file(&self) -> bool {
+    pub(crate) fn loaded_from_file(&self) -> bool {
         self.loaded_from_file.load(Ordering::Relaxed)
     }
 
     /// Records the addresses the HTTP server listens on (the first is the one shown).
-    pub fn set_http_addrs(&self, addrs: Vec<SocketAddr>) {
+    pub(crate) fn set_http_addrs(&self, addrs: Vec<SocketAddr>) {
         *self.http_addrs.write().unwrap_or_else(|e| e.into_inner()) = addrs;
     }
 
-    pub fn http_addrs(&self) -> Vec<SocketAddr> {
+    pub(crate) fn http_addrs(&self) -> Vec<SocketAddr> {
         self.http_addrs
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    pub fn http_addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addrs().first().copied()
     }
 
     /// Whether the HTTP API asks for a key now.
-    pub fn auth_required(&self) -> bool {
+    pub(crate) fn auth_required(&self) -> bool {
         self.keys.required(self.settings().server.auth)
     }
 
-    pub fn http_url(&self) -> String {
+    pub(crate) fn http_url(&self) -> String {
         match self.http_addr() {
             Some(a) => format!("http://{a}"),
             None => String::new(),
@@ -191,7 +200,7 @@ impl Ctx {
     }
 
     /// Loads the configuration as the daemon does at start: file, environment, flags, validation.
-    pub fn load_settings(
+    pub(crate) fn load_settings(
         config_path: &std::path::Path,
         explicit: bool,
         overrides: &Overrides,
@@ -213,7 +222,7 @@ impl Ctx {
 
     /// Re-reads the configuration. An invalid one is refused and the running one stays.
     /// The service manager (if any) sees `RELOADING=1`, then `READY=1` whatever the outcome.
-    pub fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
+    pub(crate) fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         crate::service::reloading();
         let result = self.reload_inner();
         let status = match &result {
@@ -263,7 +272,7 @@ impl Ctx {
     }
 
     /// Starts the drain: new work is refused, in-flight work may finish.
-    pub fn begin_drain(&self, reason: &str) {
+    pub(crate) fn begin_drain(&self, reason: &str) {
         if !self.draining.swap(true, Ordering::SeqCst) {
             crate::service::stopping(reason);
             let _ = self.drain_tx.send(true);
@@ -273,12 +282,12 @@ impl Ctx {
         }
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
 
     /// Resolves when the drain starts.
-    pub fn drain_started(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub(crate) fn drain_started(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.drain_tx.subscribe();
         async move {
             let _ = rx.wait_for(|v| *v).await;
@@ -286,12 +295,12 @@ impl Ctx {
     }
 
     /// Ends every open stream and connection: the last step of shutdown.
-    pub fn hard_stop(&self) {
+    pub(crate) fn hard_stop(&self) {
         let _ = self.stop_tx.send(true);
     }
 
     /// Resolves at the hard stop (streams use it to end so that graceful shutdown completes).
-    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.stop_tx.subscribe();
         async move {
             let _ = rx.wait_for(|v| *v).await;
@@ -299,18 +308,18 @@ impl Ctx {
     }
 
     /// Sends an event to attached clients (dropped when nobody listens).
-    pub fn publish(&self, event: AttachEvent) {
+    pub(crate) fn publish(&self, event: AttachEvent) {
         let _ = self.events.send(event);
     }
 
     /// Milliseconds since start.
-    pub fn uptime_ms(&self) -> u64 {
+    pub(crate) fn uptime_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 }
 
 /// Dotted keys whose values differ between two settings.
-pub fn diff_keys(a: &Settings, b: &Settings) -> Vec<String> {
+pub(crate) fn diff_keys(a: &Settings, b: &Settings) -> Vec<String> {
     let mut out = Vec::new();
     let (Ok(a), Ok(b)) = (serde_json::to_value(a), serde_json::to_value(b)) else {
         return out;

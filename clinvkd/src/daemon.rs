@@ -102,7 +102,7 @@ impl Drop for PidLock {
 }
 
 /// Binds the HTTP listener on `host:port`.
-pub fn bind_http(host: &str, port: u16) -> Result<std::net::TcpListener, StartError> {
+pub(crate) fn bind_http(host: &str, port: u16) -> Result<std::net::TcpListener, StartError> {
     let addr_text = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum EngineError {
+pub(crate) enum EngineError {
     #[error("unknown backend {0:?} (known: claude, codex, gemini)")]
     UnknownBackend(String),
     #[error("backend {0} is disabled in the configuration (backends.{0}.enabled)")]
@@ -41,7 +41,7 @@ impl EngineError {
     }
 
     /// The API error (status and code) for this failure; the style decides the shape.
-    pub fn api_error(&self) -> ApiError {
+    pub(crate) fn api_error(&self) -> ApiError {
         let msg = self.to_string();
         match self {
             EngineError::UnknownBackend(_) => {
@@ -65,30 +65,28 @@ impl EngineError {
 
 /// How a run ended, for every API style to render.
 #[derive(Debug, Clone, Serialize, Default)]
-pub struct RunSummary {
-    pub backend: String,
-    pub model: Option<String>,
-    pub exit_code: i32,
-    pub duration_ms: u64,
-    pub output: String,
+pub(crate) struct RunSummary {
+    pub(crate) backend: String,
+    pub(crate) model: Option<String>,
+    pub(crate) exit_code: i32,
+    pub(crate) duration_ms: u64,
+    pub(crate) output: String,
     /// Set when the run failed: CLI-reported error, non-zero exit, timeout, cancellation.
-    pub error: Option<String>,
-    pub usage: TokenUsage,
+    pub(crate) error: Option<String>,
+    pub(crate) usage: TokenUsage,
     /// The backend's own session id (for resume).
-    pub backend_session_id: Option<String>,
-    pub timed_out: bool,
-    pub cancelled: bool,
-    #[serde(skip)]
-    pub stderr_tail: String,
+    pub(crate) backend_session_id: Option<String>,
+    pub(crate) timed_out: bool,
+    pub(crate) cancelled: bool,
 }
 
 impl RunSummary {
-    pub fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         self.error.is_some()
     }
 
     /// The API error a compatible API answers for a failed run (502 CLI failed, 504 timeout).
-    pub fn api_error(&self) -> Option<ApiError> {
+    pub(crate) fn api_error(&self) -> Option<ApiError> {
         let msg = self.error.clone()?;
         Some(if self.timed_out {
             ApiError::new(Kind::Timeout, "backend_timeout", msg)
@@ -100,50 +98,32 @@ impl RunSummary {
 
 /// One update of a running invocation.
 #[derive(Debug, Clone)]
-pub enum RunUpdate {
+pub(crate) enum RunUpdate {
     Event(Event),
     Done(RunSummary),
 }
 
 /// A started run. Dropping it cancels the run.
-pub struct RunStream {
-    pub run_id: String,
-    pub backend: String,
-    pub argv: Vec<String>,
+pub(crate) struct RunStream {
     rx: mpsc::Receiver<RunUpdate>,
 }
 
 impl RunStream {
-    pub async fn next(&mut self) -> Option<RunUpdate> {
+    pub(crate) async fn next(&mut self) -> Option<RunUpdate> {
         self.rx.recv().await
-    }
-
-    /// Waits for the end, ignoring the events.
-    pub async fn finish(mut self) -> RunSummary {
-        while let Some(u) = self.rx.recv().await {
-            if let RunUpdate::Done(s) = u {
-                return s;
-            }
-        }
-        RunSummary {
-            backend: self.backend.clone(),
-            exit_code: -1,
-            error: Some("the run ended without a result".into()),
-            ..Default::default()
-        }
     }
 }
 
 /// What a dry run reports: exactly what would run.
 #[derive(Debug, Clone, Serialize)]
-pub struct DryRun {
-    pub backend: String,
-    pub program: String,
+pub(crate) struct DryRun {
+    pub(crate) backend: String,
+    pub(crate) program: String,
     /// The full argv, program first.
-    pub argv: Vec<String>,
-    pub cwd: Option<String>,
+    pub(crate) argv: Vec<String>,
+    pub(crate) cwd: Option<String>,
     /// Names of the extra environment variables set for the child (values are not shown).
-    pub env: Vec<String>,
+    pub(crate) env: Vec<String>,
 }
 
 struct Prepared {
@@ -237,7 +217,7 @@ fn prepare(ctx: &Ctx, inv: &Invocation) -> Result<Prepared, EngineError> {
 }
 
 /// The exact argv that `start` would run, without starting anything.
-pub fn dry_run(ctx: &Ctx, inv: &Invocation) -> Result<DryRun, EngineError> {
+pub(crate) fn dry_run(ctx: &Ctx, inv: &Invocation) -> Result<DryRun, EngineError> {
     let p = prepare(ctx, inv)?;
     Ok(DryRun {
         backend: inv.backend.clone(),
@@ -249,7 +229,7 @@ pub fn dry_run(ctx: &Ctx, inv: &Invocation) -> Result<DryRun, EngineError> {
 }
 
 /// Starts a run (waiting for a concurrency slot) and streams its events.
-pub async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, EngineError> {
+pub(crate) async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, EngineError> {
     if ctx.is_draining() {
         return Err(EngineError::Draining);
     }
@@ -267,7 +247,6 @@ pub async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, EngineError>
     let backend = inv.backend.clone();
     let model = inv.model.clone();
     let run_id = handle.id.clone();
-    let stream_id = run_id.clone();
     let mut parser = p.adapter.parser();
     tracing::info!(run = %run_id, backend = %backend, pid = handle.pid, "run started");
     tokio::spawn(async move {
@@ -326,12 +305,7 @@ pub async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, EngineError>
         tracing::info!(run = %run_id, backend = %backend, exit_code = summary.exit_code, status, duration_ms = summary.duration_ms, "run finished");
         let _ = tx.send(RunUpdate::Done(summary)).await;
     });
-    Ok(RunStream {
-        run_id: stream_id,
-        backend: inv.backend,
-        argv: p.argv,
-        rx,
-    })
+    Ok(RunStream { rx })
 }
 
 fn summarize(
@@ -387,7 +361,6 @@ fn summarize(
         backend_session_id: o.session_id,
         timed_out: info.timed_out,
         cancelled: info.cancelled,
-        stderr_tail: info.stderr_tail.clone(),
     }
 }
 
@@ -403,7 +376,7 @@ fn clip_quote(text: &str) -> String {
 }
 
 /// The built-in system folders a run may never use as its working folder.
-pub const BLOCKED_WORKDIRS: [&str; 14] = [
+pub(crate) const BLOCKED_WORKDIRS: [&str; 14] = [
     "/bin",
     "/boot",
     "/dev",
@@ -421,7 +394,7 @@ pub const BLOCKED_WORKDIRS: [&str; 14] = [
 ];
 
 /// Folders of the home that hold credentials: the CLIs' own and the usual secret ones.
-pub const BLOCKED_HOME_FOLDERS: [&str; 9] = [
+pub(crate) const BLOCKED_HOME_FOLDERS: [&str; 9] = [
     ".claude",
     ".codex",
     ".gemini",
@@ -435,7 +408,7 @@ pub const BLOCKED_HOME_FOLDERS: [&str; 9] = [
 
 /// The folder a run without `workdir` uses: `server.default_workdir`, else
 /// `<state folder>/workspace`.
-pub fn default_workdir(ctx: &Ctx) -> PathBuf {
+pub(crate) fn default_workdir(ctx: &Ctx) -> PathBuf {
     let configured = ctx.settings().server.default_workdir.clone();
     if configured.trim().is_empty() {
         ctx.paths.state_dir.join("workspace")
@@ -445,7 +418,7 @@ pub fn default_workdir(ctx: &Ctx) -> PathBuf {
 }
 
 /// Creates the default workdir (private) at start.
-pub fn prepare_default_workdir(ctx: &Ctx) -> anyhow::Result<()> {
+pub(crate) fn prepare_default_workdir(ctx: &Ctx) -> anyhow::Result<()> {
     let dir = default_workdir(ctx);
     if ctx.settings().server.default_workdir.trim().is_empty() {
         clinvk_shared::paths::ensure_private_dir(&dir)
@@ -488,7 +461,7 @@ fn blocked_folders(ctx: &Ctx) -> Vec<PathBuf> {
 /// Checks a requested working folder: absolute, exists, a folder, resolved through symlinks,
 /// outside the blocked folders, inside the allowed ones when set (path-boundary matching). The
 /// default workdir is always allowed. A refusal says the same whether or not the path exists.
-pub fn validate_workdir(ctx: &Ctx, requested: &str) -> Result<PathBuf, EngineError> {
+pub(crate) fn validate_workdir(ctx: &Ctx, requested: &str) -> Result<PathBuf, EngineError> {
     let settings = ctx.settings();
     let p = Path::new(requested);
     if !p.is_absolute() {

@@ -5,7 +5,7 @@
 
 /// What went wrong, independent of the API style.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     BadRequest,
     Unauthorized,
     /// Refused by policy: a foreign origin, an escalation the operator does not allow.
@@ -31,16 +31,16 @@ pub enum Kind {
 
 /// An error answer: kind, machine code, message, and optional extras.
 #[derive(Debug, Clone)]
-pub struct ApiError {
-    pub kind: Kind,
-    pub code: String,
-    pub message: String,
-    pub param: Option<String>,
-    pub retry_after_secs: Option<u64>,
+pub(crate) struct ApiError {
+    pub(crate) kind: Kind,
+    pub(crate) code: String,
+    pub(crate) message: String,
+    pub(crate) param: Option<String>,
+    pub(crate) retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
-    pub fn new(kind: Kind, code: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: Kind, code: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             kind,
             code: code.into(),
@@ -50,16 +50,16 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(code: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(Kind::BadRequest, code, message)
     }
 
-    pub fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(Kind::NotFound, "not_found", message)
     }
 
     /// The path exists, the method does not.
-    pub fn method_not_allowed(method: impl std::fmt::Display, path: &str) -> Self {
+    pub(crate) fn method_not_allowed(method: impl std::fmt::Display, path: &str) -> Self {
         Self::new(
             Kind::MethodNotAllowed,
             "method_not_allowed",
@@ -68,22 +68,22 @@ impl ApiError {
     }
 
     /// Nothing is served at this path.
-    pub fn no_route(method: impl std::fmt::Display, path: &str) -> Self {
+    pub(crate) fn no_route(method: impl std::fmt::Display, path: &str) -> Self {
         Self::not_found(format!("no route for {method} {path}"))
     }
 
-    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+    pub(crate) fn with_param(mut self, param: impl Into<String>) -> Self {
         self.param = Some(param.into());
         self
     }
 
     /// The machine code (`missing_field`, `session_not_found`, …).
-    pub fn code(&self) -> &str {
+    pub(crate) fn code(&self) -> &str {
         &self.code
     }
 
     /// What kind of failure this is.
-    pub fn kind(&self) -> Kind {
+    pub(crate) fn kind(&self) -> Kind {
         self.kind
     }
 }

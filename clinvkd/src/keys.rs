@@ -14,20 +14,20 @@ use subtle::ConstantTimeEq;
 
 /// A key of the daemon's own store (the secret itself is never stored).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StoredKey {
-    pub id: String,
-    pub name: String,
+pub(crate) struct StoredKey {
+    pub(crate) id: String,
+    pub(crate) name: String,
     /// Hex SHA-256 of the key.
-    pub sha256: String,
+    pub(crate) sha256: String,
     /// The first characters of the key, to recognise it.
-    pub prefix: String,
-    pub created_at: String,
+    pub(crate) prefix: String,
+    pub(crate) created_at: String,
 }
 
 /// Why the key store cannot be used. The daemon refuses to start (and a reload fails) rather
 /// than treat an unreadable store as "no keys".
 #[derive(Debug, thiserror::Error)]
-pub enum KeyStoreError {
+pub(crate) enum KeyStoreError {
     #[error("cannot read the key store {file}: {source}")]
     Read {
         file: PathBuf,
@@ -54,7 +54,7 @@ struct Inner {
 
 /// All accepted keys (cheap to clone).
 #[derive(Clone, Default)]
-pub struct KeyStore {
+pub(crate) struct KeyStore {
     file: PathBuf,
     inner: Arc<RwLock<Inner>>,
     /// Serialises read-modify-write of the store file inside this process (the file lock
@@ -109,7 +109,7 @@ fn read_file(file: &Path) -> Result<Option<Vec<StoredKey>>, KeyStoreError> {
 
 impl KeyStore {
     /// Loads the store file (a missing file is an empty store; an unreadable one is an error).
-    pub fn open(file: &Path) -> Result<Self, KeyStoreError> {
+    pub(crate) fn open(file: &Path) -> Result<Self, KeyStoreError> {
         let ks = KeyStore {
             file: file.to_path_buf(),
             ..Default::default()
@@ -119,7 +119,7 @@ impl KeyStore {
     }
 
     /// Re-reads the store file (on reload); on error the keys in force stay.
-    pub fn reload(&self) -> Result<(), KeyStoreError> {
+    pub(crate) fn reload(&self) -> Result<(), KeyStoreError> {
         let stored = read_file(&self.file)?;
         self.set_stored(stored.is_some(), stored.unwrap_or_default());
         Ok(())
@@ -144,7 +144,7 @@ impl KeyStore {
     }
 
     /// Replaces the keys that come from outside the store (environment, gopass).
-    pub fn set_external(&self, keys: &[String]) {
+    pub(crate) fn set_external(&self, keys: &[String]) {
         self.write().external = keys
             .iter()
             .map(|k| k.trim())
@@ -158,13 +158,13 @@ impl KeyStore {
 
     /// Whether keys were ever set up: any key from any source, or a store file (even one whose
     /// last key was revoked).
-    pub fn configured(&self) -> bool {
+    pub(crate) fn configured(&self) -> bool {
         let r = self.read();
         !r.external.is_empty() || !r.stored_digests.is_empty() || r.file_exists
     }
 
     /// Whether the HTTP API asks for a key under `mode`.
-    pub fn required(&self, mode: AuthMode) -> bool {
+    pub(crate) fn required(&self, mode: AuthMode) -> bool {
         match mode {
             AuthMode::Off => false,
             AuthMode::Required => true,
@@ -173,14 +173,14 @@ impl KeyStore {
     }
 
     /// Number of keys that are accepted now.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         let r = self.read();
         r.external.len() + r.stored_digests.len()
     }
 
     /// Checks a presented key in constant time against every accepted digest; returns the id
     /// of the key it matches.
-    pub fn check(&self, presented: &str) -> Option<String> {
+    pub(crate) fn check(&self, presented: &str) -> Option<String> {
         let d = digest(presented);
         let r = self.read();
         let mut found = None;
@@ -218,7 +218,7 @@ impl KeyStore {
     }
 
     /// Creates a key, stores its digest, and returns the key (shown once).
-    pub fn add(&self, name: &str) -> Result<(StoredKey, String), KeyStoreError> {
+    pub(crate) fn add(&self, name: &str) -> Result<(StoredKey, String), KeyStoreError> {
         let secret = format!(
             "ck-{}{}",
             uuid::Uuid::new_v4().simple(),
@@ -236,12 +236,12 @@ impl KeyStore {
         Ok((key, secret))
     }
 
-    pub fn list(&self) -> Vec<StoredKey> {
+    pub(crate) fn list(&self) -> Vec<StoredKey> {
         self.read().stored.clone()
     }
 
     /// Revokes a stored key by id or name; returns whether one was found.
-    pub fn revoke(&self, id_or_name: &str) -> Result<bool, KeyStoreError> {
+    pub(crate) fn revoke(&self, id_or_name: &str) -> Result<bool, KeyStoreError> {
         self.modify(|stored| {
             let before = stored.len();
             stored.retain(|k| k.id != id_or_name && k.name != id_or_name);
@@ -290,7 +290,7 @@ fn run_with_timeout(
 
 /// Keys from the environment and gopass, read at start and on every reload. A configured gopass
 /// path that cannot be read is an error (never "no keys").
-pub fn external_keys(gopass_path: &str) -> Result<Vec<String>, String> {
+pub(crate) fn external_keys(gopass_path: &str) -> Result<Vec<String>, String> {
     let mut keys: Vec<String> = std::env::var("CLINVK_API_KEYS")
         .unwrap_or_default()
         .split(',')

@@ -1,19 +1,19 @@
 //! clinvkd: the clinvk daemon as a library. `daemon::run` starts everything; `main.rs` only
 //! parses flags, sets up logging and calls it.
 
-pub mod availability;
-pub mod backend;
-pub mod control;
+pub(crate) mod availability;
+pub(crate) mod backend;
+pub(crate) mod control;
 pub mod ctx;
-pub mod daemon;
-pub mod engine;
-pub mod error;
-pub mod http;
-pub mod keys;
+pub(crate) mod daemon;
+pub(crate) mod engine;
+pub(crate) mod error;
+pub(crate) mod http;
+pub(crate) mod keys;
 pub mod logging;
-pub mod ops;
+pub(crate) mod ops;
 pub mod service;
-pub mod session;
+pub(crate) mod session;
 pub mod supervisor;
 
-pub use daemon::{run, DaemonOptions};
+pub use daemon::{run, DaemonOptions, StartError};

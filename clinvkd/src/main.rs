@@ -17,7 +17,8 @@ It runs in the foreground. Use `clinvk serve` to start it in the background, or 
 manager (see systemd/ and launchd/).\n\n\
 Configuration: ~/.clinvk/config.yaml (or $CLINVK_CONFIG), then CLINVK_* environment variables \
 (e.g. CLINVK_SERVER_PORT=9000), then these flags. State lives in ~/.clinvk (or $CLINVK_HOME).\n\n\
-Signals: SIGTERM/SIGINT drain and stop (exit 0); SIGHUP reloads the configuration."
+Signals: SIGTERM/SIGINT drain and stop (exit 0); SIGHUP reloads the configuration.\n\n\
+Exit codes: 0 stopped cleanly; 98 the HTTP port is already in use; 1 any other failure."
 )]
 struct Args {
     /// Config file (default: ~/.clinvk/config.yaml, .yml or config.toml; env CLINVK_CONFIG)
@@ -50,7 +51,17 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("clinvkd: {e:#}");
-            std::process::ExitCode::FAILURE
+            let port_in_use = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref(),
+                    Some(clinvkd::StartError::PortInUse { .. })
+                )
+            });
+            if port_in_use {
+                std::process::ExitCode::from(clinvk_shared::EXIT_PORT_IN_USE)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
@@ -73,7 +84,7 @@ fn start(args: Args) -> anyhow::Result<()> {
         log_file: args.log_file.clone(),
         insecure: args.insecure,
     };
-    let loaded = clinvkd::ctx::Ctx::load_settings(&config_path, explicit, &overrides)?;
+    let loaded = clinvkd::ctx::load_settings(&config_path, explicit, &overrides)?;
     let (events, _) = tokio::sync::broadcast::channel(1024);
     let filter = clinvkd::logging::filter_for(&loaded.settings.log.level, args.verbose);
     let log_file = loaded.settings.log.file.clone();

@@ -12,21 +12,21 @@ use std::os::unix::net::UnixListener;
 
 /// The name (`FileDescriptorName=` in a `.socket` unit, `--fdname` of `systemd-socket-activate`)
 /// that marks a passed socket as the control socket.
-pub const CONTROL_FD_NAME: &str = "control";
+pub(crate) const CONTROL_FD_NAME: &str = "control";
 
 /// The sockets systemd passed.
 #[derive(Debug, Default)]
 pub struct Activation {
     /// Stream sockets for HTTP (every passed TCP socket not named `control`).
-    pub http: Vec<TcpListener>,
+    pub(crate) http: Vec<TcpListener>,
     /// The control socket, when one was passed named `control` (or an unnamed Unix socket).
-    pub control: Option<UnixListener>,
+    pub(crate) control: Option<UnixListener>,
     /// What was passed, for the start-up log: `name=kind` per socket.
-    pub described: Vec<String>,
+    pub(crate) described: Vec<String>,
 }
 
 impl Activation {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.http.is_empty() && self.control.is_none()
     }
 }
@@ -116,7 +116,7 @@ pub fn take_activation() -> Result<Option<Activation>, ActivationError> {
 }
 
 /// Whether a service manager listens for our notifications.
-pub fn notify_enabled() -> bool {
+pub(crate) fn notify_enabled() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some_and(|v| !v.is_empty())
 }
 
@@ -130,12 +130,12 @@ fn send(states: &[NotifyState]) {
 }
 
 /// `READY=1`: the daemon serves (sent once the listeners are up, and after a reload).
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// `RELOADING=1` with `MONOTONIC_USEC` (as `Type=notify-reload` requires); `ready` follows.
-pub fn reloading() {
+pub(crate) fn reloading() {
     match NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[
             NotifyState::Reloading,
@@ -150,19 +150,19 @@ pub fn reloading() {
 }
 
 /// `STOPPING=1`: the drain has started.
-pub fn stopping(reason: &str) {
+pub(crate) fn stopping(reason: &str) {
     let status = format!("draining ({reason})");
     send(&[NotifyState::Stopping, NotifyState::Status(&status)]);
 }
 
 /// `STATUS=…` alone.
-pub fn status(text: &str) {
+pub(crate) fn status(text: &str) {
     send(&[NotifyState::Status(text)]);
 }
 
 /// Turns a passed Unix socket into the control listener. The socket file belongs to the service
 /// manager: the listener never removes it.
-pub fn adopt_control(
+pub(crate) fn adopt_control(
     l: UnixListener,
 ) -> std::io::Result<interprocess::local_socket::tokio::Listener> {
     use interprocess::os::unix::uds_local_socket::tokio::Listener as UdsListener;

@@ -7,5 +7,9 @@ pub mod paths;
 pub mod protocol;
 pub mod types;
 
+/// The exit code of `clinvkd` when its HTTP port is already taken (EADDRINUSE), so that
+/// `clinvk serve` can tell that case from other start failures without reading text.
+pub const EXIT_PORT_IN_USE: u8 = 98;
+
 /// The version of every clinvk crate and binary (the workspace version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

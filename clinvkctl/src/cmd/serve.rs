@@ -138,7 +138,7 @@ async fn port_owner(
     args: &ServeArgs,
     start_error: ClientError,
 ) -> Result<StatusInfo, ClientError> {
-    if !start_error.to_string().contains("already in use") {
+    if !matches!(start_error, ClientError::PortInUse(_)) {
         return Err(start_error);
     }
     let (host, port) = target_addr(paths, args);

@@ -3,7 +3,7 @@
 use super::*;
 use serde_json::Value;
 
-pub struct Claude;
+pub(crate) struct Claude;
 
 /// Flags a request's `extra` may use: none that grants tools, permissions or folders
 /// (`--permission-mode`, `--allowedTools`, `--add-dir`, … need `allowed_extra_flags`).
@@ -15,9 +15,6 @@ const ALLOW: &[&str] = &[
 ];
 
 impl Adapter for Claude {
-    fn name(&self) -> &'static str {
-        "claude"
-    }
     fn default_command(&self) -> &'static str {
         "claude"
     }

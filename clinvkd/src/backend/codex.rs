@@ -3,16 +3,13 @@
 use super::*;
 use serde_json::Value;
 
-pub struct Codex;
+pub(crate) struct Codex;
 
 /// Flags a request's `extra` may use: none that grants permissions or folders (`--add-dir`,
 /// `-c`, … need `allowed_extra_flags`).
 const ALLOW: &[&str] = &["--skip-git-repo-check", "--oss"];
 
 impl Adapter for Codex {
-    fn name(&self) -> &'static str {
-        "codex"
-    }
     fn default_command(&self) -> &'static str {
         "codex"
     }

@@ -3,16 +3,13 @@
 use super::*;
 use serde_json::Value;
 
-pub struct Gemini;
+pub(crate) struct Gemini;
 
 /// Flags a request's `extra` may use: none by default — gemini's flags that take one grant
 /// folders, tools, extensions or MCP servers (`allowed_extra_flags` may allow them).
 const ALLOW: &[&str] = &[];
 
 impl Adapter for Gemini {
-    fn name(&self) -> &'static str {
-        "gemini"
-    }
     fn default_command(&self) -> &'static str {
         "gemini"
     }

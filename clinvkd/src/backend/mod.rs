@@ -10,40 +10,40 @@ use clinvk_shared::types::TokenUsage;
 use serde::Serialize;
 use std::path::PathBuf;
 
-pub use clinvk_shared::api::{ApprovalMode, SandboxMode};
+pub(crate) use clinvk_shared::api::{ApprovalMode, SandboxMode};
 
 /// One run of a backend CLI, as every API describes it.
 #[derive(Debug, Clone, Default)]
-pub struct Invocation {
-    pub backend: String,
-    pub prompt: String,
+pub(crate) struct Invocation {
+    pub(crate) backend: String,
+    pub(crate) prompt: String,
     /// None: the backend's configured model, else the CLI's default.
-    pub model: Option<String>,
+    pub(crate) model: Option<String>,
     /// Already validated and absolute; the process runs there.
-    pub workdir: Option<PathBuf>,
+    pub(crate) workdir: Option<PathBuf>,
     /// The backend's own session id to resume.
-    pub resume: Option<String>,
-    pub system_prompt: Option<String>,
-    pub max_turns: Option<u32>,
-    pub approval_mode: ApprovalMode,
-    pub sandbox_mode: SandboxMode,
+    pub(crate) resume: Option<String>,
+    pub(crate) system_prompt: Option<String>,
+    pub(crate) max_turns: Option<u32>,
+    pub(crate) approval_mode: ApprovalMode,
+    pub(crate) sandbox_mode: SandboxMode,
     /// Extra CLI flags from the request, checked against the allowlist.
-    pub extra: Vec<String>,
+    pub(crate) extra: Vec<String>,
     /// Environment variables from the request (names allowed by the operator).
-    pub env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
     /// No persisted session where the CLI supports it.
-    pub ephemeral: bool,
+    pub(crate) ephemeral: bool,
 }
 
 /// What to start.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CommandSpec {
-    pub program: String,
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub cwd: Option<PathBuf>,
+pub(crate) struct CommandSpec {
+    pub(crate) program: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) cwd: Option<PathBuf>,
     /// Written to the child's stdin, then closed (long prompts); None: stdin is /dev/null.
-    pub stdin: Option<String>,
+    pub(crate) stdin: Option<String>,
 }
 
 impl CommandSpec {
@@ -74,7 +74,7 @@ pub(crate) const STDIN_THRESHOLD: usize = 96 * 1024;
 /// The unified event stream of every CLI.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Event {
+pub(crate) enum Event {
     SessionStarted {
         session_id: String,
         model: Option<String>,
@@ -117,15 +117,14 @@ pub enum Event {
 }
 
 /// Parses one run's stdout, line by line (stateful).
-pub trait LineParser: Send {
+pub(crate) trait LineParser: Send {
     fn parse_line(&mut self, line: &str) -> Vec<Event>;
     /// At exit: failures only visible in the exit code or on stderr.
     fn finish(&mut self, exit_code: Option<i32>, stderr_tail: &str) -> Vec<Event>;
 }
 
 /// One backend CLI.
-pub trait Adapter: Send + Sync {
-    fn name(&self) -> &'static str;
+pub(crate) trait Adapter: Send + Sync {
     fn default_command(&self) -> &'static str;
     fn install_hint(&self) -> &'static str;
     /// The one place this CLI's argv is built.
@@ -136,7 +135,7 @@ pub trait Adapter: Send + Sync {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum ArgvError {
+pub(crate) enum ArgvError {
     #[error("flag {0:?} is not allowed in `extra` (allowed: {1})")]
     DisallowedFlag(String, String),
     #[error("{0}")]
@@ -147,7 +146,7 @@ static CLAUDE: claude::Claude = claude::Claude;
 static CODEX: codex::Codex = codex::Codex;
 static GEMINI: gemini::Gemini = gemini::Gemini;
 
-pub fn adapter(name: &str) -> Option<&'static dyn Adapter> {
+pub(crate) fn adapter(name: &str) -> Option<&'static dyn Adapter> {
     match name {
         "claude" => Some(&CLAUDE),
         "codex" => Some(&CODEX),
@@ -369,19 +368,19 @@ pub(crate) fn stderr_summary(stderr: &str) -> String {
 
 /// Accumulates a run's events into its final outcome.
 #[derive(Debug, Default, Clone)]
-pub struct Outcome {
-    pub session_id: Option<String>,
-    pub usage: TokenUsage,
-    pub error: Option<String>,
-    pub is_error: bool,
-    pub unparsed: usize,
+pub(crate) struct Outcome {
+    pub(crate) session_id: Option<String>,
+    pub(crate) usage: TokenUsage,
+    pub(crate) error: Option<String>,
+    pub(crate) is_error: bool,
+    pub(crate) unparsed: usize,
     deltas: String,
     messages: Vec<String>,
     result: Option<String>,
 }
 
 impl Outcome {
-    pub fn apply(&mut self, ev: &Event) {
+    pub(crate) fn apply(&mut self, ev: &Event) {
         match ev {
             Event::SessionStarted { session_id, .. } => self.session_id = Some(session_id.clone()),
             Event::TextDelta { text } => self.deltas.push_str(text),
@@ -405,7 +404,7 @@ impl Outcome {
     /// The final text: the CLI's result if it printed one, else its whole messages, else the
     /// deltas. (Computed once at the end: copying the growing text on every delta would make a
     /// long answer quadratic.)
-    pub fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         match (&self.result, self.messages.is_empty()) {
             (Some(r), _) if !self.is_error => r.clone(),
             (_, false) => self.messages.join("\n\n"),
@@ -433,7 +432,7 @@ pub(crate) mod testutil {
     use super::*;
 
     /// Runs a parser over a recorded fixture (stdout, stderr, exit code).
-    pub fn replay(
+    pub(crate) fn replay(
         parser: &mut dyn LineParser,
         stdout: &str,
         stderr: &str,
@@ -451,7 +450,7 @@ pub(crate) mod testutil {
         (events, o)
     }
 
-    pub fn inv(backend: &str, prompt: &str) -> Invocation {
+    pub(crate) fn inv(backend: &str, prompt: &str) -> Invocation {
         Invocation {
             backend: backend.into(),
             prompt: prompt.into(),

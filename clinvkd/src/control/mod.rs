@@ -17,7 +17,7 @@ use std::time::Duration;
 
 /// Binds the control socket at `path` (mode 0600). The caller holds the pid lock, so a file
 /// already there is a stale socket of a crashed daemon and is replaced.
-pub fn bind(path: &Path) -> std::io::Result<Listener> {
+pub(crate) fn bind(path: &Path) -> std::io::Result<Listener> {
     if path.as_os_str().len() > 100 {
         return Err(std::io::Error::other(format!(
             "control socket path {} is too long for a Unix socket (set CLINVK_HOME or XDG_RUNTIME_DIR to a shorter folder)",
@@ -38,7 +38,7 @@ const MAX_CONTROL_CONNECTIONS: usize = 256;
 
 /// Accepts connections until the hard stop, at most `MAX_CONTROL_CONNECTIONS` at once, backing
 /// off on accept errors (out of descriptors and the like) instead of spinning.
-pub async fn serve(ctx: Ctx, listener: Listener) {
+pub(crate) async fn serve(ctx: Ctx, listener: Listener) {
     let stopped = ctx.stopped();
     tokio::pin!(stopped);
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
@@ -227,7 +227,7 @@ async fn attach(ctx: &Ctx, conn: &Stream) {
 }
 
 /// The daemon's state for `clinvkctl status`.
-pub fn status(ctx: &Ctx) -> StatusInfo {
+pub(crate) fn status(ctx: &Ctx) -> StatusInfo {
     let s = ctx.settings();
     StatusInfo {
         pid: std::process::id(),
@@ -267,7 +267,7 @@ async fn client_gone(conn: &Stream) {
 
 /// The error frame of a failed operation.
 fn error_frame(e: crate::error::ApiError) -> ServerFrame {
-    ServerFrame::Error(ErrorBody::new(e.code, e.message))
+    ServerFrame::Error(ErrorBody::new(e.code(), e.message.clone()))
 }
 
 /// The answer frame of an operation's result.

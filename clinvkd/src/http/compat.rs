@@ -15,14 +15,14 @@ use warp::http::HeaderValue;
 use warp::reply::Response;
 
 /// The header naming a native session to continue (and, on answers, the session used).
-pub const SESSION_HEADER: &str = "x-clinvk-session";
+pub(crate) const SESSION_HEADER: &str = "x-clinvk-session";
 
 /// Where a model name leads: a backend and, when given, the model the CLI should use.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub backend: String,
+pub(crate) struct Target {
+    pub(crate) backend: String,
     /// `None` = the backend's default model (never the backend's own name).
-    pub model: Option<String>,
+    pub(crate) model: Option<String>,
 }
 
 fn model_not_found(name: &str) -> ApiError {
@@ -59,7 +59,7 @@ fn split_target(s: &str) -> Option<Target> {
 /// Maps a requested model name: configured alias, `<backend>/<model>`, bare backend name (its
 /// default model), then family names (`claude…` → claude, `gpt…`/`o1…`/`o3…`/`o4…`/`codex…` →
 /// codex, `gemini…` → gemini, passed on as the model). Anything else is 404 `model_not_found`.
-pub fn resolve_model(ctx: &Ctx, name: &str) -> Result<Target, ApiError> {
+pub(crate) fn resolve_model(ctx: &Ctx, name: &str) -> Result<Target, ApiError> {
     let name = name.trim();
     if name.is_empty() {
         return Err(
@@ -105,7 +105,7 @@ pub fn resolve_model(ctx: &Ctx, name: &str) -> Result<Target, ApiError> {
 
 /// The model ids the mapping accepts by name: enabled backends, `backend/<configured model>`,
 /// and configured aliases (sorted, no duplicates).
-pub fn model_ids(ctx: &Ctx) -> Vec<String> {
+pub(crate) fn model_ids(ctx: &Ctx) -> Vec<String> {
     let settings = ctx.settings();
     let mut ids: Vec<String> = Vec::new();
     for b in KNOWN_BACKENDS {
@@ -128,7 +128,7 @@ pub fn model_ids(ctx: &Ctx) -> Vec<String> {
 }
 
 /// The backend a listed model id runs on (for `owned_by`).
-pub fn owner_of(ctx: &Ctx, id: &str) -> String {
+pub(crate) fn owner_of(ctx: &Ctx, id: &str) -> String {
     resolve_model(ctx, id)
         .map(|t| t.backend)
         .unwrap_or_else(|_| "clinvk".into())
@@ -136,7 +136,7 @@ pub fn owner_of(ctx: &Ctx, id: &str) -> String {
 
 /// The role of one conversation turn (system and developer turns go to the system prompt).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     User,
     Assistant,
     Tool,
@@ -154,15 +154,15 @@ impl Role {
 
 /// One turn, already reduced to text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Msg {
-    pub role: Role,
+pub(crate) struct Msg {
+    pub(crate) role: Role,
     /// For tool results: the call they answer.
-    pub label: Option<String>,
-    pub text: String,
+    pub(crate) label: Option<String>,
+    pub(crate) text: String,
 }
 
 impl Msg {
-    pub fn new(role: Role, text: impl Into<String>) -> Msg {
+    pub(crate) fn new(role: Role, text: impl Into<String>) -> Msg {
         Msg {
             role,
             label: None,
@@ -173,14 +173,14 @@ impl Msg {
 
 /// A request's conversation: the system prompt and the turns, oldest first.
 #[derive(Debug, Clone, Default)]
-pub struct Conversation {
-    pub system: Option<String>,
-    pub messages: Vec<Msg>,
+pub(crate) struct Conversation {
+    pub(crate) system: Option<String>,
+    pub(crate) messages: Vec<Msg>,
 }
 
 impl Conversation {
     /// Adds to the system prompt (several system/developer turns are joined).
-    pub fn add_system(&mut self, text: &str) {
+    pub(crate) fn add_system(&mut self, text: &str) {
         let text = text.trim();
         if text.is_empty() {
             return;
@@ -206,7 +206,7 @@ impl Conversation {
 /// Renders turns into one prompt. A lone user turn is sent as it is; several turns (a fresh
 /// start of a longer conversation, or tool results before a user turn) are written out with
 /// their roles, so the CLI sees the whole conversation faithfully.
-pub fn render(msgs: &[Msg]) -> String {
+pub(crate) fn render(msgs: &[Msg]) -> String {
     if let [m] = msgs {
         if m.role == Role::User {
             return m.text.clone();
@@ -239,7 +239,7 @@ pub fn render(msgs: &[Msg]) -> String {
 }
 
 /// A stable hash of a conversation on one target: what identifies a conversation for continuity.
-pub fn transcript_hash(target: &Target, system: Option<&str>, msgs: &[Msg]) -> String {
+pub(crate) fn transcript_hash(target: &Target, system: Option<&str>, msgs: &[Msg]) -> String {
     let turns: Vec<serde_json::Value> = msgs
         .iter()
         .map(|m| json!([m.role.name(), m.label, m.text.trim()]))
@@ -255,14 +255,12 @@ pub fn transcript_hash(target: &Target, system: Option<&str>, msgs: &[Msg]) -> S
 }
 
 /// What is needed to record a conversation when its turn succeeds.
-pub struct Continuity {
-    pub session_id: Option<String>,
+pub(crate) struct Continuity {
+    pub(crate) session_id: Option<String>,
     /// The conversation up to and including the new turns (the reply is appended at the end).
     transcript: Vec<Msg>,
     target: Target,
     system: Option<String>,
-    /// Whether this run continued a stored session.
-    pub resumed: bool,
 }
 
 impl Continuity {
@@ -280,16 +278,16 @@ impl Continuity {
 }
 
 /// A started run.
-pub struct Started {
-    pub run: PromptRun,
-    pub meta: Continuity,
+pub(crate) struct Started {
+    pub(crate) run: PromptRun,
+    pub(crate) meta: Continuity,
 }
 
 /// Plans and starts a run for a conversation: continues a stored session when the request names
 /// one (`X-Clinvk-Session`) or when its earlier turns are exactly a stored conversation on the
 /// same backend and model (then only the new turns are sent); otherwise a fresh session gets the
 /// whole conversation.
-pub async fn start(
+pub(crate) async fn start(
     ctx: &Ctx,
     caller: &crate::ops::Caller,
     explicit_session: Option<String>,
@@ -344,29 +342,28 @@ pub async fn start(
             transcript: conv.messages,
             target: target.clone(),
             system: conv.system,
-            resumed: resume.is_some(),
         },
         run,
     })
 }
 
 /// What a run produces, reduced to what the compatible APIs show.
-pub enum Piece {
+pub(crate) enum Piece {
     Text(String),
     Done(Box<Completed>),
 }
 
 /// Reads a run's updates as text pieces: token deltas as the CLI prints them, or whole messages
 /// when the CLI prints no deltas (a whole message after deltas would repeat them).
-pub struct Pieces {
+pub(crate) struct Pieces {
     run: PromptRun,
     saw_delta: bool,
-    pub emitted: String,
+    pub(crate) emitted: String,
     pending: Option<Box<Completed>>,
 }
 
 impl Pieces {
-    pub fn new(run: PromptRun) -> Self {
+    pub(crate) fn new(run: PromptRun) -> Self {
         Pieces {
             run,
             saw_delta: false,
@@ -375,7 +372,7 @@ impl Pieces {
         }
     }
 
-    pub async fn next(&mut self) -> Option<Piece> {
+    pub(crate) async fn next(&mut self) -> Option<Piece> {
         if let Some(r) = self.pending.take() {
             return Some(Piece::Done(r));
         }
@@ -415,7 +412,7 @@ impl Pieces {
 }
 
 /// The API error of a failed run (502 CLI failed, 504 timeout).
-pub fn run_error(r: &Completed) -> Option<ApiError> {
+pub(crate) fn run_error(r: &Completed) -> Option<ApiError> {
     r.summary.api_error().or_else(|| {
         r.error
             .as_ref()
@@ -424,14 +421,14 @@ pub fn run_error(r: &Completed) -> Option<ApiError> {
 }
 
 /// A finished, successful run: the reply text and the result.
-pub struct Finished {
-    pub text: String,
-    pub result: PromptResult,
-    pub session_id: Option<String>,
+pub(crate) struct Finished {
+    pub(crate) text: String,
+    pub(crate) result: PromptResult,
+    pub(crate) session_id: Option<String>,
 }
 
 /// Runs to the end (the non-streaming answer); a failed run is an error.
-pub async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, ApiError> {
+pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, ApiError> {
     let Started { run, meta } = started;
     let stopped = ctx.stopped();
     tokio::pin!(stopped);
@@ -478,7 +475,7 @@ fn shutting_down() -> ApiError {
 }
 
 /// One API style's stream frames.
-pub trait Frames: Send + 'static {
+pub(crate) trait Frames: Send + 'static {
     /// Frames before the first text (e.g. the role chunk, `message_start`).
     fn start(&mut self) -> Vec<Bytes>;
     fn delta(&mut self, text: &str) -> Vec<Bytes>;
@@ -492,7 +489,7 @@ pub trait Frames: Send + 'static {
 /// produces: a run that fails before any text answers an ordinary error response (so clients
 /// raise their usual exception with the right status); once text flowed, a failure is an error
 /// frame, then the stream ends. Each piece is written as soon as the CLI printed it.
-pub async fn stream(
+pub(crate) async fn stream(
     ctx: &Ctx,
     started: Started,
     mut frames: impl Frames,
@@ -582,7 +579,7 @@ pub async fn stream(
 }
 
 /// Names the session a run used on the answer (`X-Clinvk-Session`).
-pub fn set_session_header(resp: &mut Response, session_id: &Option<String>) {
+pub(crate) fn set_session_header(resp: &mut Response, session_id: &Option<String>) {
     if let Some(v) = session_id
         .as_deref()
         .and_then(|s| HeaderValue::from_str(s).ok())
@@ -592,7 +589,7 @@ pub fn set_session_header(resp: &mut Response, session_id: &Option<String>) {
 }
 
 /// The session a request names explicitly (`X-Clinvk-Session`).
-pub fn session_header(req: &super::HttpRequest) -> Option<String> {
+pub(crate) fn session_header(req: &super::HttpRequest) -> Option<String> {
     req.header(SESSION_HEADER)
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -600,7 +597,7 @@ pub fn session_header(req: &super::HttpRequest) -> Option<String> {
 }
 
 /// Seconds since the epoch.
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -608,7 +605,7 @@ pub fn unix_now() -> u64 {
 }
 
 /// A short unique id suffix.
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 

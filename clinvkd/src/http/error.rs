@@ -7,7 +7,7 @@ use warp::reply::Response;
 
 /// Which API a request belongs to, by path prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Style {
+pub(crate) enum Style {
     Native,
     OpenAi,
     Anthropic,
@@ -15,7 +15,7 @@ pub enum Style {
 }
 
 impl Style {
-    pub fn from_path(path: &str) -> Style {
+    pub(crate) fn from_path(path: &str) -> Style {
         if path.starts_with("/openai/") {
             Style::OpenAi
         } else if path.starts_with("/anthropic/") {
@@ -28,7 +28,7 @@ impl Style {
     }
 }
 
-pub use crate::error::{ApiError, Kind};
+pub(crate) use crate::error::{ApiError, Kind};
 
 /// HTTP status and vendor error types of each kind.
 trait KindHttp {
@@ -101,7 +101,7 @@ impl KindHttp for Kind {
 }
 
 /// Rendering of a core error in an API style's shape.
-pub trait Render {
+pub(crate) trait Render {
     /// The body in a style's shape, as JSON (also used for mid-stream error frames).
     fn body(&self, style: Style) -> serde_json::Value;
     /// The full HTTP response in a style's shape.
@@ -120,21 +120,21 @@ impl Render for ApiError {
             Style::OpenAi => json!({
                 "error": {
                     "message": self.message,
-                    "type": self.kind.openai_type(),
+                    "type": self.kind().openai_type(),
                     "code": self.code,
                     "param": self.param,
                 }
             }),
             Style::Anthropic => json!({
                 "type": "error",
-                "error": {"type": self.kind.anthropic_type(), "message": self.message},
+                "error": {"type": self.kind().anthropic_type(), "message": self.message},
             }),
         }
     }
 
     fn response(&self, style: Style) -> Response {
-        let mut resp = json_response(self.kind.status(), &self.body(style));
-        if self.kind == Kind::Unauthorized {
+        let mut resp = json_response(self.kind().status(), &self.body(style));
+        if self.kind() == Kind::Unauthorized {
             resp.headers_mut()
                 .insert("www-authenticate", HeaderValue::from_static("Bearer"));
         }
@@ -148,7 +148,7 @@ impl Render for ApiError {
 }
 
 /// A JSON response with a status.
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
     let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = Response::new(bytes.into());
     *resp.status_mut() = status;

@@ -36,7 +36,7 @@ fn host_name(host: &str) -> &str {
 }
 
 /// 1. The `Host` check against DNS rebinding.
-pub fn check_host(ctx: &Ctx, req: &HttpRequest) -> Result<(), ApiError> {
+pub(crate) fn check_host(ctx: &Ctx, req: &HttpRequest) -> Result<(), ApiError> {
     // Browsers always send Host; a client that sends none is not a rebinding page.
     let Some(host) = req.header("host").map(str::trim) else {
         return Ok(());
@@ -75,7 +75,7 @@ pub fn check_host(ctx: &Ctx, req: &HttpRequest) -> Result<(), ApiError> {
 
 /// What the origin check found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum OriginCheck {
+pub(crate) enum OriginCheck {
     /// No `Origin`, or the daemon's own: no CORS headers needed.
     SameOrigin,
     /// A listed cross origin: answers carry its CORS headers.
@@ -83,7 +83,7 @@ pub enum OriginCheck {
 }
 
 /// 2. The `Origin` / `Sec-Fetch-Site` check against web pages.
-pub fn check_origin(ctx: &Ctx, req: &HttpRequest) -> Result<OriginCheck, ApiError> {
+pub(crate) fn check_origin(ctx: &Ctx, req: &HttpRequest) -> Result<OriginCheck, ApiError> {
     let refuse = |what: String| {
         ApiError::new(
             Kind::Forbidden,
@@ -127,7 +127,7 @@ pub fn check_origin(ctx: &Ctx, req: &HttpRequest) -> Result<OriginCheck, ApiErro
 }
 
 /// 6. A body must be JSON and may not be declared larger than the limit.
-pub fn check_body_headers(ctx: &Ctx, req: &HttpRequest) -> Result<(), ApiError> {
+pub(crate) fn check_body_headers(ctx: &Ctx, req: &HttpRequest) -> Result<(), ApiError> {
     let length = req
         .header("content-length")
         .and_then(|v| v.trim().parse::<u64>().ok());
@@ -180,7 +180,7 @@ fn presented_key(req: &HttpRequest) -> Option<String> {
 
 /// The client's address: the socket peer, or — when the peer is a trusted proxy — the first
 /// address of `X-Forwarded-For` read from the right that is not a trusted proxy.
-pub fn client_ip(ctx: &Ctx, req: &HttpRequest) -> Option<IpAddr> {
+pub(crate) fn client_ip(ctx: &Ctx, req: &HttpRequest) -> Option<IpAddr> {
     let peer = req.remote.map(|a| a.ip())?;
     let settings = ctx.settings();
     let trusted: Vec<(IpAddr, u8)> = settings
@@ -215,12 +215,12 @@ pub fn client_ip(ctx: &Ctx, req: &HttpRequest) -> Option<IpAddr> {
 }
 
 /// Who a request is, after the key check.
-pub struct Authenticated {
-    pub caller: Caller,
+pub(crate) struct Authenticated {
+    pub(crate) caller: Caller,
     /// Whether the request proved a key (or needs none): public paths answer more then.
-    pub verified: bool,
+    pub(crate) verified: bool,
     /// The rate-limit identity: the key, else the client IP.
-    pub client: String,
+    pub(crate) client: String,
 }
 
 /// 4. Checks the key. Public paths pass without one (`verified` says whether a valid key came).
@@ -300,7 +300,7 @@ struct Bucket {
 /// a bucket that has refilled completely is the same as no bucket, so such buckets are dropped
 /// when the map grows.
 #[derive(Default)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
@@ -337,7 +337,7 @@ impl RateLimiter {
     }
 
     /// Takes a token for `client`, or says how long to wait.
-    pub fn check(&self, ctx: &Ctx, client: &str) -> Result<(), ApiError> {
+    pub(crate) fn check(&self, ctx: &Ctx, client: &str) -> Result<(), ApiError> {
         let s = ctx.settings();
         if !s.server.rate_limit_enabled {
             return Ok(());
@@ -365,7 +365,7 @@ impl RateLimiter {
     }
 
     /// Refuses a client IP that has used up its failed authentications.
-    pub fn check_failures(&self, ctx: &Ctx, ip: &str) -> Result<(), ApiError> {
+    pub(crate) fn check_failures(&self, ctx: &Ctx, ip: &str) -> Result<(), ApiError> {
         let (rate, burst) = Self::failure_params(ctx);
         // Peek: a zero-cost take refills and tells whether a whole token is left.
         let key = format!("fail:{ip}");
@@ -391,7 +391,7 @@ impl RateLimiter {
     }
 
     /// Counts one failed authentication of a client IP.
-    pub fn record_failure(&self, ctx: &Ctx, ip: &str) {
+    pub(crate) fn record_failure(&self, ctx: &Ctx, ip: &str) {
         let (rate, burst) = Self::failure_params(ctx);
         let _ = self.take(&format!("fail:{ip}"), rate, burst, 1.0);
     }
@@ -399,7 +399,7 @@ impl RateLimiter {
 
 /// Answers a CORS preflight of an allowed origin (the origin check ran before), or None when
 /// the request is not one.
-pub fn preflight(ctx: &Ctx, req: &HttpRequest, origin: &OriginCheck) -> Option<Response> {
+pub(crate) fn preflight(ctx: &Ctx, req: &HttpRequest, origin: &OriginCheck) -> Option<Response> {
     if req.method != Method::OPTIONS {
         return None;
     }
@@ -427,7 +427,7 @@ pub fn preflight(ctx: &Ctx, req: &HttpRequest, origin: &OriginCheck) -> Option<R
 
 /// Adds the CORS headers of an allowed cross origin to a response. With `*` listed the answer
 /// says `*` literally and never allows credentials.
-pub fn add_cors(ctx: &Ctx, origin: &str, resp: &mut Response) {
+pub(crate) fn add_cors(ctx: &Ctx, origin: &str, resp: &mut Response) {
     let settings = ctx.settings();
     let wildcard = settings
         .server

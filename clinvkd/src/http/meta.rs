@@ -9,7 +9,7 @@ use warp::reply::Response;
 
 /// `GET /health`: `ok`, `degraded` (some enabled backend unusable) or `unhealthy` (draining, or
 /// no backend usable).
-pub fn health(ctx: &Ctx) -> Response {
+pub(crate) fn health(ctx: &Ctx) -> Response {
     let uptime_ms = ctx.uptime_ms();
     let backends = ctx.backends.all();
     let (status, code) = health_status(ctx);
@@ -49,7 +49,7 @@ fn health_status(ctx: &Ctx) -> (&'static str, StatusCode) {
 }
 
 /// `GET /health` without a key while auth is on: only the verdict.
-pub fn health_status_only(ctx: &Ctx) -> Response {
+pub(crate) fn health_status_only(ctx: &Ctx) -> Response {
     let (status, code) = health_status(ctx);
     json_response(code, &json!({ "status": status }))
 }
@@ -57,7 +57,7 @@ pub fn health_status_only(ctx: &Ctx) -> Response {
 static RECORDER: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder once (several daemons in one test process share it).
-pub fn install_metrics() {
+pub(crate) fn install_metrics() {
     RECORDER.get_or_init(|| {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
@@ -66,7 +66,7 @@ pub fn install_metrics() {
 }
 
 /// `GET /metrics` in Prometheus text format, when `server.metrics_enabled`.
-pub fn metrics(ctx: &Ctx) -> Result<Response, ApiError> {
+pub(crate) fn metrics(ctx: &Ctx) -> Result<Response, ApiError> {
     if !ctx.settings().server.metrics_enabled {
         return Err(ApiError::new(
             Kind::NotFound,

@@ -2,16 +2,16 @@
 //! id, drain check, routing to one module per API style, metrics and the request feed of attached
 //! clients. Each style answers errors in its own shape (`error`).
 
-pub mod anthropic;
-pub mod compat;
-pub mod error;
-pub mod guard;
-pub mod meta;
-pub mod native;
-pub mod openai;
-pub mod openapi;
+pub(crate) mod anthropic;
+pub(crate) mod compat;
+pub(crate) mod error;
+pub(crate) mod guard;
+pub(crate) mod meta;
+pub(crate) mod native;
+pub(crate) mod openai;
+pub(crate) mod openapi;
 pub(crate) mod routes;
-pub mod server;
+pub(crate) mod server;
 
 use crate::ctx::Ctx;
 use bytes::{Buf, Bytes};
@@ -26,15 +26,15 @@ use warp::reply::Response;
 use warp::Filter;
 
 /// One HTTP request as the handlers see it.
-pub struct HttpRequest {
-    pub method: Method,
-    pub path: String,
-    pub query: String,
-    pub headers: HeaderMap,
-    pub remote: Option<SocketAddr>,
-    pub request_id: String,
+pub(crate) struct HttpRequest {
+    pub(crate) method: Method,
+    pub(crate) path: String,
+    pub(crate) query: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) remote: Option<SocketAddr>,
+    pub(crate) request_id: String,
     /// Who asks (set by the key check).
-    pub caller: crate::ops::Caller,
+    pub(crate) caller: crate::ops::Caller,
     /// How long the body may stall (`server.read_timeout_secs`).
     read_timeout: std::time::Duration,
     body: Option<BoxStream<'static, Result<Bytes, warp::Error>>>,
@@ -42,7 +42,7 @@ pub struct HttpRequest {
 
 impl HttpRequest {
     /// Reads the whole body, refusing more than `limit` bytes (413).
-    pub async fn body_bytes(&mut self, limit: u64) -> Result<Bytes, ApiError> {
+    pub(crate) async fn body_bytes(&mut self, limit: u64) -> Result<Bytes, ApiError> {
         let Some(mut stream) = self.body.take() else {
             return Ok(Bytes::new());
         };
@@ -80,19 +80,22 @@ impl HttpRequest {
     }
 
     /// Reads the body (within `server.max_request_body_bytes`) and parses it as `T`.
-    pub async fn json<T: serde::de::DeserializeOwned>(&mut self, ctx: &Ctx) -> Result<T, ApiError> {
+    pub(crate) async fn json<T: serde::de::DeserializeOwned>(
+        &mut self,
+        ctx: &Ctx,
+    ) -> Result<T, ApiError> {
         let limit = ctx.settings().server.max_request_body_bytes;
         crate::ops::parse_body(&self.body_bytes(limit).await?)
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
 /// The warp filter serving everything. `rate` holds the rate limiter's buckets (one set for
 /// every listener of the daemon).
-pub fn filter(
+pub(crate) fn filter(
     ctx: Ctx,
     rate: std::sync::Arc<guard::RateLimiter>,
 ) -> impl Filter<Extract = (Response,), Error = std::convert::Infallible> + Clone {
@@ -348,4 +351,4 @@ async fn call(
     }
 }
 
-pub use server::serve;
+pub(crate) use server::serve;

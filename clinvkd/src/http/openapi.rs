@@ -20,7 +20,7 @@ const VERSION_PLACEHOLDER: &str = r#""version": "0.0.0""#;
 
 /// The document as served: the embedded file (its key order kept: paths in reading order) with
 /// `info.version` = this build's version.
-pub fn document() -> &'static str {
+pub(crate) fn document() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
         let version = serde_json::Value::from(clinvk_shared::VERSION);
@@ -45,17 +45,17 @@ fn text(body: &'static str, content_type: &'static str, csp: bool) -> Response {
 }
 
 /// `GET /openapi.json`.
-pub fn spec() -> Response {
+pub(crate) fn spec() -> Response {
     text(document(), "application/json", false)
 }
 
 /// `GET /docs`.
-pub fn docs_page() -> Response {
+pub(crate) fn docs_page() -> Response {
     text(INDEX_HTML, "text/html; charset=utf-8", true)
 }
 
 /// `GET /docs/{asset}`: the page's script and style sheet; anything else is 404.
-pub fn asset(name: &str) -> Result<Response, ApiError> {
+pub(crate) fn asset(name: &str) -> Result<Response, ApiError> {
     match name {
         "app.js" => Ok(text(APP_JS, "text/javascript; charset=utf-8", true)),
         "style.css" => Ok(text(STYLE_CSS, "text/css; charset=utf-8", true)),

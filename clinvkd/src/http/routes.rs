@@ -43,10 +43,10 @@ pub(crate) enum Access {
 /// rest of the path (one segment or more).
 #[derive(Debug)]
 pub(crate) struct Route {
-    pub method: Method,
-    pub template: &'static str,
-    pub op: Op,
-    pub access: Access,
+    pub(crate) method: Method,
+    pub(crate) template: &'static str,
+    pub(crate) op: Op,
+    pub(crate) access: Access,
 }
 
 const fn route(method: Method, template: &'static str, op: Op, access: Access) -> Route {

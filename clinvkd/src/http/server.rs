@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 
 /// The peer address of a connection, handed to the filter as a request extension.
 #[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
+pub(crate) struct Peer(pub SocketAddr);
 
 /// The connection cap: the configured one, kept below the open-file limit (the CLIs' pipes and
 /// the sessions need descriptors too).
@@ -33,7 +33,7 @@ fn connection_cap(configured: usize) -> usize {
 }
 
 /// Serves until `shutdown` resolves, then waits for open connections to finish.
-pub async fn serve(
+pub(crate) async fn serve(
     ctx: Ctx,
     rate: Arc<super::guard::RateLimiter>,
     listener: tokio::net::TcpListener,

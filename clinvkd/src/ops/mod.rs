@@ -3,33 +3,33 @@
 //! operation. Each takes its typed request (`clinvk_shared::api`) and answers its typed result,
 //! or streams events.
 
-pub mod multi;
-pub mod prompt;
-pub mod sessions;
+pub(crate) mod multi;
+pub(crate) mod prompt;
+pub(crate) mod sessions;
 
 use crate::error::ApiError;
 
 /// Who asks for an operation: the daemon's owner (control socket, or HTTP with auth off) sees
 /// every session; an API key holder only the sessions its key made.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Caller {
+pub(crate) struct Caller {
     /// The id of the key that authenticated the request (never the key).
-    pub key_id: Option<String>,
+    pub(crate) key_id: Option<String>,
     /// Whether the request came over HTTP (session id prefixes must then be long).
-    pub via_http: bool,
+    pub(crate) via_http: bool,
 }
 
 /// The shortest session id prefix accepted over HTTP.
-pub const MIN_HTTP_ID_PREFIX: usize = 8;
+pub(crate) const MIN_HTTP_ID_PREFIX: usize = 8;
 
 impl Caller {
     /// The daemon's owner on the control socket.
-    pub fn control() -> Self {
+    pub(crate) fn control() -> Self {
         Caller::default()
     }
 
     /// An HTTP client, authenticated by `key_id` when auth is on.
-    pub fn http(key_id: Option<String>) -> Self {
+    pub(crate) fn http(key_id: Option<String>) -> Self {
         Caller {
             key_id,
             via_http: true,
@@ -37,12 +37,12 @@ impl Caller {
     }
 
     /// Whose sessions this caller sees (`None`: all).
-    pub fn owner(&self) -> Option<&str> {
+    pub(crate) fn owner(&self) -> Option<&str> {
         self.key_id.as_deref()
     }
 
     /// Checks a session id or prefix this caller names.
-    pub fn check_session_id(&self, id: &str) -> Result<(), ApiError> {
+    pub(crate) fn check_session_id(&self, id: &str) -> Result<(), ApiError> {
         if self.via_http && id.chars().count() < MIN_HTTP_ID_PREFIX {
             return Err(ApiError::bad_request(
                 "invalid_session_id",
@@ -54,7 +54,7 @@ impl Caller {
 }
 
 /// Parses a JSON body into an operation's request type (400 with a clear message otherwise).
-pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ApiError::bad_request(
             "invalid_json",
@@ -77,7 +77,7 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 }
 
 /// The daemon's own API keys (`clinvkctl keys`).
-pub mod keys {
+pub(crate) mod keys {
     use crate::ctx::Ctx;
     use crate::error::{ApiError, Kind};
     use clinvk_shared::api::{KeyInfo, KeyList, KeyRevoked, NewKey};
@@ -112,7 +112,7 @@ pub mod keys {
         }
     }
 
-    pub async fn add(ctx: &Ctx, name: &str) -> Result<NewKey, ApiError> {
+    pub(crate) async fn add(ctx: &Ctx, name: &str) -> Result<NewKey, ApiError> {
         if name.trim().is_empty() {
             return Err(ApiError::bad_request("missing_field", "a key needs a name"));
         }
@@ -124,7 +124,7 @@ pub mod keys {
         })
     }
 
-    pub fn list(ctx: &Ctx) -> KeyList {
+    pub(crate) fn list(ctx: &Ctx) -> KeyList {
         KeyList {
             keys: ctx.keys.list().iter().map(info).collect(),
             required: ctx.auth_required(),
@@ -133,7 +133,7 @@ pub mod keys {
         }
     }
 
-    pub async fn revoke(ctx: &Ctx, id: &str) -> Result<KeyRevoked, ApiError> {
+    pub(crate) async fn revoke(ctx: &Ctx, id: &str) -> Result<KeyRevoked, ApiError> {
         let owned = id.to_string();
         if !off_thread(ctx, move |ks| ks.revoke(&owned)).await? {
             return Err(ApiError::not_found(format!(

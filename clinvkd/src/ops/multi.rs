@@ -62,7 +62,7 @@ fn check_all<'a>(
 /// `limits.max_parallel_per_request`); with `fail_fast` the first failure cancels the rest,
 /// which are reported as failed with `error: "cancelled"`. Each finished task is reported on
 /// `progress` as it ends.
-pub async fn parallel(
+pub(crate) async fn parallel(
     ctx: &Ctx,
     caller: &Caller,
     req: ParallelRequest,
@@ -140,7 +140,11 @@ pub async fn parallel(
 
 /// `POST /api/v1/chain`: steps in order; `{{previous}}` in a step's prompt becomes the previous
 /// step's output.
-pub async fn chain(ctx: &Ctx, caller: &Caller, req: ChainRequest) -> Result<ChainResult, ApiError> {
+pub(crate) async fn chain(
+    ctx: &Ctx,
+    caller: &Caller,
+    req: ChainRequest,
+) -> Result<ChainResult, ApiError> {
     if req.steps.is_empty() {
         return Err(
             ApiError::bad_request("missing_field", "`steps` must hold at least one step")
@@ -199,7 +203,7 @@ pub async fn chain(ctx: &Ctx, caller: &Caller, req: ChainRequest) -> Result<Chai
 }
 
 /// `POST /api/v1/compare`: one prompt on several backends.
-pub async fn compare(
+pub(crate) async fn compare(
     ctx: &Ctx,
     caller: &Caller,
     req: CompareRequest,

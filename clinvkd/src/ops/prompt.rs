@@ -6,8 +6,8 @@ use crate::ctx::Ctx;
 use crate::engine::{self, RunSummary, RunUpdate};
 use crate::error::{ApiError, Kind};
 use crate::session::{clip, Session, StoreError};
-use clinvk_shared::api::{self, DryRun, OutputFormat, RunEvent, SessionStatus, Turn};
-pub use clinvk_shared::api::{PromptRequest, PromptResult};
+use clinvk_shared::api::{DryRun, OutputFormat, RunEvent, SessionStatus, Turn};
+pub(crate) use clinvk_shared::api::{PromptRequest, PromptResult};
 use clinvk_shared::config::{is_safe_model_name, KNOWN_BACKENDS};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -16,9 +16,9 @@ use tokio::sync::mpsc;
 /// A finished prompt: the result every front end shows, and the run's details (the compatible
 /// APIs tell a timeout from a failure by them).
 #[derive(Debug, Clone, Default)]
-pub struct Completed {
-    pub result: PromptResult,
-    pub summary: RunSummary,
+pub(crate) struct Completed {
+    pub(crate) result: PromptResult,
+    pub(crate) summary: RunSummary,
 }
 
 impl std::ops::Deref for Completed {
@@ -30,17 +30,17 @@ impl std::ops::Deref for Completed {
 
 /// A validated prompt, ready to run.
 #[derive(Debug, Clone)]
-pub struct Plan {
-    pub inv: Invocation,
-    pub resume_session: Option<Session>,
-    pub ephemeral: bool,
-    pub dry_run: bool,
-    pub stream: bool,
-    pub tags: Vec<String>,
-    pub metadata: BTreeMap<String, String>,
-    pub source: String,
+pub(crate) struct Plan {
+    pub(crate) inv: Invocation,
+    pub(crate) resume_session: Option<Session>,
+    pub(crate) ephemeral: bool,
+    pub(crate) dry_run: bool,
+    pub(crate) stream: bool,
+    pub(crate) tags: Vec<String>,
+    pub(crate) metadata: BTreeMap<String, String>,
+    pub(crate) source: String,
     /// The key that asks (recorded as the owner of a new session).
-    pub owner: Option<String>,
+    pub(crate) owner: Option<String>,
 }
 
 fn bad(code: &str, msg: impl Into<String>) -> ApiError {
@@ -80,7 +80,7 @@ fn escalation(field: &str, requested: &str, configured: &str) -> ApiError {
 }
 
 /// Checks a request and turns it into a plan.
-pub fn plan(
+pub(crate) fn plan(
     ctx: &Ctx,
     caller: &Caller,
     req: PromptRequest,
@@ -263,7 +263,7 @@ pub fn plan(
     })
 }
 
-pub fn store_error(e: StoreError) -> ApiError {
+pub(crate) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound(_) | StoreError::Ambiguous(_) => {
             ApiError::new(Kind::NotFound, "session_not_found", e.to_string())
@@ -276,20 +276,20 @@ pub fn store_error(e: StoreError) -> ApiError {
 
 /// One update of a running prompt.
 #[derive(Debug, Clone)]
-pub enum PromptUpdate {
+pub(crate) enum PromptUpdate {
     Event(Event),
     Done(Box<Completed>),
 }
 
 /// A started prompt. Dropping it cancels the run.
-pub struct PromptRun {
-    pub session_id: Option<String>,
-    pub backend: String,
-    pub rx: mpsc::Receiver<PromptUpdate>,
+pub(crate) struct PromptRun {
+    pub(crate) session_id: Option<String>,
+    pub(crate) backend: String,
+    pub(crate) rx: mpsc::Receiver<PromptUpdate>,
 }
 
 impl PromptRun {
-    pub async fn finish(mut self) -> Completed {
+    pub(crate) async fn finish(mut self) -> Completed {
         while let Some(u) = self.rx.recv().await {
             if let PromptUpdate::Done(r) = u {
                 return *r;
@@ -310,7 +310,7 @@ impl PromptRun {
 
 /// Starts a planned prompt: takes the session's turn lock, creates the session (persisted before
 /// the CLI starts, so a crash never loses it), starts the run, and records the turn at the end.
-pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
+pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
     let lock = plan
         .resume_session
         .as_ref()
@@ -489,7 +489,7 @@ pub async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
 }
 
 /// The dry-run answer: the exact argv, nothing started.
-pub fn dry_run(ctx: &Ctx, plan: &Plan) -> Result<DryRun, ApiError> {
+pub(crate) fn dry_run(ctx: &Ctx, plan: &Plan) -> Result<DryRun, ApiError> {
     let d = engine::dry_run(ctx, &plan.inv).map_err(|e| e.api_error())?;
     Ok(DryRun {
         dry_run: true,
@@ -502,24 +502,9 @@ pub fn dry_run(ctx: &Ctx, plan: &Plan) -> Result<DryRun, ApiError> {
     })
 }
 
-/// Plans and runs a prompt to its end (the non-streaming answer), or reports its dry run.
-pub async fn run_to_end(
-    ctx: &Ctx,
-    caller: &Caller,
-    req: PromptRequest,
-    source: &str,
-) -> Result<api::PromptOutcome, ApiError> {
-    let plan = plan(ctx, caller, req, source)?;
-    if plan.dry_run {
-        return Ok(api::PromptOutcome::DryRun(dry_run(ctx, &plan)?));
-    }
-    let done = start(ctx, plan).await?.finish().await;
-    Ok(api::PromptOutcome::Result(done.result))
-}
-
 /// An event as the native stream and `clinvk` show it; `None` for events they do not show. A
 /// whole message after token deltas is skipped (it would repeat them).
-pub fn run_event(ev: &Event, saw_delta: &mut bool) -> Option<RunEvent> {
+pub(crate) fn run_event(ev: &Event, saw_delta: &mut bool) -> Option<RunEvent> {
     Some(match ev {
         Event::SessionStarted { session_id, model } => RunEvent::Init {
             backend_session_id: session_id.clone(),

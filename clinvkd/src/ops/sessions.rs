@@ -6,13 +6,13 @@ use crate::ctx::Ctx;
 use crate::error::ApiError;
 use clinvk_shared::api::{BackendList, ListQuery, SessionDeleted, SessionDetail, SessionPage};
 
-pub fn backends(ctx: &Ctx) -> BackendList {
+pub(crate) fn backends(ctx: &Ctx) -> BackendList {
     BackendList {
         backends: ctx.backends.all(),
     }
 }
 
-pub fn list(ctx: &Ctx, caller: &Caller, q: &ListQuery) -> SessionPage {
+pub(crate) fn list(ctx: &Ctx, caller: &Caller, q: &ListQuery) -> SessionPage {
     let (page, total) = ctx.sessions.list(q, caller.owner());
     SessionPage {
         sessions: page.iter().map(|s| s.info()).collect(),
@@ -22,7 +22,7 @@ pub fn list(ctx: &Ctx, caller: &Caller, q: &ListQuery) -> SessionPage {
     }
 }
 
-pub fn get(ctx: &Ctx, caller: &Caller, id: &str) -> Result<SessionDetail, ApiError> {
+pub(crate) fn get(ctx: &Ctx, caller: &Caller, id: &str) -> Result<SessionDetail, ApiError> {
     caller.check_session_id(id)?;
     Ok(ctx
         .sessions
@@ -31,7 +31,7 @@ pub fn get(ctx: &Ctx, caller: &Caller, id: &str) -> Result<SessionDetail, ApiErr
         .detail())
 }
 
-pub fn delete(ctx: &Ctx, caller: &Caller, id: &str) -> Result<SessionDeleted, ApiError> {
+pub(crate) fn delete(ctx: &Ctx, caller: &Caller, id: &str) -> Result<SessionDeleted, ApiError> {
     caller.check_session_id(id)?;
     let s = ctx
         .sessions
@@ -44,6 +44,6 @@ pub fn delete(ctx: &Ctx, caller: &Caller, id: &str) -> Result<SessionDeleted, Ap
 }
 
 /// Deletes the sessions not used for `days` days; returns how many.
-pub fn clean(ctx: &Ctx, days: u64) -> usize {
+pub(crate) fn clean(ctx: &Ctx, days: u64) -> usize {
     ctx.sessions.clean_older_than(days)
 }

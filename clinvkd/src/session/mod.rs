@@ -11,47 +11,47 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub use clinvk_shared::api::{ListQuery, SessionStatus, Turn};
+pub(crate) use clinvk_shared::api::{ListQuery, SessionStatus, Turn};
 
 /// A clinvk session: a conversation with one backend, resumable through the backend's own id.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 #[serde(default)]
-pub struct Session {
-    pub id: String,
-    pub backend: String,
+pub(crate) struct Session {
+    pub(crate) id: String,
+    pub(crate) backend: String,
     /// The backend CLI's own session id (what `--resume` takes).
-    pub backend_session_id: Option<String>,
-    pub model: Option<String>,
-    pub working_dir: Option<String>,
-    pub title: String,
-    pub initial_prompt: String,
-    pub tags: Vec<String>,
-    pub metadata: BTreeMap<String, String>,
-    pub status: SessionStatus,
-    pub turn_count: u32,
-    pub token_usage: TokenUsage,
-    pub created_at: String,
-    pub last_used: String,
+    pub(crate) backend_session_id: Option<String>,
+    pub(crate) model: Option<String>,
+    pub(crate) working_dir: Option<String>,
+    pub(crate) title: String,
+    pub(crate) initial_prompt: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) metadata: BTreeMap<String, String>,
+    pub(crate) status: SessionStatus,
+    pub(crate) turn_count: u32,
+    pub(crate) token_usage: TokenUsage,
+    pub(crate) created_at: String,
+    pub(crate) last_used: String,
     /// Which API made it: `native`, `openai`, `anthropic`, `cli`.
-    pub source: String,
+    pub(crate) source: String,
     /// For the compatible APIs: a hash of the transcript so far (continuity).
-    pub transcript_hash: Option<String>,
+    pub(crate) transcript_hash: Option<String>,
     /// The id of the API key that created it (never the key); none: made by the daemon's
     /// owner (control socket, or HTTP with auth off). Key holders see only their own.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
-    pub turns: Vec<Turn>,
+    pub(crate) owner: Option<String>,
+    pub(crate) turns: Vec<Turn>,
 }
 
 /// Whether a caller that acts for `owner` (`None`: the daemon's owner, who sees everything) may
 /// see session `s`.
-pub fn visible_to(s: &Session, owner: Option<&str>) -> bool {
+pub(crate) fn visible_to(s: &Session, owner: Option<&str>) -> bool {
     owner.is_none_or(|o| s.owner.as_deref() == Some(o))
 }
 
 impl Session {
     /// The listing form (no turns).
-    pub fn info(&self) -> clinvk_shared::api::SessionInfo {
+    pub(crate) fn info(&self) -> clinvk_shared::api::SessionInfo {
         clinvk_shared::api::SessionInfo {
             id: self.id.clone(),
             backend: self.backend.clone(),
@@ -72,7 +72,7 @@ impl Session {
     }
 
     /// The whole session, turns included.
-    pub fn detail(&self) -> clinvk_shared::api::SessionDetail {
+    pub(crate) fn detail(&self) -> clinvk_shared::api::SessionDetail {
         clinvk_shared::api::SessionDetail {
             info: self.info(),
             turns: self.turns.clone(),
@@ -81,7 +81,7 @@ impl Session {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("session {0:?} not found")]
     NotFound(String),
     #[error("session id prefix {0:?} is ambiguous")]
@@ -92,7 +92,7 @@ pub enum StoreError {
 
 /// The store (cheap to clone).
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct Store {
     dir: PathBuf,
     map: Arc<Mutex<HashMap<String, Session>>>,
     /// Held from a change of the map to the end of its write to disk, so writes land in the
@@ -100,12 +100,12 @@ pub struct Store {
     /// session is never written again.
     writes: Arc<Mutex<()>>,
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
-    pub corrupt_files: Arc<Mutex<Vec<String>>>,
+    pub(crate) corrupt_files: Arc<Mutex<Vec<String>>>,
 }
 
 impl Store {
     /// Opens (creating) the folder and loads every session file in it.
-    pub fn open(dir: &Path) -> std::io::Result<Store> {
+    pub(crate) fn open(dir: &Path) -> std::io::Result<Store> {
         ensure_private_dir(dir)?;
         let store = Store {
             dir: dir.to_path_buf(),
@@ -172,12 +172,12 @@ impl Store {
         })
     }
 
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.map().len()
     }
 
     /// Creates and persists a new session.
-    pub fn create(&self, mut s: Session) -> Result<Session, StoreError> {
+    pub(crate) fn create(&self, mut s: Session) -> Result<Session, StoreError> {
         if s.id.is_empty() {
             s.id = uuid::Uuid::new_v4().to_string();
         }
@@ -196,7 +196,11 @@ impl Store {
     }
 
     /// Applies `f` to a session and persists it.
-    pub fn update(&self, id: &str, f: impl FnOnce(&mut Session)) -> Result<Session, StoreError> {
+    pub(crate) fn update(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Session),
+    ) -> Result<Session, StoreError> {
         let _writing = self.writing();
         let updated = {
             let mut map = self.map();
@@ -211,7 +215,7 @@ impl Store {
     }
 
     /// Records a finished turn.
-    pub fn add_turn(
+    pub(crate) fn add_turn(
         &self,
         id: &str,
         turn: Turn,
@@ -236,7 +240,7 @@ impl Store {
 
     /// Runs store work on the blocking pool: writes wait for the disk (fsync), and the async
     /// workers must keep serving meanwhile.
-    pub async fn off_thread<T: Send + 'static>(
+    pub(crate) async fn off_thread<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -252,12 +256,12 @@ impl Store {
     }
 
     /// `create` on the blocking pool.
-    pub async fn create_async(&self, s: Session) -> Result<Session, StoreError> {
+    pub(crate) async fn create_async(&self, s: Session) -> Result<Session, StoreError> {
         self.off_thread(move |st| st.create(s)).await
     }
 
     /// `update` on the blocking pool.
-    pub async fn update_async(
+    pub(crate) async fn update_async(
         &self,
         id: &str,
         f: impl FnOnce(&mut Session) + Send + 'static,
@@ -267,7 +271,11 @@ impl Store {
     }
 
     /// By full id or unique prefix, among the sessions `owner` may see.
-    pub fn get(&self, id_or_prefix: &str, owner: Option<&str>) -> Result<Session, StoreError> {
+    pub(crate) fn get(
+        &self,
+        id_or_prefix: &str,
+        owner: Option<&str>,
+    ) -> Result<Session, StoreError> {
         let map = self.map();
         if let Some(s) = map.get(id_or_prefix).filter(|s| visible_to(s, owner)) {
             return Ok(s.clone());
@@ -286,7 +294,7 @@ impl Store {
     }
 
     /// Newest `last_used` first; returns (page, total matching).
-    pub fn list(&self, q: &ListQuery, owner: Option<&str>) -> (Vec<Session>, usize) {
+    pub(crate) fn list(&self, q: &ListQuery, owner: Option<&str>) -> (Vec<Session>, usize) {
         let mut all: Vec<Session> = self
             .map()
             .values()
@@ -306,7 +314,11 @@ impl Store {
         (all.into_iter().skip(offset).take(limit).collect(), total)
     }
 
-    pub fn delete(&self, id_or_prefix: &str, owner: Option<&str>) -> Result<Session, StoreError> {
+    pub(crate) fn delete(
+        &self,
+        id_or_prefix: &str,
+        owner: Option<&str>,
+    ) -> Result<Session, StoreError> {
         let _writing = self.writing();
         let s = self.get(id_or_prefix, owner)?;
         match std::fs::remove_file(self.path_of(&s.id)) {
@@ -324,7 +336,7 @@ impl Store {
     }
 
     /// Deletes sessions not used for `days`; returns how many.
-    pub fn clean_older_than(&self, days: u64) -> usize {
+    pub(crate) fn clean_older_than(&self, days: u64) -> usize {
         let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86_400);
         let old: Vec<String> = self
             .map()
@@ -342,7 +354,7 @@ impl Store {
     }
 
     /// Marks sessions left `active` by a daemon that died or was stopped mid-run.
-    pub fn mark_interrupted(&self) -> usize {
+    pub(crate) fn mark_interrupted(&self) -> usize {
         let ids: Vec<String> = self
             .map()
             .values()
@@ -358,7 +370,7 @@ impl Store {
     }
 
     /// The lock that serialises turns on one session.
-    pub fn turn_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn turn_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -373,7 +385,7 @@ impl Store {
     /// its hash so that no second request can continue the same conversation at the same time
     /// (two clients sending the same history would otherwise share one backend session). The
     /// caller stores the new hash once the turn succeeded.
-    pub fn claim_by_transcript(
+    pub(crate) fn claim_by_transcript(
         &self,
         backend: &str,
         hash: &str,
@@ -400,7 +412,7 @@ impl Store {
 }
 
 /// A title from the first prompt: its first line, at most 60 characters.
-pub fn title_of(prompt: &str) -> String {
+pub(crate) fn title_of(prompt: &str) -> String {
     let line = prompt
         .lines()
         .map(str::trim)
@@ -414,7 +426,7 @@ pub fn title_of(prompt: &str) -> String {
 }
 
 /// At most `n` characters of `s`.
-pub fn clip(s: &str, n: usize) -> String {
+pub(crate) fn clip(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 /// Why a run could not get a slot.
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum CapacityError {
+pub(crate) enum CapacityError {
     #[error("at capacity: {running} runs in progress and {queued} waiting (limits.max_concurrent / limits.queue_size); retry later")]
     QueueFull { running: usize, queued: usize },
     #[error("at capacity: no slot for {backend} became free within {waited_secs} s")]
@@ -18,11 +18,11 @@ pub enum CapacityError {
 
 /// Current limits, read at each decision.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub global: usize,
-    pub backend: Option<usize>,
-    pub queue: usize,
-    pub queue_timeout: Duration,
+pub(crate) struct Limits {
+    pub(crate) global: usize,
+    pub(crate) backend: Option<usize>,
+    pub(crate) queue: usize,
+    pub(crate) queue_timeout: Duration,
 }
 
 #[derive(Default)]
@@ -34,13 +34,13 @@ struct State {
 
 /// The limiter (cheap to clone).
 #[derive(Clone, Default)]
-pub struct Limiter {
+pub(crate) struct Limiter {
     state: Arc<Mutex<State>>,
     freed: Arc<Notify>,
 }
 
 /// A held slot; dropping it frees the slot.
-pub struct Permit {
+pub(crate) struct Permit {
     limiter: Limiter,
     backend: String,
 }
@@ -64,7 +64,7 @@ impl Limiter {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.lock().queued
     }
 
@@ -82,7 +82,11 @@ impl Limiter {
 
     /// Waits for a slot for `backend`. Refused at once when the queue is full, or after the
     /// queue timeout.
-    pub async fn acquire(&self, backend: &str, limits: Limits) -> Result<Permit, CapacityError> {
+    pub(crate) async fn acquire(
+        &self,
+        backend: &str,
+        limits: Limits,
+    ) -> Result<Permit, CapacityError> {
         let permit = || Permit {
             limiter: self.clone(),
             backend: backend.to_string(),

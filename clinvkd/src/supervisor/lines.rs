@@ -4,18 +4,18 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Counts {
-    pub truncated_lines: usize,
-    pub dropped_bytes: u64,
+pub(crate) struct Counts {
+    pub(crate) truncated_lines: usize,
+    pub(crate) dropped_bytes: u64,
 }
 
-pub struct LineReader {
+pub(crate) struct LineReader {
     max_line: usize,
     max_total: usize,
 }
 
 impl LineReader {
-    pub fn new(max_line: usize, max_total: usize) -> Self {
+    pub(crate) fn new(max_line: usize, max_total: usize) -> Self {
         Self {
             max_line: max_line.max(1024),
             max_total,
@@ -25,7 +25,7 @@ impl LineReader {
     /// Reads `stream` to EOF, sending each line (lossy UTF-8). A line longer than `max_line` is
     /// cut there (the rest is skipped up to its newline); past `max_total` bytes, lines are
     /// counted and dropped — the stream is always read to its end so the child never blocks.
-    pub async fn pump(
+    pub(crate) async fn pump(
         self,
         stream: Option<impl tokio::io::AsyncRead + Unpin>,
         tx: mpsc::Sender<String>,

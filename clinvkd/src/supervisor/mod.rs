@@ -9,7 +9,7 @@
 mod limiter;
 mod lines;
 
-pub use limiter::{CapacityError, Limiter, Limits, Permit};
+pub(crate) use limiter::{CapacityError, Limiter, Limits, Permit};
 
 use clinvk_shared::protocol::RunInfo;
 use nix::sys::signal::{killpg, Signal};
@@ -25,29 +25,29 @@ use tokio_util::sync::CancellationToken;
 
 /// What to start.
 #[derive(Debug, Clone)]
-pub struct SpawnSpec {
-    pub backend: String,
-    pub program: PathBuf,
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub cwd: Option<PathBuf>,
-    pub timeout: Duration,
+pub(crate) struct SpawnSpec {
+    pub(crate) backend: String,
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) cwd: Option<PathBuf>,
+    pub(crate) timeout: Duration,
     /// Seconds between SIGTERM and SIGKILL.
-    pub kill_grace: Duration,
+    pub(crate) kill_grace: Duration,
     /// Longest stdout line kept; the rest of a longer line is dropped (and counted).
-    pub max_line_bytes: usize,
+    pub(crate) max_line_bytes: usize,
     /// Stdout kept in all; later lines are dropped (and counted), the process keeps running.
-    pub max_output_bytes: usize,
+    pub(crate) max_output_bytes: usize,
     /// Written to stdin, which is then closed; None: stdin is /dev/null.
-    pub stdin: Option<Vec<u8>>,
+    pub(crate) stdin: Option<Vec<u8>>,
     /// Variables of the daemon's environment the child must not see (besides `CLINVK_*`,
     /// which it never sees).
-    pub env_remove: Vec<String>,
+    pub(crate) env_remove: Vec<String>,
 }
 
 /// What a run reports, in order: stdout lines, then one `Exit`.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ProcEvent {
+pub(crate) enum ProcEvent {
     /// One stdout line (lossy UTF-8, without the newline; cut to `max_line_bytes`).
     Line(String),
     Exit(ExitInfo),
@@ -55,21 +55,21 @@ pub enum ProcEvent {
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct ExitInfo {
-    pub code: Option<i32>,
-    pub signal: Option<i32>,
-    pub timed_out: bool,
-    pub cancelled: bool,
+pub(crate) struct ExitInfo {
+    pub(crate) code: Option<i32>,
+    pub(crate) signal: Option<i32>,
+    pub(crate) timed_out: bool,
+    pub(crate) cancelled: bool,
     /// The last 64 KiB of stderr.
-    pub stderr_tail: String,
-    pub truncated_lines: usize,
-    pub dropped_bytes: u64,
-    pub duration: Duration,
+    pub(crate) stderr_tail: String,
+    pub(crate) truncated_lines: usize,
+    pub(crate) dropped_bytes: u64,
+    pub(crate) duration: Duration,
 }
 
 impl ExitInfo {
     /// The code as the native API reports it: -1 for timeout/cancel/signal.
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         if self.timed_out || self.cancelled {
             return -1;
         }
@@ -79,7 +79,7 @@ impl ExitInfo {
 
 /// Spawn failures.
 #[derive(Debug, thiserror::Error)]
-pub enum SpawnError {
+pub(crate) enum SpawnError {
     #[error("cannot start {program}: {source}")]
     Start {
         program: String,
@@ -88,17 +88,11 @@ pub enum SpawnError {
 }
 
 /// A started run: its events, and cancellation on drop.
-pub struct RunHandle {
-    pub id: String,
-    pub pid: u32,
-    pub events: mpsc::Receiver<ProcEvent>,
+pub(crate) struct RunHandle {
+    pub(crate) id: String,
+    pub(crate) pid: u32,
+    pub(crate) events: mpsc::Receiver<ProcEvent>,
     cancel: CancellationToken,
-}
-
-impl RunHandle {
-    pub fn cancel_token(&self) -> CancellationToken {
-        self.cancel.clone()
-    }
 }
 
 impl Drop for RunHandle {
@@ -119,16 +113,16 @@ struct Tracked {
 
 /// The process supervisor (cheap to clone).
 #[derive(Clone)]
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     runs: Arc<Mutex<HashMap<String, Tracked>>>,
-    pub limiter: Limiter,
+    pub(crate) limiter: Limiter,
     /// Where each running process group is recorded (pid and start time), so that a daemon
     /// starting after a crash can kill what its predecessor left.
     record_dir: Arc<Mutex<Option<PathBuf>>>,
 }
 
 impl Supervisor {
-    pub fn new(limiter: Limiter) -> Self {
+    pub(crate) fn new(limiter: Limiter) -> Self {
         Self {
             runs: Arc::new(Mutex::new(HashMap::new())),
             limiter,
@@ -137,7 +131,7 @@ impl Supervisor {
     }
 
     /// Records running process groups in `dir` from now on.
-    pub fn set_record_dir(&self, dir: PathBuf) {
+    pub(crate) fn set_record_dir(&self, dir: PathBuf) {
         if let Err(e) = clinvk_shared::paths::ensure_private_dir(&dir) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot record running CLIs; a crash may leave them running");
             return;
@@ -158,7 +152,7 @@ impl Supervisor {
     }
 
     /// The running set, for `clinvkctl status`.
-    pub fn running(&self) -> Vec<RunInfo> {
+    pub(crate) fn running(&self) -> Vec<RunInfo> {
         let mut v: Vec<RunInfo> = self
             .runs()
             .iter()
@@ -175,19 +169,19 @@ impl Supervisor {
     }
 
     /// Number of CLI processes alive now.
-    pub fn running_count(&self) -> usize {
+    pub(crate) fn running_count(&self) -> usize {
         self.runs().len()
     }
 
     /// Cancels every run (shutdown).
-    pub fn cancel_all(&self) {
+    pub(crate) fn cancel_all(&self) {
         for t in self.runs().values() {
             t.cancel.cancel();
         }
     }
 
     /// Starts a process for a run that holds `permit`. The permit is released when it exits.
-    pub fn spawn(&self, permit: Permit, spec: SpawnSpec) -> Result<RunHandle, SpawnError> {
+    pub(crate) fn spawn(&self, permit: Permit, spec: SpawnSpec) -> Result<RunHandle, SpawnError> {
         let id = format!("run-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let mut cmd = tokio::process::Command::new(&spec.program);
         cmd.args(&spec.args)
@@ -384,7 +378,7 @@ fn proc_start_time(pid: u32) -> Option<u64> {
 /// cleanly: a group whose leader still runs with the recorded start time, or whose leader is
 /// gone but whose members (started after it) live on. A pid reused by an unrelated process is
 /// left alone. Returns the number of groups killed.
-pub fn reap_orphans(runtime_dir: &std::path::Path) -> usize {
+pub(crate) fn reap_orphans(runtime_dir: &std::path::Path) -> usize {
     let Ok(entries) = std::fs::read_dir(runtime_dir.join("runs")) else {
         return 0;
     };

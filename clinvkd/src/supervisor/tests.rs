@@ -129,7 +129,7 @@ async fn sigterm_ignored_means_sigkill() {
     .await;
     let pid = h.pid;
     assert_eq!(h.events.recv().await, Some(ProcEvent::Line("ready".into())));
-    h.cancel_token().cancel();
+    h.cancel.cancel();
     let (_, info) = collect(&mut h).await;
     assert!(info.cancelled);
     assert_eq!(info.signal, Some(9), "{info:?}");
