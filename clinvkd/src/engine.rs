@@ -6,12 +6,11 @@
 use crate::backend::{self, Event, Invocation, Outcome};
 use crate::ctx::Ctx;
 use crate::error::{ApiError, Kind};
-use crate::supervisor::{CapacityError, ExitInfo, Limits, ProcEvent, SpawnSpec};
+use crate::supervisor::{CapacityError, ExitInfo, Limits, ProcEvent, RunHandle, SpawnSpec};
 use clinvk_shared::types::TokenUsage;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
@@ -103,15 +102,20 @@ pub(crate) enum RunUpdate {
     Done(RunSummary),
 }
 
-/// A started run. Dropping it cancels the run.
+/// A started run: its process, and the parser turning its output into events. Dropping it
+/// cancels the run (its process group is killed).
 pub(crate) struct RunStream {
-    rx: mpsc::Receiver<RunUpdate>,
-}
-
-impl RunStream {
-    pub(crate) async fn next(&mut self) -> Option<RunUpdate> {
-        self.rx.recv().await
-    }
+    handle: RunHandle,
+    parser: Box<dyn backend::LineParser>,
+    backend: String,
+    model: Option<String>,
+    started: Instant,
+    outcome: Outcome,
+    /// Events parsed but not handed out yet.
+    pending: std::collections::VecDeque<Event>,
+    first_output: bool,
+    exit: Option<ExitInfo>,
+    finished: bool,
 }
 
 /// What a dry run reports: exactly what would run.
@@ -239,57 +243,72 @@ pub(crate) async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, Engin
         .limiter
         .acquire(&inv.backend, p.limits)
         .await?;
-    let mut handle = ctx
+    let handle = ctx
         .supervisor
         .spawn(permit, p.spec)
         .map_err(|e| EngineError::Spawn(format!("{e}; {}", p.adapter.install_hint())))?;
-    let (tx, rx) = mpsc::channel(256);
-    let backend = inv.backend.clone();
-    let model = inv.model.clone();
-    let run_id = handle.id.clone();
-    let mut parser = p.adapter.parser();
-    tracing::info!(run = %run_id, backend = %backend, pid = handle.pid, "run started");
-    tokio::spawn(async move {
-        let started = Instant::now();
-        let mut outcome = Outcome::default();
-        let mut first_output = true;
-        let mut exit: Option<ExitInfo> = None;
+    tracing::info!(run = %handle.id, backend = %inv.backend, pid = handle.pid, "run started");
+    Ok(RunStream {
+        parser: p.adapter.parser(),
+        handle,
+        backend: inv.backend,
+        model: inv.model,
+        started: Instant::now(),
+        outcome: Outcome::default(),
+        pending: std::collections::VecDeque::new(),
+        first_output: true,
+        exit: None,
+        finished: false,
+    })
+}
+
+impl RunStream {
+    /// The next update: the run's events as the CLI prints them, then one `Done`, then `None`.
+    /// No task runs behind it: dropping the stream drops the process handle, which kills the
+    /// process group.
+    pub(crate) async fn next(&mut self) -> Option<RunUpdate> {
         loop {
-            let ev = tokio::select! {
-                ev = handle.events.recv() => ev,
-                _ = tx.closed() => {
-                    tracing::info!(run = %run_id, "consumer gone; cancelling the run");
-                    return; // dropping the handle kills the process group
+            if let Some(e) = self.pending.pop_front() {
+                if self.first_output && matches!(e, Event::TextDelta { .. } | Event::Message { .. })
+                {
+                    self.first_output = false;
+                    metrics::histogram!("clinvk_time_to_first_output_seconds", "backend" => self.backend.clone())
+                        .record(self.started.elapsed().as_secs_f64());
                 }
-            };
-            let Some(ev) = ev else { break };
-            let events = match ev {
-                ProcEvent::Line(line) => parser.parse_line(&line),
-                ProcEvent::Exit(info) => {
-                    let evs = parser.finish(info.code, &info.stderr_tail);
-                    exit = Some(info);
-                    evs
-                }
-            };
-            for e in events {
-                if first_output && matches!(e, Event::TextDelta { .. } | Event::Message { .. }) {
-                    first_output = false;
-                    metrics::histogram!("clinvk_time_to_first_output_seconds", "backend" => backend.clone())
-                        .record(started.elapsed().as_secs_f64());
-                }
-                outcome.apply(&e);
-                if tx.send(RunUpdate::Event(e)).await.is_err() {
-                    // The consumer left: dropping the handle kills the process group.
-                    tracing::info!(run = %run_id, "consumer gone; cancelling the run");
-                    return;
-                }
+                self.outcome.apply(&e);
+                return Some(RunUpdate::Event(e));
             }
-            if exit.is_some() {
-                break;
+            if self.finished {
+                return None;
+            }
+            if self.exit.is_some() {
+                self.finished = true;
+                return Some(RunUpdate::Done(self.summary()));
+            }
+            match self.handle.events.recv().await {
+                Some(ProcEvent::Line(line)) => self.pending.extend(self.parser.parse_line(&line)),
+                Some(ProcEvent::Exit(info)) => {
+                    self.pending
+                        .extend(self.parser.finish(info.code, &info.stderr_tail));
+                    self.exit = Some(info);
+                }
+                // The process reader ended without an exit report.
+                None => self.exit = Some(ExitInfo::default()),
             }
         }
-        let info = exit.unwrap_or_default();
-        let summary = summarize(&backend, model, outcome, &info, started.elapsed());
+    }
+
+    /// How the run ended (recorded in the metrics and the log).
+    fn summary(&mut self) -> RunSummary {
+        let info = self.exit.take().unwrap_or_default();
+        let outcome = std::mem::take(&mut self.outcome);
+        let summary = summarize(
+            &self.backend,
+            self.model.clone(),
+            outcome,
+            &info,
+            self.started.elapsed(),
+        );
         let status = if summary.timed_out {
             "timeout"
         } else if summary.cancelled {
@@ -299,13 +318,12 @@ pub(crate) async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, Engin
         } else {
             "success"
         };
-        metrics::counter!("clinvk_backend_executions_total", "backend" => backend.clone(), "status" => status).increment(1);
-        metrics::histogram!("clinvk_backend_execution_duration_seconds", "backend" => backend.clone())
+        metrics::counter!("clinvk_backend_executions_total", "backend" => self.backend.clone(), "status" => status).increment(1);
+        metrics::histogram!("clinvk_backend_execution_duration_seconds", "backend" => self.backend.clone())
             .record(summary.duration_ms as f64 / 1000.0);
-        tracing::info!(run = %run_id, backend = %backend, exit_code = summary.exit_code, status, duration_ms = summary.duration_ms, "run finished");
-        let _ = tx.send(RunUpdate::Done(summary)).await;
-    });
-    Ok(RunStream { rx })
+        tracing::info!(run = %self.handle.id, backend = %self.backend, exit_code = summary.exit_code, status, duration_ms = summary.duration_ms, "run finished");
+        summary
+    }
 }
 
 fn summarize(
