@@ -759,3 +759,18 @@ def test_forwarded_for_is_read_right_to_left_past_trusted_proxies(world):
     r = get("6.6.6.6, 1.2.3.4, 127.0.0.5")
     assert r.status == 429 and r.code == "rate_limited", r
     assert get("9.9.9.9, 127.0.0.5").status == 200, "another client has its own bucket"
+
+
+def test_a_continued_session_obeys_the_current_workdir_policy(world, tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    url = start(world, claude_config("ok"))
+    r = jpost(url, "/api/v1/prompt", {**PROMPT, "workdir": str(project)})
+    assert r.status == 200 and r.json["exit_code"] == 0, r
+    sid = r.json["session_id"]
+    assert jpost(url, "/api/v1/prompt", {"prompt": "again", "session_id": sid}).status == 200
+    # The operator blocks the folder: the session cannot go on running there.
+    world.write_config(claude_config("ok", rest=f"server:\n  blocked_workdir_prefixes: ['{project}']\n"))
+    assert world.ctl("reload").returncode == 0
+    r = jpost(url, "/api/v1/prompt", {"prompt": "once more", "session_id": sid})
+    assert r.status == 400 and r.code == "workdir_not_allowed", r

@@ -215,7 +215,14 @@ pub(crate) fn plan(
         (Some(w), _) => Some(
             engine::validate_workdir(ctx, w).map_err(|e| e.api_error().with_param("workdir"))?,
         ),
-        (None, Some(s)) => s.working_dir.as_deref().map(std::path::PathBuf::from),
+        // A continued session runs where it started — if the policy still allows that folder.
+        (None, Some(s)) => match s.working_dir.as_deref() {
+            Some(w) => Some(
+                engine::validate_workdir(ctx, w)
+                    .map_err(|e| e.api_error().with_param("session_id"))?,
+            ),
+            None => Some(engine::default_workdir(ctx)),
+        },
         // Never the folder the daemon happened to be started in.
         (None, None) => Some(engine::default_workdir(ctx)),
     };
