@@ -6,6 +6,20 @@ use crate::types::TokenUsage;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// A value's name on the wire (`read-only`, `interrupted`, `auto`…), for messages and listings.
+pub fn wire_name<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+/// A value from its name on the wire (the inverse of `wire_name`).
+pub fn from_wire<T: serde::de::DeserializeOwned>(name: &str) -> Option<T> {
+    serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
+}
+
 /// `approval_mode`: how much the agent may do without asking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -558,5 +572,11 @@ mod tests {
             "read-only"
         );
         assert!(ApprovalMode::Always.strictness() > ApprovalMode::None.strictness());
+        assert_eq!(wire_name(&SessionStatus::Interrupted), "interrupted");
+        assert_eq!(
+            from_wire::<SandboxMode>("read-only"),
+            Some(SandboxMode::ReadOnly)
+        );
+        assert_eq!(from_wire::<SandboxMode>("sometimes"), None);
     }
 }

@@ -2,6 +2,7 @@
 //! file (`config.yaml`, `config.yml` or `config.toml`), then `CLINVK_*` environment overrides,
 //! then command-line flags (applied by the caller), then validation.
 
+use crate::api::{ApprovalMode, OutputFormat, SandboxMode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -55,8 +56,8 @@ pub struct BackendSettings {
     pub enabled: bool,
     /// Default model; none = the CLI's own default.
     pub model: Option<String>,
-    pub approval_mode: Option<String>,
-    pub sandbox_mode: Option<String>,
+    pub approval_mode: Option<ApprovalMode>,
+    pub sandbox_mode: Option<SandboxMode>,
     pub system_prompt: Option<String>,
     pub allowed_tools: Vec<String>,
     /// Flags always added to this backend's argv.
@@ -101,9 +102,10 @@ impl Default for BackendSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UnifiedFlags {
-    pub approval_mode: String,
-    pub sandbox_mode: String,
-    pub output_format: String,
+    pub approval_mode: ApprovalMode,
+    pub sandbox_mode: SandboxMode,
+    /// The native prompt's default `output_format`.
+    pub output_format: OutputFormat,
     pub verbose: bool,
     pub dry_run: bool,
     pub max_turns: Option<u32>,
@@ -113,9 +115,9 @@ pub struct UnifiedFlags {
 impl Default for UnifiedFlags {
     fn default() -> Self {
         Self {
-            approval_mode: "default".into(),
-            sandbox_mode: "default".into(),
-            output_format: "default".into(),
+            approval_mode: ApprovalMode::Default,
+            sandbox_mode: SandboxMode::Default,
+            output_format: OutputFormat::Default,
             verbose: false,
             dry_run: false,
             max_turns: None,
@@ -567,10 +569,6 @@ fn convert_env_value(current: &serde_json::Value, raw: &str) -> Result<serde_jso
     })
 }
 
-const APPROVAL_MODES: [&str; 4] = ["default", "auto", "none", "always"];
-const SANDBOX_MODES: [&str; 4] = ["default", "read-only", "workspace", "full"];
-const OUTPUT_FORMATS: [&str; 4] = ["default", "text", "json", "stream-json"];
-
 /// Checks the values serde cannot check.
 pub fn validate(s: &Settings, source: Option<&Path>) -> Result<(), ConfigError> {
     let invalid = |key: &str, message: String| ConfigError::Invalid {
@@ -607,21 +605,6 @@ pub fn validate(s: &Settings, source: Option<&Path>) -> Result<(), ConfigError> 
         }
     };
     one_of(
-        "unified_flags.approval_mode",
-        &s.unified_flags.approval_mode,
-        &APPROVAL_MODES,
-    )?;
-    one_of(
-        "unified_flags.sandbox_mode",
-        &s.unified_flags.sandbox_mode,
-        &SANDBOX_MODES,
-    )?;
-    one_of(
-        "unified_flags.output_format",
-        &s.unified_flags.output_format,
-        &OUTPUT_FORMATS,
-    )?;
-    one_of(
         "output.format",
         &s.output.format,
         &["text", "json", "stream-json"],
@@ -642,16 +625,6 @@ pub fn validate(s: &Settings, source: Option<&Path>) -> Result<(), ConfigError> 
         ));
     }
     for (name, b) in &s.backends {
-        if let Some(m) = &b.approval_mode {
-            one_of(
-                &format!("backends.{name}.approval_mode"),
-                m,
-                &APPROVAL_MODES,
-            )?;
-        }
-        if let Some(m) = &b.sandbox_mode {
-            one_of(&format!("backends.{name}.sandbox_mode"), m, &SANDBOX_MODES)?;
-        }
         if b.max_concurrent == Some(0) {
             return Err(invalid(
                 &format!("backends.{name}.max_concurrent"),

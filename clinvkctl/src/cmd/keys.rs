@@ -50,10 +50,7 @@ pub async fn run(cmd: KeysCommand) -> Result<u8, ClientError> {
                 for k in &v.keys {
                     println!("{}  {:<20} {}…  {}", k.id, k.name, k.prefix, k.created_at);
                 }
-                let auth = serde_json::to_value(v.auth)
-                    .ok()
-                    .and_then(|a| a.as_str().map(str::to_string))
-                    .unwrap_or_default();
+                let auth = clinvk_shared::api::wire_name(&v.auth);
                 println!(
                     "keys {} (server.auth: {auth})",
                     if v.required {

@@ -1,7 +1,7 @@
 //! `clinvk sessions list|show|delete|clean`.
 
 use crate::{call, exit, print_json, unexpected, ClientError};
-use clinvk_shared::api::{ListQuery, SessionStatus};
+use clinvk_shared::api::{from_wire, wire_name, ListQuery, SessionStatus};
 use clinvk_shared::protocol::{Reply, Request, SessionsRequest};
 
 #[derive(clap::Subcommand, Debug)]
@@ -54,19 +54,11 @@ fn parse_days(age: &str) -> Result<u64, ClientError> {
 
 /// A `--status` value.
 fn parse_status(s: &str) -> Result<SessionStatus, ClientError> {
-    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+    from_wire(s).ok_or_else(|| {
         ClientError::Other(format!(
             "unknown status {s:?}: use active, completed, error or interrupted"
         ))
     })
-}
-
-/// A status as listings write it.
-fn status_name(s: SessionStatus) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 async fn sessions(
@@ -107,7 +99,7 @@ pub async fn run(cmd: SessionsCommand) -> Result<u8, ClientError> {
                     "{}  {:<7} {:<11} {:>3} turns  {}  {}",
                     &s.id[..8.min(s.id.len())],
                     s.backend,
-                    status_name(s.status),
+                    wire_name(&s.status),
                     s.turn_count,
                     s.last_used.get(..19).unwrap_or_default(),
                     s.title
@@ -129,7 +121,7 @@ pub async fn run(cmd: SessionsCommand) -> Result<u8, ClientError> {
                 "session {}  ({}, {})",
                 i.id,
                 i.backend,
-                status_name(i.status)
+                wire_name(&i.status)
             );
             println!("  title:    {}", i.title);
             println!("  workdir:  {}", i.working_dir.as_deref().unwrap_or("-"));

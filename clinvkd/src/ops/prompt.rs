@@ -6,10 +6,9 @@ use crate::ctx::Ctx;
 use crate::engine::{self, RunSummary, RunUpdate};
 use crate::error::{ApiError, Kind};
 use crate::session::{clip, Session, StoreError};
-use clinvk_shared::api::{DryRun, OutputFormat, RunEvent, SessionStatus, Turn};
+use clinvk_shared::api::{self, DryRun, OutputFormat, RunEvent, SessionStatus, Turn};
 pub(crate) use clinvk_shared::api::{PromptRequest, PromptResult};
 use clinvk_shared::config::{is_safe_model_name, KNOWN_BACKENDS};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 
@@ -45,29 +44,6 @@ pub(crate) struct Plan {
 
 fn bad(code: &str, msg: impl Into<String>) -> ApiError {
     ApiError::bad_request(code.to_string(), msg)
-}
-
-/// A configured mode: the backend's, else the unified one (both validated at load).
-fn configured_mode<T: serde::de::DeserializeOwned + Default>(
-    backend: &Option<String>,
-    unified: &str,
-) -> Result<T, ApiError> {
-    let name = backend.as_deref().unwrap_or(unified);
-    serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|_| {
-        ApiError::new(
-            Kind::Internal,
-            "invalid_config",
-            format!("the configured mode {name:?} is not valid"),
-        )
-    })
-}
-
-/// A mode's name as the API writes it.
-fn wire_name<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 fn escalation(field: &str, requested: &str, configured: &str) -> ApiError {
@@ -147,10 +123,9 @@ pub(crate) fn plan(
         }
     }
     // The request's format, else `unified_flags.output_format` (validated at load).
-    let format = match req.output_format {
-        Some(f) => f,
-        None => configured_mode(&None, &settings.unified_flags.output_format)?,
-    };
+    let format = req
+        .output_format
+        .unwrap_or(settings.unified_flags.output_format);
     let stream = format == OutputFormat::StreamJson;
     if req.max_tokens.is_some() {
         return Err(bad(
@@ -168,25 +143,27 @@ pub(crate) fn plan(
     }
     let cfg = settings.backends.get(&backend).cloned().unwrap_or_default();
     // The configured modes are a ceiling: a request may keep or tighten them, never loosen.
-    let cfg_approval: ApprovalMode =
-        configured_mode(&cfg.approval_mode, &settings.unified_flags.approval_mode)?;
-    let cfg_sandbox: SandboxMode =
-        configured_mode(&cfg.sandbox_mode, &settings.unified_flags.sandbox_mode)?;
+    let cfg_approval: ApprovalMode = cfg
+        .approval_mode
+        .unwrap_or(settings.unified_flags.approval_mode);
+    let cfg_sandbox: SandboxMode = cfg
+        .sandbox_mode
+        .unwrap_or(settings.unified_flags.sandbox_mode);
     let approval: ApprovalMode = req.approval_mode.unwrap_or(cfg_approval);
     let sandbox: SandboxMode = req.sandbox_mode.unwrap_or(cfg_sandbox);
     if !settings.server.allow_request_escalation {
         if approval.strictness() < cfg_approval.strictness() {
             return Err(escalation(
                 "approval_mode",
-                &wire_name(&approval),
-                &wire_name(&cfg_approval),
+                &api::wire_name(&approval),
+                &api::wire_name(&cfg_approval),
             ));
         }
         if sandbox.strictness() < cfg_sandbox.strictness() {
             return Err(escalation(
                 "sandbox_mode",
-                &wire_name(&sandbox),
-                &wire_name(&cfg_sandbox),
+                &api::wire_name(&sandbox),
+                &api::wire_name(&cfg_sandbox),
             ));
         }
     }
