@@ -39,7 +39,19 @@ pub fn load_settings(
     explicit: bool,
     overrides: &Overrides,
 ) -> Result<config::Loaded, ConfigError> {
-    Ctx::load_settings(config_path, explicit, overrides)
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let mut loaded = config::load(config_path, explicit, &env)?;
+    if let Some(h) = &overrides.host {
+        loaded.settings.server.host = h.clone();
+    }
+    if let Some(p) = overrides.port {
+        loaded.settings.server.port = p;
+    }
+    if let Some(f) = &overrides.log_file {
+        loaded.settings.log.file = Some(f.clone());
+    }
+    config::validate(&loaded.settings, Some(config_path))?;
+    Ok(loaded)
 }
 
 /// Refuses to serve a non-loopback address without authentication (unless `--insecure`).
@@ -199,27 +211,6 @@ impl Ctx {
         }
     }
 
-    /// Loads the configuration as the daemon does at start: file, environment, flags, validation.
-    pub(crate) fn load_settings(
-        config_path: &std::path::Path,
-        explicit: bool,
-        overrides: &Overrides,
-    ) -> Result<config::Loaded, ConfigError> {
-        let env: Vec<(String, String)> = std::env::vars().collect();
-        let mut loaded = config::load(config_path, explicit, &env)?;
-        if let Some(h) = &overrides.host {
-            loaded.settings.server.host = h.clone();
-        }
-        if let Some(p) = overrides.port {
-            loaded.settings.server.port = p;
-        }
-        if let Some(f) = &overrides.log_file {
-            loaded.settings.log.file = Some(f.clone());
-        }
-        config::validate(&loaded.settings, Some(config_path))?;
-        Ok(loaded)
-    }
-
     /// Re-reads the configuration. An invalid one is refused and the running one stays.
     /// The service manager (if any) sees `RELOADING=1`, then `READY=1` whatever the outcome.
     pub(crate) fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
@@ -237,7 +228,7 @@ impl Ctx {
     }
 
     fn reload_inner(&self) -> Result<ReloadOutcome, ReloadError> {
-        let loaded = Self::load_settings(&self.config_path, self.config_explicit, &self.overrides)?;
+        let loaded = load_settings(&self.config_path, self.config_explicit, &self.overrides)?;
         // Keys first: an unreadable store or gopass refuses the reload (never "no keys").
         let external = crate::keys::external_keys(&loaded.settings.server.api_keys_gopass_path)
             .map_err(ReloadError::Refused)?;

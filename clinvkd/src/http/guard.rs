@@ -296,6 +296,29 @@ struct Bucket {
     at: Instant,
 }
 
+impl Bucket {
+    /// The tokens it holds at `now`, refilled at `rate` per second up to `burst`.
+    fn refilled(&self, now: Instant, rate: f64, burst: f64) -> f64 {
+        (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(burst)
+    }
+}
+
+/// Seconds until a bucket holding `tokens` has `cost`, at `rate` per second (at least 1).
+fn wait_secs(tokens: f64, cost: f64, rate: f64) -> u64 {
+    ((cost - tokens) / rate).ceil().max(1.0) as u64
+}
+
+/// A 429 with `Retry-After`.
+fn limited(code: &str, what: &str, wait: u64) -> ApiError {
+    let mut e = ApiError::new(
+        Kind::RateLimited,
+        code,
+        format!("{what}; retry in {wait} s"),
+    );
+    e.retry_after_secs = Some(wait);
+    e
+}
+
 /// Token buckets per client (requests) and per client IP (failed authentications), bounded:
 /// a bucket that has refilled completely is the same as no bucket, so such buckets are dropped
 /// when the map grows.
@@ -321,13 +344,13 @@ impl RateLimiter {
             tokens: burst,
             at: now,
         });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+        b.tokens = b.refilled(now, rate, burst);
         b.at = now;
         if b.tokens >= cost {
             b.tokens -= cost;
             return Ok(());
         }
-        Err(((cost - b.tokens) / rate).ceil().max(1.0) as u64)
+        Err(wait_secs(b.tokens, cost, rate))
     }
 
     /// Number of buckets held.
@@ -348,15 +371,7 @@ impl RateLimiter {
             f64::from(s.server.rate_limit_burst),
             1.0,
         )
-        .map_err(|wait| {
-            let mut e = ApiError::new(
-                Kind::RateLimited,
-                "rate_limited",
-                format!("too many requests; retry in {wait} s"),
-            );
-            e.retry_after_secs = Some(wait);
-            e
-        })
+        .map_err(|wait| limited("rate_limited", "too many requests", wait))
     }
 
     fn failure_params(ctx: &Ctx) -> (f64, f64) {
@@ -367,25 +382,18 @@ impl RateLimiter {
     /// Refuses a client IP that has used up its failed authentications.
     pub(crate) fn check_failures(&self, ctx: &Ctx, ip: &str) -> Result<(), ApiError> {
         let (rate, burst) = Self::failure_params(ctx);
-        // Peek: a zero-cost take refills and tells whether a whole token is left.
-        let key = format!("fail:{ip}");
+        // A look only: checking takes no token (only a failure does).
         let left = {
             let map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-            map.get(&key).map(|b| {
-                (b.tokens + Instant::now().duration_since(b.at).as_secs_f64() * rate).min(burst)
-            })
+            map.get(&format!("fail:{ip}"))
+                .map(|b| b.refilled(Instant::now(), rate, burst))
         };
         match left {
-            Some(t) if t < 1.0 => {
-                let wait = ((1.0 - t) / rate).ceil().max(1.0) as u64;
-                let mut e = ApiError::new(
-                    Kind::RateLimited,
-                    "too_many_auth_failures",
-                    format!("too many failed authentications from this address; retry in {wait} s"),
-                );
-                e.retry_after_secs = Some(wait);
-                Err(e)
-            }
+            Some(t) if t < 1.0 => Err(limited(
+                "too_many_auth_failures",
+                "too many failed authentications from this address",
+                wait_secs(t, 1.0, rate),
+            )),
             _ => Ok(()),
         }
     }
