@@ -374,7 +374,7 @@ async fn run_prompt(ctx: &Ctx, conn: &Stream, req: clinvk_shared::api::PromptReq
         Err(e) => return send_error(conn, &e.code, e.message).await,
     };
     let mut saw_delta = false;
-    while let Some(update) = run.rx.recv().await {
+    while let Some(update) = run.next().await {
         let frame = match update {
             prompt::PromptUpdate::Event(ev) => match prompt::run_event(&ev, &mut saw_delta) {
                 Some(ev) => ServerFrame::Event(Event::Run(ev)),

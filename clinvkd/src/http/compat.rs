@@ -377,7 +377,7 @@ impl Pieces {
             return Some(Piece::Done(r));
         }
         loop {
-            let text = match self.run.rx.recv().await? {
+            let text = match self.run.next().await? {
                 PromptUpdate::Event(Event::TextDelta { text }) => {
                     self.saw_delta = true;
                     text
@@ -389,7 +389,19 @@ impl Pieces {
                         format!("\n\n{text}")
                     }
                 }
-                PromptUpdate::Event(_) => continue,
+                // Not part of the reply text (tools, thinking and usage are in the result or the
+                // native stream only).
+                PromptUpdate::Event(
+                    Event::Message { .. }
+                    | Event::SessionStarted { .. }
+                    | Event::ToolUse { .. }
+                    | Event::ToolResult { .. }
+                    | Event::Thinking { .. }
+                    | Event::Usage(_)
+                    | Event::Result { .. }
+                    | Event::Error { .. }
+                    | Event::Unparsed { .. },
+                ) => continue,
                 PromptUpdate::Done(r) => {
                     // A CLI that printed its answer only in the final result.
                     if self.emitted.is_empty() && !r.output.is_empty() && r.error.is_none() {

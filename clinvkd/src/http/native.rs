@@ -82,7 +82,7 @@ fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
         let mut saw_delta = false;
         loop {
             let update = tokio::select! {
-                u = run.rx.recv() => u,
+                u = run.next() => u,
                 _ = &mut stopped => None,
                 // The client left while the CLI was silent: dropping `run` cancels it now.
                 _ = tx.closed() => return,

@@ -10,7 +10,6 @@ use clinvk_shared::api::{self, DryRun, OutputFormat, RunEvent, SessionStatus, Tu
 pub(crate) use clinvk_shared::api::{PromptRequest, PromptResult};
 use clinvk_shared::config::{is_safe_model_name, KNOWN_BACKENDS};
 use std::collections::BTreeMap;
-use tokio::sync::mpsc;
 
 /// A finished prompt: the result every front end shows, and the run's details (the compatible
 /// APIs tell a timeout from a failure by them).
@@ -265,24 +264,75 @@ pub(crate) enum PromptUpdate {
     Done(Box<Completed>),
 }
 
-/// A started prompt. Dropping it cancels the run.
+/// A started prompt: the run's stream with the session's bookkeeping on it. No task runs
+/// behind it; the front end that renders it pulls the updates with `next`. Dropping it before
+/// its end cancels the run (the CLI's process group is killed) and marks the session
+/// interrupted.
 pub(crate) struct PromptRun {
     pub(crate) session_id: Option<String>,
     pub(crate) backend: String,
-    pub(crate) rx: mpsc::Receiver<PromptUpdate>,
+    run: engine::RunStream,
+    ctx: Ctx,
+    prompt: String,
+    backend_sid: Option<String>,
+    /// Set once the end is being recorded: a drop after that is not an interruption.
+    ended: bool,
+    /// The session's turn lock, held until the run ends or is dropped.
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl PromptRun {
+    /// The next update: the CLI's events as they come, then one `Done`, then `None`. A caller
+    /// that abandons a pending `next` (a `select!` arm) must be leaving: the update it was
+    /// waiting for is not handed out again (the session's writes still complete).
+    pub(crate) async fn next(&mut self) -> Option<PromptUpdate> {
+        if self.ended {
+            return None;
+        }
+        match self.run.next().await? {
+            RunUpdate::Event(ev) => {
+                if let Event::SessionStarted { session_id, .. } = &ev {
+                    self.backend_sid = Some(session_id.clone());
+                    // Kept as soon as it is known: a crash mid-run stays resumable.
+                    if let Some(id) = &self.session_id {
+                        let b = session_id.clone();
+                        let _ = self
+                            .ctx
+                            .sessions
+                            .update_async(id, |s| s.backend_session_id = Some(b))
+                            .await;
+                    }
+                }
+                Some(PromptUpdate::Event(ev))
+            }
+            RunUpdate::Done(summary) => {
+                self.ended = true;
+                self.record(&summary).await;
+                let result = PromptResult {
+                    session_id: self.session_id.clone(),
+                    backend: self.backend.clone(),
+                    exit_code: summary.exit_code,
+                    duration_ms: summary.duration_ms,
+                    output: summary.output.clone(),
+                    error: summary.error.clone(),
+                    token_usage: summary.usage,
+                };
+                Some(PromptUpdate::Done(Box::new(Completed { result, summary })))
+            }
+        }
+    }
+
+    /// Runs to the end and returns the result.
     pub(crate) async fn finish(mut self) -> Completed {
-        while let Some(u) = self.rx.recv().await {
+        while let Some(u) = self.next().await {
             if let PromptUpdate::Done(r) = u {
                 return *r;
             }
         }
         Completed {
             result: PromptResult {
-                backend: self.backend,
-                session_id: self.session_id,
+                backend: self.backend.clone(),
+                session_id: self.session_id.clone(),
                 exit_code: -1,
                 error: Some("cancelled".into()),
                 ..Default::default()
@@ -290,10 +340,94 @@ impl PromptRun {
             summary: RunSummary::default(),
         }
     }
+
+    /// Records the turn in the session (the write runs off the async threads and completes even
+    /// if the caller goes away meanwhile). Owns what it needs: no borrow of the run lives across
+    /// the write.
+    fn record(&self, summary: &RunSummary) -> impl std::future::Future<Output = ()> + Send {
+        let session_id = self.session_id.clone();
+        let ctx = self.ctx.clone();
+        let prompt = clip(&self.prompt, 4000);
+        let backend_sid = self.backend_sid.clone();
+        let summary = summary.clone();
+        async move {
+            let Some(id) = session_id else { return };
+            record_turn(&ctx, &id, prompt, backend_sid, &summary).await
+        }
+    }
+}
+
+async fn record_turn(
+    ctx: &Ctx,
+    id: &str,
+    prompt: String,
+    backend_sid: Option<String>,
+    summary: &RunSummary,
+) {
+    let turn = Turn {
+        at: clinvk_shared::types::now_rfc3339(),
+        prompt,
+        output_summary: clip(&summary.output, 4000),
+        // `session.store_token_usage: false` keeps no token counts in the session.
+        usage: if ctx.settings().session.store_token_usage {
+            summary.usage
+        } else {
+            Default::default()
+        },
+        exit_code: summary.exit_code,
+        duration_ms: summary.duration_ms,
+        error: summary.error.clone(),
+    };
+    let bsid = summary.backend_session_id.clone().or(backend_sid);
+    // A run cut short by the daemon's stop (grace period over) is interrupted, not failed.
+    let interrupted = summary.failed() && ctx.is_draining();
+    let (tid, failed) = (id.to_string(), summary.failed());
+    let recorded = ctx
+        .sessions
+        .off_thread(move |st| {
+            st.add_turn(&tid, turn, bsid, failed)?;
+            if interrupted {
+                st.update(&tid, |s| s.status = SessionStatus::Interrupted)?;
+            }
+            Ok(())
+        })
+        .await;
+    if let Err(e) = recorded {
+        tracing::error!(session = %id, error = %e, "cannot record the turn");
+    }
+}
+
+impl Drop for PromptRun {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        // The consumer left before the end: the run is cancelled (dropping `run` kills its
+        // group) and the session says so.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if let Some(id) = self.session_id.clone() {
+            let ctx = self.ctx.clone();
+            let turn = self._turn.take();
+            let work = ctx.work.clone();
+            work.spawn_on(
+                async move {
+                    let _turn = turn;
+                    let _ = ctx
+                        .sessions
+                        .update_async(&id, |s| s.status = SessionStatus::Interrupted)
+                        .await;
+                },
+                &rt,
+            );
+        }
+    }
 }
 
 /// Starts a planned prompt: takes the session's turn lock, creates the session (persisted before
-/// the CLI starts, so a crash never loses it), starts the run, and records the turn at the end.
+/// the CLI starts, so a crash never loses it) and starts the run; the returned stream records
+/// the turn at its end.
 pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
     let lock = plan
         .resume_session
@@ -367,108 +501,15 @@ pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> 
             return Err(e.api_error());
         }
     };
-    let (tx, rx) = mpsc::channel(256);
-    let ctx2 = ctx.clone();
-    let sid = session_id.clone();
-    let backend = plan.inv.backend.clone();
-    let prompt_text = plan.inv.prompt.clone();
-    // Tracked: a stop lets the run finish within the grace period.
-    ctx.work.spawn(async move {
-        let _guard = guard;
-        let mut run = run;
-        let mut backend_sid: Option<String> = None;
-        let summary = loop {
-            let next = tokio::select! {
-                n = run.next() => n,
-                // The consumer left while the CLI was silent: stop waiting for it.
-                _ = tx.closed() => {
-                    drop(run);
-                    if let Some(id) = &sid {
-                        let _ = ctx2
-                            .sessions
-                            .update_async(id, |s| s.status = SessionStatus::Interrupted)
-                            .await;
-                    }
-                    return;
-                }
-            };
-            match next {
-                Some(RunUpdate::Event(ev)) => {
-                    if let Event::SessionStarted { session_id, .. } = &ev {
-                        backend_sid = Some(session_id.clone());
-                        // Keep the backend id as soon as it is known: a crash mid-run stays resumable.
-                        if let Some(id) = &sid {
-                            let b = session_id.clone();
-                            let _ = ctx2
-                                .sessions
-                                .update_async(id, |s| s.backend_session_id = Some(b))
-                                .await;
-                        }
-                    }
-                    if tx.send(PromptUpdate::Event(ev)).await.is_err() {
-                        drop(run); // cancels the CLI
-                        if let Some(id) = &sid {
-                            let _ = ctx2
-                                .sessions
-                                .update_async(id, |s| s.status = SessionStatus::Interrupted)
-                                .await;
-                        }
-                        return;
-                    }
-                }
-                Some(RunUpdate::Done(s)) => break s,
-                None => return,
-            }
-        };
-        if let Some(id) = &sid {
-            let turn = Turn {
-                at: clinvk_shared::types::now_rfc3339(),
-                prompt: clip(&prompt_text, 4000),
-                output_summary: clip(&summary.output, 4000),
-                // `session.store_token_usage: false` keeps no token counts in the session.
-                usage: if ctx2.settings().session.store_token_usage {
-                    summary.usage
-                } else {
-                    Default::default()
-                },
-                exit_code: summary.exit_code,
-                duration_ms: summary.duration_ms,
-                error: summary.error.clone(),
-            };
-            let bsid = summary.backend_session_id.clone().or(backend_sid);
-            let (tid, failed) = (id.clone(), summary.failed());
-            let recorded = ctx2
-                .sessions
-                .off_thread(move |st| st.add_turn(&tid, turn, bsid, failed))
-                .await;
-            if let Err(e) = recorded {
-                tracing::error!(session = %id, error = %e, "cannot record the turn");
-            }
-            // A run cut short by the daemon's stop (grace period over) is interrupted, not failed.
-            if summary.failed() && ctx2.is_draining() {
-                let _ = ctx2
-                    .sessions
-                    .update_async(id, |s| s.status = SessionStatus::Interrupted)
-                    .await;
-            }
-        }
-        let result = PromptResult {
-            session_id: sid,
-            backend,
-            exit_code: summary.exit_code,
-            duration_ms: summary.duration_ms,
-            output: summary.output.clone(),
-            error: summary.error.clone(),
-            token_usage: summary.usage,
-        };
-        let _ = tx
-            .send(PromptUpdate::Done(Box::new(Completed { result, summary })))
-            .await;
-    });
     Ok(PromptRun {
         session_id,
         backend: plan.inv.backend,
-        rx,
+        run,
+        ctx: ctx.clone(),
+        prompt: plan.inv.prompt,
+        backend_sid: None,
+        ended: false,
+        _turn: guard,
     })
 }
 
@@ -526,6 +567,9 @@ pub(crate) fn run_event(ev: &Event, saw_delta: &mut bool) -> Option<RunEvent> {
             message: message.clone(),
             exit_code: None,
         },
-        _ => return None,
+        // Folded into the result (usage, final text) or kept in the log (unparsed lines).
+        Event::Message { .. } | Event::Usage(_) | Event::Result { .. } | Event::Unparsed { .. } => {
+            return None
+        }
     })
 }
