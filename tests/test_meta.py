@@ -83,49 +83,36 @@ def resolve(spec: dict, node):
     return node
 
 
-def check_shape(spec: dict, schema, value, where: str, depth: int = 0):
-    """A small structural check of a JSON value against a schema of the document: types of
-    objects/arrays, required properties, consts and enums (enough to catch drift between the
-    document and the server's real answers)."""
-    schema = resolve(spec, schema)
-    if depth > 12 or not isinstance(schema, dict):
-        return
-    for sub in schema.get("allOf", []):
-        check_shape(spec, sub, value, where, depth + 1)
-    if "oneOf" in schema or "anyOf" in schema:
-        options = schema.get("oneOf") or schema.get("anyOf")
-        errors = []
-        for option in options:
-            try:
-                check_shape(spec, option, value, where, depth + 1)
-                return
-            except AssertionError as e:
-                errors.append(str(e))
-        raise AssertionError(f"{where}: matches none of the alternatives: {errors}")
-    types = schema.get("type")
-    if types is not None:
-        types = types if isinstance(types, list) else [types]
-        py = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
-        ok = False
-        for t in types:
-            if t in ("integer", "number"):
-                ok |= isinstance(value, (int, float)) and not isinstance(value, bool)
-            else:
-                ok |= isinstance(value, py[t])
-        assert ok, f"{where}: {value!r} is not {types}"
-    if "const" in schema:
-        assert value == schema["const"], f"{where}: {value!r} != {schema['const']!r}"
-    if "enum" in schema and value is not None:
-        assert value in schema["enum"], f"{where}: {value!r} not in {schema['enum']}"
-    if isinstance(value, dict):
-        for name in schema.get("required", []):
-            assert name in value, f"{where}: required field {name!r} missing from {sorted(value)}"
-        for name, sub in schema.get("properties", {}).items():
-            if name in value:
-                check_shape(spec, sub, value[name], f"{where}.{name}", depth + 1)
-    if isinstance(value, list) and "items" in schema:
-        for i, item in enumerate(value[:5]):
-            check_shape(spec, schema["items"], item, f"{where}[{i}]", depth + 1)
+SPEC_URI = "urn:clinvk:openapi"
+
+
+def pointer(spec: dict, node_path: list[str]) -> str:
+    """The JSON pointer of a node given as keys from the root, following a `$ref` response."""
+    node, parts = spec, []
+    for key in node_path:
+        node = node[key]
+        parts.append(key.replace("~", "~0").replace("/", "~1"))
+        if isinstance(node, dict) and "$ref" in node and key != "schema":
+            ref = node["$ref"]
+            parts = ref[2:].split("/")
+            node = resolve(spec, node)
+    return "#/" + "/".join(parts)
+
+
+def validate(spec: dict, schema_pointer: str, value, where: str):
+    """Validates a JSON value with a real JSON Schema 2020-12 validator against a schema of the
+    document (its `$ref`s resolved inside the document)."""
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    registry = Registry().with_resource(SPEC_URI, Resource(contents=spec, specification=DRAFT202012))
+    from urllib.parse import quote
+    validator = Draft202012Validator({"$ref": SPEC_URI + quote(schema_pointer, safe="#/~")},
+                                     registry=registry)
+    errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+    assert not errors, f"{where}: " + "; ".join(
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors[:5])
 
 
 @pytest.fixture
@@ -259,10 +246,43 @@ def test_real_answers_have_the_documented_shapes(served):
         status, headers, raw = request(method, url + path, body)
         assert status == want, (method, path, status, raw[:300])
         template = template_of(spec, path.split("?")[0])
-        resp = resolve(spec, spec["paths"][template][method.lower()]["responses"][str(status)])
-        schema = resp["content"]["application/json"]["schema"]
-        check_shape(spec, schema, json.loads(raw), f"{method} {path}")
+        where = pointer(spec, ["paths", template, method.lower(), "responses", str(status),
+                               "content", "application/json", "schema"])
+        validate(spec, where, json.loads(raw), f"{method} {path}")
         assert headers["X-Request-Id"]
+
+
+def test_a_real_run_and_its_stream_match_the_documented_schemas(served):
+    """A prompt that really runs (the `ok` fake CLI): its JSON result and every line of its
+    NDJSON stream validate against the document; a wrong answer would not."""
+    url, spec = served
+    body = {"backend": "claude", "prompt": "hi"}
+    status, _, raw = request("POST", url + "/api/v1/prompt", json.dumps(body).encode())
+    assert status == 200, raw[:300]
+    result = json.loads(raw)
+    ok = pointer(spec, ["paths", "/api/v1/prompt", "post", "responses", "200", "content",
+                        "application/json", "schema"])
+    validate(spec, ok, result, "prompt result")
+    assert result["exit_code"] == 0 and result["session_id"]
+    # The validator is not a rubber stamp: a result without its backend is refused.
+    broken = dict(result)
+    del broken["backend"]
+    del broken["output"]
+    with pytest.raises(AssertionError):
+        validate(spec, ok, broken, "broken result")
+
+    body["output_format"] = "stream-json"
+    status, headers, raw = request("POST", url + "/api/v1/prompt", json.dumps(body).encode())
+    assert status == 200 and headers["Content-Type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+    assert lines and lines[-1]["type"] == "done", lines
+    line_schema = pointer(spec, ["paths", "/api/v1/prompt", "post", "responses", "200", "content",
+                                 "application/x-ndjson", "schema"])
+    for i, line in enumerate(lines):
+        validate(spec, line_schema, line, f"stream line {i}")
+    assert [line["sequence"] for line in lines] == list(range(len(lines)))
+    with pytest.raises(AssertionError):
+        validate(spec, line_schema, {**lines[-1], "type": "finished"}, "unknown event type")
 
 
 def test_docs_page_works_offline_with_the_daemons_own_assets(served):

@@ -3,6 +3,7 @@
 //! Their JSON forms are the native API's (`/api/v1/…`); requests refuse unknown fields.
 
 use crate::types::TokenUsage;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -21,7 +22,7 @@ pub fn from_wire<T: serde::de::DeserializeOwned>(name: &str) -> Option<T> {
 }
 
 /// `approval_mode`: how much the agent may do without asking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ApprovalMode {
     /// The CLI's own default.
@@ -48,7 +49,7 @@ impl ApprovalMode {
 }
 
 /// `sandbox_mode`: what the agent's commands may touch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SandboxMode {
     /// The CLI's own default.
@@ -73,7 +74,7 @@ impl SandboxMode {
 }
 
 /// `output_format` of a prompt: a JSON answer at the end, or NDJSON events as they come.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum OutputFormat {
     #[default]
@@ -84,7 +85,7 @@ pub enum OutputFormat {
 }
 
 /// Where a session stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionStatus {
     /// A turn is running.
@@ -97,7 +98,7 @@ pub enum SessionStatus {
 }
 
 /// `POST /api/v1/prompt` (also a task of `parallel`, a step of `chain`, and `clinvk "…"`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PromptRequest {
     pub backend: Option<String>,
@@ -126,7 +127,7 @@ pub struct PromptRequest {
 }
 
 /// The answer of a finished prompt (a run that started, even if it failed).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PromptResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
@@ -147,7 +148,7 @@ impl PromptResult {
 }
 
 /// What a dry run reports: exactly what would run, nothing started.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct DryRun {
     /// Always true (tells a dry run's answer from a result).
     pub dry_run: bool,
@@ -162,7 +163,7 @@ pub struct DryRun {
 }
 
 /// A prompt's answer: a result, or a dry run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum PromptOutcome {
     DryRun(DryRun),
@@ -193,7 +194,7 @@ impl PromptOutcome {
 }
 
 /// `POST /api/v1/parallel`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ParallelRequest {
     pub tasks: Vec<PromptRequest>,
@@ -205,7 +206,7 @@ pub struct ParallelRequest {
 }
 
 /// The answer of `parallel`: one outcome per task, in the tasks' order.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ParallelResult {
     pub total_tasks: usize,
     pub completed: usize,
@@ -215,7 +216,7 @@ pub struct ParallelResult {
 }
 
 /// A task of `parallel` has ended (streamed to `clinvk parallel` as it happens).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskDone {
     pub index: usize,
     pub total: usize,
@@ -226,7 +227,8 @@ pub struct TaskDone {
 }
 
 /// One step of `chain`: a prompt request with an optional name.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ChainStep {
     pub name: Option<String>,
     #[serde(flatten)]
@@ -249,7 +251,7 @@ impl<'de> Deserialize<'de> for ChainStep {
 }
 
 /// `POST /api/v1/chain`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChainRequest {
     pub steps: Vec<ChainStep>,
@@ -262,7 +264,7 @@ pub struct ChainRequest {
 
 /// One step's outcome in `chain` (or one backend's in `compare`): the fields of a result, or of
 /// a dry run (then only `command` is set).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StepOutcome {
     pub exit_code: Option<i32>,
     pub error: Option<String>,
@@ -299,7 +301,7 @@ impl From<&PromptOutcome> for StepOutcome {
 }
 
 /// One step of a `chain` answer.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ChainStepResult {
     /// 1-based.
     pub step: usize,
@@ -310,7 +312,7 @@ pub struct ChainStepResult {
 }
 
 /// The answer of `chain`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ChainResult {
     pub total_steps: usize,
     pub completed_steps: usize,
@@ -321,7 +323,7 @@ pub struct ChainResult {
 }
 
 /// `POST /api/v1/compare`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompareRequest {
     pub backends: Vec<String>,
@@ -334,7 +336,7 @@ pub struct CompareRequest {
 }
 
 /// One backend of a `compare` answer.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CompareEntry {
     pub backend: String,
     pub model: Option<String>,
@@ -343,7 +345,7 @@ pub struct CompareEntry {
 }
 
 /// The answer of `compare`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CompareResult {
     pub prompt: Option<String>,
     pub backends: Vec<String>,
@@ -352,13 +354,13 @@ pub struct CompareResult {
 }
 
 /// `GET /api/v1/backends`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BackendList {
     pub backends: Vec<crate::protocol::BackendStatus>,
 }
 
 /// Filters and paging of `GET /api/v1/sessions`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ListQuery {
     pub backend: Option<String>,
@@ -369,7 +371,7 @@ pub struct ListQuery {
 }
 
 /// A session as listings show it (no turns).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SessionInfo {
     pub id: String,
     pub backend: String,
@@ -391,7 +393,7 @@ pub struct SessionInfo {
 }
 
 /// One turn of a session.
-#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, JsonSchema)]
 #[serde(default)]
 pub struct Turn {
     pub at: String,
@@ -405,7 +407,7 @@ pub struct Turn {
 }
 
 /// `GET /api/v1/sessions/{id}`: a session with its turns.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SessionDetail {
     #[serde(flatten)]
     pub info: SessionInfo,
@@ -413,7 +415,7 @@ pub struct SessionDetail {
 }
 
 /// A page of sessions.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SessionPage {
     pub sessions: Vec<SessionInfo>,
     /// How many match the filters in all.
@@ -423,14 +425,14 @@ pub struct SessionPage {
 }
 
 /// `DELETE /api/v1/sessions/{id}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SessionDeleted {
     pub deleted: bool,
     pub id: String,
 }
 
 /// A stored API key as `clinvkctl keys list` shows it (never the key nor its digest).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct KeyInfo {
     pub id: String,
     pub name: String,
@@ -440,7 +442,7 @@ pub struct KeyInfo {
 }
 
 /// A key just created: the only time the key itself is shown.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct NewKey {
     pub key: String,
     #[serde(flatten)]
@@ -448,7 +450,7 @@ pub struct NewKey {
 }
 
 /// The stored keys and whether the API asks for one.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct KeyList {
     pub keys: Vec<KeyInfo>,
     pub required: bool,
@@ -458,7 +460,7 @@ pub struct KeyList {
 }
 
 /// A key revoked.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct KeyRevoked {
     pub revoked: String,
     /// Keys accepted now, from every source.
@@ -467,7 +469,7 @@ pub struct KeyRevoked {
 }
 
 /// The content of a run's closing `done` event.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Done {
     pub token_usage: TokenUsage,
     pub exit_code: i32,
@@ -492,7 +494,7 @@ impl From<&PromptResult> for Done {
 
 /// One event of a running prompt, as the native NDJSON stream and `clinvk` show it
 /// (`{"type": …, "content": …}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", content = "content", rename_all = "snake_case")]
 pub enum RunEvent {
     /// The CLI announced its session.

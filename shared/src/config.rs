@@ -263,7 +263,9 @@ impl Default for ServerSettings {
 }
 
 /// When the HTTP API asks for a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Required as soon as any key exists (environment, gopass, or the key store file), and

@@ -192,7 +192,7 @@ pub struct RunInfo {
     pub state: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct BackendStatus {
     pub name: String,
     pub enabled: bool,

@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Token counts of a run or a session.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct TokenUsage {
     pub input_tokens: u64,
     pub output_tokens: u64,

@@ -148,7 +148,10 @@ impl Render for ApiError {
 }
 
 /// A JSON response with a status.
-pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
+pub(crate) fn json_response<T: serde::Serialize + ?Sized>(
+    status: StatusCode,
+    value: &T,
+) -> Response {
     let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = Response::new(bytes.into());
     *resp.status_mut() = status;

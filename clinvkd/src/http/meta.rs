@@ -2,43 +2,102 @@
 
 use super::error::{json_response, ApiError, Kind};
 use crate::ctx::Ctx;
-use serde_json::json;
+use schemars::JsonSchema;
+use serde::Serialize;
 use std::sync::OnceLock;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
+
+/// The answer of `GET /health`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct Health {
+    /// `degraded`: some enabled backend is unusable; `unhealthy`: none is usable, or the daemon
+    /// is draining (then the status code is 503).
+    status: HealthStatus,
+    /// The details below are absent when auth is on and the request sent no key.
+    #[serde(flatten)]
+    details: Option<HealthDetails>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum HealthStatus {
+    Ok,
+    Degraded,
+    Unhealthy,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+struct HealthDetails {
+    /// The daemon's build version.
+    version: String,
+    /// Human-readable, e.g. `1h 2m 3s`.
+    uptime: String,
+    uptime_ms: u64,
+    backends: Vec<HealthBackend>,
+    session_store: SessionStoreHealth,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+struct HealthBackend {
+    name: String,
+    available: bool,
+    enabled: bool,
+    version: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+struct SessionStoreHealth {
+    available: bool,
+    session_count: usize,
+}
 
 /// `GET /health`: `ok`, `degraded` (some enabled backend unusable) or `unhealthy` (draining, or
 /// no backend usable).
 pub(crate) fn health(ctx: &Ctx) -> Response {
     let uptime_ms = ctx.uptime_ms();
-    let backends = ctx.backends.all();
     let (status, code) = health_status(ctx);
+    let details = HealthDetails {
+        version: clinvk_shared::VERSION.to_string(),
+        uptime: humantime::format_duration(std::time::Duration::from_secs(uptime_ms / 1000))
+            .to_string(),
+        uptime_ms,
+        backends: ctx
+            .backends
+            .all()
+            .into_iter()
+            .map(|b| HealthBackend {
+                name: b.name,
+                available: b.available,
+                enabled: b.enabled,
+                version: b.version,
+            })
+            .collect(),
+        session_store: SessionStoreHealth {
+            available: true,
+            session_count: ctx.sessions.count(),
+        },
+    };
     json_response(
         code,
-        &json!({
-            "status": status,
-            "version": clinvk_shared::VERSION,
-            "uptime": humantime::format_duration(std::time::Duration::from_secs(uptime_ms / 1000)).to_string(),
-            "uptime_ms": uptime_ms,
-            "backends": backends.iter().map(|b| json!({
-                "name": b.name, "available": b.available, "enabled": b.enabled, "version": b.version,
-            })).collect::<Vec<_>>(),
-            "session_store": {"available": true, "session_count": ctx.sessions.count()},
-        }),
+        &Health {
+            status,
+            details: Some(details),
+        },
     )
 }
 
 /// The health verdict and its HTTP status.
-fn health_status(ctx: &Ctx) -> (&'static str, StatusCode) {
+fn health_status(ctx: &Ctx) -> (HealthStatus, StatusCode) {
     let backends = ctx.backends.all();
     let enabled: Vec<_> = backends.iter().filter(|b| b.enabled).collect();
     let usable = enabled.iter().filter(|b| b.available).count();
     let status = if ctx.is_draining() || usable == 0 {
-        "unhealthy"
+        HealthStatus::Unhealthy
     } else if usable < enabled.len() {
-        "degraded"
+        HealthStatus::Degraded
     } else {
-        "ok"
+        HealthStatus::Ok
     };
     let code = if ctx.is_draining() {
         StatusCode::SERVICE_UNAVAILABLE
@@ -51,7 +110,13 @@ fn health_status(ctx: &Ctx) -> (&'static str, StatusCode) {
 /// `GET /health` without a key while auth is on: only the verdict.
 pub(crate) fn health_status_only(ctx: &Ctx) -> Response {
     let (status, code) = health_status(ctx);
-    json_response(code, &json!({ "status": status }))
+    json_response(
+        code,
+        &Health {
+            status,
+            details: None,
+        },
+    )
 }
 
 static RECORDER: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> = OnceLock::new();

@@ -125,19 +125,22 @@ fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
     super::streamed(rx, "application/x-ndjson")
 }
 
-/// One line of the native stream.
-#[derive(Serialize)]
-struct Line<'a> {
+/// One line of the native NDJSON prompt stream: an event and where it belongs.
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct StreamLine<'a> {
     #[serde(flatten)]
     event: &'a RunEvent,
     backend: &'a str,
+    /// `null` for an ephemeral run.
     session_id: &'a Option<String>,
+    /// RFC 3339, UTC.
     timestamp: String,
+    /// 0, 1, 2… in the order written.
     sequence: u64,
 }
 
 fn event_line(backend: &str, session_id: &Option<String>, seq: u64, event: &RunEvent) -> Bytes {
-    let line = Line {
+    let line = StreamLine {
         event,
         backend,
         session_id,
