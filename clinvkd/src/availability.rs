@@ -3,7 +3,8 @@
 //! `/health` and `clinvkctl status`.
 
 use crate::backend;
-use clinvk_shared::config::{BackendSettings, Settings, KNOWN_BACKENDS};
+use clinvk_shared::api::Backend;
+use clinvk_shared::config::{BackendSettings, Settings};
 use clinvk_shared::protocol::BackendStatus;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,37 +14,41 @@ use std::time::Duration;
 /// The cached availability of every backend (cheap to clone).
 #[derive(Clone, Default)]
 pub(crate) struct Registry {
-    map: Arc<RwLock<HashMap<String, BackendStatus>>>,
+    map: Arc<RwLock<HashMap<Backend, BackendStatus>>>,
 }
 
 impl Registry {
     /// The last known status of every backend, in a stable order.
     pub(crate) fn all(&self) -> Vec<BackendStatus> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        KNOWN_BACKENDS
+        Backend::ALL
             .iter()
-            .filter_map(|b| map.get(*b).cloned())
+            .filter_map(|b| map.get(b).cloned())
             .collect()
     }
 
-    pub(crate) fn get(&self, name: &str) -> Option<BackendStatus> {
+    pub(crate) fn get(&self, backend: Backend) -> Option<BackendStatus> {
         self.map
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(name)
+            .get(&backend)
             .cloned()
     }
 
     /// Re-checks every backend against `settings` (concurrently).
     pub(crate) async fn refresh(&self, settings: &Settings) {
-        let checks = KNOWN_BACKENDS.iter().map(|name| {
-            let cfg = settings.backends.get(*name).cloned().unwrap_or_default();
-            async move { check(name, &cfg, &settings.default_backend).await }
+        let checks = Backend::ALL.into_iter().map(|backend| {
+            let cfg = settings
+                .backends
+                .get(backend.as_str())
+                .cloned()
+                .unwrap_or_default();
+            async move { check(backend, &cfg).await }
         });
         let results = futures::future::join_all(checks).await;
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         for st in results {
-            map.insert(st.name.clone(), st);
+            map.insert(st.name, st);
         }
     }
 }
@@ -74,16 +79,15 @@ pub(crate) fn resolve(command: &str, path_var: Option<&std::ffi::OsStr>) -> Opti
         .find(|p| is_exec(p))
 }
 
-async fn check(name: &str, cfg: &BackendSettings, _default: &str) -> BackendStatus {
-    let adapter = backend::adapter(name);
-    let command = cfg.command.clone().unwrap_or_else(|| {
-        adapter
-            .map(|a| a.default_command().to_string())
-            .unwrap_or_else(|| name.to_string())
-    });
-    let hint = adapter.map(|a| a.install_hint()).unwrap_or("");
+async fn check(backend: Backend, cfg: &BackendSettings) -> BackendStatus {
+    let adapter = backend::adapter(backend);
+    let command = cfg
+        .command
+        .clone()
+        .unwrap_or_else(|| adapter.default_command().to_string());
+    let hint = adapter.install_hint();
     let mut st = BackendStatus {
-        name: name.to_string(),
+        name: backend,
         enabled: cfg.enabled,
         available: false,
         version: None,
@@ -94,13 +98,13 @@ async fn check(name: &str, cfg: &BackendSettings, _default: &str) -> BackendStat
     };
     if !cfg.enabled {
         st.message = Some(format!(
-            "disabled in the configuration (backends.{name}.enabled: false)"
+            "disabled in the configuration (backends.{backend}.enabled: false)"
         ));
         return st;
     }
     let Some(path) = resolve(&command, child_path(cfg).as_deref()) else {
         st.message = Some(format!(
-            "`{command}` was not found in PATH; install it ({hint}) or set backends.{name}.command to its path"
+            "`{command}` was not found in PATH; install it ({hint}) or set backends.{backend}.command to its path"
         ));
         return st;
     };

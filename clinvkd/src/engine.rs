@@ -7,6 +7,7 @@ use crate::backend::{self, Event, Invocation, Outcome};
 use crate::ctx::Ctx;
 use crate::error::{ApiError, Kind};
 use crate::supervisor::{CapacityError, ExitInfo, Limits, ProcEvent, RunHandle, SpawnSpec};
+use clinvk_shared::api::Backend;
 use clinvk_shared::types::TokenUsage;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -15,12 +16,10 @@ use std::time::{Duration, Instant};
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum EngineError {
-    #[error("unknown backend {0:?} (known: claude, codex, gemini)")]
-    UnknownBackend(String),
     #[error("backend {0} is disabled in the configuration (backends.{0}.enabled)")]
-    Disabled(String),
+    Disabled(Backend),
     #[error("backend {name} is not available: {message}")]
-    Unavailable { name: String, message: String },
+    Unavailable { name: Backend, message: String },
     #[error(transparent)]
     Capacity(#[from] CapacityError),
     #[error("{message}")]
@@ -43,9 +42,6 @@ impl EngineError {
     pub(crate) fn api_error(&self) -> ApiError {
         let msg = self.to_string();
         match self {
-            EngineError::UnknownBackend(_) => {
-                ApiError::new(Kind::BadRequest, "unknown_backend", msg)
-            }
             EngineError::Disabled(_) => ApiError::new(Kind::Unavailable, "backend_disabled", msg),
             EngineError::Unavailable { .. } => {
                 ApiError::new(Kind::Unavailable, "backend_unavailable", msg)
@@ -65,7 +61,7 @@ impl EngineError {
 /// How a run ended, for every API style to render.
 #[derive(Debug, Clone, Serialize, Default)]
 pub(crate) struct RunSummary {
-    pub(crate) backend: String,
+    pub(crate) backend: Backend,
     pub(crate) model: Option<String>,
     pub(crate) exit_code: i32,
     pub(crate) duration_ms: u64,
@@ -107,7 +103,7 @@ pub(crate) enum RunUpdate {
 pub(crate) struct RunStream {
     handle: RunHandle,
     parser: Box<dyn backend::LineParser>,
-    backend: String,
+    backend: Backend,
     model: Option<String>,
     started: Instant,
     outcome: Outcome,
@@ -121,7 +117,7 @@ pub(crate) struct RunStream {
 /// What a dry run reports: exactly what would run.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct DryRun {
-    pub(crate) backend: String,
+    pub(crate) backend: Backend,
     pub(crate) program: String,
     /// The full argv, program first.
     pub(crate) argv: Vec<String>,
@@ -140,22 +136,21 @@ struct Prepared {
 
 fn prepare(ctx: &Ctx, inv: &Invocation) -> Result<Prepared, EngineError> {
     let settings = ctx.settings();
-    let adapter = backend::adapter(&inv.backend)
-        .ok_or_else(|| EngineError::UnknownBackend(inv.backend.clone()))?;
+    let adapter = backend::adapter(inv.backend);
     let cfg = settings
         .backends
-        .get(&inv.backend)
+        .get(inv.backend.as_str())
         .cloned()
         .unwrap_or_default();
     if !cfg.enabled {
-        return Err(EngineError::Disabled(inv.backend.clone()));
+        return Err(EngineError::Disabled(inv.backend));
     }
-    let status = ctx.backends.get(&inv.backend);
+    let status = ctx.backends.get(inv.backend);
     let program = match status {
         Some(st) if st.available => st.path.clone().map(PathBuf::from),
         Some(st) => {
             return Err(EngineError::Unavailable {
-                name: inv.backend.clone(),
+                name: inv.backend,
                 message: st.message.unwrap_or_else(|| "not available".into()),
             })
         }
@@ -172,7 +167,7 @@ fn prepare(ctx: &Ctx, inv: &Invocation) -> Result<Prepared, EngineError> {
             )
         })
         .ok_or_else(|| EngineError::Unavailable {
-            name: inv.backend.clone(),
+            name: inv.backend,
             message: format!(
                 "`{}` was not found; {}",
                 cmd.program,
@@ -197,7 +192,7 @@ fn prepare(ctx: &Ctx, inv: &Invocation) -> Result<Prepared, EngineError> {
     Ok(Prepared {
         adapter,
         spec: SpawnSpec {
-            backend: inv.backend.clone(),
+            backend: inv.backend,
             program,
             args: cmd.args,
             env,
@@ -224,7 +219,7 @@ fn prepare(ctx: &Ctx, inv: &Invocation) -> Result<Prepared, EngineError> {
 pub(crate) fn dry_run(ctx: &Ctx, inv: &Invocation) -> Result<DryRun, EngineError> {
     let p = prepare(ctx, inv)?;
     Ok(DryRun {
-        backend: inv.backend.clone(),
+        backend: inv.backend,
         program: p.spec.program.display().to_string(),
         argv: p.argv,
         cwd: p.spec.cwd.map(|c| c.display().to_string()),
@@ -241,7 +236,7 @@ pub(crate) async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, Engin
     let permit = ctx
         .supervisor
         .limiter
-        .acquire(&inv.backend, p.limits)
+        .acquire(inv.backend, p.limits)
         .await?;
     let handle = ctx
         .supervisor
@@ -272,7 +267,7 @@ impl RunStream {
                 if self.first_output && matches!(e, Event::TextDelta { .. } | Event::Message { .. })
                 {
                     self.first_output = false;
-                    metrics::histogram!("clinvk_time_to_first_output_seconds", "backend" => self.backend.clone())
+                    metrics::histogram!("clinvk_time_to_first_output_seconds", "backend" => self.backend.as_str())
                         .record(self.started.elapsed().as_secs_f64());
                 }
                 self.outcome.apply(&e);
@@ -303,7 +298,7 @@ impl RunStream {
         let info = self.exit.take().unwrap_or_default();
         let outcome = std::mem::take(&mut self.outcome);
         let summary = summarize(
-            &self.backend,
+            self.backend,
             self.model.clone(),
             outcome,
             &info,
@@ -318,8 +313,8 @@ impl RunStream {
         } else {
             "success"
         };
-        metrics::counter!("clinvk_backend_executions_total", "backend" => self.backend.clone(), "status" => status).increment(1);
-        metrics::histogram!("clinvk_backend_execution_duration_seconds", "backend" => self.backend.clone())
+        metrics::counter!("clinvk_backend_executions_total", "backend" => self.backend.as_str(), "status" => status).increment(1);
+        metrics::histogram!("clinvk_backend_execution_duration_seconds", "backend" => self.backend.as_str())
             .record(summary.duration_ms as f64 / 1000.0);
         tracing::info!(run = %self.handle.id, backend = %self.backend, exit_code = summary.exit_code, status, duration_ms = summary.duration_ms, "run finished");
         summary
@@ -327,7 +322,7 @@ impl RunStream {
 }
 
 fn summarize(
-    backend: &str,
+    backend: Backend,
     model: Option<String>,
     o: Outcome,
     info: &ExitInfo,
@@ -369,7 +364,7 @@ fn summarize(
         None
     };
     RunSummary {
-        backend: backend.to_string(),
+        backend,
         model,
         exit_code,
         duration_ms: elapsed.as_millis() as u64,

@@ -21,6 +21,57 @@ pub fn from_wire<T: serde::de::DeserializeOwned>(name: &str) -> Option<T> {
     serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
 }
 
+/// A backend CLI clinvk drives. Requests name it as a string (checked once, with an error that
+/// lists the known names); everything after that check holds this type.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Claude Code (`claude`).
+    #[default]
+    Claude,
+    /// OpenAI Codex CLI (`codex`).
+    Codex,
+    /// Google Gemini CLI (`gemini`).
+    Gemini,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 3] = [Backend::Claude, Backend::Codex, Backend::Gemini];
+
+    /// Its name on the wire, in the config and on the command line.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Backend::Claude => "claude",
+            Backend::Codex => "codex",
+            Backend::Gemini => "gemini",
+        }
+    }
+
+    /// The backend of this name, if it is one.
+    pub fn from_name(name: &str) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `approval_mode`: how much the agent may do without asking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -131,7 +182,7 @@ pub struct PromptRequest {
 pub struct PromptResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
-    pub backend: String,
+    pub backend: Backend,
     /// -1 for a timeout or a cancellation.
     pub exit_code: i32,
     pub duration_ms: u64,
@@ -152,7 +203,7 @@ impl PromptResult {
 pub struct DryRun {
     /// Always true (tells a dry run's answer from a result).
     pub dry_run: bool,
-    pub backend: String,
+    pub backend: Backend,
     /// The full argv, program first.
     pub command: Vec<String>,
     pub program: String,
@@ -178,10 +229,10 @@ impl PromptOutcome {
         }
     }
 
-    pub fn backend(&self) -> &str {
+    pub fn backend(&self) -> Backend {
         match self {
-            PromptOutcome::Result(r) => &r.backend,
-            PromptOutcome::DryRun(d) => &d.backend,
+            PromptOutcome::Result(r) => r.backend,
+            PromptOutcome::DryRun(d) => d.backend,
         }
     }
 
@@ -220,7 +271,7 @@ pub struct ParallelResult {
 pub struct TaskDone {
     pub index: usize,
     pub total: usize,
-    pub backend: String,
+    pub backend: Backend,
     pub exit_code: Option<i32>,
     pub error: Option<String>,
     pub duration_ms: Option<u64>,
@@ -306,7 +357,7 @@ pub struct ChainStepResult {
     /// 1-based.
     pub step: usize,
     pub name: String,
-    pub backend: String,
+    pub backend: Backend,
     #[serde(flatten)]
     pub outcome: StepOutcome,
 }
@@ -338,7 +389,7 @@ pub struct CompareRequest {
 /// One backend of a `compare` answer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CompareEntry {
-    pub backend: String,
+    pub backend: Backend,
     pub model: Option<String>,
     #[serde(flatten)]
     pub outcome: StepOutcome,
@@ -374,7 +425,7 @@ pub struct ListQuery {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SessionInfo {
     pub id: String,
-    pub backend: String,
+    pub backend: Backend,
     /// The backend CLI's own session id (what its resume takes).
     pub backend_session_id: Option<String>,
     pub created_at: String,
@@ -545,6 +596,21 @@ mod tests {
         assert_eq!(step.request.prompt.as_deref(), Some("x"));
         let e = serde_json::from_str::<ChainStep>(r#"{"prompt":"x","nope":true}"#).unwrap_err();
         assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn backend_names() {
+        for b in Backend::ALL {
+            assert_eq!(wire_name(&b), b.as_str());
+            assert_eq!(Backend::from_name(b.as_str()), Some(b));
+            assert_eq!(from_wire::<Backend>(b.as_str()), Some(b));
+        }
+        assert_eq!(Backend::from_name("Claude"), None);
+        assert_eq!(Backend::from_name("bash"), None);
+        assert_eq!(
+            crate::config::KNOWN_BACKENDS.to_vec(),
+            Backend::ALL.map(Backend::as_str).to_vec()
+        );
     }
 
     #[test]

@@ -8,7 +8,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The backends clinvk knows how to drive.
-pub const KNOWN_BACKENDS: [&str; 3] = ["claude", "codex", "gemini"];
+pub const KNOWN_BACKENDS: [&str; 3] = [
+    crate::api::Backend::Claude.as_str(),
+    crate::api::Backend::Codex.as_str(),
+    crate::api::Backend::Gemini.as_str(),
+];
 
 /// Everything configurable. Keys follow clinvk's documented `~/.clinvk/config.yaml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

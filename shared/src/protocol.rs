@@ -185,16 +185,37 @@ pub struct StatusInfo {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunInfo {
     pub id: String,
-    pub backend: String,
+    pub backend: crate::api::Backend,
     pub pid: Option<u32>,
     pub age_ms: u64,
-    /// `queued`, `running`, `cancelling`
-    pub state: String,
+    pub state: RunState,
+}
+
+/// Where a CLI run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Started, its output being read.
+    Running,
+    /// Asked to stop (SIGTERM to its group); killed after the grace period.
+    Cancelling,
+    /// The grace period is over: SIGKILL sent.
+    Killing,
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunState::Running => "running",
+            RunState::Cancelling => "cancelling",
+            RunState::Killing => "killing",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct BackendStatus {
-    pub name: String,
+    pub name: crate::api::Backend,
     pub enabled: bool,
     pub available: bool,
     pub version: Option<String>,

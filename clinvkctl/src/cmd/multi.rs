@@ -109,7 +109,7 @@ pub async fn parallel(args: ParallelArgs) -> Result<u8, ClientError> {
         print_results(
             v.results
                 .iter()
-                .map(|r| (r.backend(), StepOutcome::from(r))),
+                .map(|r| (r.backend().as_str(), StepOutcome::from(r))),
         );
         println!(
             "{} of {} tasks completed, {} failed ({} ms)",
@@ -188,7 +188,7 @@ pub async fn compare(args: CompareArgs) -> Result<u8, ClientError> {
                 .backends
                 .into_iter()
                 .filter(|b| b.available)
-                .map(|b| b.name)
+                .map(|b| b.name.to_string())
                 .collect(),
             other => return Err(unexpected(other)),
         }

@@ -227,7 +227,7 @@ pub async fn resume(opts: &PromptOptions, args: ResumeArgs) -> Result<u8, Client
             opts.workdir = Some(w.into());
         }
         if opts.backend.is_none() {
-            opts.backend = Some(s.info.backend.clone());
+            opts.backend = Some(s.info.backend.to_string());
         }
     }
     let req = PromptRequest {

@@ -5,6 +5,7 @@ mod claude;
 mod codex;
 mod gemini;
 
+use clinvk_shared::api::Backend;
 use clinvk_shared::config::BackendSettings;
 use clinvk_shared::types::TokenUsage;
 use serde::Serialize;
@@ -15,7 +16,7 @@ pub(crate) use clinvk_shared::api::{ApprovalMode, SandboxMode};
 /// One run of a backend CLI, as every API describes it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Invocation {
-    pub(crate) backend: String,
+    pub(crate) backend: Backend,
     pub(crate) prompt: String,
     /// None: the backend's configured model, else the CLI's default.
     pub(crate) model: Option<String>,
@@ -146,12 +147,11 @@ static CLAUDE: claude::Claude = claude::Claude;
 static CODEX: codex::Codex = codex::Codex;
 static GEMINI: gemini::Gemini = gemini::Gemini;
 
-pub(crate) fn adapter(name: &str) -> Option<&'static dyn Adapter> {
-    match name {
-        "claude" => Some(&CLAUDE),
-        "codex" => Some(&CODEX),
-        "gemini" => Some(&GEMINI),
-        _ => None,
+pub(crate) fn adapter(backend: Backend) -> &'static dyn Adapter {
+    match backend {
+        Backend::Claude => &CLAUDE,
+        Backend::Codex => &CODEX,
+        Backend::Gemini => &GEMINI,
     }
 }
 
@@ -160,7 +160,7 @@ pub(crate) fn model_for(inv: &Invocation, cfg: &BackendSettings) -> Option<Strin
     inv.model
         .clone()
         .or_else(|| cfg.model.clone())
-        .filter(|m| !m.is_empty() && m != &inv.backend && m != "default")
+        .filter(|m| !m.is_empty() && m != inv.backend.as_str() && m != "default")
 }
 
 /// Flags whose value is a folder: a request's value passes the workdir policy.
@@ -452,7 +452,7 @@ pub(crate) mod testutil {
 
     pub(crate) fn inv(backend: &str, prompt: &str) -> Invocation {
         Invocation {
-            backend: backend.into(),
+            backend: Backend::from_name(backend).expect("a known backend"),
             prompt: prompt.into(),
             ..Default::default()
         }
@@ -513,8 +513,8 @@ mod tests {
 
     #[test]
     fn builtin_allowlists_grant_nothing() {
-        for name in ["claude", "codex", "gemini"] {
-            let list = adapter(name).unwrap().builtin_extra_allowlist();
+        for backend in Backend::ALL {
+            let list = adapter(backend).builtin_extra_allowlist();
             for grant in [
                 "--permission-mode",
                 "--allowedTools",
@@ -529,7 +529,7 @@ mod tests {
             ] {
                 assert!(
                     !list.iter().any(|e| allow_entry(e).0 == grant),
-                    "{name} allows {grant}"
+                    "{backend} allows {grant}"
                 );
             }
         }

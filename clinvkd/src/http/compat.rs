@@ -8,6 +8,7 @@ use crate::backend::Event;
 use crate::ctx::Ctx;
 use crate::ops::prompt::{self, Completed, PromptRequest, PromptResult, PromptRun, PromptUpdate};
 use bytes::Bytes;
+use clinvk_shared::api::Backend;
 use clinvk_shared::config::KNOWN_BACKENDS;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -20,7 +21,7 @@ pub(crate) const SESSION_HEADER: &str = "x-clinvk-session";
 /// Where a model name leads: a backend and, when given, the model the CLI should use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
-    pub(crate) backend: String,
+    pub(crate) backend: Backend,
     /// `None` = the backend's default model (never the backend's own name).
     pub(crate) model: Option<String>,
 }
@@ -37,10 +38,10 @@ fn model_not_found(name: &str) -> ApiError {
     .with_param("model")
 }
 
-fn enabled(ctx: &Ctx, backend: &str) -> bool {
+fn enabled(ctx: &Ctx, backend: Backend) -> bool {
     ctx.settings()
         .backends
-        .get(backend)
+        .get(backend.as_str())
         .is_none_or(|b| b.enabled)
 }
 
@@ -50,8 +51,8 @@ fn split_target(s: &str) -> Option<Target> {
         Some((b, m)) => (b, Some(m.trim()).filter(|m| !m.is_empty() && *m != b)),
         None => (s, None),
     };
-    KNOWN_BACKENDS.contains(&backend).then(|| Target {
-        backend: backend.to_string(),
+    Backend::from_name(backend).map(|backend| Target {
+        backend,
         model: model.map(str::to_string),
     })
 }
@@ -74,26 +75,26 @@ pub(crate) fn resolve_model(ctx: &Ctx, name: &str) -> Result<Target, ApiError> {
     } else {
         let lower = name.to_ascii_lowercase();
         let family = if lower.contains("claude") {
-            Some("claude")
+            Some(Backend::Claude)
         } else if lower.contains("gemini") {
-            Some("gemini")
+            Some(Backend::Gemini)
         } else if lower.starts_with("gpt")
             || lower.contains("codex")
             || ["o1", "o3", "o4"]
                 .iter()
                 .any(|p| lower == *p || lower.starts_with(&format!("{p}-")))
         {
-            Some("codex")
+            Some(Backend::Codex)
         } else {
             None
         };
-        family.map(|b| Target {
-            backend: b.to_string(),
+        family.map(|backend| Target {
+            backend,
             model: Some(name.to_string()),
         })
     };
     match target {
-        Some(t) if enabled(ctx, &t.backend) => Ok(t),
+        Some(t) if enabled(ctx, t.backend) => Ok(t),
         Some(t) => Err(ApiError::new(
             Kind::Unavailable,
             "backend_disabled",
@@ -108,17 +109,21 @@ pub(crate) fn resolve_model(ctx: &Ctx, name: &str) -> Result<Target, ApiError> {
 pub(crate) fn model_ids(ctx: &Ctx) -> Vec<String> {
     let settings = ctx.settings();
     let mut ids: Vec<String> = Vec::new();
-    for b in KNOWN_BACKENDS {
+    for b in Backend::ALL {
         if !enabled(ctx, b) {
             continue;
         }
         ids.push(b.to_string());
-        if let Some(m) = settings.backends.get(b).and_then(|c| c.model.clone()) {
+        if let Some(m) = settings
+            .backends
+            .get(b.as_str())
+            .and_then(|c| c.model.clone())
+        {
             ids.push(format!("{b}/{m}"));
         }
     }
     for (alias, target) in &settings.models {
-        if split_target(target).is_some_and(|t| enabled(ctx, &t.backend)) {
+        if split_target(target).is_some_and(|t| enabled(ctx, t.backend)) {
             ids.push(alias.clone());
         }
     }
@@ -130,7 +135,7 @@ pub(crate) fn model_ids(ctx: &Ctx) -> Vec<String> {
 /// The backend a listed model id runs on (for `owned_by`).
 pub(crate) fn owner_of(ctx: &Ctx, id: &str) -> String {
     resolve_model(ctx, id)
-        .map(|t| t.backend)
+        .map(|t| t.backend.to_string())
         .unwrap_or_else(|_| "clinvk".into())
 }
 
@@ -315,7 +320,7 @@ pub(crate) async fn start(
         None if !history.is_empty() => {
             let hash = transcript_hash(target, conv.system.as_deref(), history);
             ctx.sessions
-                .claim_by_transcript(&target.backend, &hash, caller.owner())
+                .claim_by_transcript(target.backend, &hash, caller.owner())
                 .filter(|s| s.backend_session_id.is_some())
                 .map(|s| s.id)
         }
@@ -327,7 +332,7 @@ pub(crate) async fn start(
         render(&conv.messages)
     };
     let preq = PromptRequest {
-        backend: Some(target.backend.clone()),
+        backend: Some(target.backend.to_string()),
         prompt: Some(prompt_text),
         model: target.model.clone(),
         system_prompt: conv.system.clone(),
@@ -630,21 +635,21 @@ mod tests {
         assert_eq!(
             split_target("claude"),
             Some(Target {
-                backend: "claude".into(),
+                backend: Backend::Claude,
                 model: None
             })
         );
         assert_eq!(
             split_target("codex/gpt-5"),
             Some(Target {
-                backend: "codex".into(),
+                backend: Backend::Codex,
                 model: Some("gpt-5".into())
             })
         );
         assert_eq!(
             split_target("claude/claude"),
             Some(Target {
-                backend: "claude".into(),
+                backend: Backend::Claude,
                 model: None
             })
         );
@@ -672,7 +677,7 @@ mod tests {
     #[test]
     fn hashes_depend_on_everything() {
         let t = Target {
-            backend: "claude".into(),
+            backend: Backend::Claude,
             model: None,
         };
         let a = vec![Msg::new(Role::User, "hi"), Msg::new(Role::Assistant, "yo ")];
@@ -687,7 +692,7 @@ mod tests {
         );
         assert_ne!(h, transcript_hash(&t, Some("sys"), &a));
         let t2 = Target {
-            backend: "codex".into(),
+            backend: Backend::Codex,
             model: None,
         };
         assert_ne!(h, transcript_hash(&t2, None, &a));

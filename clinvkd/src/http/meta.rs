@@ -67,7 +67,7 @@ pub(crate) fn health(ctx: &Ctx) -> Response {
             .all()
             .into_iter()
             .map(|b| HealthBackend {
-                name: b.name,
+                name: b.name.to_string(),
                 available: b.available,
                 enabled: b.enabled,
                 version: b.version,

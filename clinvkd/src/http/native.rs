@@ -5,7 +5,7 @@ use super::error::{json_response, ApiError, Kind};
 use crate::ctx::Ctx;
 use crate::ops::{self, prompt};
 use bytes::Bytes;
-use clinvk_shared::api::{Done, ListQuery, RunEvent};
+use clinvk_shared::api::{Backend, Done, ListQuery, RunEvent};
 use serde::Serialize;
 use serde_json::Value;
 use warp::http::StatusCode;
@@ -76,7 +76,7 @@ fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
     // Tracked: a stop lets the stream run to its end within the grace period.
     ctx.work.spawn(async move {
         tokio::pin!(stopped);
-        let backend = run.backend.clone();
+        let backend = run.backend;
         let session_id = run.session_id.clone();
         let mut seq: u64 = 0;
         let mut saw_delta = false;
@@ -130,7 +130,7 @@ fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
 pub(crate) struct StreamLine<'a> {
     #[serde(flatten)]
     event: &'a RunEvent,
-    backend: &'a str,
+    backend: &'a Backend,
     /// `null` for an ephemeral run.
     session_id: &'a Option<String>,
     /// RFC 3339, UTC.
@@ -139,7 +139,7 @@ pub(crate) struct StreamLine<'a> {
     sequence: u64,
 }
 
-fn event_line(backend: &str, session_id: &Option<String>, seq: u64, event: &RunEvent) -> Bytes {
+fn event_line(backend: &Backend, session_id: &Option<String>, seq: u64, event: &RunEvent) -> Bytes {
     let line = StreamLine {
         event,
         backend,

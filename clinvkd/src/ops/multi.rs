@@ -5,57 +5,65 @@ use super::Caller;
 use crate::ctx::Ctx;
 use crate::error::ApiError;
 use clinvk_shared::api::{
-    ChainRequest, ChainResult, ChainStepResult, CompareEntry, CompareRequest, CompareResult,
-    ParallelRequest, ParallelResult, PromptOutcome, StepOutcome, TaskDone,
+    Backend, ChainRequest, ChainResult, ChainStepResult, CompareEntry, CompareRequest,
+    CompareResult, ParallelRequest, ParallelResult, PromptOutcome, StepOutcome, TaskDone,
 };
 use std::time::Instant;
 
 /// A failed result for a task that could not run.
-fn error_result(backend: &str, message: String) -> PromptOutcome {
+fn error_result(backend: Backend, message: String) -> PromptOutcome {
     PromptOutcome::Result(PromptResult {
-        backend: backend.to_string(),
+        backend,
         exit_code: -1,
         error: Some(message),
         ..Default::default()
     })
 }
 
-/// Runs one prompt request to its end; a request that cannot start becomes a failed result.
-async fn run_one(ctx: &Ctx, caller: &Caller, req: PromptRequest, dry_run: bool) -> PromptOutcome {
-    let backend = req.backend.clone().unwrap_or_default();
+/// Runs one prompt request to its end; a request that cannot start becomes a failed result
+/// (of `backend`, the one `check_all` found for it).
+async fn run_one(
+    ctx: &Ctx,
+    caller: &Caller,
+    req: PromptRequest,
+    backend: Backend,
+    dry_run: bool,
+) -> PromptOutcome {
     let plan = match prompt::plan(ctx, caller, req, "native") {
         Ok(mut p) => {
             p.dry_run |= dry_run;
             p
         }
-        Err(e) => return error_result(&backend, e.message),
+        Err(e) => return error_result(backend, e.message),
     };
     if plan.dry_run {
         return prompt::dry_run(ctx, &plan)
             .map(PromptOutcome::DryRun)
-            .unwrap_or_else(|e| error_result(&backend, e.message));
+            .unwrap_or_else(|e| error_result(backend, e.message));
     }
     match prompt::start(ctx, plan).await {
         Ok(run) => PromptOutcome::Result(run.finish().await.result),
-        Err(e) => error_result(&backend, e.message),
+        Err(e) => error_result(backend, e.message),
     }
 }
 
 /// Checks every request before anything runs: a client mistake in one refuses them all,
-/// naming it (`tasks[2]: …`).
+/// naming it (`tasks[2]: …`). Returns each request's backend.
 fn check_all<'a>(
     ctx: &Ctx,
     caller: &Caller,
     what: &str,
     requests: impl IntoIterator<Item = PromptRequest> + 'a,
-) -> Result<(), ApiError> {
+) -> Result<Vec<Backend>, ApiError> {
+    let mut backends = Vec::new();
     for (i, r) in requests.into_iter().enumerate() {
-        prompt::plan(ctx, caller, r, "native").map_err(|e| ApiError {
+        let plan = prompt::plan(ctx, caller, r, "native").map_err(|e| ApiError {
             message: format!("{what}[{i}]: {}", e.message),
             ..e
         })?;
+        backends.push(plan.inv.backend);
     }
-    Ok(())
+    Ok(backends)
 }
 
 /// `POST /api/v1/parallel`: tasks run concurrently (at most `max_parallel`, capped by
@@ -74,7 +82,7 @@ pub(crate) async fn parallel(
                 .with_param("tasks"),
         );
     }
-    check_all(ctx, caller, "tasks", req.tasks.iter().cloned())?;
+    let backends = check_all(ctx, caller, "tasks", req.tasks.iter().cloned())?;
     let settings = ctx.settings();
     // The operator's cap wins over the request's (and the configured default).
     let max = req
@@ -83,11 +91,6 @@ pub(crate) async fn parallel(
         .clamp(1, settings.limits.max_parallel_per_request);
     let fail_fast = req.fail_fast.unwrap_or(settings.parallel.fail_fast);
     let total = req.tasks.len();
-    let backends: Vec<String> = req
-        .tasks
-        .iter()
-        .map(|t| t.backend.clone().unwrap_or_default())
-        .collect();
     let start = Instant::now();
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(max));
     let mut set = tokio::task::JoinSet::new();
@@ -96,9 +99,10 @@ pub(crate) async fn parallel(
         let caller = caller.clone();
         let sem = sem.clone();
         let dry = req.dry_run;
+        let backend = backends[i];
         set.spawn(async move {
             let _permit = sem.acquire_owned().await;
-            (i, run_one(&ctx, &caller, t, dry).await)
+            (i, run_one(&ctx, &caller, t, backend, dry).await)
         });
     }
     let mut results: Vec<Option<PromptOutcome>> = vec![None; total];
@@ -110,7 +114,7 @@ pub(crate) async fn parallel(
             let _ = p.send(TaskDone {
                 index: i,
                 total,
-                backend: outcome.backend().to_string(),
+                backend: outcome.backend(),
                 exit_code: r.map(|r| r.exit_code),
                 error: r.and_then(|r| r.error.clone()),
                 duration_ms: r.map(|r| r.duration_ms),
@@ -126,7 +130,7 @@ pub(crate) async fn parallel(
     let results: Vec<PromptOutcome> = results
         .into_iter()
         .enumerate()
-        .map(|(i, r)| r.unwrap_or_else(|| error_result(&backends[i], "cancelled".into())))
+        .map(|(i, r)| r.unwrap_or_else(|| error_result(backends[i], "cancelled".into())))
         .collect();
     let failed = results.iter().filter(|r| r.failed()).count();
     Ok(ParallelResult {
@@ -151,7 +155,7 @@ pub(crate) async fn chain(
                 .with_param("steps"),
         );
     }
-    check_all(
+    let backends = check_all(
         ctx,
         caller,
         "steps",
@@ -174,8 +178,8 @@ pub(crate) async fn chain(
             r.workdir = previous_workdir.clone();
         }
         let workdir = r.workdir.clone();
-        let backend = r.backend.clone().unwrap_or_default();
-        let outcome = StepOutcome::from(&run_one(ctx, caller, r, req.dry_run).await);
+        let backend = backends[i];
+        let outcome = StepOutcome::from(&run_one(ctx, caller, r, backend, req.dry_run).await);
         let is_failed = outcome.failed();
         previous = outcome.output.clone().unwrap_or_default();
         previous_workdir = workdir.or(previous_workdir);
@@ -223,28 +227,28 @@ pub(crate) async fn compare(
         ephemeral: req.ephemeral,
         ..Default::default()
     };
-    check_all(ctx, caller, "backends", req.backends.iter().map(make))?;
+    let backends = check_all(ctx, caller, "backends", req.backends.iter().map(make))?;
     let start = Instant::now();
     let runs: Vec<PromptOutcome> = if req.sequential {
         let mut v = Vec::new();
-        for b in &req.backends {
-            v.push(run_one(ctx, caller, make(b), req.dry_run).await);
+        for (b, &backend) in req.backends.iter().zip(&backends) {
+            v.push(run_one(ctx, caller, make(b), backend, req.dry_run).await);
         }
         v
     } else {
         futures::future::join_all(
             req.backends
                 .iter()
-                .map(|b| run_one(ctx, caller, make(b), req.dry_run)),
+                .zip(&backends)
+                .map(|(b, &backend)| run_one(ctx, caller, make(b), backend, req.dry_run)),
         )
         .await
     };
-    let results = req
-        .backends
+    let results = backends
         .iter()
         .zip(runs)
-        .map(|(b, o)| CompareEntry {
-            backend: b.clone(),
+        .map(|(&backend, o)| CompareEntry {
+            backend,
             model: req.model.clone(),
             outcome: StepOutcome::from(&o),
         })

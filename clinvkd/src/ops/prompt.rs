@@ -6,7 +6,7 @@ use crate::ctx::Ctx;
 use crate::engine::{self, RunSummary, RunUpdate};
 use crate::error::{ApiError, Kind};
 use crate::session::{clip, Session, StoreError};
-use clinvk_shared::api::{self, DryRun, OutputFormat, RunEvent, SessionStatus, Turn};
+use clinvk_shared::api::{self, Backend, DryRun, OutputFormat, RunEvent, SessionStatus, Turn};
 pub(crate) use clinvk_shared::api::{PromptRequest, PromptResult};
 use clinvk_shared::config::{is_safe_model_name, KNOWN_BACKENDS};
 use std::collections::BTreeMap;
@@ -88,9 +88,9 @@ pub(crate) fn plan(
         )
         .with_param("model"));
     }
-    let backend = match (req.backend.filter(|b| !b.is_empty()), &resume_session) {
+    let named = match (req.backend.filter(|b| !b.is_empty()), &resume_session) {
         (Some(b), _) => b,
-        (None, Some(s)) => s.backend.clone(),
+        (None, Some(s)) => s.backend.to_string(),
         (None, None) if source == "cli" => settings.default_backend.clone(),
         (None, None) => {
             return Err(bad(
@@ -100,16 +100,16 @@ pub(crate) fn plan(
             .with_param("backend"))
         }
     };
-    if !KNOWN_BACKENDS.contains(&backend.as_str()) {
+    let Some(backend) = Backend::from_name(&named) else {
         return Err(bad(
             "unknown_backend",
             format!(
-                "unknown backend {backend:?} (known: {})",
+                "unknown backend {named:?} (known: {})",
                 KNOWN_BACKENDS.join(", ")
             ),
         )
         .with_param("backend"));
-    }
+    };
     if let Some(s) = &resume_session {
         if s.backend != backend {
             return Err(bad(
@@ -140,7 +140,11 @@ pub(crate) fn plan(
         )
         .with_param("verbose"));
     }
-    let cfg = settings.backends.get(&backend).cloned().unwrap_or_default();
+    let cfg = settings
+        .backends
+        .get(backend.as_str())
+        .cloned()
+        .unwrap_or_default();
     // The configured modes are a ceiling: a request may keep or tighten them, never loosen.
     let cfg_approval: ApprovalMode = cfg
         .approval_mode
@@ -166,8 +170,7 @@ pub(crate) fn plan(
             ));
         }
     }
-    let adapter = crate::backend::adapter(&backend)
-        .ok_or_else(|| bad("unknown_backend", "unknown backend"))?;
+    let adapter = crate::backend::adapter(backend);
     crate::backend::check_extra(&req.extra, adapter.builtin_extra_allowlist(), &cfg)
         .map_err(|e| bad("invalid_flags", e.to_string()).with_param("extra"))?;
     for folder in crate::backend::extra_folders(&req.extra) {
@@ -204,10 +207,10 @@ pub(crate) fn plan(
     };
     let model = req
         .model
-        .filter(|m| !m.is_empty() && m != &backend)
+        .filter(|m| !m.is_empty() && m != backend.as_str())
         .or_else(|| resume_session.as_ref().and_then(|s| s.model.clone()));
     let inv = Invocation {
-        backend: backend.clone(),
+        backend,
         prompt,
         model,
         workdir,
@@ -270,7 +273,7 @@ pub(crate) enum PromptUpdate {
 /// interrupted.
 pub(crate) struct PromptRun {
     pub(crate) session_id: Option<String>,
-    pub(crate) backend: String,
+    pub(crate) backend: Backend,
     run: engine::RunStream,
     ctx: Ctx,
     prompt: String,
@@ -310,7 +313,7 @@ impl PromptRun {
                 self.record(&summary).await;
                 let result = PromptResult {
                     session_id: self.session_id.clone(),
-                    backend: self.backend.clone(),
+                    backend: self.backend,
                     exit_code: summary.exit_code,
                     duration_ms: summary.duration_ms,
                     output: summary.output.clone(),
@@ -331,7 +334,7 @@ impl PromptRun {
         }
         Completed {
             result: PromptResult {
-                backend: self.backend.clone(),
+                backend: self.backend,
                 session_id: self.session_id.clone(),
                 exit_code: -1,
                 error: Some("cancelled".into()),
@@ -464,7 +467,7 @@ pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> 
         let s = ctx
             .sessions
             .create_async(Session {
-                backend: plan.inv.backend.clone(),
+                backend: plan.inv.backend,
                 model: plan.inv.model.clone(),
                 working_dir: plan.inv.workdir.as_ref().map(|w| w.display().to_string()),
                 initial_prompt: clip(&plan.inv.prompt, 2000),

@@ -4,6 +4,7 @@
 //! corrupt file is reported and skipped. Prompts on one session are serialised (a per-session
 //! lock), so turns never interleave.
 
+use clinvk_shared::api::Backend;
 use clinvk_shared::paths::{ensure_private_dir, write_private_atomic};
 use clinvk_shared::types::{now_rfc3339, TokenUsage};
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,7 @@ pub(crate) use clinvk_shared::api::{ListQuery, SessionStatus, Turn};
 #[serde(default)]
 pub(crate) struct Session {
     pub(crate) id: String,
-    pub(crate) backend: String,
+    pub(crate) backend: Backend,
     /// The backend CLI's own session id (what `--resume` takes).
     pub(crate) backend_session_id: Option<String>,
     pub(crate) model: Option<String>,
@@ -54,7 +55,7 @@ impl Session {
     pub(crate) fn info(&self) -> clinvk_shared::api::SessionInfo {
         clinvk_shared::api::SessionInfo {
             id: self.id.clone(),
-            backend: self.backend.clone(),
+            backend: self.backend,
             backend_session_id: self.backend_session_id.clone(),
             created_at: self.created_at.clone(),
             last_used: self.last_used.clone(),
@@ -299,7 +300,7 @@ impl Store {
             .map()
             .values()
             .filter(|s| visible_to(s, owner))
-            .filter(|s| q.backend.as_ref().is_none_or(|b| &s.backend == b))
+            .filter(|s| q.backend.as_ref().is_none_or(|b| s.backend.as_str() == b))
             .filter(|s| q.status.is_none_or(|st| s.status == st))
             .cloned()
             .collect();
@@ -387,7 +388,7 @@ impl Store {
     /// caller stores the new hash once the turn succeeded.
     pub(crate) fn claim_by_transcript(
         &self,
-        backend: &str,
+        backend: Backend,
         hash: &str,
         owner: Option<&str>,
     ) -> Option<Session> {
@@ -440,14 +441,14 @@ mod tests {
         let st = Store::open(d.path()).unwrap();
         let a = st
             .create(Session {
-                backend: "claude".into(),
+                backend: Backend::Claude,
                 initial_prompt: "hello there\nmore".into(),
                 ..Default::default()
             })
             .unwrap();
         let b = st
             .create(Session {
-                backend: "codex".into(),
+                backend: Backend::Codex,
                 initial_prompt: "x".into(),
                 ..Default::default()
             })

@@ -2,6 +2,7 @@
 //! bounded wait queue. Limits are read from the current settings at each decision, so a reload
 //! applies to the next run.
 
+use clinvk_shared::api::Backend;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,7 +14,7 @@ pub(crate) enum CapacityError {
     #[error("at capacity: {running} runs in progress and {queued} waiting (limits.max_concurrent / limits.queue_size); retry later")]
     QueueFull { running: usize, queued: usize },
     #[error("at capacity: no slot for {backend} became free within {waited_secs} s")]
-    Timeout { backend: String, waited_secs: u64 },
+    Timeout { backend: Backend, waited_secs: u64 },
 }
 
 /// Current limits, read at each decision.
@@ -28,7 +29,7 @@ pub(crate) struct Limits {
 #[derive(Default)]
 struct State {
     running: usize,
-    per_backend: HashMap<String, usize>,
+    per_backend: HashMap<Backend, usize>,
     queued: usize,
 }
 
@@ -42,7 +43,7 @@ pub(crate) struct Limiter {
 /// A held slot; dropping it frees the slot.
 pub(crate) struct Permit {
     limiter: Limiter,
-    backend: String,
+    backend: Backend,
 }
 
 impl Drop for Permit {
@@ -68,12 +69,12 @@ impl Limiter {
         self.lock().queued
     }
 
-    fn try_take(&self, backend: &str, limits: &Limits) -> bool {
+    fn try_take(&self, backend: Backend, limits: &Limits) -> bool {
         let mut st = self.lock();
-        let b = st.per_backend.get(backend).copied().unwrap_or(0);
+        let b = st.per_backend.get(&backend).copied().unwrap_or(0);
         if st.running < limits.global && limits.backend.is_none_or(|max| b < max) {
             st.running += 1;
-            *st.per_backend.entry(backend.to_string()).or_insert(0) += 1;
+            *st.per_backend.entry(backend).or_insert(0) += 1;
             true
         } else {
             false
@@ -84,12 +85,12 @@ impl Limiter {
     /// queue timeout.
     pub(crate) async fn acquire(
         &self,
-        backend: &str,
+        backend: Backend,
         limits: Limits,
     ) -> Result<Permit, CapacityError> {
         let permit = || Permit {
             limiter: self.clone(),
-            backend: backend.to_string(),
+            backend,
         };
         if self.try_take(backend, &limits) {
             return Ok(permit());
@@ -121,7 +122,7 @@ impl Limiter {
         match result {
             Ok(()) => Ok(permit()),
             Err(_) => Err(CapacityError::Timeout {
-                backend: backend.to_string(),
+                backend,
                 waited_secs: limits.queue_timeout.as_secs(),
             }),
         }

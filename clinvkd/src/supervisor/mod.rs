@@ -11,7 +11,9 @@ mod lines;
 
 pub(crate) use limiter::{CapacityError, Limiter, Limits, Permit};
 
+use clinvk_shared::api::Backend;
 use clinvk_shared::protocol::RunInfo;
+use clinvk_shared::protocol::RunState;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::collections::HashMap;
@@ -26,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 /// What to start.
 #[derive(Debug, Clone)]
 pub(crate) struct SpawnSpec {
-    pub(crate) backend: String,
+    pub(crate) backend: Backend,
     pub(crate) program: PathBuf,
     pub(crate) args: Vec<String>,
     pub(crate) env: Vec<(String, String)>,
@@ -104,10 +106,10 @@ impl Drop for RunHandle {
 
 #[derive(Debug, Clone)]
 struct Tracked {
-    backend: String,
+    backend: Backend,
     pid: Option<u32>,
     started: Instant,
-    state: &'static str,
+    state: RunState,
     cancel: CancellationToken,
 }
 
@@ -158,10 +160,10 @@ impl Supervisor {
             .iter()
             .map(|(id, t)| RunInfo {
                 id: id.clone(),
-                backend: t.backend.clone(),
+                backend: t.backend,
                 pid: t.pid,
                 age_ms: t.started.elapsed().as_millis() as u64,
-                state: t.state.to_string(),
+                state: t.state,
             })
             .collect();
         v.sort_by_key(|r| std::cmp::Reverse(r.age_ms));
@@ -235,10 +237,10 @@ impl Supervisor {
         self.runs().insert(
             id.clone(),
             Tracked {
-                backend: spec.backend.clone(),
+                backend: spec.backend,
                 pid: Some(pid),
                 started: Instant::now(),
-                state: "running",
+                state: RunState::Running,
                 cancel: cancel.clone(),
             },
         );
@@ -274,12 +276,12 @@ impl Supervisor {
                     st = child.wait() => break st.ok(),
                     _ = &mut deadline => {
                         info.timed_out = true;
-                        sup.set_state(&run_id, "killing");
+                        sup.set_state(&run_id, RunState::Killing);
                         break terminate(&mut child, pid, spec.kill_grace).await;
                     }
                     _ = token.cancelled() => {
                         info.cancelled = true;
-                        sup.set_state(&run_id, "cancelling");
+                        sup.set_state(&run_id, RunState::Cancelling);
                         break terminate(&mut child, pid, spec.kill_grace).await;
                     }
                 }
@@ -319,7 +321,7 @@ impl Supervisor {
         })
     }
 
-    fn set_state(&self, id: &str, state: &'static str) {
+    fn set_state(&self, id: &str, state: RunState) {
         if let Some(t) = self.runs().get_mut(id) {
             t.state = state;
         }

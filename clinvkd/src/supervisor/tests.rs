@@ -3,7 +3,7 @@ use std::path::Path;
 
 fn spec(script: &str, timeout_ms: u64) -> SpawnSpec {
     SpawnSpec {
-        backend: "test".into(),
+        backend: clinvk_shared::api::Backend::Claude,
         program: PathBuf::from("/bin/sh"),
         args: vec!["-c".into(), script.into()],
         env: vec![],
@@ -27,7 +27,11 @@ fn limits() -> limiter::Limits {
 }
 
 async fn start(sup: &Supervisor, s: SpawnSpec) -> RunHandle {
-    let permit = sup.limiter.acquire("test", limits()).await.unwrap();
+    let permit = sup
+        .limiter
+        .acquire(clinvk_shared::api::Backend::Claude, limits())
+        .await
+        .unwrap();
     sup.spawn(permit, s).unwrap()
 }
 
@@ -186,7 +190,11 @@ async fn output_cap_drops_but_reads_to_the_end() {
 #[tokio::test]
 async fn missing_program_is_a_spawn_error() {
     let sup = Supervisor::new(Limiter::default());
-    let permit = sup.limiter.acquire("test", limits()).await.unwrap();
+    let permit = sup
+        .limiter
+        .acquire(clinvk_shared::api::Backend::Claude, limits())
+        .await
+        .unwrap();
     let mut s = spec("", 1000);
     s.program = Path::new("/nonexistent/clinvk-nothing").to_path_buf();
     let err = sup.spawn(permit, s).err().unwrap();
@@ -203,13 +211,24 @@ async fn limiter_queues_then_refuses() {
         queue: 1,
         queue_timeout: Duration::from_secs(5),
     };
-    let first = limiter.acquire("a", l).await.unwrap();
+    let first = limiter
+        .acquire(clinvk_shared::api::Backend::Claude, l)
+        .await
+        .unwrap();
     let l2 = limiter.clone();
-    let waiter = tokio::spawn(async move { l2.acquire("a", l).await.map(|_| ()) });
+    let waiter = tokio::spawn(async move {
+        l2.acquire(clinvk_shared::api::Backend::Claude, l)
+            .await
+            .map(|_| ())
+    });
     while limiter.queued() == 0 {
         tokio::task::yield_now().await;
     }
-    let refused = limiter.acquire("a", l).await.err().unwrap();
+    let refused = limiter
+        .acquire(clinvk_shared::api::Backend::Claude, l)
+        .await
+        .err()
+        .unwrap();
     assert!(matches!(refused, CapacityError::QueueFull { .. }));
     drop(first);
     waiter.await.unwrap().unwrap();
@@ -220,9 +239,18 @@ async fn limiter_queues_then_refuses() {
         queue: 0,
         queue_timeout: Duration::from_millis(10),
     };
-    let _a = limiter.acquire("a", l).await.unwrap();
-    assert!(limiter.acquire("a", l).await.is_err());
-    assert!(limiter.acquire("b", l).await.is_ok());
+    let _a = limiter
+        .acquire(clinvk_shared::api::Backend::Claude, l)
+        .await
+        .unwrap();
+    assert!(limiter
+        .acquire(clinvk_shared::api::Backend::Claude, l)
+        .await
+        .is_err());
+    assert!(limiter
+        .acquire(clinvk_shared::api::Backend::Codex, l)
+        .await
+        .is_ok());
 }
 
 #[tokio::test]
