@@ -436,3 +436,78 @@ def test_drain_lets_streams_and_clinvk_runs_finish(tmp_path):
         assert_clean_exit(w, p, timeout=30)
     finally:
         w.stop_all()
+
+
+# --- clinvkctl service install / uninstall ----------------------------------------------------
+
+
+def _installed(root: Path, home: Path, rel: str) -> Path:
+    return root / str(home).lstrip("/") / rel
+
+
+@pytest.mark.parametrize("flavour", ["user", "system"])
+def test_service_install_writes_verified_units_and_uninstall_removes_them(flavour, world, tmp_path):
+    world.write_config("server:\n  port: 9123\n")
+    root = tmp_path / "root"
+    flag = f"--{flavour}"
+    daemon = os.path.realpath(binary("clinvkd"))
+    # A dry run shows everything and writes nothing.
+    r = world.ctl("service", "install", flag, "--root", root, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "would write" in r.stdout and f"ExecStart={daemon}" in r.stdout
+    assert not root.exists()
+
+    r = world.ctl("service", "install", flag, "--root", root)
+    assert r.returncode == 0, r.stderr
+    if flavour == "user":
+        unit_dir = _installed(root, world.home, ".config/systemd/user")
+        names = {"clinvkd.service", "clinvkd.socket", "clinvkd-control.socket"}
+    else:
+        unit_dir = root / "etc/systemd/system"
+        names = {"clinvkd.service", "clinvkd.socket"}
+        sysusers = root / "etc/sysusers.d/clinvk.conf"
+        assert "u clinvk" in sysusers.read_text()
+    assert {p.name for p in unit_dir.iterdir()} == names
+    service = (unit_dir / "clinvkd.service").read_text()
+    assert f"\nExecStart={daemon}\n" in service, service
+    assert "ListenStream=127.0.0.1:9123" in (unit_dir / "clinvkd.socket").read_text()
+    if flavour == "user":
+        # The folders holding the CLIs the user has now are on the service's PATH.
+        path_line = next(l for l in service.splitlines() if l.startswith("Environment=PATH="))
+        assert "/usr/bin" in path_line
+    assert world.ctl("service", "status", flag, "--root", root).returncode == 0
+
+    if shutil.which("systemd-analyze"):
+        runtime = tmp_path / "xdg-runtime"
+        runtime.mkdir(mode=0o700)
+        units = sorted(unit_dir.iterdir())
+        v = _verify(units, flavour == "user", runtime)
+        if v.returncode != 0 and "Failed to initialize manager" in v.stderr:
+            print(f"systemd-analyze verify cannot run in this container: {v.stderr.strip()}")
+        else:
+            assert v.returncode == 0 and v.stderr.strip() == "", v.stderr
+
+    r = world.ctl("service", "uninstall", flag, "--root", root)
+    assert r.returncode == 0, r.stderr
+    assert not any(unit_dir.iterdir()), list(unit_dir.iterdir())
+    if flavour == "system":
+        assert not sysusers.exists()
+    assert world.ctl("service", "status", flag, "--root", root).returncode == 1
+    # Uninstalling again is no error.
+    r = world.ctl("service", "uninstall", flag, "--root", root)
+    assert r.returncode == 0 and "nothing to remove" in r.stdout
+
+
+def test_service_install_launchd_agent_is_a_valid_plist(world, tmp_path):
+    root = tmp_path / "root"
+    r = world.ctl("service", "install", "--launchd", "--root", root)
+    assert r.returncode == 0, r.stderr
+    path = _installed(root, world.home, "Library/LaunchAgents/dev.clinvk.clinvkd.plist")
+    plist = plistlib.loads(path.read_bytes())
+    assert plist["Label"] == "dev.clinvk.clinvkd"
+    assert plist["ProgramArguments"] == [os.path.realpath(binary("clinvkd"))]
+    assert plist["EnvironmentVariables"]["HOME"] == str(world.home)
+    assert "__HOME__" not in path.read_text()
+    assert world.ctl("service", "uninstall", "--launchd", "--root", root).returncode == 0
+    assert not path.exists()
+

@@ -2,7 +2,6 @@
 //! start, on reload and periodically. The version string is shown by `/api/v1/backends`,
 //! `/health` and `clinvkctl status`.
 
-use crate::backend;
 use clinvk_shared::api::Backend;
 use clinvk_shared::config::{BackendSettings, Settings};
 use clinvk_shared::protocol::BackendStatus;
@@ -80,12 +79,11 @@ pub(crate) fn resolve(command: &str, path_var: Option<&std::ffi::OsStr>) -> Opti
 }
 
 async fn check(backend: Backend, cfg: &BackendSettings) -> BackendStatus {
-    let adapter = backend::adapter(backend);
     let command = cfg
         .command
         .clone()
-        .unwrap_or_else(|| adapter.default_command().to_string());
-    let hint = adapter.install_hint();
+        .unwrap_or_else(|| backend.as_str().to_string());
+    let hint = backend.install_hint();
     let mut st = BackendStatus {
         name: backend,
         enabled: cfg.enabled,

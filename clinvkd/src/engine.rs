@@ -171,7 +171,7 @@ fn prepare(ctx: &Ctx, inv: &Invocation) -> Result<Prepared, EngineError> {
             message: format!(
                 "`{}` was not found; {}",
                 cmd.program,
-                adapter.install_hint()
+                inv.backend.install_hint()
             ),
         })?;
     let timeout = Duration::from_secs(
@@ -241,7 +241,7 @@ pub(crate) async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, Engin
     let handle = ctx
         .supervisor
         .spawn(permit, p.spec)
-        .map_err(|e| EngineError::Spawn(format!("{e}; {}", p.adapter.install_hint())))?;
+        .map_err(|e| EngineError::Spawn(format!("{e}; {}", inv.backend.install_hint())))?;
     tracing::info!(run = %handle.id, backend = %inv.backend, pid = handle.pid, "run started");
     Ok(RunStream {
         parser: p.adapter.parser(),

@@ -43,10 +43,28 @@ struct Args {
     /// Start a new session (used by `clinvk serve` to detach from the terminal)
     #[arg(long, hide = true)]
     setsid: bool,
+    /// Write the man page (clinvkd.8) into this folder and exit (used by scripts/build-man.sh)
+    #[arg(long, hide = true, value_name = "DIR")]
+    generate_man: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(dir) = &args.generate_man {
+        return match write_man(dir) {
+            Ok(path) => {
+                println!("{}", path.display());
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "clinvkd: cannot write the man page into {}: {e}",
+                    dir.display()
+                );
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     match start(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -110,4 +128,17 @@ fn start(args: Args) -> anyhow::Result<()> {
         tracing::error!("{e:#}");
     }
     result
+}
+
+/// The daemon's man page, in section 8 (system administration).
+fn write_man(dir: &std::path::Path) -> std::io::Result<PathBuf> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("clinvkd.8");
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Args::command())
+        .section("8")
+        .render(&mut out)?;
+    std::fs::write(&path, out)?;
+    Ok(path)
 }

@@ -64,7 +64,39 @@ impl Backend {
     pub fn from_name(name: &str) -> Option<Backend> {
         Backend::ALL.into_iter().find(|b| b.as_str() == name)
     }
+
+    /// Its npm package.
+    pub const fn npm_package(self) -> &'static str {
+        match self {
+            Backend::Claude => "@anthropic-ai/claude-code",
+            Backend::Codex => "@openai/codex",
+            Backend::Gemini => "@google/gemini-cli",
+        }
+    }
+
+    /// How to install it.
+    pub fn install_hint(self) -> String {
+        format!("npm install -g {}", self.npm_package())
+    }
+
+    /// The version of the CLI clinvk is tested against (`tests/cli-versions.env`, compiled in).
+    pub fn tested_version(self) -> &'static str {
+        let key = match self {
+            Backend::Claude => "CLAUDE_CODE_VERSION",
+            Backend::Codex => "CODEX_VERSION",
+            Backend::Gemini => "GEMINI_CLI_VERSION",
+        };
+        TESTED_VERSIONS
+            .lines()
+            .filter_map(|l| l.trim().split_once('='))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| v.trim())
+            .unwrap_or("")
+    }
 }
+
+/// The pinned CLI versions of the test suite.
+const TESTED_VERSIONS: &str = include_str!("../../tests/cli-versions.env");
 
 impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -606,6 +638,11 @@ mod tests {
             assert_eq!(from_wire::<Backend>(b.as_str()), Some(b));
         }
         assert_eq!(Backend::from_name("Claude"), None);
+        for b in Backend::ALL {
+            let v = b.tested_version();
+            assert_eq!(v.split('.').count(), 3, "{b}: {v:?}");
+            assert!(v.split('.').all(|p| p.parse::<u32>().is_ok()), "{b}: {v:?}");
+        }
         assert_eq!(Backend::from_name("bash"), None);
         assert_eq!(
             crate::config::KNOWN_BACKENDS.to_vec(),

@@ -37,6 +37,13 @@ enum Command {
     Chain(cmd::multi::ChainArgs),
     /// Run one prompt on several backends
     Compare(cmd::multi::CompareArgs),
+    /// Check the setup (CLIs found, versions, logins, config, daemon, port, auth, service) and say what to fix
+    Doctor(cmd::doctor::DoctorArgs),
+    /// Print the shell completion script (bash: `source <(clinvk completions bash)`)
+    Completions(cmd::generate::CompletionsArgs),
+    /// Write the man pages into a folder
+    #[command(hide = true)]
+    GenerateMan(cmd::generate::ManArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +56,9 @@ fn main() -> std::process::ExitCode {
             (Some(Command::Parallel(a)), _) => cmd::multi::parallel(a).await,
             (Some(Command::Chain(a)), _) => cmd::multi::chain(a).await,
             (Some(Command::Compare(a)), _) => cmd::multi::compare(a).await,
+            (Some(Command::Doctor(a)), _) => cmd::doctor::run(a).await,
+            (Some(Command::Completions(a)), _) => cmd::generate::completions(Cli::command(), &a),
+            (Some(Command::GenerateMan(a)), _) => cmd::generate::man_pages(Cli::command(), &a),
             (None, Some(p)) => {
                 let req = clinvk_shared::api::PromptRequest {
                     prompt: Some(p),

@@ -1,6 +1,6 @@
 //! `clinvkctl`: operator commands for the clinvk daemon.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use clinvkctl::cmd;
 
 #[derive(Parser, Debug)]
@@ -27,6 +27,14 @@ enum Command {
     /// Manage the daemon's API keys (add, list, revoke)
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
+    /// Install, remove or inspect the daemon as a service (systemd user/system units, launchd agent)
+    #[command(subcommand)]
+    Service(cmd::service::ServiceCommand),
+    /// Print the shell completion script (bash: `source <(clinvkctl completions bash)`)
+    Completions(cmd::generate::CompletionsArgs),
+    /// Write the man pages into a folder
+    #[command(hide = true)]
+    GenerateMan(cmd::generate::ManArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +45,9 @@ fn main() -> std::process::ExitCode {
             Command::Reload => cmd::reload::run().await,
             Command::Stop(a) => cmd::stop::run(a).await,
             Command::Keys(c) => cmd::keys::run(c).await,
+            Command::Service(c) => cmd::service::run(c).await,
+            Command::Completions(a) => cmd::generate::completions(Cli::command(), &a),
+            Command::GenerateMan(a) => cmd::generate::man_pages(Cli::command(), &a),
         }
     })
 }

@@ -1,10 +1,13 @@
 //! One module per subcommand.
 
+pub mod doctor;
+pub mod generate;
 pub mod keys;
 pub mod multi;
 pub mod prompt;
 pub mod reload;
 pub mod serve;
+pub mod service;
 pub mod sessions;
 pub mod status;
 pub mod stop;

@@ -15,12 +15,6 @@ const ALLOW: &[&str] = &[
 ];
 
 impl Adapter for Claude {
-    fn default_command(&self) -> &'static str {
-        "claude"
-    }
-    fn install_hint(&self) -> &'static str {
-        "npm install -g @anthropic-ai/claude-code"
-    }
     fn builtin_extra_allowlist(&self) -> &'static [&'static str] {
         ALLOW
     }

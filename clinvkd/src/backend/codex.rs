@@ -10,12 +10,6 @@ pub(crate) struct Codex;
 const ALLOW: &[&str] = &["--skip-git-repo-check", "--oss"];
 
 impl Adapter for Codex {
-    fn default_command(&self) -> &'static str {
-        "codex"
-    }
-    fn install_hint(&self) -> &'static str {
-        "npm install -g @openai/codex"
-    }
     fn builtin_extra_allowlist(&self) -> &'static [&'static str] {
         ALLOW
     }

@@ -10,12 +10,6 @@ pub(crate) struct Gemini;
 const ALLOW: &[&str] = &[];
 
 impl Adapter for Gemini {
-    fn default_command(&self) -> &'static str {
-        "gemini"
-    }
-    fn install_hint(&self) -> &'static str {
-        "npm install -g @google/gemini-cli"
-    }
     fn builtin_extra_allowlist(&self) -> &'static [&'static str] {
         ALLOW
     }

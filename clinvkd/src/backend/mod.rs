@@ -126,8 +126,6 @@ pub(crate) trait LineParser: Send {
 
 /// One backend CLI.
 pub(crate) trait Adapter: Send + Sync {
-    fn default_command(&self) -> &'static str;
-    fn install_hint(&self) -> &'static str;
     /// The one place this CLI's argv is built.
     fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError>;
     fn parser(&self) -> Box<dyn LineParser>;
