@@ -6,7 +6,6 @@ use clinvk_shared::api::Backend;
 use clinvk_shared::config::{BackendSettings, Settings};
 use clinvk_shared::protocol::BackendStatus;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -60,23 +59,7 @@ pub(crate) fn child_path(cfg: &BackendSettings) -> Option<std::ffi::OsString> {
         .or_else(|| std::env::var_os("PATH"))
 }
 
-/// Resolves a command name or path to an executable file.
-pub(crate) fn resolve(command: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
-    let is_exec = |p: &Path| {
-        use std::os::unix::fs::PermissionsExt;
-        p.is_file()
-            && p.metadata()
-                .map(|m| m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-    };
-    if command.contains('/') {
-        let p = PathBuf::from(command);
-        return is_exec(&p).then_some(p);
-    }
-    std::env::split_paths(path_var?)
-        .map(|d| d.join(command))
-        .find(|p| is_exec(p))
-}
+pub(crate) use clinvk_shared::paths::find_executable as resolve;
 
 async fn check(backend: Backend, cfg: &BackendSettings) -> BackendStatus {
     let command = cfg

@@ -94,6 +94,22 @@ impl Paths {
     }
 }
 
+/// A command name (looked up on `path_var`, a PATH value) or a path, resolved to an executable
+/// file.
+pub fn find_executable(command: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if command.contains('/') {
+        let p = PathBuf::from(command);
+        return is_exec(&p).then_some(p);
+    }
+    std::env::split_paths(path_var?)
+        .map(|d| d.join(command))
+        .find(|p| is_exec(p))
+}
+
 /// Creates a folder (and parents) and makes it private to its user (0700).
 pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;

@@ -213,21 +213,6 @@ fn child_env(cfg: &BackendSettings) -> BTreeMap<String, String> {
     env
 }
 
-/// A command name or path resolved on a PATH.
-fn resolve(command: &str, path_var: Option<&str>) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let is_exec = |p: &Path| {
-        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if command.contains('/') {
-        let p = PathBuf::from(command);
-        return is_exec(&p).then_some(p);
-    }
-    std::env::split_paths(path_var?)
-        .map(|d| d.join(command))
-        .find(|p| is_exec(p))
-}
-
 /// Runs a program with a timeout: (exit success, stdout, stderr).
 async fn run_program(
     program: &Path,
@@ -295,7 +280,8 @@ async fn check_backend(backend: Backend, settings: &Settings, checks: &mut Check
     }
     let env = child_env(&cfg);
     let command = cfg.command.clone().unwrap_or_else(|| area.to_string());
-    let Some(program) = resolve(&command, env.get("PATH").map(String::as_str)) else {
+    let path_var = env.get("PATH").map(std::ffi::OsStr::new);
+    let Some(program) = clinvk_shared::paths::find_executable(&command, path_var) else {
         let verdict = if is_default {
             Verdict::Fail
         } else {
