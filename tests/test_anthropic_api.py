@@ -70,17 +70,56 @@ def test_stream_wire_format(compat):
 
 def test_system_prompt_and_blocks(compat):
     d = compat()
-    r = d.anthropic().messages.create(
+    raw = d.anthropic().messages.with_raw_response.create(
         model="claude", max_tokens=50,
         system=[{"type": "text", "text": "SYSMARK be terse"}],
         messages=[{"role": "user", "content": [{"type": "text", "text": "block one"},
                                                {"type": "text", "text": "block two"}]}],
-        stop_sequences=["X"], metadata={"user_id": "u"},
-        tools=[{"name": "t", "description": "d", "input_schema": {"type": "object"}}],
-        tool_choice={"type": "auto"},
+        metadata={"user_id": "u"}, tool_choice={"type": "auto"},
         # fields this SDK version no longer exposes, and an unknown one
         extra_body={"temperature": 0.1, "top_k": 5, "top_p": 0.9, "unknown_field": True})
+    r = raw.parse()
     assert r.content[0].text.strip() == "fake-reply turns=1 last=block one block two sys=SYSMARK be terse"
+    named = {p.strip() for p in raw.headers["x-clinvk-ignored-params"].split(",")}
+    assert named >= {"max_tokens", "metadata", "temperature", "top_k", "top_p", "unknown_field"}, named
+    assert not named & {"model", "messages", "system", "tool_choice"}, named
+
+
+def test_fields_a_client_relies_on_are_refused(compat):
+    d = compat()
+    client = d.anthropic()
+    before = len(d.model_calls())
+    tools = [{"name": "t", "description": "d", "input_schema": {"type": "object"}}]
+    for param, extra in [("tools", dict(tools=tools)),
+                         ("tool_choice", dict(tool_choice={"type": "any"})),
+                         ("stop_sequences", dict(stop_sequences=["X"]))]:
+        for stream in (False, True):
+            with pytest.raises(anthropic.BadRequestError) as e:
+                client.messages.create(model="claude", max_tokens=10, messages=msg("hi"),
+                                       stream=stream, **extra)
+            err = e.value.body["error"]
+            assert err["type"] == "invalid_request_error" and param in err["message"], err
+    assert len(d.model_calls()) == before
+
+
+def test_both_base_url_conventions_and_count_tokens(compat):
+    """The seed's snippet uses base_url=".../anthropic/v1"; the SDK appends /v1/messages."""
+    d = compat()
+    for base in (d.url + "/anthropic", d.url + "/anthropic/v1"):
+        client = anthropic.Anthropic(base_url=base, api_key="sk-unused", max_retries=0, timeout=120)
+        r = client.messages.create(model="claude", max_tokens=20, messages=msg(f"via {base[-3:]}"))
+        assert r.content[0].text.strip().startswith("fake-reply turns=1"), base
+        short = client.messages.count_tokens(model="claude", messages=msg("hi"))
+        long = client.messages.count_tokens(
+            model="claude", system="a system prompt of some length",
+            messages=msg("a much longer question " * 20))
+        assert 0 < short.input_tokens < long.input_tokens, (short, long)
+    raw = httpx.post(d.url + "/anthropic/v1/messages/count_tokens",
+                     json={"model": "claude", "messages": msg("x" * 40)})
+    assert raw.status_code == 200 and raw.json() == {"input_tokens": 10}
+    assert raw.headers["x-clinvk-token-count-method"].startswith("estimate")
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.count_tokens(model="mistral-large", messages=msg("hi"))
 
 
 def test_errors(compat):

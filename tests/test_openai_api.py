@@ -175,32 +175,68 @@ def test_midstream_failure_raises_in_the_iterator(compat):
 
 # --- fields the SDKs send -------------------------------------------------------------------
 
-def test_every_optional_field_is_accepted(compat):
+def test_fields_are_honoured_named_as_ignored_or_refused(compat):
+    """No field is dropped silently: what the CLIs cannot enforce and no client relies on is
+    accepted and named in X-Clinvk-Ignored-Params; what a client would rely on is a 400 naming
+    it (the SDK raises); the rest is honoured."""
     d = compat()
     client = d.openai()
-    tools = [{"type": "function", "function": {
-        "name": "get_weather", "description": "weather", "parameters": {
-            "type": "object", "properties": {"city": {"type": "string"}}}}}]
-    common = dict(
-        model="claude",
-        tools=tools, tool_choice="auto", parallel_tool_calls=True,
+    ignorable = dict(
+        model="claude", tool_choice="none", parallel_tool_calls=True,
         response_format={"type": "text"}, seed=7, logit_bias={"50256": -100},
         n=1, metadata={"k": "v"}, temperature=0.2, top_p=0.9, max_tokens=100,
         max_completion_tokens=100, presence_penalty=0.0, frequency_penalty=0.0,
         user="u1", store=False, logprobs=False, service_tier="auto",
         extra_body={"unknown_vendor_field": {"x": 1}},
     )
-    r = client.chat.completions.create(
+    raw = client.chat.completions.with_raw_response.create(
         messages=[{"role": "developer", "content": "be brief"},
                   {"role": "user", "content": [{"type": "text", "text": "part one"},
                                                {"type": "text", "text": "part two"}]}],
-        stop="END", **common)
+        **ignorable)
+    r = raw.parse()
     assert r.choices[0].message.content.startswith("fake-reply turns=1 last=part one")
+    named = {p.strip() for p in raw.headers["x-clinvk-ignored-params"].split(",")}
+    for field in ("temperature", "top_p", "seed", "max_tokens", "max_completion_tokens",
+                  "logit_bias", "metadata", "user", "store", "service_tier",
+                  "parallel_tool_calls", "presence_penalty", "frequency_penalty",
+                  "unknown_vendor_field"):
+        assert field in named, (field, named)
+    # Honoured fields are not named.
+    for field in ("model", "messages", "n", "logprobs", "response_format", "tool_choice"):
+        assert field not in named, (field, named)
     chunks = list(client.chat.completions.create(
         messages=[{"role": "system", "content": "be brief"},
                   {"role": "user", "content": "streamed"}],
-        stop=["END", "STOP"], stream=True, stream_options={"include_usage": True}, **common))
+        stream=True, stream_options={"include_usage": True}, **ignorable))
     assert "".join(content_chunks(chunks)).strip() == "fake-reply turns=1 last=streamed"
+
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "weather", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    refused = [
+        ("tools", dict(tools=tools)),
+        ("tool_choice", dict(tool_choice={"type": "function", "function": {"name": "x"}})),
+        ("stop", dict(stop="END")),
+        ("stop", dict(stop=["END", "STOP"])),
+        ("logprobs", dict(logprobs=True)),
+        ("n", dict(n=2)),
+        ("response_format", dict(response_format={"type": "json_object"})),
+        ("modalities", dict(modalities=["text", "audio"])),
+    ]
+    before = len(d.model_calls())
+    for param, extra in refused:
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as e:
+                client.chat.completions.create(
+                    model="claude", messages=[{"role": "user", "content": "hi"}], stream=stream,
+                    **extra)
+            err = e.value.body
+            assert err["param"] == param and err["type"] == "invalid_request_error", err
+            if param in ("tools", "tool_choice"):
+                assert "tool calls are not supported" in err["message"]
+    # Nothing ran for a refused request.
+    assert len(d.model_calls()) == before
 
 
 # --- continuity ------------------------------------------------------------------------------

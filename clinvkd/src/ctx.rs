@@ -106,6 +106,8 @@ pub(crate) struct Inner {
     pub(crate) sessions: crate::session::Store,
     /// Accepted API keys.
     pub(crate) keys: crate::keys::KeyStore,
+    /// Stored OpenAI Responses.
+    pub(crate) responses: crate::responses::ResponseStore,
 }
 
 impl std::ops::Deref for Ctx {
@@ -138,6 +140,14 @@ impl Ctx {
                 paths.sessions_dir().display()
             )
         })?;
+        let responses_dir = paths.state_dir.join("responses");
+        let responses =
+            crate::responses::ResponseStore::open(responses_dir.clone()).with_context(|| {
+                format!(
+                    "cannot open the response store in {}",
+                    responses_dir.display()
+                )
+            })?;
         let keys = crate::keys::KeyStore::open(&paths.keys_file())?;
         keys.set_external(
             &crate::keys::external_keys(&loaded.settings.server.api_keys_gopass_path)
@@ -168,6 +178,7 @@ impl Ctx {
             backends: crate::availability::Registry::default(),
             sessions,
             keys,
+            responses,
         })))
     }
 

@@ -12,6 +12,7 @@ pub(crate) mod http;
 pub(crate) mod keys;
 pub mod logging;
 pub(crate) mod ops;
+pub(crate) mod responses;
 pub mod service;
 pub(crate) mod session;
 pub mod supervisor;

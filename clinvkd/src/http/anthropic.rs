@@ -37,6 +37,9 @@ pub(crate) fn model(ctx: &Ctx, id: &str) -> Result<Response, ApiError> {
     Ok(json_response(StatusCode::OK, &model_object(ctx, id)))
 }
 
+/// A messages request. The fields read here are honoured or refused (400 naming them); any
+/// other field is accepted and named in `X-Clinvk-Ignored-Params` (`temperature`, `top_k`,
+/// `metadata`…; `max_tokens` is required and checked, but the CLIs cannot enforce it).
 #[derive(Debug, Deserialize)]
 pub(crate) struct MessagesRequest {
     model: String,
@@ -47,6 +50,94 @@ pub(crate) struct MessagesRequest {
     system: Option<Value>,
     #[serde(default)]
     stream: Option<bool>,
+    /// Refused when not empty: the CLIs cannot stop at a sequence.
+    #[serde(default)]
+    stop_sequences: Option<Vec<String>>,
+    /// Refused when not empty (until tool calls are passed through).
+    #[serde(default)]
+    tools: Option<Vec<Value>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    mcp_servers: Option<Vec<Value>>,
+}
+
+impl MessagesRequest {
+    fn check(&self) -> Result<(), ApiError> {
+        match self.max_tokens {
+            Some(n) if n > 0 => {}
+            Some(_) => {
+                return Err(bad(
+                    "max_tokens".into(),
+                    "`max_tokens` must be greater than 0",
+                ))
+            }
+            None => return Err(bad("max_tokens".into(), "`max_tokens` is required")),
+        }
+        if self.stop_sequences.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(compat::unsupported(
+                "stop_sequences",
+                "`stop_sequences` is not supported: the CLIs cannot stop at a sequence; send the request without it",
+            ));
+        }
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(compat::tools_unsupported("tools"));
+        }
+        if self.mcp_servers.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(compat::tools_unsupported("mcp_servers"));
+        }
+        match self
+            .tool_choice
+            .as_ref()
+            .and_then(|c| c.get("type"))
+            .and_then(Value::as_str)
+        {
+            None | Some("none") | Some("auto") => Ok(()),
+            Some(_) => Err(compat::tools_unsupported("tool_choice")),
+        }
+    }
+}
+
+/// `POST /anthropic/v1/messages/count_tokens`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct CountRequest {
+    model: String,
+    messages: Vec<InMessage>,
+    #[serde(default)]
+    system: Option<Value>,
+    #[serde(default)]
+    tools: Option<Vec<Value>>,
+}
+
+/// How `count_tokens` counts (the CLIs expose no tokenizer): named in this header.
+pub(crate) const TOKEN_COUNT_HEADER: &str = "x-clinvk-token-count-method";
+
+/// `POST /anthropic/v1/messages/count_tokens`: an estimate — a quarter of the characters of
+/// the system prompt, the messages and the tool definitions, rounded up.
+pub(crate) fn count_tokens(ctx: &Ctx, r: CountRequest) -> Result<Response, ApiError> {
+    compat::resolve_model(ctx, &r.model)?;
+    let conv = conversation(r.system.as_ref(), &r.messages)?;
+    let mut chars = conv.system.as_deref().map_or(0, |s| s.chars().count());
+    chars += conv
+        .messages
+        .iter()
+        .map(|m| m.text.chars().count())
+        .sum::<usize>();
+    chars += r
+        .tools
+        .iter()
+        .flatten()
+        .map(|t| t.to_string().chars().count())
+        .sum::<usize>();
+    let mut resp = json_response(
+        StatusCode::OK,
+        &json!({ "input_tokens": chars.div_ceil(4) }),
+    );
+    resp.headers_mut().insert(
+        TOKEN_COUNT_HEADER,
+        warp::http::HeaderValue::from_static("estimate; characters/4"),
+    );
+    Ok(resp)
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,19 +219,19 @@ fn blocks_text(content: &Value, param: &str) -> Result<(String, bool), ApiError>
     Ok((texts.join("\n"), tool))
 }
 
-fn conversation(r: &MessagesRequest) -> Result<Conversation, ApiError> {
+fn conversation(system: Option<&Value>, messages: &[InMessage]) -> Result<Conversation, ApiError> {
     let mut conv = Conversation::default();
-    match &r.system {
+    match system {
         None | Some(Value::Null) => {}
         Some(v) => conv.add_system(&blocks_text(v, "system")?.0),
     }
-    if r.messages.is_empty() {
+    if messages.is_empty() {
         return Err(bad(
             "messages".into(),
             "`messages` must hold at least one message",
         ));
     }
-    for (i, m) in r.messages.iter().enumerate() {
+    for (i, m) in messages.iter().enumerate() {
         // Tool results arrive inside user turns; their text carries their own labels.
         let (text, _tool) = blocks_text(&m.content, &format!("messages[{i}].content"))?;
         let role = match m.role.as_str() {
@@ -164,18 +255,9 @@ pub(crate) async fn messages(
     session: Option<String>,
     mr: MessagesRequest,
 ) -> Result<Response, ApiError> {
-    match mr.max_tokens {
-        Some(n) if n > 0 => {}
-        Some(_) => {
-            return Err(bad(
-                "max_tokens".into(),
-                "`max_tokens` must be greater than 0",
-            ))
-        }
-        None => return Err(bad("max_tokens".into(), "`max_tokens` is required")),
-    }
+    mr.check()?;
     let target = compat::resolve_model(ctx, &mr.model)?;
-    let conv = conversation(&mr)?;
+    let conv = conversation(mr.system.as_ref(), &mr.messages)?;
     let started = compat::start(ctx, caller, session, "anthropic", &target, conv).await?;
     let id = format!("msg_{}", compat::new_id());
     if mr.stream.unwrap_or(false) {

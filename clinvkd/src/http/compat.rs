@@ -595,6 +595,55 @@ pub(crate) async fn stream(
     Ok(resp)
 }
 
+/// The header naming the request fields an answer did not honour: fields the CLIs cannot
+/// enforce whose absence changes nothing a client relies on (`temperature`, `seed`,
+/// `max_tokens`…), and fields this server does not know. Fields whose loss would matter are
+/// refused instead (400 naming them).
+pub(crate) const IGNORED_HEADER: &str = "x-clinvk-ignored-params";
+
+/// Adds `X-Clinvk-Ignored-Params` (sorted, once each; list indexes as `*`, e.g.
+/// `messages.*.name`) to an answer.
+pub(crate) fn name_ignored(resp: &mut Response, fields: &[String]) {
+    let mut names: Vec<String> = fields
+        .iter()
+        .filter(|f| !f.is_empty() && f.as_str() != "?")
+        .map(|f| {
+            f.split('.')
+                .map(|seg| {
+                    if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+                        "*"
+                    } else {
+                        seg
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(".")
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&names.join(", ")) {
+        resp.headers_mut().insert(IGNORED_HEADER, v);
+    }
+}
+
+/// A request field this server cannot honour and must not drop: 400 naming it.
+pub(crate) fn unsupported(param: &str, message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("unsupported_parameter", message).with_param(param)
+}
+
+/// `tools` (until client tool calls are passed through): 400, never a plain-text answer to a
+/// client that waits for calls.
+pub(crate) fn tools_unsupported(param: &str) -> ApiError {
+    unsupported(
+        param,
+        format!("`{param}`: tool calls are not supported yet — the model behind this server cannot call your functions; send the request without tools"),
+    )
+}
+
 /// Names the session a run used on the answer (`X-Clinvk-Session`).
 pub(crate) fn set_session_header(resp: &mut Response, session_id: &Option<String>) {
     if let Some(v) = session_id

@@ -10,6 +10,7 @@ pub(crate) mod meta;
 pub(crate) mod native;
 pub(crate) mod openai;
 pub(crate) mod openapi;
+pub(crate) mod responses;
 pub(crate) mod routes;
 pub(crate) mod server;
 
@@ -86,6 +87,16 @@ impl HttpRequest {
     ) -> Result<T, ApiError> {
         let limit = ctx.settings().server.max_request_body_bytes;
         crate::ops::parse_body(&self.body_bytes(limit).await?)
+    }
+
+    /// The body as a foreign format's request, with the fields it does not read (see
+    /// `compat::Ignored`).
+    pub(crate) async fn json_noting_unknown<T: serde::de::DeserializeOwned>(
+        &mut self,
+        ctx: &Ctx,
+    ) -> Result<(T, Vec<String>), ApiError> {
+        let limit = ctx.settings().server.max_request_body_bytes;
+        crate::ops::parse_body_noting_unknown(&self.body_bytes(limit).await?)
     }
 
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
@@ -340,11 +351,30 @@ async fn call(
         Op::OpenAiModel => openai::model(ctx, &param),
         Op::OpenAiChat => {
             let session = compat::session_header(&req);
-            openai::chat(ctx, &me, session, req.json(ctx).await?).await
+            let (body, ignored) = req.json_noting_unknown(ctx).await?;
+            let mut resp = openai::chat(ctx, &me, session, body).await?;
+            compat::name_ignored(&mut resp, &ignored);
+            Ok(resp)
         }
+        Op::OpenAiResponses => {
+            let session = compat::session_header(&req);
+            let (body, ignored) = req.json_noting_unknown(ctx).await?;
+            let mut resp = responses::create(ctx, &me, session, body).await?;
+            compat::name_ignored(&mut resp, &ignored);
+            Ok(resp)
+        }
+        Op::OpenAiResponseGet => responses::get(ctx, &me, &param).await,
+        Op::OpenAiResponseDelete => responses::delete(ctx, &me, &param).await,
         Op::AnthropicMessages => {
             let session = compat::session_header(&req);
-            anthropic::messages(ctx, &me, session, req.json(ctx).await?).await
+            let (body, mut ignored) = req.json_noting_unknown(ctx).await?;
+            ignored.push("max_tokens".into());
+            let mut resp = anthropic::messages(ctx, &me, session, body).await?;
+            compat::name_ignored(&mut resp, &ignored);
+            Ok(resp)
+        }
+        Op::AnthropicCountTokens => {
+            anthropic::count_tokens(ctx, req.json_noting_unknown(ctx).await?.0)
         }
         Op::AnthropicModels => Ok(anthropic::models(ctx)),
         Op::AnthropicModel => anthropic::model(ctx, &param),

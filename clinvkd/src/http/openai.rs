@@ -40,6 +40,10 @@ pub(crate) fn model(ctx: &Ctx, id: &str) -> Result<Response, ApiError> {
     ))
 }
 
+/// A chat completion request. The fields read here are honoured or refused (400 naming them);
+/// any other field is accepted and named in `X-Clinvk-Ignored-Params` (`temperature`, `seed`,
+/// `max_tokens`…: the CLIs cannot enforce them, and ignoring them changes nothing a client
+/// relies on).
 #[derive(Debug, Deserialize)]
 pub(crate) struct ChatRequest {
     model: String,
@@ -50,6 +54,112 @@ pub(crate) struct ChatRequest {
     stream_options: Option<StreamOptions>,
     #[serde(default)]
     n: Option<u32>,
+    /// Refused when set: the output would not stop where the client expects.
+    #[serde(default)]
+    stop: Option<Value>,
+    /// Refused when true: the CLIs report no log probabilities.
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    top_logprobs: Option<Value>,
+    /// Refused when not empty (until tool calls are passed through).
+    #[serde(default)]
+    tools: Option<Vec<Value>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    #[serde(default)]
+    functions: Option<Vec<Value>>,
+    #[serde(default)]
+    function_call: Option<Value>,
+    /// `text` only, until structured output is supported.
+    #[serde(default)]
+    response_format: Option<Value>,
+    /// `["text"]` only.
+    #[serde(default)]
+    modalities: Option<Vec<String>>,
+    #[serde(default)]
+    audio: Option<Value>,
+    #[serde(default)]
+    web_search_options: Option<Value>,
+}
+
+impl ChatRequest {
+    /// Refuses what the CLIs cannot do and a client would rely on.
+    fn check(&self) -> Result<(), ApiError> {
+        let set = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(compat::unsupported(
+                "n",
+                "only `n: 1` is supported (one CLI run answers one choice)",
+            ));
+        }
+        let stop_set = match &self.stop {
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::Null) | None => false,
+            Some(_) => true,
+        };
+        if stop_set {
+            return Err(compat::unsupported(
+                "stop",
+                "`stop` is not supported: the CLIs cannot stop at a sequence; send the request without it",
+            ));
+        }
+        if self.logprobs == Some(true) || set(&self.top_logprobs) {
+            return Err(compat::unsupported(
+                "logprobs",
+                "log probabilities are not available from the CLIs; send `logprobs: false`",
+            ));
+        }
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(compat::tools_unsupported("tools"));
+        }
+        if self.functions.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(compat::tools_unsupported("functions"));
+        }
+        for (param, choice) in [
+            ("tool_choice", &self.tool_choice),
+            ("function_call", &self.function_call),
+        ] {
+            match choice {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) if s == "none" || s == "auto" => {}
+                Some(_) => return Err(compat::tools_unsupported(param)),
+            }
+        }
+        match self
+            .response_format
+            .as_ref()
+            .and_then(|f| f.get("type"))
+            .and_then(Value::as_str)
+        {
+            None | Some("text") => {}
+            Some(other) => {
+                return Err(compat::unsupported(
+                    "response_format",
+                    format!("`response_format: {other}` (structured output) is not supported yet; the answer would be prose"),
+                ))
+            }
+        }
+        if self
+            .modalities
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|m| m != "text"))
+            || set(&self.audio)
+        {
+            return Err(compat::unsupported(
+                "modalities",
+                "only text output is supported",
+            ));
+        }
+        if set(&self.web_search_options) {
+            return Err(compat::unsupported(
+                "web_search_options",
+                "`web_search_options` is not supported: web search depends on the CLI's own tools",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -190,12 +300,7 @@ pub(crate) async fn chat(
     session: Option<String>,
     cr: ChatRequest,
 ) -> Result<Response, ApiError> {
-    if cr.n.is_some_and(|n| n != 1) {
-        return Err(bad(
-            "n".into(),
-            "only `n: 1` is supported (one CLI run answers one choice)",
-        ));
-    }
+    cr.check()?;
     let target = compat::resolve_model(ctx, &cr.model)?;
     let conv = conversation(&cr.messages)?;
     let started = compat::start(ctx, caller, session, "openai", &target, conv).await?;

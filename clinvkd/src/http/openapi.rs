@@ -352,6 +352,41 @@ fn describe(op: Op, s: &mut Schemas) -> OpDoc {
                 ),
             )
         },
+        Op::OpenAiResponses => OpDoc {
+            description: Some("The OpenAI Responses API. `input` is a string or a list of items (messages with `input_text`/`output_text` parts, earlier `function_call`/`function_call_output` items as text); `instructions` is the system prompt; `previous_response_id` continues the clinvk session of a stored response (unknown id: 404). With `store` (default true) the response can be retrieved and continued. With `stream: true` the answer is the typed event sequence `response.created`, `response.in_progress`, `response.output_item.added`, `response.content_part.added`, `response.output_text.delta`…, `response.output_text.done`, `response.content_part.done`, `response.output_item.done`, `response.completed` (or `response.failed`), each with a `sequence_number`. `tools`, structured output (`text.format` other than `text`), `background`, `conversation` and `prompt` are refused (400 naming them); fields the CLIs cannot enforce (`temperature`, `max_output_tokens`…) are named in `X-Clinvk-Ignored-Params`."),
+            parameters: vec![param_ref("ClinvkSession")],
+            body: Some(json!({"$ref": "#/components/schemas/ResponsesRequest"})),
+            errors: &[404, 409, 502, 503, 504],
+            ..doc(
+                "openaiCreateResponse",
+                "OpenAI Responses: create",
+                (
+                    "The response, or with `stream: true` its SSE event sequence.",
+                    json!({
+                        "application/json": {"schema": {"$ref": "#/components/schemas/ResponseObject"}},
+                        "text/event-stream": {
+                            "schema": {"type": "string"},
+                            "x-stream-item": {"$ref": "#/components/schemas/ResponseStreamEvent"},
+                            "example": "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":4,\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"delta\":\"Hi\"}\n\n",
+                        },
+                    }),
+                ),
+            )
+        },
+        Op::OpenAiResponseGet => OpDoc {
+            parameters: vec![param_ref("ResponseId")],
+            errors: &[404],
+            ..doc("openaiGetResponse", "OpenAI Responses: retrieve a stored response", ("The response.", json_body(json!({"$ref": "#/components/schemas/ResponseObject"}))))
+        },
+        Op::OpenAiResponseDelete => OpDoc {
+            parameters: vec![param_ref("ResponseId")],
+            errors: &[404],
+            ..doc(
+                "openaiDeleteResponse",
+                "OpenAI Responses: delete a stored response",
+                ("Deleted.", json_body(json!({"type": "object", "required": ["id", "object", "deleted"], "properties": {"id": {"type": "string"}, "object": {"const": "response.deleted"}, "deleted": {"const": true}}}))),
+            )
+        },
         Op::AnthropicMessages => OpDoc {
             description: Some("As for chat completions: the conversation goes to the CLI, a known conversation resumes its backend session, a CLI failure is an error."),
             parameters: vec![param_ref("ClinvkSession")],
@@ -371,6 +406,16 @@ fn describe(op: Op, s: &mut Schemas) -> OpDoc {
                         },
                     }),
                 ),
+            )
+        },
+        Op::AnthropicCountTokens => OpDoc {
+            description: Some("An estimate: a quarter of the characters of the system prompt, the messages and the tool definitions, rounded up (the CLIs expose no tokenizer); the `X-Clinvk-Token-Count-Method` header says so. Also served at `/anthropic/v1/v1/messages/count_tokens`, like every Anthropic path (SDKs given the base URL `…/anthropic/v1` append `/v1/…`)."),
+            body: Some(json!({"type": "object", "required": ["model", "messages"], "properties": {"model": {"type": "string"}, "messages": {"type": "array", "items": {"$ref": "#/components/schemas/AnthropicMessageParam"}}, "system": {}, "tools": {"type": "array"}}})),
+            errors: &[404],
+            ..doc(
+                "anthropicCountTokens",
+                "Count the input tokens of a messages request (estimate)",
+                ("The count.", json_body(json!({"type": "object", "required": ["input_tokens"], "properties": {"input_tokens": {"type": "integer", "minimum": 0}}}))),
             )
         },
         Op::AnthropicModels => doc(

@@ -23,7 +23,11 @@ pub(crate) enum Op {
     OpenAiModels,
     OpenAiModel,
     OpenAiChat,
+    OpenAiResponses,
+    OpenAiResponseGet,
+    OpenAiResponseDelete,
     AnthropicMessages,
+    AnthropicCountTokens,
     AnthropicModels,
     AnthropicModel,
 }
@@ -61,7 +65,7 @@ const fn route(method: Method, template: &'static str, op: Op, access: Access) -
 use Access::{Key, Metrics, Public};
 
 /// Every route the server answers.
-pub(crate) static ROUTES: [Route; 19] = [
+pub(crate) static ROUTES: [Route; 23] = [
     route(Method::GET, "/health", Op::Health, Public),
     route(Method::GET, "/metrics", Op::Metrics, Metrics),
     route(Method::GET, "/openapi.json", Op::OpenApi, Public),
@@ -90,8 +94,32 @@ pub(crate) static ROUTES: [Route; 19] = [
     ),
     route(
         Method::POST,
+        "/openai/v1/responses",
+        Op::OpenAiResponses,
+        Key,
+    ),
+    route(
+        Method::GET,
+        "/openai/v1/responses/{id}",
+        Op::OpenAiResponseGet,
+        Key,
+    ),
+    route(
+        Method::DELETE,
+        "/openai/v1/responses/{id}",
+        Op::OpenAiResponseDelete,
+        Key,
+    ),
+    route(
+        Method::POST,
         "/anthropic/v1/messages",
         Op::AnthropicMessages,
+        Key,
+    ),
+    route(
+        Method::POST,
+        "/anthropic/v1/messages/count_tokens",
+        Op::AnthropicCountTokens,
         Key,
     ),
     route(
@@ -165,8 +193,18 @@ fn matches(template: &str, path: &str) -> Option<Vec<String>> {
     (got.len() == want.len()).then_some(params)
 }
 
+/// The Anthropic SDKs append `/v1/messages` to their base URL; with the base URL
+/// `…/anthropic/v1` (a common form, and the one clinvk's first docs showed) the path becomes
+/// `/anthropic/v1/v1/messages`. That doubled prefix is served as the single one.
+const ANTHROPIC_DOUBLED: &str = "/anthropic/v1/v1/";
+
 /// Looks a request up in the table.
 pub(crate) fn find(method: &Method, path: &str) -> Lookup {
+    let path = match path.strip_prefix(ANTHROPIC_DOUBLED) {
+        Some(rest) => std::borrow::Cow::Owned(format!("/anthropic/v1/{rest}")),
+        None => std::borrow::Cow::Borrowed(path),
+    };
+    let path = path.as_ref();
     let mut wrong_method = None;
     for r in &ROUTES {
         if let Some(params) = matches(r.template, path) {
@@ -241,6 +279,16 @@ mod tests {
             matches!(find(&Method::GET, "/openai/v1/models/"), Lookup::Route(r, _) if r.op == Op::OpenAiModels)
         );
         assert_eq!(find(&Method::GET, "/x/y").template(), UNMATCHED);
+        // Both Anthropic base URL conventions.
+        for path in ["/anthropic/v1/messages", "/anthropic/v1/v1/messages"] {
+            assert!(
+                matches!(find(&Method::POST, path), Lookup::Route(r, _) if r.op == Op::AnthropicMessages),
+                "{path}"
+            );
+        }
+        assert!(
+            matches!(find(&Method::POST, "/anthropic/v1/v1/messages/count_tokens"), Lookup::Route(r, _) if r.op == Op::AnthropicCountTokens)
+        );
         assert_eq!(find(&Method::GET, "/health").access(), Access::Public);
         assert_eq!(find(&Method::GET, "/nope").access(), Access::Key);
     }

@@ -56,23 +56,44 @@ impl Caller {
 
 /// Parses a JSON body into an operation's request type (400 with a clear message otherwise).
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    check_not_empty(body)?;
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(body_error)
+}
+
+/// As `parse_body`, for a foreign format whose unknown fields are accepted: also returns the
+/// fields the type does not read (`temperature`, `messages[0].name`, …), for the answer to name.
+pub(crate) fn parse_body_noting_unknown<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<(T, Vec<String>), ApiError> {
+    check_not_empty(body)?;
+    let mut unknown = Vec::new();
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let mut note = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let tracked = serde_ignored::Deserializer::new(de, &mut note);
+    let value = serde_path_to_error::deserialize(tracked).map_err(body_error)?;
+    Ok((value, unknown))
+}
+
+fn check_not_empty(body: &[u8]) -> Result<(), ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ApiError::bad_request(
             "invalid_json",
             "the request body is empty; expected a JSON object",
         ));
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let msg = if inner.is_syntax() || inner.is_eof() {
-            format!("malformed JSON: {inner}")
-        } else if path == "." {
-            format!("invalid request: {inner}")
-        } else {
-            format!("invalid field `{path}`: {inner}")
-        };
-        ApiError::bad_request("invalid_request", msg)
-    })
+    Ok(())
+}
+
+fn body_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let msg = if inner.is_syntax() || inner.is_eof() {
+        format!("malformed JSON: {inner}")
+    } else if path == "." {
+        format!("invalid request: {inner}")
+    } else {
+        format!("invalid field `{path}`: {inner}")
+    };
+    ApiError::bad_request("invalid_request", msg)
 }

@@ -1,0 +1,531 @@
+//! The OpenAI Responses API under `/openai/v1/responses`: create (JSON or the typed SSE event
+//! sequence), retrieve and delete; `previous_response_id` continues the clinvk session of the
+//! response it names.
+
+use super::compat::{self, Conversation, Frames, Msg, Role};
+use super::error::{json_response, ApiError, Kind};
+use crate::ctx::Ctx;
+use crate::ops;
+use crate::ops::prompt::PromptResult;
+use crate::responses::Stored;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+/// A create request. The fields read here are honoured or refused (400 naming them); any other
+/// field is accepted and named in `X-Clinvk-Ignored-Params` (`temperature`,
+/// `max_output_tokens`, `reasoning`…: the CLIs cannot enforce them).
+#[derive(Debug, Deserialize)]
+pub(crate) struct CreateRequest {
+    model: String,
+    input: Input,
+    #[serde(default)]
+    instructions: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    previous_response_id: Option<String>,
+    /// Default true: the response can be retrieved and continued.
+    #[serde(default)]
+    store: Option<bool>,
+    /// Echoed in the response.
+    #[serde(default)]
+    metadata: Option<Value>,
+    /// `text.format`: `text` only, until structured output is supported.
+    #[serde(default)]
+    text: Option<Value>,
+    /// Refused when not empty (until tool calls are passed through).
+    #[serde(default)]
+    tools: Option<Vec<Value>>,
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    /// Refused when true: there is no background queue.
+    #[serde(default)]
+    background: Option<bool>,
+    /// Refused when set: conversation objects and stored prompt templates are not kept here.
+    #[serde(default)]
+    conversation: Option<Value>,
+    #[serde(default)]
+    prompt: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Input {
+    Text(String),
+    Items(Vec<Value>),
+}
+
+fn bad(param: impl Into<String>, msg: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_request", msg).with_param(param)
+}
+
+fn not_found(id: &str, param: Option<&str>) -> ApiError {
+    let e = ApiError::new(
+        Kind::NotFound,
+        "response_not_found",
+        format!("no stored response with id {id:?}"),
+    );
+    match param {
+        Some(p) => e.with_param(p),
+        None => e,
+    }
+}
+
+impl CreateRequest {
+    fn check(&self) -> Result<(), ApiError> {
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(compat::tools_unsupported("tools"));
+        }
+        match &self.tool_choice {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == "none" || s == "auto" => {}
+            Some(_) => return Err(compat::tools_unsupported("tool_choice")),
+        }
+        let format = self
+            .text
+            .as_ref()
+            .and_then(|t| t.get("format"))
+            .and_then(|f| f.get("type"))
+            .and_then(Value::as_str);
+        if let Some(f) = format.filter(|f| *f != "text") {
+            return Err(compat::unsupported(
+                "text.format",
+                format!("`text.format: {f}` (structured output) is not supported yet; the answer would be prose"),
+            ));
+        }
+        if self.background == Some(true) {
+            return Err(compat::unsupported(
+                "background",
+                "`background: true` is not supported: a response runs while its request is open",
+            ));
+        }
+        for (param, v) in [
+            ("conversation", &self.conversation),
+            ("prompt", &self.prompt),
+        ] {
+            if v.as_ref().is_some_and(|v| !v.is_null()) {
+                return Err(compat::unsupported(
+                    param,
+                    format!("`{param}` is not supported: send the input itself (and `previous_response_id` to continue)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The text of a message's content: a string, or parts (`input_text`, `output_text`,
+/// `refusal`).
+fn content_text(content: &Value, param: &str) -> Result<String, ApiError> {
+    match content {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => {
+            let mut texts = Vec::new();
+            for (i, p) in parts.iter().enumerate() {
+                let kind = p.get("type").and_then(Value::as_str).unwrap_or("");
+                let field = match kind {
+                    "input_text" | "output_text" | "text" => "text",
+                    "refusal" => "refusal",
+                    "input_image" | "input_file" | "input_audio" => {
+                        return Err(ApiError::bad_request(
+                            "unsupported_content",
+                            format!(
+                                "content part type {kind:?} is not supported yet: send text parts"
+                            ),
+                        )
+                        .with_param(format!("{param}[{i}]")))
+                    }
+                    other => {
+                        return Err(bad(
+                            format!("{param}[{i}].type"),
+                            format!("unknown content part type {other:?}"),
+                        ))
+                    }
+                };
+                texts.push(
+                    p.get(field)
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                );
+            }
+            Ok(texts.join("\n"))
+        }
+        _ => Err(bad(
+            param,
+            "`content` must be a string or an array of content parts",
+        )),
+    }
+}
+
+/// The conversation of a request: `instructions` as the system prompt, then the input items.
+fn conversation(r: &CreateRequest) -> Result<Conversation, ApiError> {
+    let mut conv = Conversation::default();
+    if let Some(i) = &r.instructions {
+        conv.add_system(i);
+    }
+    let items = match &r.input {
+        Input::Text(t) => {
+            conv.messages.push(Msg::new(Role::User, t.clone()));
+            return Ok(conv);
+        }
+        Input::Items(items) => items,
+    };
+    if items.is_empty() {
+        return Err(bad("input", "`input` must hold at least one item"));
+    }
+    for (i, item) in items.iter().enumerate() {
+        let param = format!("input[{i}]");
+        let kind = item
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("message");
+        match kind {
+            "message" => {
+                let role = item.get("role").and_then(Value::as_str).unwrap_or("");
+                let text = content_text(
+                    item.get("content").unwrap_or(&Value::Null),
+                    &format!("{param}.content"),
+                )?;
+                match role {
+                    "system" | "developer" => conv.add_system(&text),
+                    "user" => conv.messages.push(Msg::new(Role::User, text)),
+                    "assistant" => conv.messages.push(Msg::new(Role::Assistant, text)),
+                    other => {
+                        return Err(bad(
+                            format!("{param}.role"),
+                            format!("unknown role {other:?} (system, developer, user, assistant)"),
+                        ))
+                    }
+                }
+            }
+            "function_call" => {
+                let name = item.get("name").and_then(Value::as_str).unwrap_or("tool");
+                let args = item.get("arguments").and_then(Value::as_str).unwrap_or("");
+                let id = item.get("call_id").and_then(Value::as_str).unwrap_or("?");
+                conv.messages.push(Msg::new(
+                    Role::Assistant,
+                    format!("[called tool {name} (call {id}) with {args}]"),
+                ));
+            }
+            "function_call_output" => conv.messages.push(Msg {
+                role: Role::Tool,
+                label: item
+                    .get("call_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                text: match item.get("output") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(v) => v.to_string(),
+                    None => String::new(),
+                },
+            }),
+            // The model's reasoning of an earlier turn: not part of the conversation text.
+            "reasoning" => {}
+            other => {
+                return Err(compat::unsupported(
+                    &format!("{param}.type"),
+                    format!("input item type {other:?} is not supported"),
+                ))
+            }
+        }
+    }
+    Ok(conv)
+}
+
+/// What every rendering of one response shares.
+#[derive(Debug, Clone)]
+struct Shape {
+    id: String,
+    message_id: String,
+    created_at: u64,
+    model: String,
+    instructions: Option<String>,
+    previous_response_id: Option<String>,
+    store: bool,
+    metadata: Value,
+}
+
+impl Shape {
+    /// The response object.
+    fn object(
+        &self,
+        status: &str,
+        text: Option<&str>,
+        result: Option<&PromptResult>,
+        error: Option<&ApiError>,
+    ) -> Value {
+        let output = match text {
+            Some(t) => json!([self.message(t, "completed")]),
+            None => json!([]),
+        };
+        let usage = result.map(|r| {
+            let u = r.token_usage;
+            json!({
+                "input_tokens": u.input_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": u.output_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": u.input_tokens + u.output_tokens,
+            })
+        });
+        json!({
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "error": error.map(|e| json!({"code": e.code, "message": e.message})),
+            "incomplete_details": null,
+            "instructions": self.instructions,
+            "max_output_tokens": null,
+            "model": self.model,
+            "output": output,
+            "parallel_tool_calls": true,
+            "previous_response_id": self.previous_response_id,
+            "reasoning": {"effort": null, "summary": null},
+            "store": self.store,
+            "temperature": null,
+            "text": {"format": {"type": "text"}},
+            "tool_choice": "auto",
+            "tools": [],
+            "top_p": null,
+            "truncation": "disabled",
+            "usage": usage,
+            "user": null,
+            "metadata": self.metadata,
+        })
+    }
+
+    fn message(&self, text: &str, status: &str) -> Value {
+        json!({
+            "type": "message",
+            "id": self.message_id,
+            "status": status,
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        })
+    }
+}
+
+/// `POST /openai/v1/responses`.
+pub(crate) async fn create(
+    ctx: &Ctx,
+    caller: &ops::Caller,
+    session: Option<String>,
+    r: CreateRequest,
+) -> Result<Response, ApiError> {
+    r.check()?;
+    let target = compat::resolve_model(ctx, &r.model)?;
+    let conv = conversation(&r)?;
+    // Continue the session of the named response (its owner only).
+    let session = match &r.previous_response_id {
+        Some(prev) => {
+            let stored = ctx
+                .responses
+                .get(prev, caller.owner())
+                .await
+                .ok_or_else(|| not_found(prev, Some("previous_response_id")))?;
+            Some(stored.session_id.ok_or_else(|| {
+                ApiError::new(
+                    Kind::Conflict,
+                    "response_not_resumable",
+                    format!("response {prev:?} kept no session to continue"),
+                )
+                .with_param("previous_response_id")
+            })?)
+        }
+        None => session,
+    };
+    let started = compat::start(ctx, caller, session, "openai", &target, conv).await?;
+    let shape = Shape {
+        id: format!("resp_{}", compat::new_id()),
+        message_id: format!("msg_{}", compat::new_id()),
+        created_at: compat::unix_now(),
+        model: r.model.clone(),
+        instructions: r.instructions.clone(),
+        previous_response_id: r.previous_response_id.clone(),
+        store: r.store.unwrap_or(true),
+        metadata: r.metadata.clone().unwrap_or_else(|| json!({})),
+    };
+    let keep = Keep {
+        ctx: ctx.clone(),
+        owner: caller.owner().map(str::to_string),
+        session_id: started.meta.session_id.clone(),
+        backend: target.backend,
+    };
+    if r.stream.unwrap_or(false) {
+        let frames = EventFrames {
+            shape,
+            keep,
+            seq: 0,
+            text: String::new(),
+        };
+        return compat::stream(ctx, started, frames).await;
+    }
+    let reply = compat::complete(ctx, started).await?;
+    let body = shape.object("completed", Some(&reply.text), Some(&reply.result), None);
+    if shape.store {
+        keep.save(&shape.id, &body).await;
+    }
+    let mut resp = json_response(StatusCode::OK, &body);
+    compat::set_session_header(&mut resp, &reply.session_id);
+    Ok(resp)
+}
+
+/// What storing a finished response needs.
+#[derive(Clone)]
+struct Keep {
+    ctx: Ctx,
+    owner: Option<String>,
+    session_id: Option<String>,
+    backend: clinvk_shared::api::Backend,
+}
+
+impl Keep {
+    fn record(&self, body: &Value) -> Stored {
+        Stored {
+            owner: self.owner.clone(),
+            session_id: self.session_id.clone(),
+            backend: self.backend,
+            body: body.clone(),
+        }
+    }
+
+    async fn save(&self, id: &str, body: &Value) {
+        if let Err(e) = self.ctx.responses.put(id, self.record(body)).await {
+            tracing::error!(response = %id, error = %e, "cannot store the response");
+        }
+    }
+
+    fn save_now(&self, id: &str, body: &Value) {
+        if let Err(e) = self.ctx.responses.put_now(id, &self.record(body)) {
+            tracing::error!(response = %id, error = %e, "cannot store the response");
+        }
+    }
+}
+
+/// `GET /openai/v1/responses/{id}`.
+pub(crate) async fn get(ctx: &Ctx, caller: &ops::Caller, id: &str) -> Result<Response, ApiError> {
+    let stored = ctx
+        .responses
+        .get(id, caller.owner())
+        .await
+        .ok_or_else(|| not_found(id, None))?;
+    Ok(json_response(StatusCode::OK, &stored.body))
+}
+
+/// `DELETE /openai/v1/responses/{id}`.
+pub(crate) async fn delete(
+    ctx: &Ctx,
+    caller: &ops::Caller,
+    id: &str,
+) -> Result<Response, ApiError> {
+    match ctx.responses.delete(id, caller.owner()).await {
+        Ok(true) => Ok(json_response(
+            StatusCode::OK,
+            &json!({"id": id, "object": "response.deleted", "deleted": true}),
+        )),
+        Ok(false) => Err(not_found(id, None)),
+        Err(e) => Err(ApiError::new(
+            Kind::Internal,
+            "response_store_error",
+            format!("cannot delete the response: {e}"),
+        )),
+    }
+}
+
+/// The Responses stream: typed `event:`/`data:` frames with sequence numbers.
+struct EventFrames {
+    shape: Shape,
+    keep: Keep,
+    seq: u64,
+    /// The text so far (for the `…done` events).
+    text: String,
+}
+
+impl EventFrames {
+    fn event(&mut self, kind: &str, mut data: Value) -> Bytes {
+        data["type"] = kind.into();
+        data["sequence_number"] = self.seq.into();
+        self.seq += 1;
+        let mut out = format!("event: {kind}\ndata: ").into_bytes();
+        out.extend(serde_json::to_vec(&data).unwrap_or_default());
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+
+    fn part(&self) -> Value {
+        json!({"type": "output_text", "text": self.text, "annotations": []})
+    }
+}
+
+impl Frames for EventFrames {
+    fn start(&mut self) -> Vec<Bytes> {
+        let created = self.shape.object("in_progress", None, None, None);
+        let item = json!({
+            "type": "message", "id": self.shape.message_id, "status": "in_progress",
+            "role": "assistant", "content": [],
+        });
+        let part = self.part();
+        let item_id = self.shape.message_id.clone();
+        vec![
+            self.event("response.created", json!({"response": created})),
+            self.event("response.in_progress", json!({"response": created})),
+            self.event(
+                "response.output_item.added",
+                json!({"output_index": 0, "item": item}),
+            ),
+            self.event(
+                "response.content_part.added",
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": part}),
+            ),
+        ]
+    }
+
+    fn delta(&mut self, text: &str) -> Vec<Bytes> {
+        self.text.push_str(text);
+        let item_id = self.shape.message_id.clone();
+        vec![self.event(
+            "response.output_text.delta",
+            json!({"item_id": item_id, "output_index": 0, "content_index": 0, "delta": text, "logprobs": []}),
+        )]
+    }
+
+    fn finish(&mut self, result: &PromptResult) -> Vec<Bytes> {
+        let item_id = self.shape.message_id.clone();
+        let text = self.text.clone();
+        let part = self.part();
+        let item = self.shape.message(&text, "completed");
+        let body = self
+            .shape
+            .object("completed", Some(&text), Some(result), None);
+        if self.shape.store {
+            // Written before `response.completed` goes out, so a client that asks for the
+            // response (or continues it) right after finds it: one small file, written here.
+            self.keep.save_now(&self.shape.id, &body);
+        }
+        vec![
+            self.event(
+                "response.output_text.done",
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0, "text": text, "logprobs": []}),
+            ),
+            self.event(
+                "response.content_part.done",
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": part}),
+            ),
+            self.event(
+                "response.output_item.done",
+                json!({"output_index": 0, "item": item}),
+            ),
+            self.event("response.completed", json!({ "response": body })),
+        ]
+    }
+
+    fn error(&mut self, e: &ApiError) -> Vec<Bytes> {
+        let failed = self.shape.object("failed", None, None, Some(e));
+        vec![self.event("response.failed", json!({ "response": failed }))]
+    }
+}
