@@ -112,6 +112,10 @@ pub(crate) struct RunStream {
     first_output: bool,
     exit: Option<ExitInfo>,
     finished: bool,
+    /// Structured output: the schema the final answer must match.
+    output_schema: Option<serde_json::Value>,
+    /// The schema file a CLI reads (codex), removed with the run.
+    _schema_file: Option<tempfile::NamedTempFile>,
 }
 
 /// What a dry run reports: exactly what would run.
@@ -215,8 +219,72 @@ fn prepare(ctx: &Ctx, inv: &Invocation) -> Result<Prepared, EngineError> {
     })
 }
 
+/// Whether the backend reads the output schema from a file (codex `--output-schema FILE`).
+fn schema_in_file(inv: &Invocation) -> bool {
+    inv.output_schema.is_some() && inv.backend == Backend::Codex
+}
+
+/// Writes the output schema where the CLI reads it (private, removed with the run).
+fn write_schema_file(
+    ctx: &Ctx,
+    schema: &serde_json::Value,
+) -> Result<tempfile::NamedTempFile, EngineError> {
+    let dir = ctx.paths.state_dir.join("tmp");
+    let fail = |e: std::io::Error| {
+        EngineError::Spawn(format!(
+            "cannot write the output schema file in {}: {e}",
+            dir.display()
+        ))
+    };
+    clinvk_shared::paths::ensure_private_dir(&dir).map_err(fail)?;
+    let mut file = tempfile::Builder::new()
+        .prefix("output-schema-")
+        .suffix(".json")
+        .tempfile_in(&dir)
+        .map_err(fail)?;
+    use std::io::Write as _;
+    file.write_all(schema.to_string().as_bytes())
+        .map_err(fail)?;
+    file.flush().map_err(fail)?;
+    Ok(file)
+}
+
+/// The answer of a structured-output run, checked against its schema: the JSON text (a single
+/// ```json fence around it is removed), or why it does not match.
+pub(crate) fn check_structured(output: &str, schema: &serde_json::Value) -> Result<String, String> {
+    let mut text = output.trim();
+    if let Some(inner) = text.strip_prefix("```") {
+        let inner = inner.strip_prefix("json").unwrap_or(inner);
+        if let Some(body) = inner.trim_end().strip_suffix("```") {
+            text = body.trim();
+        }
+    }
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        format!("the answer is not JSON ({e}), but the request asked for structured output")
+    })?;
+    let validator = jsonschema::validator_for(schema)
+        .map_err(|e| format!("the output schema is not a valid JSON Schema: {e}"))?;
+    if let Err(e) = validator.validate(&value) {
+        let at = e.instance_path().to_string();
+        return Err(format!(
+            "the answer does not match the output schema: {e}{}",
+            if at.is_empty() {
+                String::new()
+            } else {
+                format!(" (at {at})")
+            }
+        ));
+    }
+    Ok(text.to_string())
+}
+
 /// The exact argv that `start` would run, without starting anything.
 pub(crate) fn dry_run(ctx: &Ctx, inv: &Invocation) -> Result<DryRun, EngineError> {
+    let mut inv = inv.clone();
+    if schema_in_file(&inv) {
+        inv.output_schema_file = Some(ctx.paths.state_dir.join("tmp/output-schema-XXXXXX.json"));
+    }
+    let inv = &inv;
     let p = prepare(ctx, inv)?;
     Ok(DryRun {
         backend: inv.backend,
@@ -232,6 +300,15 @@ pub(crate) async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, Engin
     if ctx.is_draining() {
         return Err(EngineError::Draining);
     }
+    let mut inv = inv;
+    let schema_file = match (&inv.output_schema, schema_in_file(&inv)) {
+        (Some(schema), true) => {
+            let f = write_schema_file(ctx, schema)?;
+            inv.output_schema_file = Some(f.path().to_path_buf());
+            Some(f)
+        }
+        _ => None,
+    };
     let p = prepare(ctx, &inv)?;
     let permit = ctx
         .supervisor
@@ -254,6 +331,8 @@ pub(crate) async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, Engin
         first_output: true,
         exit: None,
         finished: false,
+        output_schema: inv.output_schema,
+        _schema_file: schema_file,
     })
 }
 
@@ -297,13 +376,19 @@ impl RunStream {
     fn summary(&mut self) -> RunSummary {
         let info = self.exit.take().unwrap_or_default();
         let outcome = std::mem::take(&mut self.outcome);
-        let summary = summarize(
+        let mut summary = summarize(
             self.backend,
             self.model.clone(),
             outcome,
             &info,
             self.started.elapsed(),
         );
+        if let (Some(schema), None) = (&self.output_schema, &summary.error) {
+            match check_structured(&summary.output, schema) {
+                Ok(json) => summary.output = json,
+                Err(why) => summary.error = Some(format!("{}: {why}", self.backend)),
+            }
+        }
         let status = if summary.timed_out {
             "timeout"
         } else if summary.cancelled {

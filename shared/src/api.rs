@@ -207,6 +207,9 @@ pub struct PromptRequest {
     pub tags: Vec<String>,
     /// Continue this session (by id or unique prefix) through the backend's own resume.
     pub session_id: Option<String>,
+    /// Structured output: a JSON Schema the final answer must match. The answer is then that
+    /// JSON; one that does not match is a failed run, never prose presented as JSON.
+    pub output_schema: Option<serde_json::Value>,
 }
 
 /// The answer of a finished prompt (a run that started, even if it failed).

@@ -184,19 +184,37 @@ def split_deltas(text: str) -> list[str]:
     return pieces
 
 
-def _fill_schema(schema: dict, name: str = "") -> object:
-    """A small value that satisfies a JSON schema (for gemini's utility calls)."""
+def _fill_schema(schema: dict, name: str = "", root: dict | None = None) -> object:
+    """A small value that satisfies a JSON schema (gemini's utility calls, and structured-output
+    requests: $ref into $defs/definitions, anyOf/oneOf, const and enum are followed)."""
     if not isinstance(schema, dict):
         return "fake"
+    root = root if root is not None else schema
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target = root
+        for part in ref[2:].split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        return _fill_schema(target, name, root)
+    if "const" in schema:
+        return schema["const"]
     if schema.get("enum"):
         return schema["enum"][0]
-    typ = str(schema.get("type", "string")).lower()
+    for key in ("anyOf", "oneOf"):
+        options = [o for o in schema.get(key) or [] if isinstance(o, dict) and o.get("type") != "null"]
+        if options:
+            return _fill_schema(options[0], name, root)
+    typ = schema.get("type", "string")
+    if isinstance(typ, list):
+        typ = next((t for t in typ if t != "null"), "string")
+    typ = str(typ).lower()
     if typ == "object":
         props = schema.get("properties") or {}
         keys = schema.get("required") or list(props)
-        return {k: _fill_schema(props.get(k, {}), k) for k in keys}
+        return {k: _fill_schema(props.get(k, {}), k, root) for k in keys}
     if typ == "array":
-        return []
+        n = int(schema.get("minItems") or 0)
+        return [_fill_schema(schema.get("items") or {}, name, root) for _ in range(n)]
     if typ in ("integer", "number"):
         if "confidence" in name:
             return 0
@@ -204,6 +222,41 @@ def _fill_schema(schema: dict, name: str = "") -> object:
     if typ == "boolean":
         return False
     return "fake " + (name or "value")
+
+
+# The instruction clinvk puts in front of a prompt when a CLI has no structured-output option
+# (gemini): the fake model then answers JSON filling the schema, as a model following it would.
+SCHEMA_INSTRUCTION_RE = re.compile(r"matches this JSON Schema[^\n]*\n(\{.*\})\s*$", re.S)
+STRUCTURED_TOOL = "StructuredOutput"  # claude --json-schema: the model must call this tool
+
+
+def requested_schema(protocol: str, req: dict, last_raw: str):
+    """The JSON schema a request asks the answer to match, if any."""
+    if protocol == "responses":
+        fmt = (req.get("text") or {}).get("format") or {}
+        if fmt.get("type") == "json_schema":
+            return fmt.get("schema") or {"type": "object"}
+    m = SCHEMA_INSTRUCTION_RE.search(last_raw or "")
+    if m:
+        try:
+            return json.loads(m.group(1))
+        except ValueError:
+            return None
+    return None
+
+
+def structured_tool(req: dict):
+    """claude's StructuredOutput tool, when the model has not called it yet this turn."""
+    tool = next((t for t in req.get("tools") or [] if t.get("name") == STRUCTURED_TOOL), None)
+    if tool is None:
+        return None
+    messages = req.get("messages") or []
+    last = messages[-1] if messages else {}
+    content = last.get("content") if isinstance(last, dict) else None
+    if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result"
+                                         for b in content):
+        return None  # it was called: now the closing text
+    return tool
 
 
 # --------------------------------------------------------------------------
@@ -461,13 +514,25 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "error5xx":
             return self._error(protocol, 500, "fakemodel: injected server error [[error5xx]]")
 
+        tool_call = None
         if utility:
             text = json.dumps(_fill_schema(schema or {"type": "object"}))
+        elif protocol == "anthropic" and structured_tool(req):
+            tool = structured_tool(req)
+            tool_call = {"name": tool["name"],
+                         "input": _fill_schema(tool.get("input_schema") or {"type": "object"})}
+            text = json.dumps(tool_call["input"])
+            entry["structured"] = True
+        elif requested_schema(protocol, req, last_raw) is not None:
+            text = json.dumps(_fill_schema(requested_schema(protocol, req, last_raw)))
+            entry["structured"] = True
         else:
             text = reply_text(info, long_words)
         deltas = split_deltas(text)
         gap = delay if mode == "slow" else 0.0
         in_tokens = max(1, len(body) // 4)
+        if protocol == "anthropic" and tool_call:
+            return self._anthropic_tool_use(model, stream, tool_call, in_tokens)
         if protocol == "anthropic":
             return self._anthropic(req, model, stream, text, deltas, gap, in_tokens)
         if protocol == "responses":
@@ -520,6 +585,37 @@ class Handler(BaseHTTPRequestHandler):
         ev("message_delta", {"type": "message_delta",
                              "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                              "usage": {"output_tokens": len(deltas)}})
+        ev("message_stop", {"type": "message_stop"})
+        self._end_stream()
+
+    def _anthropic_tool_use(self, model, stream, call, in_tokens):
+        msg_id = "msg_fake_" + uuid.uuid4().hex[:20]
+        block = {"type": "tool_use", "id": "toolu_fake_" + uuid.uuid4().hex[:16],
+                 "name": call["name"], "input": call["input"]}
+        usage = {"input_tokens": in_tokens, "output_tokens": 5,
+                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        if not stream:
+            return self._send_json(200, {
+                "id": msg_id, "type": "message", "role": "assistant", "model": model,
+                "content": [block], "stop_reason": "tool_use", "stop_sequence": None,
+                "usage": usage})
+
+        def ev(name, obj):
+            self._chunk(f"event: {name}\ndata: {json.dumps(obj)}\n\n")
+
+        self._start_stream()
+        ev("message_start", {"type": "message_start", "message": {
+            "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": dict(usage, output_tokens=1)}})
+        ev("content_block_start", {"type": "content_block_start", "index": 0,
+                                   "content_block": dict(block, input={})})
+        ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                   "delta": {"type": "input_json_delta",
+                                             "partial_json": json.dumps(call["input"])}})
+        ev("content_block_stop", {"type": "content_block_stop", "index": 0})
+        ev("message_delta", {"type": "message_delta",
+                             "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                             "usage": {"output_tokens": 5}})
         ev("message_stop", {"type": "message_stop"})
         self._end_stream()
 

@@ -29,6 +29,9 @@ pub struct PromptOptions {
     /// Print the exact command that would run, run nothing
     #[arg(long, global = true)]
     pub dry_run: bool,
+    /// Structured output: a JSON Schema file the answer must match (the answer is then that JSON)
+    #[arg(long, value_name = "FILE", global = true)]
+    pub output_schema: Option<std::path::PathBuf>,
 }
 
 /// Runs `req` as a prompt (with the options' backend, model, workdir — default: the current
@@ -48,6 +51,18 @@ pub async fn run(opts: &PromptOptions, mut req: PromptRequest) -> Result<u8, Cli
     req.workdir = Some(workdir.display().to_string());
     req.ephemeral = opts.ephemeral;
     req.dry_run = opts.dry_run;
+    if let Some(file) = &opts.output_schema {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            ClientError::Other(format!(
+                "cannot read the output schema {}: {e}",
+                file.display()
+            ))
+        })?;
+        req.output_schema = Some(
+            serde_json::from_str(&text)
+                .map_err(|e| ClientError::Other(format!("{} is not JSON: {e}", file.display())))?,
+        );
+    }
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut conn = ensure_daemon(&paths, "clinvk").await?;
     conn.send(&ClientFrame::Request(Request::Prompt(Box::new(req))))

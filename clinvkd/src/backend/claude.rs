@@ -60,6 +60,11 @@ impl Adapter for Claude {
         if let Some(id) = &inv.resume {
             push("--resume", id);
         }
+        // Structured output: claude gives the model a tool to call with the answer and reports
+        // it as the result.
+        if let Some(schema) = &inv.output_schema {
+            push("--json-schema", &schema.to_string());
+        }
         if inv.ephemeral {
             a.push("--no-session-persistence".into());
         }

@@ -58,6 +58,9 @@ impl Adapter for Codex {
                 format!("developer_instructions={}", toml_string(sp)),
             ]);
         }
+        if let Some(file) = &inv.output_schema_file {
+            a.extend(["--output-schema".to_string(), file.display().to_string()]);
+        }
         a.extend(cfg.extra_flags.iter().cloned());
         a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
         if let Some(id) = &inv.resume {

@@ -17,7 +17,11 @@ impl Adapter for Gemini {
     fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError> {
         // `--prompt=<text>` keeps a prompt that starts with "-" a prompt. A long prompt goes
         // through stdin (gemini prepends stdin to the -p text): one argv element may not exceed 128 KiB.
-        let full = with_system_prompt(inv, inv.system_prompt.as_deref());
+        let mut full = with_system_prompt(inv, inv.system_prompt.as_deref());
+        // gemini has no structured-output option: an instruction, and the engine checks.
+        if let Some(schema) = &inv.output_schema {
+            full.push_str(&super::schema_instruction(schema));
+        }
         let (prompt_arg, stdin) = if full.len() > STDIN_THRESHOLD {
             (String::new(), Some(full))
         } else {

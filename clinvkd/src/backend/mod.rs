@@ -34,6 +34,17 @@ pub(crate) struct Invocation {
     pub(crate) env: Vec<(String, String)>,
     /// No persisted session where the CLI supports it.
     pub(crate) ephemeral: bool,
+    /// Structured output: the JSON Schema the answer must match (checked by `engine`).
+    pub(crate) output_schema: Option<serde_json::Value>,
+    /// The schema written to a file, for a CLI that takes a path (codex); set by `engine`.
+    pub(crate) output_schema_file: Option<PathBuf>,
+}
+
+/// For a CLI without a structured-output option: the instruction after the prompt.
+pub(crate) fn schema_instruction(schema: &serde_json::Value) -> String {
+    format!(
+        "\n\nAnswer with only a JSON value that matches this JSON Schema (no prose, no code fence):\n{schema}"
+    )
 }
 
 /// What to start.

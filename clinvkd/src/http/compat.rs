@@ -10,7 +10,7 @@ use crate::ops::prompt::{self, Completed, PromptRequest, PromptResult, PromptRun
 use bytes::Bytes;
 use clinvk_shared::api::Backend;
 use clinvk_shared::config::KNOWN_BACKENDS;
-use serde_json::json;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use warp::http::HeaderValue;
 use warp::reply::Response;
@@ -181,6 +181,38 @@ impl Msg {
 pub(crate) struct Conversation {
     pub(crate) system: Option<String>,
     pub(crate) messages: Vec<Msg>,
+    /// Structured output the request asks for: the JSON Schema the answer must match.
+    pub(crate) output_schema: Option<Value>,
+}
+
+/// The JSON Schema of an OpenAI `response_format` (chat) or `text.format` (Responses):
+/// `json_schema` → its schema, `json_object` → any object, `text` → none; anything else is
+/// refused.
+pub(crate) fn format_schema(
+    format: Option<&Value>,
+    param: &str,
+) -> Result<Option<Value>, ApiError> {
+    let Some(format) = format.filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    match format.get("type").and_then(Value::as_str) {
+        None | Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(json!({"type": "object"}))),
+        Some("json_schema") => {
+            // chat nests it (`json_schema.schema`), Responses does not (`schema`).
+            let schema = format
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .or_else(|| format.get("schema"))
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object"}));
+            Ok(Some(schema))
+        }
+        Some(other) => Err(unsupported(
+            param,
+            format!("unknown format type {other:?} (text, json_object, json_schema)"),
+        )),
+    }
 }
 
 impl Conversation {
@@ -337,6 +369,7 @@ pub(crate) async fn start(
         model: target.model.clone(),
         system_prompt: conv.system.clone(),
         session_id: resume.clone(),
+        output_schema: conv.output_schema.clone(),
         ..Default::default()
     };
     let plan = prompt::plan(ctx, caller, preq, source)?;

@@ -71,7 +71,8 @@ pub(crate) struct ChatRequest {
     functions: Option<Vec<Value>>,
     #[serde(default)]
     function_call: Option<Value>,
-    /// `text` only, until structured output is supported.
+    /// `text`, or structured output: `json_object`, `json_schema` (the answer is checked
+    /// against the schema; one that does not match is an error).
     #[serde(default)]
     response_format: Option<Value>,
     /// `["text"]` only.
@@ -125,20 +126,6 @@ impl ChatRequest {
                 None | Some(Value::Null) => {}
                 Some(Value::String(s)) if s == "none" || s == "auto" => {}
                 Some(_) => return Err(compat::tools_unsupported(param)),
-            }
-        }
-        match self
-            .response_format
-            .as_ref()
-            .and_then(|f| f.get("type"))
-            .and_then(Value::as_str)
-        {
-            None | Some("text") => {}
-            Some(other) => {
-                return Err(compat::unsupported(
-                    "response_format",
-                    format!("`response_format: {other}` (structured output) is not supported yet; the answer would be prose"),
-                ))
             }
         }
         if self
@@ -302,7 +289,8 @@ pub(crate) async fn chat(
 ) -> Result<Response, ApiError> {
     cr.check()?;
     let target = compat::resolve_model(ctx, &cr.model)?;
-    let conv = conversation(&cr.messages)?;
+    let mut conv = conversation(&cr.messages)?;
+    conv.output_schema = compat::format_schema(cr.response_format.as_ref(), "response_format")?;
     let started = compat::start(ctx, caller, session, "openai", &target, conv).await?;
     let id = format!("chatcmpl-{}", compat::new_id());
     let created = compat::unix_now();

@@ -33,7 +33,8 @@ pub(crate) struct CreateRequest {
     /// Echoed in the response.
     #[serde(default)]
     metadata: Option<Value>,
-    /// `text.format`: `text` only, until structured output is supported.
+    /// `text.format`: `text`, or structured output (`json_object`, `json_schema`: the answer
+    /// is checked against the schema).
     #[serde(default)]
     text: Option<Value>,
     /// Refused when not empty (until tool calls are passed through).
@@ -83,18 +84,6 @@ impl CreateRequest {
             None | Some(Value::Null) => {}
             Some(Value::String(s)) if s == "none" || s == "auto" => {}
             Some(_) => return Err(compat::tools_unsupported("tool_choice")),
-        }
-        let format = self
-            .text
-            .as_ref()
-            .and_then(|t| t.get("format"))
-            .and_then(|f| f.get("type"))
-            .and_then(Value::as_str);
-        if let Some(f) = format.filter(|f| *f != "text") {
-            return Err(compat::unsupported(
-                "text.format",
-                format!("`text.format: {f}` (structured output) is not supported yet; the answer would be prose"),
-            ));
         }
         if self.background == Some(true) {
             return Err(compat::unsupported(
@@ -247,6 +236,8 @@ struct Shape {
     previous_response_id: Option<String>,
     store: bool,
     metadata: Value,
+    /// `text.format` as requested (echoed).
+    format: Value,
 }
 
 impl Shape {
@@ -288,7 +279,7 @@ impl Shape {
             "reasoning": {"effort": null, "summary": null},
             "store": self.store,
             "temperature": null,
-            "text": {"format": {"type": "text"}},
+            "text": {"format": self.format},
             "tool_choice": "auto",
             "tools": [],
             "top_p": null,
@@ -319,7 +310,9 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     r.check()?;
     let target = compat::resolve_model(ctx, &r.model)?;
-    let conv = conversation(&r)?;
+    let format = r.text.as_ref().and_then(|t| t.get("format"));
+    let mut conv = conversation(&r)?;
+    conv.output_schema = compat::format_schema(format, "text.format")?;
     // Continue the session of the named response (its owner only).
     let session = match &r.previous_response_id {
         Some(prev) => {
@@ -349,6 +342,7 @@ pub(crate) async fn create(
         previous_response_id: r.previous_response_id.clone(),
         store: r.store.unwrap_or(true),
         metadata: r.metadata.clone().unwrap_or_else(|| json!({})),
+        format: format.cloned().unwrap_or_else(|| json!({"type": "text"})),
     };
     let keep = Keep {
         ctx: ctx.clone(),

@@ -176,6 +176,22 @@ pub(crate) fn plan(
     for folder in crate::backend::extra_folders(&req.extra) {
         engine::validate_workdir(ctx, &folder).map_err(|e| e.api_error().with_param("extra"))?;
     }
+    if let Some(schema) = &req.output_schema {
+        if !schema.is_object() {
+            return Err(bad(
+                "invalid_output_schema",
+                "`output_schema` must be a JSON Schema object",
+            )
+            .with_param("output_schema"));
+        }
+        if let Err(e) = jsonschema::validator_for(schema) {
+            return Err(bad(
+                "invalid_output_schema",
+                format!("`output_schema` is not a valid JSON Schema: {e}"),
+            )
+            .with_param("output_schema"));
+        }
+    }
     let mut env = Vec::new();
     for (name, value) in &req.env {
         if name.starts_with("CLINVK_") || !cfg.allowed_request_env.iter().any(|a| a == name) {
@@ -227,6 +243,8 @@ pub(crate) fn plan(
         extra: req.extra,
         env,
         ephemeral: req.ephemeral,
+        output_schema: req.output_schema,
+        output_schema_file: None,
     };
     if resume_session
         .as_ref()
