@@ -613,6 +613,9 @@ pub enum RunEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         exit_code: Option<i32>,
     },
+    /// Sent on the native NDJSON stream while the CLI is silent (every
+    /// `server.sse_keepalive_secs`), so idle timeouts do not cut a long run. Carries nothing.
+    Heartbeat,
     /// The last event.
     Done(Done),
 }

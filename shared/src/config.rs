@@ -231,6 +231,9 @@ pub struct ServerSettings {
     pub blocked_workdir_prefixes: Vec<String>,
     pub metrics_enabled: bool,
     pub metrics_require_auth: bool,
+    /// While a CLI is silent, streams send a keep-alive this often (SSE comment or `ping`;
+    /// NDJSON `heartbeat` line); 0 turns it off.
+    pub sse_keepalive_secs: u64,
 }
 
 impl Default for ServerSettings {
@@ -260,6 +263,7 @@ impl Default for ServerSettings {
             cors_max_age: 300,
             allowed_workdir_prefixes: Vec::new(),
             blocked_workdir_prefixes: Vec::new(),
+            sse_keepalive_secs: 15,
             metrics_enabled: false,
             metrics_require_auth: true,
         }

@@ -328,4 +328,8 @@ def main(behaviour: str) -> None:
     # Die of SIGPIPE like a real CLI when the reader goes away (ignore-sigterm
     # overrides this to keep running).
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # A silent start (like a CLI loading for a long time) before any behaviour.
+    start_delay = float(os.environ.get("FAKECLI_START_DELAY_MS", "0")) / 1000
+    if start_delay > 0:
+        time.sleep(start_delay)
     BEHAVIOURS[behaviour](Run(argv))

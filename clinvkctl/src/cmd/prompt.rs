@@ -112,7 +112,13 @@ pub async fn run(opts: &PromptOptions, mut req: PromptRequest) -> Result<u8, Cli
                         let _ = stdout.flush();
                     }
                     RunEvent::Error { message, .. } => eprintln!("\nerror: {message}"),
-                    _ => {}
+                    // Shown only with `-o stream-json` (and a heartbeat never comes here).
+                    RunEvent::Init { .. }
+                    | RunEvent::ToolUse { .. }
+                    | RunEvent::ToolResult { .. }
+                    | RunEvent::Thinking { .. }
+                    | RunEvent::Heartbeat
+                    | RunEvent::Done(_) => {}
                 }
             }
             ServerFrame::Reply(Reply::Prompt(outcome)) => {

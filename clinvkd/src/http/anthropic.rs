@@ -345,4 +345,9 @@ impl Frames for EventFrames {
     fn error(&mut self, e: &ApiError) -> Vec<Bytes> {
         vec![event("error", &e.body(Style::Anthropic))]
     }
+
+    /// Anthropic streams keep alive with `ping` events.
+    fn keepalive(&mut self) -> Bytes {
+        event("ping", &json!({"type": "ping"}))
+    }
 }

@@ -533,64 +533,96 @@ pub(crate) trait Frames: Send + 'static {
     fn finish(&mut self, result: &PromptResult) -> Vec<Bytes>;
     /// The frame of a failure after the stream began; the stream ends after it.
     fn error(&mut self, e: &ApiError) -> Vec<Bytes>;
+    /// A frame that keeps the connection alive while the CLI is silent (clients ignore it).
+    fn keepalive(&mut self) -> Bytes {
+        Bytes::from_static(b": keep-alive\n\n")
+    }
 }
 
 /// Streams a run as server-sent events. The HTTP status is decided by the first thing the run
 /// produces: a run that fails before any text answers an ordinary error response (so clients
 /// raise their usual exception with the right status); once text flowed, a failure is an error
-/// frame, then the stream ends. Each piece is written as soon as the CLI printed it.
+/// frame, then the stream ends. Each piece is written as soon as the CLI printed it. While the
+/// CLI is silent, a keep-alive frame goes out every `server.sse_keepalive_secs` (so proxies and
+/// clients with idle timeouts do not cut a long run); a start-up silence that long decides the
+/// status (200) early, so that keep-alives can flow.
 pub(crate) async fn stream(
     ctx: &Ctx,
     started: Started,
     mut frames: impl Frames,
 ) -> Result<Response, ApiError> {
+    use tokio::time::{sleep_until, Duration, Instant};
     let Started { run, meta } = started;
-    let mut pieces = Pieces::new(run);
-    let stopped = ctx.stopped();
-    tokio::pin!(stopped);
-    let first = tokio::select! {
-        p = pieces.next() => p,
-        _ = &mut stopped => return Err(shutting_down()),
-    };
-    let first = match first {
-        None => {
-            return Err(ApiError::new(
-                Kind::Internal,
-                "run_lost",
-                "the run ended without a result",
-            ))
-        }
-        Some(Piece::Done(r)) => {
-            if let Some(e) = run_error(&r) {
-                return Err(e);
-            }
-            Piece::Done(r)
-        }
-        Some(p) => p,
-    };
     let session_id = meta.session_id.clone();
+    let keepalive = Duration::from_secs(ctx.settings().server.sse_keepalive_secs);
+    let (decide, decided) = tokio::sync::oneshot::channel::<Result<(), ApiError>>();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let ctx2 = ctx.clone();
     // Tracked: a stop lets the stream run to its end within the grace period.
     ctx.work.spawn(async move {
+        let mut pieces = Pieces::new(run);
         let stopped = ctx2.stopped();
         tokio::pin!(stopped);
-        let mut out = frames.start();
-        let mut next = Some(first);
+        let mut decide = Some(decide);
+        let period = keepalive.max(Duration::from_millis(1));
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let mut deadline = if keepalive.is_zero() { far } else { Instant::now() + period };
+        let mut out: Vec<Bytes> = Vec::new();
         loop {
-            let piece = match next.take() {
-                Some(p) => Some(p),
-                None => tokio::select! {
-                    p = pieces.next() => p,
+            // The next piece is awaited across keep-alives (never dropped half-way).
+            let piece = {
+                let next = pieces.next();
+                tokio::pin!(next);
+                loop {
+                tokio::select! {
+                    p = &mut next => break p,
                     // The client left while the CLI was silent: dropping `pieces` cancels it.
-                    _ = tx.closed() => return,
+                    _ = tx.closed(), if decide.is_none() => return,
                     _ = &mut stopped => {
-                        out.extend(frames.error(&shutting_down()));
-                        for b in out.drain(..) { let _ = tx.send(b).await; }
+                        match decide.take() {
+                            Some(d) => { let _ = d.send(Err(shutting_down())); }
+                            None => {
+                                for b in frames.error(&shutting_down()) { let _ = tx.send(b).await; }
+                            }
+                        }
                         return;
                     }
-                },
+                    _ = sleep_until(deadline) => {
+                        deadline = if keepalive.is_zero() { far } else { Instant::now() + period };
+                        if let Some(d) = decide.take() {
+                            // A long silent start: answer 200 now, so keep-alives can flow.
+                            if d.send(Ok(())).is_err() {
+                                return; // the request is gone
+                            }
+                            out.extend(frames.start());
+                        }
+                        out.push(frames.keepalive());
+                        for b in out.drain(..) {
+                            if tx.send(b).await.is_err() { return; }
+                        }
+                    }
+                }
+                }
             };
+            if let Some(d) = decide.take() {
+                let failed = match &piece {
+                    None => Some(run_lost()),
+                    Some(Piece::Done(r)) => run_error(r),
+                    Some(Piece::Text(_)) => None,
+                };
+                match failed {
+                    Some(e) => {
+                        let _ = d.send(Err(e));
+                        return;
+                    }
+                    None => {
+                        if d.send(Ok(())).is_err() {
+                            return;
+                        }
+                        out.extend(frames.start());
+                    }
+                }
+            }
             let mut end = false;
             match piece {
                 Some(Piece::Text(t)) => out.extend(frames.delta(&t)),
@@ -606,11 +638,7 @@ pub(crate) async fn stream(
                 }
                 None => {
                     end = true;
-                    out.extend(frames.error(&ApiError::new(
-                        Kind::Internal,
-                        "run_lost",
-                        "the run ended without a result",
-                    )));
+                    out.extend(frames.error(&run_lost()));
                 }
             }
             for b in out.drain(..) {
@@ -621,11 +649,23 @@ pub(crate) async fn stream(
             if end {
                 return;
             }
+            if !keepalive.is_zero() {
+                deadline = Instant::now() + period;
+            }
         }
     });
+    match decided.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(run_lost()),
+    }
     let mut resp = super::streamed(rx, "text/event-stream");
     set_session_header(&mut resp, &session_id);
     Ok(resp)
+}
+
+fn run_lost() -> ApiError {
+    ApiError::new(Kind::Internal, "run_lost", "the run ended without a result")
 }
 
 /// The header naming the request fields an answer did not honour: fields the CLIs cannot

@@ -69,10 +69,13 @@ pub(crate) async fn prompt(
     Ok(ndjson(ctx, run))
 }
 
-/// Streams a prompt as NDJSON events, each line written as soon as the CLI produced it.
+/// Streams a prompt as NDJSON events, each line written as soon as the CLI produced it; a
+/// `heartbeat` line every `server.sse_keepalive_secs` while the CLI is silent.
 fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
+    use tokio::time::{sleep_until, Duration, Instant};
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let stopped = ctx.stopped();
+    let keepalive = Duration::from_secs(ctx.settings().server.sse_keepalive_secs);
     // Tracked: a stop lets the stream run to its end within the grace period.
     ctx.work.spawn(async move {
         tokio::pin!(stopped);
@@ -80,14 +83,39 @@ fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
         let session_id = run.session_id.clone();
         let mut seq: u64 = 0;
         let mut saw_delta = false;
+        let next_beat = || {
+            Instant::now()
+                + if keepalive.is_zero() {
+                    Duration::from_secs(365 * 24 * 3600)
+                } else {
+                    keepalive
+                }
+        };
+        let mut beat = next_beat();
         loop {
-            let update = tokio::select! {
-                u = run.next() => u,
-                _ = &mut stopped => None,
-                // The client left while the CLI was silent: dropping `run` cancels it now.
-                _ = tx.closed() => return,
+            // The next update is awaited across heartbeats (never dropped half-way).
+            let update = {
+                let next = run.next();
+                tokio::pin!(next);
+                loop {
+                    tokio::select! {
+                        u = &mut next => break u,
+                        _ = &mut stopped => break None,
+                        // The client left while the CLI was silent: dropping `run` cancels it now.
+                        _ = tx.closed() => return,
+                        _ = sleep_until(beat) => {
+                            beat = next_beat();
+                            let line = event_line(&backend, &session_id, seq, &RunEvent::Heartbeat);
+                            seq += 1;
+                            if tx.send(line).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
             };
             let Some(update) = update else { break };
+            beat = next_beat();
             let event = match update {
                 prompt::PromptUpdate::Event(ev) => match prompt::run_event(&ev, &mut saw_delta) {
                     Some(ev) => ev,
