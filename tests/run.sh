@@ -5,6 +5,8 @@
 #
 # Environment: CLINVK_TEST_CACHE (default <repo>/.test-cache) holds the npm and pip installs,
 # reused by later runs. PYTEST_ARGS adds pytest arguments (e.g. "-k daemon").
+# The last stage builds the .deb (cargo-deb, release build), installs it with dpkg, checks it and
+# removes it: it needs root; CLINVK_SKIP_DEB_CHECK=1 skips it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 start=$SECONDS
@@ -41,5 +43,9 @@ cargo test --workspace --quiet
 step "black-box tests"
 # shellcheck disable=SC2086
 "$PY" -m pytest -p no:cacheprovider -ra tests/ ${PYTEST_ARGS:-}
+
+step "Debian package (build, install, check, remove)"
+# Needs root and dpkg (CI has both); CLINVK_SKIP_DEB_CHECK=1 skips it on a developer machine.
+./tests/deb-check.sh
 
 step "all tests passed"

@@ -221,7 +221,7 @@ def test_fields_are_honoured_named_as_ignored_or_refused(compat):
         ("stop", dict(stop=["END", "STOP"])),
         ("logprobs", dict(logprobs=True)),
         ("n", dict(n=2)),
-        ("response_format", dict(response_format={"type": "json_object"})),
+        ("response_format", dict(response_format={"type": "xml"})),
         ("modalities", dict(modalities=["text", "audio"])),
     ]
     before = len(d.model_calls())

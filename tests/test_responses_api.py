@@ -97,7 +97,7 @@ def test_refused_fields_are_named_and_nothing_runs(compat):
     client = d.openai()
     before = len(d.model_calls())
     tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
-    schema = {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}}
+    schema = {"format": {"type": "xml"}}
     for param, extra in [("tools", dict(tools=tools)),
                          ("text.format", dict(text=schema)),
                          ("background", dict(background=True))]:
