@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the test world's tools into ${CLINVK_TEST_CACHE:-<repo>/.test-cache}:
 #   npm/   the real CLIs (claude, codex, gemini) at the versions pinned in tests/cli-versions.env
+#   node-clients/  the Node clients of tests/node-clients (npm ci from its lock file)
 #   venv/  a Python venv with the exact packages of tests/requirements.txt
 # Idempotent: each part is skipped when already installed as pinned.
 # Needs only node/npm and python3 (on Debian without python3-venv it installs that
@@ -70,6 +71,20 @@ fi
 for bin in claude codex; do
   "$NPM_DIR/node_modules/.bin/$bin" --version >/dev/null || { say "$bin --version failed"; exit 1; }
 done
+
+# ---- Node clients (tests/node-clients: the Vercel AI SDK, pinned by its lock file) ----
+NODE_CLIENTS="$CACHE/node-clients"
+node_stamp="$(cat "$TESTS_DIR/node-clients/package.json" "$TESTS_DIR/node-clients/package-lock.json" | sha256sum | cut -d' ' -f1)"
+if [ -f "$NODE_CLIENTS/.clinvk-lock.sha256" ] && [ "$(cat "$NODE_CLIENTS/.clinvk-lock.sha256")" = "$node_stamp" ]; then
+  say "node clients: $NODE_CLIENTS already matches tests/node-clients"
+else
+  start=$SECONDS
+  mkdir -p "$NODE_CLIENTS"
+  cp "$TESTS_DIR/node-clients/package.json" "$TESTS_DIR/node-clients/package-lock.json" "$NODE_CLIENTS/"
+  (cd "$NODE_CLIENTS" && npm ci --no-audit --no-fund --loglevel=error)
+  printf '%s\n' "$node_stamp" > "$NODE_CLIENTS/.clinvk-lock.sha256"
+  say "node clients: installed in $((SECONDS - start)) s"
+fi
 
 # ---- Python venv ---------------------------------------------------------------
 PY="${PYTHON:-python3}"

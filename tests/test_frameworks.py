@@ -1,7 +1,8 @@
 """Agent frameworks and clients at their defaults, pinned (tests/requirements.txt), against clinvk
 with the real CLIs and the fake model server: the OpenAI Agents SDK (Responses API; plain,
 streamed, structured output_type), pydantic-ai (Responses and chat models; text and native
-structured output) and the `llm` CLI (plain, streamed, --schema)."""
+structured output), the `llm` CLI (plain, streamed, --schema) and the Vercel AI SDK (Node:
+generateText, streamText, Output.object, generateObject)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
+
+import cli_env  # tests/fakemodel/cli_env.py (the test cache's location)
 
 from compat_world import compat  # noqa: F401  (fixture)
 
@@ -94,3 +97,22 @@ def test_llm_cli_with_an_openai_compatible_model_entry(compat, tmp_path):
     assert run("--no-stream", "no stream") == "fake-reply turns=1 last=no stream"
     assert json.loads(run("--schema", "name, country", "a city")) == {
         "name": "fake name", "country": "fake country"}
+
+
+def test_vercel_ai_sdk_generate_stream_and_objects(compat):
+    """`openai(model)` of @ai-sdk/openai (its default: the Responses API), pinned in
+    tests/node-clients/package-lock.json, installed into the test cache by install-clis.sh."""
+    d = compat()
+    clients = cli_env.cache_dir() / "node-clients"
+    assert (clients / "node_modules" / "ai").is_dir(), "run tests/install-clis.sh"
+    # The script runs from the cache folder, so that node finds its node_modules.
+    script = clients / "vercel-check.mjs"
+    script.write_text((Path(__file__).parent / "node-clients" / "vercel-check.mjs").read_text())
+    r = subprocess.run(["node", str(script)], env=dict(os.environ, BASE=d.openai_base),
+                       text=True, capture_output=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["text"] == "fake-reply turns=1 last=hello vercel"
+    assert out["stream"] == "fake-reply turns=1 last=streamed vercel" and out["streamParts"] > 1
+    City.model_validate(out["output"])
+    City.model_validate(out["object"])
