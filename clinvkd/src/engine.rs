@@ -116,6 +116,8 @@ pub(crate) struct RunStream {
     output_schema: Option<serde_json::Value>,
     /// The schema file a CLI reads (codex), removed with the run.
     _schema_file: Option<tempfile::NamedTempFile>,
+    /// The run's image files (codex, gemini), removed with the run.
+    _images: Option<tempfile::TempDir>,
 }
 
 /// What a dry run reports: exactly what would run.
@@ -249,6 +251,48 @@ fn write_schema_file(
     Ok(file)
 }
 
+/// Whether the backend reads the images from files (codex `-i`, gemini `@path`); claude takes
+/// them in its stream-json input.
+fn images_in_files(inv: &Invocation) -> bool {
+    !inv.images.is_empty() && inv.backend != Backend::Claude
+}
+
+fn image_extension(media_type: &str) -> &'static str {
+    match media_type {
+        "image/jpeg" => "jpg",
+        "image/gif" => "gif",
+        "image/webp" => "webp",
+        _ => "png",
+    }
+}
+
+/// Writes the images into a private folder of the run (removed with it).
+fn write_images(ctx: &Ctx, inv: &mut Invocation) -> Result<tempfile::TempDir, EngineError> {
+    use base64::Engine as _;
+    let dir = ctx.paths.state_dir.join("tmp");
+    let fail = |e: std::io::Error| {
+        EngineError::Spawn(format!("cannot write the images in {}: {e}", dir.display()))
+    };
+    clinvk_shared::paths::ensure_private_dir(&dir).map_err(fail)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("images-")
+        .tempdir_in(&dir)
+        .map_err(fail)?;
+    for (i, img) in inv.images.iter().enumerate() {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(img.data.trim())
+            .map_err(|e| EngineError::bad("invalid_image", e.to_string()))?;
+        let path = scratch.path().join(format!(
+            "image-{}.{}",
+            i + 1,
+            image_extension(&img.media_type)
+        ));
+        std::fs::write(&path, bytes).map_err(fail)?;
+        inv.image_files.push(path);
+    }
+    Ok(scratch)
+}
+
 /// The answer of a structured-output run, checked against its schema: the JSON text (a single
 /// ```json fence around it is removed), or why it does not match.
 pub(crate) fn check_structured(output: &str, schema: &serde_json::Value) -> Result<String, String> {
@@ -284,6 +328,20 @@ pub(crate) fn dry_run(ctx: &Ctx, inv: &Invocation) -> Result<DryRun, EngineError
     if schema_in_file(&inv) {
         inv.output_schema_file = Some(ctx.paths.state_dir.join("tmp/output-schema-XXXXXX.json"));
     }
+    if images_in_files(&inv) {
+        inv.image_files = inv
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| {
+                ctx.paths.state_dir.join(format!(
+                    "tmp/images-XXXXXX/image-{}.{}",
+                    i + 1,
+                    image_extension(&img.media_type)
+                ))
+            })
+            .collect();
+    }
     let inv = &inv;
     let p = prepare(ctx, inv)?;
     Ok(DryRun {
@@ -309,6 +367,11 @@ pub(crate) async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, Engin
         }
         _ => None,
     };
+    let images = if images_in_files(&inv) {
+        Some(write_images(ctx, &mut inv)?)
+    } else {
+        None
+    };
     let p = prepare(ctx, &inv)?;
     let permit = ctx
         .supervisor
@@ -333,6 +396,7 @@ pub(crate) async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, Engin
         finished: false,
         output_schema: inv.output_schema,
         _schema_file: schema_file,
+        _images: images,
     })
 }
 

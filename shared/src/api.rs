@@ -210,6 +210,18 @@ pub struct PromptRequest {
     /// Structured output: a JSON Schema the final answer must match. The answer is then that
     /// JSON; one that does not match is a failed run, never prose presented as JSON.
     pub output_schema: Option<serde_json::Value>,
+    /// Images for the model, with the prompt (PNG, JPEG, GIF or WebP; base64).
+    pub images: Vec<ImageInput>,
+}
+
+/// An image sent with a prompt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInput {
+    /// `image/png`, `image/jpeg`, `image/gif` or `image/webp`.
+    pub media_type: String,
+    /// The image, base64-encoded.
+    pub data: String,
 }
 
 /// The answer of a finished prompt (a run that started, even if it failed).

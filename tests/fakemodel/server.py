@@ -245,6 +245,27 @@ def requested_schema(protocol: str, req: dict, last_raw: str):
     return None
 
 
+def count_images(protocol: str, req: dict) -> int:
+    """Image parts in the request's user turns (Anthropic `image` blocks, Responses
+    `input_image` parts, Gemini `inlineData` parts)."""
+    n = 0
+    if protocol == "anthropic":
+        for m in req.get("messages") or []:
+            if m.get("role") == "user" and isinstance(m.get("content"), list):
+                n += sum(1 for b in m["content"] if isinstance(b, dict) and b.get("type") == "image")
+    elif protocol == "responses":
+        items = req.get("input")
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("content"), list):
+                n += sum(1 for p in item["content"]
+                         if isinstance(p, dict) and p.get("type") == "input_image")
+    else:
+        for c in req.get("contents") or []:
+            n += sum(1 for p in c.get("parts") or []
+                     if isinstance(p, dict) and ("inlineData" in p or "inline_data" in p))
+    return n
+
+
 def structured_tool(req: dict):
     """claude's StructuredOutput tool, when the model has not called it yet this turn."""
     tool = next((t for t in req.get("tools") or [] if t.get("name") == STRUCTURED_TOOL), None)
@@ -498,6 +519,7 @@ class Handler(BaseHTTPRequestHandler):
             "raw_user_texts": info["raw_user_texts"],
             "user_texts": info["user_texts"],
             "routing": routing, "utility": utility,
+            "images": count_images(protocol, req),
             "mode": mode, "time": time.time(),
             "headers": dict(self.headers.items()),
             "body": req,

@@ -70,6 +70,22 @@ impl Adapter for Claude {
         }
         a.extend(cfg.extra_flags.iter().cloned());
         a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
+        // Images: the prompt goes through stdin as one stream-json user message with image blocks.
+        if !inv.images.is_empty() {
+            a.extend(["--input-format".to_string(), "stream-json".to_string()]);
+            let mut content = vec![serde_json::json!({"type": "text", "text": inv.prompt})];
+            content.extend(inv.images.iter().map(|i| {
+                serde_json::json!({"type": "image", "source": {"type": "base64", "media_type": i.media_type, "data": i.data}})
+            }));
+            let line = serde_json::json!({"type": "user", "message": {"role": "user", "content": content}});
+            return Ok(CommandSpec::for_run(
+                "claude",
+                cfg,
+                inv,
+                a,
+                Some(format!("{line}\n")),
+            ));
+        }
         // claude reads a long prompt from stdin when no prompt argument is given.
         let stdin = push_prompt(&mut a, &inv.prompt, None);
         Ok(CommandSpec::for_run("claude", cfg, inv, a, stdin))

@@ -58,6 +58,9 @@ impl Adapter for Codex {
                 format!("developer_instructions={}", toml_string(sp)),
             ]);
         }
+        for image in &inv.image_files {
+            a.extend(["-i".to_string(), image.display().to_string()]);
+        }
         if let Some(file) = &inv.output_schema_file {
             a.extend(["--output-schema".to_string(), file.display().to_string()]);
         }

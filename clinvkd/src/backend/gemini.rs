@@ -22,6 +22,11 @@ impl Adapter for Gemini {
         if let Some(schema) = &inv.output_schema {
             full.push_str(&super::schema_instruction(schema));
         }
+        // Images: gemini reads `@path` references itself, inside its workspace (their folder is
+        // added to it below).
+        for image in &inv.image_files {
+            full.push_str(&format!(" @{}", image.display()));
+        }
         let (prompt_arg, stdin) = if full.len() > STDIN_THRESHOLD {
             (String::new(), Some(full))
         } else {
@@ -48,6 +53,12 @@ impl Adapter for Gemini {
         }
         if inv.sandbox_mode == SandboxMode::Workspace {
             a.push("--sandbox".into());
+        }
+        if let Some(dir) = inv.image_files.first().and_then(|f| f.parent()) {
+            a.extend([
+                "--include-directories".to_string(),
+                dir.display().to_string(),
+            ]);
         }
         if let Some(id) = &inv.resume {
             a.extend(["--resume".to_string(), id.clone()]);

@@ -38,6 +38,11 @@ pub(crate) struct Invocation {
     pub(crate) output_schema: Option<serde_json::Value>,
     /// The schema written to a file, for a CLI that takes a path (codex); set by `engine`.
     pub(crate) output_schema_file: Option<PathBuf>,
+    /// Images with the prompt (checked by `ops::prompt::plan`).
+    pub(crate) images: Vec<clinvk_shared::api::ImageInput>,
+    /// The images written as files (codex `-i`, gemini `@path`), in a private folder of the run;
+    /// set by `engine`.
+    pub(crate) image_files: Vec<PathBuf>,
 }
 
 /// For a CLI without a structured-output option: the instruction after the prompt.

@@ -165,6 +165,54 @@ fn tool_result_text(content: Option<&Value>, param: &str) -> Result<String, ApiE
     }
 }
 
+/// An `image` block's picture (`source.type: base64`; URLs are not fetched).
+fn image_block(b: &Value, param: &str) -> Result<clinvk_shared::api::ImageInput, ApiError> {
+    let source = b.get("source").unwrap_or(&Value::Null);
+    match source.get("type").and_then(Value::as_str) {
+        Some("base64") => {
+            let image = clinvk_shared::api::ImageInput {
+                media_type: source
+                    .get("media_type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                data: source
+                    .get("data")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            };
+            crate::ops::prompt::check_image(&image, &format!("{param}.source"))?;
+            Ok(image)
+        }
+        Some("url") => Err(ApiError::bad_request(
+            "invalid_image",
+            "image URLs are not fetched; send the image as a base64 source",
+        )
+        .with_param(format!("{param}.source"))),
+        _ => Err(bad(
+            format!("{param}.source.type"),
+            "an image source must be `base64`",
+        )),
+    }
+}
+
+/// The images of a content (its `image` blocks).
+fn blocks_images(
+    content: &Value,
+    param: &str,
+) -> Result<Vec<clinvk_shared::api::ImageInput>, ApiError> {
+    let Value::Array(blocks) = content else {
+        return Ok(Vec::new());
+    };
+    blocks
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.get("type").and_then(Value::as_str) == Some("image"))
+        .map(|(i, b)| image_block(b, &format!("{param}[{i}]")))
+        .collect()
+}
+
 /// The text of a content (string or blocks), and whether it held tool results.
 fn blocks_text(content: &Value, param: &str) -> Result<(String, bool), ApiError> {
     let blocks = match content {
@@ -200,8 +248,9 @@ fn blocks_text(content: &Value, param: &str) -> Result<(String, bool), ApiError>
                 let input = b.get("input").cloned().unwrap_or(Value::Null);
                 texts.push(format!("[called tool {name} with {input}]"));
             }
-            "thinking" | "redacted_thinking" => {}
-            "image" | "document" | "search_result" | "container_upload" => {
+            // Images are taken by `blocks_images`.
+            "thinking" | "redacted_thinking" | "image" => {}
+            "document" | "search_result" | "container_upload" => {
                 return Err(ApiError::bad_request(
                     "unsupported_content",
                     format!("content block type {kind:?} is not supported: the CLIs behind this server take text only; send text blocks"),
@@ -233,7 +282,14 @@ fn conversation(system: Option<&Value>, messages: &[InMessage]) -> Result<Conver
     }
     for (i, m) in messages.iter().enumerate() {
         // Tool results arrive inside user turns; their text carries their own labels.
-        let (text, _tool) = blocks_text(&m.content, &format!("messages[{i}].content"))?;
+        let param = format!("messages[{i}].content");
+        let (text, _tool) = blocks_text(&m.content, &param)?;
+        let at = conv.messages.len();
+        conv.images.extend(
+            blocks_images(&m.content, &param)?
+                .into_iter()
+                .map(|img| (at, img)),
+        );
         let role = match m.role.as_str() {
             "user" => Role::User,
             "assistant" => Role::Assistant,

@@ -183,6 +183,43 @@ pub(crate) struct Conversation {
     pub(crate) messages: Vec<Msg>,
     /// Structured output the request asks for: the JSON Schema the answer must match.
     pub(crate) output_schema: Option<Value>,
+    /// Images, each with the index of the message it came in.
+    pub(crate) images: Vec<(usize, clinvk_shared::api::ImageInput)>,
+}
+
+/// An image given as a `data:` URL (`data:image/png;base64,…`). Remote URLs are not fetched: a
+/// server that runs agents must not be made to fetch arbitrary URLs.
+pub(crate) fn data_url_image(
+    url: &str,
+    param: &str,
+) -> Result<clinvk_shared::api::ImageInput, ApiError> {
+    let refuse = |msg: String| ApiError::bad_request("invalid_image", msg).with_param(param);
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Err(refuse(format!(
+            "`{param}`: remote image URLs are not fetched; send the image as a data: URL (data:image/png;base64,…)"
+        )));
+    }
+    let rest = url.strip_prefix("data:").ok_or_else(|| {
+        refuse(format!(
+            "`{param}`: expected a data: URL (data:image/png;base64,…)"
+        ))
+    })?;
+    let (meta, data) = rest.split_once(',').ok_or_else(|| {
+        refuse(format!(
+            "`{param}`: a data: URL needs a comma before its data"
+        ))
+    })?;
+    let media_type = meta.strip_suffix(";base64").ok_or_else(|| {
+        refuse(format!(
+            "`{param}`: the data: URL must be base64 (…;base64,…)"
+        ))
+    })?;
+    let image = clinvk_shared::api::ImageInput {
+        media_type: media_type.to_string(),
+        data: data.to_string(),
+    };
+    crate::ops::prompt::check_image(&image, param)?;
+    Ok(image)
 }
 
 /// The JSON Schema of an OpenAI `response_format` (chat) or `text.format` (Responses):
@@ -370,6 +407,13 @@ pub(crate) async fn start(
         system_prompt: conv.system.clone(),
         session_id: resume.clone(),
         output_schema: conv.output_schema.clone(),
+        // A resumed session already holds the earlier turns' images.
+        images: conv
+            .images
+            .iter()
+            .filter(|(i, _)| resume.is_none() || *i >= split)
+            .map(|(_, img)| img.clone())
+            .collect(),
         ..Default::default()
     };
     let plan = prompt::plan(ctx, caller, preq, source)?;

@@ -174,13 +174,18 @@ fn bad(param: String, msg: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_request", msg).with_param(param)
 }
 
-/// A message's content as text: a string, or an array of parts whose text parts are joined.
-fn content_text(content: &Option<Value>, param: &str) -> Result<String, ApiError> {
+/// A message's content: its text (a string, or the text parts joined) and its images
+/// (`image_url` parts with data: URLs).
+fn content_parts(
+    content: &Option<Value>,
+    param: &str,
+) -> Result<(String, Vec<clinvk_shared::api::ImageInput>), ApiError> {
     match content {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
+        None | Some(Value::Null) => Ok((String::new(), Vec::new())),
+        Some(Value::String(s)) => Ok((s.clone(), Vec::new())),
         Some(Value::Array(parts)) => {
             let mut texts = Vec::new();
+            let mut images = Vec::new();
             for (i, p) in parts.iter().enumerate() {
                 let kind = p.get("type").and_then(Value::as_str).unwrap_or("");
                 match kind {
@@ -193,10 +198,18 @@ fn content_text(content: &Option<Value>, param: &str) -> Result<String, ApiError
                             .unwrap_or("")
                             .to_string(),
                     ),
-                    "image_url" | "input_image" | "input_audio" | "file" | "input_file" => {
+                    "image_url" => {
+                        let url = p
+                            .get("image_url")
+                            .and_then(|u| u.get("url").or(Some(u)))
+                            .and_then(Value::as_str)
+                            .unwrap_or("");
+                        images.push(compat::data_url_image(url, &format!("{param}[{i}].image_url.url"))?);
+                    }
+                    "input_image" | "input_audio" | "file" | "input_file" => {
                         return Err(ApiError::bad_request(
                             "unsupported_content",
-                            format!("content part type {kind:?} is not supported: the CLIs behind this server take text only; send text parts"),
+                            format!("content part type {kind:?} is not supported: send text and image_url parts"),
                         )
                         .with_param(format!("{param}[{i}]")))
                     }
@@ -208,7 +221,7 @@ fn content_text(content: &Option<Value>, param: &str) -> Result<String, ApiError
                     }
                 }
             }
-            Ok(texts.join("\n"))
+            Ok((texts.join("\n"), images))
         }
         Some(_) => Err(bad(
             param.to_string(),
@@ -227,7 +240,9 @@ fn conversation(messages: &[ChatMessage]) -> Result<Conversation, ApiError> {
     let mut conv = Conversation::default();
     for (i, m) in messages.iter().enumerate() {
         let param = format!("messages[{i}].content");
-        let text = content_text(&m.content, &param)?;
+        let (text, images) = content_parts(&m.content, &param)?;
+        let at = conv.messages.len();
+        conv.images.extend(images.into_iter().map(|img| (at, img)));
         match m.role.as_str() {
             "system" | "developer" => conv.add_system(&text),
             "user" => conv.messages.push(Msg::new(Role::User, text)),
