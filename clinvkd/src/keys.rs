@@ -165,11 +165,7 @@ impl KeyStore {
 
     /// Whether the HTTP API asks for a key under `mode`.
     pub(crate) fn required(&self, mode: AuthMode) -> bool {
-        match mode {
-            AuthMode::Off => false,
-            AuthMode::Required => true,
-            AuthMode::Auto => self.configured(),
-        }
+        mode.requires_key(self.configured())
     }
 
     /// Number of keys that are accepted now.

@@ -286,6 +286,18 @@ pub enum AuthMode {
     Off,
 }
 
+impl AuthMode {
+    /// Whether the HTTP API asks for a key, given whether keys were ever set up (any key from
+    /// any source, or a key store file).
+    pub fn requires_key(self, keys_configured: bool) -> bool {
+        match self {
+            AuthMode::Off => false,
+            AuthMode::Required => true,
+            AuthMode::Auto => keys_configured,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LogSettings {
@@ -379,6 +391,24 @@ const SPECIAL_ENV: [&str; 4] = [
     "CLINVK_API_KEYS",
     "CLINVK_TEST_CACHE",
 ];
+
+/// The config file the daemon reads when started without `--config`: `$CLINVK_CONFIG` (then it
+/// must exist), else the state folder's. Returns the file and whether it was named explicitly.
+pub fn config_file(paths: &crate::paths::Paths) -> (PathBuf, bool) {
+    match std::env::var_os("CLINVK_CONFIG").filter(|v| !v.is_empty()) {
+        Some(f) => (PathBuf::from(f), true),
+        None => (paths.default_config_file(), false),
+    }
+}
+
+/// The settings as a daemon started now would load them (its config file, then this process's
+/// `CLINVK_*` variables): what the clients use to know what the daemon sees.
+pub fn load_as_daemon(paths: &crate::paths::Paths) -> (PathBuf, Result<Loaded, ConfigError>) {
+    let (file, explicit) = config_file(paths);
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let loaded = load(&file, explicit, &env);
+    (file, loaded)
+}
 
 /// Loads settings from `path` (must exist when `explicit`), then the environment `env`.
 pub fn load(path: &Path, explicit: bool, env: &[(String, String)]) -> Result<Loaded, ConfigError> {

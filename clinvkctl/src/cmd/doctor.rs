@@ -4,7 +4,7 @@
 
 use crate::{exit, ClientError};
 use clinvk_shared::api::{Backend, PromptOutcome, PromptRequest};
-use clinvk_shared::config::{self, AuthMode, BackendSettings, Settings};
+use clinvk_shared::config::{self, BackendSettings, Settings};
 use clinvk_shared::paths::Paths;
 use clinvk_shared::protocol::{Reply, Request};
 use serde::Serialize;
@@ -164,13 +164,8 @@ fn print_report(r: &Report) {
 
 /// The config as the daemon would load it (file, then `CLINVK_*` variables).
 fn check_config(paths: &Paths, checks: &mut Checks) -> Settings {
-    let explicit = std::env::var_os("CLINVK_CONFIG").filter(|v| !v.is_empty());
-    let path = explicit
-        .clone()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| paths.default_config_file());
-    let env: Vec<(String, String)> = std::env::vars().collect();
-    match config::load(&path, explicit.is_some(), &env) {
+    let (path, loaded) = config::load_as_daemon(paths);
+    match loaded {
         Ok(loaded) => {
             if loaded.file_found {
                 checks.add("config", Verdict::Ok, format!("{} parsed", path.display()));
@@ -655,11 +650,7 @@ fn check_auth(paths: &Paths, settings: &Settings, checks: &mut Checks) {
     let keys_configured = paths.keys_file().exists()
         || std::env::var("CLINVK_API_KEYS").is_ok_and(|v| !v.trim().is_empty())
         || !settings.server.api_keys_gopass_path.trim().is_empty();
-    let on = match settings.server.auth {
-        AuthMode::Required => true,
-        AuthMode::Off => false,
-        AuthMode::Auto => keys_configured,
-    };
+    let on = settings.server.auth.requires_key(keys_configured);
     match (on, loopback) {
         (true, _) => checks.add(
             "auth",

@@ -174,12 +174,8 @@ pub async fn run(opts: &PromptOptions, mut req: PromptRequest) -> Result<u8, Cli
 /// The config's `output` section (how answers are shown); defaults when it cannot be read (the
 /// daemon reports a broken config).
 fn display_settings(paths: &clinvk_shared::paths::Paths) -> clinvk_shared::config::OutputSettings {
-    let (file, explicit) = match std::env::var_os("CLINVK_CONFIG").filter(|v| !v.is_empty()) {
-        Some(f) => (std::path::PathBuf::from(f), true),
-        None => (paths.default_config_file(), false),
-    };
-    let env: Vec<(String, String)> = std::env::vars().collect();
-    clinvk_shared::config::load(&file, explicit, &env)
+    clinvk_shared::config::load_as_daemon(paths)
+        .1
         .map(|l| l.settings.output)
         .unwrap_or_default()
 }

@@ -127,14 +127,7 @@ fn daemon_path() -> Result<PathBuf, ClientError> {
 fn listen_address() -> String {
     let settings = crate::paths()
         .ok()
-        .and_then(|paths| {
-            let path = std::env::var_os("CLINVK_CONFIG")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| paths.default_config_file());
-            let env: Vec<(String, String)> = std::env::vars().collect();
-            clinvk_shared::config::load(&path, false, &env).ok()
-        })
+        .and_then(|paths| clinvk_shared::config::load_as_daemon(&paths).1.ok())
         .map(|l| l.settings)
         .unwrap_or_default();
     let host = &settings.server.host;
