@@ -67,12 +67,12 @@ impl MessagesRequest {
         match self.max_tokens {
             Some(n) if n > 0 => {}
             Some(_) => {
-                return Err(bad(
-                    "max_tokens".into(),
+                return Err(compat::invalid(
+                    "max_tokens",
                     "`max_tokens` must be greater than 0",
                 ))
             }
-            None => return Err(bad("max_tokens".into(), "`max_tokens` is required")),
+            None => return Err(compat::invalid("max_tokens", "`max_tokens` is required")),
         }
         if self.stop_sequences.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(compat::unsupported(
@@ -146,10 +146,6 @@ struct InMessage {
     content: Value,
 }
 
-fn bad(param: String, msg: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_request", msg).with_param(param)
-}
-
 /// Text of a `tool_result` block's content (string or blocks).
 fn tool_result_text(content: Option<&Value>, param: &str) -> Result<String, ApiError> {
     match content {
@@ -158,8 +154,8 @@ fn tool_result_text(content: Option<&Value>, param: &str) -> Result<String, ApiE
         Some(Value::Array(_)) => {
             blocks_text(content.unwrap_or(&Value::Null), param).map(|(t, _)| t)
         }
-        Some(_) => Err(bad(
-            param.into(),
+        Some(_) => Err(compat::invalid(
+            param,
             "tool_result content must be a string or blocks",
         )),
     }
@@ -190,7 +186,7 @@ fn image_block(b: &Value, param: &str) -> Result<clinvk_shared::api::ImageInput,
             "image URLs are not fetched; send the image as a base64 source",
         )
         .with_param(format!("{param}.source"))),
-        _ => Err(bad(
+        _ => Err(compat::invalid(
             format!("{param}.source.type"),
             "an image source must be `base64`",
         )),
@@ -219,8 +215,8 @@ fn blocks_text(content: &Value, param: &str) -> Result<(String, bool), ApiError>
         Value::String(s) => return Ok((s.clone(), false)),
         Value::Array(b) => b,
         _ => {
-            return Err(bad(
-                param.into(),
+            return Err(compat::invalid(
+                param,
                 "`content` must be a string or an array of content blocks",
             ))
         }
@@ -258,7 +254,7 @@ fn blocks_text(content: &Value, param: &str) -> Result<(String, bool), ApiError>
                 .with_param(p))
             }
             other => {
-                return Err(bad(
+                return Err(compat::invalid(
                     format!("{p}.type"),
                     format!("unknown content block type {other:?}"),
                 ))
@@ -275,8 +271,8 @@ fn conversation(system: Option<&Value>, messages: &[InMessage]) -> Result<Conver
         Some(v) => conv.add_system(&blocks_text(v, "system")?.0),
     }
     if messages.is_empty() {
-        return Err(bad(
-            "messages".into(),
+        return Err(compat::invalid(
+            "messages",
             "`messages` must hold at least one message",
         ));
     }
@@ -294,7 +290,7 @@ fn conversation(system: Option<&Value>, messages: &[InMessage]) -> Result<Conver
             "user" => Role::User,
             "assistant" => Role::Assistant,
             other => {
-                return Err(bad(
+                return Err(compat::invalid(
                     format!("messages[{i}].role"),
                     format!("unknown role {other:?} (user, assistant)"),
                 ))

@@ -187,6 +187,78 @@ pub(crate) struct Conversation {
     pub(crate) images: Vec<(usize, clinvk_shared::api::ImageInput)>,
 }
 
+/// A client mistake in a compatible API's body: 400 `invalid_request` naming the field.
+pub(crate) fn invalid(param: impl Into<String>, msg: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_request", msg).with_param(param)
+}
+
+/// A message's content in the OpenAI formats (chat and Responses): its text — a string, or the
+/// `text`/`input_text`/`output_text`/`refusal` parts joined — and its images (chat `image_url`
+/// parts, Responses `input_image` parts: data: URLs).
+pub(crate) fn openai_content(
+    content: Option<&Value>,
+    param: &str,
+) -> Result<(String, Vec<clinvk_shared::api::ImageInput>), ApiError> {
+    let parts = match content {
+        None | Some(Value::Null) => return Ok((String::new(), Vec::new())),
+        Some(Value::String(s)) => return Ok((s.clone(), Vec::new())),
+        Some(Value::Array(parts)) => parts,
+        Some(_) => {
+            return Err(invalid(
+                param,
+                "`content` must be a string or an array of content parts",
+            ))
+        }
+    };
+    let mut texts = Vec::new();
+    let mut images = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        let at = format!("{param}[{i}]");
+        let text = |field: &str| {
+            p.get(field)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        match p.get("type").and_then(Value::as_str).unwrap_or("") {
+            "text" | "input_text" | "output_text" => texts.push(text("text")),
+            "refusal" => texts.push(text("refusal")),
+            // chat: `{"image_url": {"url": …}}`; Responses: `{"image_url": "…"}`.
+            kind @ ("image_url" | "input_image") => {
+                let url = p
+                    .get("image_url")
+                    .and_then(|u| u.get("url").or(Some(u)))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                if url.is_empty() {
+                    return Err(ApiError::bad_request(
+                        "invalid_image",
+                        format!("a {kind} part needs `image_url` (a data: URL); file ids are not kept here"),
+                    )
+                    .with_param(at));
+                }
+                images.push(data_url_image(url, &format!("{at}.image_url"))?);
+            }
+            kind @ ("input_audio" | "file" | "input_file") => {
+                return Err(ApiError::bad_request(
+                    "unsupported_content",
+                    format!(
+                        "content part type {kind:?} is not supported: send text and image parts"
+                    ),
+                )
+                .with_param(at))
+            }
+            other => {
+                return Err(invalid(
+                    format!("{at}.type"),
+                    format!("unknown content part type {other:?}"),
+                ))
+            }
+        }
+    }
+    Ok((texts.join("\n"), images))
+}
+
 /// An image given as a `data:` URL (`data:image/png;base64,…`). Remote URLs are not fetched: a
 /// server that runs agents must not be made to fetch arbitrary URLs.
 pub(crate) fn data_url_image(
@@ -535,13 +607,7 @@ pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, Ap
         match piece {
             Some(Piece::Text(_)) => continue,
             Some(Piece::Done(r)) => break *r,
-            None => {
-                return Err(ApiError::new(
-                    Kind::Internal,
-                    "run_lost",
-                    "the run ended without a result",
-                ))
-            }
+            None => return Err(run_lost()),
         }
     };
     if let Some(e) = run_error(&result) {

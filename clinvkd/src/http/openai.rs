@@ -170,77 +170,17 @@ struct ChatMessage {
     name: Option<String>,
 }
 
-fn bad(param: String, msg: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_request", msg).with_param(param)
-}
-
-/// A message's content: its text (a string, or the text parts joined) and its images
-/// (`image_url` parts with data: URLs).
-fn content_parts(
-    content: &Option<Value>,
-    param: &str,
-) -> Result<(String, Vec<clinvk_shared::api::ImageInput>), ApiError> {
-    match content {
-        None | Some(Value::Null) => Ok((String::new(), Vec::new())),
-        Some(Value::String(s)) => Ok((s.clone(), Vec::new())),
-        Some(Value::Array(parts)) => {
-            let mut texts = Vec::new();
-            let mut images = Vec::new();
-            for (i, p) in parts.iter().enumerate() {
-                let kind = p.get("type").and_then(Value::as_str).unwrap_or("");
-                match kind {
-                    "text" | "input_text" | "output_text" => {
-                        texts.push(p.get("text").and_then(Value::as_str).unwrap_or("").to_string())
-                    }
-                    "refusal" => texts.push(
-                        p.get("refusal")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_string(),
-                    ),
-                    "image_url" => {
-                        let url = p
-                            .get("image_url")
-                            .and_then(|u| u.get("url").or(Some(u)))
-                            .and_then(Value::as_str)
-                            .unwrap_or("");
-                        images.push(compat::data_url_image(url, &format!("{param}[{i}].image_url.url"))?);
-                    }
-                    "input_image" | "input_audio" | "file" | "input_file" => {
-                        return Err(ApiError::bad_request(
-                            "unsupported_content",
-                            format!("content part type {kind:?} is not supported: send text and image_url parts"),
-                        )
-                        .with_param(format!("{param}[{i}]")))
-                    }
-                    other => {
-                        return Err(bad(
-                            format!("{param}[{i}].type"),
-                            format!("unknown content part type {other:?}"),
-                        ))
-                    }
-                }
-            }
-            Ok((texts.join("\n"), images))
-        }
-        Some(_) => Err(bad(
-            param.to_string(),
-            "`content` must be a string or an array of content parts",
-        )),
-    }
-}
-
 fn conversation(messages: &[ChatMessage]) -> Result<Conversation, ApiError> {
     if messages.is_empty() {
-        return Err(bad(
-            "messages".into(),
+        return Err(compat::invalid(
+            "messages",
             "`messages` must hold at least one message",
         ));
     }
     let mut conv = Conversation::default();
     for (i, m) in messages.iter().enumerate() {
         let param = format!("messages[{i}].content");
-        let (text, images) = content_parts(&m.content, &param)?;
+        let (text, images) = compat::openai_content(m.content.as_ref(), &param)?;
         let at = conv.messages.len();
         conv.images.extend(images.into_iter().map(|img| (at, img)));
         match m.role.as_str() {
@@ -277,7 +217,7 @@ fn conversation(messages: &[ChatMessage]) -> Result<Conversation, ApiError> {
                 text,
             }),
             other => {
-                return Err(bad(
+                return Err(compat::invalid(
                     format!("messages[{i}].role"),
                     format!("unknown role {other:?} (system, developer, user, assistant, tool)"),
                 ))

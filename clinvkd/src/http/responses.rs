@@ -59,10 +59,6 @@ enum Input {
     Items(Vec<Value>),
 }
 
-fn bad(param: impl Into<String>, msg: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_request", msg).with_param(param)
-}
-
 fn not_found(id: &str, param: Option<&str>) -> ApiError {
     let e = ApiError::new(
         Kind::NotFound,
@@ -106,70 +102,6 @@ impl CreateRequest {
     }
 }
 
-/// A message's content: its text (a string, or `input_text`/`output_text`/`refusal` parts)
-/// and its images (`input_image` parts with data: URLs).
-fn content_parts(
-    content: &Value,
-    param: &str,
-) -> Result<(String, Vec<clinvk_shared::api::ImageInput>), ApiError> {
-    let parts = match content {
-        Value::String(s) => return Ok((s.clone(), Vec::new())),
-        Value::Array(parts) => parts,
-        _ => {
-            return Err(bad(
-                param,
-                "`content` must be a string or an array of content parts",
-            ))
-        }
-    };
-    let mut texts = Vec::new();
-    let mut images = Vec::new();
-    for (i, p) in parts.iter().enumerate() {
-        let kind = p.get("type").and_then(Value::as_str).unwrap_or("");
-        let field = match kind {
-            "input_text" | "output_text" | "text" => "text",
-            "refusal" => "refusal",
-            "input_image" => {
-                let url = p.get("image_url").and_then(Value::as_str).unwrap_or("");
-                if url.is_empty() {
-                    return Err(ApiError::bad_request(
-                        "invalid_image",
-                        "an input_image needs `image_url` (a data: URL); file ids are not kept here",
-                    )
-                    .with_param(format!("{param}[{i}]")));
-                }
-                images.push(compat::data_url_image(
-                    url,
-                    &format!("{param}[{i}].image_url"),
-                )?);
-                continue;
-            }
-            "input_file" | "input_audio" => {
-                return Err(ApiError::bad_request(
-                    "unsupported_content",
-                    format!(
-                        "content part type {kind:?} is not supported: send text and image parts"
-                    ),
-                )
-                .with_param(format!("{param}[{i}]")))
-            }
-            other => {
-                return Err(bad(
-                    format!("{param}[{i}].type"),
-                    format!("unknown content part type {other:?}"),
-                ))
-            }
-        };
-        texts.push(
-            p.get(field)
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-        );
-    }
-    Ok((texts.join("\n"), images))
-}
-
 /// The conversation of a request: `instructions` as the system prompt, then the input items.
 fn conversation(r: &CreateRequest) -> Result<Conversation, ApiError> {
     let mut conv = Conversation::default();
@@ -184,7 +116,10 @@ fn conversation(r: &CreateRequest) -> Result<Conversation, ApiError> {
         Input::Items(items) => items,
     };
     if items.is_empty() {
-        return Err(bad("input", "`input` must hold at least one item"));
+        return Err(compat::invalid(
+            "input",
+            "`input` must hold at least one item",
+        ));
     }
     for (i, item) in items.iter().enumerate() {
         let param = format!("input[{i}]");
@@ -195,10 +130,8 @@ fn conversation(r: &CreateRequest) -> Result<Conversation, ApiError> {
         match kind {
             "message" => {
                 let role = item.get("role").and_then(Value::as_str).unwrap_or("");
-                let (text, images) = content_parts(
-                    item.get("content").unwrap_or(&Value::Null),
-                    &format!("{param}.content"),
-                )?;
+                let (text, images) =
+                    compat::openai_content(item.get("content"), &format!("{param}.content"))?;
                 let at = conv.messages.len();
                 conv.images.extend(images.into_iter().map(|img| (at, img)));
                 match role {
@@ -206,7 +139,7 @@ fn conversation(r: &CreateRequest) -> Result<Conversation, ApiError> {
                     "user" => conv.messages.push(Msg::new(Role::User, text)),
                     "assistant" => conv.messages.push(Msg::new(Role::Assistant, text)),
                     other => {
-                        return Err(bad(
+                        return Err(compat::invalid(
                             format!("{param}.role"),
                             format!("unknown role {other:?} (system, developer, user, assistant)"),
                         ))
