@@ -661,10 +661,9 @@ pub(crate) async fn stream(
     started: Started,
     mut frames: impl Frames,
 ) -> Result<Response, ApiError> {
-    use tokio::time::{sleep_until, Duration, Instant};
     let Started { run, meta } = started;
     let session_id = meta.session_id.clone();
-    let keepalive = Duration::from_secs(ctx.settings().server.sse_keepalive_secs);
+    let mut keepalive = super::KeepAlive::new(ctx);
     let (decide, decided) = tokio::sync::oneshot::channel::<Result<(), ApiError>>();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let ctx2 = ctx.clone();
@@ -674,9 +673,6 @@ pub(crate) async fn stream(
         let stopped = ctx2.stopped();
         tokio::pin!(stopped);
         let mut decide = Some(decide);
-        let period = keepalive.max(Duration::from_millis(1));
-        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        let mut deadline = if keepalive.is_zero() { far } else { Instant::now() + period };
         let mut out: Vec<Bytes> = Vec::new();
         loop {
             // The next piece is awaited across keep-alives (never dropped half-way).
@@ -697,8 +693,8 @@ pub(crate) async fn stream(
                         }
                         return;
                     }
-                    _ = sleep_until(deadline) => {
-                        deadline = if keepalive.is_zero() { far } else { Instant::now() + period };
+                    _ = keepalive.due() => {
+                        keepalive.reset();
                         if let Some(d) = decide.take() {
                             // A long silent start: answer 200 now, so keep-alives can flow.
                             if d.send(Ok(())).is_err() {
@@ -759,9 +755,7 @@ pub(crate) async fn stream(
             if end {
                 return;
             }
-            if !keepalive.is_zero() {
-                deadline = Instant::now() + period;
-            }
+            keepalive.reset();
         }
     });
     match decided.await {

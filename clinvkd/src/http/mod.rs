@@ -291,6 +291,39 @@ fn admit(
     Ok(Admitted::Route(cors))
 }
 
+/// When a silent stream sends its next keep-alive: `server.sse_keepalive_secs` after the last
+/// thing it sent (0: never).
+pub(crate) struct KeepAlive {
+    period: Option<std::time::Duration>,
+    at: tokio::time::Instant,
+}
+
+impl KeepAlive {
+    pub(crate) fn new(ctx: &Ctx) -> Self {
+        let secs = ctx.settings().server.sse_keepalive_secs;
+        let mut k = KeepAlive {
+            period: (secs > 0).then(|| std::time::Duration::from_secs(secs)),
+            at: tokio::time::Instant::now(),
+        };
+        k.reset();
+        k
+    }
+
+    /// Something was sent: the next keep-alive is a whole period away.
+    pub(crate) fn reset(&mut self) {
+        // Off: a deadline that never comes.
+        let wait = self
+            .period
+            .unwrap_or(std::time::Duration::from_secs(365 * 24 * 3600));
+        self.at = tokio::time::Instant::now() + wait;
+    }
+
+    /// Completes when a keep-alive is due.
+    pub(crate) fn due(&self) -> tokio::time::Sleep {
+        tokio::time::sleep_until(self.at)
+    }
+}
+
 /// A streamed answer: each chunk `rx` yields is written as soon as it comes (no buffering by
 /// proxies either), until the sender closes.
 fn streamed(rx: tokio::sync::mpsc::Receiver<Bytes>, content_type: &'static str) -> Response {

@@ -72,10 +72,9 @@ pub(crate) async fn prompt(
 /// Streams a prompt as NDJSON events, each line written as soon as the CLI produced it; a
 /// `heartbeat` line every `server.sse_keepalive_secs` while the CLI is silent.
 fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
-    use tokio::time::{sleep_until, Duration, Instant};
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let stopped = ctx.stopped();
-    let keepalive = Duration::from_secs(ctx.settings().server.sse_keepalive_secs);
+    let mut keepalive = super::KeepAlive::new(ctx);
     // Tracked: a stop lets the stream run to its end within the grace period.
     ctx.work.spawn(async move {
         tokio::pin!(stopped);
@@ -83,15 +82,6 @@ fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
         let session_id = run.session_id.clone();
         let mut seq: u64 = 0;
         let mut saw_delta = false;
-        let next_beat = || {
-            Instant::now()
-                + if keepalive.is_zero() {
-                    Duration::from_secs(365 * 24 * 3600)
-                } else {
-                    keepalive
-                }
-        };
-        let mut beat = next_beat();
         loop {
             // The next update is awaited across heartbeats (never dropped half-way).
             let update = {
@@ -103,8 +93,8 @@ fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
                         _ = &mut stopped => break None,
                         // The client left while the CLI was silent: dropping `run` cancels it now.
                         _ = tx.closed() => return,
-                        _ = sleep_until(beat) => {
-                            beat = next_beat();
+                        _ = keepalive.due() => {
+                            keepalive.reset();
                             let line = event_line(&backend, &session_id, seq, &RunEvent::Heartbeat);
                             seq += 1;
                             if tx.send(line).await.is_err() {
@@ -115,7 +105,7 @@ fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
                 }
             };
             let Some(update) = update else { break };
-            beat = next_beat();
+            keepalive.reset();
             let event = match update {
                 prompt::PromptUpdate::Event(ev) => match prompt::run_event(&ev, &mut saw_delta) {
                     Some(ev) => ev,
