@@ -578,48 +578,43 @@ class Handler(BaseHTTPRequestHandler):
     # Anthropic Messages ---------------------------------------------------
 
     def _anthropic(self, req, model, stream, text, deltas, gap, in_tokens):
-        msg_id = "msg_fake_" + uuid.uuid4().hex[:20]
-        usage = {"input_tokens": in_tokens, "output_tokens": len(deltas),
-                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-        if not stream:
-            return self._send_json(200, {
-                "id": msg_id, "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": "end_turn", "stop_sequence": None, "usage": usage,
-            })
+        def text_block(ev):
+            ev("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}})
+            ev("ping", {"type": "ping"})
+            for i, d in enumerate(deltas):
+                if gap and i:
+                    time.sleep(gap)
+                ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                           "delta": {"type": "text_delta", "text": d}})
 
-        def ev(name, obj):
-            self._chunk(f"event: {name}\ndata: {json.dumps(obj)}\n\n")
-
-        self._start_stream()
-        ev("message_start", {"type": "message_start", "message": {
-            "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [],
-            "stop_reason": None, "stop_sequence": None, "usage": dict(usage, output_tokens=1)}})
-        ev("content_block_start", {"type": "content_block_start", "index": 0,
-                                   "content_block": {"type": "text", "text": ""}})
-        ev("ping", {"type": "ping"})
-        for i, d in enumerate(deltas):
-            if gap and i:
-                time.sleep(gap)
-            ev("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                       "delta": {"type": "text_delta", "text": d}})
-        ev("content_block_stop", {"type": "content_block_stop", "index": 0})
-        ev("message_delta", {"type": "message_delta",
-                             "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                             "usage": {"output_tokens": len(deltas)}})
-        ev("message_stop", {"type": "message_stop"})
-        self._end_stream()
+        self._anthropic_message(model, stream, in_tokens, len(deltas), "end_turn",
+                                {"type": "text", "text": text}, text_block)
 
     def _anthropic_tool_use(self, model, stream, call, in_tokens):
-        msg_id = "msg_fake_" + uuid.uuid4().hex[:20]
         block = {"type": "tool_use", "id": "toolu_fake_" + uuid.uuid4().hex[:16],
                  "name": call["name"], "input": call["input"]}
-        usage = {"input_tokens": in_tokens, "output_tokens": 5,
+
+        def tool_block(ev):
+            ev("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": dict(block, input={})})
+            ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "input_json_delta",
+                                                 "partial_json": json.dumps(call["input"])}})
+
+        self._anthropic_message(model, stream, in_tokens, 5, "tool_use", block, tool_block)
+
+    def _anthropic_message(self, model, stream, in_tokens, out_tokens, stop_reason, block,
+                           stream_block):
+        """One Anthropic message holding one content block: JSON, or the SSE sequence around
+        ``stream_block(ev)`` (which sends the block's start and deltas)."""
+        msg_id = "msg_fake_" + uuid.uuid4().hex[:20]
+        usage = {"input_tokens": in_tokens, "output_tokens": out_tokens,
                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
         if not stream:
             return self._send_json(200, {
                 "id": msg_id, "type": "message", "role": "assistant", "model": model,
-                "content": [block], "stop_reason": "tool_use", "stop_sequence": None,
+                "content": [block], "stop_reason": stop_reason, "stop_sequence": None,
                 "usage": usage})
 
         def ev(name, obj):
@@ -629,15 +624,11 @@ class Handler(BaseHTTPRequestHandler):
         ev("message_start", {"type": "message_start", "message": {
             "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": dict(usage, output_tokens=1)}})
-        ev("content_block_start", {"type": "content_block_start", "index": 0,
-                                   "content_block": dict(block, input={})})
-        ev("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                   "delta": {"type": "input_json_delta",
-                                             "partial_json": json.dumps(call["input"])}})
+        stream_block(ev)
         ev("content_block_stop", {"type": "content_block_stop", "index": 0})
         ev("message_delta", {"type": "message_delta",
-                             "delta": {"stop_reason": "tool_use", "stop_sequence": None},
-                             "usage": {"output_tokens": 5}})
+                             "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                             "usage": {"output_tokens": out_tokens}})
         ev("message_stop", {"type": "message_stop"})
         self._end_stream()
 
