@@ -581,24 +581,12 @@ async fn check_daemon(paths: &Paths, settings: &Settings, checks: &mut Checks) -
 
 /// The control socket and its folder are private to this user.
 fn check_socket(paths: &Paths, running: bool, checks: &mut Checks) {
-    use std::os::unix::fs::MetadataExt;
     let socket = paths.socket();
     let me = nix::unistd::getuid().as_raw();
     let dir = socket.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut problems = Vec::new();
     match std::fs::metadata(&dir) {
-        Ok(m) => {
-            if m.uid() != me {
-                problems.push(format!("{} belongs to uid {}", dir.display(), m.uid()));
-            }
-            if m.mode() & 0o077 != 0 {
-                problems.push(format!(
-                    "{} is mode {:o} (want 700)",
-                    dir.display(),
-                    m.mode() & 0o777
-                ));
-            }
-        }
+        Ok(m) => problems.extend(not_private(&dir, &m, me, "700")),
         Err(_) if !running => {
             checks.add(
                 "socket",
@@ -610,16 +598,7 @@ fn check_socket(paths: &Paths, running: bool, checks: &mut Checks) {
         Err(e) => problems.push(format!("{}: {e}", dir.display())),
     }
     if let Ok(m) = std::fs::symlink_metadata(&socket) {
-        if m.uid() != me {
-            problems.push(format!("{} belongs to uid {}", socket.display(), m.uid()));
-        }
-        if m.mode() & 0o077 != 0 {
-            problems.push(format!(
-                "{} is mode {:o} (want 600)",
-                socket.display(),
-                m.mode() & 0o777
-            ));
-        }
+        problems.extend(not_private(&socket, &m, me, "600"));
     }
     if problems.is_empty() {
         checks.add(
@@ -638,6 +617,23 @@ fn check_socket(paths: &Paths, running: bool, checks: &mut Checks) {
             ),
         );
     }
+}
+
+/// What makes a file not private to user `me`: another owner, or access for group or others.
+fn not_private(path: &Path, m: &std::fs::Metadata, me: u32, want: &str) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    if m.uid() != me {
+        out.push(format!("{} belongs to uid {}", path.display(), m.uid()));
+    }
+    if m.mode() & 0o077 != 0 {
+        out.push(format!(
+            "{} is mode {:o} (want {want})",
+            path.display(),
+            m.mode() & 0o777
+        ));
+    }
+    out
 }
 
 /// Whether the HTTP API asks for a key, and whether that is safe for the bound address.
@@ -677,7 +673,7 @@ async fn check_service(checks: &mut Checks) {
         .map(PathBuf::from)
         .unwrap_or_default();
     if cfg!(target_os = "macos") {
-        let plist = home.join("Library/LaunchAgents/dev.clinvk.clinvkd.plist");
+        let plist = super::service::launchd_plist(&home);
         if plist.is_file() {
             checks.add(
                 "service",
@@ -693,14 +689,15 @@ async fn check_service(checks: &mut Checks) {
         }
         return;
     }
-    let config_home = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".config"));
-    let user = [
-        config_home.join("systemd/user/clinvkd.service"),
-        PathBuf::from("/etc/systemd/user/clinvkd.service"),
-        PathBuf::from("/usr/lib/systemd/user/clinvkd.service"),
-    ];
+    let user: Vec<PathBuf> = super::service::user_unit_dir()
+        .ok()
+        .map(|d| d.join("clinvkd.service"))
+        .into_iter()
+        .chain([
+            PathBuf::from("/etc/systemd/user/clinvkd.service"),
+            PathBuf::from("/usr/lib/systemd/user/clinvkd.service"),
+        ])
+        .collect();
     let system = [
         PathBuf::from("/etc/systemd/system/clinvkd.service"),
         PathBuf::from("/usr/lib/systemd/system/clinvkd.service"),

@@ -93,8 +93,13 @@ fn home() -> Result<PathBuf, ClientError> {
         .ok_or_else(|| ClientError::Other("HOME is not set".into()))
 }
 
+/// Where the launchd agent's plist lives.
+pub(crate) fn launchd_plist(home: &Path) -> PathBuf {
+    home.join(format!("Library/LaunchAgents/{LAUNCHD_LABEL}.plist"))
+}
+
 /// The folder of the user's systemd units.
-fn user_unit_dir() -> Result<PathBuf, ClientError> {
+pub(crate) fn user_unit_dir() -> Result<PathBuf, ClientError> {
     Ok(std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -259,7 +264,7 @@ fn files(args: &TargetArgs) -> Result<Vec<File>, ClientError> {
                 .replace("__HOME__/.cargo/bin/clinvkd", &daemon.display().to_string())
                 .replace("__HOME__", &h);
             vec![File {
-                path: PathBuf::from(&h).join(format!("Library/LaunchAgents/{LAUNCHD_LABEL}.plist")),
+                path: launchd_plist(Path::new(&h)),
                 text,
             }]
         }
@@ -321,9 +326,7 @@ fn commands(args: &TargetArgs, install: bool, enable: bool) -> Vec<Vec<String>> 
         ],
         (Manager::Launchd, install) => {
             let uid = nix::unistd::getuid().as_raw();
-            let plist = home()
-                .map(|h| h.join(format!("Library/LaunchAgents/{LAUNCHD_LABEL}.plist")))
-                .unwrap_or_default();
+            let plist = home().map(|h| launchd_plist(&h)).unwrap_or_default();
             if install && enable {
                 vec![vec![
                     "launchctl".into(),
