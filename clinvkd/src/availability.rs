@@ -76,6 +76,8 @@ async fn check(backend: Backend, cfg: &BackendSettings) -> BackendStatus {
         path: None,
         message: None,
         default_model: cfg.model.clone(),
+        mode: cfg.mode,
+        workers: Vec::new(),
     };
     if !cfg.enabled {
         st.message = Some(format!(

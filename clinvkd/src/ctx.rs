@@ -108,6 +108,8 @@ pub(crate) struct Inner {
     pub(crate) keys: crate::keys::KeyStore,
     /// Stored OpenAI Responses.
     pub(crate) responses: crate::responses::ResponseStore,
+    /// The warm workers (live CLI processes kept between turns).
+    pub(crate) workers: crate::worker::Workers,
 }
 
 impl std::ops::Deref for Ctx {
@@ -179,6 +181,7 @@ impl Ctx {
             sessions,
             keys,
             responses,
+            workers: crate::worker::Workers::default(),
         })))
     }
 
@@ -269,7 +272,11 @@ impl Ctx {
             .store(loaded.file_found, Ordering::Relaxed);
         self.reloads.fetch_add(1, Ordering::Relaxed);
         let (registry, settings) = (self.backends.clone(), self.settings());
-        tokio::spawn(async move { registry.refresh(&settings).await });
+        let wake = self.workers.wake.clone();
+        tokio::spawn(async move {
+            registry.refresh(&settings).await;
+            wake.notify_one(); // the pools follow the new settings
+        });
         Ok(ReloadOutcome { changed, warnings })
     }
 
@@ -312,6 +319,23 @@ impl Ctx {
     /// Sends an event to attached clients (dropped when nobody listens).
     pub(crate) fn publish(&self, event: AttachEvent) {
         let _ = self.events.send(event);
+    }
+
+    /// Every backend's availability with its warm workers.
+    pub(crate) fn backend_statuses(&self) -> Vec<clinvk_shared::protocol::BackendStatus> {
+        let workers = self.workers.list();
+        self.backends
+            .all()
+            .into_iter()
+            .map(|mut b| {
+                b.workers = workers
+                    .iter()
+                    .filter(|w| w.backend == b.name)
+                    .cloned()
+                    .collect();
+                b
+            })
+            .collect()
     }
 
     /// Milliseconds since start.

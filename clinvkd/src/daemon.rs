@@ -235,6 +235,8 @@ pub async fn run(
         // Availability: checked now (before readiness, so the first request knows), then every 5 min.
         let ctx2 = ctx.clone();
         ctx.backends.refresh(&ctx.settings()).await;
+        // The warm workers' upkeep: idle retirement, the pools (filled from now on).
+        ctx.work.spawn(crate::worker::maintain(ctx.clone()));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(300));
             let mut ticks: u64 = 0;

@@ -8,6 +8,7 @@ use crate::ctx::Ctx;
 use crate::error::{ApiError, Kind};
 use crate::supervisor::{CapacityError, ExitInfo, Limits, ProcEvent, RunHandle, SpawnSpec};
 use clinvk_shared::api::Backend;
+use clinvk_shared::config::{BackendMode, BackendSettings};
 use clinvk_shared::types::TokenUsage;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -101,8 +102,7 @@ pub(crate) enum RunUpdate {
 /// A started run: its process, and the parser turning its output into events. Dropping it
 /// cancels the run (its process group is killed).
 pub(crate) struct RunStream {
-    handle: RunHandle,
-    parser: Box<dyn backend::LineParser>,
+    source: Source,
     backend: Backend,
     model: Option<String>,
     started: Instant,
@@ -118,6 +118,152 @@ pub(crate) struct RunStream {
     _schema_file: Option<tempfile::NamedTempFile>,
     /// The run's image files (codex, gemini), removed with the run.
     _images: Option<tempfile::TempDir>,
+}
+
+/// Where a run's output comes from.
+enum Source {
+    /// A process started for this run alone.
+    Oneshot {
+        handle: RunHandle,
+        parser: Box<dyn backend::LineParser>,
+    },
+    /// A turn of a warm worker.
+    Warm(Box<WarmTurn>),
+}
+
+impl Source {
+    fn id(&self) -> &str {
+        match self {
+            Source::Oneshot { handle, .. } => &handle.id,
+            Source::Warm(t) => &t.id,
+        }
+    }
+}
+
+/// One turn of a warm worker. The worker goes back to the idle set when the turn ends well;
+/// a turn dropped before its end (cancelled, client gone) kills the worker with its group —
+/// the session's next turn resumes it in a new one.
+struct WarmTurn {
+    id: String,
+    worker: Option<crate::worker::Worker>,
+    workers: crate::worker::Workers,
+    _busy: crate::worker::BusyGuard,
+    permit: Option<crate::supervisor::Permit>,
+    deadline: tokio::time::Instant,
+    started: Instant,
+    /// Output bytes of this turn, against `limits.max_output_bytes`.
+    bytes: usize,
+    max_bytes: usize,
+    max_workers: usize,
+    /// The worker is not kept after the turn (an ephemeral run, a draining daemon).
+    retire_after: bool,
+}
+
+enum TurnStep {
+    Events(Vec<Event>),
+    End(ExitInfo),
+}
+
+impl WarmTurn {
+    async fn step(&mut self) -> TurnStep {
+        let Some(w) = self.worker.as_mut() else {
+            return TurnStep::End(ExitInfo::default());
+        };
+        let backend = w.backend;
+        let next = tokio::select! {
+            ev = w.recv() => ev,
+            _ = tokio::time::sleep_until(self.deadline) => {
+                self.worker = None; // killed with its group
+                self.permit = None;
+                return TurnStep::End(ExitInfo {
+                    timed_out: true,
+                    duration: self.started.elapsed(),
+                    ..Default::default()
+                });
+            }
+        };
+        match next {
+            Some(ProcEvent::Line(line)) => {
+                self.bytes += line.len() + 1;
+                if self.bytes > self.max_bytes {
+                    self.worker = None;
+                    self.permit = None;
+                    return TurnStep::Events(vec![Event::Error {
+                        message: format!(
+                            "the turn's output passed limits.max_output_bytes ({} bytes); the {backend} worker was stopped",
+                            self.max_bytes
+                        ),
+                    }]);
+                }
+                let step = w.on_line(&line);
+                for e in &step.events {
+                    if let Event::SessionStarted { session_id, .. } = e {
+                        w.session = Some(session_id.clone());
+                    }
+                }
+                if !step.write.is_empty() {
+                    if let Err(e) = w.write(&step.write).await {
+                        let pid = w.pid;
+                        self.worker = None;
+                        self.permit = None;
+                        return TurnStep::Events(vec![Event::Error {
+                            message: format!(
+                                "cannot write to the {backend} worker (pid {pid}): {e}"
+                            ),
+                        }]);
+                    }
+                }
+                if step.end {
+                    self.finish_turn();
+                }
+                TurnStep::Events(step.events)
+            }
+            Some(ProcEvent::Exit(info)) => {
+                let pid = w.pid;
+                self.worker = None;
+                self.permit = None;
+                let how = match (info.code, info.signal) {
+                    (Some(c), _) => format!("code {c}"),
+                    (None, Some(sig)) => format!("signal {sig}"),
+                    _ => "an unknown status".into(),
+                };
+                let tail = info
+                    .stderr_tail
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(|l| format!(": {}", clip_quote(l.trim())))
+                    .unwrap_or_default();
+                TurnStep::Events(vec![Event::Error {
+                    message: format!(
+                        "the {backend} worker (pid {pid}) exited during the turn with {how}{tail}"
+                    ),
+                }])
+            }
+            None => {
+                self.worker = None;
+                self.permit = None;
+                TurnStep::End(ExitInfo::default())
+            }
+        }
+    }
+
+    /// The turn is over: the worker waits for the session's next turn (or is retired).
+    fn finish_turn(&mut self) {
+        self.permit = None;
+        if let Some(mut w) = self.worker.take() {
+            w.turns += 1;
+            if self.retire_after || w.session.is_none() || !w.driver().healthy() {
+                return; // dropped: killed with its group
+            }
+            self.workers.park(w, self.max_workers);
+        }
+    }
+
+    /// Whether the turn is over (its worker parked, retired or lost).
+    fn over(&self) -> bool {
+        self.worker.is_none()
+    }
 }
 
 /// What a dry run reports: exactly what would run.
@@ -141,16 +287,36 @@ struct Prepared {
 }
 
 fn prepare(ctx: &Ctx, inv: &Invocation) -> Result<Prepared, EngineError> {
-    let settings = ctx.settings();
-    let adapter = backend::adapter(inv.backend);
-    let cfg = settings
+    let cfg = backend_settings(ctx, inv.backend)?;
+    let cmd = backend::adapter(inv.backend)
+        .build(inv, &cfg)
+        .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
+    prepare_command(ctx, inv, &cfg, cmd)
+}
+
+/// The settings of an enabled backend.
+fn backend_settings(ctx: &Ctx, backend: Backend) -> Result<BackendSettings, EngineError> {
+    let cfg = ctx
+        .settings()
         .backends
-        .get(inv.backend.as_str())
+        .get(backend.as_str())
         .cloned()
         .unwrap_or_default();
     if !cfg.enabled {
-        return Err(EngineError::Disabled(inv.backend));
+        return Err(EngineError::Disabled(backend));
     }
+    Ok(cfg)
+}
+
+/// What starting `cmd` for `inv` takes: the program resolved, the environment, the limits.
+fn prepare_command(
+    ctx: &Ctx,
+    inv: &Invocation,
+    cfg: &BackendSettings,
+    cmd: backend::CommandSpec,
+) -> Result<Prepared, EngineError> {
+    let settings = ctx.settings();
+    let adapter = backend::adapter(inv.backend);
     let status = ctx.backends.get(inv.backend);
     let program = match status {
         Some(st) if st.available => st.path.clone().map(PathBuf::from),
@@ -162,14 +328,11 @@ fn prepare(ctx: &Ctx, inv: &Invocation) -> Result<Prepared, EngineError> {
         }
         None => None,
     };
-    let cmd = adapter
-        .build(inv, &cfg)
-        .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
     let program = program
         .or_else(|| {
             crate::availability::resolve(
                 &cmd.program,
-                crate::availability::child_path(&cfg).as_deref(),
+                crate::availability::child_path(cfg).as_deref(),
             )
         })
         .ok_or_else(|| EngineError::Unavailable {
@@ -372,20 +535,34 @@ pub(crate) async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, Engin
     } else {
         None
     };
-    let p = prepare(ctx, &inv)?;
-    let permit = ctx
-        .supervisor
-        .limiter
-        .acquire(inv.backend, p.limits)
-        .await?;
-    let handle = ctx
-        .supervisor
-        .spawn(permit, p.spec)
-        .map_err(|e| EngineError::Spawn(format!("{e}; {}", inv.backend.install_hint())))?;
-    tracing::info!(run = %handle.id, backend = %inv.backend, pid = handle.pid, "run started");
+    let cfg = backend_settings(ctx, inv.backend)?;
+    let source = match warm_turn(ctx, &inv, &cfg).await? {
+        Some(turn) => Source::Warm(Box::new(turn)),
+        None => {
+            let p = prepare(ctx, &inv)?;
+            // A one-shot turn of a session continues it on disk: a worker holding the session
+            // would answer its next turn without this one.
+            if let Some(sid) = &inv.resume {
+                ctx.workers.retire_session(inv.backend, sid);
+            }
+            let permit = ctx
+                .supervisor
+                .limiter
+                .acquire(inv.backend, p.limits)
+                .await?;
+            let handle = ctx
+                .supervisor
+                .spawn(permit, p.spec)
+                .map_err(|e| EngineError::Spawn(format!("{e}; {}", inv.backend.install_hint())))?;
+            tracing::info!(run = %handle.id, backend = %inv.backend, pid = handle.pid, "run started");
+            Source::Oneshot {
+                parser: p.adapter.parser(),
+                handle,
+            }
+        }
+    };
     Ok(RunStream {
-        parser: p.adapter.parser(),
-        handle,
+        source,
         backend: inv.backend,
         model: inv.model,
         started: Instant::now(),
@@ -398,6 +575,126 @@ pub(crate) async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, Engin
         _schema_file: schema_file,
         _images: images,
     })
+}
+
+/// The settings a warm worker is started with for `inv`, as a key: a worker only takes a turn
+/// that would have started it the same way (the resumed session and the turn's own input —
+/// prompt, images — aside).
+pub(crate) fn worker_key(ctx: &Ctx, inv: &Invocation) -> Result<String, EngineError> {
+    let cfg = backend_settings(ctx, inv.backend)?;
+    let mut base = inv.clone();
+    base.resume = None;
+    base.prompt.clear();
+    base.images.clear();
+    base.image_files.clear();
+    base.output_schema_file = None;
+    let live = backend::adapter(inv.backend)
+        .live(&base, &cfg)
+        .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
+    let key = live.driver.key();
+    let p = prepare_command(ctx, &base, &cfg, live.command)?;
+    Ok(format!(
+        "{:?}\n{:?}\n{:?}\n{:?}\n{key}",
+        p.spec.program, p.spec.args, p.spec.env, p.spec.cwd
+    ))
+}
+
+/// Starts a warm worker for `inv`'s session (resuming `inv.resume` when set) and writes its
+/// handshake.
+pub(crate) async fn spawn_worker(
+    ctx: &Ctx,
+    inv: &Invocation,
+    key: String,
+) -> Result<crate::worker::Worker, EngineError> {
+    let cfg = backend_settings(ctx, inv.backend)?;
+    let live = backend::adapter(inv.backend)
+        .live(inv, &cfg)
+        .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
+    let p = prepare_command(ctx, inv, &cfg, live.command)?;
+    let (handle, stdin) = ctx
+        .supervisor
+        .spawn_live(p.spec)
+        .map_err(|e| EngineError::Spawn(format!("{e}; {}", inv.backend.install_hint())))?;
+    let mut w = crate::worker::Worker::new(inv.backend, key, handle, stdin, live.driver);
+    w.session = inv.resume.clone();
+    let open = w.driver().open();
+    w.write(&open).await.map_err(|e| {
+        EngineError::Spawn(format!(
+            "the {} worker (pid {}) did not take its handshake: {e}",
+            inv.backend, w.pid
+        ))
+    })?;
+    tracing::info!(worker = %w.id, backend = %inv.backend, pid = w.pid, resume = inv.resume.is_some(), "worker started");
+    Ok(w)
+}
+
+/// Starts `inv` as a turn of a warm worker when its backend runs warm and the live mode takes
+/// this turn: the session's own worker, a pooled one for a new session, else a new one.
+async fn warm_turn(
+    ctx: &Ctx,
+    inv: &Invocation,
+    cfg: &BackendSettings,
+) -> Result<Option<WarmTurn>, EngineError> {
+    if cfg.mode != BackendMode::Warm {
+        return Ok(None);
+    }
+    let live = backend::adapter(inv.backend)
+        .live(inv, cfg)
+        .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
+    if !live.driver.accepts(inv) {
+        return Ok(None);
+    }
+    let p = prepare_command(ctx, inv, cfg, live.command)?;
+    let key = worker_key(ctx, inv)?;
+    let permit = ctx
+        .supervisor
+        .limiter
+        .acquire(inv.backend, p.limits)
+        .await?;
+    let backend = inv.backend;
+    let found = match &inv.resume {
+        Some(sid) => ctx.workers.take_session(backend, sid, &key),
+        None => ctx.workers.take_pooled(backend, &key),
+    };
+    if found.is_none() && inv.resume.is_some() && !live.driver.resumes() {
+        return Ok(None);
+    }
+    let reason = match (&found, &inv.resume) {
+        (Some(_), _) => "reused",
+        (None, Some(_)) => "resume",
+        (None, None) => "new",
+    };
+    metrics::counter!("clinvk_worker_turns_total", "backend" => backend.as_str(), "worker" => reason).increment(1);
+    let mut worker = match found {
+        Some(w) => w,
+        None => {
+            metrics::counter!("clinvk_worker_spawns_total", "backend" => backend.as_str(), "reason" => reason).increment(1);
+            spawn_worker(ctx, inv, key).await?
+        }
+    };
+    let busy = ctx.workers.busy(&worker);
+    let lines = worker.driver().turn(inv);
+    if let Err(e) = worker.write(&lines).await {
+        return Err(EngineError::Spawn(format!(
+            "the {backend} worker (pid {}) does not take input: {e}",
+            worker.pid
+        )));
+    }
+    tracing::info!(run = %worker.id, backend = %backend, pid = worker.pid, turn = worker.turns + 1, worker = reason, "turn started");
+    let settings = ctx.settings();
+    Ok(Some(WarmTurn {
+        id: worker.id.clone(),
+        worker: Some(worker),
+        workers: ctx.workers.clone(),
+        _busy: busy,
+        permit: Some(permit),
+        deadline: tokio::time::Instant::now() + p.spec.timeout,
+        started: Instant::now(),
+        bytes: 0,
+        max_bytes: settings.limits.max_output_bytes,
+        max_workers: crate::worker::max_workers(settings.limits.max_workers),
+        retire_after: inv.ephemeral,
+    }))
 }
 
 impl RunStream {
@@ -423,15 +720,37 @@ impl RunStream {
                 self.finished = true;
                 return Some(RunUpdate::Done(self.summary()));
             }
-            match self.handle.events.recv().await {
-                Some(ProcEvent::Line(line)) => self.pending.extend(self.parser.parse_line(&line)),
-                Some(ProcEvent::Exit(info)) => {
-                    self.pending
-                        .extend(self.parser.finish(info.code, &info.stderr_tail));
-                    self.exit = Some(info);
-                }
-                // The process reader ended without an exit report.
-                None => self.exit = Some(ExitInfo::default()),
+            match &mut self.source {
+                Source::Oneshot { handle, parser } => match handle.events.recv().await {
+                    Some(ProcEvent::Line(line)) => self.pending.extend(parser.parse_line(&line)),
+                    Some(ProcEvent::Exit(info)) => {
+                        self.pending
+                            .extend(parser.finish(info.code, &info.stderr_tail));
+                        self.exit = Some(info);
+                    }
+                    // The process reader ended without an exit report.
+                    None => self.exit = Some(ExitInfo::default()),
+                },
+                Source::Warm(turn) => match turn.step().await {
+                    TurnStep::Events(events) => {
+                        self.pending.extend(events);
+                        if turn.over() {
+                            let failed = self.outcome.is_error
+                                || self.pending.iter().any(|e| {
+                                    matches!(
+                                        e,
+                                        Event::Error { .. } | Event::Result { is_error: true, .. }
+                                    )
+                                });
+                            self.exit = Some(ExitInfo {
+                                code: Some(if failed { 1 } else { 0 }),
+                                duration: turn.started.elapsed(),
+                                ..Default::default()
+                            });
+                        }
+                    }
+                    TurnStep::End(info) => self.exit = Some(info),
+                },
             }
         }
     }
@@ -465,7 +784,7 @@ impl RunStream {
         metrics::counter!("clinvk_backend_executions_total", "backend" => self.backend.as_str(), "status" => status).increment(1);
         metrics::histogram!("clinvk_backend_execution_duration_seconds", "backend" => self.backend.as_str())
             .record(summary.duration_ms as f64 / 1000.0);
-        tracing::info!(run = %self.handle.id, backend = %self.backend, exit_code = summary.exit_code, status, duration_ms = summary.duration_ms, "run finished");
+        tracing::info!(run = %self.source.id(), backend = %self.backend, exit_code = summary.exit_code, status, duration_ms = summary.duration_ms, "run finished");
         summary
     }
 }

@@ -16,5 +16,6 @@ pub(crate) mod responses;
 pub mod service;
 pub(crate) mod session;
 pub mod supervisor;
+pub(crate) mod worker;
 
 pub use daemon::{run, DaemonOptions, StartError};

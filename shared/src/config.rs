@@ -79,6 +79,45 @@ pub struct BackendSettings {
     pub timeout_secs: Option<u64>,
     /// Runs of this backend at once; default: only the global limit applies.
     pub max_concurrent: Option<usize>,
+    /// `warm`: turns go to a live CLI process kept between turns (a worker); `oneshot`: every
+    /// turn starts the CLI afresh.
+    pub mode: BackendMode,
+    /// The warm workers of this backend.
+    pub warm: WarmSettings,
+}
+
+/// How a backend's turns run.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendMode {
+    /// A live CLI process per session, kept between turns (claude stream-json input, codex
+    /// app-server, gemini ACP).
+    #[default]
+    Warm,
+    /// A fresh CLI process per turn.
+    Oneshot,
+}
+
+/// Settings of a backend's warm workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WarmSettings {
+    /// A session's worker is stopped after this many seconds without a turn (its session stays
+    /// resumable).
+    pub idle_secs: u64,
+    /// Workers kept ready for new sessions with the default settings.
+    pub pool: usize,
+}
+
+impl Default for WarmSettings {
+    fn default() -> Self {
+        Self {
+            idle_secs: 300,
+            pool: 1,
+        }
+    }
 }
 
 impl Default for BackendSettings {
@@ -98,6 +137,8 @@ impl Default for BackendSettings {
             env_remove: Vec::new(),
             timeout_secs: None,
             max_concurrent: None,
+            mode: BackendMode::Warm,
+            warm: WarmSettings::default(),
         }
     }
 }
@@ -332,6 +373,10 @@ pub struct LimitSettings {
     /// The most tasks of one `parallel` request that run at once (a request's `max_parallel`
     /// is capped by it).
     pub max_parallel_per_request: usize,
+    /// Warm CLI processes alive at once, all backends together; 0: derived from the machine's
+    /// memory (one per GiB of RAM, at least 2, at most 64). The least recently used idle one is
+    /// stopped first.
+    pub max_workers: usize,
 }
 
 impl Default for LimitSettings {
@@ -343,6 +388,7 @@ impl Default for LimitSettings {
             kill_grace_secs: 2,
             max_output_bytes: 16 * 1024 * 1024,
             max_parallel_per_request: 8,
+            max_workers: 0,
         }
     }
 }

@@ -179,6 +179,50 @@ pub struct StatusInfo {
     pub sessions: u64,
     pub runs: Vec<RunInfo>,
     pub backends: Vec<BackendStatus>,
+    /// The live CLI processes kept between turns (warm mode).
+    #[serde(default)]
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// One warm worker: a live CLI process kept between turns.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub backend: crate::api::Backend,
+    pub pid: u32,
+    /// The backend's own session id the worker holds (none for a pooled worker).
+    pub backend_session_id: Option<String>,
+    pub state: WorkerState,
+    /// Milliseconds since the worker was started.
+    pub age_ms: u64,
+    /// Milliseconds since its last turn ended (or since it started).
+    pub idle_ms: u64,
+    /// Turns it has answered.
+    pub turns: u64,
+    /// Resident memory of its process group, in bytes (Linux).
+    pub rss_bytes: Option<u64>,
+}
+
+/// Where a warm worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Ready for a new session (the pool).
+    Pooled,
+    /// Holding a session, waiting for its next turn.
+    Idle,
+    /// Answering a turn.
+    Busy,
+}
+
+impl std::fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WorkerState::Pooled => "pooled",
+            WorkerState::Idle => "idle",
+            WorkerState::Busy => "busy",
+        })
+    }
 }
 
 /// One running (or queued) CLI run.
@@ -223,6 +267,12 @@ pub struct BackendStatus {
     pub path: Option<String>,
     pub message: Option<String>,
     pub default_model: Option<String>,
+    /// `warm` (live CLI processes kept between turns) or `oneshot`.
+    #[serde(default)]
+    pub mode: crate::config::BackendMode,
+    /// This backend's warm workers.
+    #[serde(default)]
+    pub workers: Vec<WorkerInfo>,
 }
 
 /// What `clinvk serve` shows while attached.

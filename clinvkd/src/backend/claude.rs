@@ -20,64 +20,11 @@ impl Adapter for Claude {
     }
 
     fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError> {
-        let mut a: Vec<String> = [
-            "-p",
-            "--output-format",
-            "stream-json",
-            "--verbose",
-            "--include-partial-messages",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut push = |k: &str, v: &str| {
-            a.push(k.to_string());
-            a.push(v.to_string());
-        };
-        if let Some(m) = model_for(inv, cfg) {
-            push("--model", &m);
-        }
-        // Note: claude keeps a session's first system prompt; on --resume it ignores a new one.
-        if let Some(sp) = inv.system_prompt.as_deref().filter(|s| !s.is_empty()) {
-            push("--system-prompt", sp);
-        }
-        if let Some(n) = inv.max_turns {
-            push("--max-turns", &n.to_string());
-        }
-        let mode = match (inv.approval_mode, inv.sandbox_mode) {
-            (ApprovalMode::Auto, _) => Some("acceptEdits"),
-            (ApprovalMode::None, _) => Some("dontAsk"),
-            (ApprovalMode::Always, _) => Some("manual"),
-            (ApprovalMode::Default, SandboxMode::ReadOnly) => Some("plan"),
-            _ => None,
-        };
-        if let Some(m) = mode {
-            push("--permission-mode", m);
-        }
-        if !cfg.allowed_tools.is_empty() {
-            push("--allowedTools", &cfg.allowed_tools.join(","));
-        }
-        if let Some(id) = &inv.resume {
-            push("--resume", id);
-        }
-        // Structured output: claude gives the model a tool to call with the answer and reports
-        // it as the result.
-        if let Some(schema) = &inv.output_schema {
-            push("--json-schema", &schema.to_string());
-        }
-        if inv.ephemeral {
-            a.push("--no-session-persistence".into());
-        }
-        a.extend(cfg.extra_flags.iter().cloned());
-        a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
+        let mut a = session_args(inv, cfg)?;
         // Images: the prompt goes through stdin as one stream-json user message with image blocks.
         if !inv.images.is_empty() {
             a.extend(["--input-format".to_string(), "stream-json".to_string()]);
-            let mut content = vec![serde_json::json!({"type": "text", "text": inv.prompt})];
-            content.extend(inv.images.iter().map(|i| {
-                serde_json::json!({"type": "image", "source": {"type": "base64", "media_type": i.media_type, "data": i.data}})
-            }));
-            let line = serde_json::json!({"type": "user", "message": {"role": "user", "content": content}});
+            let line = user_message(&inv.prompt, &inv.images);
             return Ok(CommandSpec::for_run(
                 "claude",
                 cfg,
@@ -94,6 +41,115 @@ impl Adapter for Claude {
     fn parser(&self) -> Box<dyn LineParser> {
         Box::new(Parser::default())
     }
+
+    /// One process is one session: each user message written to stdin is one turn, answered
+    /// with the usual stream-json lines and one `result`.
+    fn live(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<LiveSpec, ArgvError> {
+        let mut a = session_args(inv, cfg)?;
+        a.extend(["--input-format".to_string(), "stream-json".to_string()]);
+        Ok(LiveSpec {
+            command: CommandSpec::for_run("claude", cfg, inv, a, None),
+            driver: Box::new(Live::default()),
+        })
+    }
+}
+
+/// One stream-json user message: the prompt and its images.
+fn user_message(prompt: &str, images: &[clinvk_shared::api::ImageInput]) -> Value {
+    let mut content = vec![serde_json::json!({"type": "text", "text": prompt})];
+    content.extend(images.iter().map(|i| {
+        serde_json::json!({"type": "image", "source": {"type": "base64", "media_type": i.media_type, "data": i.data}})
+    }));
+    serde_json::json!({"type": "user", "message": {"role": "user", "content": content}})
+}
+
+/// The driver of claude's live mode.
+#[derive(Default)]
+struct Live {
+    parser: Parser,
+}
+
+impl Driver for Live {
+    fn open(&mut self) -> Vec<String> {
+        vec![]
+    }
+
+    fn turn(&mut self, inv: &Invocation) -> Vec<String> {
+        self.parser = Parser::default();
+        vec![user_message(&inv.prompt, &inv.images).to_string()]
+    }
+
+    fn on_line(&mut self, line: &str) -> Step {
+        let events = self.parser.parse_line(line);
+        Step {
+            events,
+            write: vec![],
+            end: self.parser.saw_result,
+        }
+    }
+
+    fn key(&self) -> String {
+        String::new() // everything is in the argv
+    }
+
+    fn accepts(&self, _inv: &Invocation) -> bool {
+        true
+    }
+}
+
+/// The options of a claude session (everything but the prompt and how it is passed).
+fn session_args(inv: &Invocation, cfg: &BackendSettings) -> Result<Vec<String>, ArgvError> {
+    let mut a: Vec<String> = [
+        "-p",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--include-partial-messages",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut push = |k: &str, v: &str| {
+        a.push(k.to_string());
+        a.push(v.to_string());
+    };
+    if let Some(m) = model_for(inv, cfg) {
+        push("--model", &m);
+    }
+    // Note: claude keeps a session's first system prompt; on --resume it ignores a new one.
+    if let Some(sp) = inv.system_prompt.as_deref().filter(|s| !s.is_empty()) {
+        push("--system-prompt", sp);
+    }
+    if let Some(n) = inv.max_turns {
+        push("--max-turns", &n.to_string());
+    }
+    let mode = match (inv.approval_mode, inv.sandbox_mode) {
+        (ApprovalMode::Auto, _) => Some("acceptEdits"),
+        (ApprovalMode::None, _) => Some("dontAsk"),
+        (ApprovalMode::Always, _) => Some("manual"),
+        (ApprovalMode::Default, SandboxMode::ReadOnly) => Some("plan"),
+        _ => None,
+    };
+    if let Some(m) = mode {
+        push("--permission-mode", m);
+    }
+    if !cfg.allowed_tools.is_empty() {
+        push("--allowedTools", &cfg.allowed_tools.join(","));
+    }
+    if let Some(id) = &inv.resume {
+        push("--resume", id);
+    }
+    // Structured output: claude gives the model a tool to call with the answer and reports
+    // it as the result.
+    if let Some(schema) = &inv.output_schema {
+        push("--json-schema", &schema.to_string());
+    }
+    if inv.ephemeral {
+        a.push("--no-session-persistence".into());
+    }
+    a.extend(cfg.extra_flags.iter().cloned());
+    a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
+    Ok(a)
 }
 
 #[derive(Default)]

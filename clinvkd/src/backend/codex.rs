@@ -35,13 +35,7 @@ impl Adapter for Codex {
         if let Some(m) = model_for(inv, cfg) {
             a.extend(["-m".to_string(), m]);
         }
-        let sandbox = match inv.sandbox_mode {
-            SandboxMode::ReadOnly => Some("read-only"),
-            SandboxMode::Workspace => Some("workspace-write"),
-            SandboxMode::Full => Some("danger-full-access"),
-            SandboxMode::Default => None,
-        };
-        if let Some(s) = sandbox {
+        if let Some(s) = sandbox_name(inv.sandbox_mode) {
             a.extend(["--sandbox".to_string(), s.to_string()]);
         }
         if inv.ephemeral {
@@ -77,6 +71,44 @@ impl Adapter for Codex {
     fn parser(&self) -> Box<dyn LineParser> {
         Box::new(Parser::default())
     }
+
+    /// `codex app-server`: the session settings go in `thread/start` (see `codex_app`); the
+    /// request's and the operator's extra flags are `exec` flags, so a run with any stays
+    /// one-shot.
+    fn live(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<LiveSpec, ArgvError> {
+        let approval = match inv.approval_mode {
+            ApprovalMode::Default | ApprovalMode::None => "never",
+            ApprovalMode::Auto | ApprovalMode::Always => "on-request",
+        };
+        let settings = super::codex_app::ThreadSettings {
+            cwd: inv.workdir.as_ref().map(|w| w.display().to_string()),
+            approval_policy: Some(approval),
+            sandbox: sandbox_name(inv.sandbox_mode),
+            model: model_for(inv, cfg),
+            developer_instructions: inv.system_prompt.clone().filter(|s| !s.trim().is_empty()),
+        };
+        let driver = super::codex_app::AppServer::new(
+            settings,
+            inv.ephemeral,
+            inv.resume.clone(),
+            inv.approval_mode == ApprovalMode::Auto,
+            inv.extra.is_empty() && cfg.extra_flags.is_empty(),
+        );
+        Ok(LiveSpec {
+            command: CommandSpec::for_run("codex", cfg, inv, vec!["app-server".into()], None),
+            driver: Box::new(driver),
+        })
+    }
+}
+
+/// codex's name of a sandbox mode (none: its default).
+fn sandbox_name(mode: SandboxMode) -> Option<&'static str> {
+    match mode {
+        SandboxMode::ReadOnly => Some("read-only"),
+        SandboxMode::Workspace => Some("workspace-write"),
+        SandboxMode::Full => Some("danger-full-access"),
+        SandboxMode::Default => None,
+    }
 }
 
 #[derive(Default)]
@@ -104,7 +136,7 @@ fn toml_string(s: &str) -> String {
 }
 
 /// codex wraps upstream errors as a JSON string; show the inner message.
-fn error_text(raw: &str) -> String {
+pub(crate) fn error_text(raw: &str) -> String {
     serde_json::from_str::<Value>(raw)
         .ok()
         .and_then(|v| {

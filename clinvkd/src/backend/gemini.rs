@@ -36,24 +36,8 @@ impl Adapter for Gemini {
             format!("--prompt={prompt_arg}"),
             "--output-format".to_string(),
             "stream-json".to_string(),
-            "--skip-trust".to_string(),
         ];
-        if let Some(m) = model_for(inv, cfg) {
-            a.extend(["-m".to_string(), m]);
-        }
-        let mode = match (inv.approval_mode, inv.sandbox_mode) {
-            (ApprovalMode::Auto, _) => Some("auto_edit"),
-            (ApprovalMode::None, _) => Some("yolo"),
-            (ApprovalMode::Always, _) => Some("default"),
-            (ApprovalMode::Default, SandboxMode::ReadOnly) => Some("plan"),
-            _ => None,
-        };
-        if let Some(m) = mode {
-            a.extend(["--approval-mode".to_string(), m.to_string()]);
-        }
-        if inv.sandbox_mode == SandboxMode::Workspace {
-            a.push("--sandbox".into());
-        }
+        a.extend(session_args(inv, cfg));
         if let Some(dir) = inv.image_files.first().and_then(|f| f.parent()) {
             a.extend([
                 "--include-directories".to_string(),
@@ -66,7 +50,7 @@ impl Adapter for Gemini {
         a.extend(cfg.extra_flags.iter().cloned());
         a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
         Ok(CommandSpec {
-            env: vec![("GEMINI_CLI_TRUST_WORKSPACE".into(), "true".into())],
+            env: trust_env(),
             ..CommandSpec::for_run("gemini", cfg, inv, a, stdin)
         })
     }
@@ -74,6 +58,58 @@ impl Adapter for Gemini {
     fn parser(&self) -> Box<dyn LineParser> {
         Box::new(Parser::default())
     }
+
+    /// `gemini --acp` (see `gemini_acp`); the session is opened (or loaded) in the protocol.
+    /// Images stay one-shot (`@path` files).
+    fn live(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<LiveSpec, ArgvError> {
+        let mut a = vec!["--acp".to_string()];
+        a.extend(session_args(inv, cfg));
+        a.extend(cfg.extra_flags.iter().cloned());
+        a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
+        let cwd = inv
+            .workdir
+            .as_ref()
+            .map(|w| w.display().to_string())
+            .unwrap_or_else(|| ".".into());
+        Ok(LiveSpec {
+            command: CommandSpec {
+                env: trust_env(),
+                ..CommandSpec::for_run("gemini", cfg, inv, a, None)
+            },
+            driver: Box::new(super::gemini_acp::Acp::new(
+                cwd,
+                inv.resume.clone(),
+                inv.images.is_empty(),
+            )),
+        })
+    }
+}
+
+/// The workspace is trusted: the working folder was checked by clinvk's workdir policy.
+fn trust_env() -> Vec<(String, String)> {
+    vec![("GEMINI_CLI_TRUST_WORKSPACE".into(), "true".into())]
+}
+
+/// The options of a gemini session: trust, model, approval mode, sandbox.
+fn session_args(inv: &Invocation, cfg: &BackendSettings) -> Vec<String> {
+    let mut a = vec!["--skip-trust".to_string()];
+    if let Some(m) = model_for(inv, cfg) {
+        a.extend(["-m".to_string(), m]);
+    }
+    let mode = match (inv.approval_mode, inv.sandbox_mode) {
+        (ApprovalMode::Auto, _) => Some("auto_edit"),
+        (ApprovalMode::None, _) => Some("yolo"),
+        (ApprovalMode::Always, _) => Some("default"),
+        (ApprovalMode::Default, SandboxMode::ReadOnly) => Some("plan"),
+        _ => None,
+    };
+    if let Some(m) = mode {
+        a.extend(["--approval-mode".to_string(), m.to_string()]);
+    }
+    if inv.sandbox_mode == SandboxMode::Workspace {
+        a.push("--sandbox".into());
+    }
+    a
 }
 
 #[derive(Default)]

@@ -3,7 +3,9 @@
 
 mod claude;
 mod codex;
+mod codex_app;
 mod gemini;
+mod gemini_acp;
 
 use clinvk_shared::api::Backend;
 use clinvk_shared::config::BackendSettings;
@@ -145,8 +147,53 @@ pub(crate) trait Adapter: Send + Sync {
     /// The one place this CLI's argv is built.
     fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError>;
     fn parser(&self) -> Box<dyn LineParser>;
+    /// The live mode of this CLI (a warm worker): the command that starts it for `inv`'s session
+    /// (resuming `inv.resume` when set) and the driver that speaks its protocol.
+    fn live(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<LiveSpec, ArgvError>;
     /// Flags a request's `extra` may use (plus `backends.<name>.allowed_extra_flags`).
     fn builtin_extra_allowlist(&self) -> &'static [&'static str];
+}
+
+/// How to start a warm worker.
+pub(crate) struct LiveSpec {
+    pub(crate) command: CommandSpec,
+    pub(crate) driver: Box<dyn Driver>,
+}
+
+/// What a worker's output line means.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Step {
+    pub(crate) events: Vec<Event>,
+    /// Lines to write to the worker's stdin (protocol answers, a turn held until the session
+    /// was open).
+    pub(crate) write: Vec<String>,
+    /// The turn is over (its last events are in `events`).
+    pub(crate) end: bool,
+}
+
+/// The protocol of a CLI's live mode, as a state machine fed with its output lines.
+pub(crate) trait Driver: Send {
+    /// Lines written as soon as the process is started (the handshake, opening the session).
+    fn open(&mut self) -> Vec<String>;
+    /// Starts a turn of `inv` (its prompt, images, output schema): the lines to write now (none
+    /// while the session is still opening: they come out of a later `on_line`).
+    fn turn(&mut self, inv: &Invocation) -> Vec<String>;
+    /// One output line.
+    fn on_line(&mut self, line: &str) -> Step;
+    /// The session settings besides the argv (working folder, model, modes), so that a worker
+    /// is only reused for a turn that would have started it the same way.
+    fn key(&self) -> String;
+    /// Whether this live mode can take `inv`'s turn (otherwise it runs one-shot).
+    fn accepts(&self, inv: &Invocation) -> bool;
+    /// False once the session could not be opened: the worker is retired after its turn.
+    fn healthy(&self) -> bool {
+        true
+    }
+    /// Whether a new worker can resume an existing session (otherwise a session whose worker is
+    /// gone continues one-shot, with the CLI's own `--resume`).
+    fn resumes(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -255,7 +255,8 @@ pub(crate) fn status(ctx: &Ctx) -> StatusInfo {
         requests_in_flight: ctx.requests_in_flight.load(Ordering::Relaxed),
         sessions: ctx.sessions.count() as u64,
         runs: ctx.supervisor.running(),
-        backends: ctx.backends.all(),
+        workers: ctx.workers.list(),
+        backends: ctx.backend_statuses(),
     }
 }
 

@@ -89,7 +89,7 @@ pub(crate) fn health(ctx: &Ctx) -> Response {
 
 /// The health verdict and its HTTP status.
 fn health_status(ctx: &Ctx) -> (HealthStatus, StatusCode) {
-    let backends = ctx.backends.all();
+    let backends = ctx.backend_statuses();
     let enabled: Vec<_> = backends.iter().filter(|b| b.enabled).collect();
     let usable = enabled.iter().filter(|b| b.available).count();
     let status = if ctx.is_draining() || usable == 0 {

@@ -270,6 +270,19 @@ pub(crate) fn plan(
     })
 }
 
+/// What a new session's first turn with the default settings runs as (the warm pool starts
+/// its workers for it); None when such a request would be refused.
+pub(crate) fn default_invocation(ctx: &Ctx, backend: Backend) -> Option<Invocation> {
+    let req = PromptRequest {
+        backend: Some(backend.to_string()),
+        prompt: Some("(pool)".into()),
+        ..Default::default()
+    };
+    let mut inv = plan(ctx, &Caller::control(), req, "pool").ok()?.inv;
+    inv.prompt.clear();
+    Some(inv)
+}
+
 /// At most this many images per prompt.
 pub(crate) const MAX_IMAGES: usize = 8;
 /// At most this many bytes per image (decoded).

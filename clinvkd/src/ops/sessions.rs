@@ -8,7 +8,7 @@ use clinvk_shared::api::{BackendList, ListQuery, SessionDeleted, SessionDetail, 
 
 pub(crate) fn backends(ctx: &Ctx) -> BackendList {
     BackendList {
-        backends: ctx.backends.all(),
+        backends: ctx.backend_statuses(),
     }
 }
 

@@ -111,6 +111,8 @@ struct Tracked {
     started: Instant,
     state: RunState,
     cancel: CancellationToken,
+    /// A warm worker (listed with the workers, not the runs).
+    live: bool,
 }
 
 /// The process supervisor (cheap to clone).
@@ -153,11 +155,12 @@ impl Supervisor {
         self.runs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The running set, for `clinvkctl status`.
+    /// The running one-shot runs, for `clinvkctl status` (the warm workers are listed apart).
     pub(crate) fn running(&self) -> Vec<RunInfo> {
         let mut v: Vec<RunInfo> = self
             .runs()
             .iter()
+            .filter(|(_, t)| !t.live)
             .map(|(id, t)| RunInfo {
                 id: id.clone(),
                 backend: t.backend,
@@ -170,7 +173,7 @@ impl Supervisor {
         v
     }
 
-    /// Number of CLI processes alive now.
+    /// Number of CLI processes alive now (runs and warm workers).
     pub(crate) fn running_count(&self) -> usize {
         self.runs().len()
     }
@@ -184,11 +187,44 @@ impl Supervisor {
 
     /// Starts a process for a run that holds `permit`. The permit is released when it exits.
     pub(crate) fn spawn(&self, permit: Permit, spec: SpawnSpec) -> Result<RunHandle, SpawnError> {
-        let id = format!("run-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        self.launch(Some(permit), spec, false).map(|(h, _)| h)
+    }
+
+    /// Starts a live process (a warm worker): stdin stays open for the caller to write, no
+    /// timeout and no output cap apply to the process (its turns have their own), and it holds
+    /// no concurrency slot (each turn takes one). Dropping the handle kills its group.
+    pub(crate) fn spawn_live(
+        &self,
+        spec: SpawnSpec,
+    ) -> Result<(RunHandle, tokio::process::ChildStdin), SpawnError> {
+        let program = spec.program.display().to_string();
+        let (handle, stdin) = self.launch(None, spec, true)?;
+        let stdin = stdin.ok_or_else(|| SpawnError::Start {
+            program,
+            source: std::io::Error::other("no stdin pipe"),
+        })?;
+        Ok((handle, stdin))
+    }
+
+    fn launch(
+        &self,
+        permit: Option<Permit>,
+        mut spec: SpawnSpec,
+        live: bool,
+    ) -> Result<(RunHandle, Option<tokio::process::ChildStdin>), SpawnError> {
+        if live {
+            spec.stdin = None;
+            spec.max_output_bytes = usize::MAX;
+        }
+        let id = format!(
+            "{}-{}",
+            if live { "worker" } else { "run" },
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         let mut cmd = tokio::process::Command::new(&spec.program);
         cmd.args(&spec.args)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(if spec.stdin.is_some() {
+            .stdin(if spec.stdin.is_some() || live {
                 Stdio::piped()
             } else {
                 Stdio::null()
@@ -226,6 +262,7 @@ impl Supervisor {
                 None => tracing::debug!(pid, "no start time to record"),
             }
         }
+        let live_stdin = if live { child.stdin.take() } else { None };
         if let (Some(mut sink), Some(data)) = (child.stdin.take(), spec.stdin.clone()) {
             tokio::spawn(async move {
                 use tokio::io::AsyncWriteExt;
@@ -242,6 +279,7 @@ impl Supervisor {
                 started: Instant::now(),
                 state: RunState::Running,
                 cancel: cancel.clone(),
+                live,
             },
         );
         metrics::gauge!("clinvk_running_processes").set(self.running_count() as f64);
@@ -259,7 +297,13 @@ impl Supervisor {
             let (line_tx, mut line_rx) = mpsc::channel::<String>(256);
             let stdout_task = tokio::spawn(reader.pump(stdout, line_tx));
             let mut info = ExitInfo::default();
-            let deadline = tokio::time::sleep(spec.timeout);
+            let deadline = async {
+                if live {
+                    std::future::pending::<()>().await
+                } else {
+                    tokio::time::sleep(spec.timeout).await
+                }
+            };
             tokio::pin!(deadline);
             let mut lines_open = true;
             let mut consumer_gone = false;
@@ -313,12 +357,15 @@ impl Supervisor {
             tracing::debug!(run = %run_id, code = ?info.code, signal = ?info.signal, timed_out = info.timed_out, cancelled = info.cancelled, "exited");
             let _ = tx.send(ProcEvent::Exit(info)).await;
         });
-        Ok(RunHandle {
-            id,
-            pid,
-            events: rx,
-            cancel,
-        })
+        Ok((
+            RunHandle {
+                id,
+                pid,
+                events: rx,
+                cancel,
+            },
+            live_stdin,
+        ))
     }
 
     fn set_state(&self, id: &str, state: RunState) {
@@ -413,6 +460,33 @@ pub(crate) fn reap_orphans(runtime_dir: &std::path::Path) -> usize {
         }
     }
     killed
+}
+
+/// Whether a process runs (a zombie does not).
+pub(crate) fn process_alive(pid: u32) -> bool {
+    proc_stat(pid).is_some()
+}
+
+/// The resident memory of a process group, in bytes (Linux; None when unreadable).
+pub(crate) fn group_rss(pgid: u32) -> Option<u64> {
+    let members = group_members(pgid as i32);
+    if members.is_empty() {
+        return None;
+    }
+    let kib: u64 = members
+        .iter()
+        .filter_map(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    Some(kib * 1024)
 }
 
 /// The live processes of a process group.

@@ -1,0 +1,611 @@
+//! codex's live mode: `codex app-server`, JSON-RPC over stdio (one message per line, no
+//! `jsonrpc` member). The messages clinvk sends and the ones it reads are typed below, after the
+//! JSON Schema the pinned CLI prints (`codex app-server generate-json-schema`); the parts of
+//! that schema they follow are kept in `codex-app-server.schema.json` and a test checks both
+//! the messages against it and it against the installed CLI.
+//!
+//! Per worker: `initialize`, `initialized`, then `thread/start` (or `thread/resume` of the
+//! session) — written at once, answered while the worker waits. Per turn: `turn/start` with the
+//! text (and local images, and the output schema), then `item/agentMessage/delta` token deltas,
+//! `thread/tokenUsage/updated`, `error`, and `turn/completed` ending it. The server's approval
+//! requests are answered (file changes accepted in `auto` mode, everything else declined: no
+//! one is there to ask), any other request with a JSON-RPC error.
+
+use super::{Driver, Event, Invocation, Step};
+use clinvk_shared::types::TokenUsage;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A request to the app-server.
+#[derive(Serialize)]
+pub(crate) struct Request<P: Serialize> {
+    pub(crate) id: u64,
+    pub(crate) method: &'static str,
+    pub(crate) params: P,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Notification {
+    pub(crate) method: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct InitializeParams {
+    pub(crate) client_info: ClientInfo,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ClientInfo {
+    pub(crate) name: &'static str,
+    pub(crate) version: &'static str,
+}
+
+/// The session settings of `thread/start` and `thread/resume`.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ThreadSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cwd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) approval_policy: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sandbox: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) developer_instructions: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ThreadStartParams {
+    #[serde(flatten)]
+    pub(crate) settings: ThreadSettings,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) ephemeral: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ThreadResumeParams {
+    pub(crate) thread_id: String,
+    #[serde(flatten)]
+    pub(crate) settings: ThreadSettings,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TurnStartParams {
+    pub(crate) thread_id: String,
+    pub(crate) input: Vec<UserInput>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) output_schema: Option<Value>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub(crate) enum UserInput {
+    Text { text: String },
+    LocalImage { path: String },
+}
+
+/// The answer to an approval request.
+#[derive(Serialize)]
+struct Decision {
+    decision: &'static str,
+}
+
+#[derive(Serialize)]
+struct Reply<R: Serialize> {
+    id: Value,
+    result: R,
+}
+
+#[derive(Serialize)]
+struct ErrorReply {
+    id: Value,
+    error: RpcError,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct RpcError {
+    #[serde(default)]
+    code: i64,
+    #[serde(default)]
+    message: String,
+}
+
+/// Any message from the app-server: a response (id, result or error), a notification (method,
+/// params) or a request (id, method, params).
+#[derive(Deserialize, Debug)]
+struct Incoming {
+    id: Option<Value>,
+    method: Option<String>,
+    #[serde(default)]
+    params: Value,
+    result: Option<Value>,
+    error: Option<RpcError>,
+}
+
+#[derive(Deserialize)]
+struct ThreadResult {
+    thread: ThreadRef,
+    #[serde(default)]
+    model: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ThreadRef {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct TurnResult {
+    turn: TurnRef,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TurnRef {
+    id: String,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    error: Option<TurnError>,
+}
+
+#[derive(Deserialize)]
+struct TurnError {
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeltaNote {
+    turn_id: String,
+    delta: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ItemNote {
+    turn_id: String,
+    item: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageNote {
+    turn_id: String,
+    token_usage: UsageBreakdown,
+}
+
+#[derive(Deserialize)]
+struct UsageBreakdown {
+    last: UsageCounts,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageCounts {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorNote {
+    error: TurnError,
+    #[serde(default)]
+    will_retry: bool,
+    #[serde(default)]
+    turn_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TurnNote {
+    turn: TurnRef,
+}
+
+/// A turn's input, until its thread is known.
+struct QueuedTurn {
+    input: Vec<UserInput>,
+    output_schema: Option<Value>,
+}
+
+const INITIALIZE: u64 = 1;
+const OPEN_THREAD: u64 = 2;
+
+/// The driver of one app-server worker.
+pub(crate) struct AppServer {
+    settings: ThreadSettings,
+    ephemeral: bool,
+    resume: Option<String>,
+    /// Accept file-change approvals (`approval_mode: auto`).
+    accept_edits: bool,
+    /// No extra flags: the live mode can take the turns.
+    plain: bool,
+    thread: Option<String>,
+    model: Option<String>,
+    next_id: u64,
+    /// The `turn/start` written and not answered yet.
+    turn_request: Option<u64>,
+    turn: Option<String>,
+    /// A turn asked for before the thread was open.
+    queued: Option<QueuedTurn>,
+    /// The session id still to be announced to this turn.
+    announce: bool,
+    /// This turn already reported its failure.
+    failed: bool,
+    /// The session could not be opened: every turn fails with this.
+    broken: Option<String>,
+}
+
+impl AppServer {
+    pub(crate) fn new(
+        settings: ThreadSettings,
+        ephemeral: bool,
+        resume: Option<String>,
+        accept_edits: bool,
+        plain: bool,
+    ) -> Self {
+        AppServer {
+            settings,
+            ephemeral,
+            resume,
+            accept_edits,
+            plain,
+            thread: None,
+            model: None,
+            next_id: OPEN_THREAD + 1,
+            turn_request: None,
+            turn: None,
+            queued: None,
+            announce: false,
+            failed: false,
+            broken: None,
+        }
+    }
+
+    fn line<T: Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap_or_default()
+    }
+
+    fn turn_line(&mut self, thread: &str, turn: QueuedTurn) -> String {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.turn_request = Some(id);
+        Self::line(&Request {
+            id,
+            method: "turn/start",
+            params: TurnStartParams {
+                thread_id: thread.to_string(),
+                input: turn.input,
+                output_schema: turn.output_schema,
+            },
+        })
+    }
+
+    fn fail(&mut self, out: &mut Step, message: String) {
+        if !self.failed {
+            self.failed = true;
+            out.events.push(Event::Error { message });
+        }
+    }
+
+    fn announce(&mut self, out: &mut Step) {
+        if self.announce {
+            if let Some(t) = &self.thread {
+                self.announce = false;
+                out.events.push(Event::SessionStarted {
+                    session_id: t.clone(),
+                    model: self.model.clone(),
+                });
+            }
+        }
+    }
+
+    /// Whether a turn-scoped notification belongs to the running turn.
+    fn current(&self, turn_id: &str) -> bool {
+        self.turn.as_deref() == Some(turn_id)
+    }
+
+    fn on_response(&mut self, id: u64, msg: Incoming, out: &mut Step) {
+        if let Some(err) = msg.error {
+            let what = match id {
+                INITIALIZE => "initialize".to_string(),
+                OPEN_THREAD if self.resume.is_some() => format!(
+                    "cannot resume thread {}",
+                    self.resume.as_deref().unwrap_or_default()
+                ),
+                OPEN_THREAD => "cannot start a thread".to_string(),
+                _ => "turn/start".to_string(),
+            };
+            let message = format!("codex app-server: {what}: {}", err.message);
+            if id <= OPEN_THREAD {
+                self.broken = Some(message.clone());
+            }
+            if self.queued.take().is_some() || Some(id) == self.turn_request {
+                self.fail(out, message);
+                out.end = true;
+            }
+            return;
+        }
+        let result = msg.result.unwrap_or(Value::Null);
+        if id == OPEN_THREAD {
+            match serde_json::from_value::<ThreadResult>(result) {
+                Ok(r) => {
+                    self.thread = Some(r.thread.id.clone());
+                    self.model = r.model;
+                    if let Some(turn) = self.queued.take() {
+                        let line = self.turn_line(&r.thread.id, turn);
+                        out.write.push(line);
+                    }
+                    self.announce(out);
+                }
+                Err(e) => {
+                    let message = format!("codex app-server: unexpected thread answer: {e}");
+                    self.broken = Some(message.clone());
+                    if self.queued.take().is_some() {
+                        self.fail(out, message);
+                        out.end = true;
+                    }
+                }
+            }
+        } else if Some(id) == self.turn_request {
+            self.turn_request = None;
+            match serde_json::from_value::<TurnResult>(result) {
+                Ok(r) => self.turn = Some(r.turn.id),
+                Err(e) => {
+                    self.fail(
+                        out,
+                        format!("codex app-server: unexpected turn answer: {e}"),
+                    );
+                    out.end = true;
+                }
+            }
+        }
+    }
+
+    fn on_request(&self, id: Value, method: &str, out: &mut Step) {
+        let decision = match method {
+            "item/fileChange/requestApproval" | "applyPatchApproval" if self.accept_edits => {
+                Some(if method == "applyPatchApproval" {
+                    "approved"
+                } else {
+                    "accept"
+                })
+            }
+            "item/fileChange/requestApproval" | "item/commandExecution/requestApproval" => {
+                Some("decline")
+            }
+            "applyPatchApproval" | "execCommandApproval" => Some("denied"),
+            _ => None,
+        };
+        out.write.push(match decision {
+            Some(d) => Self::line(&Reply {
+                id,
+                result: Decision { decision: d },
+            }),
+            None => Self::line(&ErrorReply {
+                id,
+                error: RpcError {
+                    code: -32601,
+                    message: format!("clinvk does not handle {method}"),
+                },
+            }),
+        });
+    }
+
+    fn on_notification(&mut self, method: &str, params: Value, out: &mut Step) {
+        match method {
+            "item/agentMessage/delta" => {
+                if let Ok(n) = serde_json::from_value::<DeltaNote>(params) {
+                    if self.current(&n.turn_id) && !n.delta.is_empty() {
+                        out.events.push(Event::TextDelta { text: n.delta });
+                    }
+                }
+            }
+            "item/completed" => {
+                if let Ok(n) = serde_json::from_value::<ItemNote>(params) {
+                    if self.current(&n.turn_id) {
+                        out.events.extend(item_events(&n.item));
+                    }
+                }
+            }
+            "item/started" => {
+                if let Ok(n) = serde_json::from_value::<ItemNote>(params) {
+                    if self.current(&n.turn_id) && n.item["type"] == "commandExecution" {
+                        out.events.push(Event::ToolUse {
+                            id: n.item["id"].as_str().map(str::to_string),
+                            name: "shell".into(),
+                            input: serde_json::json!({"command": n.item["command"]}),
+                        });
+                    }
+                }
+            }
+            "thread/tokenUsage/updated" => {
+                if let Ok(n) = serde_json::from_value::<UsageNote>(params) {
+                    if self.current(&n.turn_id) {
+                        out.events.push(Event::Usage(TokenUsage {
+                            input_tokens: n.token_usage.last.input_tokens,
+                            output_tokens: n.token_usage.last.output_tokens,
+                        }));
+                    }
+                }
+            }
+            "error" => {
+                if let Ok(n) = serde_json::from_value::<ErrorNote>(params) {
+                    if !n.will_retry && n.turn_id.as_deref().is_none_or(|t| self.current(t)) {
+                        self.fail(out, super::codex::error_text(&n.error.message));
+                    }
+                }
+            }
+            "turn/completed" => {
+                if let Ok(n) = serde_json::from_value::<TurnNote>(params) {
+                    if self.current(&n.turn.id) {
+                        match n.turn.status.as_deref() {
+                            Some("failed") => {
+                                let msg = n
+                                    .turn
+                                    .error
+                                    .map(|e| super::codex::error_text(&e.message))
+                                    .unwrap_or_else(|| "the turn failed".into());
+                                self.fail(out, msg);
+                            }
+                            Some("interrupted") => self.fail(out, "interrupted".into()),
+                            _ => {}
+                        }
+                        self.turn = None;
+                        out.end = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The events of a completed item of the running turn.
+fn item_events(item: &Value) -> Vec<Event> {
+    match item["type"].as_str() {
+        Some("agentMessage") => vec![Event::Message {
+            text: item["text"].as_str().unwrap_or_default().to_string(),
+        }],
+        Some("reasoning") => {
+            let text: Vec<&str> = item["summary"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            if text.is_empty() {
+                vec![]
+            } else {
+                vec![Event::Thinking {
+                    text: text.join("\n"),
+                }]
+            }
+        }
+        Some("commandExecution") => vec![Event::ToolResult {
+            id: item["id"].as_str().map(str::to_string),
+            output: item["aggregatedOutput"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            is_error: item["exitCode"].as_i64().is_some_and(|c| c != 0),
+        }],
+        _ => vec![],
+    }
+}
+
+impl Driver for AppServer {
+    fn open(&mut self) -> Vec<String> {
+        let init = Self::line(&Request {
+            id: INITIALIZE,
+            method: "initialize",
+            params: InitializeParams {
+                client_info: ClientInfo {
+                    name: "clinvk",
+                    version: clinvk_shared::VERSION,
+                },
+            },
+        });
+        let initialized = Self::line(&Notification {
+            method: "initialized",
+        });
+        let open = match &self.resume {
+            Some(thread) => Self::line(&Request {
+                id: OPEN_THREAD,
+                method: "thread/resume",
+                params: ThreadResumeParams {
+                    thread_id: thread.clone(),
+                    settings: self.settings.clone(),
+                },
+            }),
+            None => Self::line(&Request {
+                id: OPEN_THREAD,
+                method: "thread/start",
+                params: ThreadStartParams {
+                    settings: self.settings.clone(),
+                    ephemeral: self.ephemeral,
+                },
+            }),
+        };
+        vec![init, initialized, open]
+    }
+
+    fn turn(&mut self, inv: &Invocation) -> Vec<String> {
+        self.failed = false;
+        self.announce = true;
+        self.turn = None;
+        let mut input = vec![UserInput::Text {
+            text: inv.prompt.clone(),
+        }];
+        input.extend(inv.image_files.iter().map(|p| UserInput::LocalImage {
+            path: p.display().to_string(),
+        }));
+        let turn = QueuedTurn {
+            input,
+            output_schema: inv.output_schema.clone(),
+        };
+        match self.thread.clone() {
+            Some(thread) => vec![self.turn_line(&thread, turn)],
+            None => {
+                // Written when `thread/start` (or `thread/resume`) answers.
+                self.queued = Some(turn);
+                vec![]
+            }
+        }
+    }
+
+    fn on_line(&mut self, line: &str) -> Step {
+        let mut out = Step::default();
+        if let Some(why) = self.broken.clone() {
+            if self.queued.take().is_some() || self.turn_request.is_some() {
+                self.fail(&mut out, why);
+                out.end = true;
+                return out;
+            }
+        }
+        let msg: Incoming = match serde_json::from_str(line.trim()) {
+            Ok(m) => m,
+            Err(_) if line.trim().is_empty() => return out,
+            Err(_) => {
+                out.events.push(Event::Unparsed {
+                    line: line.to_string(),
+                });
+                return out;
+            }
+        };
+        self.announce(&mut out);
+        match (msg.id.clone(), msg.method.clone()) {
+            (Some(id), Some(method)) => self.on_request(id, &method, &mut out),
+            (Some(id), None) => {
+                if let Some(n) = id.as_u64() {
+                    self.on_response(n, msg, &mut out);
+                }
+            }
+            (None, Some(method)) => self.on_notification(&method, msg.params, &mut out),
+            (None, None) => {}
+        }
+        out
+    }
+
+    fn key(&self) -> String {
+        format!("{:?} ephemeral={}", self.settings, self.ephemeral)
+    }
+
+    fn accepts(&self, _inv: &Invocation) -> bool {
+        self.plain
+    }
+
+    fn healthy(&self) -> bool {
+        self.broken.is_none()
+    }
+}

@@ -1,0 +1,539 @@
+//! gemini's live mode: `gemini --acp`, the Agent Client Protocol (JSON-RPC 2.0 over stdio, one
+//! message per line).
+//!
+//! Per worker: `initialize` (protocol version 1, no file-system or terminal capability: gemini
+//! uses its own), then `session/new` — or `session/load` of the session, which replays the
+//! conversation as `session/update` notifications (not this turn's output: they are skipped
+//! until gemini's `available_commands_update` that follows the replay). Per turn:
+//! `session/prompt` → `session/update` notifications (`agent_message_chunk` token pieces,
+//! `agent_thought_chunk`, `tool_call`) → the request's result (`stopReason`, token counts in
+//! `_meta.quota.token_count`). Permission requests are answered with the reject option (nobody
+//! is there to ask; the configured approval mode decides what gemini asks at all), any other
+//! request with a JSON-RPC error.
+
+use super::{Driver, Event, Invocation, Step};
+use clinvk_shared::types::TokenUsage;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Serialize)]
+struct Request<P: Serialize> {
+    jsonrpc: &'static str,
+    id: u64,
+    method: &'static str,
+    params: P,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InitializeParams {
+    protocol_version: u32,
+    client_capabilities: ClientCapabilities,
+    client_info: ClientInfo,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClientCapabilities {
+    fs: FsCapabilities,
+    terminal: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FsCapabilities {
+    read_text_file: bool,
+    write_text_file: bool,
+}
+
+#[derive(Serialize)]
+struct ClientInfo {
+    name: &'static str,
+    version: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NewSessionParams {
+    cwd: String,
+    mcp_servers: Vec<Value>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LoadSessionParams {
+    session_id: String,
+    cwd: String,
+    mcp_servers: Vec<Value>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PromptParams {
+    session_id: String,
+    prompt: Vec<ContentBlock>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+enum ContentBlock {
+    Text { text: String },
+}
+
+#[derive(Serialize)]
+struct Reply<R: Serialize> {
+    jsonrpc: &'static str,
+    id: Value,
+    result: R,
+}
+
+#[derive(Serialize)]
+struct PermissionOutcome {
+    outcome: Outcome,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "outcome", rename_all = "camelCase")]
+enum Outcome {
+    Selected {
+        #[serde(rename = "optionId")]
+        option_id: String,
+    },
+    Cancelled,
+}
+
+#[derive(Serialize)]
+struct ErrorReply {
+    jsonrpc: &'static str,
+    id: Value,
+    error: RpcError,
+}
+
+#[derive(Serialize, Deserialize, Debug, Default)]
+struct RpcError {
+    #[serde(default)]
+    code: i64,
+    #[serde(default)]
+    message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<Value>,
+}
+
+/// Any message from the agent.
+#[derive(Deserialize)]
+struct Incoming {
+    id: Option<Value>,
+    method: Option<String>,
+    #[serde(default)]
+    params: Value,
+    result: Option<Value>,
+    error: Option<RpcError>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewSessionResult {
+    session_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PromptResult {
+    #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default, rename = "_meta")]
+    meta: Option<PromptMeta>,
+}
+
+#[derive(Deserialize)]
+struct PromptMeta {
+    #[serde(default)]
+    quota: Option<Quota>,
+}
+
+#[derive(Deserialize)]
+struct Quota {
+    #[serde(default)]
+    token_count: Option<TokenCount>,
+}
+
+#[derive(Deserialize)]
+struct TokenCount {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateNote {
+    session_id: String,
+    update: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PermissionRequest {
+    #[serde(default)]
+    options: Vec<PermissionOption>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PermissionOption {
+    option_id: String,
+    #[serde(default)]
+    kind: String,
+}
+
+const INITIALIZE: u64 = 0;
+const OPEN_SESSION: u64 = 1;
+
+/// The driver of one ACP worker.
+pub(crate) struct Acp {
+    cwd: String,
+    resume: Option<String>,
+    session: Option<String>,
+    next_id: u64,
+    /// The `session/prompt` of the running turn.
+    prompt_request: Option<u64>,
+    /// A turn asked for before the session was open.
+    queued: Option<Vec<ContentBlock>>,
+    /// `session/load` is replaying the conversation: its updates are not this turn's.
+    replaying: bool,
+    announce: bool,
+    failed: bool,
+    broken: Option<String>,
+    /// No images: the live mode can take the turn (images go one-shot, as `@path` files).
+    plain: bool,
+}
+
+impl Acp {
+    pub(crate) fn new(cwd: String, resume: Option<String>, plain: bool) -> Self {
+        Acp {
+            cwd,
+            replaying: resume.is_some(),
+            resume,
+            session: None,
+            next_id: OPEN_SESSION + 1,
+            prompt_request: None,
+            queued: None,
+            announce: false,
+            failed: false,
+            broken: None,
+            plain,
+        }
+    }
+
+    fn line<T: Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap_or_default()
+    }
+
+    fn prompt_line(&mut self, session: &str, prompt: Vec<ContentBlock>) -> String {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.prompt_request = Some(id);
+        Self::line(&Request {
+            jsonrpc: "2.0",
+            id,
+            method: "session/prompt",
+            params: PromptParams {
+                session_id: session.to_string(),
+                prompt,
+            },
+        })
+    }
+
+    fn fail(&mut self, out: &mut Step, message: String) {
+        if !self.failed {
+            self.failed = true;
+            out.events.push(Event::Error { message });
+        }
+    }
+
+    fn announce(&mut self, out: &mut Step) {
+        if self.announce {
+            if let Some(s) = &self.session {
+                self.announce = false;
+                out.events.push(Event::SessionStarted {
+                    session_id: s.clone(),
+                    model: None,
+                });
+            }
+        }
+    }
+
+    fn on_response(&mut self, id: u64, msg: Incoming, out: &mut Step) {
+        if let Some(err) = msg.error {
+            let detail = err
+                .data
+                .as_ref()
+                .and_then(|d| d["details"].as_str())
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default();
+            let what = match id {
+                INITIALIZE => "initialize".to_string(),
+                OPEN_SESSION => match &self.resume {
+                    Some(s) => format!("cannot load session {s}"),
+                    None => "cannot start a session".to_string(),
+                },
+                _ => "session/prompt".to_string(),
+            };
+            let message = format!("gemini --acp: {what}: {}{detail}", err.message);
+            if id <= OPEN_SESSION {
+                self.broken = Some(message.clone());
+            }
+            if self.queued.take().is_some() || Some(id) == self.prompt_request {
+                self.prompt_request = None;
+                self.fail(out, message);
+                out.end = true;
+            }
+            return;
+        }
+        let result = msg.result.unwrap_or(Value::Null);
+        if id == OPEN_SESSION {
+            let session = match &self.resume {
+                Some(s) => Some(s.clone()),
+                None => serde_json::from_value::<NewSessionResult>(result)
+                    .ok()
+                    .map(|r| r.session_id),
+            };
+            match session {
+                Some(s) => {
+                    self.session = Some(s.clone());
+                    if let Some(prompt) = self.queued.take() {
+                        let line = self.prompt_line(&s, prompt);
+                        out.write.push(line);
+                    }
+                    self.announce(out);
+                }
+                None => {
+                    let message = "gemini --acp: session/new answered without a session id".into();
+                    self.broken = Some(message);
+                    if self.queued.take().is_some() {
+                        let m = self.broken.clone().unwrap_or_default();
+                        self.fail(out, m);
+                        out.end = true;
+                    }
+                }
+            }
+        } else if Some(id) == self.prompt_request {
+            self.prompt_request = None;
+            self.replaying = false;
+            let r: PromptResult = serde_json::from_value(result).unwrap_or(PromptResult {
+                stop_reason: None,
+                meta: None,
+            });
+            if let Some(tc) = r.meta.and_then(|m| m.quota).and_then(|q| q.token_count) {
+                out.events.push(Event::Usage(TokenUsage {
+                    input_tokens: tc.input_tokens,
+                    output_tokens: tc.output_tokens,
+                }));
+            }
+            match r.stop_reason.as_deref() {
+                Some("cancelled") => self.fail(out, "cancelled".into()),
+                Some("refusal") => self.fail(out, "gemini refused to answer".into()),
+                Some("max_tokens") | Some("max_turn_requests") | Some("end_turn") | None => {}
+                Some(other) => tracing::debug!(stop_reason = other, "gemini turn ended"),
+            }
+            out.end = true;
+        }
+    }
+
+    fn on_request(&self, id: Value, method: &str, params: Value, out: &mut Step) {
+        let line = match method {
+            "session/request_permission" => {
+                let req: PermissionRequest =
+                    serde_json::from_value(params).unwrap_or(PermissionRequest { options: vec![] });
+                let outcome = match req.options.iter().find(|o| o.kind == "reject_once") {
+                    Some(o) => Outcome::Selected {
+                        option_id: o.option_id.clone(),
+                    },
+                    None => Outcome::Cancelled,
+                };
+                Self::line(&Reply {
+                    jsonrpc: "2.0",
+                    id,
+                    result: PermissionOutcome { outcome },
+                })
+            }
+            _ => Self::line(&ErrorReply {
+                jsonrpc: "2.0",
+                id,
+                error: RpcError {
+                    code: -32601,
+                    message: format!("clinvk does not handle {method}"),
+                    data: None,
+                },
+            }),
+        };
+        out.write.push(line);
+    }
+
+    fn on_update(&mut self, params: Value, out: &mut Step) {
+        let Ok(n) = serde_json::from_value::<UpdateNote>(params) else {
+            return;
+        };
+        if self.session.as_deref() != Some(n.session_id.as_str()) {
+            return;
+        }
+        let u = &n.update;
+        let kind = u["sessionUpdate"].as_str().unwrap_or_default();
+        if self.replaying {
+            // The replay of `session/load` ends with the commands update that follows it.
+            if kind == "available_commands_update" {
+                self.replaying = false;
+            }
+            return;
+        }
+        if self.prompt_request.is_none() {
+            return; // between turns
+        }
+        let text = || {
+            u["content"]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        match kind {
+            "agent_message_chunk" => {
+                let t = text();
+                if !t.is_empty() {
+                    out.events.push(Event::TextDelta { text: t });
+                }
+            }
+            "agent_thought_chunk" => out.events.push(Event::Thinking { text: text() }),
+            "tool_call" => out.events.push(Event::ToolUse {
+                id: u["toolCallId"].as_str().map(str::to_string),
+                name: u["title"].as_str().unwrap_or("tool").to_string(),
+                input: u["rawInput"].clone(),
+            }),
+            "tool_call_update" if matches!(u["status"].as_str(), Some("completed" | "failed")) => {
+                let output: Vec<String> = u["content"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["content"]["text"].as_str().map(str::to_string))
+                    .collect();
+                out.events.push(Event::ToolResult {
+                    id: u["toolCallId"].as_str().map(str::to_string),
+                    output: output.join("\n"),
+                    is_error: u["status"] == "failed",
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Driver for Acp {
+    fn open(&mut self) -> Vec<String> {
+        let init = Self::line(&Request {
+            jsonrpc: "2.0",
+            id: INITIALIZE,
+            method: "initialize",
+            params: InitializeParams {
+                protocol_version: 1,
+                client_capabilities: ClientCapabilities {
+                    fs: FsCapabilities {
+                        read_text_file: false,
+                        write_text_file: false,
+                    },
+                    terminal: false,
+                },
+                client_info: ClientInfo {
+                    name: "clinvk",
+                    version: clinvk_shared::VERSION,
+                },
+            },
+        });
+        let open = match &self.resume {
+            Some(s) => Self::line(&Request {
+                jsonrpc: "2.0",
+                id: OPEN_SESSION,
+                method: "session/load",
+                params: LoadSessionParams {
+                    session_id: s.clone(),
+                    cwd: self.cwd.clone(),
+                    mcp_servers: vec![],
+                },
+            }),
+            None => Self::line(&Request {
+                jsonrpc: "2.0",
+                id: OPEN_SESSION,
+                method: "session/new",
+                params: NewSessionParams {
+                    cwd: self.cwd.clone(),
+                    mcp_servers: vec![],
+                },
+            }),
+        };
+        vec![init, open]
+    }
+
+    fn turn(&mut self, inv: &Invocation) -> Vec<String> {
+        self.failed = false;
+        self.announce = true;
+        let mut text = super::with_system_prompt(inv, inv.system_prompt.as_deref());
+        if let Some(schema) = &inv.output_schema {
+            text.push_str(&super::schema_instruction(schema));
+        }
+        let prompt = vec![ContentBlock::Text { text }];
+        match self.session.clone() {
+            Some(s) => vec![self.prompt_line(&s, prompt)],
+            None => {
+                self.queued = Some(prompt);
+                vec![]
+            }
+        }
+    }
+
+    fn on_line(&mut self, line: &str) -> Step {
+        let mut out = Step::default();
+        let msg: Incoming = match serde_json::from_str(line.trim()) {
+            Ok(m) => m,
+            Err(_) if line.trim().is_empty() => return out,
+            Err(_) => {
+                out.events.push(Event::Unparsed {
+                    line: line.to_string(),
+                });
+                return out;
+            }
+        };
+        self.announce(&mut out);
+        match (msg.id.clone(), msg.method.clone()) {
+            (Some(id), Some(method)) => self.on_request(id, &method, msg.params, &mut out),
+            (Some(id), None) => {
+                if let Some(n) = id.as_u64() {
+                    self.on_response(n, msg, &mut out);
+                }
+            }
+            (None, Some(method)) if method == "session/update" => {
+                self.on_update(msg.params, &mut out)
+            }
+            _ => {}
+        }
+        out
+    }
+
+    fn key(&self) -> String {
+        format!("cwd={}", self.cwd)
+    }
+
+    fn accepts(&self, _inv: &Invocation) -> bool {
+        self.plain
+    }
+
+    fn healthy(&self) -> bool {
+        self.broken.is_none()
+    }
+
+    /// gemini 0.61's `session/load` re-creates the session's recording file before reading it;
+    /// when that happens within the minute the file was created (same file name), the turns are
+    /// gone and the load fails ("No previous sessions found"). Measured; a session whose worker
+    /// is gone therefore continues one-shot (`gemini --resume`, which appends).
+    fn resumes(&self) -> bool {
+        false
+    }
+}
