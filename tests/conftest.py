@@ -187,6 +187,11 @@ class FakeModel:
         status, _ = http_json("POST", self.url + "/_fake/reset")
         assert status == 200
 
+    def release(self) -> None:
+        """Lets every answer held by a ``[[gate]]`` go on (until the next reset)."""
+        status, _ = http_json("POST", self.url + "/_fake/release")
+        assert status == 200
+
     def set_scenario(self, mode: str = "normal", delay_ms: int | None = None) -> dict:
         body = {"mode": mode}
         if delay_ms is not None:

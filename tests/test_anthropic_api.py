@@ -164,7 +164,7 @@ def test_503_and_504(compat):
 
 
 def test_midstream_failure(compat):
-    d = compat(config=f"backends:\n  claude:\n    command: {fakecli('crash-midstream')}\n")
+    d = compat(config=f"backends:\n  claude:\n    command: {fakecli('crash-midstream')}\n    mode: oneshot\n")
     got = []
     with pytest.raises(anthropic.APIStatusError) as e:
         with d.anthropic().messages.stream(model="claude", max_tokens=10, messages=msg("hi")) as s:

@@ -61,7 +61,7 @@ def test_prompt_resume_and_session(live_world, fake_model, backend):
     assert convo[-1]["turns"] == 2 and convo[-1]["last_user"].startswith("and again")
 
 
-@pytest.mark.parametrize("backend", ["claude", "gemini"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_first_delta_arrives_while_the_cli_runs(live_world, backend):
     url = start_live(live_world)
     events = stream_ndjson(url + "/api/v1/prompt", {
@@ -80,8 +80,8 @@ def test_first_delta_arrives_while_the_cli_runs(live_world, backend):
     assert [e["sequence"] for e in [first] + rest] == sorted(e["sequence"] for e in [first] + rest)
 
 
-def test_codex_streams_whole_messages(live_world):
-    url = start_live(live_world)
+def test_codex_one_shot_streams_whole_messages(live_world):
+    url = start_live(live_world, "backends:\n  codex:\n    mode: oneshot\n")
     events = list(stream_ndjson(url + "/api/v1/prompt", {
         "backend": "codex", "prompt": "hi", "output_format": "stream-json", "workdir": str(live_world.workdir)}))
     kinds = [e["type"] for e in events]
@@ -104,6 +104,12 @@ def test_model_and_system_prompt_reach_the_model(live_world, fake_model, backend
         assert argv[argv.index("--system-prompt") + 1] == "SYSMARK be brief"
     if backend == "codex":
         assert argv[argv.index("-c") + 1] == 'developer_instructions="SYSMARK be brief"'
+    # Warm mode (the default): the live CLI that would take the turn.
+    worker = d["worker_command"]
+    assert Path(worker[0]).name == backend
+    assert {"claude": "--input-format", "codex": "app-server", "gemini": "--acp"}[backend] in worker, worker
+    if backend != "codex":  # codex takes the model in its protocol (thread/start)
+        assert worker[worker.index(flag) + 1] == "m-test-1"
     status, r, _ = post(url + "/api/v1/prompt", body)
     assert status == 200 and r["error"] is None, r
     req = fake_model.requests()[-1]
@@ -124,7 +130,7 @@ def test_model_error_is_an_error_naming_the_backend(live_world, backend):
 
 
 def fake(world, name: str, extra: str = "") -> str:
-    return start_live(world, f"backends:\n  claude:\n    command: {FAKECLI_DIR / name}\n{extra}")
+    return start_live(world, f"backends:\n  claude:\n    command: {FAKECLI_DIR / name}\n    mode: oneshot\n{extra}")
 
 
 def test_timeout_kills_the_whole_group(live_world):
@@ -132,7 +138,7 @@ def test_timeout_kills_the_whole_group(live_world):
     status, r, _ = post(url + "/api/v1/prompt", {"backend": "claude", "prompt": "hi"})
     assert status == 200 and r["exit_code"] == 0, r  # the group is reaped when the CLI exits
     url2 = url
-    live_world.write_config(f"backends:\n  claude:\n    command: {FAKECLI_DIR / 'hang'}\n    timeout_secs: 2\n")
+    live_world.write_config(f"backends:\n  claude:\n    command: {FAKECLI_DIR / 'hang'}\n    mode: oneshot\n    timeout_secs: 2\n")
     assert live_world.ctl("reload").returncode == 0
     poll(lambda: get_json(url2 + "/api/v1/backends")[1]["backends"][0]["path"].endswith("hang"), 30, "the reload")
     status, r, _ = post(url2 + "/api/v1/prompt", {"backend": "claude", "prompt": "hi"})
@@ -142,7 +148,7 @@ def test_timeout_kills_the_whole_group(live_world):
 
 def test_cancel_kills_the_group_within_two_seconds(live_world):
     url = fake(live_world, "ignore-sigterm", "")
-    live_world.write_config(f"limits:\n  kill_grace_secs: 1\nbackends:\n  claude:\n    command: {FAKECLI_DIR / 'ignore-sigterm'}\n")
+    live_world.write_config(f"limits:\n  kill_grace_secs: 1\nbackends:\n  claude:\n    command: {FAKECLI_DIR / 'ignore-sigterm'}\n    mode: oneshot\n")
     live_world.ctl("reload")
     events = stream_ndjson(url + "/api/v1/prompt", {"backend": "claude", "prompt": "x", "output_format": "stream-json"})
     next(e for e in events if e["type"] == "message")
@@ -163,7 +169,7 @@ def test_garbage_and_huge_output_do_not_hurt_the_daemon(live_world):
     url = fake(live_world, "garbage")
     status, r, _ = post(url + "/api/v1/prompt", {"backend": "claude", "prompt": "x"})
     assert status == 200 and r["exit_code"] == 0 and "fakecli reply" in r["output"], r
-    live_world.write_config(f"backends:\n  claude:\n    command: {FAKECLI_DIR / 'huge-line'}\n")
+    live_world.write_config(f"backends:\n  claude:\n    command: {FAKECLI_DIR / 'huge-line'}\n    mode: oneshot\n")
     live_world.ctl("reload")
     poll(lambda: get_json(url + "/api/v1/backends")[1]["backends"][0]["path"].endswith("huge-line"), 30, "reload")
     status, r, _ = post(url + "/api/v1/prompt", {"backend": "claude", "prompt": "x"})

@@ -10,7 +10,7 @@ from compat_world import compat, fakecli  # noqa: F401
 
 
 def test_sdks_raise_authentication_errors(compat):
-    d = compat(f"backends:\n  claude:\n    command: {fakecli('ok')}\n")
+    d = compat(f"backends:\n  claude:\n    command: {fakecli('ok')}\n    mode: oneshot\n")
     d.world.ctl("stop")
     d.world.env["CLINVK_API_KEYS"] = "good-key"
     d.world.start_daemon()

@@ -20,7 +20,7 @@ def post(url: str, body: dict):
 
 
 def test_output_settings_shape_what_clinvk_prints(world):
-    world.write_config(f"backends:\n  claude:\n    command: {OK}\n"
+    world.write_config(f"backends:\n  claude:\n    command: {OK}\n    mode: oneshot\n"
                        "output:\n  format: json\n  show_tokens: true\n  show_timing: true\n")
     r = world.clinvk("-b", "claude", "hello", timeout=60)
     assert r.returncode == 0, r.stderr
@@ -34,7 +34,7 @@ def test_output_settings_shape_what_clinvk_prints(world):
 
 
 def test_unified_output_format_and_token_storage(world):
-    world.write_config(f"backends:\n  claude:\n    command: {OK}\n"
+    world.write_config(f"backends:\n  claude:\n    command: {OK}\n    mode: oneshot\n"
                        "unified_flags:\n  output_format: stream-json\n"
                        "session:\n  store_token_usage: false\n")
     url = world.start_daemon().status["http_url"]

@@ -14,7 +14,7 @@ import pytest
 from compat_world import compat, fakecli  # noqa: F401  (fixture)
 
 # A silent CLI (`hang`: announces its session, then prints nothing, ever).
-SILENT = "server:\n  sse_keepalive_secs: 1\nbackends:\n  claude:\n    command: {cli}\n"
+SILENT = "server:\n  sse_keepalive_secs: 1\nbackends:\n  claude:\n    command: {cli}\n    mode: oneshot\n"
 
 
 def read_until(stream, want, limit: int = 4000):
@@ -66,7 +66,7 @@ def test_sdks_read_a_stream_with_keep_alives(compat):
     """A CLI that is silent for a while, then answers: the streamed answer is whole, whatever
     keep-alives came before or between the pieces."""
     d = compat(config="server:\n  sse_keepalive_secs: 1\nbackends:\n  claude:\n"
-                      f"    command: {fakecli('slow-ok')}\n"
+                      f"    command: {fakecli('slow-ok')}\n    mode: oneshot\n"
                       "    env:\n      FAKECLI_START_DELAY_MS: '1500'\n      FAKECLI_DELAY_MS: '600'\n")
     chunks = list(d.openai().chat.completions.create(
         model="claude", stream=True, messages=[{"role": "user", "content": "keep me alive"}]))

@@ -119,7 +119,7 @@ def validate(spec: dict, schema_pointer: str, value, where: str):
 def served(world):  # noqa: F811
     world.env["CLINVK_SERVER_METRICS_ENABLED"] = "true"
     # A usable claude (the `ok` fault CLI), so dry runs answer; nothing here runs it.
-    world.write_config(f"backends:\n  claude:\n    command: {FAKECLI_DIR / 'ok'}\n")
+    world.write_config(f"backends:\n  claude:\n    command: {FAKECLI_DIR / 'ok'}\n    mode: oneshot\n")
     world.start_daemon()
     url = world.url
     status, headers, raw = request("GET", url + "/openapi.json")

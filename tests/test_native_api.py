@@ -101,7 +101,7 @@ def sample_max_runs(world, stop: threading.Event, out: list):
 
 
 def test_parallel_respects_max_parallel(live_world):
-    url = start_live(live_world, f"backends:\n  claude:\n    command: {FAKECLI_DIR / 'slow-ok'}\n")
+    url = start_live(live_world, f"backends:\n  claude:\n    command: {FAKECLI_DIR / 'slow-ok'}\n    mode: oneshot\n")
     seen: list[int] = []
     stop = threading.Event()
     t = threading.Thread(target=sample_max_runs, args=(live_world, stop, seen))
@@ -157,7 +157,7 @@ def test_compare(live_world):
 
 
 def test_sessions_listing_filters_pages_delete_and_restart(live_world):
-    url = start_live(live_world, f"backends:\n  claude:\n    command: {FAKECLI_DIR / 'ok'}\n")
+    url = start_live(live_world, f"backends:\n  claude:\n    command: {FAKECLI_DIR / 'ok'}\n    mode: oneshot\n")
     ids = []
     for i in range(3):
         s, r, _ = post(url + "/api/v1/prompt", {"backend": "claude", "prompt": f"p{i}"})
@@ -179,7 +179,7 @@ def test_sessions_listing_filters_pages_delete_and_restart(live_world):
 
 
 def test_kill9_while_20_prompts_write_sessions(live_world):
-    url = start_live(live_world, f"limits:\n  max_concurrent: 25\nbackends:\n  claude:\n    command: {FAKECLI_DIR / 'slow-ok'}\n")
+    url = start_live(live_world, f"limits:\n  max_concurrent: 25\nbackends:\n  claude:\n    command: {FAKECLI_DIR / 'slow-ok'}\n    mode: oneshot\n")
     pid = live_world.status()["pid"]
     def fire(i):
         try:
@@ -265,7 +265,7 @@ def test_clinvk_commands_drive_the_daemon(live_world, fake_model, tmp_path):
 
 
 def test_ctrl_c_cancels_the_run_in_the_daemon(live_world):
-    live_world.write_config(f"server:\n  port: 0\nbackends:\n  claude:\n    command: {FAKECLI_DIR / 'hang'}\n")
+    live_world.write_config(f"server:\n  port: 0\nbackends:\n  claude:\n    command: {FAKECLI_DIR / 'hang'}\n    mode: oneshot\n")
     assert live_world.clinvk("serve", "--detach").returncode == 0
     p = live_world.popen(binary("clinvk"), "-b", "claude", "wait forever")
     run = poll(lambda: (st := live_world.status()) and st["runs"] and st["runs"][0], 20, "the run to start")

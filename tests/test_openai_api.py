@@ -162,7 +162,7 @@ def test_503_at_capacity_and_504_timeout(compat):
 
 
 def test_midstream_failure_raises_in_the_iterator(compat):
-    d = compat(config=f"backends:\n  claude:\n    command: {fakecli('crash-midstream')}\n")
+    d = compat(config=f"backends:\n  claude:\n    command: {fakecli('crash-midstream')}\n    mode: oneshot\n")
     client = d.openai()
     got = []
     with pytest.raises(openai.APIError) as e:

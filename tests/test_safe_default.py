@@ -105,7 +105,7 @@ def start(world: World, config: str = "", env: dict | None = None, *args) -> str
 def claude_config(cli: str, claude_extra: str = "", rest: str = "") -> str:
     """A config whose claude is the fake CLI `cli`; `claude_extra` is YAML indented under
     `backends.claude`, `rest` is top-level YAML."""
-    text = f"backends:\n  claude:\n    command: {fake(cli)}\n"
+    text = f"backends:\n  claude:\n    command: {fake(cli)}\n    mode: oneshot\n"
     if claude_extra:
         text += "".join(f"    {line}\n" for line in claude_extra.strip("\n").splitlines())
     text += rest

@@ -22,7 +22,7 @@ def call(url, method="GET", body=None, headers=None):
 
 def test_env_keys_are_required_and_checked(world):
     world.env["CLINVK_API_KEYS"] = "k-one, k-two"
-    world.write_config(f"backends:\n  claude:\n    command: {FAKECLI_DIR / 'ok'}\n")
+    world.write_config(f"backends:\n  claude:\n    command: {FAKECLI_DIR / 'ok'}\n    mode: oneshot\n")
     url = world.start_daemon().status["http_url"]
     s, h, b = call(url + "/api/v1/sessions")
     assert s == 401 and h["www-authenticate"] == "Bearer"

@@ -301,7 +301,7 @@ def drain_world(tmp_path: Path, cli: str, grace: int, extra_env: dict | None = N
         f"  shutdown_grace_secs: {grace}\n"
         "backends:\n"
         "  claude:\n"
-        f"    command: {FAKECLI / cli}\n"
+        f"    command: {FAKECLI / cli}\n    mode: oneshot\n"
     )
     return w
 

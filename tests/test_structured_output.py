@@ -104,7 +104,7 @@ def test_native_output_schema(compat):
 
 def test_an_answer_that_does_not_match_is_an_error_not_prose(compat):
     # The `ok` fake CLI answers plain text whatever it is asked.
-    d = compat(config=f"backends:\n  claude:\n    command: {fakecli('ok')}\n")
+    d = compat(config=f"backends:\n  claude:\n    command: {fakecli('ok')}\n    mode: oneshot\n")
     client = d.openai()
     with pytest.raises(openai.APIStatusError) as e:
         client.chat.completions.parse(

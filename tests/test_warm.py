@@ -8,6 +8,7 @@ import signal
 
 import pytest
 
+from compat_world import compat  # noqa: F401
 from harness import get_json, live_world, pid_alive, poll, post, start_live  # noqa: F401
 
 BACKENDS = ["claude", "codex", "gemini"]
@@ -58,3 +59,172 @@ def test_turns_share_a_worker_and_a_killed_one_resumes(live_world, fake_model, b
         assert w3["pid"] != pid and w3["backend_session_id"] == w["backend_session_id"], (w, w3)
     status, s = get_json(url + f"/api/v1/sessions/{sid}")
     assert s["turn_count"] == 3 and s["status"] != "interrupted", s
+
+
+def pooled_world(world):
+    """Lets the test's config decide the pool (the suite's default is none)."""
+    for b in BACKENDS:
+        world.env.pop(f"CLINVK_BACKENDS_{b.upper()}_WARM_POOL", None)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pool_replenishes_idle_workers_retire_and_a_reload_renews_the_pool(live_world, fake_model, backend):
+    pooled_world(live_world)
+    url = start_live(live_world, config(backend, pool=1))
+    [p] = poll(lambda: workers(live_world, backend, "pooled"), 60, "a pooled worker")
+    assert pid_alive(p["pid"]) and p["turns"] == 0 and p["backend_session_id"] is None
+
+    # A new session with the default settings takes the pooled worker; the pool is refilled.
+    status, r, _ = post(url + "/api/v1/prompt", {"backend": backend, "prompt": "pool turn"})
+    assert status == 200 and r["error"] is None, r
+    assert "turns=1 last=pool turn" in r["output"]
+    [used] = workers(live_world, backend, "idle")
+    assert used["pid"] == p["pid"] and used["turns"] == 1, used
+    [refill] = poll(lambda: workers(live_world, backend, "pooled"), 60, "the pool to be refilled")
+    assert refill["pid"] != p["pid"]
+
+    # warm.idle_secs lowered by a reload: the idle session worker is retired, the pooled one
+    # (same settings) stays.
+    live_world.write_config(config(backend, pool=1, idle=1))
+    r = live_world.ctl("reload")
+    assert r.returncode == 0, r.stderr
+    poll(lambda: not workers(live_world, backend, "idle"), 60, "the idle worker to be retired")
+    poll(lambda: not pid_alive(used["pid"]), 10, "the retired worker's process to end")
+    assert [w["pid"] for w in workers(live_world, backend, "pooled")] == [refill["pid"]]
+
+    # A reload that changes the backend's model retires the pool and starts it anew.
+    live_world.write_config(config(backend, pool=1, idle=1, extra=f"    model: {backend}-renewed-model\n"))
+    r = live_world.ctl("reload")
+    assert r.returncode == 0, r.stderr
+    poll(lambda: not pid_alive(refill["pid"]), 60, "the old pooled worker to be retired")
+    [renewed] = poll(lambda: workers(live_world, backend, "pooled"), 60, "the pool to be renewed")
+    assert renewed["pid"] != refill["pid"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_cancelled_turn_leaves_the_session_usable(live_world, fake_model, backend):
+    url = start_live(live_world, config(backend))
+    status, r, _ = post(url + "/api/v1/prompt", {"backend": backend, "prompt": "opening words"})
+    assert status == 200 and r["error"] is None, r
+    sid = r["session_id"]
+    [w] = workers(live_world, backend)
+
+    # A streamed turn held by the fake model is abandoned by its client mid-answer.
+    stream = stream_ndjson(url + "/api/v1/prompt", {"backend": backend, "session_id": sid,
+                                                    "output_format": "stream-json",
+                                                    "prompt": "never finished [[gate]]"})
+    for ev in stream:
+        if ev["type"] == "message" and ev["content"].get("delta"):
+            break
+    stream.close()
+    poll(lambda: not pid_alive(w["pid"]), 30, "the interrupted worker to be stopped")
+    fake_model.release()
+
+    status, r3, _ = post(url + "/api/v1/prompt", {"backend": backend, "prompt": "after the cancel", "session_id": sid})
+    assert status == 200 and r3["error"] is None, r3
+    # (a CLI may merge the interrupted message into the next one, as gemini does)
+    assert r3["output"].startswith("fake-reply") and "after the cancel" in r3["output"], r3["output"]
+    status, s = get_json(url + f"/api/v1/sessions/{sid}")
+    assert s["turn_count"] >= 2, s
+
+
+def stream_ndjson(url: str, body: dict, timeout: float = 120):
+    """POSTs and yields NDJSON events as they arrive."""
+    import http.client
+    import json
+    import urllib.parse
+
+    u = urllib.parse.urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    conn.request("POST", u.path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    try:
+        while True:
+            line = resp.readline()
+            if not line:
+                return
+            yield json.loads(line)
+    finally:
+        conn.close()
+
+
+def test_codex_streams_token_deltas_in_every_api_style(compat, fake_model):
+    """codex's app-server streams deltas: the first arrives while the model still holds the rest
+    of the answer (the fake model's gate), through the native, OpenAI and Anthropic streams."""
+    d = compat()
+
+    # Native NDJSON.
+    deltas = []
+    stream = stream_ndjson(d.url + "/api/v1/prompt", {"backend": "codex", "output_format": "stream-json",
+                                                      "prompt": "native stream [[gate]]"})
+    for ev in stream:
+        if ev["type"] == "message" and ev["content"].get("delta"):
+            deltas.append(ev)
+            if len(deltas) == 1:
+                fake_model.release()  # the answer could not have been complete before this
+    assert len(deltas) >= 2, deltas
+    assert "".join(e["content"]["text"] for e in deltas).startswith("fake-reply turns=1 last=native stream")
+    fake_model.reset()
+
+    # OpenAI chat completions, streamed.
+    chunks = []
+    for chunk in d.openai().chat.completions.create(
+            model="codex", stream=True,
+            messages=[{"role": "user", "content": "openai stream [[gate]]"}]):
+        text = chunk.choices[0].delta.content if chunk.choices else None
+        if text:
+            chunks.append(text)
+            if len(chunks) == 1:
+                fake_model.release()
+    assert len(chunks) >= 2, chunks
+    assert "".join(chunks).startswith("fake-reply turns=1 last=openai stream")
+    fake_model.reset()
+
+    # Anthropic messages, streamed.
+    pieces = []
+    with d.anthropic().messages.stream(model="codex", max_tokens=100,
+                                       messages=[{"role": "user", "content": "anthropic stream [[gate]]"}]) as s:
+        for text in s.text_stream:
+            pieces.append(text)
+            if len(pieces) == 1:
+                fake_model.release()
+    assert len(pieces) >= 2, pieces
+    assert "".join(pieces).startswith("fake-reply turns=1 last=anthropic stream")
+
+
+@pytest.mark.parametrize("how", ["stop", "kill -9"])
+def test_no_worker_outlives_the_daemon(live_world, fake_model, how):
+    pooled_world(live_world)
+    start_live(live_world, "backends:\n" + "".join(
+        f"  {b}:\n    warm:\n      pool: 1\n" for b in BACKENDS))
+    pooled = poll(lambda: len(workers(live_world, state="pooled")) == 3, 90, "a pooled worker per backend")
+    assert pooled
+    pids = [w["pid"] for w in workers(live_world)]
+    daemon = live_world.status()["pid"]
+    if how == "stop":
+        r = live_world.ctl("stop", "--timeout", "20", timeout=40)
+        assert r.returncode == 0, r.stderr
+    else:
+        os.kill(daemon, signal.SIGKILL)
+    poll(lambda: not pid_alive(daemon), 20, "the daemon to end")
+    poll(lambda: not any(pid_alive(p) for p in pids), 20, "every worker to end with the daemon")
+
+
+def test_codex_app_server_schema_is_the_pinned_one(cli_home, tmp_path):
+    """The typed app-server messages follow the schema checked in beside the Rust tests; this
+    fails when the pinned codex prints another one (regenerate the fixture and re-check)."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    out = tmp_path / "schema"
+    r = subprocess.run(["codex", "app-server", "generate-json-schema", "--out", str(out)],
+                       env=cli_home.env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    pinned = Path(__file__).resolve().parent.parent / "clinvkd/tests/fixtures/codex-0.169.0-app-server-schema"
+    files = sorted(pinned.rglob("*.json"))
+    assert len(files) >= 10
+    for f in files:
+        rel = f.relative_to(pinned)
+        assert json.loads(f.read_text()) == json.loads((out / rel).read_text()), f"{rel} changed"

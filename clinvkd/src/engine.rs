@@ -276,6 +276,8 @@ pub(crate) struct DryRun {
     pub(crate) cwd: Option<String>,
     /// Names of the extra environment variables set for the child (values are not shown).
     pub(crate) env: Vec<String>,
+    /// In warm mode: the worker's argv.
+    pub(crate) worker_argv: Option<Vec<String>>,
 }
 
 struct Prepared {
@@ -507,12 +509,27 @@ pub(crate) fn dry_run(ctx: &Ctx, inv: &Invocation) -> Result<DryRun, EngineError
     }
     let inv = &inv;
     let p = prepare(ctx, inv)?;
+    let cfg = backend_settings(ctx, inv.backend)?;
+    let worker_argv = match cfg.mode {
+        BackendMode::Warm => {
+            let live = backend::adapter(inv.backend)
+                .live(inv, &cfg)
+                .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
+            if live.driver.accepts(inv) {
+                Some(prepare_command(ctx, inv, &cfg, live.command)?.argv)
+            } else {
+                None
+            }
+        }
+        BackendMode::Oneshot => None,
+    };
     Ok(DryRun {
         backend: inv.backend,
         program: p.spec.program.display().to_string(),
         argv: p.argv,
         cwd: p.spec.cwd.map(|c| c.display().to_string()),
         env: p.env_names,
+        worker_argv,
     })
 }
 
@@ -669,17 +686,33 @@ async fn warm_turn(
         Some(w) => w,
         None => {
             metrics::counter!("clinvk_worker_spawns_total", "backend" => backend.as_str(), "reason" => reason).increment(1);
-            spawn_worker(ctx, inv, key).await?
+            spawn_worker(ctx, inv, key.clone()).await?
         }
     };
-    let busy = ctx.workers.busy(&worker);
     let lines = worker.driver().turn(inv);
     if let Err(e) = worker.write(&lines).await {
-        return Err(EngineError::Spawn(format!(
-            "the {backend} worker (pid {}) does not take input: {e}",
-            worker.pid
-        )));
+        // The turn never reached the CLI: an idle worker that died meanwhile is replaced once.
+        if reason != "reused" {
+            return Err(EngineError::Spawn(format!(
+                "the {backend} worker (pid {}) does not take input: {e}",
+                worker.pid
+            )));
+        }
+        if inv.resume.is_some() && !live.driver.resumes() {
+            return Ok(None); // the session continues one-shot
+        }
+        tracing::info!(worker = %worker.id, backend = %backend, error = %e, "the idle worker is gone; starting another");
+        metrics::counter!("clinvk_worker_spawns_total", "backend" => backend.as_str(), "reason" => "replace").increment(1);
+        worker = spawn_worker(ctx, inv, key).await?;
+        let lines = worker.driver().turn(inv);
+        worker.write(&lines).await.map_err(|e| {
+            EngineError::Spawn(format!(
+                "the {backend} worker (pid {}) does not take input: {e}",
+                worker.pid
+            ))
+        })?;
     }
+    let busy = ctx.workers.busy(&worker);
     tracing::info!(run = %worker.id, backend = %backend, pid = worker.pid, turn = worker.turns + 1, worker = reason, "turn started");
     let settings = ctx.settings();
     Ok(Some(WarmTurn {

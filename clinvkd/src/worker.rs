@@ -313,6 +313,21 @@ impl Workers {
         st.idle.len() + st.busy.len()
     }
 
+    /// The turns running in workers, as runs (for `clinvkctl status`).
+    pub(crate) fn busy_runs(&self) -> Vec<clinvk_shared::protocol::RunInfo> {
+        self.state()
+            .busy
+            .values()
+            .map(|b| clinvk_shared::protocol::RunInfo {
+                id: b.info.id.clone(),
+                backend: b.info.backend,
+                pid: Some(b.info.pid),
+                age_ms: b.since.elapsed().as_millis() as u64,
+                state: clinvk_shared::protocol::RunState::Running,
+            })
+            .collect()
+    }
+
     /// Every worker, for `clinvkctl status`, `/api/v1/backends` and the metrics.
     pub(crate) fn list(&self) -> Vec<WorkerInfo> {
         let st = self.state();

@@ -258,6 +258,11 @@ pub struct DryRun {
     /// Names of the extra environment variables (values are not shown).
     pub env: Vec<String>,
     pub session_id: Option<String>,
+    /// In warm mode, the live CLI process (the worker) that would take the turn, program first;
+    /// its session settings travel in its protocol. `command` is what runs when the turn goes
+    /// one-shot. None: the turn runs one-shot.
+    #[serde(default)]
+    pub worker_command: Option<Vec<String>>,
 }
 
 /// A prompt's answer: a result, or a dry run.

@@ -53,7 +53,7 @@ INJECTED_PREFIXES = ("# AGENTS.md instructions", "<environment_context", "<user_
 CODEX_COMPACT_PROMPT = "You are performing a CONTEXT CHECKPOINT COMPACTION"
 CODEX_SUMMARY_PREFIX = "Another language model started to solve this problem"
 
-MAGIC_RE = re.compile(r"\[\[(slow|slowstart|error|error5xx|hang|long)(?::(\d+))?\]\]")
+MAGIC_RE = re.compile(r"\[\[(slow|slowstart|error|error5xx|hang|long|gate)(?::(\d+))?\]\]")
 SYSTEM_MARKER = "SYSMARK"
 DEFAULT_DELAY_MS = 400
 MODES = ("normal", "slow", "slowstart", "error", "error5xx", "hang")
@@ -290,6 +290,8 @@ class State:
         self.others: list[dict] = []
         self.scenario = {"mode": "normal", "delay_ms": DEFAULT_DELAY_MS}
         self.stopping = threading.Event()
+        # [[gate]] answers stop after their first piece until POST /_fake/release.
+        self.gate = threading.Event()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -448,6 +450,10 @@ class Handler(BaseHTTPRequestHandler):
                 st.requests.clear()
                 st.others.clear()
                 st.scenario = {"mode": "normal", "delay_ms": DEFAULT_DELAY_MS}
+                st.gate.clear()
+            return self._send_json(200, {"ok": True})
+        if path == "/_fake/release" and method == "POST":
+            st.gate.set()
             return self._send_json(200, {"ok": True})
         if path == "/_fake/scenario":
             if method == "POST":
@@ -552,6 +558,7 @@ class Handler(BaseHTTPRequestHandler):
             text = reply_text(info, long_words)
         deltas = split_deltas(text)
         gap = delay if mode == "slow" else 0.0
+        self._gated = "gate" in magic and not utility
         in_tokens = max(1, len(body) // 4)
         if protocol == "anthropic" and tool_call:
             return self._anthropic_tool_use(model, stream, tool_call, in_tokens)
@@ -560,6 +567,13 @@ class Handler(BaseHTTPRequestHandler):
         if protocol == "responses":
             return self._responses(req, model, stream, text, deltas, gap, in_tokens)
         return self._gemini(model, stream, text, deltas, gap, in_tokens)
+
+    def _between(self, i: int, gap: float) -> None:
+        """Before the i-th streamed piece: the gate after the first one, else the pace."""
+        if i == 1 and getattr(self, "_gated", False):
+            self.state.gate.wait(60)
+        elif gap and i:
+            time.sleep(gap)
 
     def _error(self, protocol: str, status: int, message: str) -> None:
         if protocol == "anthropic":
@@ -583,8 +597,7 @@ class Handler(BaseHTTPRequestHandler):
                                        "content_block": {"type": "text", "text": ""}})
             ev("ping", {"type": "ping"})
             for i, d in enumerate(deltas):
-                if gap and i:
-                    time.sleep(gap)
+                self._between(i, gap)
                 ev("content_block_delta", {"type": "content_block_delta", "index": 0,
                                            "delta": {"type": "text_delta", "text": d}})
 
@@ -675,8 +688,7 @@ class Handler(BaseHTTPRequestHandler):
                                            "part": {"type": "output_text", "text": "",
                                                     "annotations": []}})
         for i, d in enumerate(deltas):
-            if gap and i:
-                time.sleep(gap)
+            self._between(i, gap)
             ev("response.output_text.delta", {"item_id": item_id, "output_index": 0,
                                               "content_index": 0, "delta": d})
         ev("response.output_text.done", {"item_id": item_id, "output_index": 0,
@@ -706,8 +718,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._send_json(200, chunk(text, True, len(deltas)))
         self._start_stream()
         for i, d in enumerate(deltas):
-            if gap and i:
-                time.sleep(gap)
+            self._between(i, gap)
             self._chunk("data: " + json.dumps(chunk(d, i == len(deltas) - 1, i + 1)) + "\r\n\r\n")
         self._end_stream()
 

@@ -54,7 +54,7 @@ pub async fn run(args: StatusArgs) -> Result<u8, ClientError> {
             } else {
                 format!("unavailable: {}", b.message.clone().unwrap_or_default())
             };
-            println!("    {:<7} {state}", b.name);
+            println!("    {:<7} {state} ({} mode)", b.name, mode_name(b.mode));
         }
     }
     println!("  runs:       {}", s.runs.len());
@@ -68,7 +68,31 @@ pub async fn run(args: StatusArgs) -> Result<u8, ClientError> {
             humanize_ms(r.age_ms)
         );
     }
+    println!("  workers:    {}", s.workers.len());
+    for w in &s.workers {
+        let rss = w
+            .rss_bytes
+            .map(|b| format!("{} MiB", b / (1024 * 1024)))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "    {} {:<7} pid {:<8} {:<7} {} turns, idle {}, rss {rss}, session {}",
+            w.id,
+            w.backend,
+            w.pid,
+            w.state,
+            w.turns,
+            humanize_ms(w.idle_ms),
+            w.backend_session_id.as_deref().unwrap_or("-"),
+        );
+    }
     Ok(exit::OK)
+}
+
+fn mode_name(m: clinvk_shared::config::BackendMode) -> &'static str {
+    match m {
+        clinvk_shared::config::BackendMode::Warm => "warm",
+        clinvk_shared::config::BackendMode::Oneshot => "oneshot",
+    }
 }
 
 fn humanize_ms(ms: u64) -> String {

@@ -70,6 +70,9 @@ pub(crate) struct ThreadStartParams {
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ThreadResumeParams {
     pub(crate) thread_id: String,
+    /// The history is not sent back (clinvk has it; codex warns that full hydration is
+    /// deprecated).
+    pub(crate) exclude_turns: bool,
     #[serde(flatten)]
     pub(crate) settings: ThreadSettings,
 }
@@ -525,6 +528,7 @@ impl Driver for AppServer {
                 method: "thread/resume",
                 params: ThreadResumeParams {
                     thread_id: thread.clone(),
+                    exclude_turns: true,
                     settings: self.settings.clone(),
                 },
             }),
@@ -607,5 +611,196 @@ impl Driver for AppServer {
 
     fn healthy(&self) -> bool {
         self.broken.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pinned CLI's schema of one message (see the module doc).
+    fn schema(name: &str) -> jsonschema::Validator {
+        let path = format!(
+            "{}/tests/fixtures/codex-0.169.0-app-server-schema/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
+    }
+
+    fn params_valid(line: &str, schema_name: &str) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let errors: Vec<String> = schema(schema_name)
+            .iter_errors(&v["params"])
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{schema_name}: {errors:?} in {line}");
+    }
+
+    fn settings() -> ThreadSettings {
+        ThreadSettings {
+            cwd: Some("/work".into()),
+            approval_policy: Some("never"),
+            sandbox: Some("read-only"),
+            model: Some("gpt-x".into()),
+            developer_instructions: Some("be terse".into()),
+        }
+    }
+
+    #[test]
+    fn requests_follow_the_pinned_schema() {
+        let mut d = AppServer::new(settings(), true, None, false, true);
+        let open = d.open();
+        assert_eq!(open.len(), 3);
+        params_valid(&open[0], "v1/InitializeParams");
+        assert_eq!(open[1], r#"{"method":"initialized"}"#);
+        params_valid(&open[2], "v2/ThreadStartParams");
+        let mut resumed = AppServer::new(settings(), false, Some("t-1".into()), false, true);
+        let open = resumed.open();
+        assert!(
+            open[2].contains(r#""method":"thread/resume""#),
+            "{}",
+            open[2]
+        );
+        params_valid(&open[2], "v2/ThreadResumeParams");
+
+        // A turn before the thread is open is held, then written with the thread id.
+        let inv = Invocation {
+            prompt: "look".into(),
+            image_files: vec!["/tmp/a.png".into()],
+            output_schema: Some(serde_json::json!({"type": "object"})),
+            ..Default::default()
+        };
+        assert!(d.turn(&inv).is_empty());
+        let step = d.on_line(r#"{"id":2,"result":{"thread":{"id":"th-9"}}}"#);
+        assert_eq!(step.write.len(), 1, "{step:?}");
+        params_valid(&step.write[0], "v2/TurnStartParams");
+        assert!(step.write[0].contains(r#""threadId":"th-9""#));
+        assert!(step.write[0].contains(r#""type":"localImage","path":"/tmp/a.png""#));
+        assert_eq!(
+            step.events,
+            vec![Event::SessionStarted {
+                session_id: "th-9".into(),
+                model: None
+            }]
+        );
+    }
+
+    #[test]
+    fn approval_answers_follow_the_pinned_schema() {
+        let d = AppServer::new(settings(), false, None, true, true);
+        let mut out = Step::default();
+        d.on_request(
+            Value::from(7),
+            "item/commandExecution/requestApproval",
+            &mut out,
+        );
+        d.on_request(Value::from(8), "item/fileChange/requestApproval", &mut out);
+        d.on_request(Value::from(9), "item/tool/requestUserInput", &mut out);
+        let answers: Vec<Value> = out
+            .write
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(answers[0]["result"]["decision"], "decline");
+        assert!(schema("CommandExecutionRequestApprovalResponse").is_valid(&answers[0]["result"]));
+        assert_eq!(answers[1]["result"]["decision"], "accept"); // auto: edits are accepted
+        assert!(schema("FileChangeRequestApprovalResponse").is_valid(&answers[1]["result"]));
+        assert_eq!(answers[2]["error"]["code"], -32601);
+        assert_eq!(answers[2]["id"], 9);
+    }
+
+    /// A turn as the pinned CLI printed it against the fake model.
+    const TURN: &str = include_str!("../../tests/fixtures/codex-0.169.0-app-server-turn.jsonl");
+
+    #[test]
+    fn a_recorded_turn_gives_deltas_usage_and_the_end() {
+        let mut d = AppServer::new(settings(), false, None, false, true);
+        d.open();
+        d.turn(&Invocation {
+            prompt: "hello one".into(),
+            ..Default::default()
+        });
+        let mut events = Vec::new();
+        let mut ended = false;
+        for line in TURN.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            // The notifications clinvk reads match the schema it was typed after.
+            let name = match v["method"].as_str() {
+                Some("item/agentMessage/delta") => Some("v2/AgentMessageDeltaNotification"),
+                Some("thread/tokenUsage/updated") => Some("v2/ThreadTokenUsageUpdatedNotification"),
+                Some("turn/completed") => Some("v2/TurnCompletedNotification"),
+                Some("item/completed") => Some("v2/ItemCompletedNotification"),
+                _ => None,
+            };
+            if let Some(n) = name {
+                assert!(schema(n).is_valid(&v["params"]), "{n}: {line}");
+            }
+            assert!(!ended, "events after the end");
+            let step = d.on_line(line);
+            events.extend(step.events);
+            ended = step.end;
+        }
+        assert!(ended);
+        let deltas: String = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::TextDelta { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deltas, "fake-reply turns=1 last=hello one");
+        assert!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::TextDelta { .. }))
+                .count()
+                >= 2
+        );
+        assert!(
+            matches!(&events[0], Event::SessionStarted { session_id, .. } if session_id == "01a22a00-03ce-7711-b5b0-090d4d7a70af")
+        );
+        assert!(events.contains(&Event::Message {
+            text: "fake-reply turns=1 last=hello one".into()
+        }));
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, Event::Usage(u) if u.output_tokens == 4 && u.input_tokens > 0)));
+        assert!(!events.iter().any(|e| matches!(e, Event::Error { .. })));
+    }
+
+    #[test]
+    fn a_failed_turn_and_a_refused_resume_are_errors() {
+        let mut d = AppServer::new(settings(), false, None, false, true);
+        d.open();
+        d.on_line(r#"{"id":2,"result":{"thread":{"id":"th"}}}"#);
+        d.turn(&Invocation::default());
+        d.on_line(r#"{"id":3,"result":{"turn":{"id":"tu"}}}"#);
+        let s = d.on_line(
+            r#"{"method":"error","params":{"error":{"message":"{\"error\":{\"message\":\"quota\"}}"},"willRetry":false,"threadId":"th","turnId":"tu"}}"#,
+        );
+        assert_eq!(
+            s.events,
+            vec![Event::Error {
+                message: "quota".into()
+            }]
+        );
+        let s = d.on_line(
+            r#"{"method":"turn/completed","params":{"threadId":"th","turn":{"id":"tu","status":"failed","error":{"message":"quota"}}}}"#,
+        );
+        assert!(s.end && s.events.is_empty(), "one error per turn: {s:?}");
+        assert!(d.healthy());
+
+        let mut r = AppServer::new(settings(), false, Some("gone".into()), false, true);
+        r.open();
+        r.turn(&Invocation::default());
+        let s = r.on_line(
+            r#"{"id":2,"error":{"code":-32600,"message":"no rollout found for thread id gone"}}"#,
+        );
+        assert!(s.end);
+        assert!(
+            matches!(&s.events[..], [Event::Error { message }] if message.contains("cannot resume thread gone"))
+        );
+        assert!(!r.healthy());
     }
 }

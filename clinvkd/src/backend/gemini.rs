@@ -76,11 +76,7 @@ impl Adapter for Gemini {
                 env: trust_env(),
                 ..CommandSpec::for_run("gemini", cfg, inv, a, None)
             },
-            driver: Box::new(super::gemini_acp::Acp::new(
-                cwd,
-                inv.resume.clone(),
-                inv.images.is_empty(),
-            )),
+            driver: Box::new(super::gemini_acp::Acp::new(cwd, inv.images.is_empty())),
         })
     }
 }

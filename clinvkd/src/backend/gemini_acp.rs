@@ -2,9 +2,9 @@
 //! message per line).
 //!
 //! Per worker: `initialize` (protocol version 1, no file-system or terminal capability: gemini
-//! uses its own), then `session/new` — or `session/load` of the session, which replays the
-//! conversation as `session/update` notifications (not this turn's output: they are skipped
-//! until gemini's `available_commands_update` that follows the replay). Per turn:
+//! uses its own), then `session/new`. A session is never loaded into a new worker
+//! (`session/load` of 0.61 loses a session loaded within the minute it was created — see
+//! `resumes`): it continues one-shot once its worker is gone. Per turn:
 //! `session/prompt` → `session/update` notifications (`agent_message_chunk` token pieces,
 //! `agent_thought_chunk`, `tool_call`) → the request's result (`stopReason`, token counts in
 //! `_meta.quota.token_count`). Permission requests are answered with the reject option (nobody
@@ -55,14 +55,6 @@ struct ClientInfo {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct NewSessionParams {
-    cwd: String,
-    mcp_servers: Vec<Value>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LoadSessionParams {
-    session_id: String,
     cwd: String,
     mcp_servers: Vec<Value>,
 }
@@ -193,15 +185,12 @@ const OPEN_SESSION: u64 = 1;
 /// The driver of one ACP worker.
 pub(crate) struct Acp {
     cwd: String,
-    resume: Option<String>,
     session: Option<String>,
     next_id: u64,
     /// The `session/prompt` of the running turn.
     prompt_request: Option<u64>,
     /// A turn asked for before the session was open.
     queued: Option<Vec<ContentBlock>>,
-    /// `session/load` is replaying the conversation: its updates are not this turn's.
-    replaying: bool,
     announce: bool,
     failed: bool,
     broken: Option<String>,
@@ -210,11 +199,9 @@ pub(crate) struct Acp {
 }
 
 impl Acp {
-    pub(crate) fn new(cwd: String, resume: Option<String>, plain: bool) -> Self {
+    pub(crate) fn new(cwd: String, plain: bool) -> Self {
         Acp {
             cwd,
-            replaying: resume.is_some(),
-            resume,
             session: None,
             next_id: OPEN_SESSION + 1,
             prompt_request: None,
@@ -274,10 +261,7 @@ impl Acp {
                 .unwrap_or_default();
             let what = match id {
                 INITIALIZE => "initialize".to_string(),
-                OPEN_SESSION => match &self.resume {
-                    Some(s) => format!("cannot load session {s}"),
-                    None => "cannot start a session".to_string(),
-                },
+                OPEN_SESSION => "cannot start a session".to_string(),
                 _ => "session/prompt".to_string(),
             };
             let message = format!("gemini --acp: {what}: {}{detail}", err.message);
@@ -293,12 +277,9 @@ impl Acp {
         }
         let result = msg.result.unwrap_or(Value::Null);
         if id == OPEN_SESSION {
-            let session = match &self.resume {
-                Some(s) => Some(s.clone()),
-                None => serde_json::from_value::<NewSessionResult>(result)
-                    .ok()
-                    .map(|r| r.session_id),
-            };
+            let session = serde_json::from_value::<NewSessionResult>(result)
+                .ok()
+                .map(|r| r.session_id);
             match session {
                 Some(s) => {
                     self.session = Some(s.clone());
@@ -320,7 +301,6 @@ impl Acp {
             }
         } else if Some(id) == self.prompt_request {
             self.prompt_request = None;
-            self.replaying = false;
             let r: PromptResult = serde_json::from_value(result).unwrap_or(PromptResult {
                 stop_reason: None,
                 meta: None,
@@ -380,13 +360,6 @@ impl Acp {
         }
         let u = &n.update;
         let kind = u["sessionUpdate"].as_str().unwrap_or_default();
-        if self.replaying {
-            // The replay of `session/load` ends with the commands update that follows it.
-            if kind == "available_commands_update" {
-                self.replaying = false;
-            }
-            return;
-        }
         if self.prompt_request.is_none() {
             return; // between turns
         }
@@ -448,27 +421,15 @@ impl Driver for Acp {
                 },
             },
         });
-        let open = match &self.resume {
-            Some(s) => Self::line(&Request {
-                jsonrpc: "2.0",
-                id: OPEN_SESSION,
-                method: "session/load",
-                params: LoadSessionParams {
-                    session_id: s.clone(),
-                    cwd: self.cwd.clone(),
-                    mcp_servers: vec![],
-                },
-            }),
-            None => Self::line(&Request {
-                jsonrpc: "2.0",
-                id: OPEN_SESSION,
-                method: "session/new",
-                params: NewSessionParams {
-                    cwd: self.cwd.clone(),
-                    mcp_servers: vec![],
-                },
-            }),
-        };
+        let open = Self::line(&Request {
+            jsonrpc: "2.0",
+            id: OPEN_SESSION,
+            method: "session/new",
+            params: NewSessionParams {
+                cwd: self.cwd.clone(),
+                mcp_servers: vec![],
+            },
+        });
         vec![init, open]
     }
 
@@ -531,8 +492,9 @@ impl Driver for Acp {
 
     /// gemini 0.61's `session/load` re-creates the session's recording file before reading it;
     /// when that happens within the minute the file was created (same file name), the turns are
-    /// gone and the load fails ("No previous sessions found"). Measured; a session whose worker
-    /// is gone therefore continues one-shot (`gemini --resume`, which appends).
+    /// gone, the load fails ("No previous sessions found") and the session cannot be resumed at
+    /// all any more. Measured; a session whose worker is gone therefore continues one-shot
+    /// (`gemini --resume`, which appends).
     fn resumes(&self) -> bool {
         false
     }

@@ -254,7 +254,13 @@ pub(crate) fn status(ctx: &Ctx) -> StatusInfo {
         requests_total: ctx.requests_total.load(Ordering::Relaxed),
         requests_in_flight: ctx.requests_in_flight.load(Ordering::Relaxed),
         sessions: ctx.sessions.count() as u64,
-        runs: ctx.supervisor.running(),
+        // One-shot runs and the turns running in warm workers.
+        runs: {
+            let mut runs = ctx.supervisor.running();
+            runs.extend(ctx.workers.busy_runs());
+            runs.sort_by_key(|r| std::cmp::Reverse(r.age_ms));
+            runs
+        },
         workers: ctx.workers.list(),
         backends: ctx.backend_statuses(),
     }
