@@ -298,7 +298,10 @@ def main(argv=None) -> int:
         workdir.mkdir()
         env = cli_env.setup(home, fake.port)
         world = World(tmp / "world", home=home, base_env=env)
-        url = start_live(world)
+        # One-shot mode: this measures what the daemon adds to a fresh CLI run (benches/warm.py
+        # measures the warm workers).
+        oneshot = "backends:\n" + "".join(f"  {b}:\n    mode: oneshot\n" for b in BACKENDS)
+        url = start_live(world, oneshot)
         pid = world.status()["pid"]
         report = {
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -314,7 +317,7 @@ def main(argv=None) -> int:
         report["rss"]["after_latency"] = rss(pid)
 
         # Throughput: claude is the `ok` fault CLI now (live reload, same daemon).
-        world.write_config(f"backends:\n  claude:\n    command: {FAKECLI_DIR / 'ok'}\n")
+        world.write_config(f"backends:\n  claude:\n    command: {FAKECLI_DIR / 'ok'}\n    mode: oneshot\n")
         r = world.ctl("reload")
         if r.returncode != 0:
             raise RuntimeError(f"reload failed: {r.stderr}")

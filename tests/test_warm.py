@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import urllib.request
 
 import pytest
 
@@ -82,6 +83,15 @@ def test_pool_replenishes_idle_workers_retire_and_a_reload_renews_the_pool(live_
     assert used["pid"] == p["pid"] and used["turns"] == 1, used
     [refill] = poll(lambda: workers(live_world, backend, "pooled"), 60, "the pool to be refilled")
     assert refill["pid"] != p["pid"]
+    # The same workers in /api/v1/backends and /metrics.
+    status, b = get_json(url + "/api/v1/backends")
+    mine = next(x for x in b["backends"] if x["name"] == backend)
+    assert mine["mode"] == "warm"
+    assert sorted(w["pid"] for w in mine["workers"]) == sorted([used["pid"], refill["pid"]]), mine
+    metrics = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    assert f'clinvk_workers{{backend="{backend}",state="pooled"}} 1' in metrics
+    assert f'clinvk_workers{{backend="{backend}",state="idle"}} 1' in metrics
+    assert f'clinvk_time_to_first_output_seconds_count{{backend="{backend}",mode="warm"}} 1' in metrics
 
     # warm.idle_secs lowered by a reload: the idle session worker is retired, the pooled one
     # (same settings) stays.
@@ -102,7 +112,7 @@ def test_pool_replenishes_idle_workers_retire_and_a_reload_renews_the_pool(live_
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_cancelled_turn_leaves_the_session_usable(live_world, fake_model, backend):
+def test_a_cancelled_turn_is_interrupted_and_the_session_goes_on_in_its_worker(live_world, fake_model, backend):
     url = start_live(live_world, config(backend))
     status, r, _ = post(url + "/api/v1/prompt", {"backend": backend, "prompt": "opening words"})
     assert status == 200 and r["error"] is None, r
@@ -117,13 +127,18 @@ def test_a_cancelled_turn_leaves_the_session_usable(live_world, fake_model, back
         if ev["type"] == "message" and ev["content"].get("delta"):
             break
     stream.close()
-    poll(lambda: not pid_alive(w["pid"]), 30, "the interrupted worker to be stopped")
+    # The turn is interrupted (claude's interrupt request, codex turn/interrupt, ACP
+    # session/cancel), not the worker: it waits for the session's next turn.
+    poll(lambda: [x for x in workers(live_world, backend, "idle") if x["pid"] == w["pid"] and x["turns"] == 2],
+         30, "the interrupted turn to end in its worker")
     fake_model.release()
 
     status, r3, _ = post(url + "/api/v1/prompt", {"backend": backend, "prompt": "after the cancel", "session_id": sid})
     assert status == 200 and r3["error"] is None, r3
     # (a CLI may merge the interrupted message into the next one, as gemini does)
     assert r3["output"].startswith("fake-reply") and "after the cancel" in r3["output"], r3["output"]
+    [w3] = workers(live_world, backend)
+    assert w3["pid"] == w["pid"] and w3["turns"] == 3, w3
     status, s = get_json(url + f"/api/v1/sessions/{sid}")
     assert s["turn_count"] >= 2, s
 

@@ -147,8 +147,10 @@ struct WarmTurn {
     id: String,
     worker: Option<crate::worker::Worker>,
     workers: crate::worker::Workers,
-    _busy: crate::worker::BusyGuard,
+    busy: Option<crate::worker::BusyGuard>,
     permit: Option<crate::supervisor::Permit>,
+    /// The number of this turn in its session (see `Workers::begin_turn`); 0 for a new session.
+    seq: u64,
     deadline: tokio::time::Instant,
     started: Instant,
     /// Output bytes of this turn, against `limits.max_output_bytes`.
@@ -264,6 +266,66 @@ impl WarmTurn {
     fn over(&self) -> bool {
         self.worker.is_none()
     }
+}
+
+/// How long an interrupted turn may take to end before its worker is stopped.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(5);
+
+impl Drop for WarmTurn {
+    /// A turn left before its end (client gone, cancelled): the CLI is asked to interrupt it and
+    /// the worker is kept for the session's next turn once the turn ended; a CLI that cannot be
+    /// interrupted now, or does not end the turn within `INTERRUPT_GRACE`, is stopped with its
+    /// group.
+    fn drop(&mut self) {
+        let Some(mut w) = self.worker.take() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(lines) = w.driver().interrupt() else {
+            return;
+        };
+        let (workers, max, seq) = (self.workers.clone(), self.max_workers, self.seq);
+        let (busy, permit, retire) = (self.busy.take(), self.permit.take(), self.retire_after);
+        rt.spawn(async move {
+            let _held = (busy, permit);
+            let ended = tokio::time::timeout(INTERRUPT_GRACE, interrupt_turn(&mut w, &lines))
+                .await
+                .unwrap_or(false);
+            let session = w.session.clone();
+            let current = session
+                .as_deref()
+                .is_some_and(|s| workers.last_turn(s) == seq);
+            if ended && current && !retire && w.driver().healthy() {
+                w.turns += 1;
+                tracing::info!(worker = %w.id, backend = %w.backend, pid = w.pid, "turn interrupted; the worker stays");
+                workers.park(w, max);
+            } else {
+                tracing::info!(worker = %w.id, backend = %w.backend, pid = w.pid, ended, "turn interrupted; the worker is stopped");
+            }
+        });
+    }
+}
+
+/// Writes the interrupt and reads the worker's output up to the turn's end (true) or its exit.
+async fn interrupt_turn(w: &mut crate::worker::Worker, lines: &[String]) -> bool {
+    if w.write(lines).await.is_err() {
+        return false;
+    }
+    while let Some(ev) = w.recv().await {
+        let ProcEvent::Line(line) = ev else {
+            return false;
+        };
+        let step = w.on_line(&line);
+        if !step.write.is_empty() && w.write(&step.write).await.is_err() {
+            return false;
+        }
+        if step.end {
+            return true;
+        }
+    }
+    false
 }
 
 /// What a dry run reports: exactly what would run.
@@ -561,6 +623,7 @@ pub(crate) async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, Engin
             // would answer its next turn without this one.
             if let Some(sid) = &inv.resume {
                 ctx.workers.retire_session(inv.backend, sid);
+                ctx.workers.begin_turn(sid);
             }
             let permit = ctx
                 .supervisor
@@ -713,14 +776,20 @@ async fn warm_turn(
         })?;
     }
     let busy = ctx.workers.busy(&worker);
+    let seq = inv
+        .resume
+        .as_deref()
+        .map(|s| ctx.workers.begin_turn(s))
+        .unwrap_or(0);
     tracing::info!(run = %worker.id, backend = %backend, pid = worker.pid, turn = worker.turns + 1, worker = reason, "turn started");
     let settings = ctx.settings();
     Ok(Some(WarmTurn {
         id: worker.id.clone(),
         worker: Some(worker),
         workers: ctx.workers.clone(),
-        _busy: busy,
+        busy: Some(busy),
         permit: Some(permit),
+        seq,
         deadline: tokio::time::Instant::now() + p.spec.timeout,
         started: Instant::now(),
         bytes: 0,
@@ -740,7 +809,11 @@ impl RunStream {
                 if self.first_output && matches!(e, Event::TextDelta { .. } | Event::Message { .. })
                 {
                     self.first_output = false;
-                    metrics::histogram!("clinvk_time_to_first_output_seconds", "backend" => self.backend.as_str())
+                    let mode = match self.source {
+                        Source::Oneshot { .. } => "oneshot",
+                        Source::Warm(_) => "warm",
+                    };
+                    metrics::histogram!("clinvk_time_to_first_output_seconds", "backend" => self.backend.as_str(), "mode" => mode)
                         .record(self.started.elapsed().as_secs_f64());
                 }
                 self.outcome.apply(&e);

@@ -139,6 +139,9 @@ struct Busy {
 struct State {
     idle: Vec<Worker>,
     busy: HashMap<String, Busy>,
+    /// Turns started per backend session (so a worker still finishing an interrupted turn is
+    /// not parked after a later turn of its session began elsewhere).
+    turn_seq: HashMap<String, u64>,
 }
 
 /// Every warm worker of the daemon (cheap to clone).
@@ -255,6 +258,19 @@ impl Workers {
         }
         drop(retired);
         self.publish_gauges();
+    }
+
+    /// Notes that a turn of `session` begins; returns its number.
+    pub(crate) fn begin_turn(&self, session: &str) -> u64 {
+        let mut st = self.state();
+        let n = st.turn_seq.entry(session.to_string()).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    /// The number of the last turn of `session` (0: none noted).
+    pub(crate) fn last_turn(&self, session: &str) -> u64 {
+        self.state().turn_seq.get(session).copied().unwrap_or(0)
     }
 
     /// Retires the idle worker of a session (a one-shot turn is about to continue it).

@@ -95,6 +95,17 @@ impl Driver for Live {
     fn accepts(&self, _inv: &Invocation) -> bool {
         true
     }
+
+    /// The interrupt control request: claude answers with a `control_response`, then ends the
+    /// turn with an error `result` (`error_during_execution`) and takes the next message.
+    fn interrupt(&mut self) -> Option<Vec<String>> {
+        Some(vec![serde_json::json!({
+            "type": "control_request",
+            "request_id": format!("clinvk-interrupt-{}", uuid::Uuid::new_v4().simple()),
+            "request": {"subtype": "interrupt"}
+        })
+        .to_string()])
+    }
 }
 
 /// The options of a claude session (everything but the prompt and how it is passed).
@@ -450,5 +461,49 @@ mod tests {
                 message: "Error: it broke".into()
             }]
         );
+    }
+
+    #[test]
+    fn live_mode_turns_and_interrupt() {
+        let cfg = BackendSettings::default();
+        let mut i = inv("claude", "look at this");
+        i.images = vec![clinvk_shared::api::ImageInput {
+            media_type: "image/png".into(),
+            data: "iVBORw0KGgo=".into(),
+        }];
+        let live = Claude.live(&i, &cfg).unwrap();
+        let args = &live.command.args;
+        assert!(args
+            .windows(2)
+            .any(|w| w == ["--input-format", "stream-json"]));
+        assert!(
+            !args.iter().any(|a| a == "look at this"),
+            "the prompt goes to stdin per turn"
+        );
+        let mut d = live.driver;
+        assert!(d.open().is_empty());
+        let line: Value = serde_json::from_str(&d.turn(&i)[0]).unwrap();
+        assert_eq!(line["type"], "user");
+        assert_eq!(line["message"]["content"][0]["text"], "look at this");
+        assert_eq!(
+            line["message"]["content"][1]["source"]["media_type"],
+            "image/png"
+        );
+        let step = d.on_line(r#"{"type":"stream_event","session_id":"s1","event":{"type":"content_block_delta","delta":{"type":"text_delta","text":"hi"}}}"#);
+        assert!(
+            !step.end
+                && step
+                    .events
+                    .contains(&Event::TextDelta { text: "hi".into() })
+        );
+        let int: Value = serde_json::from_str(&d.interrupt().unwrap()[0]).unwrap();
+        assert_eq!(int["type"], "control_request");
+        assert_eq!(int["request"]["subtype"], "interrupt");
+        let step = d.on_line(r#"{"type":"result","subtype":"error_during_execution","is_error":true,"session_id":"s1","result":"","usage":{}}"#);
+        assert!(step.end);
+        // The next turn starts clean.
+        d.turn(&i);
+        let step = d.on_line(r#"{"type":"result","subtype":"success","is_error":false,"session_id":"s1","result":"ok","usage":{"output_tokens":2}}"#);
+        assert!(step.end && !step.events.iter().any(|e| matches!(e, Event::Error { .. })));
     }
 }

@@ -87,6 +87,13 @@ pub(crate) struct TurnStartParams {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TurnInterruptParams {
+    pub(crate) thread_id: String,
+    pub(crate) turn_id: String,
+}
+
+#[derive(Serialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub(crate) enum UserInput {
     Text { text: String },
@@ -611,6 +618,22 @@ impl Driver for AppServer {
 
     fn healthy(&self) -> bool {
         self.broken.is_none()
+    }
+
+    /// `turn/interrupt`: codex ends the turn with `turn/completed` (status `interrupted`). Before
+    /// `turn/start` answered, the turn has no id yet: the worker is stopped instead.
+    fn interrupt(&mut self) -> Option<Vec<String>> {
+        let (thread, turn) = (self.thread.clone()?, self.turn.clone()?);
+        let id = self.next_id;
+        self.next_id += 1;
+        Some(vec![Self::line(&Request {
+            id,
+            method: "turn/interrupt",
+            params: TurnInterruptParams {
+                thread_id: thread,
+                turn_id: turn,
+            },
+        })])
     }
 }
 

@@ -73,6 +73,19 @@ enum ContentBlock {
 }
 
 #[derive(Serialize)]
+struct NotificationMsg<P: Serialize> {
+    jsonrpc: &'static str,
+    method: &'static str,
+    params: P,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CancelParams {
+    session_id: String,
+}
+
+#[derive(Serialize)]
 struct Reply<R: Serialize> {
     jsonrpc: &'static str,
     id: Value,
@@ -490,6 +503,19 @@ impl Driver for Acp {
         self.broken.is_none()
     }
 
+    /// `session/cancel`: the running `session/prompt` then answers `stopReason: cancelled`.
+    fn interrupt(&mut self) -> Option<Vec<String>> {
+        self.prompt_request?;
+        let session = self.session.clone()?;
+        Some(vec![Self::line(&NotificationMsg {
+            jsonrpc: "2.0",
+            method: "session/cancel",
+            params: CancelParams {
+                session_id: session,
+            },
+        })])
+    }
+
     /// gemini 0.61's `session/load` re-creates the session's recording file before reading it;
     /// when that happens within the minute the file was created (same file name), the turns are
     /// gone, the load fails ("No previous sessions found") and the session cannot be resumed at
@@ -497,5 +523,106 @@ impl Driver for Acp {
     /// (`gemini --resume`, which appends).
     fn resumes(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(line: &str) -> Value {
+        serde_json::from_str(line).unwrap()
+    }
+
+    #[test]
+    fn a_turn_from_handshake_to_result() {
+        let mut d = Acp::new("/work".into(), true);
+        let open = d.open();
+        assert_eq!(parsed(&open[0])["method"], "initialize");
+        assert_eq!(parsed(&open[0])["params"]["protocolVersion"], 1);
+        let new = parsed(&open[1]);
+        assert_eq!(new["method"], "session/new");
+        assert_eq!(new["params"]["cwd"], "/work");
+        assert_eq!(new["params"]["mcpServers"], serde_json::json!([]));
+
+        // The turn waits for the session.
+        let inv = Invocation {
+            prompt: "hello".into(),
+            system_prompt: Some("SYS".into()),
+            ..Default::default()
+        };
+        assert!(d.turn(&inv).is_empty());
+        assert_eq!(d.interrupt(), None, "nothing to cancel yet");
+        d.on_line(r#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":1}}"#);
+        let step = d.on_line(r#"{"jsonrpc":"2.0","id":1,"result":{"sessionId":"s-1"}}"#);
+        assert_eq!(
+            step.events,
+            vec![Event::SessionStarted {
+                session_id: "s-1".into(),
+                model: None
+            }]
+        );
+        let prompt = parsed(&step.write[0]);
+        assert_eq!(prompt["method"], "session/prompt");
+        assert_eq!(prompt["params"]["sessionId"], "s-1");
+        let text = prompt["params"]["prompt"][0]["text"].as_str().unwrap();
+        assert!(text.contains("SYS") && text.ends_with("hello"), "{text}");
+
+        let step = d.on_line(r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s-1","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"fake "}}}}"#);
+        assert_eq!(
+            step.events,
+            vec![Event::TextDelta {
+                text: "fake ".into()
+            }]
+        );
+        // Another session's update is not this turn's.
+        let step = d.on_line(r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"other","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"x"}}}}"#);
+        assert!(step.events.is_empty());
+
+        let cancel = parsed(&d.interrupt().unwrap()[0]);
+        assert_eq!(cancel["method"], "session/cancel");
+        assert_eq!(cancel["params"]["sessionId"], "s-1");
+        assert!(cancel.get("id").is_none(), "a notification");
+
+        let step = d.on_line(r#"{"jsonrpc":"2.0","id":2,"result":{"stopReason":"end_turn","_meta":{"quota":{"token_count":{"input_tokens":11,"output_tokens":4}}}}}"#);
+        assert!(step.end);
+        assert_eq!(
+            step.events,
+            vec![Event::Usage(TokenUsage {
+                input_tokens: 11,
+                output_tokens: 4
+            })]
+        );
+    }
+
+    #[test]
+    fn permission_requests_are_refused_and_errors_end_the_turn() {
+        let mut d = Acp::new("/w".into(), true);
+        d.open();
+        d.on_line(r#"{"jsonrpc":"2.0","id":1,"result":{"sessionId":"s"}}"#);
+        d.turn(&Invocation::default());
+        let step = d.on_line(r#"{"jsonrpc":"2.0","id":7,"method":"session/request_permission","params":{"sessionId":"s","options":[{"optionId":"proceed_once","kind":"allow_once"},{"optionId":"no","kind":"reject_once"}]}}"#);
+        let answer = parsed(&step.write[0]);
+        assert_eq!(answer["id"], 7);
+        assert_eq!(
+            answer["result"]["outcome"],
+            serde_json::json!({"outcome": "selected", "optionId": "no"})
+        );
+        let step = d.on_line(r#"{"jsonrpc":"2.0","id":8,"method":"session/request_permission","params":{"sessionId":"s","options":[{"optionId":"proceed_once","kind":"allow_once"}]}}"#);
+        assert_eq!(
+            parsed(&step.write[0])["result"]["outcome"],
+            serde_json::json!({"outcome": "cancelled"})
+        );
+        let step =
+            d.on_line(r#"{"jsonrpc":"2.0","id":9,"method":"fs/read_text_file","params":{}}"#);
+        assert_eq!(parsed(&step.write[0])["error"]["code"], -32601);
+
+        let step = d
+            .on_line(r#"{"jsonrpc":"2.0","id":2,"error":{"code":429,"message":"quota exceeded"}}"#);
+        assert!(step.end);
+        assert!(
+            matches!(&step.events[..], [Event::Error { message }] if message.contains("quota exceeded"))
+        );
+        assert!(d.healthy(), "a failed prompt leaves the session usable");
     }
 }

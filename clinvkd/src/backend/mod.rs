@@ -189,6 +189,9 @@ pub(crate) trait Driver: Send {
     fn healthy(&self) -> bool {
         true
     }
+    /// The lines that interrupt the running turn while keeping the session (its end then comes
+    /// as usual); None: the CLI cannot be interrupted now, the worker is stopped instead.
+    fn interrupt(&mut self) -> Option<Vec<String>>;
     /// Whether a new worker can resume an existing session (otherwise a session whose worker is
     /// gone continues one-shot, with the CLI's own `--resume`).
     fn resumes(&self) -> bool {

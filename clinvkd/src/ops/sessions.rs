@@ -6,10 +6,16 @@ use crate::ctx::Ctx;
 use crate::error::ApiError;
 use clinvk_shared::api::{BackendList, ListQuery, SessionDeleted, SessionDetail, SessionPage};
 
-pub(crate) fn backends(ctx: &Ctx) -> BackendList {
-    BackendList {
-        backends: ctx.backend_statuses(),
+/// Every backend with its workers. A key holder does not see which backend session a worker
+/// holds (it may be another key holder's).
+pub(crate) fn backends(ctx: &Ctx, caller: &Caller) -> BackendList {
+    let mut backends = ctx.backend_statuses();
+    if caller.owner().is_some() {
+        for w in backends.iter_mut().flat_map(|b| b.workers.iter_mut()) {
+            w.backend_session_id = None;
+        }
     }
+    BackendList { backends }
 }
 
 pub(crate) fn list(ctx: &Ctx, caller: &Caller, q: &ListQuery) -> SessionPage {
