@@ -9,8 +9,9 @@ backend, N times each:
 * bare CLI: the one-shot argv the daemon would run (its dry run's `command`), started fresh:
   time to the first stdout line carrying answer text, and to its exit;
 * clinvk one-shot (`mode: oneshot`): a new session, and a follow-up turn of one session;
-* clinvk warm (`mode: warm`, `warm.pool: 1`): a new session taken from the pool (the pool is
-  refilled before each), and a follow-up turn of a session whose worker is alive;
+* clinvk warm (`mode: warm`, `warm.pool: 1`): a new session taken from the pool (refilled
+  before each run; the run waits until the pooled worker is 5 s old, as it would be between a
+  user's requests), and a follow-up turn of a session whose worker is alive;
 
 for clinvk: time to the first streamed answer text (an NDJSON `message` line) and to the end,
 p50 and p95. Then the daemon's RSS and each live worker's (its process group's) RSS.
@@ -37,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (the shared helpers: world, machine, rss, http)
 
 BACKENDS = bench.BACKENDS
+# How long a pooled worker has been alive before a new session takes it.
+POOL_SETTLE_MS = 5000
 
 
 def pct(xs, q: float):
@@ -148,7 +151,9 @@ def bench_backend(url, world, backend: str, runs: int, timeout: float) -> dict:
         first, end = [], []
         for _ in range(runs):
             if mode == "warm":
-                wait_for(lambda: workers(world, backend, "pooled"), timeout, f"a pooled {backend} worker")
+                # A pooled worker that has had its start-up time (as between a user's requests).
+                wait_for(lambda: any(w["age_ms"] >= POOL_SETTLE_MS for w in workers(world, backend, "pooled")),
+                         timeout, f"a settled pooled {backend} worker")
             f, e, _ = stream_turn(url, body, timeout)
             first.append(f)
             end.append(e)
