@@ -243,3 +243,20 @@ def test_codex_app_server_schema_is_the_pinned_one(cli_home, tmp_path):
     for f in files:
         rel = f.relative_to(pinned)
         assert json.loads(f.read_text()) == json.loads((out / rel).read_text()), f"{rel} changed"
+
+
+def test_max_workers_retires_the_least_recently_used(live_world, fake_model):
+    url = start_live(live_world, config("claude") + "  max_workers: 1\n")
+    status, a, _ = post(url + "/api/v1/prompt", {"backend": "claude", "prompt": "session a"})
+    assert status == 200 and a["error"] is None, a
+    [wa] = workers(live_world, "claude")
+    status, b, _ = post(url + "/api/v1/prompt", {"backend": "claude", "prompt": "session b"})
+    assert status == 200 and b["error"] is None, b
+    [wb] = workers(live_world, "claude")
+    assert wb["pid"] != wa["pid"] and wb["backend_session_id"] != wa["backend_session_id"]
+    poll(lambda: not pid_alive(wa["pid"]), 10, "the older worker to end")
+    # Session a goes on: resumed in a new worker, which takes b's place.
+    status, a2, _ = post(url + "/api/v1/prompt", {"backend": "claude", "prompt": "a again", "session_id": a["session_id"]})
+    assert status == 200 and "turns=2 last=a again" in a2["output"], a2
+    [wa2] = workers(live_world, "claude")
+    assert wa2["backend_session_id"] == wa["backend_session_id"] and wa2["pid"] not in (wa["pid"], wb["pid"])

@@ -133,6 +133,8 @@ impl Drop for Worker {
 struct Busy {
     info: WorkerInfo,
     since: Instant,
+    /// Which turn marked it (a later turn of the same worker has another).
+    serial: u64,
 }
 
 #[derive(Default)]
@@ -156,14 +158,26 @@ pub(crate) struct Workers {
 pub(crate) struct BusyGuard {
     workers: Workers,
     id: String,
+    serial: u64,
 }
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
-        self.workers.state().busy.remove(&self.id);
+        {
+            let mut st = self.workers.state();
+            if st
+                .busy
+                .get(&self.id)
+                .is_some_and(|b| b.serial == self.serial)
+            {
+                st.busy.remove(&self.id);
+            }
+        }
         self.workers.publish_gauges();
     }
 }
+
+static BUSY_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Workers {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -219,17 +233,20 @@ impl Workers {
 
     /// Marks a worker busy for as long as the guard lives.
     pub(crate) fn busy(&self, w: &Worker) -> BusyGuard {
+        let serial = BUSY_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.state().busy.insert(
             w.id.clone(),
             Busy {
                 info: w.info(WorkerState::Busy),
                 since: Instant::now(),
+                serial,
             },
         );
         self.publish_gauges();
         BusyGuard {
             workers: self.clone(),
             id: w.id.clone(),
+            serial,
         }
     }
 
@@ -239,6 +256,7 @@ impl Workers {
         w.last_used = Instant::now();
         let retired: Vec<Worker> = {
             let mut st = self.state();
+            st.busy.remove(&w.id); // its turn is over (the guard may be dropped later)
             st.idle.push(w);
             let mut out = Vec::new();
             while st.idle.len() + st.busy.len() > max.max(1) && !st.idle.is_empty() {

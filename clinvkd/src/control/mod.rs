@@ -323,7 +323,9 @@ async fn operation(ctx: &Ctx, conn: &Stream, request: Request) {
             Request::Compare(req) => reply(multi::compare(ctx, &me, req).await, |r| {
                 Reply::Compare(Box::new(r))
             }),
-            Request::Backends => ServerFrame::Reply(Reply::Backends(sessions::backends(ctx, &Caller::control()))),
+            Request::Backends => {
+                ServerFrame::Reply(Reply::Backends(sessions::backends(ctx, &Caller::control())))
+            }
             Request::Sessions(SessionsRequest::List(q)) => {
                 ServerFrame::Reply(Reply::Sessions(sessions::list(ctx, &me, &q)))
             }
