@@ -18,4 +18,7 @@ pub(crate) mod session;
 pub mod supervisor;
 pub(crate) mod worker;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use daemon::{run, DaemonOptions, StartError};

@@ -301,6 +301,15 @@ fn conversation(system: Option<&Value>, messages: &[InMessage]) -> Result<Conver
     Ok(conv)
 }
 
+/// The request decoding of `messages`, without a daemon (for the fuzz tests).
+#[cfg(test)]
+pub(crate) fn decode(v: Value) -> Result<(), ApiError> {
+    let mr: MessagesRequest = serde_json::from_value(v)
+        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    mr.check()?;
+    conversation(mr.system.as_ref(), &mr.messages).map(|_| ())
+}
+
 pub(crate) async fn messages(
     ctx: &Ctx,
     caller: &ops::Caller,

@@ -236,6 +236,17 @@ fn usage_json(r: &PromptResult) -> Value {
     })
 }
 
+/// The request decoding of `chat`, without a daemon (for the fuzz tests).
+#[cfg(test)]
+pub(crate) fn decode(v: Value) -> Result<(), ApiError> {
+    let cr: ChatRequest = serde_json::from_value(v)
+        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    cr.check()?;
+    let mut conv = conversation(&cr.messages)?;
+    conv.output_schema = compat::format_schema(cr.response_format.as_ref(), "response_format")?;
+    Ok(())
+}
+
 pub(crate) async fn chat(
     ctx: &Ctx,
     caller: &ops::Caller,

@@ -24,6 +24,21 @@ const INDEX_HTML: &str = include_str!("docs/index.html");
 const APP_JS: &str = include_str!("docs/app.js");
 const STYLE_CSS: &str = include_str!("docs/style.css");
 
+/// One server-sent event as OpenAPI before 3.2 documents a `text/event-stream` answer: each
+/// event's `data` holds one JSON chunk (its schema in `x-stream-item`) or `[DONE]`.
+fn sse_event() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "event": {"type": "string"},
+            "data": {"type": "string"},
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+        },
+        "required": ["data"],
+    })
+}
+
 /// The docs only ever load from the daemon itself.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
@@ -344,7 +359,7 @@ fn describe(op: Op, s: &mut Schemas) -> OpDoc {
                     json!({
                         "application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletion"}},
                         "text/event-stream": {
-                            "schema": {"type": "string"},
+                            "schema": sse_event(),
                             "x-stream-item": {"$ref": "#/components/schemas/ChatCompletionChunk"},
                             "example": "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"claude\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\ndata: [DONE]\n\n",
                         },
@@ -365,7 +380,7 @@ fn describe(op: Op, s: &mut Schemas) -> OpDoc {
                     json!({
                         "application/json": {"schema": {"$ref": "#/components/schemas/ResponseObject"}},
                         "text/event-stream": {
-                            "schema": {"type": "string"},
+                            "schema": sse_event(),
                             "x-stream-item": {"$ref": "#/components/schemas/ResponseStreamEvent"},
                             "example": "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":4,\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"delta\":\"Hi\"}\n\n",
                         },
@@ -400,7 +415,7 @@ fn describe(op: Op, s: &mut Schemas) -> OpDoc {
                     json!({
                         "application/json": {"schema": {"$ref": "#/components/schemas/AnthropicMessage"}},
                         "text/event-stream": {
-                            "schema": {"type": "string"},
+                            "schema": sse_event(),
                             "x-stream-item": {"$ref": "#/components/schemas/AnthropicStreamEvent"},
                             "example": "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{…}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
                         },

@@ -256,6 +256,18 @@ impl Shape {
     }
 }
 
+/// The request decoding of `create`, without a daemon (for the fuzz tests).
+#[cfg(test)]
+pub(crate) fn decode(v: Value) -> Result<(), ApiError> {
+    let r: CreateRequest = serde_json::from_value(v)
+        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    r.check()?;
+    let format = r.text.as_ref().and_then(|t| t.get("format"));
+    let mut conv = conversation(&r)?;
+    conv.output_schema = compat::format_schema(format, "text.format")?;
+    Ok(())
+}
+
 /// `POST /openai/v1/responses`.
 pub(crate) async fn create(
     ctx: &Ctx,
