@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from compat_world import compat  # noqa: F401
-from harness import get_json, live_world, pid_alive, poll, post, start_live  # noqa: F401
+from harness import get_json, live_world, pid_alive, poll, post, start_live, world  # noqa: F401
 
 BACKENDS = ["claude", "codex", "gemini"]
 
@@ -260,3 +260,18 @@ def test_max_workers_retires_the_least_recently_used(live_world, fake_model):
     assert status == 200 and "turns=2 last=a again" in a2["output"], a2
     [wa2] = workers(live_world, "claude")
     assert wa2["backend_session_id"] == wa["backend_session_id"] and wa2["pid"] not in (wa["pid"], wb["pid"])
+
+
+def test_a_pool_whose_cli_cannot_stay_up_backs_off(world):
+    """A pooled worker that exits before its first turn is not restarted every second: the
+    refill waits 1 s, 2 s, 4 s, … (the fault CLI answers once and exits; it has no live mode)."""
+    pooled_world(world)
+    from harness import FAKECLI_DIR
+    world.write_config(f"backends:\n  claude:\n    command: {FAKECLI_DIR / 'ok'}\n    warm:\n      pool: 1\n")
+    proc = world.start_daemon()
+    log = proc.log_path
+    poll(lambda: "retry_in_secs=4" in log.read_text(), 60, "the refill to back off to 4 s")
+    text = log.read_text()
+    waits = [int(x) for x in __import__("re").findall(r"retry_in_secs=(\d+)", text)]
+    assert waits[:3] == [1, 2, 4], waits
+    assert "a pooled worker exited before its first turn" in text

@@ -444,6 +444,7 @@ fn memory_low() -> bool {
 pub(crate) async fn maintain(ctx: crate::ctx::Ctx) {
     let stopped = ctx.drain_started();
     tokio::pin!(stopped);
+    let mut backoff = PoolBackoff::default();
     loop {
         tokio::select! {
             _ = &mut stopped => break,
@@ -461,6 +462,26 @@ pub(crate) async fn maintain(ctx: crate::ctx::Ctx) {
                 .map(|c| c.warm.idle_secs)
                 .unwrap_or(300)
         };
+        let reloads = ctx.reloads.load(std::sync::atomic::Ordering::Relaxed);
+        if reloads != backoff.reloads {
+            backoff = PoolBackoff {
+                reloads,
+                ..Default::default()
+            };
+        }
+        // Pooled workers that died before any turn: their backend's refill backs off.
+        let died: Vec<Backend> = ctx
+            .workers
+            .state()
+            .idle
+            .iter()
+            .filter(|w| w.state() == WorkerState::Pooled && !w.alive())
+            .map(|w| w.backend)
+            .collect();
+        for b in died {
+            let wait = backoff.failed(b);
+            tracing::warn!(backend = %b, retry_in_secs = wait.as_secs(), "a pooled worker exited before its first turn; refilling the pool later");
+        }
         let n = ctx.workers.retire_where(|w| {
             !w.alive()
                 || (w.state() == WorkerState::Idle
@@ -473,11 +494,38 @@ pub(crate) async fn maintain(ctx: crate::ctx::Ctx) {
             tracing::warn!("memory is low: the least recently used worker was retired");
         }
         for b in Backend::ALL {
-            fill_pool(&ctx, b).await;
+            if backoff.ready(b) {
+                fill_pool(&ctx, b).await;
+            }
         }
     }
     let n = ctx.workers.retire_all();
     tracing::debug!(count = n, "drain: idle workers retired");
+}
+
+/// Refilling a backend's pool after its pooled workers died unused: 1 s, then doubling up to
+/// 5 min, so a CLI that cannot start is not restarted every second; a reload starts afresh.
+#[derive(Default)]
+struct PoolBackoff {
+    /// Per backend: consecutive failures, and when the next refill may run.
+    state: HashMap<Backend, (u32, Instant)>,
+    reloads: u64,
+}
+
+impl PoolBackoff {
+    fn failed(&mut self, b: Backend) -> Duration {
+        let entry = self.state.entry(b).or_insert((0, Instant::now()));
+        entry.0 += 1;
+        let wait = Duration::from_secs((1u64 << (entry.0 - 1).min(9)).min(300));
+        entry.1 = Instant::now() + wait;
+        wait
+    }
+
+    fn ready(&self, b: Backend) -> bool {
+        self.state
+            .get(&b)
+            .is_none_or(|(_, at)| Instant::now() >= *at)
+    }
 }
 
 /// Keeps `backends.<b>.warm.pool` workers ready for a new session with the default settings
