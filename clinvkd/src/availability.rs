@@ -36,11 +36,7 @@ impl Registry {
     /// Re-checks every backend against `settings` (concurrently).
     pub(crate) async fn refresh(&self, settings: &Settings) {
         let checks = Backend::ALL.into_iter().map(|backend| {
-            let cfg = settings
-                .backends
-                .get(backend.as_str())
-                .cloned()
-                .unwrap_or_default();
+            let cfg = settings.backend(backend);
             async move { check(backend, &cfg).await }
         });
         let results = futures::future::join_all(checks).await;

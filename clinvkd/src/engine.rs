@@ -360,12 +360,7 @@ fn prepare(ctx: &Ctx, inv: &Invocation) -> Result<Prepared, EngineError> {
 
 /// The settings of an enabled backend.
 fn backend_settings(ctx: &Ctx, backend: Backend) -> Result<BackendSettings, EngineError> {
-    let cfg = ctx
-        .settings()
-        .backends
-        .get(backend.as_str())
-        .cloned()
-        .unwrap_or_default();
+    let cfg = ctx.settings().backend(backend);
     if !cfg.enabled {
         return Err(EngineError::Disabled(backend));
     }

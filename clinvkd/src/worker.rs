@@ -455,13 +455,7 @@ pub(crate) async fn maintain(ctx: crate::ctx::Ctx) {
             break;
         }
         let settings = ctx.settings();
-        let idle_limit = |b: Backend| {
-            settings
-                .backends
-                .get(b.as_str())
-                .map(|c| c.warm.idle_secs)
-                .unwrap_or(300)
-        };
+        let idle_limit = |b: Backend| settings.backend(b).warm.idle_secs;
         let reloads = ctx.reloads.load(std::sync::atomic::Ordering::Relaxed);
         if reloads != backoff.reloads {
             backoff = PoolBackoff {
@@ -532,11 +526,7 @@ impl PoolBackoff {
 /// (pooled workers started with other settings are retired).
 async fn fill_pool(ctx: &crate::ctx::Ctx, backend: Backend) {
     let settings = ctx.settings();
-    let cfg = settings
-        .backends
-        .get(backend.as_str())
-        .cloned()
-        .unwrap_or_default();
+    let cfg = settings.backend(backend);
     let wanted = if cfg.enabled && cfg.mode == clinvk_shared::config::BackendMode::Warm {
         cfg.warm.pool
     } else {

@@ -2,7 +2,7 @@
 //! file (`config.yaml`, `config.yml` or `config.toml`), then `CLINVK_*` environment overrides,
 //! then command-line flags (applied by the caller), then validation.
 
-use crate::api::{ApprovalMode, OutputFormat, SandboxMode};
+use crate::api::{ApprovalMode, Backend, OutputFormat, SandboxMode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +29,16 @@ pub struct Settings {
     pub models: BTreeMap<String, String>,
     pub log: LogSettings,
     pub limits: LimitSettings,
+}
+
+impl Settings {
+    /// One backend's settings (the defaults when the configuration names it not).
+    pub fn backend(&self, backend: Backend) -> BackendSettings {
+        self.backends
+            .get(backend.as_str())
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 impl Default for Settings {

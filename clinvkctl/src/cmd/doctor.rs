@@ -249,11 +249,7 @@ fn version_key(v: &str) -> Vec<u64> {
 /// Found, version, logged in. True when the backend looks usable.
 async fn check_backend(backend: Backend, settings: &Settings, checks: &mut Checks) -> bool {
     let area = backend.as_str();
-    let cfg = settings
-        .backends
-        .get(backend.as_str())
-        .cloned()
-        .unwrap_or_default();
+    let cfg = settings.backend(backend);
     let is_default = settings.default_backend == backend.as_str();
     if !cfg.enabled {
         let verdict = if is_default {

@@ -140,11 +140,7 @@ pub(crate) fn plan(
         )
         .with_param("verbose"));
     }
-    let cfg = settings
-        .backends
-        .get(backend.as_str())
-        .cloned()
-        .unwrap_or_default();
+    let cfg = settings.backend(backend);
     // The configured modes are a ceiling: a request may keep or tighten them, never loosen.
     let cfg_approval: ApprovalMode = cfg
         .approval_mode
