@@ -11,23 +11,14 @@
 //! requests are answered (file changes accepted in `auto` mode, everything else declined: no
 //! one is there to ask), any other request with a JSON-RPC error.
 
+use super::jsonrpc::{self, Dialect, Message, TurnMarks};
 use super::{Driver, Event, Invocation, Step};
 use clinvk_shared::types::TokenUsage;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// A request to the app-server.
-#[derive(Serialize)]
-pub(crate) struct Request<P: Serialize> {
-    pub(crate) id: u64,
-    pub(crate) method: &'static str,
-    pub(crate) params: P,
-}
-
-#[derive(Serialize)]
-pub(crate) struct Notification {
-    pub(crate) method: &'static str,
-}
+/// The app-server writes no `jsonrpc` member.
+const RPC: Dialect = Dialect { jsonrpc: None };
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -104,38 +95,6 @@ pub(crate) enum UserInput {
 #[derive(Serialize)]
 struct Decision {
     decision: &'static str,
-}
-
-#[derive(Serialize)]
-struct Reply<R: Serialize> {
-    id: Value,
-    result: R,
-}
-
-#[derive(Serialize)]
-struct ErrorReply {
-    id: Value,
-    error: RpcError,
-}
-
-#[derive(Serialize, Deserialize, Debug)]
-struct RpcError {
-    #[serde(default)]
-    code: i64,
-    #[serde(default)]
-    message: String,
-}
-
-/// Any message from the app-server: a response (id, result or error), a notification (method,
-/// params) or a request (id, method, params).
-#[derive(Deserialize, Debug)]
-struct Incoming {
-    id: Option<Value>,
-    method: Option<String>,
-    #[serde(default)]
-    params: Value,
-    result: Option<Value>,
-    error: Option<RpcError>,
 }
 
 #[derive(Deserialize)]
@@ -248,10 +207,7 @@ pub(crate) struct AppServer {
     turn: Option<String>,
     /// A turn asked for before the thread was open.
     queued: Option<QueuedTurn>,
-    /// The session id still to be announced to this turn.
-    announce: bool,
-    /// This turn already reported its failure.
-    failed: bool,
+    marks: TurnMarks,
     /// The session could not be opened: every turn fails with this.
     broken: Option<String>,
 }
@@ -276,48 +232,33 @@ impl AppServer {
             turn_request: None,
             turn: None,
             queued: None,
-            announce: false,
-            failed: false,
+            marks: TurnMarks::default(),
             broken: None,
         }
-    }
-
-    fn line<T: Serialize>(v: &T) -> String {
-        serde_json::to_string(v).unwrap_or_default()
     }
 
     fn turn_line(&mut self, thread: &str, turn: QueuedTurn) -> String {
         let id = self.next_id;
         self.next_id += 1;
         self.turn_request = Some(id);
-        Self::line(&Request {
+        RPC.request(
             id,
-            method: "turn/start",
-            params: TurnStartParams {
+            "turn/start",
+            TurnStartParams {
                 thread_id: thread.to_string(),
                 input: turn.input,
                 output_schema: turn.output_schema,
             },
-        })
+        )
     }
 
     fn fail(&mut self, out: &mut Step, message: String) {
-        if !self.failed {
-            self.failed = true;
-            out.events.push(Event::Error { message });
-        }
+        self.marks.fail(out, message);
     }
 
     fn announce(&mut self, out: &mut Step) {
-        if self.announce {
-            if let Some(t) = &self.thread {
-                self.announce = false;
-                out.events.push(Event::SessionStarted {
-                    session_id: t.clone(),
-                    model: self.model.clone(),
-                });
-            }
-        }
+        self.marks
+            .announce(out, self.thread.as_deref(), self.model.as_deref());
     }
 
     /// Whether a turn-scoped notification belongs to the running turn.
@@ -325,28 +266,30 @@ impl AppServer {
         self.turn.as_deref() == Some(turn_id)
     }
 
-    fn on_response(&mut self, id: u64, msg: Incoming, out: &mut Step) {
-        if let Some(err) = msg.error {
-            let what = match id {
-                INITIALIZE => "initialize".to_string(),
-                OPEN_THREAD if self.resume.is_some() => format!(
-                    "cannot resume thread {}",
-                    self.resume.as_deref().unwrap_or_default()
-                ),
-                OPEN_THREAD => "cannot start a thread".to_string(),
-                _ => "turn/start".to_string(),
-            };
-            let message = format!("codex app-server: {what}: {}", err.message);
-            if id <= OPEN_THREAD {
-                self.broken = Some(message.clone());
+    fn on_response(&mut self, id: u64, result: Result<Value, jsonrpc::RpcError>, out: &mut Step) {
+        let result = match result {
+            Ok(r) => r,
+            Err(err) => {
+                let what = match id {
+                    INITIALIZE => "initialize".to_string(),
+                    OPEN_THREAD if self.resume.is_some() => format!(
+                        "cannot resume thread {}",
+                        self.resume.as_deref().unwrap_or_default()
+                    ),
+                    OPEN_THREAD => "cannot start a thread".to_string(),
+                    _ => "turn/start".to_string(),
+                };
+                let message = format!("codex app-server: {what}: {}", err.message);
+                if id <= OPEN_THREAD {
+                    self.broken = Some(message.clone());
+                }
+                if self.queued.take().is_some() || Some(id) == self.turn_request {
+                    self.fail(out, message);
+                    out.end = true;
+                }
+                return;
             }
-            if self.queued.take().is_some() || Some(id) == self.turn_request {
-                self.fail(out, message);
-                out.end = true;
-            }
-            return;
-        }
-        let result = msg.result.unwrap_or(Value::Null);
+        };
         if id == OPEN_THREAD {
             match serde_json::from_value::<ThreadResult>(result) {
                 Ok(r) => {
@@ -398,17 +341,8 @@ impl AppServer {
             _ => None,
         };
         out.write.push(match decision {
-            Some(d) => Self::line(&Reply {
-                id,
-                result: Decision { decision: d },
-            }),
-            None => Self::line(&ErrorReply {
-                id,
-                error: RpcError {
-                    code: -32601,
-                    message: format!("clinvk does not handle {method}"),
-                },
-            }),
+            Some(d) => RPC.reply(id, Decision { decision: d }),
+            None => RPC.refuse(id, method),
         });
     }
 
@@ -516,44 +450,41 @@ fn item_events(item: &Value) -> Vec<Event> {
 
 impl Driver for AppServer {
     fn open(&mut self) -> Vec<String> {
-        let init = Self::line(&Request {
-            id: INITIALIZE,
-            method: "initialize",
-            params: InitializeParams {
+        let init = RPC.request(
+            INITIALIZE,
+            "initialize",
+            InitializeParams {
                 client_info: ClientInfo {
                     name: "clinvk",
                     version: clinvk_shared::VERSION,
                 },
             },
-        });
-        let initialized = Self::line(&Notification {
-            method: "initialized",
-        });
+        );
+        let initialized = RPC.notify::<()>("initialized", None);
         let open = match &self.resume {
-            Some(thread) => Self::line(&Request {
-                id: OPEN_THREAD,
-                method: "thread/resume",
-                params: ThreadResumeParams {
+            Some(thread) => RPC.request(
+                OPEN_THREAD,
+                "thread/resume",
+                ThreadResumeParams {
                     thread_id: thread.clone(),
                     exclude_turns: true,
                     settings: self.settings.clone(),
                 },
-            }),
-            None => Self::line(&Request {
-                id: OPEN_THREAD,
-                method: "thread/start",
-                params: ThreadStartParams {
+            ),
+            None => RPC.request(
+                OPEN_THREAD,
+                "thread/start",
+                ThreadStartParams {
                     settings: self.settings.clone(),
                     ephemeral: self.ephemeral,
                 },
-            }),
+            ),
         };
         vec![init, initialized, open]
     }
 
     fn turn(&mut self, inv: &Invocation) -> Vec<String> {
-        self.failed = false;
-        self.announce = true;
+        self.marks.begin();
         self.turn = None;
         let mut input = vec![UserInput::Text {
             text: inv.prompt.clone(),
@@ -584,26 +515,21 @@ impl Driver for AppServer {
                 return out;
             }
         }
-        let msg: Incoming = match serde_json::from_str(line.trim()) {
+        let msg = match jsonrpc::parse(line) {
             Ok(m) => m,
-            Err(_) if line.trim().is_empty() => return out,
-            Err(_) => {
-                out.events.push(Event::Unparsed {
-                    line: line.to_string(),
-                });
+            Err(events) => {
+                out.events = events;
                 return out;
             }
         };
         self.announce(&mut out);
-        match (msg.id.clone(), msg.method.clone()) {
-            (Some(id), Some(method)) => self.on_request(id, &method, &mut out),
-            (Some(id), None) => {
-                if let Some(n) = id.as_u64() {
-                    self.on_response(n, msg, &mut out);
-                }
+        match msg {
+            Some(Message::Request { id, method, .. }) => self.on_request(id, &method, &mut out),
+            Some(Message::Response { id, result }) => self.on_response(id, result, &mut out),
+            Some(Message::Notification { method, params }) => {
+                self.on_notification(&method, params, &mut out)
             }
-            (None, Some(method)) => self.on_notification(&method, msg.params, &mut out),
-            (None, None) => {}
+            None => {}
         }
         out
     }
@@ -626,14 +552,14 @@ impl Driver for AppServer {
         let (thread, turn) = (self.thread.clone()?, self.turn.clone()?);
         let id = self.next_id;
         self.next_id += 1;
-        Some(vec![Self::line(&Request {
+        Some(vec![RPC.request(
             id,
-            method: "turn/interrupt",
-            params: TurnInterruptParams {
+            "turn/interrupt",
+            TurnInterruptParams {
                 thread_id: thread,
                 turn_id: turn,
             },
-        })])
+        )])
     }
 }
 

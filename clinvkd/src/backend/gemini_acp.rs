@@ -11,18 +11,16 @@
 //! is there to ask; the configured approval mode decides what gemini asks at all), any other
 //! request with a JSON-RPC error.
 
+use super::jsonrpc::{self, Dialect, Message, TurnMarks};
 use super::{Driver, Event, Invocation, Step};
 use clinvk_shared::types::TokenUsage;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Serialize)]
-struct Request<P: Serialize> {
-    jsonrpc: &'static str,
-    id: u64,
-    method: &'static str,
-    params: P,
-}
+/// ACP messages carry `"jsonrpc": "2.0"`.
+const RPC: Dialect = Dialect {
+    jsonrpc: Some("2.0"),
+};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -73,23 +71,9 @@ enum ContentBlock {
 }
 
 #[derive(Serialize)]
-struct NotificationMsg<P: Serialize> {
-    jsonrpc: &'static str,
-    method: &'static str,
-    params: P,
-}
-
-#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct CancelParams {
     session_id: String,
-}
-
-#[derive(Serialize)]
-struct Reply<R: Serialize> {
-    jsonrpc: &'static str,
-    id: Value,
-    result: R,
 }
 
 #[derive(Serialize)]
@@ -105,34 +89,6 @@ enum Outcome {
         option_id: String,
     },
     Cancelled,
-}
-
-#[derive(Serialize)]
-struct ErrorReply {
-    jsonrpc: &'static str,
-    id: Value,
-    error: RpcError,
-}
-
-#[derive(Serialize, Deserialize, Debug, Default)]
-struct RpcError {
-    #[serde(default)]
-    code: i64,
-    #[serde(default)]
-    message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    data: Option<Value>,
-}
-
-/// Any message from the agent.
-#[derive(Deserialize)]
-struct Incoming {
-    id: Option<Value>,
-    method: Option<String>,
-    #[serde(default)]
-    params: Value,
-    result: Option<Value>,
-    error: Option<RpcError>,
 }
 
 #[derive(Deserialize)]
@@ -204,8 +160,7 @@ pub(crate) struct Acp {
     prompt_request: Option<u64>,
     /// A turn asked for before the session was open.
     queued: Option<Vec<ContentBlock>>,
-    announce: bool,
-    failed: bool,
+    marks: TurnMarks,
     broken: Option<String>,
     /// No images: the live mode can take the turn (images go one-shot, as `@path` files).
     plain: bool,
@@ -219,76 +174,61 @@ impl Acp {
             next_id: OPEN_SESSION + 1,
             prompt_request: None,
             queued: None,
-            announce: false,
-            failed: false,
+            marks: TurnMarks::default(),
             broken: None,
             plain,
         }
-    }
-
-    fn line<T: Serialize>(v: &T) -> String {
-        serde_json::to_string(v).unwrap_or_default()
     }
 
     fn prompt_line(&mut self, session: &str, prompt: Vec<ContentBlock>) -> String {
         let id = self.next_id;
         self.next_id += 1;
         self.prompt_request = Some(id);
-        Self::line(&Request {
-            jsonrpc: "2.0",
+        RPC.request(
             id,
-            method: "session/prompt",
-            params: PromptParams {
+            "session/prompt",
+            PromptParams {
                 session_id: session.to_string(),
                 prompt,
             },
-        })
+        )
     }
 
     fn fail(&mut self, out: &mut Step, message: String) {
-        if !self.failed {
-            self.failed = true;
-            out.events.push(Event::Error { message });
-        }
+        self.marks.fail(out, message);
     }
 
     fn announce(&mut self, out: &mut Step) {
-        if self.announce {
-            if let Some(s) = &self.session {
-                self.announce = false;
-                out.events.push(Event::SessionStarted {
-                    session_id: s.clone(),
-                    model: None,
-                });
-            }
-        }
+        self.marks.announce(out, self.session.as_deref(), None);
     }
 
-    fn on_response(&mut self, id: u64, msg: Incoming, out: &mut Step) {
-        if let Some(err) = msg.error {
-            let detail = err
-                .data
-                .as_ref()
-                .and_then(|d| d["details"].as_str())
-                .map(|d| format!(" ({d})"))
-                .unwrap_or_default();
-            let what = match id {
-                INITIALIZE => "initialize".to_string(),
-                OPEN_SESSION => "cannot start a session".to_string(),
-                _ => "session/prompt".to_string(),
-            };
-            let message = format!("gemini --acp: {what}: {}{detail}", err.message);
-            if id <= OPEN_SESSION {
-                self.broken = Some(message.clone());
+    fn on_response(&mut self, id: u64, result: Result<Value, jsonrpc::RpcError>, out: &mut Step) {
+        let result = match result {
+            Ok(r) => r,
+            Err(err) => {
+                let detail = err
+                    .data
+                    .as_ref()
+                    .and_then(|d| d["details"].as_str())
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default();
+                let what = match id {
+                    INITIALIZE => "initialize".to_string(),
+                    OPEN_SESSION => "cannot start a session".to_string(),
+                    _ => "session/prompt".to_string(),
+                };
+                let message = format!("gemini --acp: {what}: {}{detail}", err.message);
+                if id <= OPEN_SESSION {
+                    self.broken = Some(message.clone());
+                }
+                if self.queued.take().is_some() || Some(id) == self.prompt_request {
+                    self.prompt_request = None;
+                    self.fail(out, message);
+                    out.end = true;
+                }
+                return;
             }
-            if self.queued.take().is_some() || Some(id) == self.prompt_request {
-                self.prompt_request = None;
-                self.fail(out, message);
-                out.end = true;
-            }
-            return;
-        }
-        let result = msg.result.unwrap_or(Value::Null);
+        };
         if id == OPEN_SESSION {
             let session = serde_json::from_value::<NewSessionResult>(result)
                 .ok()
@@ -345,21 +285,9 @@ impl Acp {
                     },
                     None => Outcome::Cancelled,
                 };
-                Self::line(&Reply {
-                    jsonrpc: "2.0",
-                    id,
-                    result: PermissionOutcome { outcome },
-                })
+                RPC.reply(id, PermissionOutcome { outcome })
             }
-            _ => Self::line(&ErrorReply {
-                jsonrpc: "2.0",
-                id,
-                error: RpcError {
-                    code: -32601,
-                    message: format!("clinvk does not handle {method}"),
-                    data: None,
-                },
-            }),
+            _ => RPC.refuse(id, method),
         };
         out.write.push(line);
     }
@@ -415,11 +343,10 @@ impl Acp {
 
 impl Driver for Acp {
     fn open(&mut self) -> Vec<String> {
-        let init = Self::line(&Request {
-            jsonrpc: "2.0",
-            id: INITIALIZE,
-            method: "initialize",
-            params: InitializeParams {
+        let init = RPC.request(
+            INITIALIZE,
+            "initialize",
+            InitializeParams {
                 protocol_version: 1,
                 client_capabilities: ClientCapabilities {
                     fs: FsCapabilities {
@@ -433,22 +360,20 @@ impl Driver for Acp {
                     version: clinvk_shared::VERSION,
                 },
             },
-        });
-        let open = Self::line(&Request {
-            jsonrpc: "2.0",
-            id: OPEN_SESSION,
-            method: "session/new",
-            params: NewSessionParams {
+        );
+        let open = RPC.request(
+            OPEN_SESSION,
+            "session/new",
+            NewSessionParams {
                 cwd: self.cwd.clone(),
                 mcp_servers: vec![],
             },
-        });
+        );
         vec![init, open]
     }
 
     fn turn(&mut self, inv: &Invocation) -> Vec<String> {
-        self.failed = false;
-        self.announce = true;
+        self.marks.begin();
         let mut text = super::with_system_prompt(inv, inv.system_prompt.as_deref());
         if let Some(schema) = &inv.output_schema {
             text.push_str(&super::schema_instruction(schema));
@@ -465,26 +390,21 @@ impl Driver for Acp {
 
     fn on_line(&mut self, line: &str) -> Step {
         let mut out = Step::default();
-        let msg: Incoming = match serde_json::from_str(line.trim()) {
+        let msg = match jsonrpc::parse(line) {
             Ok(m) => m,
-            Err(_) if line.trim().is_empty() => return out,
-            Err(_) => {
-                out.events.push(Event::Unparsed {
-                    line: line.to_string(),
-                });
+            Err(events) => {
+                out.events = events;
                 return out;
             }
         };
         self.announce(&mut out);
-        match (msg.id.clone(), msg.method.clone()) {
-            (Some(id), Some(method)) => self.on_request(id, &method, msg.params, &mut out),
-            (Some(id), None) => {
-                if let Some(n) = id.as_u64() {
-                    self.on_response(n, msg, &mut out);
-                }
+        match msg {
+            Some(Message::Request { id, method, params }) => {
+                self.on_request(id, &method, params, &mut out)
             }
-            (None, Some(method)) if method == "session/update" => {
-                self.on_update(msg.params, &mut out)
+            Some(Message::Response { id, result }) => self.on_response(id, result, &mut out),
+            Some(Message::Notification { method, params }) if method == "session/update" => {
+                self.on_update(params, &mut out)
             }
             _ => {}
         }
@@ -507,13 +427,12 @@ impl Driver for Acp {
     fn interrupt(&mut self) -> Option<Vec<String>> {
         self.prompt_request?;
         let session = self.session.clone()?;
-        Some(vec![Self::line(&NotificationMsg {
-            jsonrpc: "2.0",
-            method: "session/cancel",
-            params: CancelParams {
+        Some(vec![RPC.notify(
+            "session/cancel",
+            Some(CancelParams {
                 session_id: session,
-            },
-        })])
+            }),
+        )])
     }
 
     /// gemini 0.61's `session/load` re-creates the session's recording file before reading it;

@@ -6,6 +6,7 @@ mod codex;
 mod codex_app;
 mod gemini;
 mod gemini_acp;
+mod jsonrpc;
 
 use clinvk_shared::api::Backend;
 use clinvk_shared::config::BackendSettings;
