@@ -278,3 +278,24 @@ def get_json(url: str, timeout: float = 30):
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
+
+
+def stream_ndjson(url: str, body: dict, timeout: float = 120):
+    """POSTs and yields NDJSON events as they arrive (a generator over a live connection)."""
+    import http.client
+    import urllib.parse
+
+    u = urllib.parse.urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    conn.request("POST", u.path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    assert resp.getheader("content-type") == "application/x-ndjson"
+    try:
+        while True:
+            line = resp.readline()
+            if not line:
+                return
+            yield json.loads(line)
+    finally:
+        conn.close()

@@ -3,36 +3,16 @@ fake model server, through the native API; faults with the fault-injection CLIs.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
 
-from harness import FAKECLI_DIR, get_json, live_world, pid_alive, poll, post, start_live  # noqa: F401
+from harness import FAKECLI_DIR, get_json, live_world, pid_alive, poll, post, start_live, stream_ndjson  # noqa: F401
 
 BACKENDS = ["claude", "codex", "gemini"]
-
-
-def stream_ndjson(url: str, body: dict, timeout: float = 120):
-    """POSTs and yields NDJSON events as they arrive (a generator over a live connection)."""
-    u = urllib.parse.urlparse(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    conn.request("POST", u.path, body=json.dumps(body), headers={"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    assert resp.status == 200, resp.read()
-    assert resp.getheader("content-type") == "application/x-ndjson"
-    try:
-        while True:
-            line = resp.readline()
-            if not line:
-                return
-            yield json.loads(line)
-    finally:
-        conn.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

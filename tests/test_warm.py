@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from compat_world import compat  # noqa: F401
-from harness import get_json, live_world, pid_alive, poll, post, start_live, world  # noqa: F401
+from harness import get_json, live_world, pid_alive, poll, post, start_live, stream_ndjson, world  # noqa: F401
 
 BACKENDS = ["claude", "codex", "gemini"]
 
@@ -141,27 +141,6 @@ def test_a_cancelled_turn_is_interrupted_and_the_session_goes_on_in_its_worker(l
     assert w3["pid"] == w["pid"] and w3["turns"] == 3, w3
     status, s = get_json(url + f"/api/v1/sessions/{sid}")
     assert s["turn_count"] >= 2, s
-
-
-def stream_ndjson(url: str, body: dict, timeout: float = 120):
-    """POSTs and yields NDJSON events as they arrive."""
-    import http.client
-    import json
-    import urllib.parse
-
-    u = urllib.parse.urlparse(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    conn.request("POST", u.path, body=json.dumps(body), headers={"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    assert resp.status == 200, resp.read()
-    try:
-        while True:
-            line = resp.readline()
-            if not line:
-                return
-            yield json.loads(line)
-    finally:
-        conn.close()
 
 
 def test_codex_streams_token_deltas_in_every_api_style(compat, fake_model):

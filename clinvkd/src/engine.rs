@@ -175,8 +175,7 @@ impl WarmTurn {
         let next = tokio::select! {
             ev = w.recv() => ev,
             _ = tokio::time::sleep_until(self.deadline) => {
-                self.worker = None; // killed with its group
-                self.permit = None;
+                self.give_up();
                 return TurnStep::End(ExitInfo {
                     timed_out: true,
                     duration: self.started.elapsed(),
@@ -188,8 +187,7 @@ impl WarmTurn {
             Some(ProcEvent::Line(line)) => {
                 self.bytes += line.len() + 1;
                 if self.bytes > self.max_bytes {
-                    self.worker = None;
-                    self.permit = None;
+                    self.give_up();
                     return TurnStep::Events(vec![Event::Error {
                         message: format!(
                             "the turn's output passed limits.max_output_bytes ({} bytes); the {backend} worker was stopped",
@@ -206,8 +204,7 @@ impl WarmTurn {
                 if !step.write.is_empty() {
                     if let Err(e) = w.write(&step.write).await {
                         let pid = w.pid;
-                        self.worker = None;
-                        self.permit = None;
+                        self.give_up();
                         return TurnStep::Events(vec![Event::Error {
                             message: format!(
                                 "cannot write to the {backend} worker (pid {pid}): {e}"
@@ -222,8 +219,7 @@ impl WarmTurn {
             }
             Some(ProcEvent::Exit(info)) => {
                 let pid = w.pid;
-                self.worker = None;
-                self.permit = None;
+                self.give_up();
                 let how = match (info.code, info.signal) {
                     (Some(c), _) => format!("code {c}"),
                     (None, Some(sig)) => format!("signal {sig}"),
@@ -243,11 +239,17 @@ impl WarmTurn {
                 }])
             }
             None => {
-                self.worker = None;
-                self.permit = None;
+                self.give_up();
                 TurnStep::End(ExitInfo::default())
             }
         }
+    }
+
+    /// The worker is lost to this turn (dead, or stopped: dropping it kills its group), and so is
+    /// the turn's concurrency slot.
+    fn give_up(&mut self) {
+        self.worker = None;
+        self.permit = None;
     }
 
     /// The turn is over: the worker waits for the session's next turn (or is retired).
