@@ -254,3 +254,17 @@ def test_a_pool_whose_cli_cannot_stay_up_backs_off(world):
     waits = [int(x) for x in __import__("re").findall(r"retry_in_secs=(\d+)", text)]
     assert waits[:3] == [1, 2, 4], waits
     assert "a pooled worker exited before its first turn" in text
+
+
+def test_key_holders_see_workers_but_not_whose_session_they_hold(live_world, fake_model):
+    live_world.env["CLINVK_API_KEYS"] = "key-one"
+    url = start_live(live_world, config("claude"))
+    auth = {"Authorization": "Bearer key-one"}
+    status, r, _ = post(url + "/api/v1/prompt", {"backend": "claude", "prompt": "mine"}, headers=auth)
+    assert status == 200 and r["error"] is None, r
+    [owner_view] = workers(live_world, "claude")  # the control socket: the daemon's owner
+    assert owner_view["backend_session_id"]
+    req = urllib.request.Request(url + "/api/v1/backends", headers=auth)
+    b = __import__("json").loads(urllib.request.urlopen(req, timeout=10).read())
+    [seen] = next(x for x in b["backends"] if x["name"] == "claude")["workers"]
+    assert seen["pid"] == owner_view["pid"] and seen["backend_session_id"] is None, seen
