@@ -110,6 +110,8 @@ pub(crate) struct Inner {
     pub(crate) responses: crate::responses::ResponseStore,
     /// The warm workers (live CLI processes kept between turns).
     pub(crate) workers: crate::worker::Workers,
+    /// Client tool calls: the MCP endpoint and the runs waiting for results.
+    pub(crate) tools: Arc<crate::tools::ToolHub>,
 }
 
 impl std::ops::Deref for Ctx {
@@ -182,6 +184,7 @@ impl Ctx {
             keys,
             responses,
             workers: crate::worker::Workers::default(),
+            tools: Arc::default(),
         })))
     }
 
