@@ -180,6 +180,13 @@ fn conversation(r: &CreateRequest) -> Result<Conversation, ApiError> {
             )),
             // The model's reasoning of an earlier turn: not part of the conversation text.
             "reasoning" => {}
+            // An earlier output item by reference (clients that rely on stored responses):
+            // its content is the stored response's; the turn is kept as a marker.
+            "item_reference" => {
+                let id = item.get("id").and_then(Value::as_str).unwrap_or("?");
+                conv.messages
+                    .push(Msg::new(Role::Assistant, format!("[earlier output item {id}]")));
+            }
             other => {
                 return Err(compat::unsupported(
                     &format!("{param}.type"),
