@@ -62,14 +62,15 @@ def model_saw_result(d, text: str) -> dict:
 
 # --- OpenAI chat completions -------------------------------------------------------------------
 
+@pytest.mark.parametrize("backend", ["claude"])
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
-def test_chat_tool_call_round_trip(compat, stream):
+def test_chat_tool_call_round_trip(compat, stream, backend):
     d = compat()
     client = d.openai()
     messages = [{"role": "user", "content": 'Weather? [[call:get_weather={"city":"Oslo"}]]'}]
     if stream:
         chunks = list(client.chat.completions.create(
-            model="claude", messages=messages, tools=[WEATHER], stream=True))
+            model=backend, messages=messages, tools=[WEATHER], stream=True))
         calls: dict[int, dict] = {}
         for ch in chunks:
             for tc in (ch.choices[0].delta.tool_calls or []) if ch.choices else []:
@@ -81,8 +82,9 @@ def test_chat_tool_call_round_trip(compat, stream):
         assert finish == ["tool_calls"], finish
         call = calls[0]
     else:
-        r = client.chat.completions.create(model="claude", messages=messages, tools=[WEATHER])
-        assert r.choices[0].finish_reason == "tool_calls"
+        r = client.chat.completions.create(model=backend, messages=messages, tools=[WEATHER])
+        assert r.choices[0].finish_reason == "tool_calls", (r.choices[0].message, [
+            (c["offered_tools"], c["tool_calls"], c["tool_results"]) for c in d.model_calls()])
         tc = r.choices[0].message.tool_calls
         assert len(tc) == 1 and tc[0].type == "function"
         call = {"id": tc[0].id, "name": tc[0].function.name, "arguments": tc[0].function.arguments}
@@ -103,12 +105,12 @@ def test_chat_tool_call_round_trip(compat, stream):
     ]
     if stream:
         chunks = list(client.chat.completions.create(
-            model="claude", messages=messages, tools=[WEATHER], stream=True))
+            model=backend, messages=messages, tools=[WEATHER], stream=True))
         text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
         finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
         assert finish == ["stop"]
     else:
-        r = client.chat.completions.create(model="claude", messages=messages, tools=[WEATHER])
+        r = client.chat.completions.create(model=backend, messages=messages, tools=[WEATHER])
         assert r.choices[0].finish_reason == "stop"
         text = r.choices[0].message.content
     assert "tool-results=sunny, 21 C" in text, text
@@ -234,6 +236,26 @@ def test_client_gone_while_a_call_is_pending(compat):
     poll(lambda: not any(pid_alive(p) for p in pids), 30, "the CLI to be stopped")
     d.wait_no_runs()
     assert not (d.world.status() or {}).get("workers")
+
+
+@pytest.mark.parametrize("backend", ["codex", "gemini"])
+def test_tools_on_a_backend_without_tool_support_are_refused(compat, backend):
+    """Never a plain-text answer to a client that waits for calls: 400 naming tools."""
+    d = compat()
+    before = len(d.model_calls())
+    with pytest.raises(openai.BadRequestError) as e:
+        d.openai().chat.completions.create(model=backend, tools=[WEATHER],
+                                           messages=[{"role": "user", "content": "x"}])
+    assert e.value.body["param"] == "tools" and "claude" in e.value.message
+    with pytest.raises(anthropic.BadRequestError) as e:
+        d.anthropic().messages.create(model=backend, max_tokens=10, tools=[ANTH_WEATHER],
+                                      messages=[{"role": "user", "content": "x"}])
+    assert "tools" in e.value.message
+    # tool_choice none offers no tool: that works everywhere.
+    r = d.openai().chat.completions.create(model=backend, tools=[WEATHER], tool_choice="none",
+                                           messages=[{"role": "user", "content": "plain"}])
+    assert r.choices[0].message.content.startswith("fake-reply")
+    assert len(d.model_calls()) == before + 1
 
 
 def test_bad_tool_definitions_are_400(compat):

@@ -290,19 +290,19 @@ pub(crate) fn function_tool(f: &Value, param: &str) -> Result<ClientTool, ApiErr
 pub(crate) fn openai_tool_choice(v: Option<&Value>, param: &str) -> Result<ToolChoice, ApiError> {
     Ok(match v {
         None | Some(Value::Null) => ToolChoice::Auto,
-        Some(Value::String(s)) => {
-            match s.as_str() {
-                "auto" => ToolChoice::Auto,
-                "none" => ToolChoice::None,
-                "required" => ToolChoice::Required,
-                other => return Err(invalid(
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(invalid(
                     param,
                     format!(
                         "unknown tool_choice {other:?} (none, auto, required, or a named function)"
                     ),
-                )),
+                ))
             }
-        }
+        },
         Some(v) => {
             let name = v
                 .pointer("/function/name")
@@ -673,6 +673,12 @@ pub(crate) async fn start(
     let (history, new) = conv.messages.split_at(split);
     if let Some(started) = continue_parked(ctx, caller, target, &conv, new)? {
         return Ok(started);
+    }
+    if !conv.tools.is_empty() && target.backend != Backend::Claude {
+        return Err(unsupported(
+            "tools",
+            format!("client tool calls work with the claude backend only so far; {} cannot take them yet (send the request to a claude model, or without tools)", target.backend),
+        ));
     }
     if !new.iter().any(|m| m.role != Role::Assistant) || new.is_empty() {
         return Err(ApiError::bad_request(

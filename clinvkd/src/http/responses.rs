@@ -184,8 +184,10 @@ fn conversation(r: &CreateRequest) -> Result<Conversation, ApiError> {
             // its content is the stored response's; the turn is kept as a marker.
             "item_reference" => {
                 let id = item.get("id").and_then(Value::as_str).unwrap_or("?");
-                conv.messages
-                    .push(Msg::new(Role::Assistant, format!("[earlier output item {id}]")));
+                conv.messages.push(Msg::new(
+                    Role::Assistant,
+                    format!("[earlier output item {id}]"),
+                ));
             }
             other => {
                 return Err(compat::unsupported(
