@@ -48,6 +48,8 @@ pub(crate) struct ClientTools {
     pub(crate) scope: String,
     /// The MCP endpoint URL (with its token); set by `engine` when the run starts.
     pub(crate) url: Option<String>,
+    /// How long the CLI should let one call wait (past `tools.pending_timeout_secs`).
+    pub(crate) call_timeout_secs: u64,
 }
 
 impl ClientTools {

@@ -211,7 +211,8 @@ def tool_results(protocol: str, req: dict) -> list[str] | None:
             return None
         res = []
         for item in reversed(items):
-            if not isinstance(item, dict) or item.get("type") != "function_call_output":
+            if not isinstance(item, dict) or item.get("type") not in (
+                    "function_call_output", "custom_tool_call_output"):
                 break
             out = item.get("output")
             if isinstance(out, list):
@@ -225,12 +226,30 @@ def tool_results(protocol: str, req: dict) -> list[str] | None:
     return res or None
 
 
+def codex_code_mode(req: dict) -> bool:
+    """codex 0.169 offers MCP tools only inside its JavaScript `exec` tool (`tools.mcp__…`)."""
+    for item in req.get("input") or []:
+        if isinstance(item, dict) and item.get("type") == "additional_tools":
+            for ns in item.get("tools") or []:
+                if any(t.get("name") == "exec" and t.get("type") == "custom"
+                       for t in ns.get("tools") or []):
+                    return True
+    return False
+
+
 def wanted_calls(protocol: str, req: dict, last_raw: str) -> list[dict]:
-    """The tool calls the last user text asks for, among the offered tools."""
+    """The tool calls the last user text asks for, among the offered tools (codex: through its
+    `exec` tool, as `mcp__clinvk__NAME`)."""
     tools = offered_tools(protocol, req)
+    code_mode = protocol == "responses" and codex_code_mode(req)
     calls = []
     for short, args in CALL_RE.findall(last_raw):
         found = _tool_named(tools, short)
+        if found is None and code_mode:
+            found = ("mcp__clinvk__" + short, {"type": "object"})
+            calls.append({"name": found[0], "input": json.loads(args) if args else {},
+                          "via_exec": True})
+            continue
         if found is None:
             continue
         name, schema = found
@@ -647,7 +666,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             text = reply_text(info, long_words)
             if results:
-                text += " tool-results=" + "|".join(_squash(r)[:80] for r in results)
+                text += " tool-results=" + "|".join(_squash(r)[:400] for r in results)
         deltas = split_deltas(text)
         gap = delay if mode == "slow" else 0.0
         self._gated = "gate" in magic and not utility
@@ -743,11 +762,21 @@ class Handler(BaseHTTPRequestHandler):
         self._end_stream()
 
     def _responses_calls(self, model, stream, calls, in_tokens):
-        """A response whose output is function_call items."""
+        """A response whose output is function_call items (codex's code mode: one `exec` call
+        whose JavaScript calls the MCP tools at once)."""
         resp_id = "resp_fake_" + uuid.uuid4().hex[:20]
-        items = [{"type": "function_call", "id": "fc_fake_" + uuid.uuid4().hex[:16],
-                  "call_id": "call_fake_" + uuid.uuid4().hex[:16], "name": c["name"],
-                  "arguments": json.dumps(c["input"]), "status": "completed"} for c in calls]
+        if calls and calls[0].get("via_exec"):
+            js = ("const r = await Promise.all([" + ", ".join(
+                f"tools.{c['name']}({json.dumps(c['input'])})" for c in calls) + "]);\n"
+                "text(JSON.stringify(r));")
+            items = [{"type": "custom_tool_call", "id": "ctc_fake_" + uuid.uuid4().hex[:16],
+                      "call_id": "call_fake_" + uuid.uuid4().hex[:16], "name": "exec",
+                      "input": js, "status": "completed"}]
+        else:
+            items = [{"type": "function_call", "id": "fc_fake_" + uuid.uuid4().hex[:16],
+                      "call_id": "call_fake_" + uuid.uuid4().hex[:16], "name": c["name"],
+                      "arguments": json.dumps(c["input"]), "status": "completed"}
+                     for c in calls]
         usage = {"input_tokens": in_tokens, "input_tokens_details": {"cached_tokens": 0},
                  "output_tokens": 5 * len(calls), "output_tokens_details": {"reasoning_tokens": 0},
                  "total_tokens": in_tokens + 5 * len(calls)}
@@ -772,12 +801,14 @@ class Handler(BaseHTTPRequestHandler):
         ev("response.created", {"response": response("in_progress", [], False)})
         ev("response.in_progress", {"response": response("in_progress", [], False)})
         for i, item in enumerate(items):
+            field, kind = (("input", "custom_tool_call_input") if item["type"] == "custom_tool_call"
+                           else ("arguments", "function_call_arguments"))
             ev("response.output_item.added", {"output_index": i,
-                                              "item": dict(item, arguments="", status="in_progress")})
-            ev("response.function_call_arguments.delta", {"item_id": item["id"], "output_index": i,
-                                                          "delta": item["arguments"]})
-            ev("response.function_call_arguments.done", {"item_id": item["id"], "output_index": i,
-                                                         "arguments": item["arguments"]})
+                                              "item": dict(item, status="in_progress", **{field: ""})})
+            ev(f"response.{kind}.delta", {"item_id": item["id"], "output_index": i,
+                                          "delta": item[field]})
+            ev(f"response.{kind}.done", {"item_id": item["id"], "output_index": i,
+                                         field: item[field]})
             ev("response.output_item.done", {"output_index": i, "item": item})
         ev("response.completed", {"response": response("completed", items, True)})
         self._end_stream()

@@ -674,7 +674,7 @@ pub(crate) async fn start(
     if let Some(started) = continue_parked(ctx, caller, target, &conv, new)? {
         return Ok(started);
     }
-    if !conv.tools.is_empty() && target.backend != Backend::Claude {
+    if !conv.tools.is_empty() && target.backend == Backend::Gemini {
         return Err(unsupported(
             "tools",
             format!("client tool calls work with the claude backend only so far; {} cannot take them yet (send the request to a claude model, or without tools)", target.backend),
@@ -740,6 +740,7 @@ pub(crate) async fn start(
         builtin: ctx.settings().tools.builtin,
         scope: String::new(), // the session, set when it is known
         url: None,
+        call_timeout_secs: ctx.settings().tools.pending_timeout_secs + 60,
     });
     plan.inv.client_tools = tools.clone();
     let run = prompt::start(ctx, plan).await?;
