@@ -54,13 +54,13 @@ pub(crate) struct ClientTools {
 
 impl ClientTools {
     /// Whether a name the CLI reports for a tool it called is one of these client tools
-    /// (claude: `mcp__clinvk__name`, codex: `clinvk.name`, gemini: `name` or `clinvk__name`).
+    /// (claude: `mcp__clinvk__name`, codex: `clinvk.name`, gemini: `mcp_clinvk_name`).
     pub(crate) fn is_client_tool(&self, reported: &str) -> bool {
         self.tools.iter().any(|t| {
             reported == t.name
                 || reported
                     .strip_suffix(t.name.as_str())
-                    .is_some_and(|p| p.ends_with("__") || p.ends_with('.') || p.ends_with('/'))
+                    .is_some_and(|p| p.ends_with('_') || p.ends_with('.') || p.ends_with('/'))
                     && reported.contains(SERVER_NAME)
         })
     }
@@ -545,4 +545,61 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
     let mut r = Response::new(text.into());
     *r.status_mut() = status;
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tools(names: &[&str]) -> ClientTools {
+        ClientTools {
+            tools: names
+                .iter()
+                .map(|n| ClientTool {
+                    name: n.to_string(),
+                    description: String::new(),
+                    parameters: json!({"type": "object"}),
+                })
+                .collect(),
+            builtin: false,
+            scope: "s".into(),
+            url: None,
+            call_timeout_secs: 60,
+        }
+    }
+
+    #[test]
+    fn client_tools_are_recognised_under_each_clis_name() {
+        let t = tools(&["get_weather"]);
+        for reported in [
+            "get_weather",
+            "mcp__clinvk__get_weather",
+            "clinvk.get_weather",
+            "mcp_clinvk_get_weather",
+        ] {
+            assert!(t.is_client_tool(reported), "{reported}");
+        }
+        for reported in [
+            "weather",
+            "mcp__other__get_weather",
+            "Bash",
+            "my_get_weather",
+        ] {
+            assert!(!t.is_client_tool(reported), "{reported}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_stable_per_scope_and_tools_and_secret() {
+        let hub = ToolHub::default();
+        let a = tools(&["x"]);
+        assert_eq!(hub.token(&a), hub.token(&a.clone()));
+        let mut other_scope = a.clone();
+        other_scope.scope = "t".into();
+        assert_ne!(hub.token(&a), hub.token(&other_scope));
+        assert_ne!(hub.token(&a), hub.token(&tools(&["y"])));
+        // Another daemon (another secret) derives other tokens.
+        assert_ne!(hub.token(&a), ToolHub::default().token(&a));
+        assert_eq!(hub.token(&a).len(), 64);
+    }
 }

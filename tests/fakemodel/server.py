@@ -184,7 +184,8 @@ def offered_tools(protocol: str, req: dict) -> list[tuple[str, dict]]:
 
 def _tool_named(tools, short):
     for name, schema in tools:
-        if name == short or name.endswith("__" + short) or name.endswith("." + short):
+        if name == short or name.endswith("__" + short) or name.endswith("." + short) or (
+                "clinvk" in name and name.endswith("_" + short)):
             return name, schema
     return None
 

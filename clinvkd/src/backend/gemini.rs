@@ -15,6 +15,12 @@ impl Adapter for Gemini {
     }
 
     fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError> {
+        if inv.client_tools.is_some() {
+            // One-shot gemini has no way to be given an MCP server but its settings files.
+            return Err(ArgvError::Invalid(
+                "gemini takes client tools in warm mode only (backends.gemini.mode: warm), and not with images or a session whose worker is gone".into(),
+            ));
+        }
         // `--prompt=<text>` keeps a prompt that starts with "-" a prompt. A long prompt goes
         // through stdin (gemini prepends stdin to the -p text): one argv element may not exceed 128 KiB.
         let mut full = with_system_prompt(inv, inv.system_prompt.as_deref());
@@ -64,6 +70,14 @@ impl Adapter for Gemini {
     fn live(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<LiveSpec, ArgvError> {
         let mut a = vec!["--acp".to_string()];
         a.extend(session_args(inv, cfg));
+        if inv.client_tools.is_some() {
+            // Only the daemon's MCP server (given in `session/new`; gemini runs the tools of
+            // an ACP client's MCP server without a permission request).
+            a.extend([
+                "--allowed-mcp-server-names".to_string(),
+                crate::tools::SERVER_NAME.to_string(),
+            ]);
+        }
         a.extend(cfg.extra_flags.iter().cloned());
         a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
         let cwd = inv
@@ -76,9 +90,28 @@ impl Adapter for Gemini {
                 env: trust_env(),
                 ..CommandSpec::for_run("gemini", cfg, inv, a, None)
             },
-            driver: Box::new(super::gemini_acp::Acp::new(cwd, inv.images.is_empty())),
+            driver: Box::new(super::gemini_acp::Acp::new(
+                cwd,
+                inv.images.is_empty(),
+                mcp_servers(inv),
+            )),
         })
     }
+}
+
+/// The ACP `session/new` MCP servers: the daemon's client-tools endpoint, if any.
+fn mcp_servers(inv: &Invocation) -> Vec<serde_json::Value> {
+    inv.client_tools
+        .as_ref()
+        .map(|ct| {
+            vec![serde_json::json!({
+                "type": "http",
+                "name": crate::tools::SERVER_NAME,
+                "url": ct.url,
+                "headers": [],
+            })]
+        })
+        .unwrap_or_default()
 }
 
 /// The workspace is trusted: the working folder was checked by clinvk's workdir policy.

@@ -164,11 +164,14 @@ pub(crate) struct Acp {
     broken: Option<String>,
     /// No images: the live mode can take the turn (images go one-shot, as `@path` files).
     plain: bool,
+    /// MCP servers of the session (the daemon's client-tools endpoint).
+    mcp_servers: Vec<Value>,
 }
 
 impl Acp {
-    pub(crate) fn new(cwd: String, plain: bool) -> Self {
+    pub(crate) fn new(cwd: String, plain: bool, mcp_servers: Vec<Value>) -> Self {
         Acp {
+            mcp_servers,
             cwd,
             session: None,
             next_id: OPEN_SESSION + 1,
@@ -366,7 +369,7 @@ impl Driver for Acp {
             "session/new",
             NewSessionParams {
                 cwd: self.cwd.clone(),
-                mcp_servers: vec![],
+                mcp_servers: self.mcp_servers.clone(),
             },
         );
         vec![init, open]
@@ -412,7 +415,7 @@ impl Driver for Acp {
     }
 
     fn key(&self) -> String {
-        format!("cwd={}", self.cwd)
+        format!("cwd={} mcp={:?}", self.cwd, self.mcp_servers)
     }
 
     fn accepts(&self, _inv: &Invocation) -> bool {
@@ -455,7 +458,7 @@ mod tests {
 
     #[test]
     fn a_turn_from_handshake_to_result() {
-        let mut d = Acp::new("/work".into(), true);
+        let mut d = Acp::new("/work".into(), true, vec![]);
         let open = d.open();
         assert_eq!(parsed(&open[0])["method"], "initialize");
         assert_eq!(parsed(&open[0])["params"]["protocolVersion"], 1);
@@ -516,7 +519,7 @@ mod tests {
 
     #[test]
     fn permission_requests_are_refused_and_errors_end_the_turn() {
-        let mut d = Acp::new("/w".into(), true);
+        let mut d = Acp::new("/w".into(), true, vec![]);
         d.open();
         d.on_line(r#"{"jsonrpc":"2.0","id":1,"result":{"sessionId":"s"}}"#);
         d.turn(&Invocation::default());

@@ -674,10 +674,13 @@ pub(crate) async fn start(
     if let Some(started) = continue_parked(ctx, caller, target, &conv, new)? {
         return Ok(started);
     }
-    if !conv.tools.is_empty() && target.backend == Backend::Gemini {
+    if !conv.tools.is_empty()
+        && target.backend == Backend::Gemini
+        && ctx.settings().backend(Backend::Gemini).mode != clinvk_shared::config::BackendMode::Warm
+    {
         return Err(unsupported(
             "tools",
-            format!("client tool calls work with the claude backend only so far; {} cannot take them yet (send the request to a claude model, or without tools)", target.backend),
+            "gemini takes client tools in warm mode only (backends.gemini.mode: warm); send the request to claude or codex, or without tools",
         ));
     }
     if !new.iter().any(|m| m.role != Role::Assistant) || new.is_empty() {
