@@ -262,6 +262,14 @@ def test_tools_where_the_backend_cannot_take_them_are_refused(compat, backend):
     assert len(d.model_calls()) == before + 1
 
 
+def test_responses_hosted_web_search_is_named_as_ignored(compat):
+    d = compat()
+    raw = d.openai().responses.with_raw_response.create(
+        model="claude", input="plain", tools=[{"type": "web_search"}, RESP_WEATHER])
+    assert raw.parse().output_text.startswith("fake-reply")
+    assert "tools.web_search" in raw.headers["x-clinvk-ignored-params"]
+
+
 def test_bad_tool_definitions_are_400(compat):
     d = compat()
     client = d.openai()

@@ -31,10 +31,15 @@ const EXPIRED_KEPT: usize = 4096;
 /// One function a client offers.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ClientTool {
+    /// The name the CLI's model sees (unique in the request).
     pub(crate) name: String,
     pub(crate) description: String,
     /// JSON Schema of the arguments (an object schema).
     pub(crate) parameters: Value,
+    /// A function of a Responses `namespace` tool: its namespace and own name (`name` is then
+    /// `<namespace>__<own name>`).
+    pub(crate) namespace: Option<String>,
+    pub(crate) client_name: Option<String>,
 }
 
 /// The client tools of one run, as `engine` and the argv builders see them.
@@ -559,6 +564,8 @@ mod tests {
                     name: n.to_string(),
                     description: String::new(),
                     parameters: json!({"type": "object"}),
+                    namespace: None,
+                    client_name: None,
                 })
                 .collect(),
             builtin: false,

@@ -84,6 +84,8 @@ impl MessagesRequest {
                 .and_then(Value::as_str)
                 .ok_or_else(|| compat::invalid(format!("{param}.name"), "a tool needs a `name`"))?;
             tools.push(ClientTool {
+                namespace: None,
+                client_name: None,
                 name: name.to_string(),
                 description: t
                     .get("description")

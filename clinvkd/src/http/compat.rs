@@ -275,6 +275,8 @@ pub(crate) fn function_tool(f: &Value, param: &str) -> Result<ClientTool, ApiErr
         .and_then(Value::as_str)
         .ok_or_else(|| invalid(format!("{param}.name"), "a function needs a `name`"))?;
     Ok(ClientTool {
+        namespace: None,
+        client_name: None,
         name: name.to_string(),
         description: f
             .get("description")
@@ -776,7 +778,10 @@ pub(crate) enum Piece {
 #[derive(Debug, Clone)]
 pub(crate) struct CallView {
     pub(crate) id: String,
+    /// The function's name as the client gave it.
     pub(crate) name: String,
+    /// The Responses API namespace it came in (a `namespace` tool), if any.
+    pub(crate) namespace: Option<String>,
     pub(crate) arguments: serde_json::Map<String, Value>,
 }
 
@@ -947,10 +952,19 @@ impl Pieces {
         Piece::Calls(
             self.batch
                 .iter()
-                .map(|c| CallView {
-                    id: c.id.clone(),
-                    name: c.name.clone(),
-                    arguments: c.arguments.clone(),
+                .map(|c| {
+                    let tool = self
+                        .tools
+                        .as_ref()
+                        .and_then(|t| t.tools.iter().find(|t| t.name == c.name));
+                    CallView {
+                        id: c.id.clone(),
+                        name: tool
+                            .and_then(|t| t.client_name.clone())
+                            .unwrap_or_else(|| c.name.clone()),
+                        namespace: tool.and_then(|t| t.namespace.clone()),
+                        arguments: c.arguments.clone(),
+                    }
                 })
                 .collect(),
         )
@@ -1205,6 +1219,14 @@ pub(crate) fn name_ignored(resp: &mut Response, fields: &[String]) {
                 .join(".")
         })
         .collect();
+    // Added to what an earlier call named (a handler names what it ignored inside a field).
+    if let Some(earlier) = resp
+        .headers()
+        .get(IGNORED_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        names.extend(earlier.split(", ").map(str::to_string));
+    }
     names.sort_unstable();
     names.dedup();
     if names.is_empty() {

@@ -73,23 +73,55 @@ fn not_found(id: &str, param: Option<&str>) -> ApiError {
 }
 
 impl CreateRequest {
-    /// The function tools and the choice.
-    fn tools(&self, conv: &mut Conversation) -> Result<(), ApiError> {
+    /// The function tools (also those of `namespace` tools) and the choice; the names of the
+    /// hosted tools that are ignored (`web_search`: the CLI's model answers without it).
+    fn tools(&self, conv: &mut Conversation) -> Result<Vec<String>, ApiError> {
         let mut tools = Vec::new();
+        let mut ignored = Vec::new();
         for (i, t) in self.tools.iter().flatten().enumerate() {
             let param = format!("tools[{i}]");
             match t.get("type").and_then(Value::as_str) {
                 Some("function") => tools.push(compat::function_tool(t, &param)?),
+                Some("namespace") => {
+                    let ns = t.get("name").and_then(Value::as_str).unwrap_or_default();
+                    for (j, f) in t
+                        .get("tools")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .enumerate()
+                    {
+                        let fparam = format!("{param}.tools[{j}]");
+                        if f.get("type").and_then(Value::as_str) != Some("function") {
+                            return Err(compat::unsupported(
+                                &format!("{fparam}.type"),
+                                "only function tools are supported in a namespace",
+                            ));
+                        }
+                        let mut tool = compat::function_tool(f, &fparam)?;
+                        tool.client_name = Some(tool.name.clone());
+                        tool.name = format!("{ns}__{}", tool.name);
+                        tool.namespace = Some(ns.to_string());
+                        tools.push(tool);
+                    }
+                }
+                Some("web_search" | "web_search_preview") => {
+                    ignored.push("tools.web_search".into())
+                }
                 other => {
                     return Err(compat::unsupported(
                         &format!("{param}.type"),
-                        format!("tool type {other:?} is not supported (function tools only)"),
+                        format!(
+                            "tool type {} is not supported (function tools only)",
+                            other.map_or("(none)".to_string(), |o| format!("{o:?}"))
+                        ),
                     ))
                 }
             }
         }
         let choice = compat::openai_tool_choice(self.tool_choice.as_ref(), "tool_choice")?;
-        conv.set_tools(tools, choice, "tool_choice")
+        conv.set_tools(tools, choice, "tool_choice")?;
+        Ok(ignored)
     }
 
     fn check(&self) -> Result<(), ApiError> {
@@ -280,10 +312,14 @@ fn function_call(c: &CallView, status: &str) -> Value {
     } else {
         String::new()
     };
-    json!({
+    let mut item = json!({
         "type": "function_call", "id": format!("fc_{}", c.id), "call_id": c.id,
         "name": c.name, "arguments": arguments, "status": status,
-    })
+    });
+    if let Some(ns) = &c.namespace {
+        item["namespace"] = ns.as_str().into();
+    }
+    item
 }
 
 /// The assistant's `message` output item.
@@ -322,7 +358,7 @@ pub(crate) async fn create(
     let format = r.text.as_ref().and_then(|t| t.get("format"));
     let mut conv = conversation(&r)?;
     conv.output_schema = compat::format_schema(format, "text.format")?;
-    r.tools(&mut conv)?;
+    let ignored = r.tools(&mut conv)?;
     // Continue the session of the named response (its owner only).
     let session = match &r.previous_response_id {
         Some(prev) => {
@@ -368,7 +404,9 @@ pub(crate) async fn create(
             text: String::new(),
             message_open: false,
         };
-        return compat::stream(ctx, started, frames).await;
+        let mut resp = compat::stream(ctx, started, frames).await?;
+        compat::name_ignored(&mut resp, &ignored);
+        return Ok(resp);
     }
     let reply = compat::complete(ctx, started).await?;
     let body = shape.object(
@@ -383,6 +421,7 @@ pub(crate) async fn create(
     }
     let mut resp = json_response(StatusCode::OK, &body);
     compat::set_session_header(&mut resp, &reply.session_id);
+    compat::name_ignored(&mut resp, &ignored);
     Ok(resp)
 }
 
