@@ -138,10 +138,35 @@ def test_parallel_calls_come_in_one_answer(compat):
     assert "result-of-get_weather" in text and "result-of-get_time" in text, text
 
 
-def test_tool_choice_none_offers_no_tool(compat):
+@pytest.mark.parametrize("backend", ["codex", "gemini"])
+def test_parallel_calls_on_cli_that_announce_calls_late(compat, backend):
+    """codex and gemini print a call only as they make it: the calls of one step come in one
+    answer when they reach clinvkd together, else in the next round trips. Either way every
+    call is answered once and the model gets every result."""
+    d = compat()
+    client = d.openai()
+    messages = [{"role": "user", "content":
+                 'Both [[call:get_weather={"city":"Rome"}]] [[call:get_time={"city":"Rome"}]]'}]
+    called = []
+    for _ in range(4):
+        r = client.chat.completions.create(model=backend, messages=messages, tools=[WEATHER, TIME])
+        if r.choices[0].finish_reason != "tool_calls":
+            break
+        messages.append(r.choices[0].message.model_dump(exclude_none=True))
+        for c in r.choices[0].message.tool_calls:
+            called.append(c.function.name)
+            messages.append({"role": "tool", "tool_call_id": c.id,
+                             "content": "result-of-" + c.function.name})
+    assert sorted(called) == ["get_time", "get_weather"], called
+    text = r.choices[0].message.content
+    assert "result-of-get_weather" in text and "result-of-get_time" in text, text
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tool_choice_none_offers_no_tool(compat, backend):
     d = compat()
     r = d.openai().chat.completions.create(
-        model="claude", tool_choice="none", tools=[WEATHER],
+        model=backend, tool_choice="none", tools=[WEATHER],
         messages=[{"role": "user", "content": "no tools [[call:get_weather]]"}])
     assert r.choices[0].finish_reason == "stop" and r.choices[0].message.tool_calls is None
     last = d.model_calls()[-1]

@@ -795,6 +795,9 @@ impl CallView {
 /// How long a batch of calls the CLI announced waits for the calls still to come (a CLI that
 /// runs them one by one sends only the first; then the batch goes out without the others).
 const BATCH_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long after a call others are taken into the same answer (a call that comes later is
+/// answered in the next round trip: nothing is lost, only batching).
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(150);
 
 /// Reads a run's updates as text pieces: token deltas as the CLI prints them, or whole messages
 /// when the CLI prints no deltas (a whole message after deltas would repeat them); client-tool
@@ -928,7 +931,9 @@ impl Pieces {
                 None => break,
             }
         }
-        while let Some(c) = self.run.next_call_within(std::time::Duration::ZERO).await {
+        // Calls the CLI did not announce (codex and gemini print a call only as they make
+        // it): those that follow within a moment belong to the same step.
+        while let Some(c) = self.run.next_call_within(BATCH_WINDOW).await {
             self.batch.push(PendingCall::new(c));
         }
         // In the order the model made them (the endpoint gets them in any order).
