@@ -14,6 +14,7 @@ CACHE="${CLINVK_TEST_CACHE:-$REPO/.test-cache}"
 NPM_DIR="$CACHE/npm"
 VENV="$CACHE/venv"
 REQS="$TESTS_DIR/requirements.txt"
+REQS_NODEPS="$TESTS_DIR/requirements-nodeps.txt"
 
 # shellcheck source=cli-versions.env
 source "$TESTS_DIR/cli-versions.env"
@@ -88,7 +89,7 @@ fi
 
 # ---- Python venv ---------------------------------------------------------------
 PY="${PYTHON:-python3}"
-stamp_value="$( { cat "$REQS"; "$PY" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
+stamp_value="$( { cat "$REQS" "$REQS_NODEPS"; "$PY" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
 stamp_file="$VENV/.clinvk-requirements.sha256"
 
 if [ -x "$VENV/bin/python" ] && [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp_value" ]; then
@@ -119,6 +120,7 @@ else
   fi
   say "venv: installing tests/requirements.txt into $VENV"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQS"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r "$REQS_NODEPS"
   printf '%s\n' "$stamp_value" > "$stamp_file"
   say "venv: done in $((SECONDS - start)) s"
 fi

@@ -172,3 +172,21 @@ def test_vercel_ai_sdk_generate_stream_and_objects(compat):
     assert out["toolRuns"] == ["Oslo"], out
     assert "tool-results=" in out["toolText"] and "cold in Oslo" in out["toolText"], out
     assert out["toolSteps"] == 2, out
+
+
+def test_instructor_tools_mode(compat):
+    """instructor in TOOLS mode: the response model is a function the model must call
+    (`tool_choice` names it); the call's arguments are the answer."""
+    import instructor
+    from openai import OpenAI
+
+    d = compat()
+    client = instructor.from_openai(OpenAI(base_url=d.openai_base, api_key="sk-unused",
+                                           max_retries=0), mode=instructor.Mode.TOOLS)
+    city = client.chat.completions.create(
+        model="claude", response_model=City, max_retries=0,
+        messages=[{"role": "user", "content": '[[call:City={"name":"Lyon","country":"France"}]]'}])
+    assert city.model_dump() == {"name": "Lyon", "country": "France"}
+    # The function was offered as the named tool_choice asks.
+    call = [c for c in d.model_calls() if c["tool_calls"]][-1]
+    assert call["tool_calls"] == ["mcp__clinvk__City"], call["tool_calls"]
