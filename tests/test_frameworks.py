@@ -1,8 +1,9 @@
 """Agent frameworks and clients at their defaults, pinned (tests/requirements.txt), against clinvk
 with the real CLIs and the fake model server: the OpenAI Agents SDK (Responses API; plain,
-streamed, structured output_type), pydantic-ai (Responses and chat models; text and native
-structured output), the `llm` CLI (plain, streamed, --schema) and the Vercel AI SDK (Node:
-generateText, streamText, Output.object, generateObject)."""
+streamed, structured output_type, an agent with a function_tool), pydantic-ai (Responses and
+chat models; text, native and tool structured output, an agent with a tool), the `llm` CLI
+(plain, streamed, --schema), the Vercel AI SDK (Node: generateText, streamText, Output.object,
+generateObject, generateText with a tool over several steps) and instructor's tools mode."""
 
 from __future__ import annotations
 
