@@ -8,8 +8,8 @@ import pytest
 from compat_world import compat  # noqa: F401  (fixture)
 
 
-# ChatOpenAI sends codex-like model names to the Responses API (/openai/v1/responses, planned,
-# not built yet), so codex is reached here with use_responses_api=False.
+# ChatOpenAI sends codex-like model names to the Responses API by itself; chat completions are
+# what this test proves, so it asks for them (the Responses API: test_chat_openai_bind_tools_round_trip).
 @pytest.mark.parametrize("backend", ["claude", "codex", "gemini"])
 def test_chat_openai_invoke_and_stream(compat, backend):
     from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
