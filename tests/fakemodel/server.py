@@ -762,6 +762,21 @@ class Handler(BaseHTTPRequestHandler):
         ev("message_stop", {"type": "message_stop"})
         self._end_stream()
 
+    def _responses_stream(self, response):
+        """Starts a Responses SSE stream (`response.created`, `response.in_progress`) and
+        returns its event writer (typed events with sequence numbers)."""
+        seq = [0]
+
+        def ev(name, obj):
+            obj = dict({"type": name, "sequence_number": seq[0]}, **obj)
+            seq[0] += 1
+            self._chunk(f"event: {name}\ndata: {json.dumps(obj)}\n\n")
+
+        self._start_stream()
+        ev("response.created", {"response": response("in_progress", [], False)})
+        ev("response.in_progress", {"response": response("in_progress", [], False)})
+        return ev
+
     def _responses_calls(self, model, stream, calls, in_tokens):
         """A response whose output is function_call items (codex's code mode: one `exec` call
         whose JavaScript calls the MCP tools at once)."""
@@ -791,16 +806,7 @@ class Handler(BaseHTTPRequestHandler):
 
         if not stream:
             return self._send_json(200, response("completed", items, True))
-        seq = [0]
-
-        def ev(name, obj):
-            obj = dict({"type": name, "sequence_number": seq[0]}, **obj)
-            seq[0] += 1
-            self._chunk(f"event: {name}\ndata: {json.dumps(obj)}\n\n")
-
-        self._start_stream()
-        ev("response.created", {"response": response("in_progress", [], False)})
-        ev("response.in_progress", {"response": response("in_progress", [], False)})
+        ev = self._responses_stream(response)
         for i, item in enumerate(items):
             field, kind = (("input", "custom_tool_call_input") if item["type"] == "custom_tool_call"
                            else ("arguments", "function_call_arguments"))
@@ -882,16 +888,7 @@ class Handler(BaseHTTPRequestHandler):
             r["output_text"] = text
             return self._send_json(200, r)
 
-        seq = [0]
-
-        def ev(name, obj):
-            obj = dict({"type": name, "sequence_number": seq[0]}, **obj)
-            seq[0] += 1
-            self._chunk(f"event: {name}\ndata: {json.dumps(obj)}\n\n")
-
-        self._start_stream()
-        ev("response.created", {"response": response("in_progress", [], False)})
-        ev("response.in_progress", {"response": response("in_progress", [], False)})
+        ev = self._responses_stream(response)
         ev("response.output_item.added", {"output_index": 0, "item": {
             "id": item_id, "type": "message", "status": "in_progress", "role": "assistant",
             "content": []}})
