@@ -110,6 +110,10 @@ pub(crate) struct Inner {
     pub(crate) responses: crate::responses::ResponseStore,
     /// The warm workers (live CLI processes kept between turns).
     pub(crate) workers: crate::worker::Workers,
+    /// One row per run (SQLite), and the daily quotas counted from it.
+    pub(crate) usage: crate::usage::UsageStore,
+    /// The prompts running now (live view, cancel, concurrency quota).
+    pub(crate) live: crate::live::LiveRuns,
 }
 
 impl std::ops::Deref for Ctx {
@@ -155,6 +159,7 @@ impl Ctx {
             &crate::keys::external_keys(&loaded.settings.server.api_keys_gopass_path)
                 .map_err(anyhow::Error::msg)?,
         );
+        let usage = crate::usage::UsageStore::open(&paths.state_dir.join("usage.db"));
         let (drain_tx, _) = watch::channel(false);
         let (stop_tx, _) = watch::channel(false);
         Ok(Ctx(Arc::new(Inner {
@@ -182,6 +187,8 @@ impl Ctx {
             keys,
             responses,
             workers: crate::worker::Workers::default(),
+            usage,
+            live: crate::live::LiveRuns::default(),
         })))
     }
 

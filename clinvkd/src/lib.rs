@@ -10,12 +10,14 @@ pub(crate) mod engine;
 pub(crate) mod error;
 pub(crate) mod http;
 pub(crate) mod keys;
+pub(crate) mod live;
 pub mod logging;
 pub(crate) mod ops;
 pub(crate) mod responses;
 pub mod service;
 pub(crate) mod session;
 pub mod supervisor;
+pub(crate) mod usage;
 pub(crate) mod worker;
 
 #[cfg(test)]
