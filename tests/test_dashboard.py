@@ -135,6 +135,10 @@ def test_dashboard_end_to_end(live_world, fake_model, browser):
     b.wait("document.querySelectorAll('#transcript .turn').length >= 1", what="a transcript")
     b.screenshot(out / "dashboard.png")
 
+    # The API docs page links to the dashboard.
+    b.goto(url + "/docs")
+    b.wait("document.querySelector('a[href=\"/ui\"]') !== null", what="the dashboard link on /docs")
+
     # Nothing came from anywhere but the daemon.
     origin = urllib.parse.urlparse(url)
     foreign = [u for u in b.requests

@@ -263,8 +263,15 @@ impl KeyStore {
         let lock_file = opts.open(&lock_path).map_err(werr)?;
         let _flock = Flock::lock(lock_file, FlockArg::LockExclusive)
             .map_err(|(_, e)| werr(std::io::Error::from(e)))?;
-        let mut stored = read_file(&self.file)?.unwrap_or_default();
+        let on_disk = read_file(&self.file)?;
+        let mut stored = on_disk.clone().unwrap_or_default();
         let out = f(&mut stored);
+        if on_disk.as_ref() == Some(&stored) || (on_disk.is_none() && stored.is_empty()) {
+            // Nothing changed: no write (a revoke of an unknown key must not create the store
+            // file, which would switch auth on).
+            self.set_stored(on_disk.is_some(), stored);
+            return Ok(out);
+        }
         let bytes =
             serde_json::to_vec_pretty(&stored).map_err(|e| werr(std::io::Error::other(e)))?;
         write_private_atomic(&self.file, &bytes).map_err(werr)?;
@@ -413,6 +420,12 @@ mod tests {
         assert!(ks.revoke(&k.id).unwrap());
         assert!(ks.check(&secret).is_none());
         assert!(!ks.revoke("nothing").unwrap());
+        let fresh = KeyStore::open(&d.path().join("other.json")).unwrap();
+        assert!(!fresh.revoke("nothing").unwrap());
+        assert!(
+            !fresh.configured(),
+            "revoking an unknown key creates no store (auth stays off)"
+        );
         // The last key revoked: still required (fails closed) until auth is switched off.
         assert_eq!(ks.count(), 0);
         assert!(ks.required(AuthMode::Auto));

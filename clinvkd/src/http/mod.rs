@@ -417,7 +417,7 @@ async fn call(
         Op::Usage => native::json_ok(
             &crate::ops::usage::report(ctx, &me, ui::usage_query(&req.query)?).await?,
         ),
-        Op::Live => Ok(ui::live(ctx, me)),
+        Op::Live => ui::live(ctx, me, req.header("accept")),
         Op::RunCancel => native::json_ok(&crate::ops::usage::cancel(ctx, &me, &param)?),
         Op::KeysList => native::json_ok(&crate::ops::keys::list(ctx)),
         Op::KeysAdd => native::json_ok(&crate::ops::keys::add(ctx, req.json(ctx).await?).await?),

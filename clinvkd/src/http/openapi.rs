@@ -470,14 +470,23 @@ fn describe(op: Op, s: &mut Schemas) -> OpDoc {
                 ..doc("usage", "Usage and cost, grouped", ("The report.", json_body(s.answer::<api::UsageReport>())))
             }
         }
-        Op::Live => doc(
-            "live",
-            "What runs now, as server-sent events",
-            (
-                "`event: live` frames, each `data:` a `LiveSnapshot` (running prompts and warm workers): one at once, then at every change.",
-                json!({"text/event-stream": {"schema": sse_event(), "x-stream-item": s.answer::<api::LiveSnapshot>()}}),
-            ),
-        ),
+        Op::Live => {
+            let snapshot = s.answer::<api::LiveSnapshot>();
+            OpDoc {
+                description: Some("The running prompts (a key without the `admin` scope sees only its own) and the warm workers. With `Accept: text/event-stream` the answer is a stream of server-sent events that stays open: an `event: live` frame whose `data:` is a `LiveSnapshot` at once, then at every change (and every few seconds); otherwise the snapshot once, as JSON."),
+                ..doc(
+                    "live",
+                    "What runs now (JSON, or server-sent events)",
+                    (
+                        "The snapshot, or with `Accept: text/event-stream` the event stream.",
+                        json!({
+                            "application/json": {"schema": snapshot.clone()},
+                            "text/event-stream": {"schema": sse_event(), "x-stream-item": snapshot},
+                        }),
+                    ),
+                )
+            }
+        }
         Op::RunCancel => OpDoc {
             description: Some("Cancels a running prompt (its CLI's process group is killed); its client gets the run's end with `error: cancelled`. An `admin` key may cancel any run, another key only its own."),
             parameters: vec![json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "The run's id, from `/api/v1/live`."})],

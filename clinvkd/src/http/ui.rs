@@ -88,9 +88,17 @@ fn event(ctx: &Ctx, caller: &Caller) -> Bytes {
     }
 }
 
-/// `GET /api/v1/live`: a `live` event with the running prompts and warm workers at once, then at
-/// every change (and every few seconds). Ends when the daemon starts to stop.
-pub(crate) fn live(ctx: &Ctx, caller: Caller) -> Response {
+/// `GET /api/v1/live`: with `Accept: text/event-stream`, a `live` event with the running prompts
+/// and warm workers at once, then at every change (and every few seconds), until the daemon
+/// starts to stop; otherwise the snapshot once, as JSON.
+pub(crate) fn live(ctx: &Ctx, caller: Caller, accept: Option<&str>) -> Result<Response, ApiError> {
+    let wants_stream = accept.is_some_and(|a| {
+        a.split(',')
+            .any(|m| m.split(';').next().unwrap_or("").trim() == "text/event-stream")
+    });
+    if !wants_stream {
+        return super::native::json_ok(&crate::ops::usage::live(ctx, &caller));
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     let mut changes = ctx.live.subscribe();
     let drain = ctx.drain_started();
@@ -110,7 +118,7 @@ pub(crate) fn live(ctx: &Ctx, caller: Caller) -> Response {
             }
         }
     });
-    super::streamed(rx, "text/event-stream")
+    Ok(super::streamed(rx, "text/event-stream"))
 }
 
 #[cfg(test)]

@@ -118,7 +118,7 @@ async function connectLive() {
   liveAbort = new AbortController();
   const signal = liveAbort.signal;
   try {
-    const r = await fetch("/api/v1/live", { headers: headers(), signal });
+    const r = await fetch("/api/v1/live", { headers: headers({ "Accept": "text/event-stream" }), signal });
     if (!r.ok) throw new ApiError(r.status, await r.json().catch(() => null));
     $("live-state").textContent = "live";
     const reader = r.body.getReader();
