@@ -98,6 +98,7 @@ def test_dashboard_end_to_end(live_world, fake_model, browser):
     row = b.js("document.querySelector('#live-runs tr[data-run]').textContent")
     assert "claude" in row and "native" in row, row
     b.screenshot(out / "03-running.png")
+    b.screenshot(out / "dashboard-small.png", scale=0.6)  # what docs/dashboard.png shows
     b.click("#live-runs tr[data-run] button.cancel")
     b.wait("document.querySelectorAll('#live-runs tr[data-run]').length === 0", what="the run to end")
     poll(lambda: not any(pid_alive(p) for p in pids), 30, "the cancelled CLI to be gone")
@@ -133,6 +134,7 @@ def test_dashboard_end_to_end(live_world, fake_model, browser):
     b.wait("document.querySelectorAll('#sessions tr[data-session]').length === 2", what="two sessions")
     b.click("#sessions tr[data-session]")
     b.wait("document.querySelectorAll('#transcript .turn').length >= 1", what="a transcript")
+    b.js("window.scrollTo(0, 0)")
     b.screenshot(out / "dashboard.png")
 
     # The API docs page links to the dashboard.
