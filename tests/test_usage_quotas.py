@@ -162,3 +162,40 @@ def test_old_key_files_keep_working_as_use_keys(live_world):
     assert r.status == 200 and r.json["exit_code"] == 0, r
     assert call(url, "GET", "/api/v1/keys", headers=bearer(secret)).status == 403
     assert keys_list(live_world)["old"]["scope"] == "use"
+
+
+def metric(url: str, key: str, name: str) -> float:
+    r = call(url, "GET", "/metrics", headers=bearer(key))
+    assert r.status == 200, r
+    values = [float(line.split()[-1]) for line in r.raw.decode().splitlines()
+              if line.startswith(name) and not line.startswith("#")]
+    return sum(values)
+
+
+def test_a_corrupt_or_locked_usage_store_never_stops_a_run(live_world):
+    import sqlite3
+    live_world.state_dir.mkdir(parents=True, exist_ok=True)
+    (live_world.state_dir / "usage.db").write_bytes(b"this is not a database" * 400)
+    url = start_live(live_world)
+    key = add_key(live_world, "k", "--requests-per-day", "100")
+    # The corrupt file was moved aside, counted, and a new store started.
+    assert list(live_world.state_dir.glob("usage.db.corrupt-*")), sorted(live_world.state_dir.iterdir())
+    assert metric(url, key, "clinvk_usage_store_errors_total") >= 1
+    r = prompt(url, key, "after the corruption")
+    assert r.status == 200 and r.json["exit_code"] == 0, r
+    assert usage(live_world, "key")["total"]["requests"] == 1
+
+    # Locked by another process: the run goes on unrecorded; the failure is counted.
+    before = metric(url, key, "clinvk_usage_store_errors_total")
+    db = sqlite3.connect(live_world.state_dir / "usage.db", timeout=1, isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    try:
+        r = prompt(url, key, "while the store is locked")
+        assert r.status == 200 and r.json["exit_code"] == 0, r
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    assert metric(url, key, "clinvk_usage_store_errors_total") > before
+    r = prompt(url, key, "unlocked again")
+    assert r.status == 200, r
+    assert usage(live_world, "key")["total"]["requests"] == 2, "the locked run is the one not recorded"

@@ -73,9 +73,12 @@ pub(crate) enum QuotaExceeded {
     Tokens { used: u64, limit: u64 },
 }
 
+/// The counter of store errors in `/metrics`.
+const ERRORS_METRIC: &str = "clinvk_usage_store_errors_total";
+
 /// A store error: logged and counted, never passed to a run.
 fn failed(what: &str, e: &dyn std::fmt::Display) {
-    metrics::counter!("clinvk_usage_store_errors_total").increment(1);
+    metrics::counter!(ERRORS_METRIC).increment(1);
     tracing::error!(error = %e, "usage store: {what}");
 }
 
@@ -118,6 +121,8 @@ pub(crate) fn cost(
 #[derive(Clone)]
 pub(crate) struct UsageStore {
     conn: Arc<Mutex<Option<Connection>>>,
+    /// Errors while opening (before the metrics recorder exists; see `count_open_errors`).
+    open_errors: u64,
 }
 
 fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
@@ -167,9 +172,11 @@ impl UsageStore {
     /// Opens (or creates) the database; failures are logged and leave a store that records
     /// nothing.
     pub(crate) fn open(path: &Path) -> Self {
+        let mut open_errors = 0;
         let conn = match open_conn(path) {
             Ok(c) => Some(c),
             Err(e) if is_corrupt(&e) => {
+                open_errors += 1;
                 let aside = path.with_extension(format!("db.corrupt-{}", now_ms()));
                 failed(
                     &format!(
@@ -186,10 +193,14 @@ impl UsageStore {
                     let _ = std::fs::remove_file(PathBuf::from(p));
                 }
                 open_conn(path)
-                    .map_err(|e| failed("cannot create a new database", &e))
+                    .map_err(|e| {
+                        open_errors += 1;
+                        failed("cannot create a new database", &e)
+                    })
                     .ok()
             }
             Err(e) => {
+                open_errors += 1;
                 failed(&format!("cannot open {}", path.display()), &e);
                 None
             }
@@ -199,7 +210,14 @@ impl UsageStore {
         }
         UsageStore {
             conn: Arc::new(Mutex::new(conn)),
+            open_errors,
         }
+    }
+
+    /// Counts the errors of the opening in `/metrics` (called once the recorder is installed;
+    /// the series exists from then on, at 0 when all went well).
+    pub(crate) fn count_open_errors(&self) {
+        metrics::counter!(ERRORS_METRIC).increment(self.open_errors);
     }
 
     /// A store that records nothing (tests).
@@ -207,6 +225,7 @@ impl UsageStore {
     pub(crate) fn disabled() -> Self {
         UsageStore {
             conn: Arc::new(Mutex::new(None)),
+            open_errors: 0,
         }
     }
 
@@ -529,6 +548,69 @@ mod tests {
                 &TokenUsage::default()
             ),
             None
+        );
+    }
+}
+
+#[cfg(test)]
+mod measure {
+    use super::*;
+
+    #[test]
+    #[ignore = "a measurement, not a check: cargo test -p clinvkd --lib measure -- --ignored --nocapture"]
+    fn write_latency_and_size_per_1000_runs() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("usage.db");
+        let store = UsageStore::open(&path);
+        let settings = Settings::default();
+        let q = Quotas {
+            requests_per_day: Some(1_000_000),
+            tokens_per_day: Some(u64::MAX),
+            ..Default::default()
+        };
+        let run = NewRun {
+            key_id: Some("0123456789ab".into()),
+            backend: Backend::Claude,
+            model: Some("claude-sonnet-4-5".into()),
+            api_style: "native".into(),
+            session_id: Some("0b5e8f0e-4a0c-4f7e-9d43-2b8e1b7c9f10".into()),
+        };
+        let end = RunEnd {
+            duration_ms: 1234,
+            first_output_ms: Some(321),
+            outcome: "ok",
+            usage: TokenUsage {
+                input_tokens: 12_351,
+                output_tokens: 512,
+                cache_tokens: 12_000,
+                cost_usd: Some(0.0495),
+            },
+            ..Default::default()
+        };
+        let n = 1000;
+        let (mut begin, mut finish) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            let t = std::time::Instant::now();
+            let id = store.begin(&run, &q).unwrap().unwrap();
+            begin.push(t.elapsed());
+            let t = std::time::Instant::now();
+            store.finish(id, &settings, Backend::Claude, &end);
+            finish.push(t.elapsed());
+        }
+        begin.sort();
+        finish.sort();
+        let p = |v: &Vec<Duration>, q: f64| v[((v.len() - 1) as f64 * q) as usize];
+        let t = std::time::Instant::now();
+        let _ = store.report(&UsageQuery::default(), 0, None);
+        let report = t.elapsed();
+        drop(store);
+        let size: u64 = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        println!(
+            "begin (quota check + insert): p50 {:?} p99 {:?}; finish: p50 {:?} p99 {:?}; report over {n}: {:?}; files after {n} runs: {} bytes",
+            p(&begin, 0.5), p(&begin, 0.99), p(&finish, 0.5), p(&finish, 0.99), report, size
         );
     }
 }
