@@ -199,3 +199,47 @@ def test_a_corrupt_or_locked_usage_store_never_stops_a_run(live_world):
     r = prompt(url, key, "unlocked again")
     assert r.status == 200, r
     assert usage(live_world, "key")["total"]["requests"] == 2, "the locked run is the one not recorded"
+
+
+def test_live_runs_and_cancel_over_http(live_world, fake_model):
+    """`GET /api/v1/live` (JSON without `Accept: text/event-stream`) lists a held run to its key
+    and to admins only; `POST /api/v1/runs/{id}/cancel` ends it (warm mode: the turn is
+    interrupted) and the stream says so; the usage store counts it as a failed run."""
+    import http.client
+    import urllib.parse
+    url = start_live(live_world)
+    a, b = add_key(live_world, "a"), add_key(live_world, "b")
+    admin = add_key(live_world, "admin", "--scope", "admin")
+    ids = {name: k["id"] for name, k in keys_list(live_world).items()}
+    u = urllib.parse.urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+    conn.request("POST", "/api/v1/prompt", body=json.dumps(
+        {"backend": "claude", "prompt": "hold on [[gate]]", "output_format": "stream-json"}),
+        headers={"Content-Type": "application/json", **bearer(a)})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    try:
+        while True:  # the first piece: the run is going, the fake model holds the rest
+            ev = json.loads(resp.readline())
+            if ev["type"] == "message":
+                break
+        r = call(url, "GET", "/api/v1/live", headers=bearer(a))
+        assert r.status == 200 and r.headers["content-type"] == "application/json", r
+        [run] = r.json["runs"]
+        assert (run["backend"], run["key_id"], run["api_style"]) == ("claude", ids["a"], "native"), run
+        assert run["session_id"] == ev["session_id"]
+        assert call(url, "GET", "/api/v1/live", headers=bearer(b)).json["runs"] == []
+        assert [x["id"] for x in call(url, "GET", "/api/v1/live", headers=bearer(admin)).json["runs"]] == [run["id"]]
+        r = jpost(url, f"/api/v1/runs/{run['id']}/cancel", {}, bearer(b))
+        assert r.status == 404 and r.code == "run_not_found", r
+        r = jpost(url, f"/api/v1/runs/{run['id']}/cancel", {}, bearer(a))
+        assert r.status == 200 and r.json == {"id": run["id"], "cancelled": True}, r
+        rest = [json.loads(line) for line in resp.read().splitlines() if line.strip()]
+    finally:
+        conn.close()
+        fake_model.release()
+    assert rest[-1]["type"] == "done" and rest[-1]["content"]["error"] == "cancelled", rest
+    assert any(e["type"] == "error" and e["content"]["message"] == "cancelled" for e in rest), rest
+    assert call(url, "GET", "/api/v1/live", headers=bearer(admin)).json["runs"] == []
+    mine = {g["group"]: g for g in usage(live_world, "key")["groups"]}[ids["a"]]
+    assert (mine["requests"], mine["errors"]) == (1, 1), mine
