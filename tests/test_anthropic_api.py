@@ -89,8 +89,10 @@ def test_fields_a_client_relies_on_are_refused(compat):
     d = compat()
     client = d.anthropic()
     before = len(d.model_calls())
-    tools = [{"name": "t", "description": "d", "input_schema": {"type": "object"}}]
-    for param, extra in [("tools", dict(tools=tools)),
+    # Server tools (run by Anthropic's servers) have no CLI equivalent; client tools work
+    # (tests/test_tools.py).
+    server_tools = [{"type": "web_search_20250305", "name": "web_search"}]
+    for param, extra in [("web_search_20250305", dict(tools=server_tools)),
                          ("tool_choice", dict(tool_choice={"type": "any"})),
                          ("stop_sequences", dict(stop_sequences=["X"]))]:
         for stream in (False, True):

@@ -69,11 +69,62 @@ def test_pydantic_ai_text_and_native_structured_output(compat, model_class):
         "fake-reply turns=1 last=hello pydantic")
     city = Agent(model, output_type=NativeOutput(City)).run_sync("a city").output
     assert isinstance(city, City), city
-    # pydantic-ai's default for a structured output_type is a tool the model calls: refused
-    # with a clear 400 until client tool calls are passed through (never prose as a City).
-    with pytest.raises(Exception) as e:
-        Agent(model, output_type=City).run_sync("a city")
-    assert "tool calls are not supported" in str(e.value), e.value
+    # pydantic-ai's default for a structured output_type is a tool the model calls
+    # (`final_result`): a client tool call like any other.
+    city = Agent(model, output_type=City).run_sync("a city [[call:final_result]]").output
+    assert isinstance(city, City), city
+
+
+@pytest.mark.parametrize("model_class", ["OpenAIResponsesModel", "OpenAIChatModel"])
+def test_pydantic_ai_agent_with_a_tool(compat, model_class):
+    import pydantic_ai.models.openai as models
+    from pydantic_ai import Agent
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    d = compat()
+    provider = OpenAIProvider(base_url=d.openai_base, api_key="sk-unused")
+    agent = Agent(getattr(models, model_class)("claude", provider=provider))
+    ran = []
+
+    @agent.tool_plain
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        ran.append(city)
+        return f"warm in {city}"
+
+    out = agent.run_sync('weather [[call:get_weather={"city":"Paris"}]]').output
+    assert ran == ["Paris"], ran
+    assert "tool-results=warm in Paris" in out, out
+
+
+def test_openai_agents_sdk_agent_with_a_function_tool(compat):
+    from agents import Agent, Runner, function_tool, set_default_openai_client, set_tracing_disabled
+    from openai import AsyncOpenAI
+
+    d = compat()
+    set_tracing_disabled(True)
+    ran = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        ran.append(city)
+        return f"rainy in {city}"
+
+    async def main():
+        set_default_openai_client(AsyncOpenAI(base_url=d.openai_base, api_key="sk-unused",
+                                              max_retries=0))
+        agent = Agent(name="weather", model="claude", tools=[get_weather])
+        plain = await Runner.run(agent, '[[call:get_weather={"city":"Bern"}]]')
+        streamed = Runner.run_streamed(agent, '[[call:get_weather={"city":"Chur"}]]')
+        async for _ in streamed.stream_events():
+            pass
+        return plain, streamed
+
+    plain, streamed = asyncio.run(main())
+    assert ran == ["Bern", "Chur"], ran
+    assert "tool-results=rainy in Bern" in plain.final_output, plain.final_output
+    assert "tool-results=rainy in Chur" in streamed.final_output, streamed.final_output
 
 
 def test_llm_cli_with_an_openai_compatible_model_entry(compat, tmp_path):
@@ -117,3 +168,7 @@ def test_vercel_ai_sdk_generate_stream_and_objects(compat):
     assert out["stream"] == "fake-reply turns=1 last=streamed vercel" and out["streamParts"] > 1
     City.model_validate(out["output"])
     City.model_validate(out["object"])
+    # generateText with a tool and several steps: the tool ran, its result reached the model.
+    assert out["toolRuns"] == ["Oslo"], out
+    assert "tool-results=" in out["toolText"] and "cold in Oslo" in out["toolText"], out
+    assert out["toolSteps"] == 2, out

@@ -96,9 +96,10 @@ def test_refused_fields_are_named_and_nothing_runs(compat):
     d = compat()
     client = d.openai()
     before = len(d.model_calls())
-    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
+    # Function tools work (tests/test_tools.py); hosted tools (web/file search) do not.
+    tools = [{"type": "web_search"}]
     schema = {"format": {"type": "xml"}}
-    for param, extra in [("tools", dict(tools=tools)),
+    for param, extra in [("tools[0].type", dict(tools=tools)),
                          ("text.format", dict(text=schema)),
                          ("background", dict(background=True))]:
         for stream in (False, True):

@@ -114,6 +114,8 @@ pub(crate) struct Inner {
     pub(crate) usage: crate::usage::UsageStore,
     /// The prompts running now (live view, cancel, concurrency quota).
     pub(crate) live: crate::live::LiveRuns,
+    /// Client tool calls: the MCP endpoint and the runs waiting for results.
+    pub(crate) tools: Arc<crate::tools::ToolHub>,
 }
 
 impl std::ops::Deref for Ctx {
@@ -189,6 +191,7 @@ impl Ctx {
             workers: crate::worker::Workers::default(),
             usage,
             live: crate::live::LiveRuns::default(),
+            tools: Arc::default(),
         })))
     }
 

@@ -206,6 +206,9 @@ pub async fn run(
     }
     ctx.set_http_addrs(addrs);
     crate::engine::prepare_default_workdir(&ctx)?;
+    ctx.tools
+        .start(ctx.stopped())
+        .context("cannot listen on a loopback port for the client-tools MCP endpoint")?;
 
     // A control socket passed by systemd belongs to it: adopted, never bound or removed here.
     let control_passed = activation.control.is_some();

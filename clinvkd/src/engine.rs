@@ -93,11 +93,19 @@ impl RunSummary {
 }
 
 /// One update of a running invocation.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum RunUpdate {
     Event(Event),
+    /// The model called a client tool; the CLI waits for the answer (see `tools`).
+    ToolCall(crate::tools::McpCall),
     Done(RunSummary),
 }
+
+/// The client-tool calls of a run (its MCP endpoint is open while this lives).
+type Calls = (
+    crate::tools::Registration,
+    tokio::sync::mpsc::UnboundedReceiver<crate::tools::McpCall>,
+);
 
 /// A started run: its process, and the parser turning its output into events. Dropping it
 /// cancels the run (its process group is killed).
@@ -118,6 +126,8 @@ pub(crate) struct RunStream {
     _schema_file: Option<tempfile::NamedTempFile>,
     /// The run's image files (codex, gemini), removed with the run.
     _images: Option<tempfile::TempDir>,
+    /// Client tools: the calls the model makes.
+    calls: Option<Calls>,
 }
 
 /// Where a run's output comes from.
@@ -152,6 +162,7 @@ struct WarmTurn {
     /// The number of this turn in its session (see `Workers::begin_turn`); 0 for a new session.
     seq: u64,
     deadline: tokio::time::Instant,
+    timeout: Duration,
     started: Instant,
     /// Output bytes of this turn, against `limits.max_output_bytes`.
     bytes: usize,
@@ -163,17 +174,19 @@ struct WarmTurn {
 
 enum TurnStep {
     Events(Vec<Event>),
+    Call(crate::tools::McpCall),
     End(ExitInfo),
 }
 
 impl WarmTurn {
-    async fn step(&mut self) -> TurnStep {
+    async fn step(&mut self, calls: Option<&mut Calls>) -> TurnStep {
         let Some(w) = self.worker.as_mut() else {
             return TurnStep::End(ExitInfo::default());
         };
         let backend = w.backend;
         let next = tokio::select! {
             ev = w.recv() => ev,
+            Some(c) = next_call(calls) => return TurnStep::Call(c),
             _ = tokio::time::sleep_until(self.deadline) => {
                 self.give_up();
                 return TurnStep::End(ExitInfo {
@@ -611,6 +624,14 @@ pub(crate) async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, Engin
     } else {
         None
     };
+    let calls = match &mut inv.client_tools {
+        Some(ct) => {
+            let (url, registration, rx) = ctx.tools.open(ct).map_err(EngineError::Spawn)?;
+            ct.url = Some(url);
+            Some((registration, rx))
+        }
+        None => None,
+    };
     let cfg = backend_settings(ctx, inv.backend)?;
     let source = match warm_turn(ctx, &inv, &cfg).await? {
         Some(turn) => Source::Warm(Box::new(turn)),
@@ -651,7 +672,16 @@ pub(crate) async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, Engin
         output_schema: inv.output_schema,
         _schema_file: schema_file,
         _images: images,
+        calls,
     })
+}
+
+/// The next client-tool call, if the run has client tools (never ends otherwise).
+async fn next_call(calls: Option<&mut Calls>) -> Option<crate::tools::McpCall> {
+    match calls {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The settings a warm worker is started with for `inv`, as a key: a worker only takes a turn
@@ -788,6 +818,7 @@ async fn warm_turn(
         permit: Some(permit),
         seq,
         deadline: tokio::time::Instant::now() + p.spec.timeout,
+        timeout: p.spec.timeout,
         started: Instant::now(),
         bytes: 0,
         max_bytes: settings.limits.max_output_bytes,
@@ -800,6 +831,41 @@ impl RunStream {
     /// The next update: the run's events as the CLI prints them, then one `Done`, then `None`.
     /// No task runs behind it: dropping the stream drops the process handle, which kills the
     /// process group.
+    /// Another client-tool call of the same model step, if one comes within `wait` (the
+    /// CLI's other output stays queued meanwhile).
+    pub(crate) async fn next_call_within(
+        &mut self,
+        wait: Duration,
+    ) -> Option<crate::tools::McpCall> {
+        let (_, rx) = self.calls.as_mut()?;
+        tokio::time::timeout(wait, rx.recv()).await.ok().flatten()
+    }
+
+    /// The run continues after waiting for a client's tool results: it gets its whole timeout
+    /// again (the wait was not the CLI's time; `tools.pending_timeout_secs` bounds it).
+    pub(crate) fn restart_timeout(&mut self) {
+        match &mut self.source {
+            Source::Oneshot { handle, .. } => handle.restart_timeout(),
+            Source::Warm(turn) => turn.deadline = tokio::time::Instant::now() + turn.timeout,
+        }
+    }
+
+    /// The run waits up to `d` for a client's tool results: its timeout does not end it
+    /// meanwhile (`restart_timeout` follows when it continues).
+    pub(crate) fn hold_for(&mut self, d: Duration) {
+        if let Source::Oneshot { handle, .. } = &self.source {
+            handle.kill_in(d + Duration::from_secs(5));
+        }
+    }
+
+    /// Stops the run for good: a warm worker is killed too (not interrupted and kept), e.g.
+    /// when its client-tool calls expired with the CLI waiting on them.
+    pub(crate) fn abandon(&mut self) {
+        if let Source::Warm(turn) = &mut self.source {
+            turn.give_up();
+        }
+    }
+
     pub(crate) async fn next(&mut self) -> Option<RunUpdate> {
         loop {
             if let Some(e) = self.pending.pop_front() {
@@ -824,7 +890,10 @@ impl RunStream {
                 return Some(RunUpdate::Done(self.summary()));
             }
             match &mut self.source {
-                Source::Oneshot { handle, parser } => match handle.events.recv().await {
+                Source::Oneshot { handle, parser } => match tokio::select! {
+                    ev = handle.events.recv() => ev,
+                    Some(c) = next_call(self.calls.as_mut()) => return Some(RunUpdate::ToolCall(c)),
+                } {
                     Some(ProcEvent::Line(line)) => self.pending.extend(parser.parse_line(&line)),
                     Some(ProcEvent::Exit(info)) => {
                         self.pending
@@ -834,7 +903,8 @@ impl RunStream {
                     // The process reader ended without an exit report.
                     None => self.exit = Some(ExitInfo::default()),
                 },
-                Source::Warm(turn) => match turn.step().await {
+                Source::Warm(turn) => match turn.step(self.calls.as_mut()).await {
+                    TurnStep::Call(c) => return Some(RunUpdate::ToolCall(c)),
                     TurnStep::Events(events) => {
                         self.pending.extend(events);
                         if turn.over() {

@@ -17,6 +17,7 @@ pub(crate) mod responses;
 pub mod service;
 pub(crate) mod session;
 pub mod supervisor;
+pub(crate) mod tools;
 pub(crate) mod usage;
 pub(crate) mod worker;
 

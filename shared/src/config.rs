@@ -29,6 +29,7 @@ pub struct Settings {
     pub models: BTreeMap<String, String>,
     pub log: LogSettings,
     pub limits: LimitSettings,
+    pub tools: ToolSettings,
     /// Prices (US dollars per million tokens) for the cost of runs whose CLI reports none, by
     /// `backend/model`, `model` or `backend` (the first that matches). An estimate.
     pub pricing: BTreeMap<String, Price>,
@@ -82,6 +83,7 @@ impl Default for Settings {
             models: BTreeMap::new(),
             log: LogSettings::default(),
             limits: LimitSettings::default(),
+            tools: ToolSettings::default(),
             pricing: BTreeMap::new(),
         }
     }
@@ -425,6 +427,28 @@ impl Default for LimitSettings {
             max_output_bytes: 16 * 1024 * 1024,
             max_parallel_per_request: 8,
             max_workers: 0,
+        }
+    }
+}
+
+/// Client tool calls (the `tools` of OpenAI and Anthropic requests): the CLI's model calls the
+/// client's functions through an MCP server that the daemon hosts on loopback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ToolSettings {
+    /// A run with client tools also keeps the CLI's own built-in tools (shell, files, web).
+    /// Off by default: a client that sends tools expects the model to use only those.
+    pub builtin: bool,
+    /// How long a tool call waits for the client's result; then the run is stopped and a late
+    /// result gets 409 `tool_call_expired`.
+    pub pending_timeout_secs: u64,
+}
+
+impl Default for ToolSettings {
+    fn default() -> Self {
+        Self {
+            builtin: false,
+            pending_timeout_secs: 600,
         }
     }
 }
@@ -844,6 +868,12 @@ pub fn validate(s: &Settings, source: Option<&Path>) -> Result<(), ConfigError> 
     }
     if s.parallel.max_workers == 0 {
         return Err(invalid("parallel.max_workers", "must be at least 1".into()));
+    }
+    if s.tools.pending_timeout_secs == 0 {
+        return Err(invalid(
+            "tools.pending_timeout_secs",
+            "must be at least 1".into(),
+        ));
     }
     if s.limits.max_concurrent == 0 {
         return Err(invalid(

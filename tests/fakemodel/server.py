@@ -54,6 +54,10 @@ CODEX_COMPACT_PROMPT = "You are performing a CONTEXT CHECKPOINT COMPACTION"
 CODEX_SUMMARY_PREFIX = "Another language model started to solve this problem"
 
 MAGIC_RE = re.compile(r"\[\[(slow|slowstart|error|error5xx|hang|long|gate)(?::(\d+))?\]\]")
+# `[[call:NAME]]` or `[[call:NAME={"a":1}]]` in the last user text: the model calls the offered
+# tool whose name is NAME (or ends with `__NAME` / `.NAME`, as CLIs prefix MCP tools), once per
+# directive (several: parallel calls); once the results are back, it answers with them.
+CALL_RE = re.compile(r"\[\[call:([A-Za-z0-9_-]+)(?:=(\{[^\]]*\}))?\]\]")
 SYSTEM_MARKER = "SYSMARK"
 DEFAULT_DELAY_MS = 400
 MODES = ("normal", "slow", "slowstart", "error", "error5xx", "hang")
@@ -159,6 +163,99 @@ def analyze_gemini(body: dict) -> dict:
     elif isinstance(si, list):
         si = "\n".join(_gemini_parts_text(c.get("parts"))[0] if isinstance(c, dict) else str(c) for c in si)
     return {"raw_user_texts": raw, "user_texts": turns, "system": si or ""}
+
+
+def offered_tools(protocol: str, req: dict) -> list[tuple[str, dict]]:
+    """The function tools a request offers: (name, parameter schema)."""
+    out = []
+    for t in req.get("tools") or []:
+        if not isinstance(t, dict):
+            continue
+        if protocol == "anthropic" and "name" in t:
+            out.append((t["name"], t.get("input_schema") or {}))
+        elif protocol == "responses" and t.get("type") == "function":
+            out.append((t.get("name", ""), t.get("parameters") or {}))
+        elif protocol == "gemini":
+            for f in t.get("functionDeclarations") or t.get("function_declarations") or []:
+                out.append((f.get("name", ""),
+                            f.get("parametersJsonSchema") or f.get("parameters") or {}))
+    return out
+
+
+def _tool_named(tools, short):
+    for name, schema in tools:
+        if name == short or name.endswith("__" + short) or name.endswith("." + short):
+            return name, schema
+    return None
+
+
+def tool_results(protocol: str, req: dict) -> list[str] | None:
+    """The tool results that end the conversation (None: it ends with a user's text)."""
+    if protocol == "anthropic":
+        msgs = req.get("messages") or []
+        last = msgs[-1] if msgs else {}
+        content = last.get("content")
+        if last.get("role") != "user" or not isinstance(content, list):
+            return None
+        res = []
+        for b in content:
+            if isinstance(b, dict) and b.get("type") == "tool_result":
+                c = b.get("content")
+                if isinstance(c, list):
+                    c = "".join(x.get("text", "") for x in c if isinstance(x, dict))
+                res.append(str(c))
+        return res or None
+    if protocol == "responses":
+        items = req.get("input")
+        if not isinstance(items, list):
+            return None
+        res = []
+        for item in reversed(items):
+            if not isinstance(item, dict) or item.get("type") not in (
+                    "function_call_output", "custom_tool_call_output"):
+                break
+            out = item.get("output")
+            if isinstance(out, list):
+                out = "".join(x.get("text", "") for x in out if isinstance(x, dict))
+            res.insert(0, str(out))
+        return res or None
+    contents = req.get("contents") or []
+    last = contents[-1] if contents else {}
+    res = [json.dumps(p["functionResponse"].get("response"), sort_keys=True)
+           for p in last.get("parts") or [] if isinstance(p, dict) and "functionResponse" in p]
+    return res or None
+
+
+def codex_code_mode(req: dict) -> bool:
+    """codex 0.169 offers MCP tools only inside its JavaScript `exec` tool (`tools.mcp__…`)."""
+    for item in req.get("input") or []:
+        if isinstance(item, dict) and item.get("type") == "additional_tools":
+            for ns in item.get("tools") or []:
+                if any(t.get("name") == "exec" and t.get("type") == "custom"
+                       for t in ns.get("tools") or []):
+                    return True
+    return False
+
+
+def wanted_calls(protocol: str, req: dict, last_raw: str) -> list[dict]:
+    """The tool calls the last user text asks for, among the offered tools (codex: through its
+    `exec` tool, as `mcp__clinvk__NAME`)."""
+    tools = offered_tools(protocol, req)
+    code_mode = protocol == "responses" and codex_code_mode(req)
+    calls = []
+    for short, args in CALL_RE.findall(last_raw):
+        found = _tool_named(tools, short)
+        if found is None and code_mode:
+            found = ("mcp__clinvk__" + short, {"type": "object"})
+            calls.append({"name": found[0], "input": json.loads(args) if args else {},
+                          "via_exec": True})
+            continue
+        if found is None:
+            continue
+        name, schema = found
+        calls.append({"name": name,
+                      "input": json.loads(args) if args else _fill_schema(schema or {"type": "object"})})
+    return calls
 
 
 def reply_text(info: dict, long_words: int = 0) -> str:
@@ -543,6 +640,18 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(protocol, 500, "fakemodel: injected server error [[error5xx]]")
 
         tool_call = None
+        results = None if utility else tool_results(protocol, req)
+        calls = [] if utility or results else wanted_calls(protocol, req, last_raw)
+        entry["offered_tools"] = [n for n, _ in offered_tools(protocol, req)]
+        entry["tool_results"] = results or []
+        entry["tool_calls"] = [c["name"] for c in calls]
+        if calls:
+            in_tokens = max(1, len(body) // 4)
+            if protocol == "anthropic":
+                return self._anthropic_calls(model, stream, calls, in_tokens)
+            if protocol == "responses":
+                return self._responses_calls(model, stream, calls, in_tokens)
+            return self._gemini_calls(model, stream, calls, in_tokens)
         if utility:
             text = json.dumps(_fill_schema(schema or {"type": "object"}))
         elif protocol == "anthropic" and structured_tool(req):
@@ -556,6 +665,8 @@ class Handler(BaseHTTPRequestHandler):
             entry["structured"] = True
         else:
             text = reply_text(info, long_words)
+            if results:
+                text += " tool-results=" + "|".join(_squash(r)[:400] for r in results)
         deltas = split_deltas(text)
         gap = delay if mode == "slow" else 0.0
         self._gated = "gate" in magic and not utility
@@ -616,6 +727,106 @@ class Handler(BaseHTTPRequestHandler):
                                                  "partial_json": json.dumps(call["input"])}})
 
         self._anthropic_message(model, stream, in_tokens, 5, "tool_use", block, tool_block)
+
+    def _anthropic_calls(self, model, stream, calls, in_tokens):
+        """One message of tool_use blocks (several: parallel calls)."""
+        blocks = [{"type": "tool_use", "id": "toolu_fake_" + uuid.uuid4().hex[:16],
+                   "name": c["name"], "input": c["input"]} for c in calls]
+        msg_id = "msg_fake_" + uuid.uuid4().hex[:20]
+        usage = {"input_tokens": in_tokens, "output_tokens": 5 * len(calls),
+                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        if not stream:
+            return self._send_json(200, {
+                "id": msg_id, "type": "message", "role": "assistant", "model": model,
+                "content": blocks, "stop_reason": "tool_use", "stop_sequence": None,
+                "usage": usage})
+
+        def ev(name, obj):
+            self._chunk(f"event: {name}\ndata: {json.dumps(obj)}\n\n")
+
+        self._start_stream()
+        ev("message_start", {"type": "message_start", "message": {
+            "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": dict(usage, output_tokens=1)}})
+        for i, b in enumerate(blocks):
+            ev("content_block_start", {"type": "content_block_start", "index": i,
+                                       "content_block": dict(b, input={})})
+            ev("content_block_delta", {"type": "content_block_delta", "index": i,
+                                       "delta": {"type": "input_json_delta",
+                                                 "partial_json": json.dumps(b["input"])}})
+            ev("content_block_stop", {"type": "content_block_stop", "index": i})
+        ev("message_delta", {"type": "message_delta",
+                             "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                             "usage": {"output_tokens": usage["output_tokens"]}})
+        ev("message_stop", {"type": "message_stop"})
+        self._end_stream()
+
+    def _responses_calls(self, model, stream, calls, in_tokens):
+        """A response whose output is function_call items (codex's code mode: one `exec` call
+        whose JavaScript calls the MCP tools at once)."""
+        resp_id = "resp_fake_" + uuid.uuid4().hex[:20]
+        if calls and calls[0].get("via_exec"):
+            js = ("const r = await Promise.all([" + ", ".join(
+                f"tools.{c['name']}({json.dumps(c['input'])})" for c in calls) + "]);\n"
+                "text(JSON.stringify(r));")
+            items = [{"type": "custom_tool_call", "id": "ctc_fake_" + uuid.uuid4().hex[:16],
+                      "call_id": "call_fake_" + uuid.uuid4().hex[:16], "name": "exec",
+                      "input": js, "status": "completed"}]
+        else:
+            items = [{"type": "function_call", "id": "fc_fake_" + uuid.uuid4().hex[:16],
+                      "call_id": "call_fake_" + uuid.uuid4().hex[:16], "name": c["name"],
+                      "arguments": json.dumps(c["input"]), "status": "completed"}
+                     for c in calls]
+        usage = {"input_tokens": in_tokens, "input_tokens_details": {"cached_tokens": 0},
+                 "output_tokens": 5 * len(calls), "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": in_tokens + 5 * len(calls)}
+
+        def response(status, output, with_usage):
+            return {"id": resp_id, "object": "response", "created_at": int(time.time()),
+                    "status": status, "model": model, "output": output, "error": None,
+                    "incomplete_details": None, "instructions": None,
+                    "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+                    "usage": usage if with_usage else None}
+
+        if not stream:
+            return self._send_json(200, response("completed", items, True))
+        seq = [0]
+
+        def ev(name, obj):
+            obj = dict({"type": name, "sequence_number": seq[0]}, **obj)
+            seq[0] += 1
+            self._chunk(f"event: {name}\ndata: {json.dumps(obj)}\n\n")
+
+        self._start_stream()
+        ev("response.created", {"response": response("in_progress", [], False)})
+        ev("response.in_progress", {"response": response("in_progress", [], False)})
+        for i, item in enumerate(items):
+            field, kind = (("input", "custom_tool_call_input") if item["type"] == "custom_tool_call"
+                           else ("arguments", "function_call_arguments"))
+            ev("response.output_item.added", {"output_index": i,
+                                              "item": dict(item, status="in_progress", **{field: ""})})
+            ev(f"response.{kind}.delta", {"item_id": item["id"], "output_index": i,
+                                          "delta": item[field]})
+            ev(f"response.{kind}.done", {"item_id": item["id"], "output_index": i,
+                                         field: item[field]})
+            ev("response.output_item.done", {"output_index": i, "item": item})
+        ev("response.completed", {"response": response("completed", items, True)})
+        self._end_stream()
+
+    def _gemini_calls(self, model, stream, calls, in_tokens):
+        """A candidate whose parts are functionCall parts."""
+        parts = [{"functionCall": {"name": c["name"], "args": c["input"]}} for c in calls]
+        body = {"candidates": [{"content": {"parts": parts, "role": "model"}, "index": 0,
+                                "finishReason": "STOP"}],
+                "usageMetadata": {"promptTokenCount": in_tokens,
+                                  "candidatesTokenCount": 5 * len(calls),
+                                  "totalTokenCount": in_tokens + 5 * len(calls)},
+                "modelVersion": model, "responseId": "fake-" + uuid.uuid4().hex[:16]}
+        if not stream:
+            return self._send_json(200, body)
+        self._start_stream()
+        self._chunk("data: " + json.dumps(body) + "\r\n\r\n")
+        self._end_stream()
 
     def _anthropic_message(self, model, stream, in_tokens, out_tokens, stop_reason, block,
                            stream_block):

@@ -2,7 +2,7 @@
 // generateText, streamText, structured output with Output.object and generateObject.
 // Prints one JSON object with what each call returned; BASE is clinvk's /openai/v1 URL.
 import { createOpenAI } from "@ai-sdk/openai";
-import { generateText, streamText, generateObject, Output } from "ai";
+import { generateText, streamText, generateObject, Output, tool, stepCountIs } from "ai";
 import { z } from "zod";
 
 globalThis.AI_SDK_LOG_WARNINGS = false;
@@ -20,4 +20,20 @@ const typed = await generateText({
 });
 out.output = typed.output;
 out.object = (await generateObject({ model: openai("gemini"), prompt: "a city", schema: City })).object;
+// A tool the model calls, over several steps (call, then the answer with the result).
+out.toolRuns = [];
+const withTool = await generateText({
+  model: openai("claude"),
+  prompt: 'weather [[call:get_weather={"city":"Oslo"}]]',
+  tools: {
+    get_weather: tool({
+      description: "The weather in a city",
+      inputSchema: z.object({ city: z.string() }),
+      execute: async ({ city }) => { out.toolRuns.push(city); return `cold in ${city}`; },
+    }),
+  },
+  stopWhen: stepCountIs(3),
+});
+out.toolText = withTool.text;
+out.toolSteps = withTool.steps.length;
 console.log(JSON.stringify(out));

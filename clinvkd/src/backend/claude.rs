@@ -144,8 +144,18 @@ fn session_args(inv: &Invocation, cfg: &BackendSettings) -> Result<Vec<String>, 
     if let Some(m) = mode {
         push("--permission-mode", m);
     }
-    if !cfg.allowed_tools.is_empty() {
-        push("--allowedTools", &cfg.allowed_tools.join(","));
+    let mut allowed = cfg.allowed_tools.clone();
+    if let Some(ct) = &inv.client_tools {
+        // Only the client's tools (the MCP endpoint), allowed without a prompt; the built-in
+        // tools are off unless `tools.builtin`.
+        push("--mcp-config", &ct.claude_mcp_config());
+        allowed.push(format!("mcp__{}", crate::tools::SERVER_NAME));
+        if !ct.builtin {
+            push("--tools", "");
+        }
+    }
+    if !allowed.is_empty() {
+        push("--allowedTools", &allowed.join(","));
     }
     if let Some(id) = &inv.resume {
         push("--resume", id);
@@ -154,6 +164,9 @@ fn session_args(inv: &Invocation, cfg: &BackendSettings) -> Result<Vec<String>, 
     // it as the result.
     if let Some(schema) = &inv.output_schema {
         push("--json-schema", &schema.to_string());
+    }
+    if inv.client_tools.is_some() {
+        a.push("--strict-mcp-config".into());
     }
     if inv.ephemeral {
         a.push("--no-session-persistence".into());

@@ -28,6 +28,7 @@ impl Adapter for Codex {
         if let Some(p) = approval {
             a.extend(["-a".to_string(), p.to_string()]);
         }
+        a.extend(mcp_overrides(inv));
         a.extend(["exec", "--json", "--skip-git-repo-check"].map(String::from));
         if (inv.approval_mode, inv.sandbox_mode) == (ApprovalMode::Auto, SandboxMode::Default) {
             a.push("--approve-for-me".into());
@@ -94,11 +95,44 @@ impl Adapter for Codex {
             inv.approval_mode == ApprovalMode::Auto,
             inv.extra.is_empty() && cfg.extra_flags.is_empty(),
         );
+        let mut argv = mcp_overrides(inv);
+        argv.push("app-server".into());
         Ok(LiveSpec {
-            command: CommandSpec::for_run("codex", cfg, inv, vec!["app-server".into()], None),
+            command: CommandSpec::for_run("codex", cfg, inv, argv, None),
             driver: Box::new(driver),
         })
     }
+}
+
+/// Client tools: the daemon's MCP endpoint as an MCP server of this codex (config overrides,
+/// before the subcommand), with a tool timeout past `tools.pending_timeout_secs` (the call
+/// waits for the client; codex's default is 60 s).
+fn mcp_overrides(inv: &Invocation) -> Vec<String> {
+    let Some(ct) = &inv.client_tools else {
+        return Vec::new();
+    };
+    let server = format!("mcp_servers.{}", crate::tools::SERVER_NAME);
+    let url = ct.url.as_deref().unwrap_or_default();
+    let mut a = Vec::new();
+    let mut kvs = vec![
+        format!("{server}.url={}", toml_string(url)),
+        format!("{server}.tool_timeout_sec={}", ct.call_timeout_secs),
+        format!("{server}.startup_timeout_sec=30"),
+        // The client decides about its own tools: no approval prompt (nobody would answer).
+        format!("{server}.default_tools_approval_mode=\"approve\""),
+    ];
+    if !ct.builtin {
+        // codex's own tools off (its `exec` JavaScript tool stays: it is how codex 0.169
+        // calls MCP tools).
+        kvs.extend([
+            "features.shell_tool=false".to_string(),
+            "web_search=\"disabled\"".to_string(),
+        ]);
+    }
+    for kv in kvs {
+        a.extend(["-c".to_string(), kv]);
+    }
+    a
 }
 
 /// codex's name of a sandbox mode (none: its default).

@@ -46,6 +46,8 @@ pub(crate) struct Invocation {
     /// The images written as files (codex `-i`, gemini `@path`), in a private folder of the run;
     /// set by `engine`.
     pub(crate) image_files: Vec<PathBuf>,
+    /// The client's functions, offered to the model through the daemon's MCP endpoint.
+    pub(crate) client_tools: Option<crate::tools::ClientTools>,
 }
 
 /// For a CLI without a structured-output option: the instruction after the prompt.

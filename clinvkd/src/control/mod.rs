@@ -392,6 +392,8 @@ async fn run_prompt(ctx: &Ctx, conn: &Stream, req: clinvk_shared::api::PromptReq
                 Some(ev) => ServerFrame::Event(Event::Run(ev)),
                 None => continue,
             },
+            // `clinvk` offers no client tools.
+            prompt::PromptUpdate::ToolCall(_) => continue,
             prompt::PromptUpdate::Done(r) => {
                 ServerFrame::Reply(Reply::Prompt(Box::new(PromptOutcome::Result(r.result))))
             }

@@ -1,7 +1,8 @@
 //! The Anthropic-compatible API under `/anthropic/v1/`: messages (JSON or SSE) and models.
 
-use super::compat::{self, Conversation, Frames, Msg, Role};
+use super::compat::{self, CallView, Conversation, Frames, Msg, Role, ToolChoice};
 use super::error::{json_response, ApiError, Render as _, Style};
+use crate::tools::ClientTool;
 
 use crate::ctx::Ctx;
 use crate::ops;
@@ -53,13 +54,75 @@ pub(crate) struct MessagesRequest {
     /// Refused when not empty: the CLIs cannot stop at a sequence.
     #[serde(default)]
     stop_sequences: Option<Vec<String>>,
-    /// Refused when not empty (until tool calls are passed through).
+    /// Client tools (`{name, description, input_schema}`), called by the model through the
+    /// client (see `tools`); server tools (web search, code execution, …) are refused.
     #[serde(default)]
     tools: Option<Vec<Value>>,
     #[serde(default)]
     tool_choice: Option<Value>,
     #[serde(default)]
     mcp_servers: Option<Vec<Value>>,
+}
+
+impl MessagesRequest {
+    /// The client tools and the choice.
+    fn tools(&self, conv: &mut Conversation) -> Result<(), ApiError> {
+        let mut tools = Vec::new();
+        for (i, t) in self.tools.iter().flatten().enumerate() {
+            let param = format!("tools[{i}]");
+            match t.get("type").and_then(Value::as_str) {
+                None | Some("custom") => {}
+                Some(other) => {
+                    return Err(compat::unsupported(
+                        &format!("{param}.type"),
+                        format!("tool type {other:?} is not supported (client tools only)"),
+                    ))
+                }
+            }
+            let name = t
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| compat::invalid(format!("{param}.name"), "a tool needs a `name`"))?;
+            tools.push(ClientTool {
+                name: name.to_string(),
+                description: t
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                parameters: compat::tool_schema(
+                    t.get("input_schema"),
+                    &format!("{param}.input_schema"),
+                )?,
+            });
+        }
+        let choice = match &self.tool_choice {
+            None | Some(Value::Null) => ToolChoice::Auto,
+            Some(c) => match c.get("type").and_then(Value::as_str) {
+                Some("auto") => ToolChoice::Auto,
+                Some("none") => ToolChoice::None,
+                Some("any") => ToolChoice::Required,
+                Some("tool") => ToolChoice::Named(
+                    c.get("name")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| {
+                            compat::invalid(
+                                "tool_choice.name",
+                                "`tool_choice` of type tool needs a `name`",
+                            )
+                        })?
+                        .to_string(),
+                ),
+                other => {
+                    return Err(compat::invalid(
+                        "tool_choice.type",
+                        format!("unknown tool_choice type {other:?} (auto, any, tool, none)"),
+                    ))
+                }
+            },
+        };
+        conv.set_tools(tools, choice, "tool_choice")
+    }
 }
 
 impl MessagesRequest {
@@ -80,21 +143,13 @@ impl MessagesRequest {
                 "`stop_sequences` is not supported: the CLIs cannot stop at a sequence; send the request without it",
             ));
         }
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(compat::tools_unsupported("tools"));
-        }
         if self.mcp_servers.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(compat::tools_unsupported("mcp_servers"));
+            return Err(compat::unsupported(
+                "mcp_servers",
+                "`mcp_servers` is not supported: this server does not connect to remote MCP servers; send client tools instead",
+            ));
         }
-        match self
-            .tool_choice
-            .as_ref()
-            .and_then(|c| c.get("type"))
-            .and_then(Value::as_str)
-        {
-            None | Some("none") | Some("auto") => Ok(()),
-            Some(_) => Err(compat::tools_unsupported("tool_choice")),
-        }
+        Ok(())
     }
 }
 
@@ -209,10 +264,10 @@ fn blocks_images(
         .collect()
 }
 
-/// The text of a content (string or blocks), and whether it held tool results.
-fn blocks_text(content: &Value, param: &str) -> Result<(String, bool), ApiError> {
+/// The text of a content (string or blocks), and its tool results as their own turns.
+fn blocks_text(content: &Value, param: &str) -> Result<(String, Vec<Msg>), ApiError> {
     let blocks = match content {
-        Value::String(s) => return Ok((s.clone(), false)),
+        Value::String(s) => return Ok((s.clone(), Vec::new())),
         Value::Array(b) => b,
         _ => {
             return Err(compat::invalid(
@@ -222,27 +277,25 @@ fn blocks_text(content: &Value, param: &str) -> Result<(String, bool), ApiError>
         }
     };
     let mut texts = Vec::new();
-    let mut tool = false;
+    let mut results = Vec::new();
     for (i, b) in blocks.iter().enumerate() {
         let p = format!("{param}[{i}]");
         let kind = b.get("type").and_then(Value::as_str).unwrap_or("");
         match kind {
             "text" => texts.push(b.get("text").and_then(Value::as_str).unwrap_or("").to_string()),
             "tool_result" => {
-                tool = true;
-                let id = b.get("tool_use_id").and_then(Value::as_str).unwrap_or("?");
-                let err = if b.get("is_error").and_then(Value::as_bool) == Some(true) {
-                    " (error)"
-                } else {
-                    ""
-                };
+                let id = b.get("tool_use_id").and_then(Value::as_str).map(str::to_string);
+                let is_error = b.get("is_error").and_then(Value::as_bool) == Some(true);
                 let text = tool_result_text(b.get("content"), &format!("{p}.content"))?;
-                texts.push(format!("[tool result for {id}{err}]\n{text}"));
+                results.push(Msg::tool_result(id, text, is_error));
             }
             "tool_use" | "server_tool_use" => {
                 let name = b.get("name").and_then(Value::as_str).unwrap_or("tool");
                 let input = b.get("input").cloned().unwrap_or(Value::Null);
-                texts.push(format!("[called tool {name} with {input}]"));
+                texts.push(match b.get("id").and_then(Value::as_str) {
+                    Some(id) => format!("[called tool {name} (call {id}) with {input}]"),
+                    None => format!("[called tool {name} with {input}]"),
+                });
             }
             // Images are taken by `blocks_images`.
             "thinking" | "redacted_thinking" | "image" => {}
@@ -261,7 +314,7 @@ fn blocks_text(content: &Value, param: &str) -> Result<(String, bool), ApiError>
             }
         }
     }
-    Ok((texts.join("\n"), tool))
+    Ok((texts.join("\n"), results))
 }
 
 fn conversation(system: Option<&Value>, messages: &[InMessage]) -> Result<Conversation, ApiError> {
@@ -279,7 +332,7 @@ fn conversation(system: Option<&Value>, messages: &[InMessage]) -> Result<Conver
     for (i, m) in messages.iter().enumerate() {
         // Tool results arrive inside user turns; their text carries their own labels.
         let param = format!("messages[{i}].content");
-        let (text, _tool) = blocks_text(&m.content, &param)?;
+        let (text, results) = blocks_text(&m.content, &param)?;
         let at = conv.messages.len();
         conv.images.extend(
             blocks_images(&m.content, &param)?
@@ -296,7 +349,11 @@ fn conversation(system: Option<&Value>, messages: &[InMessage]) -> Result<Conver
                 ))
             }
         };
-        conv.messages.push(Msg::new(role, text));
+        let only_results = !results.is_empty() && text.trim().is_empty();
+        conv.messages.extend(results);
+        if !only_results {
+            conv.messages.push(Msg::new(role, text));
+        }
     }
     Ok(conv)
 }
@@ -307,7 +364,8 @@ pub(crate) fn decode(v: Value) -> Result<(), ApiError> {
     let mr: MessagesRequest = serde_json::from_value(v)
         .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
     mr.check()?;
-    conversation(mr.system.as_ref(), &mr.messages).map(|_| ())
+    let mut conv = conversation(mr.system.as_ref(), &mr.messages)?;
+    mr.tools(&mut conv)
 }
 
 pub(crate) async fn messages(
@@ -318,7 +376,8 @@ pub(crate) async fn messages(
 ) -> Result<Response, ApiError> {
     mr.check()?;
     let target = compat::resolve_model(ctx, &mr.model)?;
-    let conv = conversation(mr.system.as_ref(), &mr.messages)?;
+    let mut conv = conversation(mr.system.as_ref(), &mr.messages)?;
+    mr.tools(&mut conv)?;
     let started = compat::start(ctx, caller, session, "anthropic", &target, conv).await?;
     let id = format!("msg_{}", compat::new_id());
     if mr.stream.unwrap_or(false) {
@@ -330,6 +389,16 @@ pub(crate) async fn messages(
     }
     let reply = compat::complete(ctx, started).await?;
     let u = reply.result.token_usage;
+    let mut content: Vec<Value> = Vec::new();
+    if reply.calls.is_empty() || !reply.text.is_empty() {
+        content.push(json!({"type": "text", "text": reply.text}));
+    }
+    content.extend(reply.calls.iter().map(tool_use_block));
+    let stop_reason = if reply.calls.is_empty() {
+        "end_turn"
+    } else {
+        "tool_use"
+    };
     let mut resp = json_response(
         StatusCode::OK,
         &json!({
@@ -337,14 +406,19 @@ pub(crate) async fn messages(
             "type": "message",
             "role": "assistant",
             "model": mr.model,
-            "content": [{"type": "text", "text": reply.text}],
-            "stop_reason": "end_turn",
+            "content": content,
+            "stop_reason": stop_reason,
             "stop_sequence": null,
             "usage": {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens},
         }),
     );
     compat::set_session_header(&mut resp, &reply.session_id);
     Ok(resp)
+}
+
+/// A `tool_use` content block.
+fn tool_use_block(c: &CallView) -> Value {
+    json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments})
 }
 
 /// Anthropic's `event:`/`data:` frames.
@@ -401,6 +475,40 @@ impl Frames for EventFrames {
             ),
             event("message_stop", &json!({"type": "message_stop"})),
         ]
+    }
+
+    /// The text block closes; each call is a `tool_use` block with its input as one JSON
+    /// delta; the message stops with `tool_use`.
+    fn calls(&mut self, calls: &[CallView]) -> Vec<Bytes> {
+        let mut out = vec![event(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 0}),
+        )];
+        for (i, c) in calls.iter().enumerate() {
+            let index = i + 1;
+            out.push(event(
+                "content_block_start",
+                &json!({"type": "content_block_start", "index": index,
+                    "content_block": {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}}),
+            ));
+            out.push(event(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": c.arguments_json()}}),
+            ));
+            out.push(event(
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": index}),
+            ));
+        }
+        out.push(event(
+            "message_delta",
+            &json!({"type": "message_delta",
+                "delta": {"stop_reason": "tool_use", "stop_sequence": null},
+                "usage": {"input_tokens": 0, "output_tokens": 0}}),
+        ));
+        out.push(event("message_stop", &json!({"type": "message_stop"})));
+        out
     }
 
     fn error(&mut self, e: &ApiError) -> Vec<Bytes> {

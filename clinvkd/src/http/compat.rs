@@ -7,11 +7,13 @@ use super::error::{ApiError, Kind};
 use crate::backend::Event;
 use crate::ctx::Ctx;
 use crate::ops::prompt::{self, Completed, PromptRequest, PromptResult, PromptRun, PromptUpdate};
+use crate::tools::{ClientTool, ClientTools, Parked, PendingCall, ToolReply, Unmatched};
 use bytes::Bytes;
 use clinvk_shared::api::Backend;
 use clinvk_shared::config::KNOWN_BACKENDS;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use warp::http::HeaderValue;
 use warp::reply::Response;
 
@@ -164,6 +166,8 @@ pub(crate) struct Msg {
     /// For tool results: the call they answer.
     pub(crate) label: Option<String>,
     pub(crate) text: String,
+    /// For tool results: the tool failed.
+    pub(crate) is_error: bool,
 }
 
 impl Msg {
@@ -172,6 +176,17 @@ impl Msg {
             role,
             label: None,
             text: text.into(),
+            is_error: false,
+        }
+    }
+
+    /// A tool's result for the call `id`.
+    pub(crate) fn tool_result(id: Option<String>, text: impl Into<String>, is_error: bool) -> Msg {
+        Msg {
+            role: Role::Tool,
+            label: id,
+            text: text.into(),
+            is_error,
         }
     }
 }
@@ -185,6 +200,147 @@ pub(crate) struct Conversation {
     pub(crate) output_schema: Option<Value>,
     /// Images, each with the index of the message it came in.
     pub(crate) images: Vec<(usize, clinvk_shared::api::ImageInput)>,
+    /// The client's functions the model may call (empty: none, or `tool_choice: none`).
+    pub(crate) tools: Vec<ClientTool>,
+    pub(crate) tool_choice: ToolChoice,
+}
+
+/// What a request's `tool_choice` asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum ToolChoice {
+    #[default]
+    Auto,
+    /// No tool is offered to the model.
+    None,
+    /// The model must call one of the tools.
+    Required,
+    /// The model must call this tool.
+    Named(String),
+}
+
+impl Conversation {
+    /// Sets the tools and the choice; `none` offers no tool, and a named tool must exist.
+    pub(crate) fn set_tools(
+        &mut self,
+        tools: Vec<ClientTool>,
+        choice: ToolChoice,
+        param: &str,
+    ) -> Result<(), ApiError> {
+        if tools.is_empty() && matches!(choice, ToolChoice::Required | ToolChoice::Named(_)) {
+            return Err(invalid(
+                param,
+                "`tool_choice` asks for a tool call, but the request has no tools",
+            ));
+        }
+        if let ToolChoice::Named(n) = &choice {
+            if !tools.iter().any(|t| &t.name == n) {
+                return Err(invalid(
+                    param,
+                    format!("`tool_choice` names {n:?}, which is not among the request's tools"),
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &tools {
+            if !is_tool_name(&t.name) {
+                return Err(invalid(
+                    "tools",
+                    format!(
+                        "tool name {:?} must be 1 to 64 letters, digits, `_` or `-`",
+                        t.name
+                    ),
+                ));
+            }
+            if !seen.insert(t.name.as_str()) {
+                return Err(invalid(
+                    "tools",
+                    format!("tool {:?} is given twice", t.name),
+                ));
+            }
+        }
+        self.tools = if choice == ToolChoice::None {
+            Vec::new()
+        } else {
+            tools
+        };
+        self.tool_choice = choice;
+        Ok(())
+    }
+}
+
+/// A function definition (`{name, description, parameters}`).
+pub(crate) fn function_tool(f: &Value, param: &str) -> Result<ClientTool, ApiError> {
+    let name = f
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(format!("{param}.name"), "a function needs a `name`"))?;
+    Ok(ClientTool {
+        name: name.to_string(),
+        description: f
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        parameters: tool_schema(f.get("parameters"), &format!("{param}.parameters"))?,
+    })
+}
+
+/// `tool_choice` in the OpenAI formats: `none`, `auto`, `required`, or a named function
+/// (chat: `{"type":"function","function":{"name"}}`, Responses: `{"type":"function","name"}`).
+pub(crate) fn openai_tool_choice(v: Option<&Value>, param: &str) -> Result<ToolChoice, ApiError> {
+    Ok(match v {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(invalid(
+                    param,
+                    format!(
+                        "unknown tool_choice {other:?} (none, auto, required, or a named function)"
+                    ),
+                ))
+            }
+        },
+        Some(v) => {
+            let name = v
+                .pointer("/function/name")
+                .or_else(|| v.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid(param, "a named tool_choice needs the function's `name`"))?;
+            ToolChoice::Named(name.to_string())
+        }
+    })
+}
+
+/// The tool names every API and MCP accept.
+fn is_tool_name(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A tool's parameter schema: an object schema (none given: an object without properties).
+pub(crate) fn tool_schema(v: Option<&Value>, param: &str) -> Result<Value, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(json!({"type": "object", "properties": {}})),
+        Some(Value::Object(o)) => {
+            let mut o = o.clone();
+            o.entry("type").or_insert_with(|| json!("object"));
+            if o.get("type") != Some(&json!("object")) {
+                return Err(invalid(
+                    param,
+                    "a tool's parameters must be an object schema",
+                ));
+            }
+            Ok(Value::Object(o))
+        }
+        Some(_) => Err(invalid(
+            param,
+            "a tool's parameters must be a JSON Schema object",
+        )),
+    }
 }
 
 /// A client mistake in a compatible API's body: 400 `invalid_request` naming the field.
@@ -427,6 +583,78 @@ impl Continuity {
 pub(crate) struct Started {
     pub(crate) run: PromptRun,
     pub(crate) meta: Continuity,
+    /// The run's client tools (None: the model calls none of the client's functions).
+    pub(crate) tools: Option<ClientTools>,
+    /// `tool_choice` asked for a call: a run that ends without one is an error.
+    pub(crate) require_call: bool,
+    /// Who asks (a parked run is continued by its owner only).
+    pub(crate) owner: Option<String>,
+}
+
+/// The tool results at the end of a conversation (the new turns), by call id.
+fn tool_results(new: &[Msg]) -> HashMap<String, ToolReply> {
+    new.iter()
+        .filter(|m| m.role == Role::Tool)
+        .filter_map(|m| {
+            Some((
+                m.label.clone()?,
+                ToolReply {
+                    content: m.text.clone(),
+                    is_error: m.is_error,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Continues the run parked at the tool calls these results answer. `Ok(None)`: the results
+/// answer no call of this daemon (a conversation from elsewhere, rendered as text instead).
+fn continue_parked(
+    ctx: &Ctx,
+    caller: &crate::ops::Caller,
+    target: &Target,
+    conv: &Conversation,
+    new: &[Msg],
+) -> Result<Option<Started>, ApiError> {
+    let results = tool_results(new);
+    if results.is_empty() {
+        return Ok(None);
+    }
+    let ids: Vec<String> = results.keys().cloned().collect();
+    match ctx.tools.take(&ids, caller.owner()) {
+        Ok(parked) => {
+            let (run, tools) = parked.answer(&results);
+            Ok(Some(Started {
+                meta: Continuity {
+                    session_id: run.session_id.clone(),
+                    transcript: conv.messages.clone(),
+                    target: target.clone(),
+                    system: conv.system.clone(),
+                },
+                run,
+                tools: Some(tools),
+                require_call: false,
+                owner: caller.owner().map(str::to_string),
+            }))
+        }
+        Err(Unmatched::Foreign) => Ok(None),
+        Err(Unmatched::Expired(id)) => Err(ApiError::new(
+            Kind::Conflict,
+            "tool_call_expired",
+            format!("tool call {id:?} expired (tools.pending_timeout_secs) and its run was stopped; send the conversation again without it"),
+        )
+        .with_param("messages")),
+        Err(Unmatched::Unknown(id)) => Err(ApiError::bad_request(
+            "tool_call_not_pending",
+            format!("no run waits for the result of tool call {id:?} (answered already, made by another key, or the server restarted)"),
+        )
+        .with_param("messages")),
+        Err(Unmatched::Missing(ids)) => Err(ApiError::bad_request(
+            "tool_results_missing",
+            format!("the model waits for the results of every call it made; missing: {}", ids.join(", ")),
+        )
+        .with_param("messages")),
+    }
 }
 
 /// Plans and starts a run for a conversation: continues a stored session when the request names
@@ -443,6 +671,15 @@ pub(crate) async fn start(
 ) -> Result<Started, ApiError> {
     let split = conv.split();
     let (history, new) = conv.messages.split_at(split);
+    if let Some(started) = continue_parked(ctx, caller, target, &conv, new)? {
+        return Ok(started);
+    }
+    if !conv.tools.is_empty() && target.backend == Backend::Gemini {
+        return Err(unsupported(
+            "tools",
+            format!("client tool calls work with the claude backend only so far; {} cannot take them yet (send the request to a claude model, or without tools)", target.backend),
+        ));
+    }
     if !new.iter().any(|m| m.role != Role::Assistant) || new.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_request",
@@ -467,11 +704,20 @@ pub(crate) async fn start(
         }
         None => None,
     };
-    let prompt_text = if resume.is_some() {
+    let mut prompt_text = if resume.is_some() {
         render(new)
     } else {
         render(&conv.messages)
     };
+    match &conv.tool_choice {
+        ToolChoice::Required => {
+            prompt_text.push_str("\n\n(Answer by calling one of the tools you were given.)")
+        }
+        ToolChoice::Named(n) => {
+            prompt_text.push_str(&format!("\n\n(Answer by calling the tool `{n}`.)"))
+        }
+        ToolChoice::Auto | ToolChoice::None => {}
+    }
     let preq = PromptRequest {
         backend: Some(target.backend.to_string()),
         prompt: Some(prompt_text),
@@ -488,7 +734,15 @@ pub(crate) async fn start(
             .collect(),
         ..Default::default()
     };
-    let plan = prompt::plan(ctx, caller, preq, source)?;
+    let mut plan = prompt::plan(ctx, caller, preq, source)?;
+    let tools = (!conv.tools.is_empty()).then(|| ClientTools {
+        tools: conv.tools.clone(),
+        builtin: ctx.settings().tools.builtin,
+        scope: String::new(), // the session, set when it is known
+        url: None,
+        call_timeout_secs: ctx.settings().tools.pending_timeout_secs + 60,
+    });
+    plan.inv.client_tools = tools.clone();
     let run = prompt::start(ctx, plan).await?;
     Ok(Started {
         meta: Continuity {
@@ -498,32 +752,97 @@ pub(crate) async fn start(
             system: conv.system,
         },
         run,
+        tools,
+        require_call: matches!(
+            conv.tool_choice,
+            ToolChoice::Required | ToolChoice::Named(_)
+        ),
+        owner: caller.owner().map(str::to_string),
     })
 }
 
 /// What a run produces, reduced to what the compatible APIs show.
 pub(crate) enum Piece {
     Text(String),
+    /// The model called client tools: the answer ends with them, the run is parked.
+    Calls(Vec<CallView>),
     Done(Box<Completed>),
 }
 
+/// A client-tool call as the answer shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct CallView {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) arguments: serde_json::Map<String, Value>,
+}
+
+impl CallView {
+    /// The arguments as JSON text (the OpenAI formats carry them so).
+    pub(crate) fn arguments_json(&self) -> String {
+        Value::Object(self.arguments.clone()).to_string()
+    }
+}
+
+/// How long a batch of calls the CLI announced waits for the calls still to come (a CLI that
+/// runs them one by one sends only the first; then the batch goes out without the others).
+const BATCH_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Reads a run's updates as text pieces: token deltas as the CLI prints them, or whole messages
-/// when the CLI prints no deltas (a whole message after deltas would repeat them).
+/// when the CLI prints no deltas (a whole message after deltas would repeat them); client-tool
+/// calls as one batch per model step.
 pub(crate) struct Pieces {
     run: PromptRun,
     saw_delta: bool,
     pub(crate) emitted: String,
     pending: Option<Box<Completed>>,
+    tools: Option<ClientTools>,
+    /// Client-tool calls the CLI printed (reported name, input) since the last batch: how many
+    /// calls to wait for, and their order.
+    announced: Vec<(String, Value)>,
+    batch: Vec<PendingCall>,
+    require_call: bool,
+    owner: Option<String>,
 }
 
 impl Pieces {
-    pub(crate) fn new(run: PromptRun) -> Self {
-        Pieces {
+    pub(crate) fn new(started: Started) -> (Self, Continuity) {
+        let Started {
             run,
-            saw_delta: false,
-            emitted: String::new(),
-            pending: None,
-        }
+            meta,
+            tools,
+            require_call,
+            owner,
+        } = started;
+        (
+            Pieces {
+                run,
+                saw_delta: false,
+                emitted: String::new(),
+                pending: None,
+                tools,
+                announced: Vec::new(),
+                batch: Vec::new(),
+                require_call,
+                owner,
+            },
+            meta,
+        )
+    }
+
+    /// Parks the run at the calls of the last `Piece::Calls` until the client's results come.
+    pub(crate) fn park(self, ctx: &Ctx) {
+        let Some(tools) = self.tools else { return };
+        let timeout = std::time::Duration::from_secs(ctx.settings().tools.pending_timeout_secs);
+        ctx.tools.park(
+            Parked {
+                run: self.run,
+                calls: self.batch,
+                owner: self.owner,
+                tools,
+            },
+            timeout,
+        );
     }
 
     pub(crate) async fn next(&mut self) -> Option<Piece> {
@@ -543,6 +862,13 @@ impl Pieces {
                         format!("\n\n{text}")
                     }
                 }
+                PromptUpdate::Event(Event::ToolUse { name, input, .. })
+                    if self.tools.as_ref().is_some_and(|t| t.is_client_tool(&name)) =>
+                {
+                    self.announced.push((name, input));
+                    continue;
+                }
+                PromptUpdate::ToolCall(call) => return Some(self.batch_from(call).await),
                 // Not part of the reply text (tools, thinking and usage are in the result or the
                 // native stream only).
                 PromptUpdate::Event(
@@ -556,7 +882,14 @@ impl Pieces {
                     | Event::Error { .. }
                     | Event::Unparsed { .. },
                 ) => continue,
-                PromptUpdate::Done(r) => {
+                PromptUpdate::Done(mut r) => {
+                    if self.require_call && r.error.is_none() {
+                        r.result.error = Some(
+                            "the model answered without calling a tool, which `tool_choice` requires"
+                                .into(),
+                        );
+                        return Some(Piece::Done(r));
+                    }
                     // A CLI that printed its answer only in the final result.
                     if self.emitted.is_empty() && !r.output.is_empty() && r.error.is_none() {
                         let text = r.output.clone();
@@ -575,6 +908,50 @@ impl Pieces {
             return Some(Piece::Text(text));
         }
     }
+
+    /// The calls of one model step: this one, the others the CLI announced (they may come a
+    /// moment later), and any already waiting.
+    async fn batch_from(&mut self, first: crate::tools::McpCall) -> Piece {
+        self.require_call = false;
+        self.batch = vec![PendingCall::new(first)];
+        while self.batch.len() < self.announced.len() {
+            match self.run.next_call_within(BATCH_GRACE).await {
+                Some(c) => self.batch.push(PendingCall::new(c)),
+                None => break,
+            }
+        }
+        while let Some(c) = self.run.next_call_within(std::time::Duration::ZERO).await {
+            self.batch.push(PendingCall::new(c));
+        }
+        // In the order the model made them (the endpoint gets them in any order).
+        let announced = std::mem::take(&mut self.announced);
+        let mut taken = vec![false; announced.len()];
+        let mut rank = |c: &PendingCall| {
+            let at = announced.iter().enumerate().position(|(i, (name, input))| {
+                !taken[i]
+                    && (name == &c.name || name.ends_with(&format!("__{}", c.name)))
+                    && input.as_object() == Some(&c.arguments)
+            });
+            if let Some(i) = at {
+                taken[i] = true;
+            }
+            at.unwrap_or(usize::MAX)
+        };
+        let mut ranked: Vec<(usize, PendingCall)> =
+            self.batch.drain(..).map(|c| (rank(&c), c)).collect();
+        ranked.sort_by_key(|(r, _)| *r);
+        self.batch = ranked.into_iter().map(|(_, c)| c).collect();
+        Piece::Calls(
+            self.batch
+                .iter()
+                .map(|c| CallView {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    arguments: c.arguments.clone(),
+                })
+                .collect(),
+        )
+    }
 }
 
 /// The API error of a failed run (502 CLI failed, 504 timeout).
@@ -586,19 +963,23 @@ pub(crate) fn run_error(r: &Completed) -> Option<ApiError> {
     })
 }
 
-/// A finished, successful run: the reply text and the result.
+/// A finished, successful run (or one stopped at client-tool calls): the reply text, the
+/// calls and the result.
 pub(crate) struct Finished {
     pub(crate) text: String,
+    /// Client-tool calls the answer ends with (the run waits for their results).
+    pub(crate) calls: Vec<CallView>,
+    /// The run's result (the default while it waits at tool calls).
     pub(crate) result: PromptResult,
     pub(crate) session_id: Option<String>,
 }
 
-/// Runs to the end (the non-streaming answer); a failed run is an error.
+/// Runs to the end or to client-tool calls (the non-streaming answer); a failed run is an
+/// error.
 pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, ApiError> {
-    let Started { run, meta } = started;
     let stopped = ctx.stopped();
     tokio::pin!(stopped);
-    let mut pieces = Pieces::new(run);
+    let (mut pieces, meta) = Pieces::new(started);
     let result = loop {
         let piece = tokio::select! {
             p = pieces.next() => p,
@@ -606,6 +987,16 @@ pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, Ap
         };
         match piece {
             Some(Piece::Text(_)) => continue,
+            Some(Piece::Calls(calls)) => {
+                let text = pieces.emitted.clone();
+                pieces.park(ctx);
+                return Ok(Finished {
+                    text,
+                    calls,
+                    result: PromptResult::default(),
+                    session_id: meta.session_id,
+                });
+            }
             Some(Piece::Done(r)) => break *r,
             None => return Err(run_lost()),
         }
@@ -621,6 +1012,7 @@ pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, Ap
     meta.commit(ctx, &text);
     Ok(Finished {
         text,
+        calls: Vec::new(),
         result: result.result,
         session_id: meta.session_id,
     })
@@ -641,6 +1033,8 @@ pub(crate) trait Frames: Send + 'static {
     fn delta(&mut self, text: &str) -> Vec<Bytes>;
     /// The closing frames of a successful run.
     fn finish(&mut self, result: &PromptResult) -> Vec<Bytes>;
+    /// The closing frames of an answer that ends with client-tool calls.
+    fn calls(&mut self, calls: &[CallView]) -> Vec<Bytes>;
     /// The frame of a failure after the stream began; the stream ends after it.
     fn error(&mut self, e: &ApiError) -> Vec<Bytes>;
     /// A frame that keeps the connection alive while the CLI is silent (clients ignore it).
@@ -661,7 +1055,7 @@ pub(crate) async fn stream(
     started: Started,
     mut frames: impl Frames,
 ) -> Result<Response, ApiError> {
-    let Started { run, meta } = started;
+    let (pieces, meta) = Pieces::new(started);
     let session_id = meta.session_id.clone();
     let mut keepalive = super::KeepAlive::new(ctx);
     let (decide, decided) = tokio::sync::oneshot::channel::<Result<(), ApiError>>();
@@ -669,7 +1063,7 @@ pub(crate) async fn stream(
     let ctx2 = ctx.clone();
     // Tracked: a stop lets the stream run to its end within the grace period.
     ctx.work.spawn(async move {
-        let mut pieces = Pieces::new(run);
+        let mut pieces = pieces;
         let stopped = ctx2.stopped();
         tokio::pin!(stopped);
         let mut decide = Some(decide);
@@ -714,7 +1108,7 @@ pub(crate) async fn stream(
                 let failed = match &piece {
                     None => Some(run_lost()),
                     Some(Piece::Done(r)) => run_error(r),
-                    Some(Piece::Text(_)) => None,
+                    Some(Piece::Text(_) | Piece::Calls(_)) => None,
                 };
                 match failed {
                     Some(e) => {
@@ -732,6 +1126,17 @@ pub(crate) async fn stream(
             let mut end = false;
             match piece {
                 Some(Piece::Text(t)) => out.extend(frames.delta(&t)),
+                Some(Piece::Calls(calls)) => {
+                    out.extend(frames.calls(&calls));
+                    // Parked before the client sees the calls: its results may come at once.
+                    pieces.park(&ctx2);
+                    for b in out.drain(..) {
+                        if tx.send(b).await.is_err() {
+                            return;
+                        }
+                    }
+                    return;
+                }
                 Some(Piece::Done(r)) => {
                     end = true;
                     match run_error(&r) {
@@ -810,15 +1215,6 @@ pub(crate) fn name_ignored(resp: &mut Response, fields: &[String]) {
 /// A request field this server cannot honour and must not drop: 400 naming it.
 pub(crate) fn unsupported(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request("unsupported_parameter", message).with_param(param)
-}
-
-/// `tools` (until client tool calls are passed through): 400, never a plain-text answer to a
-/// client that waits for calls.
-pub(crate) fn tools_unsupported(param: &str) -> ApiError {
-    unsupported(
-        param,
-        format!("`{param}`: tool calls are not supported yet — the model behind this server cannot call your functions; send the request without tools"),
-    )
 }
 
 /// Names the session a run used on the answer (`X-Clinvk-Session`).

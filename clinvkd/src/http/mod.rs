@@ -327,7 +327,10 @@ impl KeepAlive {
 
 /// A streamed answer: each chunk `rx` yields is written as soon as it comes (no buffering by
 /// proxies either), until the sender closes.
-fn streamed(rx: tokio::sync::mpsc::Receiver<Bytes>, content_type: &'static str) -> Response {
+pub(crate) fn streamed(
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    content_type: &'static str,
+) -> Response {
     use warp::reply::Reply as _;
     let body = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()

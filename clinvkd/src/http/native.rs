@@ -111,6 +111,8 @@ fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
                     Some(ev) => ev,
                     None => continue,
                 },
+                // The native API offers no client tools.
+                prompt::PromptUpdate::ToolCall(_) => continue,
                 prompt::PromptUpdate::Done(r) => {
                     if let Some(e) = &r.error {
                         let ev = RunEvent::Error {

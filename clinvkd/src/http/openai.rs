@@ -1,6 +1,6 @@
 //! The OpenAI-compatible API under `/openai/v1/`: models and chat completions (JSON or SSE).
 
-use super::compat::{self, Conversation, Frames, Msg, Role};
+use super::compat::{self, CallView, Conversation, Frames, Msg, Role};
 use super::error::{json_response, ApiError, Render as _};
 
 use crate::ctx::Ctx;
@@ -85,6 +85,35 @@ pub(crate) struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// The client's functions (`tools`, or the legacy `functions`) and the choice.
+    fn tools(&self, conv: &mut Conversation) -> Result<(), ApiError> {
+        let mut tools = Vec::new();
+        for (i, t) in self.tools.iter().flatten().enumerate() {
+            let param = format!("tools[{i}]");
+            let kind = t.get("type").and_then(Value::as_str).unwrap_or("function");
+            if kind != "function" {
+                return Err(compat::unsupported(
+                    &format!("{param}.type"),
+                    format!("tool type {kind:?} is not supported (function tools only)"),
+                ));
+            }
+            let f = t
+                .get("function")
+                .ok_or_else(|| compat::invalid(&param, "a function tool needs `function`"))?;
+            tools.push(compat::function_tool(f, &format!("{param}.function"))?);
+        }
+        for (i, f) in self.functions.iter().flatten().enumerate() {
+            tools.push(compat::function_tool(f, &format!("functions[{i}]"))?);
+        }
+        let (param, choice) = match (&self.tool_choice, &self.function_call) {
+            (Some(c), _) if !c.is_null() => ("tool_choice", Some(c)),
+            (_, Some(c)) if !c.is_null() => ("function_call", Some(c)),
+            _ => ("tool_choice", None),
+        };
+        let choice = compat::openai_tool_choice(choice, param)?;
+        conv.set_tools(tools, choice, param)
+    }
+
     /// Refuses what the CLIs cannot do and a client would rely on.
     fn check(&self) -> Result<(), ApiError> {
         let set = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
@@ -111,22 +140,6 @@ impl ChatRequest {
                 "logprobs",
                 "log probabilities are not available from the CLIs; send `logprobs: false`",
             ));
-        }
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(compat::tools_unsupported("tools"));
-        }
-        if self.functions.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(compat::tools_unsupported("functions"));
-        }
-        for (param, choice) in [
-            ("tool_choice", &self.tool_choice),
-            ("function_call", &self.function_call),
-        ] {
-            match choice {
-                None | Some(Value::Null) => {}
-                Some(Value::String(s)) if s == "none" || s == "auto" => {}
-                Some(_) => return Err(compat::tools_unsupported(param)),
-            }
         }
         if self
             .modalities
@@ -211,11 +224,11 @@ fn conversation(messages: &[ChatMessage]) -> Result<Conversation, ApiError> {
                 }
                 conv.messages.push(Msg::new(Role::Assistant, text));
             }
-            "tool" | "function" => conv.messages.push(Msg {
-                role: Role::Tool,
-                label: m.tool_call_id.clone().or_else(|| m.name.clone()),
+            "tool" | "function" => conv.messages.push(Msg::tool_result(
+                m.tool_call_id.clone().or_else(|| m.name.clone()),
                 text,
-            }),
+                false,
+            )),
             other => {
                 return Err(compat::invalid(
                     format!("messages[{i}].role"),
@@ -225,6 +238,14 @@ fn conversation(messages: &[ChatMessage]) -> Result<Conversation, ApiError> {
         }
     }
     Ok(conv)
+}
+
+/// The `tool_calls` of an assistant message.
+fn tool_calls_json(calls: &[CallView]) -> Value {
+    calls
+        .iter()
+        .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments_json()}}))
+        .collect()
 }
 
 fn usage_json(r: &PromptResult) -> Value {
@@ -244,6 +265,7 @@ pub(crate) fn decode(v: Value) -> Result<(), ApiError> {
     cr.check()?;
     let mut conv = conversation(&cr.messages)?;
     conv.output_schema = compat::format_schema(cr.response_format.as_ref(), "response_format")?;
+    cr.tools(&mut conv)?;
     Ok(())
 }
 
@@ -257,6 +279,7 @@ pub(crate) async fn chat(
     let target = compat::resolve_model(ctx, &cr.model)?;
     let mut conv = conversation(&cr.messages)?;
     conv.output_schema = compat::format_schema(cr.response_format.as_ref(), "response_format")?;
+    cr.tools(&mut conv)?;
     let started = compat::start(ctx, caller, session, "openai", &target, conv).await?;
     let id = format!("chatcmpl-{}", compat::new_id());
     let created = compat::unix_now();
@@ -273,6 +296,16 @@ pub(crate) async fn chat(
         return compat::stream(ctx, started, frames).await;
     }
     let reply = compat::complete(ctx, started).await?;
+    let mut message = json!({"role": "assistant", "content": reply.text, "refusal": null});
+    let finish = if reply.calls.is_empty() {
+        "stop"
+    } else {
+        if reply.text.is_empty() {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = tool_calls_json(&reply.calls);
+        "tool_calls"
+    };
     let mut resp = json_response(
         StatusCode::OK,
         &json!({
@@ -282,9 +315,9 @@ pub(crate) async fn chat(
             "model": cr.model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": reply.text, "refusal": null},
+                "message": message,
                 "logprobs": null,
-                "finish_reason": "stop",
+                "finish_reason": finish,
             }],
             "usage": usage_json(&reply.result),
             "system_fingerprint": null,
@@ -348,6 +381,31 @@ impl Frames for ChunkFrames {
         )];
         if self.include_usage {
             out.push(self.chunk(json!([]), Some(usage_json(result))));
+        }
+        out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        out
+    }
+
+    fn calls(&mut self, calls: &[CallView]) -> Vec<Bytes> {
+        let mut out: Vec<Bytes> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                self.chunk(
+                    json!([{"index": 0, "delta": {"tool_calls": [{
+                        "index": i, "id": c.id, "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments_json()},
+                    }]}, "logprobs": null, "finish_reason": null}]),
+                    None,
+                )
+            })
+            .collect();
+        out.push(self.chunk(
+            json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "tool_calls"}]),
+            None,
+        ));
+        if self.include_usage {
+            out.push(self.chunk(json!([]), Some(usage_json(&PromptResult::default()))));
         }
         out.push(Bytes::from_static(b"data: [DONE]\n\n"));
         out

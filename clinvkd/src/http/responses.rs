@@ -2,7 +2,7 @@
 //! sequence), retrieve and delete; `previous_response_id` continues the clinvk session of the
 //! response it names.
 
-use super::compat::{self, Conversation, Frames, Msg, Role};
+use super::compat::{self, CallView, Conversation, Frames, Msg, Role};
 use super::error::{json_response, ApiError, Kind};
 use crate::ctx::Ctx;
 use crate::ops;
@@ -37,7 +37,8 @@ pub(crate) struct CreateRequest {
     /// is checked against the schema).
     #[serde(default)]
     text: Option<Value>,
-    /// Refused when not empty (until tool calls are passed through).
+    /// Function tools, called by the model through the client (see `tools`); other tool types
+    /// (web search, file search, …) are refused.
     #[serde(default)]
     tools: Option<Vec<Value>>,
     #[serde(default)]
@@ -72,15 +73,26 @@ fn not_found(id: &str, param: Option<&str>) -> ApiError {
 }
 
 impl CreateRequest {
+    /// The function tools and the choice.
+    fn tools(&self, conv: &mut Conversation) -> Result<(), ApiError> {
+        let mut tools = Vec::new();
+        for (i, t) in self.tools.iter().flatten().enumerate() {
+            let param = format!("tools[{i}]");
+            match t.get("type").and_then(Value::as_str) {
+                Some("function") => tools.push(compat::function_tool(t, &param)?),
+                other => {
+                    return Err(compat::unsupported(
+                        &format!("{param}.type"),
+                        format!("tool type {other:?} is not supported (function tools only)"),
+                    ))
+                }
+            }
+        }
+        let choice = compat::openai_tool_choice(self.tool_choice.as_ref(), "tool_choice")?;
+        conv.set_tools(tools, choice, "tool_choice")
+    }
+
     fn check(&self) -> Result<(), ApiError> {
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(compat::tools_unsupported("tools"));
-        }
-        match &self.tool_choice {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if s == "none" || s == "auto" => {}
-            Some(_) => return Err(compat::tools_unsupported("tool_choice")),
-        }
         if self.background == Some(true) {
             return Err(compat::unsupported(
                 "background",
@@ -155,20 +167,28 @@ fn conversation(r: &CreateRequest) -> Result<Conversation, ApiError> {
                     format!("[called tool {name} (call {id}) with {args}]"),
                 ));
             }
-            "function_call_output" => conv.messages.push(Msg {
-                role: Role::Tool,
-                label: item
-                    .get("call_id")
+            "function_call_output" => conv.messages.push(Msg::tool_result(
+                item.get("call_id")
                     .and_then(Value::as_str)
                     .map(str::to_string),
-                text: match item.get("output") {
+                match item.get("output") {
                     Some(Value::String(s)) => s.clone(),
                     Some(v) => v.to_string(),
                     None => String::new(),
                 },
-            }),
+                false,
+            )),
             // The model's reasoning of an earlier turn: not part of the conversation text.
             "reasoning" => {}
+            // An earlier output item by reference (clients that rely on stored responses):
+            // its content is the stored response's; the turn is kept as a marker.
+            "item_reference" => {
+                let id = item.get("id").and_then(Value::as_str).unwrap_or("?");
+                conv.messages.push(Msg::new(
+                    Role::Assistant,
+                    format!("[earlier output item {id}]"),
+                ));
+            }
             other => {
                 return Err(compat::unsupported(
                     &format!("{param}.type"),
@@ -201,13 +221,16 @@ impl Shape {
         &self,
         status: &str,
         text: Option<&str>,
+        calls: &[CallView],
         result: Option<&PromptResult>,
         error: Option<&ApiError>,
     ) -> Value {
-        let output = match text {
-            Some(t) => json!([self.message(t, "completed")]),
-            None => json!([]),
-        };
+        let mut output: Vec<Value> = text
+            .filter(|t| calls.is_empty() || !t.is_empty())
+            .map(|t| self.message(t, "completed"))
+            .into_iter()
+            .collect();
+        output.extend(calls.iter().map(|c| function_call(c, "completed")));
         let usage = result.map(|r| {
             let u = r.token_usage;
             json!({
@@ -246,14 +269,32 @@ impl Shape {
     }
 
     fn message(&self, text: &str, status: &str) -> Value {
-        json!({
-            "type": "message",
-            "id": self.message_id,
-            "status": status,
-            "role": "assistant",
-            "content": [{"type": "output_text", "text": text, "annotations": []}],
-        })
+        message_item(&self.message_id, text, status)
     }
+}
+
+/// A `function_call` output item.
+fn function_call(c: &CallView, status: &str) -> Value {
+    let arguments = if status == "completed" {
+        c.arguments_json()
+    } else {
+        String::new()
+    };
+    json!({
+        "type": "function_call", "id": format!("fc_{}", c.id), "call_id": c.id,
+        "name": c.name, "arguments": arguments, "status": status,
+    })
+}
+
+/// The assistant's `message` output item.
+fn message_item(message_id: &str, text: &str, status: &str) -> Value {
+    json!({
+        "type": "message",
+        "id": message_id,
+        "status": status,
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}],
+    })
 }
 
 /// The request decoding of `create`, without a daemon (for the fuzz tests).
@@ -265,6 +306,7 @@ pub(crate) fn decode(v: Value) -> Result<(), ApiError> {
     let format = r.text.as_ref().and_then(|t| t.get("format"));
     let mut conv = conversation(&r)?;
     conv.output_schema = compat::format_schema(format, "text.format")?;
+    r.tools(&mut conv)?;
     Ok(())
 }
 
@@ -280,6 +322,7 @@ pub(crate) async fn create(
     let format = r.text.as_ref().and_then(|t| t.get("format"));
     let mut conv = conversation(&r)?;
     conv.output_schema = compat::format_schema(format, "text.format")?;
+    r.tools(&mut conv)?;
     // Continue the session of the named response (its owner only).
     let session = match &r.previous_response_id {
         Some(prev) => {
@@ -323,11 +366,18 @@ pub(crate) async fn create(
             keep,
             seq: 0,
             text: String::new(),
+            message_open: false,
         };
         return compat::stream(ctx, started, frames).await;
     }
     let reply = compat::complete(ctx, started).await?;
-    let body = shape.object("completed", Some(&reply.text), Some(&reply.result), None);
+    let body = shape.object(
+        "completed",
+        Some(&reply.text),
+        &reply.calls,
+        Some(&reply.result),
+        None,
+    );
     if shape.store {
         keep.save(&shape.id, &body).await;
     }
@@ -398,13 +448,15 @@ pub(crate) async fn delete(
     }
 }
 
-/// The Responses stream: typed `event:`/`data:` frames with sequence numbers.
+/// The Responses stream: typed `event:`/`data:` frames with sequence numbers. The message item
+/// opens with the first text (an answer that is only tool calls has none).
 struct EventFrames {
     shape: Shape,
     keep: Keep,
     seq: u64,
     /// The text so far (for the `…done` events).
     text: String,
+    message_open: bool,
 }
 
 impl EventFrames {
@@ -421,11 +473,13 @@ impl EventFrames {
     fn part(&self) -> Value {
         json!({"type": "output_text", "text": self.text, "annotations": []})
     }
-}
 
-impl Frames for EventFrames {
-    fn start(&mut self) -> Vec<Bytes> {
-        let created = self.shape.object("in_progress", None, None, None);
+    /// The message item's opening events (once).
+    fn open_message(&mut self) -> Vec<Bytes> {
+        if self.message_open {
+            return Vec::new();
+        }
+        self.message_open = true;
         let item = json!({
             "type": "message", "id": self.shape.message_id, "status": "in_progress",
             "role": "assistant", "content": [],
@@ -433,8 +487,6 @@ impl Frames for EventFrames {
         let part = self.part();
         let item_id = self.shape.message_id.clone();
         vec![
-            self.event("response.created", json!({"response": created})),
-            self.event("response.in_progress", json!({"response": created})),
             self.event(
                 "response.output_item.added",
                 json!({"output_index": 0, "item": item}),
@@ -446,28 +498,12 @@ impl Frames for EventFrames {
         ]
     }
 
-    fn delta(&mut self, text: &str) -> Vec<Bytes> {
-        self.text.push_str(text);
-        let item_id = self.shape.message_id.clone();
-        vec![self.event(
-            "response.output_text.delta",
-            json!({"item_id": item_id, "output_index": 0, "content_index": 0, "delta": text, "logprobs": []}),
-        )]
-    }
-
-    fn finish(&mut self, result: &PromptResult) -> Vec<Bytes> {
+    /// The message item's closing events.
+    fn close_message(&mut self) -> Vec<Bytes> {
         let item_id = self.shape.message_id.clone();
         let text = self.text.clone();
         let part = self.part();
         let item = self.shape.message(&text, "completed");
-        let body = self
-            .shape
-            .object("completed", Some(&text), Some(result), None);
-        if self.shape.store {
-            // Written before `response.completed` goes out, so a client that asks for the
-            // response (or continues it) right after finds it: one small file, written here.
-            self.keep.save_now(&self.shape.id, &body);
-        }
         vec![
             self.event(
                 "response.output_text.done",
@@ -481,12 +517,85 @@ impl Frames for EventFrames {
                 "response.output_item.done",
                 json!({"output_index": 0, "item": item}),
             ),
-            self.event("response.completed", json!({ "response": body })),
         ]
     }
 
+    /// `response.completed`, the stored response written first (so a client that asks for it,
+    /// or continues it, right after finds it: one small file, written here).
+    fn completed(&mut self, calls: &[CallView], result: &PromptResult) -> Bytes {
+        let text = self.text.clone();
+        let body = self
+            .shape
+            .object("completed", Some(&text), calls, Some(result), None);
+        if self.shape.store {
+            self.keep.save_now(&self.shape.id, &body);
+        }
+        self.event("response.completed", json!({ "response": body }))
+    }
+}
+
+impl Frames for EventFrames {
+    fn start(&mut self) -> Vec<Bytes> {
+        let created = self.shape.object("in_progress", None, &[], None, None);
+        vec![
+            self.event("response.created", json!({"response": created})),
+            self.event("response.in_progress", json!({"response": created})),
+        ]
+    }
+
+    fn delta(&mut self, text: &str) -> Vec<Bytes> {
+        let mut out = self.open_message();
+        self.text.push_str(text);
+        let item_id = self.shape.message_id.clone();
+        out.push(self.event(
+            "response.output_text.delta",
+            json!({"item_id": item_id, "output_index": 0, "content_index": 0, "delta": text, "logprobs": []}),
+        ));
+        out
+    }
+
+    fn finish(&mut self, result: &PromptResult) -> Vec<Bytes> {
+        let mut out = self.open_message();
+        out.extend(self.close_message());
+        out.push(self.completed(&[], result));
+        out
+    }
+
+    fn calls(&mut self, calls: &[CallView]) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let first = if self.message_open {
+            out.extend(self.close_message());
+            1
+        } else {
+            0
+        };
+        for (i, c) in calls.iter().enumerate() {
+            let index = first + i;
+            let item_id = format!("fc_{}", c.id);
+            let args = c.arguments_json();
+            out.push(self.event(
+                "response.output_item.added",
+                json!({"output_index": index, "item": function_call(c, "in_progress")}),
+            ));
+            out.push(self.event(
+                "response.function_call_arguments.delta",
+                json!({"item_id": item_id, "output_index": index, "delta": args}),
+            ));
+            out.push(self.event(
+                "response.function_call_arguments.done",
+                json!({"item_id": item_id, "output_index": index, "name": c.name, "arguments": args}),
+            ));
+            out.push(self.event(
+                "response.output_item.done",
+                json!({"output_index": index, "item": function_call(c, "completed")}),
+            ));
+        }
+        out.push(self.completed(calls, &PromptResult::default()));
+        out
+    }
+
     fn error(&mut self, e: &ApiError) -> Vec<Bytes> {
-        let failed = self.shape.object("failed", None, None, Some(e));
+        let failed = self.shape.object("failed", None, &[], None, Some(e));
         vec![self.event("response.failed", json!({ "response": failed }))]
     }
 }

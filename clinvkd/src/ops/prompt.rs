@@ -244,6 +244,7 @@ pub(crate) fn plan(
         output_schema_file: None,
         images: req.images,
         image_files: Vec::new(),
+        client_tools: None,
     };
     if resume_session
         .as_ref()
@@ -363,9 +364,11 @@ pub(crate) fn store_error(e: StoreError) -> ApiError {
 }
 
 /// One update of a running prompt.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum PromptUpdate {
     Event(Event),
+    /// The model called a client tool (only a run with client tools, see `tools`).
+    ToolCall(crate::tools::McpCall),
     Done(Box<Completed>),
 }
 
@@ -390,6 +393,36 @@ pub(crate) struct PromptRun {
 }
 
 impl PromptRun {
+    /// Another client-tool call of the same model step, if one comes within `wait`.
+    pub(crate) async fn next_call_within(
+        &mut self,
+        wait: std::time::Duration,
+    ) -> Option<crate::tools::McpCall> {
+        self.run.as_mut()?.next_call_within(wait).await
+    }
+
+    /// See `RunStream::hold_for`.
+    pub(crate) fn hold_for(&mut self, d: std::time::Duration) {
+        if let Some(run) = self.run.as_mut() {
+            run.hold_for(d);
+        }
+    }
+
+    /// See `RunStream::restart_timeout`.
+    pub(crate) fn restart_timeout(&mut self) {
+        if let Some(run) = self.run.as_mut() {
+            run.restart_timeout();
+        }
+    }
+
+    /// Stops the run for good (its warm worker too); dropping it afterwards marks the session
+    /// interrupted.
+    pub(crate) fn abandon(&mut self) {
+        if let Some(run) = self.run.as_mut() {
+            run.abandon();
+        }
+    }
+
     /// The next update: the CLI's events as they come, then one `Done`, then `None`. A caller
     /// that abandons a pending `next` (a `select!` arm) must be leaving: the update it was
     /// waiting for is not handed out again (the session's writes still complete).
@@ -438,6 +471,7 @@ impl PromptRun {
                 }
                 Some(PromptUpdate::Event(ev))
             }
+            RunUpdate::ToolCall(c) => Some(PromptUpdate::ToolCall(c)),
             RunUpdate::Done(summary) => Some(self.done(summary).await),
         }
     }
@@ -617,6 +651,12 @@ pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> 
             .map_err(store_error)?;
         Some(s.id)
     };
+    // Client tools: one MCP endpoint per session (a warm worker keeps it across turns).
+    if let Some(ct) = &mut plan.inv.client_tools {
+        ct.scope = session_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    }
     let run = match engine::start(ctx, plan.inv.clone()).await {
         Ok(run) => run,
         Err(e) => {

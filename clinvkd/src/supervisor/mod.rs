@@ -95,6 +95,22 @@ pub(crate) struct RunHandle {
     pub(crate) pid: u32,
     pub(crate) events: mpsc::Receiver<ProcEvent>,
     cancel: CancellationToken,
+    /// When the process is killed for taking too long (movable: see `restart_timeout`).
+    deadline: tokio::sync::watch::Sender<tokio::time::Instant>,
+    timeout: Duration,
+}
+
+impl RunHandle {
+    /// Gives the run its whole timeout again from now (a run that waited for a client's tool
+    /// results: the wait is not the CLI's time).
+    pub(crate) fn restart_timeout(&self) {
+        self.kill_in(self.timeout);
+    }
+
+    /// Moves the deadline to `d` from now.
+    pub(crate) fn kill_in(&self, d: Duration) {
+        let _ = self.deadline.send(tokio::time::Instant::now() + d);
+    }
 }
 
 impl Drop for RunHandle {
@@ -290,6 +306,9 @@ impl Supervisor {
         let sup = self.clone();
         let run_id = id.clone();
         let token = cancel.clone();
+        let (deadline_tx, mut deadline_rx) =
+            tokio::sync::watch::channel(tokio::time::Instant::now() + spec.timeout);
+        let timeout = spec.timeout;
         tokio::spawn(async move {
             let started = Instant::now();
             let stderr_task = tokio::spawn(read_tail(stderr, 64 * 1024));
@@ -300,8 +319,17 @@ impl Supervisor {
             let deadline = async {
                 if live {
                     std::future::pending::<()>().await
-                } else {
-                    tokio::time::sleep(spec.timeout).await
+                }
+                loop {
+                    let at = *deadline_rx.borrow_and_update();
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => break,
+                        moved = deadline_rx.changed() => if moved.is_err() {
+                            // The handle is gone: the last deadline stands.
+                            tokio::time::sleep_until(at).await;
+                            break;
+                        }
+                    }
                 }
             };
             tokio::pin!(deadline);
@@ -363,6 +391,8 @@ impl Supervisor {
                 pid,
                 events: rx,
                 cancel,
+                deadline: deadline_tx,
+                timeout,
             },
             live_stdin,
         ))
