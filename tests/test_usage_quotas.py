@@ -243,3 +243,22 @@ def test_live_runs_and_cancel_over_http(live_world, fake_model):
     assert call(url, "GET", "/api/v1/live", headers=bearer(admin)).json["runs"] == []
     mine = {g["group"]: g for g in usage(live_world, "key")["groups"]}[ids["a"]]
     assert (mine["requests"], mine["errors"]) == (1, 1), mine
+
+    # A client that leaves mid-stream: its run is recorded as ended (not left "running").
+    fake_model.reset()  # arms [[gate]] again
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+    conn.request("POST", "/api/v1/prompt", body=json.dumps(
+        {"backend": "claude", "prompt": "leave me [[gate]]", "output_format": "stream-json"}),
+        headers={"Content-Type": "application/json", **bearer(b)})
+    resp = conn.getresponse()
+    while json.loads(resp.readline())["type"] != "message":
+        pass
+    conn.close()
+    fake_model.release()
+
+    def b_row():
+        groups = {g["group"]: g for g in usage(live_world, "key")["groups"]}
+        g = groups.get(ids["b"])
+        return g if g and g["errors"] == 1 else None
+    g = poll(b_row, 30, "the abandoned run's row to be closed")
+    assert g["requests"] == 1

@@ -560,9 +560,9 @@ pub enum Scope {
     Admin,
 }
 
-/// A key's limits per UTC day and at once (none when absent).
+/// A key's limits per UTC day and at once (none when absent). Stored in the key store, so its
+/// readers tolerate fields they do not know (a newer store).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Quotas {
     /// Runs started per UTC day.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -480,7 +480,7 @@ impl PromptRun {
     async fn done(&mut self, summary: RunSummary) -> PromptUpdate {
         self.ended = true;
         self.record(&summary).await;
-        self.account.finish(&self.ctx, &summary).await;
+        self.account.finish(&summary).await;
         let result = PromptResult {
             session_id: self.session_id.clone(),
             backend: self.backend,
@@ -578,7 +578,7 @@ impl Drop for PromptRun {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        self.account.finish_dropped(&self.ctx, &rt);
+        // The account records the run as cancelled when it drops (after this).
         if let Some(id) = self.session_id.clone() {
             let ctx = self.ctx.clone();
             let turn = self._turn.take();
@@ -683,10 +683,11 @@ pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> 
                 error: Some(e.to_string()),
                 ..Default::default()
             };
-            account.finish(ctx, &failed).await;
+            account.finish(&failed).await;
             return Err(e.api_error());
         }
     };
+    account.running = true;
     if let Some(id) = &session_id {
         let sid = id.clone();
         ctx.live
@@ -771,7 +772,10 @@ pub(crate) fn run_event(ev: &Event, saw_delta: &mut bool) -> Option<RunEvent> {
 /// usage store (daily quotas), opened before anything starts and closed at the end — a run
 /// dropped before its end is closed as cancelled.
 struct Account {
+    ctx: Ctx,
     backend: Backend,
+    /// Whether its CLI started (a drop then means cancelled, else failed).
+    running: bool,
     live: crate::live::LiveGuard,
     row: Option<i64>,
     started: std::time::Instant,
@@ -845,7 +849,9 @@ impl Account {
             )
         })?;
         Ok(Account {
+            ctx: ctx.clone(),
             backend: plan.inv.backend,
+            running: false,
             live,
             row,
             started: std::time::Instant::now(),
@@ -893,32 +899,46 @@ impl Account {
     }
 
     /// Records the end (waits for the write: a usage report right after the answer has it).
-    async fn finish(&mut self, ctx: &Ctx, summary: &RunSummary) {
+    async fn finish(&mut self, summary: &RunSummary) {
         self.closed = true;
         let Some(id) = self.row else { return };
-        let (store, settings, end) = (ctx.usage.clone(), ctx.settings(), self.end(summary));
+        let (store, settings, end) = (
+            self.ctx.usage.clone(),
+            self.ctx.settings(),
+            self.end(summary),
+        );
         let backend = summary.backend;
         let _ =
             tokio::task::spawn_blocking(move || store.finish(id, &settings, backend, &end)).await;
     }
+}
 
-    /// Records a run whose consumer left before its end as cancelled.
-    fn finish_dropped(&mut self, ctx: &Ctx, rt: &tokio::runtime::Handle) {
-        if std::mem::replace(&mut self.closed, true) {
+impl Drop for Account {
+    /// A run that did not reach its end: its consumer left (`cancelled`), or `start` gave up
+    /// before the CLI ran (`failed`). The write completes off this thread, tracked by the drain.
+    fn drop(&mut self) {
+        if self.closed {
             return;
         }
-        let Some(id) = self.row else { return };
+        let (Some(id), Ok(rt)) = (self.row, tokio::runtime::Handle::try_current()) else {
+            return;
+        };
         let summary = RunSummary {
             model: self.model.clone(),
             exit_code: -1,
             duration_ms: self.started.elapsed().as_millis() as u64,
             error: Some("cancelled".into()),
-            cancelled: true,
+            cancelled: self.running,
             ..Default::default()
         };
-        let (store, settings, end) = (ctx.usage.clone(), ctx.settings(), self.end(&summary));
+        let (store, settings, end) = (
+            self.ctx.usage.clone(),
+            self.ctx.settings(),
+            self.end(&summary),
+        );
         let backend = self.backend;
-        ctx.work
-            .spawn_blocking_on(move || store.finish(id, &settings, backend, &end), rt);
+        self.ctx
+            .work
+            .spawn_blocking_on(move || store.finish(id, &settings, backend, &end), &rt);
     }
 }
