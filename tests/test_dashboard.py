@@ -67,6 +67,7 @@ def test_dashboard_end_to_end(live_world, fake_model, browser):
     b.wait("[...document.querySelectorAll('#prompt-backend option')].some(o => o.value === 'claude' && !o.disabled)",
            what="claude in the backend list")
     assert b.js("sessionStorage.getItem('clinvk.key')") == admin
+    assert "0 of 8 runs at once · queue 0 of 32" in b.js("document.getElementById('capacity').textContent")
 
     # A prompt typed in the box streams into the page: the first piece is shown while the fake
     # model holds the rest.

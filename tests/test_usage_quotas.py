@@ -121,6 +121,9 @@ def test_scopes_and_expiry(live_world):
     expired = add_key(live_world, "expired", "--expires", "1s")
     # read: lists, but does not run.
     assert call(url, "GET", "/api/v1/sessions", headers=bearer(reader)).status == 200
+    r = call(url, "GET", "/api/v1/backends", headers=bearer(reader))
+    assert r.status == 200 and r.json["capacity"]["max_concurrent"] == 8, r
+    assert r.json["capacity"]["queue_size"] == 32 and r.json["capacity"]["queued"] == 0, r
     assert call(url, "GET", "/api/v1/usage", headers=bearer(reader)).status == 200
     r = prompt(url, reader, "may I?")
     assert r.status == 403 and r.code == "insufficient_scope", r

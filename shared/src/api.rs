@@ -460,6 +460,26 @@ pub struct CompareResult {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BackendList {
     pub backends: Vec<crate::protocol::BackendStatus>,
+    /// The concurrency limits and what uses them now.
+    #[serde(default)]
+    pub capacity: Capacity,
+}
+
+/// The concurrency limits (`limits.*`, `backends.<b>.max_concurrent`) and their use now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Capacity {
+    /// CLI runs at once, all backends (`limits.max_concurrent`).
+    pub max_concurrent: usize,
+    /// Runs holding a slot now.
+    pub running: usize,
+    /// Runs that may wait for a slot (`limits.queue_size`).
+    pub queue_size: usize,
+    /// Runs waiting for a slot now.
+    pub queued: usize,
+    /// Each backend's own cap, where one is set (`backends.<b>.max_concurrent`).
+    pub per_backend: BTreeMap<String, usize>,
+    /// Runs holding a slot now, per backend.
+    pub running_per_backend: BTreeMap<String, usize>,
 }
 
 /// Filters and paging of `GET /api/v1/sessions`.

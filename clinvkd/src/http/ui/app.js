@@ -346,8 +346,13 @@ async function loadBackends() {
     const r = await api("GET", "/api/v1/backends");
     body.replaceChildren();
     select.replaceChildren();
+    const cap = r.capacity;
+    $("capacity").textContent = "all backends: " + cap.running + " of " + cap.max_concurrent + " runs at once · queue " + cap.queued + " of " + cap.queue_size;
     for (const b of r.backends) {
-      body.appendChild(row([b.name, b.available ? "yes" : "no", b.version || "", b.mode, b.workers.length, b.message || ""]));
+      const running = cap.running_per_backend[b.name] || 0;
+      const limit = cap.per_backend[b.name];
+      body.appendChild(row([b.name, b.available ? "yes" : "no", b.version || "", b.mode, limit ? running + " / " + limit : String(running),
+        b.workers.length, b.message || ""]));
       const o = el("option", b.name);
       o.value = b.name;
       if (!b.available) o.disabled = true;
