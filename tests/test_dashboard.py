@@ -98,6 +98,8 @@ def test_dashboard_end_to_end(live_world, fake_model, browser):
     assert all(pid_alive(p) for p in pids)
     row = b.js("document.querySelector('#live-runs tr[data-run]').textContent")
     assert "claude" in row and "native" in row, row
+    b.wait("document.getElementById('capacity').textContent.includes('1 of 8 runs at once')",
+           what="the backends view to count the run's slot")
     b.screenshot(out / "03-running.png")
     b.screenshot(out / "dashboard-small.png", scale=0.6)  # what docs/dashboard.png shows
     b.click("#live-runs tr[data-run] button.cancel")
@@ -137,6 +139,11 @@ def test_dashboard_end_to_end(live_world, fake_model, browser):
     b.wait("document.querySelectorAll('#transcript .turn').length >= 1", what="a transcript")
     b.js("window.scrollTo(0, 0)")
     b.screenshot(out / "dashboard.png")
+    deleted = b.js("document.querySelector('#sessions tr[data-session]').dataset.session")
+    b.click("#sessions tr[data-session] button.danger")
+    b.wait("document.querySelectorAll('#sessions tr[data-session]').length === 1", what="the session deleted")
+    r = live_world.clinvk("sessions", "list", "--json")
+    assert r.returncode == 0 and deleted not in r.stdout, r.stdout
 
     # The API docs page links to the dashboard.
     b.goto(url + "/docs")

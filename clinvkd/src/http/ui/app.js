@@ -150,7 +150,8 @@ function onLive(snap) {
   liveSnapshot = snap;
   liveAt = Date.now();
   renderLive();
-  // A run ended: the usage and the sessions changed.
+  // A run started or ended: the slots in use changed; one ended: the usage and sessions too.
+  if (lastRunCount >= 0 && snap.runs.length !== lastRunCount) loadBackends();
   if (lastRunCount >= 0 && snap.runs.length < lastRunCount) { loadUsage(); loadSessions(); if (keysVisible) loadKeys(); }
   lastRunCount = snap.runs.length;
 }
