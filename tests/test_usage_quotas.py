@@ -235,6 +235,8 @@ def test_live_runs_and_cancel_over_http(live_world, fake_model):
         assert [x["id"] for x in call(url, "GET", "/api/v1/live", headers=bearer(admin)).json["runs"]] == [run["id"]]
         r = jpost(url, f"/api/v1/runs/{run['id']}/cancel", {}, bearer(b))
         assert r.status == 404 and r.code == "run_not_found", r
+        r = jpost(url, f"/api/v1/runs/{run['id']}/cancel", {"force": True}, bearer(a))
+        assert r.status == 400 and "force" in r.message, r
         r = jpost(url, f"/api/v1/runs/{run['id']}/cancel", {}, bearer(a))
         assert r.status == 200 and r.json == {"id": run["id"], "cancelled": True}, r
         rest = [json.loads(line) for line in resp.read().splitlines() if line.strip()]

@@ -720,9 +720,16 @@ pub struct LiveRun {
 pub struct LiveSnapshot {
     pub runs: Vec<LiveRun>,
     pub workers: Vec<crate::protocol::WorkerInfo>,
+    /// The concurrency slots in use.
+    pub capacity: Capacity,
 }
 
-/// `POST /api/v1/runs/{id}/cancel`.
+/// The body of `POST /api/v1/runs/{id}/cancel`: an empty object (the run is in the path).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunCancelRequest {}
+
+/// The answer of `POST /api/v1/runs/{id}/cancel`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunCancelled {
     pub id: String,

@@ -421,7 +421,10 @@ async fn call(
             &crate::ops::usage::report(ctx, &me, ui::usage_query(&req.query)?).await?,
         ),
         Op::Live => ui::live(ctx, me, req.header("accept")),
-        Op::RunCancel => native::json_ok(&crate::ops::usage::cancel(ctx, &me, &param)?),
+        Op::RunCancel => {
+            let _: clinvk_shared::api::RunCancelRequest = req.json(ctx).await?;
+            native::json_ok(&crate::ops::usage::cancel(ctx, &me, &param)?)
+        }
         Op::KeysList => native::json_ok(&crate::ops::keys::list(ctx)),
         Op::KeysAdd => native::json_ok(&crate::ops::keys::add(ctx, req.json(ctx).await?).await?),
         Op::KeysRevoke => native::json_ok(&crate::ops::keys::revoke(ctx, &param).await?),

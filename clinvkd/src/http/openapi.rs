@@ -490,6 +490,7 @@ fn describe(op: Op, s: &mut Schemas) -> OpDoc {
         Op::RunCancel => OpDoc {
             description: Some("Cancels a running prompt (its CLI's process group is killed); its client gets the run's end with `error: cancelled`. An `admin` key may cancel any run, another key only its own."),
             parameters: vec![json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "The run's id, from `/api/v1/live`."})],
+            body: Some(s.request::<api::RunCancelRequest>()),
             errors: &[404],
             ..doc("cancelRun", "Cancel a running prompt", ("Cancelled.", json_body(s.answer::<api::RunCancelled>())))
         },

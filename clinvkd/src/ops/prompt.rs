@@ -688,11 +688,13 @@ pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> 
         }
     };
     account.running = true;
-    if let Some(id) = &session_id {
-        let sid = id.clone();
-        ctx.live
-            .update(&account.live.id, move |r| r.session_id = Some(sid));
-    }
+    // The CLI holds its slot now: the live view hears of it (and of the new session's id).
+    let sid = session_id.clone();
+    ctx.live.update(&account.live.id, move |r| {
+        if sid.is_some() {
+            r.session_id = sid;
+        }
+    });
     Ok(PromptRun {
         session_id,
         backend: plan.inv.backend,

@@ -15,9 +15,17 @@ pub(crate) fn backends(ctx: &Ctx, caller: &Caller) -> BackendList {
             w.backend_session_id = None;
         }
     }
+    BackendList {
+        backends,
+        capacity: capacity(ctx),
+    }
+}
+
+/// The concurrency limits and the slots in use now.
+pub(crate) fn capacity(ctx: &Ctx) -> clinvk_shared::api::Capacity {
     let settings = ctx.settings();
     let (running, per) = ctx.supervisor.limiter.running();
-    let capacity = clinvk_shared::api::Capacity {
+    clinvk_shared::api::Capacity {
         max_concurrent: settings.limits.max_concurrent,
         running,
         queue_size: settings.limits.queue_size,
@@ -31,8 +39,7 @@ pub(crate) fn backends(ctx: &Ctx, caller: &Caller) -> BackendList {
             .filter(|(_, n)| *n > 0)
             .map(|(b, n)| (b.to_string(), n))
             .collect(),
-    };
-    BackendList { backends, capacity }
+    }
 }
 
 pub(crate) fn list(ctx: &Ctx, caller: &Caller, q: &ListQuery) -> SessionPage {

@@ -44,7 +44,11 @@ pub(crate) fn live(ctx: &Ctx, caller: &Caller) -> LiveSnapshot {
             w.backend_session_id = None;
         }
     }
-    LiveSnapshot { runs, workers }
+    LiveSnapshot {
+        runs,
+        workers,
+        capacity: super::sessions::capacity(ctx),
+    }
 }
 
 /// Cancels a running prompt (its CLI's process group is killed). An `admin` key or the owner

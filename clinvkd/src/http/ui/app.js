@@ -150,8 +150,8 @@ function onLive(snap) {
   liveSnapshot = snap;
   liveAt = Date.now();
   renderLive();
-  // A run started or ended: the slots in use changed; one ended: the usage and sessions too.
-  if (lastRunCount >= 0 && snap.runs.length !== lastRunCount) loadBackends();
+  renderBackends(snap.capacity);
+  // A run ended: the usage and the sessions changed.
   if (lastRunCount >= 0 && snap.runs.length < lastRunCount) { loadUsage(); loadSessions(); if (keysVisible) loadKeys(); }
   lastRunCount = snap.runs.length;
 }
@@ -340,27 +340,36 @@ async function deleteSession(id) {
 
 // ---- backends --------------------------------------------------------------------------------
 
+let backendList = [];
+
 async function loadBackends() {
-  const body = $("backends");
   const select = $("prompt-backend");
   try {
     const r = await api("GET", "/api/v1/backends");
-    body.replaceChildren();
+    backendList = r.backends;
     select.replaceChildren();
-    const cap = r.capacity;
-    $("capacity").textContent = "all backends: " + cap.running + " of " + cap.max_concurrent + " runs at once · queue " + cap.queued + " of " + cap.queue_size;
     for (const b of r.backends) {
-      const running = cap.running_per_backend[b.name] || 0;
-      const limit = cap.per_backend[b.name];
-      body.appendChild(row([b.name, b.available ? "yes" : "no", b.version || "", b.mode, limit ? running + " / " + limit : String(running),
-        b.workers.length, b.message || ""]));
       const o = el("option", b.name);
       o.value = b.name;
       if (!b.available) o.disabled = true;
       select.appendChild(o);
     }
+    renderBackends(r.capacity);
   } catch (e) {
-    body.replaceChildren(row(["backends: " + e.message]));
+    $("backends").replaceChildren(row(["backends: " + e.message]));
+  }
+}
+
+// The slots in use come with every live event.
+function renderBackends(cap) {
+  const body = $("backends");
+  body.replaceChildren();
+  $("capacity").textContent = "all backends: " + cap.running + " of " + cap.max_concurrent + " runs at once · queue " + cap.queued + " of " + cap.queue_size;
+  for (const b of backendList) {
+    const running = cap.running_per_backend[b.name] || 0;
+    const limit = cap.per_backend[b.name];
+    body.appendChild(row([b.name, b.available ? "yes" : "no", b.version || "", b.mode, limit ? running + " / " + limit : String(running),
+      b.workers.length, b.message || ""]));
   }
 }
 
