@@ -16,6 +16,9 @@ step "system packages"
 need=()
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v systemd-socket-activate >/dev/null || need+=(systemd)
+# The dashboard test drives /ui in headless Chromium (raw CDP, no browser download) and curl.
+command -v chromium >/dev/null || need+=(chromium)
+command -v curl >/dev/null || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq >/dev/null

@@ -112,6 +112,8 @@ def test_serve_starts_then_attaches(world):
     r1 = world.clinvk("serve", "--port", "0", "--detach")
     assert r1.returncode == 0, r1.stderr
     assert "clinvkd started" in r1.stdout
+    url = world.status()["http_url"]
+    assert f"Dashboard: {url}/ui" in r1.stdout, r1.stdout
     pid = world.status()["pid"]
     r2 = world.clinvk("serve", "--port", "0", "--detach")
     assert r2.returncode == 0

@@ -19,7 +19,9 @@ def test_every_operation_conforms_to_the_openapi_document(world, tmp_path):
     ok = FAKECLI_DIR / "ok"
     world.write_config("backends:\n" + "".join(
         f"  {b}:\n    command: {ok}\n    mode: oneshot\n" for b in ("claude", "codex", "gemini"))
-        + "limits:\n  kill_grace_secs: 1\n")
+        + "limits:\n  kill_grace_secs: 1\n"
+        # Keys made by POST /api/v1/keys must not close the API to the operations after it.
+        + "server:\n  auth: off\n")
     world.start_daemon()
     import json
     import urllib.request

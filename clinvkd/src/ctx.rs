@@ -110,6 +110,10 @@ pub(crate) struct Inner {
     pub(crate) responses: crate::responses::ResponseStore,
     /// The warm workers (live CLI processes kept between turns).
     pub(crate) workers: crate::worker::Workers,
+    /// One row per run (SQLite), and the daily quotas counted from it.
+    pub(crate) usage: crate::usage::UsageStore,
+    /// The prompts running now (live view, cancel, concurrency quota).
+    pub(crate) live: crate::live::LiveRuns,
     /// Client tool calls: the MCP endpoint and the runs waiting for results.
     pub(crate) tools: Arc<crate::tools::ToolHub>,
 }
@@ -157,6 +161,7 @@ impl Ctx {
             &crate::keys::external_keys(&loaded.settings.server.api_keys_gopass_path)
                 .map_err(anyhow::Error::msg)?,
         );
+        let usage = crate::usage::UsageStore::open(&paths.state_dir.join("usage.db"));
         let (drain_tx, _) = watch::channel(false);
         let (stop_tx, _) = watch::channel(false);
         Ok(Ctx(Arc::new(Inner {
@@ -184,6 +189,8 @@ impl Ctx {
             keys,
             responses,
             workers: crate::worker::Workers::default(),
+            usage,
+            live: crate::live::LiveRuns::default(),
             tools: Arc::default(),
         })))
     }

@@ -178,6 +178,7 @@ pub async fn run(
     }
     crate::http::meta::install_metrics();
     metrics::gauge!("clinvk_active_sessions").set(ctx.sessions.count() as f64);
+    ctx.usage.count_open_errors();
 
     let activation = opts.activation.unwrap_or_default();
     let socket_activated = !activation.is_empty();

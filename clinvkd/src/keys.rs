@@ -2,7 +2,10 @@
 //! (`server.api_keys_gopass_path`), and from the daemon's own key store (`keys.json` in the state
 //! folder, 0600, managed with `clinvkctl keys`). Only SHA-256 digests are kept in memory and on
 //! disk; a presented key is checked against every digest in constant time. No keys → open.
+//! A stored key has a scope (what it may do), quotas and an expiry; files written before they
+//! existed are read as keys of scope `use` without limits.
 
+use clinvk_shared::api::{Quotas, Scope};
 use clinvk_shared::config::AuthMode;
 use clinvk_shared::paths::write_private_atomic;
 use nix::fcntl::{Flock, FlockArg};
@@ -22,6 +25,45 @@ pub(crate) struct StoredKey {
     /// The first characters of the key, to recognise it.
     pub(crate) prefix: String,
     pub(crate) created_at: String,
+    /// None in files written before scopes: `use`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) scope: Option<Scope>,
+    #[serde(default)]
+    pub(crate) quotas: Quotas,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) expires_at: Option<String>,
+}
+
+impl StoredKey {
+    pub(crate) fn scope(&self) -> Scope {
+        self.scope.unwrap_or_default()
+    }
+
+    /// Whether the key has expired at `now`.
+    pub(crate) fn expired_at(&self, now: std::time::SystemTime) -> bool {
+        self.expires_at
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            .is_some_and(|t| t <= now)
+    }
+}
+
+/// What a presented key proves: which key, what it may do, and whether it has expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub(crate) id: String,
+    pub(crate) scope: Scope,
+    pub(crate) expired: bool,
+}
+
+/// A new key's properties (validated by `ops::keys`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NewKeySpec {
+    pub(crate) name: String,
+    pub(crate) scope: Scope,
+    pub(crate) quotas: Quotas,
+    pub(crate) expires_at: Option<String>,
 }
 
 /// Why the key store cannot be used. The daemon refuses to start (and a reload fails) rather
@@ -176,7 +218,13 @@ impl KeyStore {
 
     /// Checks a presented key in constant time against every accepted digest; returns the id
     /// of the key it matches.
+    #[cfg(test)]
     pub(crate) fn check(&self, presented: &str) -> Option<String> {
+        self.grant(presented).map(|g| g.id)
+    }
+
+    /// As `check`, with the key's scope and whether it has expired.
+    pub(crate) fn grant(&self, presented: &str) -> Option<Grant> {
         let d = digest(presented);
         let r = self.read();
         let mut found = None;
@@ -186,7 +234,18 @@ impl KeyStore {
                 found = Some(id.clone());
             }
         }
-        found
+        let id = found?;
+        let stored = r.stored.iter().find(|k| k.id == id);
+        Some(Grant {
+            scope: stored.map_or(Scope::Use, StoredKey::scope),
+            expired: stored.is_some_and(|k| k.expired_at(std::time::SystemTime::now())),
+            id,
+        })
+    }
+
+    /// A stored key by id.
+    pub(crate) fn get(&self, id: &str) -> Option<StoredKey> {
+        self.read().stored.iter().find(|k| k.id == id).cloned()
     }
 
     /// Read-modify-write of the store file under the in-process lock and an exclusive file
@@ -204,8 +263,15 @@ impl KeyStore {
         let lock_file = opts.open(&lock_path).map_err(werr)?;
         let _flock = Flock::lock(lock_file, FlockArg::LockExclusive)
             .map_err(|(_, e)| werr(std::io::Error::from(e)))?;
-        let mut stored = read_file(&self.file)?.unwrap_or_default();
+        let on_disk = read_file(&self.file)?;
+        let mut stored = on_disk.clone().unwrap_or_default();
         let out = f(&mut stored);
+        if on_disk.as_ref() == Some(&stored) || (on_disk.is_none() && stored.is_empty()) {
+            // Nothing changed: no write (a revoke of an unknown key must not create the store
+            // file, which would switch auth on).
+            self.set_stored(on_disk.is_some(), stored);
+            return Ok(out);
+        }
         let bytes =
             serde_json::to_vec_pretty(&stored).map_err(|e| werr(std::io::Error::other(e)))?;
         write_private_atomic(&self.file, &bytes).map_err(werr)?;
@@ -213,8 +279,17 @@ impl KeyStore {
         Ok(out)
     }
 
-    /// Creates a key, stores its digest, and returns the key (shown once).
+    /// Creates a key of scope `use` without limits (see `add_spec`).
+    #[cfg(test)]
     pub(crate) fn add(&self, name: &str) -> Result<(StoredKey, String), KeyStoreError> {
+        self.add_spec(NewKeySpec {
+            name: name.to_string(),
+            ..Default::default()
+        })
+    }
+
+    /// Creates a key, stores its digest, and returns the key (shown once).
+    pub(crate) fn add_spec(&self, spec: NewKeySpec) -> Result<(StoredKey, String), KeyStoreError> {
         let secret = format!(
             "ck-{}{}",
             uuid::Uuid::new_v4().simple(),
@@ -222,10 +297,13 @@ impl KeyStore {
         );
         let key = StoredKey {
             id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
-            name: name.to_string(),
+            name: spec.name,
             sha256: hex(&digest(&secret)),
             prefix: secret[..8].to_string(),
             created_at: clinvk_shared::types::now_rfc3339(),
+            scope: Some(spec.scope),
+            quotas: spec.quotas,
+            expires_at: spec.expires_at,
         };
         let k = key.clone();
         self.modify(move |stored| stored.push(k))?;
@@ -342,9 +420,49 @@ mod tests {
         assert!(ks.revoke(&k.id).unwrap());
         assert!(ks.check(&secret).is_none());
         assert!(!ks.revoke("nothing").unwrap());
+        let fresh = KeyStore::open(&d.path().join("other.json")).unwrap();
+        assert!(!fresh.revoke("nothing").unwrap());
+        assert!(
+            !fresh.configured(),
+            "revoking an unknown key creates no store (auth stays off)"
+        );
         // The last key revoked: still required (fails closed) until auth is switched off.
         assert_eq!(ks.count(), 0);
         assert!(ks.required(AuthMode::Auto));
+    }
+
+    #[test]
+    fn old_files_read_as_use_keys_and_expiry_counts() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("keys.json");
+        let secret = "ck-old-key";
+        std::fs::write(
+            &f,
+            format!(
+                r#"[{{"id":"old1","name":"old","sha256":"{}","prefix":"ck-old-k","created_at":"2026-01-01T00:00:00Z"}}]"#,
+                hex(&digest(secret))
+            ),
+        )
+        .unwrap();
+        let ks = KeyStore::open(&f).unwrap();
+        let g = ks.grant(secret).unwrap();
+        assert_eq!(
+            (g.id.as_str(), g.scope, g.expired),
+            ("old1", Scope::Use, false)
+        );
+        let (k, s2) = ks
+            .add_spec(NewKeySpec {
+                name: "gone".into(),
+                scope: Scope::Read,
+                expires_at: Some("2020-01-01T00:00:00Z".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        let g = ks.grant(&s2).unwrap();
+        assert_eq!((g.id, g.scope, g.expired), (k.id, Scope::Read, true));
+        // The old key is kept as it was (no scope written into it by the rewrite).
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(text.contains("\"old1\""), "{text}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub(crate) mod engine;
 pub(crate) mod error;
 pub(crate) mod http;
 pub(crate) mod keys;
+pub(crate) mod live;
 pub mod logging;
 pub(crate) mod ops;
 pub(crate) mod responses;
@@ -17,6 +18,7 @@ pub mod service;
 pub(crate) mod session;
 pub mod supervisor;
 pub(crate) mod tools;
+pub(crate) mod usage;
 pub(crate) mod worker;
 
 #[cfg(test)]

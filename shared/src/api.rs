@@ -460,6 +460,26 @@ pub struct CompareResult {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BackendList {
     pub backends: Vec<crate::protocol::BackendStatus>,
+    /// The concurrency limits and what uses them now.
+    #[serde(default)]
+    pub capacity: Capacity,
+}
+
+/// The concurrency limits (`limits.*`, `backends.<b>.max_concurrent`) and their use now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Capacity {
+    /// CLI runs at once, all backends (`limits.max_concurrent`).
+    pub max_concurrent: usize,
+    /// Runs holding a slot now.
+    pub running: usize,
+    /// Runs that may wait for a slot (`limits.queue_size`).
+    pub queue_size: usize,
+    /// Runs waiting for a slot now.
+    pub queued: usize,
+    /// Each backend's own cap, where one is set (`backends.<b>.max_concurrent`).
+    pub per_backend: BTreeMap<String, usize>,
+    /// Runs holding a slot now, per backend.
+    pub running_per_backend: BTreeMap<String, usize>,
 }
 
 /// Filters and paging of `GET /api/v1/sessions`.
@@ -534,6 +554,74 @@ pub struct SessionDeleted {
     pub id: String,
 }
 
+/// What an API key may do. Each scope includes the ones before it: `read` lists sessions,
+/// backends and usage; `use` also runs prompts (and deletes its own sessions); `admin` also
+/// manages keys (`/api/v1/keys`) and cancels any run. A stored key without a scope (made before
+/// scopes existed) and a key from `CLINVK_API_KEYS` or gopass are `use`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    #[default]
+    Use,
+    Admin,
+}
+
+/// A key's limits per UTC day and at once (none when absent). Stored in the key store, so its
+/// readers tolerate fields they do not know (a newer store).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Quotas {
+    /// Runs started per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    /// Tokens (input + output, as the CLIs report them) per UTC day; a run that starts under
+    /// the quota may end over it, the next one is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    /// Runs at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+}
+
+/// `POST /api/v1/keys`, `clinvkctl keys add NAME …`: a new key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyAddRequest {
+    pub name: String,
+    #[serde(default)]
+    pub scope: Scope,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// How long the key lives, e.g. `30d`, `12h` (forever when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+/// What a key used today (UTC) and has running now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KeyUsageToday {
+    pub requests: u64,
+    pub tokens: u64,
+    pub running: u32,
+}
+
 /// A stored API key as `clinvkctl keys list` shows it (never the key nor its digest).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct KeyInfo {
@@ -542,6 +630,110 @@ pub struct KeyInfo {
     /// The first characters of the key, to recognise it.
     pub prefix: String,
     pub created_at: String,
+    #[serde(default)]
+    pub scope: Scope,
+    #[serde(default)]
+    pub quotas: Quotas,
+    /// When the key stops working (RFC 3339), if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub expired: bool,
+    /// Its use against the quotas (in listings).
+    #[serde(default)]
+    pub today: KeyUsageToday,
+}
+
+/// How `GET /api/v1/usage` and `clinvkctl usage` group the runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageGroupBy {
+    #[default]
+    Day,
+    Key,
+    Backend,
+    Model,
+}
+
+/// `GET /api/v1/usage?by=…&since=…`, `clinvkctl usage`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageQuery {
+    #[serde(default)]
+    pub by: UsageGroupBy,
+    /// How far back: a duration such as `7d` or `12h` (default `7d`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
+/// Sums over some runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UsageTotals {
+    pub requests: u64,
+    /// Runs that failed (CLI error, timeout, cancellation).
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_tokens: u64,
+    /// US dollars: what claude reports for its runs, else tokens × the `pricing:` table — an
+    /// estimate.
+    pub cost_usd: f64,
+    pub duration_ms: u64,
+}
+
+/// One group of `UsageReport`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UsageGroup {
+    /// The key id, backend, model or day (`YYYY-MM-DD`, UTC) of the group.
+    pub group: String,
+    #[serde(flatten)]
+    pub totals: UsageTotals,
+}
+
+/// The runs since a time, grouped.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UsageReport {
+    pub by: UsageGroupBy,
+    /// The start of the period (RFC 3339).
+    pub since: String,
+    pub groups: Vec<UsageGroup>,
+    pub total: UsageTotals,
+}
+
+/// A prompt running now (`/api/v1/live`, the dashboard).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LiveRun {
+    pub id: String,
+    pub backend: Backend,
+    pub model: Option<String>,
+    pub session_id: Option<String>,
+    /// The id of the key that started it.
+    pub key_id: Option<String>,
+    /// `native`, `openai`, `anthropic` or `cli`.
+    pub api_style: String,
+    pub started_at: String,
+    pub elapsed_ms: u64,
+}
+
+/// What runs now: one event of `GET /api/v1/live`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LiveSnapshot {
+    pub runs: Vec<LiveRun>,
+    pub workers: Vec<crate::protocol::WorkerInfo>,
+    /// The concurrency slots in use.
+    pub capacity: Capacity,
+}
+
+/// The body of `POST /api/v1/runs/{id}/cancel`: an empty object (the run is in the path).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunCancelRequest {}
+
+/// The answer of `POST /api/v1/runs/{id}/cancel`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunCancelled {
+    pub id: String,
+    pub cancelled: bool,
 }
 
 /// A key just created: the only time the key itself is shown.

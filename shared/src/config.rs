@@ -30,6 +30,31 @@ pub struct Settings {
     pub log: LogSettings,
     pub limits: LimitSettings,
     pub tools: ToolSettings,
+    /// Prices (US dollars per million tokens) for the cost of runs whose CLI reports none, by
+    /// `backend/model`, `model` or `backend` (the first that matches). An estimate.
+    pub pricing: BTreeMap<String, Price>,
+}
+
+/// The price of a model's tokens, in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    /// For the cached part of the input (the input price when absent).
+    #[serde(default)]
+    pub cache_per_mtok: Option<f64>,
+}
+
+impl Settings {
+    /// The price for a run of `backend` with `model`: `backend/model`, then `model`, then
+    /// `backend` in `pricing:`.
+    pub fn price(&self, backend: Backend, model: Option<&str>) -> Option<Price> {
+        let by = |k: &str| self.pricing.get(k).copied();
+        model
+            .and_then(|m| by(&format!("{backend}/{m}")).or_else(|| by(m)))
+            .or_else(|| by(backend.as_str()))
+    }
 }
 
 impl Settings {
@@ -59,6 +84,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             limits: LimitSettings::default(),
             tools: ToolSettings::default(),
+            pricing: BTreeMap::new(),
         }
     }
 }
@@ -705,6 +731,19 @@ pub fn validate(s: &Settings, source: Option<&Path>) -> Result<(), ConfigError> 
                 KNOWN_BACKENDS.join(", ")
             ),
         ));
+    }
+    for (name, p) in &s.pricing {
+        let prices = [
+            p.input_per_mtok,
+            p.output_per_mtok,
+            p.cache_per_mtok.unwrap_or(0.0),
+        ];
+        if prices.iter().any(|v| !v.is_finite() || *v < 0.0) {
+            return Err(invalid(
+                &format!("pricing.{name}"),
+                "prices must be zero or more (US dollars per million tokens)".into(),
+            ));
+        }
     }
     for name in s.backends.keys() {
         if !KNOWN_BACKENDS.contains(&name.as_str()) {

@@ -8,9 +8,9 @@
 //! request (a running prompt is cancelled in the daemon).
 
 use crate::api::{
-    BackendList, ChainRequest, ChainResult, CompareRequest, CompareResult, KeyList, KeyRevoked,
-    ListQuery, NewKey, ParallelRequest, ParallelResult, PromptOutcome, PromptRequest, RunEvent,
-    SessionDeleted, SessionDetail, SessionPage, TaskDone,
+    BackendList, ChainRequest, ChainResult, CompareRequest, CompareResult, KeyAddRequest, KeyList,
+    KeyRevoked, ListQuery, NewKey, ParallelRequest, ParallelResult, PromptOutcome, PromptRequest,
+    RunEvent, SessionDeleted, SessionDetail, SessionPage, TaskDone, UsageQuery, UsageReport,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -108,6 +108,8 @@ pub enum Request {
     Backends,
     Sessions(SessionsRequest),
     Keys(KeysRequest),
+    /// Runs and tokens, grouped (`Reply::Usage`).
+    Usage(UsageQuery),
 }
 
 /// The session operations (the control socket sees every session).
@@ -124,7 +126,7 @@ pub enum SessionsRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum KeysRequest {
-    Add { name: String },
+    Add(KeyAddRequest),
     List,
     Revoke { id: String },
 }
@@ -153,6 +155,7 @@ pub enum Reply {
     KeyAdded(NewKey),
     Keys(KeyList),
     KeyRevoked(KeyRevoked),
+    Usage(Box<UsageReport>),
 }
 
 /// What `clinvkctl status` shows.

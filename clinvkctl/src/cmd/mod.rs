@@ -11,3 +11,4 @@ pub mod service;
 pub mod sessions;
 pub mod status;
 pub mod stop;
+pub mod usage;

@@ -74,6 +74,10 @@ pub async fn run(args: ServeArgs) -> Result<u8, ClientError> {
             }
         }
     }
+    println!(
+        "Dashboard: {}/ui · API docs: {}/docs",
+        info.http_url, info.http_url
+    );
     if args.detach {
         return Ok(exit::OK);
     }

@@ -185,11 +185,12 @@ struct Parser {
 
 fn usage_of(v: &Value) -> TokenUsage {
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let cache = n("cache_creation_input_tokens") + n("cache_read_input_tokens");
     TokenUsage {
-        input_tokens: n("input_tokens")
-            + n("cache_creation_input_tokens")
-            + n("cache_read_input_tokens"),
+        input_tokens: n("input_tokens") + cache,
         output_tokens: n("output_tokens"),
+        cache_tokens: cache,
+        cost_usd: None,
     }
 }
 
@@ -273,7 +274,10 @@ impl LineParser for Parser {
             }
             Some("result") => {
                 self.saw_result = true;
-                out.push(Event::Usage(usage_of(&v["usage"])));
+                out.push(Event::Usage(TokenUsage {
+                    cost_usd: v["total_cost_usd"].as_f64(),
+                    ..usage_of(&v["usage"])
+                }));
                 let is_error = v["is_error"].as_bool().unwrap_or(false);
                 let text = v["result"].as_str().map(str::to_string);
                 out.push(Event::Result {

@@ -222,6 +222,8 @@ impl LineParser for Parser {
                 vec![Event::Usage(TokenUsage {
                     input_tokens: u["input_tokens"].as_u64().unwrap_or(0),
                     output_tokens: u["output_tokens"].as_u64().unwrap_or(0),
+                    cache_tokens: u["cached_input_tokens"].as_u64().unwrap_or(0),
+                    cost_usd: None,
                 })]
             }
             Some("turn.failed") => {

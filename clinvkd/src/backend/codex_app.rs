@@ -379,6 +379,7 @@ impl AppServer {
                         out.events.push(Event::Usage(TokenUsage {
                             input_tokens: n.token_usage.last.input_tokens,
                             output_tokens: n.token_usage.last.output_tokens,
+                            ..Default::default()
                         }));
                     }
                 }

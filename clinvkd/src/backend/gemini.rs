@@ -190,6 +190,7 @@ impl LineParser for Parser {
                 let mut out = vec![Event::Usage(TokenUsage {
                     input_tokens: s["input_tokens"].as_u64().unwrap_or(0),
                     output_tokens: s["output_tokens"].as_u64().unwrap_or(0),
+                    ..Default::default()
                 })];
                 let is_error = v["status"] == "error";
                 out.push(Event::Result {

@@ -265,6 +265,7 @@ impl Acp {
                 out.events.push(Event::Usage(TokenUsage {
                     input_tokens: tc.input_tokens,
                     output_tokens: tc.output_tokens,
+                    ..Default::default()
                 }));
             }
             match r.stop_reason.as_deref() {
@@ -512,7 +513,8 @@ mod tests {
             step.events,
             vec![Event::Usage(TokenUsage {
                 input_tokens: 11,
-                output_tokens: 4
+                output_tokens: 4,
+                ..Default::default()
             })]
         );
     }

@@ -342,8 +342,8 @@ async fn operation(ctx: &Ctx, conn: &Stream, request: Request) {
                     deleted: sessions::clean(ctx, older_than_days),
                 })
             }
-            Request::Keys(KeysRequest::Add { name }) => {
-                reply(ops::keys::add(ctx, &name).await, Reply::KeyAdded)
+            Request::Keys(KeysRequest::Add(req)) => {
+                reply(ops::keys::add(ctx, req).await, Reply::KeyAdded)
             }
             Request::Keys(KeysRequest::List) => {
                 ServerFrame::Reply(Reply::Keys(ops::keys::list(ctx)))
@@ -351,6 +351,9 @@ async fn operation(ctx: &Ctx, conn: &Stream, request: Request) {
             Request::Keys(KeysRequest::Revoke { id }) => {
                 reply(ops::keys::revoke(ctx, &id).await, Reply::KeyRevoked)
             }
+            Request::Usage(q) => reply(ops::usage::report(ctx, &me, q).await, |r| {
+                Reply::Usage(Box::new(r))
+            }),
             Request::Status | Request::Reload | Request::Stop | Request::Attach => {
                 ServerFrame::Error(ErrorBody::new("bad_request", "not an operation"))
             }

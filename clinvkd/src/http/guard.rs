@@ -237,7 +237,9 @@ pub(crate) fn authenticate(
     let public = match access {
         super::routes::Access::Public => true,
         super::routes::Access::Metrics => !settings.server.metrics_require_auth,
-        super::routes::Access::Key => false,
+        super::routes::Access::Read | super::routes::Access::Key | super::routes::Access::Admin => {
+            false
+        }
     };
     if !ctx.auth_required() {
         return Ok(Authenticated {
@@ -256,12 +258,36 @@ pub(crate) fn authenticate(
     }
     // A client that keeps guessing is stopped before its key is even checked.
     rate.check_failures(ctx, &ip)?;
-    match presented.as_deref().map(|k| ctx.keys.check(k)) {
-        Some(Some(key_id)) => Ok(Authenticated {
-            client: format!("key:{key_id}"),
-            caller: Caller::http(Some(key_id)),
-            verified: true,
-        }),
+    match presented.as_deref().map(|k| ctx.keys.grant(k)) {
+        Some(Some(grant)) if grant.expired => {
+            rate.record_failure(ctx, &ip);
+            Err(ApiError::new(
+                Kind::Unauthorized,
+                "expired_api_key",
+                "the API key has expired",
+            ))
+        }
+        Some(Some(grant)) => {
+            if let Some(needed) = access.scope().filter(|n| grant.scope < *n) {
+                return Err(ApiError::new(
+                    Kind::Forbidden,
+                    "insufficient_scope",
+                    format!(
+                        "this key's scope `{}` does not allow this; it needs `{}`",
+                        clinvk_shared::api::wire_name(&grant.scope),
+                        clinvk_shared::api::wire_name(&needed)
+                    ),
+                ));
+            }
+            Ok(Authenticated {
+                client: format!("key:{}", grant.id),
+                caller: Caller {
+                    scope: grant.scope,
+                    ..Caller::http(Some(grant.id))
+                },
+                verified: true,
+            })
+        }
         _ if public => Ok(Authenticated {
             caller: Caller::http(None),
             verified: false,

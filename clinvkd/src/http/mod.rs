@@ -13,6 +13,7 @@ pub(crate) mod openapi;
 pub(crate) mod responses;
 pub(crate) mod routes;
 pub(crate) mod server;
+pub(crate) mod ui;
 
 use crate::ctx::Ctx;
 use bytes::{Buf, Bytes};
@@ -414,6 +415,19 @@ async fn call(
         }
         Op::AnthropicModels => Ok(anthropic::models(ctx)),
         Op::AnthropicModel => anthropic::model(ctx, &param),
+        Op::Ui => Ok(ui::page()),
+        Op::UiAsset => ui::asset(&param),
+        Op::Usage => native::json_ok(
+            &crate::ops::usage::report(ctx, &me, ui::usage_query(&req.query)?).await?,
+        ),
+        Op::Live => ui::live(ctx, me, req.header("accept")),
+        Op::RunCancel => {
+            let _: clinvk_shared::api::RunCancelRequest = req.json(ctx).await?;
+            native::json_ok(&crate::ops::usage::cancel(ctx, &me, &param)?)
+        }
+        Op::KeysList => native::json_ok(&crate::ops::keys::list(ctx)),
+        Op::KeysAdd => native::json_ok(&crate::ops::keys::add(ctx, req.json(ctx).await?).await?),
+        Op::KeysRevoke => native::json_ok(&crate::ops::keys::revoke(ctx, &param).await?),
     }
 }
 

@@ -235,7 +235,7 @@ fn describe(op: Op, s: &mut Schemas) -> OpDoc {
             }
         }
         Op::Metrics => OpDoc {
-            description: Some("Prometheus text format, when `server.metrics_enabled`. Series include `clinvk_requests_total{method,path,status}` and `clinvk_request_duration_seconds{method,path}` (path = the route template, e.g. `/api/v1/sessions/{id}`), `clinvk_backend_executions_total{backend,status}`, `clinvk_backend_execution_duration_seconds{backend}`, `clinvk_time_to_first_output_seconds{backend}`, `clinvk_active_sessions`, `clinvk_sessions_created_total`. A key is required when auth is on and `server.metrics_require_auth` is set (the default)."),
+            description: Some("Prometheus text format, when `server.metrics_enabled`. Series include `clinvk_requests_total{method,path,status}` and `clinvk_request_duration_seconds{method,path}` (path = the route template, e.g. `/api/v1/sessions/{id}`), `clinvk_backend_executions_total{backend,status}`, `clinvk_backend_execution_duration_seconds{backend}`, `clinvk_time_to_first_output_seconds{backend}`, `clinvk_active_sessions`, `clinvk_sessions_created_total`, `clinvk_usage_store_errors_total` (usage store failures: the runs went on unrecorded). A key is required when auth is on and `server.metrics_require_auth` is set (the default)."),
             own: vec![(404, native_error("Metrics are disabled (`code: metrics_disabled`)."))],
             ..doc(
                 "metrics",
@@ -443,6 +443,72 @@ fn describe(op: Op, s: &mut Schemas) -> OpDoc {
             errors: &[404],
             ..doc("anthropicGetModel", "One model", ("The model.", json_body(json!({"$ref": "#/components/schemas/AnthropicModel"}))))
         },
+        Op::Ui => doc(
+            "dashboard",
+            "The operator's dashboard (works offline; asks for a key when auth is on)",
+            ("An HTML page using this API with the daemon's own assets.", text_body("text/html", None)),
+        ),
+        Op::UiAsset => OpDoc {
+            parameters: vec![json!({"name": "asset", "in": "path", "required": true, "schema": {"type": "string", "enum": ["app.js", "style.css"]}})],
+            own: vec![(404, native_error("No such asset."))],
+            ..doc(
+                "dashboardAsset",
+                "An asset of the dashboard",
+                (
+                    "The asset.",
+                    json!({"text/javascript": {"schema": {"type": "string"}}, "text/css": {"schema": {"type": "string"}}}),
+                ),
+            )
+        },
+        Op::Usage => {
+            let query = s.request::<api::UsageQuery>();
+            let query = resolve(&s.requests, &query);
+            OpDoc {
+                description: Some("One row per run is kept in the usage store; this sums the runs started since `since` (default `7d`), grouped by `by` (default `day`, UTC). Cost is claude's own figure where it reports one, otherwise tokens × the `pricing:` table: an estimate. A key without the `admin` scope sees only its own runs."),
+                parameters: query_params(&query),
+                errors: &[400],
+                ..doc("usage", "Usage and cost, grouped", ("The report.", json_body(s.answer::<api::UsageReport>())))
+            }
+        }
+        Op::Live => {
+            let snapshot = s.answer::<api::LiveSnapshot>();
+            OpDoc {
+                description: Some("The running prompts (a key without the `admin` scope sees only its own) and the warm workers. With `Accept: text/event-stream` the answer is a stream of server-sent events that stays open: an `event: live` frame whose `data:` is a `LiveSnapshot` at once, then at every change (and every few seconds); otherwise the snapshot once, as JSON."),
+                ..doc(
+                    "live",
+                    "What runs now (JSON, or server-sent events)",
+                    (
+                        "The snapshot, or with `Accept: text/event-stream` the event stream.",
+                        json!({
+                            "application/json": {"schema": snapshot.clone()},
+                            "text/event-stream": {"schema": sse_event(), "x-stream-item": snapshot},
+                        }),
+                    ),
+                )
+            }
+        }
+        Op::RunCancel => OpDoc {
+            description: Some("Cancels a running prompt (its CLI's process group is killed); its client gets the run's end with `error: cancelled`. An `admin` key may cancel any run, another key only its own."),
+            parameters: vec![json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "The run's id, from `/api/v1/live`."})],
+            body: Some(s.request::<api::RunCancelRequest>()),
+            errors: &[404],
+            ..doc("cancelRun", "Cancel a running prompt", ("Cancelled.", json_body(s.answer::<api::RunCancelled>())))
+        },
+        Op::KeysList => doc(
+            "listKeys",
+            "List the stored API keys with their scopes, quotas and use today (admin)",
+            ("The keys (never the keys themselves).", json_body(s.answer::<api::KeyList>())),
+        ),
+        Op::KeysAdd => OpDoc {
+            body: Some(s.request::<api::KeyAddRequest>()),
+            errors: &[500],
+            ..doc("addKey", "Create an API key (admin); the key is in this answer only", ("The new key.", json_body(s.answer::<api::NewKey>())))
+        },
+        Op::KeysRevoke => OpDoc {
+            parameters: vec![json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "The key's id or name."})],
+            errors: &[404, 500],
+            ..doc("revokeKey", "Revoke an API key (admin)", ("Revoked.", json_body(s.answer::<api::KeyRevoked>())))
+        },
     }
 }
 
@@ -466,7 +532,7 @@ fn guard_errors(method: &Method, access: Access) -> Vec<u16> {
     match access {
         Access::Public => {}
         Access::Metrics => codes.push(401),
-        Access::Key => codes.extend([401, 429]),
+        Access::Read | Access::Key | Access::Admin => codes.extend([401, 429]),
     }
     if method == Method::POST {
         codes.extend([400, 413, 415]);

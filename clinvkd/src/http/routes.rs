@@ -30,6 +30,14 @@ pub(crate) enum Op {
     AnthropicCountTokens,
     AnthropicModels,
     AnthropicModel,
+    Ui,
+    UiAsset,
+    Usage,
+    Live,
+    RunCancel,
+    KeysList,
+    KeysAdd,
+    KeysRevoke,
 }
 
 /// Who may call a route.
@@ -39,8 +47,25 @@ pub(crate) enum Access {
     Public,
     /// Needs a key when auth is on and `server.metrics_require_auth` (default) is set.
     Metrics,
-    /// Needs a key when auth is on.
+    /// Needs a key when auth is on, of scope `read` or more (lists, reports).
+    Read,
+    /// Needs a key when auth is on, of scope `use` or more (runs, changes).
     Key,
+    /// Needs a key when auth is on, of scope `admin` (key management).
+    Admin,
+}
+
+impl Access {
+    /// The scope a key needs (None: no key needed).
+    pub(crate) fn scope(self) -> Option<clinvk_shared::api::Scope> {
+        use clinvk_shared::api::Scope;
+        match self {
+            Access::Public | Access::Metrics => None,
+            Access::Read => Some(Scope::Read),
+            Access::Key => Some(Scope::Use),
+            Access::Admin => Some(Scope::Admin),
+        }
+    }
 }
 
 /// One route: a method and a path template. `{name}` matches one path segment; `{name*}` the
@@ -62,10 +87,10 @@ const fn route(method: Method, template: &'static str, op: Op, access: Access) -
     }
 }
 
-use Access::{Key, Metrics, Public};
+use Access::{Admin, Key, Metrics, Public, Read};
 
 /// Every route the server answers.
-pub(crate) static ROUTES: [Route; 23] = [
+pub(crate) static ROUTES: [Route; 31] = [
     route(Method::GET, "/health", Op::Health, Public),
     route(Method::GET, "/metrics", Op::Metrics, Metrics),
     route(Method::GET, "/openapi.json", Op::OpenApi, Public),
@@ -75,9 +100,9 @@ pub(crate) static ROUTES: [Route; 23] = [
     route(Method::POST, "/api/v1/parallel", Op::Parallel, Key),
     route(Method::POST, "/api/v1/chain", Op::Chain, Key),
     route(Method::POST, "/api/v1/compare", Op::Compare, Key),
-    route(Method::GET, "/api/v1/backends", Op::Backends, Key),
-    route(Method::GET, "/api/v1/sessions", Op::SessionsList, Key),
-    route(Method::GET, "/api/v1/sessions/{id}", Op::SessionGet, Key),
+    route(Method::GET, "/api/v1/backends", Op::Backends, Read),
+    route(Method::GET, "/api/v1/sessions", Op::SessionsList, Read),
+    route(Method::GET, "/api/v1/sessions/{id}", Op::SessionGet, Read),
     route(
         Method::DELETE,
         "/api/v1/sessions/{id}",
@@ -134,6 +159,14 @@ pub(crate) static ROUTES: [Route; 23] = [
         Op::AnthropicModel,
         Key,
     ),
+    route(Method::GET, "/ui", Op::Ui, Public),
+    route(Method::GET, "/ui/{asset}", Op::UiAsset, Public),
+    route(Method::GET, "/api/v1/usage", Op::Usage, Read),
+    route(Method::GET, "/api/v1/live", Op::Live, Read),
+    route(Method::POST, "/api/v1/runs/{id}/cancel", Op::RunCancel, Key),
+    route(Method::GET, "/api/v1/keys", Op::KeysList, Admin),
+    route(Method::POST, "/api/v1/keys", Op::KeysAdd, Admin),
+    route(Method::DELETE, "/api/v1/keys/{id}", Op::KeysRevoke, Admin),
 ];
 
 /// The metric label of a path no route matches.

@@ -7,6 +7,7 @@ pub(crate) mod keys;
 pub(crate) mod multi;
 pub(crate) mod prompt;
 pub(crate) mod sessions;
+pub(crate) mod usage;
 
 use crate::error::ApiError;
 
@@ -18,6 +19,8 @@ pub(crate) struct Caller {
     pub(crate) key_id: Option<String>,
     /// Whether the request came over HTTP (session id prefixes must then be long).
     pub(crate) via_http: bool,
+    /// What the key may do (ignored without a key: the owner may do everything).
+    pub(crate) scope: clinvk_shared::api::Scope,
 }
 
 /// The shortest session id prefix accepted over HTTP.
@@ -34,7 +37,13 @@ impl Caller {
         Caller {
             key_id,
             via_http: true,
+            scope: clinvk_shared::api::Scope::Use,
         }
+    }
+
+    /// Whether this caller may see and manage everything: the daemon's owner, or an `admin` key.
+    pub(crate) fn is_admin(&self) -> bool {
+        self.key_id.is_none() || self.scope == clinvk_shared::api::Scope::Admin
     }
 
     /// Whose sessions this caller sees (`None`: all).

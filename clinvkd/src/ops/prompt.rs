@@ -379,8 +379,11 @@ pub(crate) enum PromptUpdate {
 pub(crate) struct PromptRun {
     pub(crate) session_id: Option<String>,
     pub(crate) backend: Backend,
-    run: engine::RunStream,
+    /// None once cancelled (dropping the stream killed the CLI's group).
+    run: Option<engine::RunStream>,
     ctx: Ctx,
+    /// The run's bookkeeping: its place in the live view and its usage row.
+    account: Account,
     prompt: String,
     backend_sid: Option<String>,
     /// Set once the end is being recorded: a drop after that is not an interruption.
@@ -390,39 +393,70 @@ pub(crate) struct PromptRun {
 }
 
 impl PromptRun {
-    /// The next update: the CLI's events as they come, then one `Done`, then `None`. A caller
-    /// that abandons a pending `next` (a `select!` arm) must be leaving: the update it was
-    /// waiting for is not handed out again (the session's writes still complete).
     /// Another client-tool call of the same model step, if one comes within `wait`.
     pub(crate) async fn next_call_within(
         &mut self,
         wait: std::time::Duration,
     ) -> Option<crate::tools::McpCall> {
-        self.run.next_call_within(wait).await
+        self.run.as_mut()?.next_call_within(wait).await
     }
 
     /// See `RunStream::hold_for`.
     pub(crate) fn hold_for(&mut self, d: std::time::Duration) {
-        self.run.hold_for(d);
+        if let Some(run) = self.run.as_mut() {
+            run.hold_for(d);
+        }
     }
 
     /// See `RunStream::restart_timeout`.
     pub(crate) fn restart_timeout(&mut self) {
-        self.run.restart_timeout();
+        if let Some(run) = self.run.as_mut() {
+            run.restart_timeout();
+        }
     }
 
     /// Stops the run for good (its warm worker too); dropping it afterwards marks the session
     /// interrupted.
     pub(crate) fn abandon(&mut self) {
-        self.run.abandon();
+        if let Some(run) = self.run.as_mut() {
+            run.abandon();
+        }
     }
 
+    /// The next update: the CLI's events as they come, then one `Done`, then `None`. A caller
+    /// that abandons a pending `next` (a `select!` arm) must be leaving: the update it was
+    /// waiting for is not handed out again (the session's writes still complete).
     pub(crate) async fn next(&mut self) -> Option<PromptUpdate> {
         if self.ended {
             return None;
         }
-        match self.run.next().await? {
+        let cancel = self.account.live.cancel.clone();
+        let update = {
+            let run = self.run.as_mut()?;
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => None,
+                u = run.next() => Some(u?),
+            }
+        };
+        let Some(update) = update else {
+            // Cancelled (dashboard, `POST /api/v1/runs/{id}/cancel`): dropping the stream kills
+            // the CLI's process group; the run ends like a failed one.
+            self.run = None;
+            let summary = RunSummary {
+                backend: self.backend,
+                model: self.account.model.clone(),
+                exit_code: -1,
+                duration_ms: self.account.started.elapsed().as_millis() as u64,
+                error: Some("cancelled".into()),
+                cancelled: true,
+                ..Default::default()
+            };
+            return Some(self.done(summary).await);
+        };
+        match update {
             RunUpdate::Event(ev) => {
+                self.account.saw(&ev);
                 if let Event::SessionStarted { session_id, .. } = &ev {
                     self.backend_sid = Some(session_id.clone());
                     // Kept as soon as it is known: a crash mid-run stays resumable.
@@ -438,21 +472,25 @@ impl PromptRun {
                 Some(PromptUpdate::Event(ev))
             }
             RunUpdate::ToolCall(c) => Some(PromptUpdate::ToolCall(c)),
-            RunUpdate::Done(summary) => {
-                self.ended = true;
-                self.record(&summary).await;
-                let result = PromptResult {
-                    session_id: self.session_id.clone(),
-                    backend: self.backend,
-                    exit_code: summary.exit_code,
-                    duration_ms: summary.duration_ms,
-                    output: summary.output.clone(),
-                    error: summary.error.clone(),
-                    token_usage: summary.usage,
-                };
-                Some(PromptUpdate::Done(Box::new(Completed { result, summary })))
-            }
+            RunUpdate::Done(summary) => Some(self.done(summary).await),
         }
+    }
+
+    /// The end: the turn and the usage recorded, the result.
+    async fn done(&mut self, summary: RunSummary) -> PromptUpdate {
+        self.ended = true;
+        self.record(&summary).await;
+        self.account.finish(&summary).await;
+        let result = PromptResult {
+            session_id: self.session_id.clone(),
+            backend: self.backend,
+            exit_code: summary.exit_code,
+            duration_ms: summary.duration_ms,
+            output: summary.output.clone(),
+            error: summary.error.clone(),
+            token_usage: summary.usage,
+        };
+        PromptUpdate::Done(Box::new(Completed { result, summary }))
     }
 
     /// Runs to the end and returns the result.
@@ -540,6 +578,7 @@ impl Drop for PromptRun {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // The account records the run as cancelled when it drops (after this).
         if let Some(id) = self.session_id.clone() {
             let ctx = self.ctx.clone();
             let turn = self._turn.take();
@@ -562,6 +601,7 @@ impl Drop for PromptRun {
 /// the CLI starts, so a crash never loses it) and starts the run; the returned stream records
 /// the turn at its end.
 pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
+    let mut account = Account::open(ctx, &plan).await?;
     let lock = plan
         .resume_session
         .as_ref()
@@ -637,14 +677,30 @@ pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> 
                 }
                 _ => {}
             }
+            let failed = RunSummary {
+                backend: plan.inv.backend,
+                exit_code: -1,
+                error: Some(e.to_string()),
+                ..Default::default()
+            };
+            account.finish(&failed).await;
             return Err(e.api_error());
         }
     };
+    account.running = true;
+    // The CLI holds its slot now: the live view hears of it (and of the new session's id).
+    let sid = session_id.clone();
+    ctx.live.update(&account.live.id, move |r| {
+        if sid.is_some() {
+            r.session_id = sid;
+        }
+    });
     Ok(PromptRun {
         session_id,
         backend: plan.inv.backend,
-        run,
+        run: Some(run),
         ctx: ctx.clone(),
+        account,
         prompt: plan.inv.prompt,
         backend_sid: None,
         ended: false,
@@ -712,4 +768,179 @@ pub(crate) fn run_event(ev: &Event, saw_delta: &mut bool) -> Option<RunEvent> {
             return None
         }
     })
+}
+
+/// A run's accounting: its entry in the live view (cancel, concurrency quota) and its row in the
+/// usage store (daily quotas), opened before anything starts and closed at the end — a run
+/// dropped before its end is closed as cancelled.
+struct Account {
+    ctx: Ctx,
+    backend: Backend,
+    /// Whether its CLI started (a drop then means cancelled, else failed).
+    running: bool,
+    live: crate::live::LiveGuard,
+    row: Option<i64>,
+    started: std::time::Instant,
+    first_output_ms: Option<u64>,
+    model: Option<String>,
+    closed: bool,
+}
+
+fn quota_exceeded(what: String, retry_after: u64) -> ApiError {
+    let mut e = ApiError::new(
+        Kind::RateLimited,
+        "quota_exceeded",
+        format!("{what}; retry in {retry_after} s"),
+    );
+    e.retry_after_secs = Some(retry_after);
+    e
+}
+
+impl Account {
+    /// Admits a run under its key's quotas (429 `quota_exceeded` with `Retry-After` otherwise)
+    /// and records its start.
+    async fn open(ctx: &Ctx, plan: &Plan) -> Result<Account, ApiError> {
+        let quotas = plan
+            .owner
+            .as_deref()
+            .and_then(|id| ctx.keys.get(id))
+            .map(|k| k.quotas)
+            .unwrap_or_default();
+        let info = api::LiveRun {
+            id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            backend: plan.inv.backend,
+            model: plan.inv.model.clone(),
+            session_id: plan.resume_session.as_ref().map(|s| s.id.clone()),
+            key_id: plan.owner.clone(),
+            api_style: plan.source.clone(),
+            started_at: clinvk_shared::types::now_rfc3339(),
+            elapsed_ms: 0,
+        };
+        let live = ctx
+            .live
+            .register(info, quotas.max_concurrent)
+            .map_err(|n| {
+                quota_exceeded(
+                    format!("this key already runs {n} prompts (its max_concurrent quota)"),
+                    1,
+                )
+            })?;
+        let new = crate::usage::NewRun {
+            key_id: plan.owner.clone(),
+            backend: plan.inv.backend,
+            model: plan.inv.model.clone(),
+            api_style: plan.source.clone(),
+            session_id: plan.resume_session.as_ref().map(|s| s.id.clone()),
+        };
+        let store = ctx.usage.clone();
+        let begun = tokio::task::spawn_blocking(move || store.begin(&new, &quotas))
+            .await
+            .unwrap_or(Ok(None));
+        let row = begun.map_err(|q| {
+            let reset = crate::usage::utc_day().1;
+            quota_exceeded(
+                match q {
+                    crate::usage::QuotaExceeded::Requests { limit } => {
+                        format!("this key has used its {limit} requests for today (UTC)")
+                    }
+                    crate::usage::QuotaExceeded::Tokens { used, limit } => {
+                        format!("this key has used {used} of its {limit} tokens for today (UTC)")
+                    }
+                },
+                reset,
+            )
+        })?;
+        Ok(Account {
+            ctx: ctx.clone(),
+            backend: plan.inv.backend,
+            running: false,
+            live,
+            row,
+            started: std::time::Instant::now(),
+            first_output_ms: None,
+            model: plan.inv.model.clone(),
+            closed: false,
+        })
+    }
+
+    /// Notes what an event says about the run: its first output, its model.
+    fn saw(&mut self, ev: &Event) {
+        match ev {
+            Event::SessionStarted { model: Some(m), .. } if self.model.is_none() => {
+                self.model = Some(m.clone());
+            }
+            Event::TextDelta { .. }
+            | Event::Message { .. }
+            | Event::ToolUse { .. }
+            | Event::Thinking { .. }
+                if self.first_output_ms.is_none() =>
+            {
+                self.first_output_ms = Some(self.started.elapsed().as_millis() as u64);
+            }
+            _ => {}
+        }
+    }
+
+    fn end(&self, summary: &RunSummary) -> crate::usage::RunEnd {
+        crate::usage::RunEnd {
+            model: summary.model.clone().or_else(|| self.model.clone()),
+            duration_ms: summary.duration_ms,
+            first_output_ms: self.first_output_ms,
+            exit_code: summary.exit_code,
+            outcome: if summary.cancelled {
+                "cancelled"
+            } else if summary.timed_out {
+                "timeout"
+            } else if summary.failed() {
+                "failed"
+            } else {
+                "ok"
+            },
+            usage: summary.usage,
+        }
+    }
+
+    /// Records the end (waits for the write: a usage report right after the answer has it).
+    async fn finish(&mut self, summary: &RunSummary) {
+        self.closed = true;
+        let Some(id) = self.row else { return };
+        let (store, settings, end) = (
+            self.ctx.usage.clone(),
+            self.ctx.settings(),
+            self.end(summary),
+        );
+        let backend = summary.backend;
+        let _ =
+            tokio::task::spawn_blocking(move || store.finish(id, &settings, backend, &end)).await;
+    }
+}
+
+impl Drop for Account {
+    /// A run that did not reach its end: its consumer left (`cancelled`), or `start` gave up
+    /// before the CLI ran (`failed`). The write completes off this thread, tracked by the drain.
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        let (Some(id), Ok(rt)) = (self.row, tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let summary = RunSummary {
+            model: self.model.clone(),
+            exit_code: -1,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            error: Some("cancelled".into()),
+            cancelled: self.running,
+            ..Default::default()
+        };
+        let (store, settings, end) = (
+            self.ctx.usage.clone(),
+            self.ctx.settings(),
+            self.end(&summary),
+        );
+        let backend = self.backend;
+        self.ctx
+            .work
+            .spawn_blocking_on(move || store.finish(id, &settings, backend, &end), &rt);
+    }
 }

@@ -15,7 +15,31 @@ pub(crate) fn backends(ctx: &Ctx, caller: &Caller) -> BackendList {
             w.backend_session_id = None;
         }
     }
-    BackendList { backends }
+    BackendList {
+        backends,
+        capacity: capacity(ctx),
+    }
+}
+
+/// The concurrency limits and the slots in use now.
+pub(crate) fn capacity(ctx: &Ctx) -> clinvk_shared::api::Capacity {
+    let settings = ctx.settings();
+    let (running, per) = ctx.supervisor.limiter.running();
+    clinvk_shared::api::Capacity {
+        max_concurrent: settings.limits.max_concurrent,
+        running,
+        queue_size: settings.limits.queue_size,
+        queued: ctx.supervisor.limiter.queued(),
+        per_backend: clinvk_shared::api::Backend::ALL
+            .iter()
+            .filter_map(|b| Some((b.to_string(), settings.backend(*b).max_concurrent?)))
+            .collect(),
+        running_per_backend: per
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(b, n)| (b.to_string(), n))
+            .collect(),
+    }
 }
 
 pub(crate) fn list(ctx: &Ctx, caller: &Caller, q: &ListQuery) -> SessionPage {

@@ -460,6 +460,7 @@ mod tests {
                 usage: TokenUsage {
                     input_tokens: 3,
                     output_tokens: 4,
+                    ..Default::default()
                 },
                 ..Default::default()
             },

@@ -69,6 +69,13 @@ impl Limiter {
         self.lock().queued
     }
 
+    /// Slots held now: in all, and per backend.
+    pub(crate) fn running(&self) -> (usize, Vec<(Backend, usize)>) {
+        let st = self.lock();
+        let per = st.per_backend.iter().map(|(b, n)| (*b, *n)).collect();
+        (st.running, per)
+    }
+
     fn try_take(&self, backend: Backend, limits: &Limits) -> bool {
         let mut st = self.lock();
         let b = st.per_backend.get(&backend).copied().unwrap_or(0);
