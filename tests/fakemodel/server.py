@@ -673,7 +673,7 @@ class Handler(BaseHTTPRequestHandler):
         self._gated = "gate" in magic and not utility
         in_tokens = max(1, len(body) // 4)
         if protocol == "anthropic" and tool_call:
-            return self._anthropic_tool_use(model, stream, tool_call, in_tokens)
+            return self._anthropic_calls(model, stream, [tool_call], in_tokens)
         if protocol == "anthropic":
             return self._anthropic(req, model, stream, text, deltas, gap, in_tokens)
         if protocol == "responses":
@@ -712,55 +712,27 @@ class Handler(BaseHTTPRequestHandler):
                 self._between(i, gap)
                 ev("content_block_delta", {"type": "content_block_delta", "index": 0,
                                            "delta": {"type": "text_delta", "text": d}})
+            ev("content_block_stop", {"type": "content_block_stop", "index": 0})
 
         self._anthropic_message(model, stream, in_tokens, len(deltas), "end_turn",
-                                {"type": "text", "text": text}, text_block)
-
-    def _anthropic_tool_use(self, model, stream, call, in_tokens):
-        block = {"type": "tool_use", "id": "toolu_fake_" + uuid.uuid4().hex[:16],
-                 "name": call["name"], "input": call["input"]}
-
-        def tool_block(ev):
-            ev("content_block_start", {"type": "content_block_start", "index": 0,
-                                       "content_block": dict(block, input={})})
-            ev("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                       "delta": {"type": "input_json_delta",
-                                                 "partial_json": json.dumps(call["input"])}})
-
-        self._anthropic_message(model, stream, in_tokens, 5, "tool_use", block, tool_block)
+                                [{"type": "text", "text": text}], text_block)
 
     def _anthropic_calls(self, model, stream, calls, in_tokens):
         """One message of tool_use blocks (several: parallel calls)."""
         blocks = [{"type": "tool_use", "id": "toolu_fake_" + uuid.uuid4().hex[:16],
                    "name": c["name"], "input": c["input"]} for c in calls]
-        msg_id = "msg_fake_" + uuid.uuid4().hex[:20]
-        usage = {"input_tokens": in_tokens, "output_tokens": 5 * len(calls),
-                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-        if not stream:
-            return self._send_json(200, {
-                "id": msg_id, "type": "message", "role": "assistant", "model": model,
-                "content": blocks, "stop_reason": "tool_use", "stop_sequence": None,
-                "usage": usage})
 
-        def ev(name, obj):
-            self._chunk(f"event: {name}\ndata: {json.dumps(obj)}\n\n")
+        def tool_blocks(ev):
+            for i, b in enumerate(blocks):
+                ev("content_block_start", {"type": "content_block_start", "index": i,
+                                           "content_block": dict(b, input={})})
+                ev("content_block_delta", {"type": "content_block_delta", "index": i,
+                                           "delta": {"type": "input_json_delta",
+                                                     "partial_json": json.dumps(b["input"])}})
+                ev("content_block_stop", {"type": "content_block_stop", "index": i})
 
-        self._start_stream()
-        ev("message_start", {"type": "message_start", "message": {
-            "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [],
-            "stop_reason": None, "stop_sequence": None, "usage": dict(usage, output_tokens=1)}})
-        for i, b in enumerate(blocks):
-            ev("content_block_start", {"type": "content_block_start", "index": i,
-                                       "content_block": dict(b, input={})})
-            ev("content_block_delta", {"type": "content_block_delta", "index": i,
-                                       "delta": {"type": "input_json_delta",
-                                                 "partial_json": json.dumps(b["input"])}})
-            ev("content_block_stop", {"type": "content_block_stop", "index": i})
-        ev("message_delta", {"type": "message_delta",
-                             "delta": {"stop_reason": "tool_use", "stop_sequence": None},
-                             "usage": {"output_tokens": usage["output_tokens"]}})
-        ev("message_stop", {"type": "message_stop"})
-        self._end_stream()
+        self._anthropic_message(model, stream, in_tokens, 5 * len(calls), "tool_use", blocks,
+                                tool_blocks)
 
     def _responses_stream(self, response):
         """Starts a Responses SSE stream (`response.created`, `response.in_progress`) and
@@ -835,17 +807,17 @@ class Handler(BaseHTTPRequestHandler):
         self._chunk("data: " + json.dumps(body) + "\r\n\r\n")
         self._end_stream()
 
-    def _anthropic_message(self, model, stream, in_tokens, out_tokens, stop_reason, block,
-                           stream_block):
-        """One Anthropic message holding one content block: JSON, or the SSE sequence around
-        ``stream_block(ev)`` (which sends the block's start and deltas)."""
+    def _anthropic_message(self, model, stream, in_tokens, out_tokens, stop_reason, content,
+                           stream_blocks):
+        """One Anthropic message holding ``content`` (blocks): JSON, or the SSE sequence around
+        ``stream_blocks(ev)`` (which sends each block's start, deltas and stop)."""
         msg_id = "msg_fake_" + uuid.uuid4().hex[:20]
         usage = {"input_tokens": in_tokens, "output_tokens": out_tokens,
                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
         if not stream:
             return self._send_json(200, {
                 "id": msg_id, "type": "message", "role": "assistant", "model": model,
-                "content": [block], "stop_reason": stop_reason, "stop_sequence": None,
+                "content": content, "stop_reason": stop_reason, "stop_sequence": None,
                 "usage": usage})
 
         def ev(name, obj):
@@ -855,8 +827,7 @@ class Handler(BaseHTTPRequestHandler):
         ev("message_start", {"type": "message_start", "message": {
             "id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": dict(usage, output_tokens=1)}})
-        stream_block(ev)
-        ev("content_block_stop", {"type": "content_block_stop", "index": 0})
+        stream_blocks(ev)
         ev("message_delta", {"type": "message_delta",
                              "delta": {"stop_reason": stop_reason, "stop_sequence": None},
                              "usage": {"output_tokens": out_tokens}})

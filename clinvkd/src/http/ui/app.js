@@ -108,6 +108,26 @@ $("forget").addEventListener("click", () => {
   location.reload();
 });
 
+// ---- streamed answers -------------------------------------------------------------------------
+
+/** Reads a streamed answer's body and hands each piece ending in `sep` to `onFrame`. */
+async function readFrames(r, sep, onFrame) {
+  const reader = r.body.getReader();
+  const decoder = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buf.indexOf(sep)) >= 0) {
+      const frame = buf.slice(0, cut);
+      buf = buf.slice(cut + sep.length);
+      onFrame(frame);
+    }
+  }
+}
+
 // ---- live: server-sent events over fetch (EventSource cannot send a key) ----------------------
 
 let liveSnapshot = { runs: [], workers: [] };
@@ -121,21 +141,10 @@ async function connectLive() {
     const r = await fetch("/api/v1/live", { headers: headers({ "Accept": "text/event-stream" }), signal });
     if (!r.ok) throw new ApiError(r.status, await r.json().catch(() => null));
     $("live-state").textContent = "live";
-    const reader = r.body.getReader();
-    const decoder = new TextDecoder();
-    let buf = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buf.indexOf("\n\n")) >= 0) {
-        const frame = buf.slice(0, cut);
-        buf = buf.slice(cut + 2);
-        const data = frame.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
-        if (data) onLive(JSON.parse(data));
-      }
-    }
+    await readFrames(r, "\n\n", (frame) => {
+      const data = frame.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+      if (data) onLive(JSON.parse(data));
+    });
   } catch (e) {
     if (signal.aborted) return;
     $("live-state").textContent = "disconnected: " + e.message;
@@ -199,20 +208,9 @@ $("prompt-form").addEventListener("submit", async (ev) => {
       body: JSON.stringify({ backend: $("prompt-backend").value, prompt: $("prompt-text").value, output_format: "stream-json" }),
     });
     if (!r.ok) throw new ApiError(r.status, await r.json().catch(() => null));
-    const reader = r.body.getReader();
-    const decoder = new TextDecoder();
-    let buf = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buf += decoder.decode(value, { stream: true });
-      let nl;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        const line = buf.slice(0, nl).trim();
-        buf = buf.slice(nl + 1);
-        if (line) onPromptEvent(JSON.parse(line), out, status);
-      }
-    }
+    await readFrames(r, "\n", (line) => {
+      if (line.trim()) onPromptEvent(JSON.parse(line.trim()), out, status);
+    });
   } catch (e) {
     status.textContent = "failed: " + e.message;
   } finally {
