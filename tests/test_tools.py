@@ -400,3 +400,28 @@ def test_a_shell_command_does_not_run_in_a_gemini_run_with_client_tools(compat, 
     assert not marker.exists()
     results = [c["tool_results"] for c in d.model_calls() if c["tool_results"]]
     assert results and "canceled" in json.dumps(results), results
+
+
+def test_beyond_max_parked_runs_the_oldest_is_stopped(compat):
+    """Clients that take calls and never answer (pydantic-ai never answers its final_result
+    call) must not pile up CLI processes: beyond tools.max_parked_runs the oldest parked run is
+    stopped, its late result gets 409, the newer one continues."""
+    d = compat(config="tools:\n  max_parked_runs: 1\n")
+    client = d.openai()
+    first_msgs = [{"role": "user", "content": "first [[call:get_weather]]"}]
+    r1 = client.chat.completions.create(model="claude", messages=first_msgs, tools=[WEATHER])
+    pids_first = cli_pids(d)
+    second_msgs = [{"role": "user", "content": "second [[call:get_weather]]"}]
+    r2 = client.chat.completions.create(model="claude", messages=second_msgs, tools=[WEATHER])
+    poll(lambda: not any(pid_alive(p) for p in pids_first), 30, "the oldest parked CLI to stop")
+    first_msgs += [r1.choices[0].message.model_dump(exclude_none=True),
+                   {"role": "tool", "tool_call_id": r1.choices[0].message.tool_calls[0].id,
+                    "content": "late"}]
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(model="claude", messages=first_msgs, tools=[WEATHER])
+    assert e.value.status_code == 409 and e.value.body["code"] == "tool_call_expired"
+    second_msgs += [r2.choices[0].message.model_dump(exclude_none=True),
+                    {"role": "tool", "tool_call_id": r2.choices[0].message.tool_calls[0].id,
+                     "content": "in time"}]
+    r = client.chat.completions.create(model="claude", messages=second_msgs, tools=[WEATHER])
+    assert "in time" in r.choices[0].message.content

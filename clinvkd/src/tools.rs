@@ -147,6 +147,8 @@ type Slot = Arc<Mutex<Option<Parked>>>;
 struct State {
     endpoints: HashMap<String, Endpoint>,
     parked: HashMap<String, Slot>,
+    /// The parked runs, oldest first, with their call ids.
+    parked_order: VecDeque<(Vec<String>, Slot)>,
     expired: HashSet<String>,
     expired_order: VecDeque<String>,
     generation: u64,
@@ -265,41 +267,44 @@ impl ToolHub {
 
     /// Parks a run at its tool calls until the client's results come, or
     /// `tools.pending_timeout_secs` pass (then the run is stopped).
-    pub(crate) fn park(&self, mut parked: Parked, timeout: Duration) {
+    pub(crate) fn park(&self, mut parked: Parked, timeout: Duration, max_parked: usize) {
         parked.run.hold_for(timeout);
         let ids: Vec<String> = parked.calls.iter().map(|c| c.id.clone()).collect();
         let slot: Slot = Arc::new(Mutex::new(Some(parked)));
-        {
+        let evicted = {
             let mut st = lock(&self.state);
             for id in &ids {
                 st.parked.insert(id.clone(), slot.clone());
             }
-        }
+            st.parked_order.push_back((ids.clone(), slot.clone()));
+            // Beyond `tools.max_parked_runs`, the oldest parked run goes (a client that never
+            // answers must not hold CLIs and concurrency slots for long).
+            let mut evicted = Vec::new();
+            while st.parked_order.len() > max_parked.max(1) {
+                if let Some(old) = st.parked_order.pop_front() {
+                    evicted.push(old);
+                }
+            }
+            evicted
+        };
         metrics::gauge!("clinvk_tool_calls_pending").increment(ids.len() as f64);
+        for (old_ids, old_slot) in evicted {
+            expire(
+                &self.state,
+                &old_ids,
+                &old_slot,
+                "more runs wait for tool results than tools.max_parked_runs",
+            );
+        }
         let state = self.state.clone();
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
-            let expired = lock(&slot).take();
-            let Some(mut parked) = expired else { return };
-            {
-                let mut st = lock(&state);
-                for id in &ids {
-                    st.parked.remove(id);
-                    st.expired.insert(id.clone());
-                    st.expired_order.push_back(id.clone());
-                }
-                while st.expired_order.len() > EXPIRED_KEPT {
-                    if let Some(old) = st.expired_order.pop_front() {
-                        st.expired.remove(&old);
-                    }
-                }
-            }
-            metrics::gauge!("clinvk_tool_calls_pending").decrement(ids.len() as f64);
-            metrics::counter!("clinvk_tool_calls_expired_total").increment(ids.len() as u64);
-            tracing::info!(calls = ?ids, "tool calls expired without a result; the run is stopped");
-            // The CLI waits on the calls: its process (warm worker or not) is stopped.
-            parked.run.abandon();
-            drop(parked);
+            expire(
+                &state,
+                &ids,
+                &slot,
+                "no result within tools.pending_timeout_secs",
+            );
         });
     }
 
@@ -344,6 +349,7 @@ impl ToolHub {
         for c in &parked.calls {
             st.parked.remove(&c.id);
         }
+        st.parked_order.retain(|(_, s)| !Arc::ptr_eq(s, &slot));
         metrics::gauge!("clinvk_tool_calls_pending").decrement(parked.calls.len() as f64);
         Ok(parked)
     }
@@ -365,6 +371,34 @@ impl Parked {
         run.restart_timeout();
         (run, self.tools)
     }
+}
+
+/// Stops a parked run that waited in vain (if it still waits): its ids are remembered as
+/// expired (a late result gets 409) and its CLI is stopped for good.
+fn expire(state: &Mutex<State>, ids: &[String], slot: &Slot, why: &str) {
+    let Some(mut parked) = lock(slot).take() else {
+        return; // continued meanwhile
+    };
+    {
+        let mut st = lock(state);
+        for id in ids {
+            st.parked.remove(id);
+            st.expired.insert(id.clone());
+            st.expired_order.push_back(id.clone());
+        }
+        st.parked_order.retain(|(_, s)| !Arc::ptr_eq(s, slot));
+        while st.expired_order.len() > EXPIRED_KEPT {
+            if let Some(old) = st.expired_order.pop_front() {
+                st.expired.remove(&old);
+            }
+        }
+    }
+    metrics::gauge!("clinvk_tool_calls_pending").decrement(ids.len() as f64);
+    metrics::counter!("clinvk_tool_calls_expired_total").increment(ids.len() as u64);
+    tracing::info!(calls = ?ids, why, "tool calls expired without a result; the run is stopped");
+    // The CLI waits on the calls: its process (warm worker or not) is stopped.
+    parked.run.abandon();
+    drop(parked);
 }
 
 async fn serve(

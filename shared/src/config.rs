@@ -442,6 +442,9 @@ pub struct ToolSettings {
     /// How long a tool call waits for the client's result; then the run is stopped and a late
     /// result gets 409 `tool_call_expired`.
     pub pending_timeout_secs: u64,
+    /// Runs waiting for tool results at once (each holds its CLI process and a concurrency
+    /// slot); beyond it the oldest is stopped as if it had expired.
+    pub max_parked_runs: usize,
 }
 
 impl Default for ToolSettings {
@@ -449,6 +452,7 @@ impl Default for ToolSettings {
         Self {
             builtin: false,
             pending_timeout_secs: 600,
+            max_parked_runs: 4,
         }
     }
 }
@@ -868,6 +872,12 @@ pub fn validate(s: &Settings, source: Option<&Path>) -> Result<(), ConfigError> 
     }
     if s.parallel.max_workers == 0 {
         return Err(invalid("parallel.max_workers", "must be at least 1".into()));
+    }
+    if s.tools.max_parked_runs == 0 {
+        return Err(invalid(
+            "tools.max_parked_runs",
+            "must be at least 1".into(),
+        ));
     }
     if s.tools.pending_timeout_secs == 0 {
         return Err(invalid(

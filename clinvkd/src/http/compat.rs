@@ -844,7 +844,8 @@ impl Pieces {
     /// Parks the run at the calls of the last `Piece::Calls` until the client's results come.
     pub(crate) fn park(self, ctx: &Ctx) {
         let Some(tools) = self.tools else { return };
-        let timeout = std::time::Duration::from_secs(ctx.settings().tools.pending_timeout_secs);
+        let settings = ctx.settings();
+        let timeout = std::time::Duration::from_secs(settings.tools.pending_timeout_secs);
         ctx.tools.park(
             Parked {
                 run: self.run,
@@ -853,6 +854,7 @@ impl Pieces {
                 tools,
             },
             timeout,
+            settings.tools.max_parked_runs,
         );
     }
 
