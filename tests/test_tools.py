@@ -425,3 +425,23 @@ def test_beyond_max_parked_runs_the_oldest_is_stopped(compat):
                      "content": "in time"}]
     r = client.chat.completions.create(model="claude", messages=second_msgs, tools=[WEATHER])
     assert "in time" in r.choices[0].message.content
+
+
+def test_user_text_next_to_tool_results_reaches_the_model(compat):
+    """A user turn sent with the results cannot be a turn of its own while the model is mid-turn:
+    it goes with the last result, marked as the user's (never dropped)."""
+    d = compat()
+    client = d.anthropic()
+    messages = [{"role": "user", "content": "[[call:get_weather]]"}]
+    msg = client.messages.create(model="claude", max_tokens=50, messages=messages,
+                                 tools=[ANTH_WEATHER])
+    use = [b for b in msg.content if b.type == "tool_use"][0]
+    messages += [
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in msg.content]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": use.id, "content": "drizzle"},
+            {"type": "text", "text": "and answer in French"}]},
+    ]
+    client.messages.create(model="claude", max_tokens=50, messages=messages, tools=[ANTH_WEATHER])
+    seen = model_saw_result(d, "drizzle")
+    assert "and answer in French" in json.dumps(seen["tool_results"]), seen["tool_results"]

@@ -593,20 +593,37 @@ pub(crate) struct Started {
     pub(crate) owner: Option<String>,
 }
 
-/// The tool results at the end of a conversation (the new turns), by call id.
+/// The tool results at the end of a conversation (the new turns), by call id. What the user
+/// wrote next to them (a user turn after the results, text beside Anthropic `tool_result`
+/// blocks) cannot be a turn of its own — the model is in the middle of its turn — so it goes
+/// with the last result, marked as the user's.
 fn tool_results(new: &[Msg]) -> HashMap<String, ToolReply> {
-    new.iter()
-        .filter(|m| m.role == Role::Tool)
-        .filter_map(|m| {
-            Some((
-                m.label.clone()?,
+    let mut last: Option<String> = None;
+    let mut out: HashMap<String, ToolReply> = HashMap::new();
+    for m in new.iter().filter(|m| m.role == Role::Tool) {
+        if let Some(id) = &m.label {
+            out.insert(
+                id.clone(),
                 ToolReply {
                     content: m.text.clone(),
                     is_error: m.is_error,
                 },
-            ))
-        })
-        .collect()
+            );
+            last = Some(id.clone());
+        }
+    }
+    let said: Vec<&str> = new
+        .iter()
+        .filter(|m| m.role == Role::User && !m.text.trim().is_empty())
+        .map(|m| m.text.trim())
+        .collect();
+    if let Some(reply) = last.and_then(|id| out.get_mut(&id)) {
+        for text in said {
+            reply.content.push_str("\n\n[the user adds] ");
+            reply.content.push_str(text);
+        }
+    }
+    out
 }
 
 /// Continues the run parked at the tool calls these results answer. `Ok(None)`: the results
