@@ -55,6 +55,15 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
+def pct(xs, q: float):
+    """The q-quantile of durations in seconds, in ms (None for no samples)."""
+    if not xs:
+        return None
+    xs = sorted(xs)
+    k = min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))
+    return round(xs[k] * 1000, 1)
+
+
 def median(xs):
     return statistics.median(xs) if xs else None
 

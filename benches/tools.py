@@ -38,13 +38,6 @@ WEATHER = {"type": "function", "function": {
 MODES = {"claude": ["oneshot", "warm"], "codex": ["oneshot", "warm"], "gemini": ["warm"]}
 
 
-def pct(xs, q: float):
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, round(q * (len(xs) - 1)))] * 1000, 1)
-
-
 def chat(url: str, body: dict, timeout: float) -> tuple[float, dict]:
     start = time.perf_counter()
     status, answer = bench.http_post(url + "/openai/v1/chat/completions", body, timeout)
@@ -80,9 +73,9 @@ def bench_mode(url: str, backend: str, runs: int, timeout: float) -> dict:
             raise RuntimeError(f"the result did not reach the model: {final}")
         cont.append(t)
     return {"n": runs,
-            "to_call_p50_ms": pct(to_call, 0.5), "to_call_p95_ms": pct(to_call, 0.95),
-            "continuation_p50_ms": pct(cont, 0.5), "continuation_p95_ms": pct(cont, 0.95),
-            "plain_p50_ms": pct(plain, 0.5), "plain_p95_ms": pct(plain, 0.95)}
+            "to_call_p50_ms": bench.pct(to_call, 0.5), "to_call_p95_ms": bench.pct(to_call, 0.95),
+            "continuation_p50_ms": bench.pct(cont, 0.5), "continuation_p95_ms": bench.pct(cont, 0.95),
+            "plain_p50_ms": bench.pct(plain, 0.5), "plain_p95_ms": bench.pct(plain, 0.95)}
 
 
 def main(argv=None) -> int:

@@ -42,17 +42,9 @@ BACKENDS = bench.BACKENDS
 POOL_SETTLE_MS = 5000
 
 
-def pct(xs, q: float):
-    if not xs:
-        return None
-    xs = sorted(xs)
-    k = min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))
-    return round(xs[k] * 1000, 1)
-
-
 def summary(first: list[float], end: list[float]) -> dict:
-    return {"first_p50_ms": pct(first, 0.5), "first_p95_ms": pct(first, 0.95),
-            "end_p50_ms": pct(end, 0.5), "end_p95_ms": pct(end, 0.95), "n": len(first)}
+    return {"first_p50_ms": bench.pct(first, 0.5), "first_p95_ms": bench.pct(first, 0.95),
+            "end_p50_ms": bench.pct(end, 0.5), "end_p95_ms": bench.pct(end, 0.95), "n": len(first)}
 
 
 def stream_turn(url: str, body: dict, timeout: float) -> tuple[float, float, str | None]:

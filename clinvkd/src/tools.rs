@@ -69,11 +69,6 @@ impl ClientTools {
                     && reported.contains(SERVER_NAME)
         })
     }
-
-    /// The MCP servers entry that points a CLI at the endpoint (claude's `--mcp-config` form).
-    pub(crate) fn claude_mcp_config(&self) -> String {
-        json!({"mcpServers": {SERVER_NAME: {"type": "http", "url": self.url}}}).to_string()
-    }
 }
 
 /// The model called a client tool: the CLI's `tools/call`, waiting for its answer.

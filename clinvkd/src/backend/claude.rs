@@ -148,7 +148,8 @@ fn session_args(inv: &Invocation, cfg: &BackendSettings) -> Result<Vec<String>, 
     if let Some(ct) = &inv.client_tools {
         // Only the client's tools (the MCP endpoint), allowed without a prompt; the built-in
         // tools are off unless `tools.builtin`.
-        push("--mcp-config", &ct.claude_mcp_config());
+        let mcp = serde_json::json!({"mcpServers": {crate::tools::SERVER_NAME: {"type": "http", "url": ct.url}}});
+        push("--mcp-config", &mcp.to_string());
         allowed.push(format!("mcp__{}", crate::tools::SERVER_NAME));
         if !ct.builtin {
             push("--tools", "");

@@ -2,7 +2,6 @@
 
 use super::compat::{self, CallView, Conversation, Frames, Msg, Role, ToolChoice};
 use super::error::{json_response, ApiError, Render as _, Style};
-use crate::tools::ClientTool;
 
 use crate::ctx::Ctx;
 use crate::ops;
@@ -79,24 +78,7 @@ impl MessagesRequest {
                     ))
                 }
             }
-            let name = t
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| compat::invalid(format!("{param}.name"), "a tool needs a `name`"))?;
-            tools.push(ClientTool {
-                namespace: None,
-                client_name: None,
-                name: name.to_string(),
-                description: t
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                parameters: compat::tool_schema(
-                    t.get("input_schema"),
-                    &format!("{param}.input_schema"),
-                )?,
-            });
+            tools.push(compat::client_tool(t, "input_schema", &param)?);
         }
         let choice = match &self.tool_choice {
             None | Some(Value::Null) => ToolChoice::Auto,

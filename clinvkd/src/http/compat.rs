@@ -270,10 +270,20 @@ impl Conversation {
 
 /// A function definition (`{name, description, parameters}`).
 pub(crate) fn function_tool(f: &Value, param: &str) -> Result<ClientTool, ApiError> {
+    client_tool(f, "parameters", param)
+}
+
+/// A tool definition `{name, description, <schema field>}`: OpenAI `parameters`, Anthropic
+/// `input_schema`.
+pub(crate) fn client_tool(
+    f: &Value,
+    schema_field: &str,
+    param: &str,
+) -> Result<ClientTool, ApiError> {
     let name = f
         .get("name")
         .and_then(Value::as_str)
-        .ok_or_else(|| invalid(format!("{param}.name"), "a function needs a `name`"))?;
+        .ok_or_else(|| invalid(format!("{param}.name"), "a tool needs a `name`"))?;
     Ok(ClientTool {
         namespace: None,
         client_name: None,
@@ -283,7 +293,7 @@ pub(crate) fn function_tool(f: &Value, param: &str) -> Result<ClientTool, ApiErr
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string(),
-        parameters: tool_schema(f.get("parameters"), &format!("{param}.parameters"))?,
+        parameters: tool_schema(f.get(schema_field), &format!("{param}.{schema_field}"))?,
     })
 }
 
