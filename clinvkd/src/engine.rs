@@ -460,7 +460,9 @@ fn prepare_command(
 
 /// Whether the backend reads the output schema from a file (codex `--output-schema FILE`).
 fn schema_in_file(inv: &Invocation) -> bool {
-    inv.output_schema.is_some() && inv.backend == Backend::Codex
+    inv.output_schema.is_some()
+        && backend::adapter(inv.backend).capabilities().output_schema
+            == backend::SchemaDelivery::File
 }
 
 /// Writes the output schema where the CLI reads it (private, removed with the run).
@@ -491,7 +493,8 @@ fn write_schema_file(
 /// Whether the backend reads the images from files (codex `-i`, gemini `@path`); claude takes
 /// them in its stream-json input.
 fn images_in_files(inv: &Invocation) -> bool {
-    !inv.images.is_empty() && inv.backend != Backend::Claude
+    !inv.images.is_empty()
+        && backend::adapter(inv.backend).capabilities().images == backend::ImageDelivery::Files
 }
 
 fn image_extension(media_type: &str) -> &'static str {
@@ -1047,11 +1050,9 @@ pub(crate) const BLOCKED_WORKDIRS: [&str; 14] = [
     "/var/lib",
 ];
 
-/// Folders of the home that hold credentials: the CLIs' own and the usual secret ones.
-pub(crate) const BLOCKED_HOME_FOLDERS: [&str; 9] = [
-    ".claude",
-    ".codex",
-    ".gemini",
+/// Folders of the home that hold credentials besides the CLIs' own (which each adapter
+/// declares): the usual secret ones.
+pub(crate) const BLOCKED_HOME_FOLDERS: [&str; 6] = [
     ".ssh",
     ".aws",
     ".gnupg",
@@ -1099,6 +1100,11 @@ fn blocked_folders(ctx: &Ctx) -> Vec<PathBuf> {
     out.push(ctx.paths.state_dir.clone());
     if let Some(h) = &home {
         out.extend(BLOCKED_HOME_FOLDERS.iter().map(|f| h.join(f)));
+        out.extend(
+            backend::adapters()
+                .flat_map(|a| a.credential_folders())
+                .map(|f| h.join(f)),
+        );
     }
     let mut resolved = Vec::new();
     for p in out {

@@ -71,6 +71,33 @@ impl ClientTools {
     }
 }
 
+/// Whether `backend` can take client tools as configured now (its adapter declares where); the
+/// error says what to do instead.
+pub(crate) fn check_support(
+    ctx: &crate::ctx::Ctx,
+    backend: clinvk_shared::api::Backend,
+) -> Result<(), String> {
+    use crate::backend::{adapter, adapters, ToolSupport};
+    match adapter(backend).capabilities().client_tools {
+        ToolSupport::Always => Ok(()),
+        ToolSupport::WarmOnly
+            if ctx.settings().backend(backend).mode == clinvk_shared::config::BackendMode::Warm =>
+        {
+            Ok(())
+        }
+        ToolSupport::WarmOnly => {
+            let others: Vec<&str> = adapters()
+                .filter(|a| a.capabilities().client_tools == ToolSupport::Always)
+                .map(|a| a.backend().as_str())
+                .collect();
+            Err(format!(
+                "{backend} takes client tools in warm mode only (backends.{backend}.mode: warm); send the request to {}, or without tools",
+                others.join(" or ")
+            ))
+        }
+    }
+}
+
 /// The model called a client tool: the CLI's `tools/call`, waiting for its answer.
 #[derive(Debug)]
 pub(crate) struct McpCall {

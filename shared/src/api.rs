@@ -51,13 +51,14 @@ pub enum Backend {
 impl Backend {
     pub const ALL: [Backend; 3] = [Backend::Claude, Backend::Codex, Backend::Gemini];
 
+    /// Its row in the table of CLIs (`crate::cli::CLIS`, in the order of `ALL`).
+    pub fn info(self) -> &'static crate::cli::CliInfo {
+        &crate::cli::CLIS[self as usize]
+    }
+
     /// Its name on the wire, in the config and on the command line.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Backend::Claude => "claude",
-            Backend::Codex => "codex",
-            Backend::Gemini => "gemini",
-        }
+    pub fn as_str(self) -> &'static str {
+        self.info().name
     }
 
     /// The backend of this name, if it is one.
@@ -66,37 +67,20 @@ impl Backend {
     }
 
     /// Its npm package.
-    pub const fn npm_package(self) -> &'static str {
-        match self {
-            Backend::Claude => "@anthropic-ai/claude-code",
-            Backend::Codex => "@openai/codex",
-            Backend::Gemini => "@google/gemini-cli",
-        }
+    pub fn npm_package(self) -> &'static str {
+        self.info().npm_package
     }
 
     /// How to install it.
     pub fn install_hint(self) -> String {
-        format!("npm install -g {}", self.npm_package())
+        self.info().install_hint()
     }
 
     /// The version of the CLI clinvk is tested against (`tests/cli-versions.env`, compiled in).
     pub fn tested_version(self) -> &'static str {
-        let key = match self {
-            Backend::Claude => "CLAUDE_CODE_VERSION",
-            Backend::Codex => "CODEX_VERSION",
-            Backend::Gemini => "GEMINI_CLI_VERSION",
-        };
-        TESTED_VERSIONS
-            .lines()
-            .filter_map(|l| l.trim().split_once('='))
-            .find(|(k, _)| k.trim() == key)
-            .map(|(_, v)| v.trim())
-            .unwrap_or("")
+        self.info().tested_version()
     }
 }
-
-/// The pinned CLI versions of the test suite.
-const TESTED_VERSIONS: &str = include_str!("../../tests/cli-versions.env");
 
 impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -8,11 +8,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The backends clinvk knows how to drive.
-pub const KNOWN_BACKENDS: [&str; 3] = [
-    crate::api::Backend::Claude.as_str(),
-    crate::api::Backend::Codex.as_str(),
-    crate::api::Backend::Gemini.as_str(),
-];
+pub const KNOWN_BACKENDS: [&str; crate::cli::CLIS.len()] = {
+    let mut names = [""; crate::cli::CLIS.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = crate::cli::CLIS[i].name;
+        i += 1;
+    }
+    names
+};
 
 /// Everything configurable. Keys follow clinvk's documented `~/.clinvk/config.yaml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! configuration model and its loading, the folders clinvk uses, and the common types of a run.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod paths;
 pub mod protocol;

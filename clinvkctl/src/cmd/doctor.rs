@@ -1,6 +1,8 @@
-//! `clinvk doctor`: checks the setup — the three CLIs (found, version, logged in), the config,
+//! `clinvk doctor`: checks the setup — the CLIs (found, version, logged in), the config,
 //! the daemon (running, port, control socket, auth) and the service — and says what to fix.
 //! Nothing here changes anything; only `--smoke` runs prompts (through the daemon).
+
+mod login;
 
 use crate::{exit, ClientError};
 use clinvk_shared::api::{Backend, PromptOutcome, PromptRequest};
@@ -351,11 +353,7 @@ async fn check_backend(backend: Backend, settings: &Settings, checks: &mut Check
             return false;
         }
     }
-    let login = match backend {
-        Backend::Claude => claude_login(&program, &env).await,
-        Backend::Codex => codex_login(&program, &env).await,
-        Backend::Gemini => gemini_login(&env),
-    };
+    let login = login::check(backend.info(), &program, &env).await;
     match login {
         Ok(how) => {
             checks.add(format!("{area} login"), Verdict::Ok, how);
@@ -379,123 +377,6 @@ fn clip(s: &str) -> String {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
     }
-}
-
-type Login = Result<String, (String, String)>;
-
-fn home(env: &BTreeMap<String, String>) -> PathBuf {
-    PathBuf::from(env.get("HOME").cloned().unwrap_or_default())
-}
-
-fn set<'a>(env: &'a BTreeMap<String, String>, names: &[&'a str]) -> Option<&'a str> {
-    names
-        .iter()
-        .copied()
-        .find(|n| env.get(*n).is_some_and(|v| !v.trim().is_empty()))
-}
-
-/// `claude auth status` (JSON: `loggedIn`, `authMethod`, `apiKeySource`; never the key).
-async fn claude_login(program: &Path, env: &BTreeMap<String, String>) -> Login {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Status {
-        logged_in: bool,
-        auth_method: Option<String>,
-        api_key_source: Option<String>,
-    }
-    let fix = "run `claude` and log in (/login), or set ANTHROPIC_API_KEY (in the daemon's environment or backends.claude.env)".to_string();
-    let (_, out, _) = run_program(program, &["auth", "status"], env, Duration::from_secs(30))
-        .await
-        .map_err(|e| (format!("`claude auth status` {e}"), fix.clone()))?;
-    match serde_json::from_str::<Status>(out.trim()) {
-        Ok(s) if s.logged_in => Ok(format!(
-            "logged in ({}{})",
-            s.auth_method.unwrap_or_else(|| "unknown method".into()),
-            s.api_key_source
-                .map(|k| format!(" from {k}"))
-                .unwrap_or_default()
-        )),
-        Ok(_) => Err(("not logged in".into(), fix)),
-        Err(_) => Err((
-            "`claude auth status` gave no status this version understands".into(),
-            fix,
-        )),
-    }
-}
-
-/// `codex login status`, else a configured model provider whose key variable is set, else the
-/// OpenAI key variables.
-async fn codex_login(program: &Path, env: &BTreeMap<String, String>) -> Login {
-    if let Ok((true, _, _)) =
-        run_program(program, &["login", "status"], env, Duration::from_secs(30)).await
-    {
-        return Ok("logged in (`codex login status`)".into());
-    }
-    let codex_home = env
-        .get("CODEX_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home(env).join(".codex"));
-    if let Ok(text) = std::fs::read_to_string(codex_home.join("config.toml")) {
-        if let Ok(doc) = text.parse::<toml::Table>() {
-            let provider = doc.get("model_provider").and_then(|v| v.as_str());
-            let key_var = provider.and_then(|p| {
-                doc.get("model_providers")?
-                    .get(p)?
-                    .get("env_key")?
-                    .as_str()
-                    .map(str::to_string)
-            });
-            match (provider, key_var) {
-                (Some(p), Some(var)) if set(env, &[var.as_str()]).is_some() => {
-                    return Ok(format!("model provider `{p}` with its key from {var}"))
-                }
-                (Some(p), Some(var)) => {
-                    return Err((
-                        format!("model provider `{p}` needs {var}, which is not set"),
-                        format!("set {var} in the daemon's environment or backends.codex.env"),
-                    ))
-                }
-                _ => {}
-            }
-        }
-    }
-    if let Some(var) = set(env, &["CODEX_API_KEY", "OPENAI_API_KEY"]) {
-        return Ok(format!("API key from {var}"));
-    }
-    Err((
-        "not logged in".into(),
-        "run `codex login`, or set OPENAI_API_KEY (in the daemon's environment or backends.codex.env)".into(),
-    ))
-}
-
-/// gemini has no status command: its key variables, Vertex settings, or its OAuth file.
-fn gemini_login(env: &BTreeMap<String, String>) -> Login {
-    if let Some(var) = set(env, &["GEMINI_API_KEY", "GOOGLE_API_KEY"]) {
-        return Ok(format!("API key from {var}"));
-    }
-    if set(env, &["GOOGLE_GENAI_USE_VERTEXAI"]).is_some()
-        && set(
-            env,
-            &["GOOGLE_CLOUD_PROJECT", "GOOGLE_APPLICATION_CREDENTIALS"],
-        )
-        .is_some()
-    {
-        return Ok("Vertex AI (GOOGLE_GENAI_USE_VERTEXAI)".into());
-    }
-    let gemini_dir = env
-        .get("GEMINI_CLI_HOME")
-        .map(|h| PathBuf::from(h).join(".gemini"))
-        .unwrap_or_else(|| home(env).join(".gemini"));
-    if gemini_dir.join("oauth_creds.json").is_file() {
-        return Ok(format!(
-            "logged in with Google ({})",
-            gemini_dir.join("oauth_creds.json").display()
-        ));
-    }
-    Err((
-        "not logged in (no GEMINI_API_KEY, no Vertex settings, no saved Google login)".into(),
-        "run `gemini` once and log in with Google, or set GEMINI_API_KEY (in the daemon's environment or backends.gemini.env)".into(),
-    ))
 }
 
 /// Running or not; when not, whether its port is free. Returns whether one runs.

@@ -15,6 +15,30 @@ const ALLOW: &[&str] = &[
 ];
 
 impl Adapter for Claude {
+    fn backend(&self) -> Backend {
+        Backend::Claude
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            images: ImageDelivery::Inline,
+            output_schema: SchemaDelivery::Argument,
+            client_tools: ToolSupport::Always,
+        }
+    }
+
+    fn claims_model(&self, lower: &str) -> bool {
+        lower.contains("claude")
+    }
+
+    fn model_families(&self) -> &'static str {
+        "claude-…"
+    }
+
+    fn credential_folders(&self) -> &'static [&'static str] {
+        &[".claude"]
+    }
+
     fn builtin_extra_allowlist(&self) -> &'static [&'static str] {
         ALLOW
     }

@@ -10,6 +10,35 @@ pub(crate) struct Codex;
 const ALLOW: &[&str] = &["--skip-git-repo-check", "--oss"];
 
 impl Adapter for Codex {
+    fn backend(&self) -> Backend {
+        Backend::Codex
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            images: ImageDelivery::Files,
+            output_schema: SchemaDelivery::File,
+            client_tools: ToolSupport::Always,
+        }
+    }
+
+    /// OpenAI's names: `gpt-…`, `codex…`, and the `o1`/`o3`/`o4` reasoning families.
+    fn claims_model(&self, lower: &str) -> bool {
+        lower.starts_with("gpt")
+            || lower.contains("codex")
+            || ["o1", "o3", "o4"]
+                .iter()
+                .any(|p| lower == *p || lower.starts_with(&format!("{p}-")))
+    }
+
+    fn model_families(&self) -> &'static str {
+        "gpt-…/o3…/codex…"
+    }
+
+    fn credential_folders(&self) -> &'static [&'static str] {
+        &[".codex"]
+    }
+
     fn builtin_extra_allowlist(&self) -> &'static [&'static str] {
         ALLOW
     }

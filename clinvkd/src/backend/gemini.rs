@@ -10,6 +10,30 @@ pub(crate) struct Gemini;
 const ALLOW: &[&str] = &[];
 
 impl Adapter for Gemini {
+    fn backend(&self) -> Backend {
+        Backend::Gemini
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            images: ImageDelivery::Files,
+            output_schema: SchemaDelivery::Instruction,
+            client_tools: ToolSupport::WarmOnly,
+        }
+    }
+
+    fn claims_model(&self, lower: &str) -> bool {
+        lower.contains("gemini")
+    }
+
+    fn model_families(&self) -> &'static str {
+        "gemini-…"
+    }
+
+    fn credential_folders(&self) -> &'static [&'static str] {
+        &[".gemini"]
+    }
+
     fn builtin_extra_allowlist(&self) -> &'static [&'static str] {
         ALLOW
     }

@@ -145,8 +145,58 @@ pub(crate) trait LineParser: Send {
     fn finish(&mut self, exit_code: Option<i32>, stderr_tail: &str) -> Vec<Event>;
 }
 
-/// One backend CLI.
+/// How a CLI is given the images of a prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ImageDelivery {
+    /// In its own input (claude: stream-json image blocks): nothing to write.
+    Inline,
+    /// As files the engine writes into a private folder of the run (`Invocation::image_files`).
+    Files,
+}
+
+/// How a CLI is given a structured-output schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SchemaDelivery {
+    /// On its command line (claude `--json-schema`).
+    Argument,
+    /// As a file the engine writes (`Invocation::output_schema_file`; codex `--output-schema`).
+    File,
+    /// An instruction after the prompt (`schema_instruction`); the engine checks the answer.
+    Instruction,
+}
+
+/// Where a CLI can be given the client's tools (through the daemon's MCP endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ToolSupport {
+    /// One-shot and warm.
+    Always,
+    /// Only in its live mode (one-shot gemini takes MCP servers from settings files only).
+    WarmOnly,
+}
+
+/// What a CLI can take, declared once in its module; the engine and the front ends ask this
+/// (and build their clear 400s from it) instead of naming backends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Capabilities {
+    pub(crate) images: ImageDelivery,
+    pub(crate) output_schema: SchemaDelivery,
+    pub(crate) client_tools: ToolSupport,
+}
+
+/// One backend CLI: everything the daemon knows about it (what the clients also need — names,
+/// npm package, tested version, login check — is its row in `clinvk_shared::cli`).
 pub(crate) trait Adapter: Send + Sync {
+    /// Its row in the shared table of CLIs.
+    fn backend(&self) -> Backend;
+    /// What it can take.
+    fn capabilities(&self) -> Capabilities;
+    /// Whether a model name (lower case) belongs to this CLI's model family (`claude-…` →
+    /// claude), so the compatible APIs can route names that do not name a backend.
+    fn claims_model(&self, lower: &str) -> bool;
+    /// The family names shown when a model is not found (`claude-…`).
+    fn model_families(&self) -> &'static str;
+    /// Folders of the home holding this CLI's state and credentials: never a run's workdir.
+    fn credential_folders(&self) -> &'static [&'static str];
     /// The one place this CLI's argv is built.
     fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError>;
     fn parser(&self) -> Box<dyn LineParser>;
@@ -210,16 +260,29 @@ pub(crate) enum ArgvError {
     Invalid(String),
 }
 
-static CLAUDE: claude::Claude = claude::Claude;
-static CODEX: codex::Codex = codex::Codex;
-static GEMINI: gemini::Gemini = gemini::Gemini;
+/// The registry: every CLI's adapter, one line each (a new CLI adds its line here and its row
+/// in `clinvk_shared::cli`).
+static ADAPTERS: [&dyn Adapter; 3] = [&claude::Claude, &codex::Codex, &gemini::Gemini];
 
 pub(crate) fn adapter(backend: Backend) -> &'static dyn Adapter {
-    match backend {
-        Backend::Claude => &CLAUDE,
-        Backend::Codex => &CODEX,
-        Backend::Gemini => &GEMINI,
-    }
+    ADAPTERS
+        .iter()
+        .copied()
+        .find(|a| a.backend() == backend)
+        .expect("every backend has an adapter (checked by a test)")
+}
+
+/// Every adapter, in the order of `Backend::ALL`.
+pub(crate) fn adapters() -> impl Iterator<Item = &'static dyn Adapter> {
+    Backend::ALL.into_iter().map(adapter)
+}
+
+/// The backend whose model family a name belongs to (`claude-sonnet-4-5` → claude).
+pub(crate) fn claimed_by(model: &str) -> Option<Backend> {
+    let lower = model.to_ascii_lowercase();
+    adapters()
+        .find(|a| a.claims_model(&lower))
+        .map(|a| a.backend())
 }
 
 /// The model to pass: the request's, else the config's; a bare backend name means the default.
@@ -576,6 +639,21 @@ mod tests {
             ]),
             vec!["/a", "/b"]
         );
+    }
+
+    #[test]
+    fn registry_is_complete() {
+        for b in Backend::ALL {
+            assert_eq!(adapter(b).backend(), b);
+        }
+        assert_eq!(ADAPTERS.len(), Backend::ALL.len());
+        assert_eq!(claimed_by("claude-sonnet-4-5"), Some(Backend::Claude));
+        assert_eq!(claimed_by("gpt-5"), Some(Backend::Codex));
+        assert_eq!(claimed_by("o3-mini"), Some(Backend::Codex));
+        assert_eq!(claimed_by("o3"), Some(Backend::Codex));
+        assert_eq!(claimed_by("o30"), None);
+        assert_eq!(claimed_by("Gemini-2.5-Pro"), Some(Backend::Gemini));
+        assert_eq!(claimed_by("llama3"), None);
     }
 
     #[test]

@@ -33,8 +33,12 @@ fn model_not_found(name: &str) -> ApiError {
         Kind::ModelNotFound,
         "model_not_found",
         format!(
-            "the model {name:?} does not exist: use a backend name ({}), `<backend>/<model>`, a configured alias, or a name of a backend's model family (claude-…, gpt-…/o3…/codex…, gemini-…)",
-            KNOWN_BACKENDS.join(", ")
+            "the model {name:?} does not exist: use a backend name ({}), `<backend>/<model>`, a configured alias, or a name of a backend's model family ({})",
+            KNOWN_BACKENDS.join(", "),
+            crate::backend::adapters()
+                .map(|a| a.model_families())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     )
     .with_param("model")
@@ -75,22 +79,7 @@ pub(crate) fn resolve_model(ctx: &Ctx, name: &str) -> Result<Target, ApiError> {
     } else if let Some(t) = split_target(name) {
         Some(t)
     } else {
-        let lower = name.to_ascii_lowercase();
-        let family = if lower.contains("claude") {
-            Some(Backend::Claude)
-        } else if lower.contains("gemini") {
-            Some(Backend::Gemini)
-        } else if lower.starts_with("gpt")
-            || lower.contains("codex")
-            || ["o1", "o3", "o4"]
-                .iter()
-                .any(|p| lower == *p || lower.starts_with(&format!("{p}-")))
-        {
-            Some(Backend::Codex)
-        } else {
-            None
-        };
-        family.map(|backend| Target {
+        crate::backend::claimed_by(name).map(|backend| Target {
             backend,
             model: Some(name.to_string()),
         })
@@ -703,14 +692,8 @@ pub(crate) async fn start(
     if let Some(started) = continue_parked(ctx, caller, target, &conv, new)? {
         return Ok(started);
     }
-    if !conv.tools.is_empty()
-        && target.backend == Backend::Gemini
-        && ctx.settings().backend(Backend::Gemini).mode != clinvk_shared::config::BackendMode::Warm
-    {
-        return Err(unsupported(
-            "tools",
-            "gemini takes client tools in warm mode only (backends.gemini.mode: warm); send the request to claude or codex, or without tools",
-        ));
+    if !conv.tools.is_empty() {
+        crate::tools::check_support(ctx, target.backend).map_err(|m| unsupported("tools", m))?;
     }
     if !new.iter().any(|m| m.role != Role::Assistant) || new.is_empty() {
         return Err(ApiError::bad_request(
