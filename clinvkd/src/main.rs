@@ -9,7 +9,7 @@ use std::path::PathBuf;
 #[command(
     name = "clinvkd",
     version,
-    about = "The clinvk daemon: serves the claude, codex and gemini CLIs over HTTP",
+    about = "The clinvk daemon: serves the AI coding CLIs (claude, codex, gemini, …) over HTTP",
     long_about = "The clinvk daemon. It serves the native REST API (/api/v1), the OpenAI- and \
 Anthropic-compatible APIs and /health on one HTTP listener (default 127.0.0.1:8080), and \
 listens on a private control socket for clinvk and clinvkctl.\n\n\

@@ -7,7 +7,7 @@ use clinvkctl::cmd;
 #[command(
     name = "clinvk",
     version,
-    about = "Use the claude, codex and gemini CLIs through the clinvk daemon",
+    about = "Use the AI coding CLIs (claude, codex, gemini, …) through the clinvk daemon",
     args_conflicts_with_subcommands = true,
     after_help = "Examples:\n  clinvk \"explain this repository\"            # default backend, streams the answer\n  clinvk -b codex -m o4-mini \"write a test\"\n  clinvk resume --last \"and now the docs\"\n  clinvk sessions list\n  clinvk compare --backends claude,gemini \"what is a monad?\"\n  clinvk serve                                  # the HTTP server\n\n\
 Exit codes: 0 ok, 1 failure (the run failed, or the daemon refused), 2 usage error,\n3 no daemon running (clinvkctl), 130 interrupted (Ctrl-C cancels the run in the daemon).\n\

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct PromptOptions {
-    /// Backend: claude, codex or gemini (default: default_backend from the config)
+    /// Backend: a CLI name such as claude, codex or gemini (default: default_backend from the config)
     #[arg(short, long, global = true)]
     pub backend: Option<String>,
     /// Model (default: the backend's configured model, else the CLI's default)

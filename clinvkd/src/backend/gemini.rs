@@ -89,7 +89,7 @@ impl Adapter for Gemini {
         Box::new(Parser::default())
     }
 
-    /// `gemini --acp` (see `gemini_acp`); the session is opened (or loaded) in the protocol.
+    /// `gemini --acp` (the ACP driver, `acp`); the session is opened (or loaded) in the protocol.
     /// Images stay one-shot (`@path` files).
     fn live(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<LiveSpec, ArgvError> {
         let mut a = vec!["--acp".to_string()];
@@ -114,10 +114,21 @@ impl Adapter for Gemini {
                 env: trust_env(),
                 ..CommandSpec::for_run("gemini", cfg, inv, a, None)
             },
-            driver: Box::new(super::gemini_acp::Acp::new(
-                cwd,
+            driver: Box::new(super::acp::Acp::new(
+                super::acp::AcpOptions {
+                    label: "gemini --acp",
+                    cwd,
+                    images: false,
+                    mcp_servers: mcp_servers(inv),
+                    // gemini 0.61's `session/load` re-creates the session's recording file
+                    // before reading it; when that happens within the minute the file was
+                    // created (same file name), the turns are gone, the load fails ("No
+                    // previous sessions found") and the session cannot be resumed at all any
+                    // more. Measured; a session whose worker is gone therefore continues
+                    // one-shot (`gemini --resume`, which appends).
+                    resumes: false,
+                },
                 inv.images.is_empty(),
-                mcp_servers(inv),
             )),
         })
     }

@@ -1,11 +1,11 @@
 //! The backend adapters: one per CLI, each the single place that builds that CLI's argv and
 //! parses its streaming output into the unified event stream.
 
+mod acp;
 mod claude;
 mod codex;
 mod codex_app;
 mod gemini;
-mod gemini_acp;
 mod jsonrpc;
 
 use clinvk_shared::api::Backend;

@@ -95,7 +95,7 @@ pub(crate) fn plan(
         (None, None) => {
             return Err(bad(
                 "missing_field",
-                "`backend` is required (claude, codex or gemini)",
+                format!("`backend` is required ({})", KNOWN_BACKENDS.join(", ")),
             )
             .with_param("backend"))
         }

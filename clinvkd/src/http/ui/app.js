@@ -342,16 +342,24 @@ let backendList = [];
 
 async function loadBackends() {
   const select = $("prompt-backend");
+  const filter = $("sessions-backend");
   try {
     const r = await api("GET", "/api/v1/backends");
     backendList = r.backends;
     select.replaceChildren();
+    const chosen = filter.value;
+    filter.replaceChildren(el("option", "any"));
+    filter.firstChild.value = "";
     for (const b of r.backends) {
       const o = el("option", b.name);
       o.value = b.name;
       if (!b.available) o.disabled = true;
       select.appendChild(o);
+      const f = el("option", b.name);
+      f.value = b.name;
+      filter.appendChild(f);
     }
+    filter.value = chosen;
     renderBackends(r.capacity);
   } catch (e) {
     $("backends").replaceChildren(row(["backends: " + e.message]));

@@ -1,14 +1,13 @@
-//! gemini's live mode: `gemini --acp`, the Agent Client Protocol (JSON-RPC 2.0 over stdio, one
-//! message per line).
+//! The live mode of any CLI that speaks the Agent Client Protocol (JSON-RPC 2.0 over stdio, one
+//! message per line): `gemini --acp` today. What differs per CLI comes in `AcpOptions`.
 //!
-//! Per worker: `initialize` (protocol version 1, no file-system or terminal capability: gemini
-//! uses its own), then `session/new`. A session is never loaded into a new worker
-//! (`session/load` of 0.61 loses a session loaded within the minute it was created — see
-//! `resumes`): it continues one-shot once its worker is gone. Per turn:
+//! Per worker: `initialize` (protocol version 1, no file-system or terminal capability: the CLI
+//! uses its own), then `session/new`. Whether a session is loaded into a new worker
+//! (`session/load`) is the CLI's choice (`AcpOptions::resumes`). Per turn:
 //! `session/prompt` → `session/update` notifications (`agent_message_chunk` token pieces,
 //! `agent_thought_chunk`, `tool_call`) → the request's result (`stopReason`, token counts in
 //! `_meta.quota.token_count`). Permission requests are answered with the reject option (nobody
-//! is there to ask; the configured approval mode decides what gemini asks at all), any other
+//! is there to ask; the configured approval mode decides what the CLI asks at all), any other
 //! request with a JSON-RPC error.
 
 use super::jsonrpc::{self, Dialect, Message, TurnMarks};
@@ -151,8 +150,24 @@ struct PermissionOption {
 const INITIALIZE: u64 = 0;
 const OPEN_SESSION: u64 = 1;
 
+/// What one CLI's ACP worker needs besides the protocol.
+pub(crate) struct AcpOptions {
+    /// How its errors are named (`gemini --acp`).
+    pub(crate) label: &'static str,
+    /// The session's working folder.
+    pub(crate) cwd: String,
+    /// Whether the live mode takes turns with images (else they go one-shot).
+    pub(crate) images: bool,
+    /// MCP servers of the session (the daemon's client-tools endpoint).
+    pub(crate) mcp_servers: Vec<Value>,
+    /// Whether a new worker may load an existing session (see `Driver::resumes`).
+    pub(crate) resumes: bool,
+}
+
 /// The driver of one ACP worker.
 pub(crate) struct Acp {
+    label: &'static str,
+    resumes: bool,
     cwd: String,
     session: Option<String>,
     next_id: u64,
@@ -169,17 +184,20 @@ pub(crate) struct Acp {
 }
 
 impl Acp {
-    pub(crate) fn new(cwd: String, plain: bool, mcp_servers: Vec<Value>) -> Self {
+    /// `plain`: the turn has no images.
+    pub(crate) fn new(o: AcpOptions, plain: bool) -> Self {
         Acp {
-            mcp_servers,
-            cwd,
+            label: o.label,
+            resumes: o.resumes,
+            mcp_servers: o.mcp_servers,
+            cwd: o.cwd,
             session: None,
             next_id: OPEN_SESSION + 1,
             prompt_request: None,
             queued: None,
             marks: TurnMarks::default(),
             broken: None,
-            plain,
+            plain: plain || o.images,
         }
     }
 
@@ -220,7 +238,7 @@ impl Acp {
                     OPEN_SESSION => "cannot start a session".to_string(),
                     _ => "session/prompt".to_string(),
                 };
-                let message = format!("gemini --acp: {what}: {}{detail}", err.message);
+                let message = format!("{}: {what}: {}{detail}", self.label, err.message);
                 if id <= OPEN_SESSION {
                     self.broken = Some(message.clone());
                 }
@@ -246,7 +264,8 @@ impl Acp {
                     self.announce(out);
                 }
                 None => {
-                    let message = "gemini --acp: session/new answered without a session id".into();
+                    let message =
+                        format!("{}: session/new answered without a session id", self.label);
                     self.broken = Some(message);
                     if self.queued.take().is_some() {
                         let m = self.broken.clone().unwrap_or_default();
@@ -270,9 +289,11 @@ impl Acp {
             }
             match r.stop_reason.as_deref() {
                 Some("cancelled") => self.fail(out, "cancelled".into()),
-                Some("refusal") => self.fail(out, "gemini refused to answer".into()),
+                Some("refusal") => self.fail(out, format!("{} refused to answer", self.label)),
                 Some("max_tokens") | Some("max_turn_requests") | Some("end_turn") | None => {}
-                Some(other) => tracing::debug!(stop_reason = other, "gemini turn ended"),
+                Some(other) => {
+                    tracing::debug!(stop_reason = other, cli = self.label, "ACP turn ended")
+                }
             }
             out.end = true;
         }
@@ -439,13 +460,8 @@ impl Driver for Acp {
         )])
     }
 
-    /// gemini 0.61's `session/load` re-creates the session's recording file before reading it;
-    /// when that happens within the minute the file was created (same file name), the turns are
-    /// gone, the load fails ("No previous sessions found") and the session cannot be resumed at
-    /// all any more. Measured; a session whose worker is gone therefore continues one-shot
-    /// (`gemini --resume`, which appends).
     fn resumes(&self) -> bool {
-        false
+        self.resumes
     }
 }
 
@@ -453,13 +469,23 @@ impl Driver for Acp {
 mod tests {
     use super::*;
 
+    fn opts(cwd: &str) -> AcpOptions {
+        AcpOptions {
+            label: "gemini --acp",
+            cwd: cwd.into(),
+            images: false,
+            mcp_servers: vec![],
+            resumes: false,
+        }
+    }
+
     fn parsed(line: &str) -> Value {
         serde_json::from_str(line).unwrap()
     }
 
     #[test]
     fn a_turn_from_handshake_to_result() {
-        let mut d = Acp::new("/work".into(), true, vec![]);
+        let mut d = Acp::new(opts("/work"), true);
         let open = d.open();
         assert_eq!(parsed(&open[0])["method"], "initialize");
         assert_eq!(parsed(&open[0])["params"]["protocolVersion"], 1);
@@ -521,7 +547,7 @@ mod tests {
 
     #[test]
     fn permission_requests_are_refused_and_errors_end_the_turn() {
-        let mut d = Acp::new("/w".into(), true, vec![]);
+        let mut d = Acp::new(opts("/w"), true);
         d.open();
         d.on_line(r#"{"jsonrpc":"2.0","id":1,"result":{"sessionId":"s"}}"#);
         d.turn(&Invocation::default());
