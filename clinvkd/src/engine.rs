@@ -76,9 +76,43 @@ pub(crate) struct RunSummary {
     pub(crate) cancelled: bool,
 }
 
+/// How a run ended, in one word: the usage store's `outcome` column and the `status` label of
+/// `clinvk_backend_executions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum RunOutcome {
+    #[default]
+    Ok,
+    Failed,
+    Timeout,
+    Cancelled,
+}
+
+impl RunOutcome {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Ok => "ok",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Timeout => "timeout",
+            RunOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
 impl RunSummary {
     pub(crate) fn failed(&self) -> bool {
         self.error.is_some()
+    }
+
+    pub(crate) fn outcome(&self) -> RunOutcome {
+        if self.cancelled {
+            RunOutcome::Cancelled
+        } else if self.timed_out {
+            RunOutcome::Timeout
+        } else if self.failed() {
+            RunOutcome::Failed
+        } else {
+            RunOutcome::Ok
+        }
     }
 
     /// The API error a compatible API answers for a failed run (502 CLI failed, 504 timeout).
@@ -690,7 +724,10 @@ async fn next_call(calls: Option<&mut Calls>) -> Option<crate::tools::McpCall> {
 /// The settings a warm worker is started with for `inv`, as a key: a worker only takes a turn
 /// that would have started it the same way (the resumed session and the turn's own input —
 /// prompt, images — aside).
-pub(crate) fn worker_key(ctx: &Ctx, inv: &Invocation) -> Result<String, EngineError> {
+pub(crate) fn worker_key(
+    ctx: &Ctx,
+    inv: &Invocation,
+) -> Result<crate::worker::WorkerKey, EngineError> {
     let cfg = backend_settings(ctx, inv.backend)?;
     let mut base = inv.clone();
     base.resume = None;
@@ -701,12 +738,15 @@ pub(crate) fn worker_key(ctx: &Ctx, inv: &Invocation) -> Result<String, EngineEr
     let live = backend::adapter(inv.backend)
         .live(&base, &cfg)
         .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
-    let key = live.driver.key();
+    let session = live.driver.key();
     let p = prepare_command(ctx, &base, &cfg, live.command)?;
-    Ok(format!(
-        "{:?}\n{:?}\n{:?}\n{:?}\n{key}",
-        p.spec.program, p.spec.args, p.spec.env, p.spec.cwd
-    ))
+    Ok(crate::worker::WorkerKey {
+        program: p.spec.program,
+        args: p.spec.args,
+        env: p.spec.env,
+        cwd: p.spec.cwd,
+        session,
+    })
 }
 
 /// Starts a warm worker for `inv`'s session (resuming `inv.resume` when set) and writes its
@@ -714,7 +754,7 @@ pub(crate) fn worker_key(ctx: &Ctx, inv: &Invocation) -> Result<String, EngineEr
 pub(crate) async fn spawn_worker(
     ctx: &Ctx,
     inv: &Invocation,
-    key: String,
+    key: crate::worker::WorkerKey,
 ) -> Result<crate::worker::Worker, EngineError> {
     let cfg = backend_settings(ctx, inv.backend)?;
     let live = backend::adapter(inv.backend)
@@ -948,15 +988,7 @@ impl RunStream {
                 Err(why) => summary.error = Some(format!("{}: {why}", self.backend)),
             }
         }
-        let status = if summary.timed_out {
-            "timeout"
-        } else if summary.cancelled {
-            "cancelled"
-        } else if summary.failed() {
-            "error"
-        } else {
-            "success"
-        };
+        let status = summary.outcome().as_str();
         metrics::counter!("clinvk_backend_executions_total", "backend" => self.backend.as_str(), "status" => status).increment(1);
         metrics::histogram!("clinvk_backend_execution_duration_seconds", "backend" => self.backend.as_str())
             .record(summary.duration_ms as f64 / 1000.0);

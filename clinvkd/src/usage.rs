@@ -61,8 +61,7 @@ pub(crate) struct RunEnd {
     pub(crate) duration_ms: u64,
     pub(crate) first_output_ms: Option<u64>,
     pub(crate) exit_code: i32,
-    /// `ok`, `failed`, `timeout` or `cancelled`.
-    pub(crate) outcome: &'static str,
+    pub(crate) outcome: crate::engine::RunOutcome,
     pub(crate) usage: TokenUsage,
 }
 
@@ -303,7 +302,7 @@ impl UsageStore {
                     end.duration_ms as i64,
                     end.first_output_ms.map(|v| v as i64),
                     end.exit_code,
-                    end.outcome,
+                    end.outcome.as_str(),
                     end.usage.input_tokens as i64,
                     end.usage.output_tokens as i64,
                     end.usage.cache_tokens as i64,
@@ -454,7 +453,7 @@ mod tests {
             &settings,
             Backend::Claude,
             &RunEnd {
-                outcome: "ok",
+                outcome: crate::engine::RunOutcome::Ok,
                 usage,
                 ..Default::default()
             },
@@ -578,7 +577,7 @@ mod measure {
         let end = RunEnd {
             duration_ms: 1234,
             first_output_ms: Some(321),
-            outcome: "ok",
+            outcome: crate::engine::RunOutcome::Ok,
             usage: TokenUsage {
                 input_tokens: 12_351,
                 output_tokens: 512,

@@ -17,13 +17,38 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
+/// How a worker was started — program, argv, environment, folder and the driver's session
+/// settings — without the resumed session and the turn's own input: a turn is only given to a
+/// worker started the way that turn would start one.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct WorkerKey {
+    pub(crate) program: std::path::PathBuf,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) cwd: Option<std::path::PathBuf>,
+    /// `Driver::key`: what the protocol sets per session (folder, model, modes).
+    pub(crate) session: String,
+}
+
+impl std::fmt::Debug for WorkerKey {
+    /// Without the environment's values (they may hold keys).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerKey")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("cwd", &self.cwd)
+            .field("session", &self.session)
+            .finish()
+    }
+}
+
 /// A live CLI process and the driver of its protocol.
 pub(crate) struct Worker {
     pub(crate) id: String,
     pub(crate) backend: Backend,
-    /// How it was started (argv, environment, folder, session settings), without the resumed
-    /// session: a turn is only given to a worker started the way that turn would start one.
-    pub(crate) key: String,
+    /// How it was started.
+    pub(crate) key: WorkerKey,
     pub(crate) pid: u32,
     handle: RunHandle,
     stdin: tokio::process::ChildStdin,
@@ -40,7 +65,7 @@ pub(crate) struct Worker {
 impl Worker {
     pub(crate) fn new(
         backend: Backend,
-        key: String,
+        key: WorkerKey,
         handle: RunHandle,
         stdin: tokio::process::ChildStdin,
         driver: Box<dyn Driver>,
@@ -190,7 +215,7 @@ impl Workers {
         &self,
         backend: Backend,
         session: &str,
-        key: &str,
+        key: &WorkerKey,
     ) -> Option<Worker> {
         let found = {
             let mut st = self.state();
@@ -201,7 +226,7 @@ impl Workers {
             st.idle.swap_remove(i)
         };
         self.publish_gauges();
-        if found.key != key {
+        if found.key != *key {
             tracing::info!(worker = %found.id, backend = %backend, "the session's settings changed: its worker is retired");
             return None;
         }
@@ -209,12 +234,12 @@ impl Workers {
     }
 
     /// Takes a pooled worker started with `key`.
-    pub(crate) fn take_pooled(&self, backend: Backend, key: &str) -> Option<Worker> {
+    pub(crate) fn take_pooled(&self, backend: Backend, key: &WorkerKey) -> Option<Worker> {
         let taken = {
             let mut st = self.state();
             let mut taken = None;
             while let Some(i) = st.idle.iter().position(|w| {
-                w.backend == backend && w.state() == WorkerState::Pooled && w.key == key
+                w.backend == backend && w.state() == WorkerState::Pooled && w.key == *key
             }) {
                 let w = st.idle.swap_remove(i);
                 if w.alive() {
@@ -333,11 +358,11 @@ impl Workers {
     }
 
     /// Pooled workers of `backend` started with `key`.
-    fn pooled(&self, backend: Backend, key: &str) -> usize {
+    fn pooled(&self, backend: Backend, key: &WorkerKey) -> usize {
         self.state()
             .idle
             .iter()
-            .filter(|w| w.backend == backend && w.state() == WorkerState::Pooled && w.key == key)
+            .filter(|w| w.backend == backend && w.state() == WorkerState::Pooled && w.key == *key)
             .count()
     }
 

@@ -887,15 +887,7 @@ impl Account {
             duration_ms: summary.duration_ms,
             first_output_ms: self.first_output_ms,
             exit_code: summary.exit_code,
-            outcome: if summary.cancelled {
-                "cancelled"
-            } else if summary.timed_out {
-                "timeout"
-            } else if summary.failed() {
-                "failed"
-            } else {
-                "ok"
-            },
+            outcome: summary.outcome(),
             usage: summary.usage,
         }
     }
