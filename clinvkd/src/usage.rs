@@ -50,7 +50,7 @@ pub(crate) struct NewRun {
     pub(crate) key_id: Option<String>,
     pub(crate) backend: Backend,
     pub(crate) model: Option<String>,
-    pub(crate) api_style: String,
+    pub(crate) api_style: clinvk_shared::api::ApiStyle,
     pub(crate) session_id: Option<String>,
 }
 
@@ -270,7 +270,7 @@ impl UsageStore {
                     run.key_id,
                     run.backend.as_str(),
                     run.model,
-                    run.api_style,
+                    run.api_style.as_str(),
                     run.session_id
                 ],
             )?;
@@ -418,7 +418,7 @@ mod tests {
             key_id: Some(key.into()),
             backend: Backend::Claude,
             model: None,
-            api_style: "native".into(),
+            api_style: clinvk_shared::api::ApiStyle::Native,
             session_id: None,
         }
     }
@@ -571,7 +571,7 @@ mod measure {
             key_id: Some("0123456789ab".into()),
             backend: Backend::Claude,
             model: Some("claude-sonnet-4-5".into()),
-            api_style: "native".into(),
+            api_style: clinvk_shared::api::ApiStyle::Native,
             session_id: Some("0b5e8f0e-4a0c-4f7e-9d43-2b8e1b7c9f10".into()),
         };
         let end = RunEnd {

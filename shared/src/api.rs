@@ -88,6 +88,30 @@ impl std::fmt::Display for Backend {
     }
 }
 
+/// Which front end a run came through: the `clinvk` command (the control socket), the native
+/// HTTP API, or a compatible API. Recorded with sessions (`source`) and usage rows
+/// (`api_style`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiStyle {
+    Cli,
+    #[default]
+    Native,
+    OpenAi,
+    Anthropic,
+}
+
+impl ApiStyle {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ApiStyle::Cli => "cli",
+            ApiStyle::Native => "native",
+            ApiStyle::OpenAi => "openai",
+            ApiStyle::Anthropic => "anthropic",
+        }
+    }
+}
+
 /// `approval_mode`: how much the agent may do without asking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -694,7 +718,7 @@ pub struct LiveRun {
     /// The id of the key that started it.
     pub key_id: Option<String>,
     /// `native`, `openai`, `anthropic` or `cli`.
-    pub api_style: String,
+    pub api_style: ApiStyle,
     pub started_at: String,
     pub elapsed_ms: u64,
 }

@@ -370,7 +370,12 @@ async fn operation(ctx: &Ctx, conn: &Stream, request: Request) {
 async fn run_prompt(ctx: &Ctx, conn: &Stream, req: clinvk_shared::api::PromptRequest) {
     use crate::ops::{prompt, Caller};
     use clinvk_shared::api::PromptOutcome;
-    let plan = match prompt::plan(ctx, &Caller::control(), req, "cli") {
+    let plan = match prompt::plan(
+        ctx,
+        &Caller::control(),
+        req,
+        clinvk_shared::api::ApiStyle::Cli,
+    ) {
         Ok(p) => p,
         Err(e) => return send_error(conn, &e.code, e.message).await,
     };

@@ -2,6 +2,7 @@
 
 use super::compat::{self, CallView, Conversation, Frames, Msg, Role, ToolChoice};
 use super::error::{json_response, ApiError, Render as _, Style};
+use clinvk_shared::api::ApiStyle;
 
 use crate::ctx::Ctx;
 use crate::ops;
@@ -362,7 +363,7 @@ pub(crate) async fn messages(
     let target = compat::resolve_model(ctx, &mr.model)?;
     let mut conv = conversation(mr.system.as_ref(), &mr.messages)?;
     mr.tools(&mut conv)?;
-    let started = compat::start(ctx, caller, session, "anthropic", &target, conv).await?;
+    let started = compat::start(ctx, caller, session, ApiStyle::Anthropic, &target, conv).await?;
     let id = format!("msg_{}", compat::new_id());
     if mr.stream.unwrap_or(false) {
         let frames = EventFrames {

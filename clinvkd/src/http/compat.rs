@@ -683,7 +683,7 @@ pub(crate) async fn start(
     ctx: &Ctx,
     caller: &crate::ops::Caller,
     explicit_session: Option<String>,
-    source: &str,
+    source: clinvk_shared::api::ApiStyle,
     target: &Target,
     conv: Conversation,
 ) -> Result<Started, ApiError> {

@@ -57,7 +57,7 @@ pub(crate) async fn prompt(
     caller: &ops::Caller,
     req: prompt::PromptRequest,
 ) -> Result<Response, ApiError> {
-    let plan = prompt::plan(ctx, caller, req, "native")?;
+    let plan = prompt::plan(ctx, caller, req, clinvk_shared::api::ApiStyle::Native)?;
     if plan.dry_run {
         return json_ok(&prompt::dry_run(ctx, &plan)?);
     }

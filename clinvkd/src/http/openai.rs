@@ -2,6 +2,7 @@
 
 use super::compat::{self, CallView, Conversation, Frames, Msg, Role};
 use super::error::{json_response, ApiError, Render as _};
+use clinvk_shared::api::ApiStyle;
 
 use crate::ctx::Ctx;
 use crate::ops;
@@ -280,7 +281,7 @@ pub(crate) async fn chat(
     let mut conv = conversation(&cr.messages)?;
     conv.output_schema = compat::format_schema(cr.response_format.as_ref(), "response_format")?;
     cr.tools(&mut conv)?;
-    let started = compat::start(ctx, caller, session, "openai", &target, conv).await?;
+    let started = compat::start(ctx, caller, session, ApiStyle::OpenAi, &target, conv).await?;
     let id = format!("chatcmpl-{}", compat::new_id());
     let created = compat::unix_now();
     if cr.stream.unwrap_or(false) {

@@ -9,6 +9,7 @@ use crate::ops;
 use crate::ops::prompt::PromptResult;
 use crate::responses::Stored;
 use bytes::Bytes;
+use clinvk_shared::api::ApiStyle;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use warp::http::StatusCode;
@@ -378,7 +379,7 @@ pub(crate) async fn create(
         }
         None => session,
     };
-    let started = compat::start(ctx, caller, session, "openai", &target, conv).await?;
+    let started = compat::start(ctx, caller, session, ApiStyle::OpenAi, &target, conv).await?;
     let shape = Shape {
         id: format!("resp_{}", compat::new_id()),
         message_id: format!("msg_{}", compat::new_id()),

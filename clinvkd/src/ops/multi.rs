@@ -4,6 +4,7 @@ use super::prompt::{self, PromptRequest, PromptResult};
 use super::Caller;
 use crate::ctx::Ctx;
 use crate::error::ApiError;
+use clinvk_shared::api::ApiStyle;
 use clinvk_shared::api::{
     Backend, ChainRequest, ChainResult, ChainStepResult, CompareEntry, CompareRequest,
     CompareResult, ParallelRequest, ParallelResult, PromptOutcome, StepOutcome, TaskDone,
@@ -29,7 +30,7 @@ async fn run_one(
     backend: Backend,
     dry_run: bool,
 ) -> PromptOutcome {
-    let plan = match prompt::plan(ctx, caller, req, "native") {
+    let plan = match prompt::plan(ctx, caller, req, ApiStyle::Native) {
         Ok(mut p) => {
             p.dry_run |= dry_run;
             p
@@ -57,7 +58,7 @@ fn check_all<'a>(
 ) -> Result<Vec<Backend>, ApiError> {
     let mut backends = Vec::new();
     for (i, r) in requests.into_iter().enumerate() {
-        let plan = prompt::plan(ctx, caller, r, "native").map_err(|e| ApiError {
+        let plan = prompt::plan(ctx, caller, r, ApiStyle::Native).map_err(|e| ApiError {
             message: format!("{what}[{i}]: {}", e.message),
             ..e
         })?;

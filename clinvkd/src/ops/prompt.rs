@@ -36,7 +36,7 @@ pub(crate) struct Plan {
     pub(crate) stream: bool,
     pub(crate) tags: Vec<String>,
     pub(crate) metadata: BTreeMap<String, String>,
-    pub(crate) source: String,
+    pub(crate) source: api::ApiStyle,
     /// The key that asks (recorded as the owner of a new session).
     pub(crate) owner: Option<String>,
 }
@@ -59,7 +59,7 @@ pub(crate) fn plan(
     ctx: &Ctx,
     caller: &Caller,
     req: PromptRequest,
-    source: &str,
+    source: api::ApiStyle,
 ) -> Result<Plan, ApiError> {
     let settings = ctx.settings();
     let prompt = req.prompt.unwrap_or_default();
@@ -91,7 +91,7 @@ pub(crate) fn plan(
     let named = match (req.backend.filter(|b| !b.is_empty()), &resume_session) {
         (Some(b), _) => b,
         (None, Some(s)) => s.backend.to_string(),
-        (None, None) if source == "cli" => settings.default_backend.clone(),
+        (None, None) if source == api::ApiStyle::Cli => settings.default_backend.clone(),
         (None, None) => {
             return Err(bad(
                 "missing_field",
@@ -262,7 +262,7 @@ pub(crate) fn plan(
         stream,
         tags,
         metadata: req.metadata,
-        source: source.to_string(),
+        source,
         owner: caller.key_id.clone(),
     })
 }
@@ -275,7 +275,9 @@ pub(crate) fn default_invocation(ctx: &Ctx, backend: Backend) -> Option<Invocati
         prompt: Some("(pool)".into()),
         ..Default::default()
     };
-    let mut inv = plan(ctx, &Caller::control(), req, "pool").ok()?.inv;
+    let mut inv = plan(ctx, &Caller::control(), req, api::ApiStyle::Native)
+        .ok()?
+        .inv;
     inv.prompt.clear();
     Some(inv)
 }
@@ -643,7 +645,7 @@ pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> 
                 initial_prompt: clip(&plan.inv.prompt, 2000),
                 tags: plan.tags.clone(),
                 metadata: plan.metadata.clone(),
-                source: plan.source.clone(),
+                source: plan.source.as_str().to_string(),
                 owner: plan.owner.clone(),
                 ..Default::default()
             })
@@ -812,7 +814,7 @@ impl Account {
             model: plan.inv.model.clone(),
             session_id: plan.resume_session.as_ref().map(|s| s.id.clone()),
             key_id: plan.owner.clone(),
-            api_style: plan.source.clone(),
+            api_style: plan.source,
             started_at: clinvk_shared::types::now_rfc3339(),
             elapsed_ms: 0,
         };
@@ -829,7 +831,7 @@ impl Account {
             key_id: plan.owner.clone(),
             backend: plan.inv.backend,
             model: plan.inv.model.clone(),
-            api_style: plan.source.clone(),
+            api_style: plan.source,
             session_id: plan.resume_session.as_ref().map(|s| s.id.clone()),
         };
         let store = ctx.usage.clone();
