@@ -1,0 +1,439 @@
+//! Driving a started run to the answer: text pieces and client-tool calls, the non-streamed
+//! result, and the SSE stream with keep-alives.
+
+use super::*;
+
+/// What a run produces, reduced to what the compatible APIs show.
+pub(crate) enum Piece {
+    Text(String),
+    /// The model called client tools: the answer ends with them, the run is parked.
+    Calls(Vec<CallView>),
+    Done(Box<Completed>),
+}
+
+/// A client-tool call as the answer shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct CallView {
+    pub(crate) id: String,
+    /// The function's name as the client gave it.
+    pub(crate) name: String,
+    /// The Responses API namespace it came in (a `namespace` tool), if any.
+    pub(crate) namespace: Option<String>,
+    pub(crate) arguments: serde_json::Map<String, Value>,
+}
+
+impl CallView {
+    /// The arguments as JSON text (the OpenAI formats carry them so).
+    pub(crate) fn arguments_json(&self) -> String {
+        Value::Object(self.arguments.clone()).to_string()
+    }
+}
+
+/// How long a batch of calls the CLI announced waits for the calls still to come (a CLI that
+/// runs them one by one sends only the first; then the batch goes out without the others).
+const BATCH_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long after a call others are taken into the same answer (a call that comes later is
+/// answered in the next round trip: nothing is lost, only batching).
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(150);
+
+/// Reads a run's updates as text pieces: token deltas as the CLI prints them, or whole messages
+/// when the CLI prints no deltas (a whole message after deltas would repeat them); client-tool
+/// calls as one batch per model step.
+pub(crate) struct Pieces {
+    run: PromptRun,
+    saw_delta: bool,
+    pub(crate) emitted: String,
+    pending: Option<Box<Completed>>,
+    tools: Option<ClientTools>,
+    /// Client-tool calls the CLI printed (reported name, input) since the last batch: how many
+    /// calls to wait for, and their order.
+    announced: Vec<(String, Value)>,
+    batch: Vec<PendingCall>,
+    require_call: bool,
+    owner: Option<String>,
+}
+
+impl Pieces {
+    pub(crate) fn new(started: Started) -> (Self, Continuity) {
+        let Started {
+            run,
+            meta,
+            tools,
+            require_call,
+            owner,
+        } = started;
+        (
+            Pieces {
+                run,
+                saw_delta: false,
+                emitted: String::new(),
+                pending: None,
+                tools,
+                announced: Vec::new(),
+                batch: Vec::new(),
+                require_call,
+                owner,
+            },
+            meta,
+        )
+    }
+
+    /// Parks the run at the calls of the last `Piece::Calls` until the client's results come.
+    pub(crate) fn park(self, ctx: &Ctx) {
+        let Some(tools) = self.tools else { return };
+        let settings = ctx.settings();
+        let timeout = std::time::Duration::from_secs(settings.tools.pending_timeout_secs);
+        ctx.tools.park(
+            Parked {
+                run: self.run,
+                calls: self.batch,
+                owner: self.owner,
+                tools,
+            },
+            timeout,
+            settings.tools.max_parked_runs,
+        );
+    }
+
+    pub(crate) async fn next(&mut self) -> Option<Piece> {
+        if let Some(r) = self.pending.take() {
+            return Some(Piece::Done(r));
+        }
+        loop {
+            let text = match self.run.next().await? {
+                PromptUpdate::Event(Event::TextDelta { text }) => {
+                    self.saw_delta = true;
+                    text
+                }
+                PromptUpdate::Event(Event::Message { text }) if !self.saw_delta => {
+                    if self.emitted.is_empty() || self.emitted.ends_with(char::is_whitespace) {
+                        text
+                    } else {
+                        format!("\n\n{text}")
+                    }
+                }
+                PromptUpdate::Event(Event::ToolUse { name, input, .. })
+                    if self.tools.as_ref().is_some_and(|t| t.is_client_tool(&name)) =>
+                {
+                    self.announced.push((name, input));
+                    continue;
+                }
+                PromptUpdate::ToolCall(call) => return Some(self.batch_from(call).await),
+                // Not part of the reply text (tools, thinking and usage are in the result or the
+                // native stream only).
+                PromptUpdate::Event(
+                    Event::Message { .. }
+                    | Event::SessionStarted { .. }
+                    | Event::ToolUse { .. }
+                    | Event::ToolResult { .. }
+                    | Event::Thinking { .. }
+                    | Event::Usage(_)
+                    | Event::Result { .. }
+                    | Event::Error { .. }
+                    | Event::Unparsed { .. },
+                ) => continue,
+                PromptUpdate::Done(mut r) => {
+                    if self.require_call && r.error.is_none() {
+                        r.result.error = Some(
+                            "the model answered without calling a tool, which `tool_choice` requires"
+                                .into(),
+                        );
+                        return Some(Piece::Done(r));
+                    }
+                    // A CLI that printed its answer only in the final result.
+                    if self.emitted.is_empty() && !r.output.is_empty() && r.error.is_none() {
+                        let text = r.output.clone();
+                        self.emitted.push_str(&text);
+                        // Hand out the text now and the result on the next call.
+                        self.pending = Some(r);
+                        return Some(Piece::Text(text));
+                    }
+                    return Some(Piece::Done(r));
+                }
+            };
+            if text.is_empty() {
+                continue;
+            }
+            self.emitted.push_str(&text);
+            return Some(Piece::Text(text));
+        }
+    }
+
+    /// The calls of one model step: this one, the others the CLI announced (they may come a
+    /// moment later), and any already waiting.
+    async fn batch_from(&mut self, first: crate::tools::McpCall) -> Piece {
+        self.require_call = false;
+        self.batch = vec![PendingCall::new(first)];
+        while self.batch.len() < self.announced.len() {
+            match self.run.next_call_within(BATCH_GRACE).await {
+                Some(c) => self.batch.push(PendingCall::new(c)),
+                None => break,
+            }
+        }
+        // Calls the CLI did not announce (codex and gemini print a call only as they make
+        // it): those that follow within a moment belong to the same step.
+        while let Some(c) = self.run.next_call_within(BATCH_WINDOW).await {
+            self.batch.push(PendingCall::new(c));
+        }
+        // In the order the model made them (the endpoint gets them in any order).
+        let announced = std::mem::take(&mut self.announced);
+        let mut taken = vec![false; announced.len()];
+        let mut rank = |c: &PendingCall| {
+            let at = announced.iter().enumerate().position(|(i, (name, input))| {
+                !taken[i]
+                    && (name == &c.name || name.ends_with(&format!("__{}", c.name)))
+                    && input.as_object() == Some(&c.arguments)
+            });
+            if let Some(i) = at {
+                taken[i] = true;
+            }
+            at.unwrap_or(usize::MAX)
+        };
+        let mut ranked: Vec<(usize, PendingCall)> =
+            self.batch.drain(..).map(|c| (rank(&c), c)).collect();
+        ranked.sort_by_key(|(r, _)| *r);
+        self.batch = ranked.into_iter().map(|(_, c)| c).collect();
+        Piece::Calls(
+            self.batch
+                .iter()
+                .map(|c| {
+                    let tool = self
+                        .tools
+                        .as_ref()
+                        .and_then(|t| t.tools.iter().find(|t| t.name == c.name));
+                    CallView {
+                        id: c.id.clone(),
+                        name: tool
+                            .and_then(|t| t.client_name.clone())
+                            .unwrap_or_else(|| c.name.clone()),
+                        namespace: tool.and_then(|t| t.namespace.clone()),
+                        arguments: c.arguments.clone(),
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The API error of a failed run (502 CLI failed, 504 timeout).
+pub(crate) fn run_error(r: &Completed) -> Option<ApiError> {
+    r.summary.api_error().or_else(|| {
+        r.error
+            .as_ref()
+            .map(|e| ApiError::new(Kind::CliFailed, "backend_failed", e.clone()))
+    })
+}
+
+/// A finished, successful run (or one stopped at client-tool calls): the reply text, the
+/// calls and the result.
+pub(crate) struct Finished {
+    pub(crate) text: String,
+    /// Client-tool calls the answer ends with (the run waits for their results).
+    pub(crate) calls: Vec<CallView>,
+    /// The run's result (the default while it waits at tool calls).
+    pub(crate) result: PromptResult,
+    pub(crate) session_id: Option<String>,
+}
+
+/// Runs to the end or to client-tool calls (the non-streaming answer); a failed run is an
+/// error.
+pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, ApiError> {
+    let stopped = ctx.stopped();
+    tokio::pin!(stopped);
+    let (mut pieces, meta) = Pieces::new(started);
+    let result = loop {
+        let piece = tokio::select! {
+            p = pieces.next() => p,
+            _ = &mut stopped => return Err(shutting_down()),
+        };
+        match piece {
+            Some(Piece::Text(_)) => continue,
+            Some(Piece::Calls(calls)) => {
+                let text = pieces.emitted.clone();
+                pieces.park(ctx);
+                return Ok(Finished {
+                    text,
+                    calls,
+                    result: PromptResult::default(),
+                    session_id: meta.session_id,
+                });
+            }
+            Some(Piece::Done(r)) => break *r,
+            None => return Err(run_lost()),
+        }
+    };
+    if let Some(e) = run_error(&result) {
+        return Err(e);
+    }
+    let text = if result.output.is_empty() {
+        pieces.emitted.clone()
+    } else {
+        result.output.clone()
+    };
+    meta.commit(ctx, &text);
+    Ok(Finished {
+        text,
+        calls: Vec::new(),
+        result: result.result,
+        session_id: meta.session_id,
+    })
+}
+
+pub(super) fn shutting_down() -> ApiError {
+    ApiError::new(
+        Kind::Unavailable,
+        "shutting_down",
+        "the server is shutting down; retry shortly",
+    )
+}
+
+/// One API style's stream frames.
+pub(crate) trait Frames: Send + 'static {
+    /// Frames before the first text (e.g. the role chunk, `message_start`).
+    fn start(&mut self) -> Vec<Bytes>;
+    fn delta(&mut self, text: &str) -> Vec<Bytes>;
+    /// The closing frames of a successful run.
+    fn finish(&mut self, result: &PromptResult) -> Vec<Bytes>;
+    /// The closing frames of an answer that ends with client-tool calls.
+    fn calls(&mut self, calls: &[CallView]) -> Vec<Bytes>;
+    /// The frame of a failure after the stream began; the stream ends after it.
+    fn error(&mut self, e: &ApiError) -> Vec<Bytes>;
+    /// A frame that keeps the connection alive while the CLI is silent (clients ignore it).
+    fn keepalive(&mut self) -> Bytes {
+        Bytes::from_static(b": keep-alive\n\n")
+    }
+}
+
+/// Streams a run as server-sent events. The HTTP status is decided by the first thing the run
+/// produces: a run that fails before any text answers an ordinary error response (so clients
+/// raise their usual exception with the right status); once text flowed, a failure is an error
+/// frame, then the stream ends. Each piece is written as soon as the CLI printed it. While the
+/// CLI is silent, a keep-alive frame goes out every `server.sse_keepalive_secs` (so proxies and
+/// clients with idle timeouts do not cut a long run); a start-up silence that long decides the
+/// status (200) early, so that keep-alives can flow.
+pub(crate) async fn stream(
+    ctx: &Ctx,
+    started: Started,
+    mut frames: impl Frames,
+) -> Result<Response, ApiError> {
+    let (pieces, meta) = Pieces::new(started);
+    let session_id = meta.session_id.clone();
+    let mut keepalive = crate::http::KeepAlive::new(ctx);
+    let (decide, decided) = tokio::sync::oneshot::channel::<Result<(), ApiError>>();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let ctx2 = ctx.clone();
+    // Tracked: a stop lets the stream run to its end within the grace period.
+    ctx.work.spawn(async move {
+        let mut pieces = pieces;
+        let stopped = ctx2.stopped();
+        tokio::pin!(stopped);
+        let mut decide = Some(decide);
+        let mut out: Vec<Bytes> = Vec::new();
+        loop {
+            // The next piece is awaited across keep-alives (never dropped half-way).
+            let piece = {
+                let next = pieces.next();
+                tokio::pin!(next);
+                loop {
+                tokio::select! {
+                    p = &mut next => break p,
+                    // The client left while the CLI was silent: dropping `pieces` cancels it.
+                    _ = tx.closed(), if decide.is_none() => return,
+                    _ = &mut stopped => {
+                        match decide.take() {
+                            Some(d) => { let _ = d.send(Err(shutting_down())); }
+                            None => {
+                                for b in frames.error(&shutting_down()) { let _ = tx.send(b).await; }
+                            }
+                        }
+                        return;
+                    }
+                    _ = keepalive.due() => {
+                        keepalive.reset();
+                        if let Some(d) = decide.take() {
+                            // A long silent start: answer 200 now, so keep-alives can flow.
+                            if d.send(Ok(())).is_err() {
+                                return; // the request is gone
+                            }
+                            out.extend(frames.start());
+                        }
+                        out.push(frames.keepalive());
+                        for b in out.drain(..) {
+                            if tx.send(b).await.is_err() { return; }
+                        }
+                    }
+                }
+                }
+            };
+            if let Some(d) = decide.take() {
+                let failed = match &piece {
+                    None => Some(run_lost()),
+                    Some(Piece::Done(r)) => run_error(r),
+                    Some(Piece::Text(_) | Piece::Calls(_)) => None,
+                };
+                match failed {
+                    Some(e) => {
+                        let _ = d.send(Err(e));
+                        return;
+                    }
+                    None => {
+                        if d.send(Ok(())).is_err() {
+                            return;
+                        }
+                        out.extend(frames.start());
+                    }
+                }
+            }
+            let mut end = false;
+            match piece {
+                Some(Piece::Text(t)) => out.extend(frames.delta(&t)),
+                Some(Piece::Calls(calls)) => {
+                    out.extend(frames.calls(&calls));
+                    // Parked before the client sees the calls: its results may come at once.
+                    pieces.park(&ctx2);
+                    for b in out.drain(..) {
+                        if tx.send(b).await.is_err() {
+                            return;
+                        }
+                    }
+                    return;
+                }
+                Some(Piece::Done(r)) => {
+                    end = true;
+                    match run_error(&r) {
+                        Some(e) => out.extend(frames.error(&e)),
+                        None => {
+                            meta.commit(&ctx2, &pieces.emitted);
+                            out.extend(frames.finish(&r));
+                        }
+                    }
+                }
+                None => {
+                    end = true;
+                    out.extend(frames.error(&run_lost()));
+                }
+            }
+            for b in out.drain(..) {
+                if tx.send(b).await.is_err() {
+                    return; // client gone: dropping `pieces` cancels the CLI
+                }
+            }
+            if end {
+                return;
+            }
+            keepalive.reset();
+        }
+    });
+    match decided.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(run_lost()),
+    }
+    let mut resp = crate::http::streamed(rx, "text/event-stream");
+    set_session_header(&mut resp, &session_id);
+    Ok(resp)
+}
+
+pub(super) fn run_lost() -> ApiError {
+    ApiError::new(Kind::Internal, "run_lost", "the run ended without a result")
+}
