@@ -542,7 +542,6 @@ fn image_extension(media_type: &str) -> &'static str {
 
 /// Writes the images into a private folder of the run (removed with it).
 fn write_images(ctx: &Ctx, inv: &mut Invocation) -> Result<tempfile::TempDir, EngineError> {
-    use base64::Engine as _;
     let dir = ctx.paths.state_dir.join("tmp");
     let fail = |e: std::io::Error| {
         EngineError::Spawn(format!("cannot write the images in {}: {e}", dir.display()))
@@ -553,15 +552,12 @@ fn write_images(ctx: &Ctx, inv: &mut Invocation) -> Result<tempfile::TempDir, En
         .tempdir_in(&dir)
         .map_err(fail)?;
     for (i, img) in inv.images.iter().enumerate() {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(img.data.trim())
-            .map_err(|e| EngineError::bad("invalid_image", e.to_string()))?;
         let path = scratch.path().join(format!(
             "image-{}.{}",
             i + 1,
             image_extension(&img.media_type)
         ));
-        std::fs::write(&path, bytes).map_err(fail)?;
+        std::fs::write(&path, img.bytes.as_slice()).map_err(fail)?;
         inv.image_files.push(path);
     }
     Ok(scratch)

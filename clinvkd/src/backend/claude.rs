@@ -79,10 +79,10 @@ impl Adapter for Claude {
 }
 
 /// One stream-json user message: the prompt and its images.
-fn user_message(prompt: &str, images: &[clinvk_shared::api::ImageInput]) -> Value {
+fn user_message(prompt: &str, images: &[Image]) -> Value {
     let mut content = vec![serde_json::json!({"type": "text", "text": prompt})];
     content.extend(images.iter().map(|i| {
-        serde_json::json!({"type": "image", "source": {"type": "base64", "media_type": i.media_type, "data": i.data}})
+        serde_json::json!({"type": "image", "source": {"type": "base64", "media_type": i.media_type, "data": i.base64}})
     }));
     serde_json::json!({"type": "user", "message": {"role": "user", "content": content}})
 }
@@ -509,9 +509,10 @@ mod tests {
     fn live_mode_turns_and_interrupt() {
         let cfg = BackendSettings::default();
         let mut i = inv("claude", "look at this");
-        i.images = vec![clinvk_shared::api::ImageInput {
+        i.images = vec![Image {
             media_type: "image/png".into(),
-            data: "iVBORw0KGgo=".into(),
+            base64: "iVBORw0KGgo=".into(),
+            bytes: Default::default(),
         }];
         let live = Claude.live(&i, &cfg).unwrap();
         let args = &live.command.args;

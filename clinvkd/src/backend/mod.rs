@@ -41,13 +41,22 @@ pub(crate) struct Invocation {
     pub(crate) output_schema: Option<serde_json::Value>,
     /// The schema written to a file, for a CLI that takes a path (codex); set by `engine`.
     pub(crate) output_schema_file: Option<PathBuf>,
-    /// Images with the prompt (checked by `ops::prompt::plan`).
-    pub(crate) images: Vec<clinvk_shared::api::ImageInput>,
+    /// Images with the prompt, checked and decoded once (`ops::prompt::decode_image`).
+    pub(crate) images: Vec<Image>,
     /// The images written as files (codex `-i`, gemini `@path`), in a private folder of the run;
     /// set by `engine`.
     pub(crate) image_files: Vec<PathBuf>,
     /// The client's functions, offered to the model through the daemon's MCP endpoint.
     pub(crate) client_tools: Option<crate::tools::ClientTools>,
+}
+
+/// An image of a prompt: checked (type, size, the bytes match the type) and decoded once; the
+/// base64 text is kept for the CLIs that take it inline.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Image {
+    pub(crate) media_type: String,
+    pub(crate) base64: String,
+    pub(crate) bytes: std::sync::Arc<Vec<u8>>,
 }
 
 /// For a CLI without a structured-output option: the instruction after the prompt.

@@ -370,12 +370,8 @@ async fn operation(ctx: &Ctx, conn: &Stream, request: Request) {
 async fn run_prompt(ctx: &Ctx, conn: &Stream, req: clinvk_shared::api::PromptRequest) {
     use crate::ops::{prompt, Caller};
     use clinvk_shared::api::PromptOutcome;
-    let plan = match prompt::plan(
-        ctx,
-        &Caller::control(),
-        req,
-        clinvk_shared::api::ApiStyle::Cli,
-    ) {
+    let ask = prompt::Ask::from_request(req, clinvk_shared::api::ApiStyle::Cli);
+    let plan = match ask.and_then(|ask| prompt::plan(ctx, &Caller::control(), ask)) {
         Ok(p) => p,
         Err(e) => return send_error(conn, &e.code, e.message).await,
     };

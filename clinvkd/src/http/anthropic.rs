@@ -202,7 +202,7 @@ fn tool_result_text(content: Option<&Value>, param: &str) -> Result<String, ApiE
 }
 
 /// An `image` block's picture (`source.type: base64`; URLs are not fetched).
-fn image_block(b: &Value, param: &str) -> Result<clinvk_shared::api::ImageInput, ApiError> {
+fn image_block(b: &Value, param: &str) -> Result<crate::backend::Image, ApiError> {
     let source = b.get("source").unwrap_or(&Value::Null);
     match source.get("type").and_then(Value::as_str) {
         Some("base64") => {
@@ -218,8 +218,7 @@ fn image_block(b: &Value, param: &str) -> Result<clinvk_shared::api::ImageInput,
                     .unwrap_or("")
                     .to_string(),
             };
-            crate::ops::prompt::check_image(&image, &format!("{param}.source"))?;
-            Ok(image)
+            crate::ops::prompt::decode_image(image, &format!("{param}.source"))
         }
         Some("url") => Err(ApiError::bad_request(
             "invalid_image",
@@ -234,10 +233,7 @@ fn image_block(b: &Value, param: &str) -> Result<clinvk_shared::api::ImageInput,
 }
 
 /// The images of a content (its `image` blocks).
-fn blocks_images(
-    content: &Value,
-    param: &str,
-) -> Result<Vec<clinvk_shared::api::ImageInput>, ApiError> {
+fn blocks_images(content: &Value, param: &str) -> Result<Vec<crate::backend::Image>, ApiError> {
     let Value::Array(blocks) = content else {
         return Ok(Vec::new());
     };

@@ -57,7 +57,8 @@ pub(crate) async fn prompt(
     caller: &ops::Caller,
     req: prompt::PromptRequest,
 ) -> Result<Response, ApiError> {
-    let plan = prompt::plan(ctx, caller, req, clinvk_shared::api::ApiStyle::Native)?;
+    let ask = prompt::Ask::from_request(req, clinvk_shared::api::ApiStyle::Native)?;
+    let plan = prompt::plan(ctx, caller, ask)?;
     if plan.dry_run {
         return json_ok(&prompt::dry_run(ctx, &plan)?);
     }

@@ -1,6 +1,6 @@
 //! `parallel`, `chain` and `compare`: several prompts, built on `prompt`.
 
-use super::prompt::{self, PromptRequest, PromptResult};
+use super::prompt::{self, Plan, PromptRequest, PromptResult};
 use super::Caller;
 use crate::ctx::Ctx;
 use crate::error::ApiError;
@@ -21,22 +21,10 @@ fn error_result(backend: Backend, message: String) -> PromptOutcome {
     })
 }
 
-/// Runs one prompt request to its end; a request that cannot start becomes a failed result
-/// (of `backend`, the one `check_all` found for it).
-async fn run_one(
-    ctx: &Ctx,
-    caller: &Caller,
-    req: PromptRequest,
-    backend: Backend,
-    dry_run: bool,
-) -> PromptOutcome {
-    let plan = match prompt::plan(ctx, caller, req, ApiStyle::Native) {
-        Ok(mut p) => {
-            p.dry_run |= dry_run;
-            p
-        }
-        Err(e) => return error_result(backend, e.message),
-    };
+/// Runs one planned prompt to its end; a run that cannot start becomes a failed result.
+async fn run_one(ctx: &Ctx, mut plan: Plan, dry_run: bool) -> PromptOutcome {
+    let backend = plan.inv.backend;
+    plan.dry_run |= dry_run;
     if plan.dry_run {
         return prompt::dry_run(ctx, &plan)
             .map(PromptOutcome::DryRun)
@@ -48,23 +36,26 @@ async fn run_one(
     }
 }
 
-/// Checks every request before anything runs: a client mistake in one refuses them all,
-/// naming it (`tasks[2]: …`). Returns each request's backend.
-fn check_all<'a>(
+/// Plans every request, once, before anything runs: a client mistake in one refuses them all,
+/// naming it (`tasks[2]: …`).
+fn plan_all(
     ctx: &Ctx,
     caller: &Caller,
     what: &str,
-    requests: impl IntoIterator<Item = PromptRequest> + 'a,
-) -> Result<Vec<Backend>, ApiError> {
-    let mut backends = Vec::new();
-    for (i, r) in requests.into_iter().enumerate() {
-        let plan = prompt::plan(ctx, caller, r, ApiStyle::Native).map_err(|e| ApiError {
-            message: format!("{what}[{i}]: {}", e.message),
-            ..e
-        })?;
-        backends.push(plan.inv.backend);
-    }
-    Ok(backends)
+    requests: impl IntoIterator<Item = PromptRequest>,
+) -> Result<Vec<Plan>, ApiError> {
+    requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            prompt::Ask::from_request(r, ApiStyle::Native)
+                .and_then(|ask| prompt::plan(ctx, caller, ask))
+                .map_err(|e| ApiError {
+                    message: format!("{what}[{i}]: {}", e.message),
+                    ..e
+                })
+        })
+        .collect()
 }
 
 /// `POST /api/v1/parallel`: tasks run concurrently (at most `max_parallel`, capped by
@@ -83,7 +74,8 @@ pub(crate) async fn parallel(
                 .with_param("tasks"),
         );
     }
-    let backends = check_all(ctx, caller, "tasks", req.tasks.iter().cloned())?;
+    let plans = plan_all(ctx, caller, "tasks", req.tasks)?;
+    let backends: Vec<Backend> = plans.iter().map(|p| p.inv.backend).collect();
     let settings = ctx.settings();
     // The operator's cap wins over the request's (and the configured default).
     let max = req
@@ -91,19 +83,17 @@ pub(crate) async fn parallel(
         .unwrap_or(settings.parallel.max_workers)
         .clamp(1, settings.limits.max_parallel_per_request);
     let fail_fast = req.fail_fast.unwrap_or(settings.parallel.fail_fast);
-    let total = req.tasks.len();
+    let total = plans.len();
     let start = Instant::now();
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(max));
     let mut set = tokio::task::JoinSet::new();
-    for (i, t) in req.tasks.into_iter().enumerate() {
+    for (i, plan) in plans.into_iter().enumerate() {
         let ctx = ctx.clone();
-        let caller = caller.clone();
         let sem = sem.clone();
         let dry = req.dry_run;
-        let backend = backends[i];
         set.spawn(async move {
             let _permit = sem.acquire_owned().await;
-            (i, run_one(&ctx, &caller, t, backend, dry).await)
+            (i, run_one(&ctx, plan, dry).await)
         });
     }
     let mut results: Vec<Option<PromptOutcome>> = vec![None; total];
@@ -156,7 +146,9 @@ pub(crate) async fn chain(
                 .with_param("steps"),
         );
     }
-    let backends = check_all(
+    // Each step is planned once, with a stand-in for `{{previous}}`; its prompt is filled in
+    // when it runs (and a folder passed on from an earlier step was checked in that step's plan).
+    let plans = plan_all(
         ctx,
         caller,
         "steps",
@@ -169,21 +161,32 @@ pub(crate) async fn chain(
     let stop_on_failure = req.stop_on_failure.unwrap_or(true);
     let start = Instant::now();
     let mut previous = String::new();
-    let mut previous_workdir: Option<String> = None;
+    let mut previous_workdir: Option<std::path::PathBuf> = None;
     let mut results = Vec::new();
     let mut failed_step: Option<usize> = None;
-    for (i, step) in req.steps.into_iter().enumerate() {
-        let mut r = step.request;
-        r.prompt = r.prompt.map(|p| p.replace("{{previous}}", &previous));
-        if req.pass_working_dir && r.workdir.is_none() {
-            r.workdir = previous_workdir.clone();
+    for (step, mut plan) in req.steps.into_iter().zip(plans) {
+        let i = results.len();
+        let backend = plan.inv.backend;
+        let template = step.request.prompt.unwrap_or_default();
+        plan.inv.prompt = template.replace("{{previous}}", &previous);
+        match &step.request.workdir {
+            Some(_) => previous_workdir = plan.inv.workdir.clone(),
+            None if req.pass_working_dir && previous_workdir.is_some() => {
+                plan.inv.workdir = previous_workdir.clone();
+            }
+            None => {}
         }
-        let workdir = r.workdir.clone();
-        let backend = backends[i];
-        let outcome = StepOutcome::from(&run_one(ctx, caller, r, backend, req.dry_run).await);
+        let run = if plan.inv.prompt.trim().is_empty() {
+            error_result(
+                backend,
+                "`prompt` is empty once `{{previous}}` is filled in (the previous step gave no output)".into(),
+            )
+        } else {
+            run_one(ctx, plan, req.dry_run).await
+        };
+        let outcome = StepOutcome::from(&run);
         let is_failed = outcome.failed();
         previous = outcome.output.clone().unwrap_or_default();
-        previous_workdir = workdir.or(previous_workdir);
         results.push(ChainStepResult {
             step: i + 1,
             name: step.name.unwrap_or_else(|| format!("step-{}", i + 1)),
@@ -228,22 +231,17 @@ pub(crate) async fn compare(
         ephemeral: req.ephemeral,
         ..Default::default()
     };
-    let backends = check_all(ctx, caller, "backends", req.backends.iter().map(make))?;
+    let plans = plan_all(ctx, caller, "backends", req.backends.iter().map(make))?;
+    let backends: Vec<Backend> = plans.iter().map(|p| p.inv.backend).collect();
     let start = Instant::now();
     let runs: Vec<PromptOutcome> = if req.sequential {
         let mut v = Vec::new();
-        for (b, &backend) in req.backends.iter().zip(&backends) {
-            v.push(run_one(ctx, caller, make(b), backend, req.dry_run).await);
+        for plan in plans {
+            v.push(run_one(ctx, plan, req.dry_run).await);
         }
         v
     } else {
-        futures::future::join_all(
-            req.backends
-                .iter()
-                .zip(&backends)
-                .map(|(b, &backend)| run_one(ctx, caller, make(b), backend, req.dry_run)),
-        )
-        .await
+        futures::future::join_all(plans.into_iter().map(|p| run_one(ctx, p, req.dry_run))).await
     };
     let results = backends
         .iter()

@@ -1,7 +1,7 @@
 //! `prompt`: run one prompt on one backend, in a new or a resumed clinvk session.
 
 use super::Caller;
-use crate::backend::{ApprovalMode, Event, Invocation, SandboxMode};
+use crate::backend::{ApprovalMode, Event, Image, Invocation, SandboxMode};
 use crate::ctx::Ctx;
 use crate::engine::{self, RunSummary, RunUpdate};
 use crate::error::{ApiError, Kind};
@@ -54,13 +54,62 @@ fn escalation(field: &str, requested: &str, configured: &str) -> ApiError {
     .with_param(field)
 }
 
+/// A prompt as a front end asks for it, typed once: the backend it names (None: the session's,
+/// or the default for `clinvk`), its images decoded, the client's tools. The other fields are
+/// the request's; its `backend` and `images` are taken out into the typed fields.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Ask {
+    pub(crate) backend: Option<Backend>,
+    pub(crate) images: Vec<Image>,
+    pub(crate) client_tools: Option<crate::tools::ClientTools>,
+    pub(crate) source: api::ApiStyle,
+    pub(crate) req: PromptRequest,
+}
+
+impl Ask {
+    /// A native (or `clinvk`) request: its backend name checked, its images decoded.
+    pub(crate) fn from_request(
+        mut req: PromptRequest,
+        source: api::ApiStyle,
+    ) -> Result<Ask, ApiError> {
+        let backend = match req.backend.take().filter(|b| !b.is_empty()) {
+            Some(name) => Some(backend_named(&name)?),
+            None => None,
+        };
+        let images = decode_images(std::mem::take(&mut req.images))?;
+        Ok(Ask {
+            backend,
+            images,
+            client_tools: None,
+            source,
+            req,
+        })
+    }
+}
+
+/// The backend of a name a request gave.
+fn backend_named(name: &str) -> Result<Backend, ApiError> {
+    Backend::from_name(name).ok_or_else(|| {
+        bad(
+            "unknown_backend",
+            format!(
+                "unknown backend {name:?} (known: {})",
+                KNOWN_BACKENDS.join(", ")
+            ),
+        )
+        .with_param("backend")
+    })
+}
+
 /// Checks a request and turns it into a plan.
-pub(crate) fn plan(
-    ctx: &Ctx,
-    caller: &Caller,
-    req: PromptRequest,
-    source: api::ApiStyle,
-) -> Result<Plan, ApiError> {
+pub(crate) fn plan(ctx: &Ctx, caller: &Caller, ask: Ask) -> Result<Plan, ApiError> {
+    let Ask {
+        backend: named,
+        images,
+        client_tools,
+        source,
+        req,
+    } = ask;
     let settings = ctx.settings();
     let prompt = req.prompt.unwrap_or_default();
     if prompt.trim().is_empty() {
@@ -88,10 +137,10 @@ pub(crate) fn plan(
         )
         .with_param("model"));
     }
-    let named = match (req.backend.filter(|b| !b.is_empty()), &resume_session) {
+    let backend = match (named, &resume_session) {
         (Some(b), _) => b,
-        (None, Some(s)) => s.backend.to_string(),
-        (None, None) if source == api::ApiStyle::Cli => settings.default_backend.clone(),
+        (None, Some(s)) => s.backend,
+        (None, None) if source == api::ApiStyle::Cli => backend_named(&settings.default_backend)?,
         (None, None) => {
             return Err(bad(
                 "missing_field",
@@ -99,16 +148,6 @@ pub(crate) fn plan(
             )
             .with_param("backend"))
         }
-    };
-    let Some(backend) = Backend::from_name(&named) else {
-        return Err(bad(
-            "unknown_backend",
-            format!(
-                "unknown backend {named:?} (known: {})",
-                KNOWN_BACKENDS.join(", ")
-            ),
-        )
-        .with_param("backend"));
     };
     if let Some(s) = &resume_session {
         if s.backend != backend {
@@ -188,7 +227,9 @@ pub(crate) fn plan(
             .with_param("output_schema"));
         }
     }
-    check_images(&req.images)?;
+    if images.len() > MAX_IMAGES {
+        return Err(too_many_images());
+    }
     let mut env = Vec::new();
     for (name, value) in &req.env {
         if name.starts_with("CLINVK_") || !cfg.allowed_request_env.iter().any(|a| a == name) {
@@ -242,9 +283,9 @@ pub(crate) fn plan(
         ephemeral: req.ephemeral,
         output_schema: req.output_schema,
         output_schema_file: None,
-        images: req.images,
+        images,
         image_files: Vec::new(),
-        client_tools: None,
+        client_tools,
     };
     if resume_session
         .as_ref()
@@ -270,14 +311,15 @@ pub(crate) fn plan(
 /// What a new session's first turn with the default settings runs as (the warm pool starts
 /// its workers for it); None when such a request would be refused.
 pub(crate) fn default_invocation(ctx: &Ctx, backend: Backend) -> Option<Invocation> {
-    let req = PromptRequest {
-        backend: Some(backend.to_string()),
-        prompt: Some("(pool)".into()),
+    let ask = Ask {
+        backend: Some(backend),
+        req: PromptRequest {
+            prompt: Some("(pool)".into()),
+            ..Default::default()
+        },
         ..Default::default()
     };
-    let mut inv = plan(ctx, &Caller::control(), req, api::ApiStyle::Native)
-        .ok()?
-        .inv;
+    let mut inv = plan(ctx, &Caller::control(), ask).ok()?.inv;
     inv.prompt.clear();
     Some(inv)
 }
@@ -298,24 +340,29 @@ fn image_kind_matches(media_type: &str, bytes: &[u8]) -> Option<bool> {
     })
 }
 
-/// Checks a prompt's images: how many, and each one (see `check_image`).
-pub(crate) fn check_images(images: &[api::ImageInput]) -> Result<(), ApiError> {
-    if images.len() > MAX_IMAGES {
-        return Err(bad(
-            "too_many_images",
-            format!("at most {MAX_IMAGES} images per prompt"),
-        )
-        .with_param("images"));
-    }
-    for (i, img) in images.iter().enumerate() {
-        check_image(img, &format!("images[{i}]"))?;
-    }
-    Ok(())
+fn too_many_images() -> ApiError {
+    bad(
+        "too_many_images",
+        format!("at most {MAX_IMAGES} images per prompt"),
+    )
+    .with_param("images")
 }
 
-/// Checks one image — its type, base64, size, and that the bytes are what the type says —
-/// naming it `param` in the error.
-pub(crate) fn check_image(img: &api::ImageInput, param: &str) -> Result<(), ApiError> {
+/// Checks and decodes a native request's images: how many, and each one (see `decode_image`).
+pub(crate) fn decode_images(images: Vec<api::ImageInput>) -> Result<Vec<Image>, ApiError> {
+    if images.len() > MAX_IMAGES {
+        return Err(too_many_images());
+    }
+    images
+        .into_iter()
+        .enumerate()
+        .map(|(i, img)| decode_image(img, &format!("images[{i}]")))
+        .collect()
+}
+
+/// Checks and decodes one image — its type, base64, size, and that the bytes are what the type
+/// says — naming it `param` in the error. The only place an image is decoded.
+pub(crate) fn decode_image(img: api::ImageInput, param: &str) -> Result<Image, ApiError> {
     use base64::Engine as _;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(img.data.trim())
@@ -350,7 +397,11 @@ pub(crate) fn check_image(img: &api::ImageInput, param: &str) -> Result<(), ApiE
             format!("{param}: the data is not a {} image", img.media_type),
         )
         .with_param(param)),
-        Some(true) => Ok(()),
+        Some(true) => Ok(Image {
+            media_type: img.media_type,
+            base64: img.data,
+            bytes: std::sync::Arc::new(bytes),
+        }),
     }
 }
 

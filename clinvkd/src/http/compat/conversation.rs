@@ -62,7 +62,7 @@ pub(crate) struct Conversation {
     /// Structured output the request asks for: the JSON Schema the answer must match.
     pub(crate) output_schema: Option<Value>,
     /// Images, each with the index of the message it came in.
-    pub(crate) images: Vec<(usize, clinvk_shared::api::ImageInput)>,
+    pub(crate) images: Vec<(usize, crate::backend::Image)>,
     /// The client's functions the model may call (empty: none, or `tool_choice: none`).
     pub(crate) tools: Vec<ClientTool>,
     pub(crate) tool_choice: ToolChoice,
@@ -229,7 +229,7 @@ pub(crate) fn invalid(param: impl Into<String>, msg: impl Into<String>) -> ApiEr
 pub(crate) fn openai_content(
     content: Option<&Value>,
     param: &str,
-) -> Result<(String, Vec<clinvk_shared::api::ImageInput>), ApiError> {
+) -> Result<(String, Vec<crate::backend::Image>), ApiError> {
     let parts = match content {
         None | Some(Value::Null) => return Ok((String::new(), Vec::new())),
         Some(Value::String(s)) => return Ok((s.clone(), Vec::new())),
@@ -292,10 +292,7 @@ pub(crate) fn openai_content(
 
 /// An image given as a `data:` URL (`data:image/png;base64,…`). Remote URLs are not fetched: a
 /// server that runs agents must not be made to fetch arbitrary URLs.
-pub(crate) fn data_url_image(
-    url: &str,
-    param: &str,
-) -> Result<clinvk_shared::api::ImageInput, ApiError> {
+pub(crate) fn data_url_image(url: &str, param: &str) -> Result<crate::backend::Image, ApiError> {
     let refuse = |msg: String| ApiError::bad_request("invalid_image", msg).with_param(param);
     if url.starts_with("http://") || url.starts_with("https://") {
         return Err(refuse(format!(
@@ -321,8 +318,7 @@ pub(crate) fn data_url_image(
         media_type: media_type.to_string(),
         data: data.to_string(),
     };
-    crate::ops::prompt::check_image(&image, param)?;
-    Ok(image)
+    crate::ops::prompt::decode_image(image, param)
 }
 
 /// The JSON Schema of an OpenAI `response_format` (chat) or `text.format` (Responses):

@@ -156,23 +156,6 @@ pub(crate) async fn start(
         }
         ToolChoice::Auto | ToolChoice::None => {}
     }
-    let preq = PromptRequest {
-        backend: Some(target.backend.to_string()),
-        prompt: Some(prompt_text),
-        model: target.model.clone(),
-        system_prompt: conv.system.clone(),
-        session_id: resume.clone(),
-        output_schema: conv.output_schema.clone(),
-        // A resumed session already holds the earlier turns' images.
-        images: conv
-            .images
-            .iter()
-            .filter(|(i, _)| resume.is_none() || *i >= split)
-            .map(|(_, img)| img.clone())
-            .collect(),
-        ..Default::default()
-    };
-    let mut plan = prompt::plan(ctx, caller, preq, source)?;
     let tools = (!conv.tools.is_empty()).then(|| ClientTools {
         tools: conv.tools.clone(),
         builtin: ctx.settings().tools.builtin,
@@ -180,7 +163,27 @@ pub(crate) async fn start(
         url: None,
         call_timeout_secs: ctx.settings().tools.pending_timeout_secs + 60,
     });
-    plan.inv.client_tools = tools.clone();
+    let ask = prompt::Ask {
+        backend: Some(target.backend),
+        // A resumed session already holds the earlier turns' images.
+        images: conv
+            .images
+            .iter()
+            .filter(|(i, _)| resume.is_none() || *i >= split)
+            .map(|(_, img)| img.clone())
+            .collect(),
+        client_tools: tools.clone(),
+        source,
+        req: PromptRequest {
+            prompt: Some(prompt_text),
+            model: target.model.clone(),
+            system_prompt: conv.system.clone(),
+            session_id: resume.clone(),
+            output_schema: conv.output_schema.clone(),
+            ..Default::default()
+        },
+    };
+    let plan = prompt::plan(ctx, caller, ask)?;
     let run = prompt::start(ctx, plan).await?;
     Ok(Started {
         meta: Continuity {
