@@ -214,11 +214,42 @@ static CLAUDE: claude::Claude = claude::Claude;
 static CODEX: codex::Codex = codex::Codex;
 static GEMINI: gemini::Gemini = gemini::Gemini;
 
+/// The real adapter of a backend. The daemon asks its context (`Ctx::adapter`), which holds
+/// these unless a test put fakes there.
 pub(crate) fn adapter(backend: Backend) -> &'static dyn Adapter {
     match backend {
         Backend::Claude => &CLAUDE,
         Backend::Codex => &CODEX,
         Backend::Gemini => &GEMINI,
+    }
+}
+
+/// The adapter behind each backend (in `Ctx`): the real ones, or a test's fakes.
+#[derive(Clone, Copy)]
+pub(crate) struct Adapters {
+    claude: &'static dyn Adapter,
+    codex: &'static dyn Adapter,
+    gemini: &'static dyn Adapter,
+}
+
+impl Default for Adapters {
+    /// The real adapters.
+    fn default() -> Self {
+        Adapters {
+            claude: adapter(Backend::Claude),
+            codex: adapter(Backend::Codex),
+            gemini: adapter(Backend::Gemini),
+        }
+    }
+}
+
+impl Adapters {
+    pub(crate) fn get(&self, backend: Backend) -> &'static dyn Adapter {
+        match backend {
+            Backend::Claude => self.claude,
+            Backend::Codex => self.codex,
+            Backend::Gemini => self.gemini,
+        }
     }
 }
 
