@@ -116,6 +116,8 @@ pub(crate) struct Inner {
     pub(crate) live: crate::live::LiveRuns,
     /// Client tool calls: the MCP endpoint and the runs waiting for results.
     pub(crate) tools: Arc<crate::tools::ToolHub>,
+    /// The adapter of each backend (the real ones; a test may put fakes here).
+    adapters: crate::backend::Adapters,
 }
 
 impl std::ops::Deref for Ctx {
@@ -192,7 +194,17 @@ impl Ctx {
             usage,
             live: crate::live::LiveRuns::default(),
             tools: Arc::default(),
+            adapters: crate::backend::Adapters::default(),
         })))
+    }
+
+    /// The adapter behind `backend`: the one place the daemon gets a CLI's argv builder, parser
+    /// and live driver.
+    pub(crate) fn adapter(
+        &self,
+        backend: clinvk_shared::api::Backend,
+    ) -> &'static dyn crate::backend::Adapter {
+        self.adapters.get(backend)
     }
 
     /// The settings in force now (a snapshot: a reload swaps in a new one).

@@ -401,7 +401,8 @@ struct Prepared {
 
 fn prepare(ctx: &Ctx, inv: &Invocation) -> Result<Prepared, EngineError> {
     let cfg = backend_settings(ctx, inv.backend)?;
-    let cmd = backend::adapter(inv.backend)
+    let cmd = ctx
+        .adapter(inv.backend)
         .build(inv, &cfg)
         .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
     prepare_command(ctx, inv, &cfg, cmd)
@@ -424,7 +425,7 @@ fn prepare_command(
     cmd: backend::CommandSpec,
 ) -> Result<Prepared, EngineError> {
     let settings = ctx.settings();
-    let adapter = backend::adapter(inv.backend);
+    let adapter = ctx.adapter(inv.backend);
     let status = ctx.backends.get(inv.backend);
     let program = match status {
         Some(st) if st.available => st.path.clone().map(PathBuf::from),
@@ -617,7 +618,8 @@ pub(crate) fn dry_run(ctx: &Ctx, inv: &Invocation) -> Result<DryRun, EngineError
     let cfg = backend_settings(ctx, inv.backend)?;
     let worker_argv = match cfg.mode {
         BackendMode::Warm => {
-            let live = backend::adapter(inv.backend)
+            let live = ctx
+                .adapter(inv.backend)
                 .live(inv, &cfg)
                 .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
             if live.driver.accepts(inv) {
@@ -731,7 +733,8 @@ pub(crate) fn worker_key(
     base.images.clear();
     base.image_files.clear();
     base.output_schema_file = None;
-    let live = backend::adapter(inv.backend)
+    let live = ctx
+        .adapter(inv.backend)
         .live(&base, &cfg)
         .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
     let session = live.driver.key();
@@ -753,7 +756,8 @@ pub(crate) async fn spawn_worker(
     key: crate::worker::WorkerKey,
 ) -> Result<crate::worker::Worker, EngineError> {
     let cfg = backend_settings(ctx, inv.backend)?;
-    let live = backend::adapter(inv.backend)
+    let live = ctx
+        .adapter(inv.backend)
         .live(inv, &cfg)
         .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
     let p = prepare_command(ctx, inv, &cfg, live.command)?;
@@ -784,7 +788,8 @@ async fn warm_turn(
     if cfg.mode != BackendMode::Warm {
         return Ok(None);
     }
-    let live = backend::adapter(inv.backend)
+    let live = ctx
+        .adapter(inv.backend)
         .live(inv, cfg)
         .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
     if !live.driver.accepts(inv) {

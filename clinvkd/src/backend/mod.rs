@@ -273,6 +273,8 @@ pub(crate) enum ArgvError {
 /// in `clinvk_shared::cli`).
 static ADAPTERS: [&dyn Adapter; 3] = [&claude::Claude, &codex::Codex, &gemini::Gemini];
 
+/// The real adapter of a backend. The daemon asks its context (`Ctx::adapter`), which holds
+/// these unless a test put fakes there.
 pub(crate) fn adapter(backend: Backend) -> &'static dyn Adapter {
     ADAPTERS
         .iter()
@@ -292,6 +294,35 @@ pub(crate) fn claimed_by(model: &str) -> Option<Backend> {
     adapters()
         .find(|a| a.claims_model(&lower))
         .map(|a| a.backend())
+}
+
+/// The adapter behind each backend (in `Ctx`): the real ones, or a test's fakes.
+#[derive(Clone, Copy)]
+pub(crate) struct Adapters {
+    claude: &'static dyn Adapter,
+    codex: &'static dyn Adapter,
+    gemini: &'static dyn Adapter,
+}
+
+impl Default for Adapters {
+    /// The real adapters.
+    fn default() -> Self {
+        Adapters {
+            claude: adapter(Backend::Claude),
+            codex: adapter(Backend::Codex),
+            gemini: adapter(Backend::Gemini),
+        }
+    }
+}
+
+impl Adapters {
+    pub(crate) fn get(&self, backend: Backend) -> &'static dyn Adapter {
+        match backend {
+            Backend::Claude => self.claude,
+            Backend::Codex => self.codex,
+            Backend::Gemini => self.gemini,
+        }
+    }
 }
 
 /// The model to pass: the request's, else the config's; a bare backend name means the default.

@@ -205,7 +205,7 @@ pub(crate) fn plan(ctx: &Ctx, caller: &Caller, ask: Ask) -> Result<Plan, ApiErro
             ));
         }
     }
-    let adapter = crate::backend::adapter(backend);
+    let adapter = ctx.adapter(backend);
     crate::backend::check_extra(&req.extra, adapter.builtin_extra_allowlist(), &cfg)
         .map_err(|e| bad("invalid_flags", e.to_string()).with_param("extra"))?;
     for folder in crate::backend::extra_folders(&req.extra) {
