@@ -77,8 +77,8 @@ pub(crate) fn check_support(
     ctx: &crate::ctx::Ctx,
     backend: clinvk_shared::api::Backend,
 ) -> Result<(), String> {
-    use crate::backend::{adapter, adapters, ToolSupport};
-    match adapter(backend).capabilities().client_tools {
+    use crate::backend::{adapters, ToolSupport};
+    match ctx.adapter(backend).capabilities().client_tools {
         ToolSupport::Always => Ok(()),
         ToolSupport::WarmOnly
             if ctx.settings().backend(backend).mode == clinvk_shared::config::BackendMode::Warm =>
