@@ -2,6 +2,7 @@
 //! that only the daemon's own user may use. One connection = handshake, one request, its answer.
 
 use crate::ctx::Ctx;
+use crate::error::Code;
 use clinvk_shared::protocol::{
     read_frame, write_frame, AttachEvent, ClientFrame, ErrorBody, Event, FrameError, Reply,
     Request, ServerFrame, StatusInfo, Welcome, HANDSHAKE_TIMEOUT_MS, PROTOCOL_VERSION,
@@ -144,7 +145,12 @@ async fn handle(ctx: Ctx, conn: Stream) {
     let idle = Duration::from_secs(ctx.settings().server.read_timeout_secs);
     let request = match tokio::time::timeout(idle, read_frame::<_, ClientFrame>(&mut rx)).await {
         Err(_) => {
-            return send_error(tx, "request_timeout", "no request within the read timeout").await
+            return send_error(
+                tx,
+                Code::RequestTimeout.as_str(),
+                "no request within the read timeout",
+            )
+            .await
         }
         Ok(r) => r,
     };
@@ -373,7 +379,7 @@ async fn run_prompt(ctx: &Ctx, conn: &Stream, req: clinvk_shared::api::PromptReq
     let ask = prompt::Ask::from_request(req, clinvk_shared::api::ApiStyle::Cli);
     let plan = match ask.and_then(|ask| prompt::plan(ctx, &Caller::control(), ask)) {
         Ok(p) => p,
-        Err(e) => return send_error(conn, &e.code, e.message).await,
+        Err(e) => return send_error(conn, e.code(), e.message).await,
     };
     if plan.dry_run {
         let frame = reply(prompt::dry_run(ctx, &plan), |d| {
@@ -384,7 +390,7 @@ async fn run_prompt(ctx: &Ctx, conn: &Stream, req: clinvk_shared::api::PromptReq
     }
     let mut run = match prompt::start(ctx, plan).await {
         Ok(r) => r,
-        Err(e) => return send_error(conn, &e.code, e.message).await,
+        Err(e) => return send_error(conn, e.code(), e.message).await,
     };
     let mut saw_delta = false;
     while let Some(update) = run.next().await {

@@ -10,6 +10,7 @@
 
 use crate::backend::{self, Event, Invocation, Outcome};
 use crate::ctx::Ctx;
+use crate::error::Code;
 use crate::error::{ApiError, Kind};
 use crate::supervisor::{CapacityError, ExitInfo, Limits, ProcEvent, RunHandle, SpawnSpec};
 use clinvk_shared::api::Backend;
@@ -41,7 +42,7 @@ pub(crate) enum EngineError {
     #[error(transparent)]
     Capacity(#[from] CapacityError),
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    BadRequest { code: Code, message: String },
     #[error("{0}")]
     Spawn(String),
     #[error("the server is shutting down; retry shortly")]
@@ -49,7 +50,7 @@ pub(crate) enum EngineError {
 }
 
 impl EngineError {
-    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+    fn bad(code: Code, message: impl Into<String>) -> Self {
         EngineError::BadRequest {
             code,
             message: message.into(),
@@ -60,18 +61,22 @@ impl EngineError {
     pub(crate) fn api_error(&self) -> ApiError {
         let msg = self.to_string();
         match self {
-            EngineError::Disabled(_) => ApiError::new(Kind::Unavailable, "backend_disabled", msg),
+            EngineError::Disabled(_) => {
+                ApiError::new(Kind::Unavailable, Code::BackendDisabled, msg)
+            }
             EngineError::Unavailable { .. } => {
-                ApiError::new(Kind::Unavailable, "backend_unavailable", msg)
+                ApiError::new(Kind::Unavailable, Code::BackendUnavailable, msg)
             }
             EngineError::Capacity(_) => {
-                let mut e = ApiError::new(Kind::Unavailable, "at_capacity", msg);
+                let mut e = ApiError::new(Kind::Unavailable, Code::AtCapacity, msg);
                 e.retry_after_secs = Some(5);
                 e
             }
             EngineError::BadRequest { code, .. } => ApiError::new(Kind::BadRequest, *code, msg),
-            EngineError::Spawn(_) => ApiError::new(Kind::Unavailable, "backend_unavailable", msg),
-            EngineError::Draining => ApiError::new(Kind::Unavailable, "shutting_down", msg),
+            EngineError::Spawn(_) => {
+                ApiError::new(Kind::Unavailable, Code::BackendUnavailable, msg)
+            }
+            EngineError::Draining => ApiError::new(Kind::Unavailable, Code::ShuttingDown, msg),
         }
     }
 }
@@ -136,9 +141,9 @@ impl RunSummary {
     pub(crate) fn api_error(&self) -> Option<ApiError> {
         let msg = self.error.clone()?;
         Some(if self.timed_out {
-            ApiError::new(Kind::Timeout, "backend_timeout", msg)
+            ApiError::new(Kind::Timeout, Code::BackendTimeout, msg)
         } else {
-            ApiError::new(Kind::CliFailed, "backend_failed", msg)
+            ApiError::new(Kind::CliFailed, Code::BackendFailed, msg)
         })
     }
 }

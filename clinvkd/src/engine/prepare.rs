@@ -2,6 +2,7 @@
 //! limits; the files some CLIs read (output schema, images); the dry run.
 
 use super::*;
+use crate::error::Code;
 
 /// What a dry run reports: exactly what would run.
 #[derive(Debug, Clone, Serialize)]
@@ -30,7 +31,7 @@ pub(super) fn prepare(ctx: &Ctx, inv: &Invocation) -> Result<Prepared, EngineErr
     let cmd = ctx
         .adapter(inv.backend)
         .build(inv, &cfg)
-        .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
+        .map_err(|e| EngineError::bad(Code::InvalidFlags, e.to_string()))?;
     prepare_command(ctx, inv, &cfg, cmd)
 }
 
@@ -223,7 +224,7 @@ pub(crate) fn dry_run(ctx: &Ctx, inv: &Invocation) -> Result<DryRun, EngineError
             let live = ctx
                 .adapter(inv.backend)
                 .live(inv, &cfg)
-                .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
+                .map_err(|e| EngineError::bad(Code::InvalidFlags, e.to_string()))?;
             if live.driver.accepts(inv) {
                 Some(prepare_command(ctx, inv, &cfg, live.command)?.argv)
             } else {

@@ -2,6 +2,7 @@
 //! one or a new one, and interrupting or retiring it when a turn is dropped.
 
 use super::*;
+use crate::error::Code;
 
 /// One turn of a warm worker. The worker goes back to the idle set when the turn ends well;
 /// a turn dropped before its end (cancelled, client gone) kills the worker with its group —
@@ -213,7 +214,7 @@ pub(crate) fn worker_key(
     let live = ctx
         .adapter(inv.backend)
         .live(&base, &cfg)
-        .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
+        .map_err(|e| EngineError::bad(Code::InvalidFlags, e.to_string()))?;
     let session = live.driver.key();
     let p = prepare_command(ctx, &base, &cfg, live.command)?;
     Ok(crate::worker::WorkerKey {
@@ -236,7 +237,7 @@ pub(crate) async fn spawn_worker(
     let live = ctx
         .adapter(inv.backend)
         .live(inv, &cfg)
-        .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
+        .map_err(|e| EngineError::bad(Code::InvalidFlags, e.to_string()))?;
     let p = prepare_command(ctx, inv, &cfg, live.command)?;
     let (handle, stdin) = ctx
         .supervisor
@@ -268,7 +269,7 @@ pub(super) async fn warm_turn(
     let live = ctx
         .adapter(inv.backend)
         .live(inv, cfg)
-        .map_err(|e| EngineError::bad("invalid_flags", e.to_string()))?;
+        .map_err(|e| EngineError::bad(Code::InvalidFlags, e.to_string()))?;
     if !live.driver.accepts(inv) {
         return Ok(None);
     }

@@ -3,6 +3,7 @@
 //! the allowed prefixes.
 
 use super::*;
+use crate::error::Code;
 
 /// The built-in system folders a run may never use as its working folder.
 pub(crate) const BLOCKED_WORKDIRS: [&str; 14] = [
@@ -98,13 +99,13 @@ pub(crate) fn validate_workdir(ctx: &Ctx, requested: &str) -> Result<PathBuf, En
     let p = Path::new(requested);
     if !p.is_absolute() {
         return Err(EngineError::bad(
-            "invalid_workdir",
+            Code::InvalidWorkdir,
             format!("workdir {requested:?} must be an absolute path"),
         ));
     }
     let refused = || {
         EngineError::bad(
-            "workdir_not_allowed",
+            Code::WorkdirNotAllowed,
             format!("workdir {requested:?} cannot be used: it must be an existing folder that the server's workdir policy allows"),
         )
     };

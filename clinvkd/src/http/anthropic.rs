@@ -2,6 +2,7 @@
 
 use super::compat::{self, CallView, Conversation, Frames, Msg, Role, ToolChoice};
 use super::error::{json_response, ApiError, Render as _, Style};
+use crate::error::Code;
 use clinvk_shared::api::ApiStyle;
 
 use crate::ctx::Ctx;
@@ -221,7 +222,7 @@ fn image_block(b: &Value, param: &str) -> Result<crate::backend::Image, ApiError
             crate::ops::prompt::decode_image(image, &format!("{param}.source"))
         }
         Some("url") => Err(ApiError::bad_request(
-            "invalid_image",
+            Code::InvalidImage,
             "image URLs are not fetched; send the image as a base64 source",
         )
         .with_param(format!("{param}.source"))),
@@ -282,7 +283,7 @@ fn blocks_text(content: &Value, param: &str) -> Result<(String, Vec<Msg>), ApiEr
             "thinking" | "redacted_thinking" | "image" => {}
             "document" | "search_result" | "container_upload" => {
                 return Err(ApiError::bad_request(
-                    "unsupported_content",
+                    Code::UnsupportedContent,
                     format!("content block type {kind:?} is not supported: the CLIs behind this server take text only; send text blocks"),
                 )
                 .with_param(p))
@@ -343,7 +344,7 @@ fn conversation(system: Option<&Value>, messages: &[InMessage]) -> Result<Conver
 #[cfg(test)]
 pub(crate) fn decode(v: Value) -> Result<(), ApiError> {
     let mr: MessagesRequest = serde_json::from_value(v)
-        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(Code::InvalidRequest, e.to_string()))?;
     mr.check()?;
     let mut conv = conversation(mr.system.as_ref(), &mr.messages)?;
     mr.tools(&mut conv)

@@ -163,14 +163,16 @@ pub(crate) fn json_response<T: serde::Serialize + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Code;
 
     #[test]
     fn shapes() {
-        let e = ApiError::new(Kind::ModelNotFound, "model_not_found", "no such model");
+        let e = ApiError::new(Kind::ModelNotFound, Code::ModelNotFound, "no such model");
         assert_eq!(e.body(Style::OpenAi)["error"]["code"], "model_not_found");
         assert_eq!(e.body(Style::Anthropic)["error"]["type"], "not_found_error");
         assert_eq!(e.body(Style::Native)["success"], false);
-        let r = ApiError::new(Kind::Unauthorized, "unauthorized", "key").response(Style::Native);
+        let r =
+            ApiError::new(Kind::Unauthorized, Code::InvalidApiKey, "key").response(Style::Native);
         assert_eq!(r.status(), 401);
         assert_eq!(r.headers()["www-authenticate"], "Bearer");
     }

@@ -15,6 +15,7 @@
 use super::error::{ApiError, Kind};
 use super::HttpRequest;
 use crate::ctx::Ctx;
+use crate::error::Code;
 use crate::ops::Caller;
 use clinvk_shared::config::{cidr_contains, parse_cidr};
 use std::collections::HashMap;
@@ -68,7 +69,7 @@ pub(crate) fn check_host(ctx: &Ctx, req: &HttpRequest) -> Result<(), ApiError> {
     }
     Err(ApiError::new(
         Kind::Misdirected,
-        "misdirected_request",
+        Code::MisdirectedRequest,
         format!("this server does not answer for host {name:?}; add it to server.allowed_hosts to allow it"),
     ))
 }
@@ -87,7 +88,7 @@ pub(crate) fn check_origin(ctx: &Ctx, req: &HttpRequest) -> Result<OriginCheck, 
     let refuse = |what: String| {
         ApiError::new(
             Kind::Forbidden,
-            "origin_not_allowed",
+            Code::OriginNotAllowed,
             format!("{what} may not use this server (server.cors_allowed_origins)"),
         )
     };
@@ -141,7 +142,7 @@ pub(crate) fn check_body_headers(ctx: &Ctx, req: &HttpRequest) -> Result<(), Api
     if let Some(n) = length.filter(|n| *n > limit) {
         return Err(ApiError::new(
             Kind::PayloadTooLarge,
-            "request_too_large",
+            Code::RequestTooLarge,
             format!("the request body ({n} bytes) is larger than the {limit}-byte limit (server.max_request_body_bytes)"),
         ));
     }
@@ -155,7 +156,7 @@ pub(crate) fn check_body_headers(ctx: &Ctx, req: &HttpRequest) -> Result<(), Api
     if media.as_deref() != Some("application/json") {
         return Err(ApiError::new(
             Kind::UnsupportedMediaType,
-            "unsupported_media_type",
+            Code::UnsupportedMediaType,
             format!(
                 "the request body must be JSON with `Content-Type: application/json` (got {})",
                 req.header("content-type")
@@ -263,7 +264,7 @@ pub(crate) fn authenticate(
             rate.record_failure(ctx, &ip);
             Err(ApiError::new(
                 Kind::Unauthorized,
-                "expired_api_key",
+                Code::ExpiredApiKey,
                 "the API key has expired",
             ))
         }
@@ -271,7 +272,7 @@ pub(crate) fn authenticate(
             if let Some(needed) = access.scope().filter(|n| grant.scope < *n) {
                 return Err(ApiError::new(
                     Kind::Forbidden,
-                    "insufficient_scope",
+                    Code::InsufficientScope,
                     format!(
                         "this key's scope `{}` does not allow this; it needs `{}`",
                         clinvk_shared::api::wire_name(&grant.scope),
@@ -297,7 +298,7 @@ pub(crate) fn authenticate(
             rate.record_failure(ctx, &ip);
             Err(ApiError::new(
                 Kind::Unauthorized,
-                "invalid_api_key",
+                Code::InvalidApiKey,
                 "the API key is not valid",
             ))
         }
@@ -305,7 +306,7 @@ pub(crate) fn authenticate(
             rate.record_failure(ctx, &ip);
             Err(ApiError::new(
                 Kind::Unauthorized,
-                "missing_api_key",
+                Code::MissingApiKey,
                 "an API key is required: send `Authorization: Bearer <key>` or `X-Api-Key: <key>`",
             ))
         }
@@ -335,7 +336,7 @@ fn wait_secs(tokens: f64, cost: f64, rate: f64) -> u64 {
 }
 
 /// A 429 with `Retry-After`.
-fn limited(code: &str, what: &str, wait: u64) -> ApiError {
+fn limited(code: Code, what: &str, wait: u64) -> ApiError {
     let mut e = ApiError::new(
         Kind::RateLimited,
         code,
@@ -397,7 +398,7 @@ impl RateLimiter {
             f64::from(s.server.rate_limit_burst),
             1.0,
         )
-        .map_err(|wait| limited("rate_limited", "too many requests", wait))
+        .map_err(|wait| limited(Code::RateLimited, "too many requests", wait))
     }
 
     fn failure_params(ctx: &Ctx) -> (f64, f64) {
@@ -416,7 +417,7 @@ impl RateLimiter {
         };
         match left {
             Some(t) if t < 1.0 => Err(limited(
-                "too_many_auth_failures",
+                Code::TooManyAuthFailures,
                 "too many failed authentications from this address",
                 wait_secs(t, 1.0, rate),
             )),

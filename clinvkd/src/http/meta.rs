@@ -2,6 +2,7 @@
 
 use super::error::{json_response, ApiError, Kind};
 use crate::ctx::Ctx;
+use crate::error::Code;
 use schemars::JsonSchema;
 use serde::Serialize;
 use std::sync::OnceLock;
@@ -135,7 +136,7 @@ pub(crate) fn metrics(ctx: &Ctx) -> Result<Response, ApiError> {
     if !ctx.settings().server.metrics_enabled {
         return Err(ApiError::new(
             Kind::NotFound,
-            "metrics_disabled",
+            Code::MetricsDisabled,
             "metrics are disabled (server.metrics_enabled: false)",
         ));
     }

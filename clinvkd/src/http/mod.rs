@@ -16,6 +16,7 @@ pub(crate) mod server;
 pub(crate) mod ui;
 
 use crate::ctx::Ctx;
+use crate::error::Code;
 use bytes::{Buf, Bytes};
 use error::{ApiError, Kind, Render as _, Style};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
@@ -55,7 +56,7 @@ impl HttpRequest {
                 .map_err(|_| {
                     ApiError::new(
                         Kind::RequestTimeout,
-                        "request_timeout",
+                        Code::RequestTimeout,
                         format!(
                             "the request body stalled for {} s (server.read_timeout_secs)",
                             self.read_timeout.as_secs()
@@ -65,14 +66,14 @@ impl HttpRequest {
             let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| {
                 ApiError::bad_request(
-                    "invalid_body",
+                    Code::InvalidBody,
                     format!("could not read the request body: {e}"),
                 )
             })?;
             if (buf.len() + chunk.len()) as u64 > limit {
                 return Err(ApiError::new(
                     Kind::PayloadTooLarge,
-                    "request_too_large",
+                    Code::RequestTooLarge,
                     format!("request body is larger than the {limit}-byte limit (server.max_request_body_bytes)"),
                 ));
             }
@@ -277,7 +278,7 @@ fn admit(
     if ctx.is_draining() && req.path != "/health" {
         return Err(ApiError::new(
             Kind::Unavailable,
-            "shutting_down",
+            Code::ShuttingDown,
             "the server is shutting down; retry shortly",
         ));
     }

@@ -1,6 +1,7 @@
 //! The native REST API under `/api/v1/`: thin adapters over the core operations (`ops`).
 
 use super::error::{json_response, ApiError, Kind};
+use crate::error::Code;
 
 use crate::ctx::Ctx;
 use crate::ops::{self, prompt};
@@ -16,7 +17,7 @@ pub(crate) fn json_ok<T: Serialize>(v: &T) -> Result<Response, ApiError> {
     let v = serde_json::to_value(v).map_err(|e| {
         ApiError::new(
             Kind::Internal,
-            "serialization_failed",
+            Code::SerializationFailed,
             format!("the answer could not be written: {e}"),
         )
     })?;
@@ -32,14 +33,14 @@ pub(crate) fn list_query(query: &str) -> Result<ListQuery, ApiError> {
         let value = match k {
             "limit" | "offset" => Value::from(v.parse::<u64>().map_err(|_| {
                 ApiError::bad_request(
-                    "invalid_request",
+                    Code::InvalidRequest,
                     format!("query parameter `{k}` must be a whole number"),
                 )
             })?),
             "backend" | "status" => Value::String(v),
             other => {
                 return Err(ApiError::bad_request(
-                    "invalid_request",
+                    Code::InvalidRequest,
                     format!(
                         "unknown query parameter `{other}` (known: backend, status, limit, offset)"
                     ),
@@ -49,7 +50,7 @@ pub(crate) fn list_query(query: &str) -> Result<ListQuery, ApiError> {
         out.insert(k.to_string(), value);
     }
     serde_json::from_value(Value::Object(out))
-        .map_err(|e| ApiError::bad_request("invalid_request", format!("invalid query: {e}")))
+        .map_err(|e| ApiError::bad_request(Code::InvalidRequest, format!("invalid query: {e}")))
 }
 
 pub(crate) async fn prompt(

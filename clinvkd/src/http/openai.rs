@@ -262,7 +262,7 @@ fn usage_json(r: &PromptResult) -> Value {
 #[cfg(test)]
 pub(crate) fn decode(v: Value) -> Result<(), ApiError> {
     let cr: ChatRequest = serde_json::from_value(v)
-        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(crate::error::Code::InvalidRequest, e.to_string()))?;
     cr.check()?;
     let mut conv = conversation(&cr.messages)?;
     conv.output_schema = compat::format_schema(cr.response_format.as_ref(), "response_format")?;

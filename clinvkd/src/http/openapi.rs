@@ -11,6 +11,7 @@
 
 use super::error::{ApiError, Kind};
 use super::routes::{Access, Op, ROUTES};
+use crate::error::Code;
 use clinvk_shared::api;
 use schemars::generate::{Contract, SchemaSettings};
 use schemars::{JsonSchema, SchemaGenerator};
@@ -125,6 +126,22 @@ const ERRORS: [(u16, &str, Option<&str>); 13] = [
     (503, "Backend not installed or disabled, no capacity (`Retry-After`), or the daemon is shutting down.", Some("Retry-After")),
     (504, "The CLI timed out (`server.request_timeout_secs`); its process group was killed.", None),
 ];
+
+/// `components.schemas.ErrorCode`: every machine code an error answer can carry, from the one
+/// list in `error.rs`, each with what it means.
+fn error_codes() -> Value {
+    let codes = crate::error::Code::ALL;
+    let meanings: Map<String, Value> = codes
+        .iter()
+        .map(|c| (c.as_str().to_string(), json!(c.meaning())))
+        .collect();
+    json!({
+        "type": "string",
+        "description": "The machine code of an error (the same in every API style).",
+        "enum": codes.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+        "x-enum-descriptions": meanings,
+    })
+}
 
 /// `components.responses`: each style's error responses (`Native400`, `OpenAI502`, …).
 fn error_responses() -> Map<String, Value> {
@@ -599,6 +616,7 @@ fn build() -> Value {
     let all = doc["components"]["schemas"]
         .as_object_mut()
         .expect("openapi-base.json has components.schemas");
+    all.insert("ErrorCode".into(), error_codes());
     for (name, schema) in generated {
         assert!(
             !all.contains_key(&name),
@@ -642,7 +660,7 @@ pub(crate) fn asset(name: &str) -> Result<Response, ApiError> {
         "style.css" => Ok(text(STYLE_CSS, "text/css; charset=utf-8", true)),
         _ => Err(ApiError::new(
             Kind::NotFound,
-            "not_found",
+            Code::NotFound,
             format!("no docs asset {name:?}"),
         )),
     }

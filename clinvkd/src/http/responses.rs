@@ -5,6 +5,7 @@
 use super::compat::{self, CallView, Conversation, Frames, Msg, Role};
 use super::error::{json_response, ApiError, Kind};
 use crate::ctx::Ctx;
+use crate::error::Code;
 use crate::ops;
 use crate::ops::prompt::PromptResult;
 use crate::responses::Stored;
@@ -64,7 +65,7 @@ enum Input {
 fn not_found(id: &str, param: Option<&str>) -> ApiError {
     let e = ApiError::new(
         Kind::NotFound,
-        "response_not_found",
+        Code::ResponseNotFound,
         format!("no stored response with id {id:?}"),
     );
     match param {
@@ -338,7 +339,7 @@ fn message_item(message_id: &str, text: &str, status: &str) -> Value {
 #[cfg(test)]
 pub(crate) fn decode(v: Value) -> Result<(), ApiError> {
     let r: CreateRequest = serde_json::from_value(v)
-        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(Code::InvalidRequest, e.to_string()))?;
     r.check()?;
     let format = r.text.as_ref().and_then(|t| t.get("format"));
     let mut conv = conversation(&r)?;
@@ -371,7 +372,7 @@ pub(crate) async fn create(
             Some(stored.session_id.ok_or_else(|| {
                 ApiError::new(
                     Kind::Conflict,
-                    "response_not_resumable",
+                    Code::ResponseNotResumable,
                     format!("response {prev:?} kept no session to continue"),
                 )
                 .with_param("previous_response_id")
@@ -482,7 +483,7 @@ pub(crate) async fn delete(
         Ok(false) => Err(not_found(id, None)),
         Err(e) => Err(ApiError::new(
             Kind::Internal,
-            "response_store_error",
+            Code::ResponseStoreError,
             format!("cannot delete the response: {e}"),
         )),
     }

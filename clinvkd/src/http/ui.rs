@@ -5,6 +5,7 @@
 
 use super::error::{ApiError, Kind};
 use crate::ctx::Ctx;
+use crate::error::Code;
 use crate::ops::Caller;
 use bytes::Bytes;
 use clinvk_shared::api::{UsageGroupBy, UsageQuery};
@@ -46,7 +47,7 @@ pub(crate) fn asset(name: &str) -> Result<Response, ApiError> {
         "style.css" => Ok(text(STYLE_CSS, "text/css; charset=utf-8")),
         _ => Err(ApiError::new(
             Kind::NotFound,
-            "not_found",
+            Code::NotFound,
             format!("no dashboard asset {name:?}"),
         )),
     }
@@ -62,7 +63,7 @@ pub(crate) fn usage_query(query: &str) -> Result<UsageQuery, ApiError> {
             "by" => {
                 q.by = clinvk_shared::api::from_wire::<UsageGroupBy>(&v).ok_or_else(|| {
                     ApiError::bad_request(
-                        "invalid_request",
+                        Code::InvalidRequest,
                         format!("`by` must be one of day, key, backend, model (got {v:?})"),
                     )
                     .with_param("by")
@@ -71,7 +72,7 @@ pub(crate) fn usage_query(query: &str) -> Result<UsageQuery, ApiError> {
             "since" => q.since = Some(v),
             other => {
                 return Err(ApiError::bad_request(
-                    "invalid_request",
+                    Code::InvalidRequest,
                     format!("unknown query parameter `{other}` (known: by, since)"),
                 ))
             }

@@ -2,6 +2,7 @@
 //! against its quotas), revoke.
 
 use crate::ctx::Ctx;
+use crate::error::Code;
 use crate::error::{ApiError, Kind};
 use clinvk_shared::api::{
     KeyAddRequest, KeyInfo, KeyList, KeyRevoked, KeyUsageToday, NewKey, Quotas,
@@ -9,7 +10,7 @@ use clinvk_shared::api::{
 
 fn store_error(e: crate::keys::KeyStoreError) -> ApiError {
     tracing::error!(error = %e, "key store");
-    ApiError::new(Kind::Internal, "key_store_error", e.to_string())
+    ApiError::new(Kind::Internal, Code::KeyStoreError, e.to_string())
 }
 
 fn info(ctx: &Ctx, k: &crate::keys::StoredKey) -> KeyInfo {
@@ -41,7 +42,7 @@ async fn off_thread<T: Send + 'static>(
         Ok(r) => r.map_err(store_error),
         Err(e) => Err(ApiError::new(
             Kind::Internal,
-            "key_store_error",
+            Code::KeyStoreError,
             format!("the key store task failed: {e}"),
         )),
     }
@@ -54,7 +55,7 @@ pub(crate) fn parse_duration(field: &str, text: &str) -> Result<std::time::Durat
         .filter(|d| !d.is_zero())
         .ok_or_else(|| {
             ApiError::bad_request(
-                "invalid_request",
+                Code::InvalidRequest,
                 format!("`{field}`: {text:?} is not a duration such as 30d, 12h or 90m"),
             )
             .with_param(field)
@@ -64,11 +65,16 @@ pub(crate) fn parse_duration(field: &str, text: &str) -> Result<std::time::Durat
 pub(crate) async fn add(ctx: &Ctx, req: KeyAddRequest) -> Result<NewKey, ApiError> {
     let name = req.name.trim().to_string();
     if name.is_empty() {
-        return Err(ApiError::bad_request("missing_field", "a key needs a name").with_param("name"));
+        return Err(
+            ApiError::bad_request(Code::MissingField, "a key needs a name").with_param("name"),
+        );
     }
     let zero = |field: &str| {
-        ApiError::bad_request("invalid_request", format!("`{field}` must be at least 1"))
-            .with_param(field)
+        ApiError::bad_request(
+            Code::InvalidRequest,
+            format!("`{field}` must be at least 1"),
+        )
+        .with_param(field)
     };
     if req.requests_per_day == Some(0) {
         return Err(zero("requests_per_day"));

@@ -10,6 +10,7 @@ pub(crate) mod sessions;
 pub(crate) mod usage;
 
 use crate::error::ApiError;
+use crate::error::Code;
 
 /// Who asks for an operation: the daemon's owner (control socket, or HTTP with auth off) sees
 /// every session; an API key holder only the sessions its key made.
@@ -55,7 +56,7 @@ impl Caller {
     pub(crate) fn check_session_id(&self, id: &str) -> Result<(), ApiError> {
         if self.via_http && id.chars().count() < MIN_HTTP_ID_PREFIX {
             return Err(ApiError::bad_request(
-                "invalid_session_id",
+                Code::InvalidSessionId,
                 format!("a session id (or prefix) needs at least {MIN_HTTP_ID_PREFIX} characters"),
             ));
         }
@@ -87,7 +88,7 @@ pub(crate) fn parse_body_noting_unknown<T: serde::de::DeserializeOwned>(
 fn check_not_empty(body: &[u8]) -> Result<(), ApiError> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ApiError::bad_request(
-            "invalid_json",
+            Code::InvalidJson,
             "the request body is empty; expected a JSON object",
         ));
     }
@@ -104,5 +105,5 @@ fn body_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     } else {
         format!("invalid field `{path}`: {inner}")
     };
-    ApiError::bad_request("invalid_request", msg)
+    ApiError::bad_request(Code::InvalidRequest, msg)
 }

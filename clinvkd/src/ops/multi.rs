@@ -4,6 +4,7 @@ use super::prompt::{self, Plan, PromptRequest, PromptResult};
 use super::Caller;
 use crate::ctx::Ctx;
 use crate::error::ApiError;
+use crate::error::Code;
 use clinvk_shared::api::ApiStyle;
 use clinvk_shared::api::{
     Backend, ChainRequest, ChainResult, ChainStepResult, CompareEntry, CompareRequest,
@@ -69,10 +70,11 @@ pub(crate) async fn parallel(
     progress: Option<tokio::sync::mpsc::UnboundedSender<TaskDone>>,
 ) -> Result<ParallelResult, ApiError> {
     if req.tasks.is_empty() {
-        return Err(
-            ApiError::bad_request("missing_field", "`tasks` must hold at least one task")
-                .with_param("tasks"),
-        );
+        return Err(ApiError::bad_request(
+            Code::MissingField,
+            "`tasks` must hold at least one task",
+        )
+        .with_param("tasks"));
     }
     let plans = plan_all(ctx, caller, "tasks", req.tasks)?;
     let backends: Vec<Backend> = plans.iter().map(|p| p.inv.backend).collect();
@@ -141,10 +143,11 @@ pub(crate) async fn chain(
     req: ChainRequest,
 ) -> Result<ChainResult, ApiError> {
     if req.steps.is_empty() {
-        return Err(
-            ApiError::bad_request("missing_field", "`steps` must hold at least one step")
-                .with_param("steps"),
-        );
+        return Err(ApiError::bad_request(
+            Code::MissingField,
+            "`steps` must hold at least one step",
+        )
+        .with_param("steps"));
     }
     // Each step is planned once, with a stand-in for `{{previous}}`; its prompt is filled in
     // when it runs (and a folder passed on from an earlier step was checked in that step's plan).
@@ -218,7 +221,7 @@ pub(crate) async fn compare(
 ) -> Result<CompareResult, ApiError> {
     if req.backends.is_empty() {
         return Err(ApiError::bad_request(
-            "missing_field",
+            Code::MissingField,
             "`backends` must name at least one backend",
         )
         .with_param("backends"));

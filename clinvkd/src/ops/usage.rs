@@ -4,6 +4,7 @@
 use super::Caller;
 use crate::ctx::Ctx;
 use crate::error::ApiError;
+use crate::error::Code;
 use clinvk_shared::api::{LiveSnapshot, RunCancelled, UsageQuery, UsageReport};
 
 /// The default period of a report.
@@ -27,7 +28,7 @@ pub(crate) async fn report(
         .map_err(|e| {
             ApiError::new(
                 crate::error::Kind::Internal,
-                "usage_store_error",
+                Code::UsageStoreError,
                 format!("the usage task failed: {e}"),
             )
         })
@@ -63,7 +64,7 @@ pub(crate) fn cancel(ctx: &Ctx, caller: &Caller, id: &str) -> Result<RunCancelle
     if !visible || !ctx.live.cancel(id) {
         return Err(ApiError::new(
             crate::error::Kind::NotFound,
-            "run_not_found",
+            Code::RunNotFound,
             format!("no running prompt with id {id:?}"),
         ));
     }

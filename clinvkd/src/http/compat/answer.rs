@@ -2,6 +2,7 @@
 //! result, and the SSE stream with keep-alives.
 
 use super::*;
+use crate::error::Code;
 
 /// What a run produces, reduced to what the compatible APIs show.
 pub(crate) enum Piece {
@@ -220,7 +221,7 @@ pub(crate) fn run_error(r: &Completed) -> Option<ApiError> {
     r.summary.api_error().or_else(|| {
         r.error
             .as_ref()
-            .map(|e| ApiError::new(Kind::CliFailed, "backend_failed", e.clone()))
+            .map(|e| ApiError::new(Kind::CliFailed, Code::BackendFailed, e.clone()))
     })
 }
 
@@ -282,7 +283,7 @@ pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, Ap
 pub(super) fn shutting_down() -> ApiError {
     ApiError::new(
         Kind::Unavailable,
-        "shutting_down",
+        Code::ShuttingDown,
         "the server is shutting down; retry shortly",
     )
 }
@@ -435,5 +436,9 @@ pub(crate) async fn stream(
 }
 
 pub(super) fn run_lost() -> ApiError {
-    ApiError::new(Kind::Internal, "run_lost", "the run ended without a result")
+    ApiError::new(
+        Kind::Internal,
+        Code::RunLost,
+        "the run ended without a result",
+    )
 }

@@ -3,6 +3,7 @@
 //! into one CLI prompt.
 
 use super::*;
+use crate::error::Code;
 
 /// The role of one conversation turn (system and developer turns go to the system prompt).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,7 +221,7 @@ pub(crate) fn tool_schema(v: Option<&Value>, param: &str) -> Result<Value, ApiEr
 
 /// A client mistake in a compatible API's body: 400 `invalid_request` naming the field.
 pub(crate) fn invalid(param: impl Into<String>, msg: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_request", msg).with_param(param)
+    ApiError::bad_request(Code::InvalidRequest, msg).with_param(param)
 }
 
 /// A message's content in the OpenAI formats (chat and Responses): its text — a string, or the
@@ -263,7 +264,7 @@ pub(crate) fn openai_content(
                     .unwrap_or("");
                 if url.is_empty() {
                     return Err(ApiError::bad_request(
-                        "invalid_image",
+                        Code::InvalidImage,
                         format!("a {kind} part needs `image_url` (a data: URL); file ids are not kept here"),
                     )
                     .with_param(at));
@@ -272,7 +273,7 @@ pub(crate) fn openai_content(
             }
             kind @ ("input_audio" | "file" | "input_file") => {
                 return Err(ApiError::bad_request(
-                    "unsupported_content",
+                    Code::UnsupportedContent,
                     format!(
                         "content part type {kind:?} is not supported: send text and image parts"
                     ),
@@ -293,7 +294,7 @@ pub(crate) fn openai_content(
 /// An image given as a `data:` URL (`data:image/png;base64,…`). Remote URLs are not fetched: a
 /// server that runs agents must not be made to fetch arbitrary URLs.
 pub(crate) fn data_url_image(url: &str, param: &str) -> Result<crate::backend::Image, ApiError> {
-    let refuse = |msg: String| ApiError::bad_request("invalid_image", msg).with_param(param);
+    let refuse = |msg: String| ApiError::bad_request(Code::InvalidImage, msg).with_param(param);
     if url.starts_with("http://") || url.starts_with("https://") {
         return Err(refuse(format!(
             "`{param}`: remote image URLs are not fetched; send the image as a data: URL (data:image/png;base64,…)"

@@ -11,6 +11,7 @@
 use super::error::{ApiError, Kind};
 use crate::backend::Event;
 use crate::ctx::Ctx;
+use crate::error::Code;
 use crate::ops::prompt::{self, Completed, PromptRequest, PromptResult, PromptRun, PromptUpdate};
 use crate::tools::{ClientTool, ClientTools, Parked, PendingCall, ToolReply, Unmatched};
 use bytes::Bytes;
@@ -82,7 +83,7 @@ pub(crate) fn name_ignored(resp: &mut Response, fields: &[String]) {
 
 /// A request field this server cannot honour and must not drop: 400 naming it.
 pub(crate) fn unsupported(param: &str, message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("unsupported_parameter", message).with_param(param)
+    ApiError::bad_request(Code::UnsupportedParameter, message).with_param(param)
 }
 
 /// Names the session a run used on the answer (`X-Clinvk-Session`).

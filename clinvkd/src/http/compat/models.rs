@@ -2,6 +2,7 @@
 //! model families each backend's adapter claims.
 
 use super::*;
+use crate::error::Code;
 
 /// Where a model name leads: a backend and, when given, the model the CLI should use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,7 +15,7 @@ pub(crate) struct Target {
 pub(super) fn model_not_found(name: &str) -> ApiError {
     ApiError::new(
         Kind::ModelNotFound,
-        "model_not_found",
+        Code::ModelNotFound,
         format!(
             "the model {name:?} does not exist: use a backend name ({}), `<backend>/<model>`, a configured alias, or a name of a backend's model family ({})",
             KNOWN_BACKENDS.join(", "),
@@ -53,7 +54,7 @@ pub(crate) fn resolve_model(ctx: &Ctx, name: &str) -> Result<Target, ApiError> {
     let name = name.trim();
     if name.is_empty() {
         return Err(
-            ApiError::bad_request("missing_field", "`model` is required").with_param("model"),
+            ApiError::bad_request(Code::MissingField, "`model` is required").with_param("model"),
         );
     }
     let settings = ctx.settings();
@@ -71,7 +72,7 @@ pub(crate) fn resolve_model(ctx: &Ctx, name: &str) -> Result<Target, ApiError> {
         Some(t) if enabled(ctx, t.backend) => Ok(t),
         Some(t) => Err(ApiError::new(
             Kind::Unavailable,
-            "backend_disabled",
+            Code::BackendDisabled,
             format!("the backend {} is disabled in the configuration", t.backend),
         )),
         None => Err(model_not_found(name)),

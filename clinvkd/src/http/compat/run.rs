@@ -2,6 +2,7 @@
 //! resumed with its results, or a fresh session.
 
 use super::*;
+use crate::error::Code;
 
 /// A started run.
 pub(crate) struct Started {
@@ -81,17 +82,17 @@ pub(super) fn continue_parked(
         Err(Unmatched::Foreign) => Ok(None),
         Err(Unmatched::Expired(id)) => Err(ApiError::new(
             Kind::Conflict,
-            "tool_call_expired",
+            Code::ToolCallExpired,
             format!("tool call {id:?} expired (tools.pending_timeout_secs) and its run was stopped; send the conversation again without it"),
         )
         .with_param("messages")),
         Err(Unmatched::Unknown(id)) => Err(ApiError::bad_request(
-            "tool_call_not_pending",
+            Code::ToolCallNotPending,
             format!("no run waits for the result of tool call {id:?} (answered already, made by another key, or the server restarted)"),
         )
         .with_param("messages")),
         Err(Unmatched::Missing(ids)) => Err(ApiError::bad_request(
-            "tool_results_missing",
+            Code::ToolResultsMissing,
             format!("the model waits for the results of every call it made; missing: {}", ids.join(", ")),
         )
         .with_param("messages")),
@@ -120,14 +121,14 @@ pub(crate) async fn start(
     }
     if !new.iter().any(|m| m.role != Role::Assistant) || new.is_empty() {
         return Err(ApiError::bad_request(
-            "invalid_request",
+            Code::InvalidRequest,
             "the conversation must end with a user turn (or tool results) after the last assistant turn",
         )
         .with_param("messages"));
     }
     if !conv.messages.iter().any(|m| !m.text.trim().is_empty()) {
         return Err(
-            ApiError::bad_request("invalid_request", "the conversation holds no text")
+            ApiError::bad_request(Code::InvalidRequest, "the conversation holds no text")
                 .with_param("messages"),
         );
     }

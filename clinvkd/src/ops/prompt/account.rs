@@ -2,6 +2,7 @@
 //! quotas), opened before the run starts and closed at its end.
 
 use super::*;
+use crate::error::Code;
 
 /// A run's accounting: its entry in the live view (cancel, concurrency quota) and its row in the
 /// usage store (daily quotas), opened before anything starts and closed at the end — a run
@@ -22,7 +23,7 @@ pub(super) struct Account {
 pub(super) fn quota_exceeded(what: String, retry_after: u64) -> ApiError {
     let mut e = ApiError::new(
         Kind::RateLimited,
-        "quota_exceeded",
+        Code::QuotaExceeded,
         format!("{what}; retry in {retry_after} s"),
     );
     e.retry_after_secs = Some(retry_after);

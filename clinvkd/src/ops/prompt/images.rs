@@ -1,6 +1,7 @@
 //! A prompt's images: checked and decoded once.
 
 use super::*;
+use crate::error::Code;
 
 /// At most this many images per prompt.
 pub(crate) const MAX_IMAGES: usize = 8;
@@ -20,7 +21,7 @@ pub(super) fn image_kind_matches(media_type: &str, bytes: &[u8]) -> Option<bool>
 
 pub(super) fn too_many_images() -> ApiError {
     bad(
-        "too_many_images",
+        Code::TooManyImages,
         format!("at most {MAX_IMAGES} images per prompt"),
     )
     .with_param("images")
@@ -46,14 +47,14 @@ pub(crate) fn decode_image(img: api::ImageInput, param: &str) -> Result<Image, A
         .decode(img.data.trim())
         .map_err(|e| {
             bad(
-                "invalid_image",
+                Code::InvalidImage,
                 format!("{param}: the data is not base64: {e}"),
             )
             .with_param(param)
         })?;
     if bytes.len() > MAX_IMAGE_BYTES {
         return Err(bad(
-            "image_too_large",
+            Code::ImageTooLarge,
             format!(
                 "{param}: {} bytes; at most {MAX_IMAGE_BYTES} per image",
                 bytes.len()
@@ -63,7 +64,7 @@ pub(crate) fn decode_image(img: api::ImageInput, param: &str) -> Result<Image, A
     }
     match image_kind_matches(&img.media_type, &bytes) {
         None => Err(bad(
-            "unsupported_image_type",
+            Code::UnsupportedImageType,
             format!(
                 "{param}: media type {:?} is not supported (image/png, image/jpeg, image/gif, image/webp)",
                 img.media_type
@@ -71,7 +72,7 @@ pub(crate) fn decode_image(img: api::ImageInput, param: &str) -> Result<Image, A
         )
         .with_param(param)),
         Some(false) => Err(bad(
-            "invalid_image",
+            Code::InvalidImage,
             format!("{param}: the data is not a {} image", img.media_type),
         )
         .with_param(param)),

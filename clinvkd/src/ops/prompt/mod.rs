@@ -7,6 +7,7 @@ use super::Caller;
 use crate::backend::{ApprovalMode, Event, Image, Invocation, SandboxMode};
 use crate::ctx::Ctx;
 use crate::engine::{self, RunSummary, RunUpdate};
+use crate::error::Code;
 use crate::error::{ApiError, Kind};
 use crate::session::{clip, Session, StoreError};
 use clinvk_shared::api::{self, Backend, DryRun, OutputFormat, RunEvent, SessionStatus, Turn};
@@ -54,14 +55,14 @@ pub(crate) struct Plan {
     pub(crate) owner: Option<String>,
 }
 
-pub(super) fn bad(code: &str, msg: impl Into<String>) -> ApiError {
-    ApiError::bad_request(code.to_string(), msg)
+pub(super) fn bad(code: Code, msg: impl Into<String>) -> ApiError {
+    ApiError::bad_request(code, msg)
 }
 
 pub(super) fn escalation(field: &str, requested: &str, configured: &str) -> ApiError {
     ApiError::new(
         Kind::Forbidden,
-        "escalation_not_allowed",
+        Code::EscalationNotAllowed,
         format!("`{field}: {requested}` is looser than the server's `{configured}`; a request may only keep or tighten it (server.allow_request_escalation)"),
     )
     .with_param(field)
@@ -70,10 +71,10 @@ pub(super) fn escalation(field: &str, requested: &str, configured: &str) -> ApiE
 pub(crate) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound(_) | StoreError::Ambiguous(_) => {
-            ApiError::new(Kind::NotFound, "session_not_found", e.to_string())
+            ApiError::new(Kind::NotFound, Code::SessionNotFound, e.to_string())
         }
         StoreError::Write { .. } => {
-            ApiError::new(Kind::Internal, "session_store_error", e.to_string())
+            ApiError::new(Kind::Internal, Code::SessionStoreError, e.to_string())
         }
     }
 }

@@ -3,6 +3,7 @@
 //! `Plan` ready to run.
 
 use super::*;
+use crate::error::Code;
 
 /// A prompt as a front end asks for it, typed once: the backend it names (None: the session's,
 /// or the default for `clinvk`), its images decoded, the client's tools. The other fields are
@@ -41,7 +42,7 @@ impl Ask {
 pub(super) fn backend_named(name: &str) -> Result<Backend, ApiError> {
     Backend::from_name(name).ok_or_else(|| {
         bad(
-            "unknown_backend",
+            Code::UnknownBackend,
             format!(
                 "unknown backend {name:?} (known: {})",
                 KNOWN_BACKENDS.join(", ")
@@ -64,7 +65,7 @@ pub(crate) fn plan(ctx: &Ctx, caller: &Caller, ask: Ask) -> Result<Plan, ApiErro
     let prompt = req.prompt.unwrap_or_default();
     if prompt.trim().is_empty() {
         return Err(bad(
-            "missing_field",
+            Code::MissingField,
             "`prompt` is required and must not be empty",
         )
         .with_param("prompt"));
@@ -82,7 +83,7 @@ pub(crate) fn plan(ctx: &Ctx, caller: &Caller, ask: Ask) -> Result<Plan, ApiErro
         .filter(|m| !m.is_empty() && !is_safe_model_name(m))
     {
         return Err(bad(
-            "invalid_model",
+            Code::InvalidModel,
             format!("model {m:?} is not a valid model name (letters, digits and ._:/@+- only; not starting with -)"),
         )
         .with_param("model"));
@@ -93,7 +94,7 @@ pub(crate) fn plan(ctx: &Ctx, caller: &Caller, ask: Ask) -> Result<Plan, ApiErro
         (None, None) if source == api::ApiStyle::Cli => backend_named(&settings.default_backend)?,
         (None, None) => {
             return Err(bad(
-                "missing_field",
+                Code::MissingField,
                 format!("`backend` is required ({})", KNOWN_BACKENDS.join(", ")),
             )
             .with_param("backend"))
@@ -102,7 +103,7 @@ pub(crate) fn plan(ctx: &Ctx, caller: &Caller, ask: Ask) -> Result<Plan, ApiErro
     if let Some(s) = &resume_session {
         if s.backend != backend {
             return Err(bad(
-                "session_backend_mismatch",
+                Code::SessionBackendMismatch,
                 format!(
                     "session {} belongs to backend {}, not {backend}",
                     s.id, s.backend
@@ -117,14 +118,14 @@ pub(crate) fn plan(ctx: &Ctx, caller: &Caller, ask: Ask) -> Result<Plan, ApiErro
     let stream = format == OutputFormat::StreamJson;
     if req.max_tokens.is_some() {
         return Err(bad(
-            "unsupported_field",
+            Code::UnsupportedField,
             "`max_tokens` is not supported: none of the CLIs can cap the tokens of an answer (use `max_turns` to bound a run)",
         )
         .with_param("max_tokens"));
     }
     if req.verbose == Some(true) {
         return Err(bad(
-            "unsupported_field",
+            Code::UnsupportedField,
             "`verbose` is not supported: the stream always carries every event the CLI reports",
         )
         .with_param("verbose"));
@@ -157,21 +158,21 @@ pub(crate) fn plan(ctx: &Ctx, caller: &Caller, ask: Ask) -> Result<Plan, ApiErro
     }
     let adapter = ctx.adapter(backend);
     crate::backend::check_extra(&req.extra, adapter.builtin_extra_allowlist(), &cfg)
-        .map_err(|e| bad("invalid_flags", e.to_string()).with_param("extra"))?;
+        .map_err(|e| bad(Code::InvalidFlags, e.to_string()).with_param("extra"))?;
     for folder in crate::backend::extra_folders(&req.extra) {
         engine::validate_workdir(ctx, &folder).map_err(|e| e.api_error().with_param("extra"))?;
     }
     if let Some(schema) = &req.output_schema {
         if !schema.is_object() {
             return Err(bad(
-                "invalid_output_schema",
+                Code::InvalidOutputSchema,
                 "`output_schema` must be a JSON Schema object",
             )
             .with_param("output_schema"));
         }
         if let Err(e) = jsonschema::validator_for(schema) {
             return Err(bad(
-                "invalid_output_schema",
+                Code::InvalidOutputSchema,
                 format!("`output_schema` is not a valid JSON Schema: {e}"),
             )
             .with_param("output_schema"));
@@ -184,7 +185,7 @@ pub(crate) fn plan(ctx: &Ctx, caller: &Caller, ask: Ask) -> Result<Plan, ApiErro
     for (name, value) in &req.env {
         if name.starts_with("CLINVK_") || !cfg.allowed_request_env.iter().any(|a| a == name) {
             return Err(bad(
-                "env_not_allowed",
+                Code::EnvNotAllowed,
                 format!("environment variable {name:?} may not be set by a request (backends.{backend}.allowed_request_env)"),
             )
             .with_param("env"));
@@ -241,7 +242,7 @@ pub(crate) fn plan(ctx: &Ctx, caller: &Caller, ask: Ask) -> Result<Plan, ApiErro
         .as_ref()
         .is_some_and(|s| s.backend_session_id.is_none())
     {
-        return Err(ApiError::new(Kind::Conflict, "session_not_resumable", "this session has no backend session id yet (its first turn did not start a backend session); start a new one"));
+        return Err(ApiError::new(Kind::Conflict, Code::SessionNotResumable, "this session has no backend session id yet (its first turn did not start a backend session); start a new one"));
     }
     let mut tags = settings.session.default_tags.clone();
     tags.extend(req.tags);
