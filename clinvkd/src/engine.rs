@@ -1156,3 +1156,6 @@ pub(crate) fn validate_workdir(ctx: &Ctx, requested: &str) -> Result<PathBuf, En
     }
     Ok(real)
 }
+
+#[cfg(test)]
+mod tests;

@@ -251,6 +251,16 @@ impl Adapters {
             Backend::Gemini => self.gemini,
         }
     }
+
+    /// Puts `adapter` behind `backend` (tests: a fake CLI).
+    #[cfg(test)]
+    pub(crate) fn set(&mut self, backend: Backend, adapter: &'static dyn Adapter) {
+        *match backend {
+            Backend::Claude => &mut self.claude,
+            Backend::Codex => &mut self.codex,
+            Backend::Gemini => &mut self.gemini,
+        } = adapter;
+    }
 }
 
 /// The model to pass: the request's, else the config's; a bare backend name means the default.
