@@ -21,9 +21,10 @@ use crate::backend::{
     LiveSpec, Step,
 };
 use crate::ctx::Ctx;
-use clinvk_shared::api::Backend;
+use clinvk_shared::api::{Backend, PromptRequest};
 use clinvk_shared::config::{BackendSettings, Settings};
 use serde_json::Value;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -103,6 +104,32 @@ pub(crate) async fn no_hang<F: std::future::Future>(what: &str, f: F) -> F::Outp
     tokio::time::timeout(std::time::Duration::from_secs(60), f)
         .await
         .unwrap_or_else(|_| panic!("hung: {what}"))
+}
+
+/// A folder `name` in the test's temporary folder, outside the state folder (created; the
+/// resolved path).
+pub(crate) fn folder(ctx: &Ctx, name: &str) -> PathBuf {
+    let p = ctx.test_dir().join(name);
+    std::fs::create_dir_all(&p).expect("a test folder");
+    std::fs::canonicalize(&p).expect("a test folder")
+}
+
+/// A prompt request as a client sends it.
+pub(crate) fn request(backend: &str, prompt: &str) -> PromptRequest {
+    PromptRequest {
+        backend: Some(backend.into()),
+        prompt: Some(prompt.into()),
+        ..Default::default()
+    }
+}
+
+/// Plans and starts a prompt as the daemon's owner (panics on a refusal).
+pub(crate) async fn start_prompt(ctx: &Ctx, req: PromptRequest) -> crate::ops::prompt::PromptRun {
+    let caller = crate::ops::Caller::control();
+    let plan = crate::ops::prompt::plan(ctx, &caller, req, "native").expect("a valid request");
+    crate::ops::prompt::start(ctx, plan)
+        .await
+        .unwrap_or_else(|e| panic!("the prompt did not start: {}", e.message))
 }
 
 /// A fake CLI (see the module's doc).

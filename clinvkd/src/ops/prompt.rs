@@ -944,3 +944,6 @@ impl Drop for Account {
             .spawn_blocking_on(move || store.finish(id, &settings, backend, &end), &rt);
     }
 }
+
+#[cfg(test)]
+mod tests;
