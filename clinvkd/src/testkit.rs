@@ -132,6 +132,25 @@ pub(crate) async fn start_prompt(ctx: &Ctx, req: PromptRequest) -> crate::ops::p
         .unwrap_or_else(|e| panic!("the prompt did not start: {}", e.message))
 }
 
+/// Starts a warm worker of `backend` as the engine does, for `session` (its backend session
+/// id; None: a pooled worker).
+pub(crate) async fn spawn_worker(
+    ctx: &Ctx,
+    backend: Backend,
+    session: Option<&str>,
+) -> crate::worker::Worker {
+    let inv = Invocation {
+        backend,
+        workdir: Some(crate::engine::default_workdir(ctx)),
+        resume: session.map(str::to_string),
+        ..Default::default()
+    };
+    let key = crate::engine::worker_key(ctx, &inv).expect("a worker key");
+    crate::engine::spawn_worker(ctx, &inv, key)
+        .await
+        .unwrap_or_else(|e| panic!("the fake worker did not start: {e}"))
+}
+
 /// A fake CLI (see the module's doc).
 pub(crate) struct FakeAdapter {
     oneshot: String,
@@ -171,6 +190,12 @@ impl FakeAdapter {
     /// engine also makes short-lived ones, e.g. for a worker's key).
     pub(crate) fn live_drivers(&self) -> usize {
         *self.drivers.borrow()
+    }
+
+    /// Resolves once exactly `n` of its drivers are alive (e.g. a worker was retired).
+    pub(crate) async fn until_live_drivers(&self, n: usize) {
+        let mut rx = self.drivers.subscribe();
+        let _ = rx.wait_for(|alive| *alive == n).await;
     }
 }
 
