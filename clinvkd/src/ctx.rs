@@ -118,6 +118,10 @@ pub(crate) struct Inner {
     pub(crate) tools: Arc<crate::tools::ToolHub>,
     /// The adapter of each backend (the real ones; a test may put fakes here).
     adapters: crate::backend::Adapters,
+    /// A test context's temporary folder (see `testkit`), removed with the last clone — after
+    /// the stores above closed their files (fields drop in order).
+    #[cfg(test)]
+    test_dir: Option<tempfile::TempDir>,
 }
 
 impl std::ops::Deref for Ctx {
@@ -143,6 +147,28 @@ impl Ctx {
         loaded: config::Loaded,
         events: broadcast::Sender<AttachEvent>,
     ) -> anyhow::Result<Self> {
+        let external = crate::keys::external_keys(&loaded.settings.server.api_keys_gopass_path)
+            .map_err(anyhow::Error::msg)?;
+        let inner = Self::build(
+            paths,
+            (config_path, config_explicit, overrides),
+            loaded,
+            events,
+            &external,
+            crate::backend::Adapters::default(),
+        )?;
+        Ok(Ctx(Arc::new(inner)))
+    }
+
+    /// The context's parts: the stores opened under `paths`, with the external API keys given.
+    fn build(
+        paths: Paths,
+        (config_path, config_explicit, overrides): (PathBuf, bool, Overrides),
+        loaded: config::Loaded,
+        events: broadcast::Sender<AttachEvent>,
+        external_keys: &[String],
+        adapters: crate::backend::Adapters,
+    ) -> anyhow::Result<Inner> {
         use anyhow::Context as _;
         let sessions = crate::session::Store::open(&paths.sessions_dir()).with_context(|| {
             format!(
@@ -159,14 +185,11 @@ impl Ctx {
                 )
             })?;
         let keys = crate::keys::KeyStore::open(&paths.keys_file())?;
-        keys.set_external(
-            &crate::keys::external_keys(&loaded.settings.server.api_keys_gopass_path)
-                .map_err(anyhow::Error::msg)?,
-        );
+        keys.set_external(external_keys);
         let usage = crate::usage::UsageStore::open(&paths.state_dir.join("usage.db"));
         let (drain_tx, _) = watch::channel(false);
         let (stop_tx, _) = watch::channel(false);
-        Ok(Ctx(Arc::new(Inner {
+        Ok(Inner {
             paths,
             config_path,
             config_explicit,
@@ -194,8 +217,49 @@ impl Ctx {
             usage,
             live: crate::live::LiveRuns::default(),
             tools: Arc::default(),
-            adapters: crate::backend::Adapters::default(),
-        })))
+            adapters,
+            #[cfg(test)]
+            test_dir: None,
+        })
+    }
+
+    /// A complete context for unit tests (`testkit` builds it): its state folder is
+    /// `<dir>/state`, its settings and adapters are the ones given, it reads no external API keys
+    /// and starts no task; `dir` is removed with the last clone of the context.
+    #[cfg(test)]
+    pub(crate) fn for_tests_in(
+        dir: tempfile::TempDir,
+        settings: Settings,
+        adapters: crate::backend::Adapters,
+    ) -> anyhow::Result<Ctx> {
+        let paths = Paths::under(dir.path().join("state"));
+        clinvk_shared::paths::ensure_private_dir(&paths.state_dir)?;
+        let config = paths.default_config_file();
+        let loaded = config::Loaded {
+            settings,
+            path: config.clone(),
+            file_found: false,
+            warnings: Vec::new(),
+        };
+        let mut inner = Self::build(
+            paths,
+            (config, false, Overrides::default()),
+            loaded,
+            broadcast::channel(16).0,
+            &[],
+            adapters,
+        )?;
+        inner.test_dir = Some(dir);
+        Ok(Ctx(Arc::new(inner)))
+    }
+
+    /// A test context's temporary folder (the state folder is its `state`).
+    #[cfg(test)]
+    pub(crate) fn test_dir(&self) -> &std::path::Path {
+        self.test_dir
+            .as_ref()
+            .map(tempfile::TempDir::path)
+            .expect("a context made by Ctx::for_tests")
     }
 
     /// The adapter behind `backend`: the one place the daemon gets a CLI's argv builder, parser

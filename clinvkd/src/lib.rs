@@ -23,5 +23,7 @@ pub(crate) mod worker;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+pub(crate) mod testkit;
 
 pub use daemon::{run, DaemonOptions, StartError};

@@ -609,6 +609,9 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 }
 
 #[cfg(test)]
+mod parking_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -590,3 +590,6 @@ async fn fill_pool(ctx: &crate::ctx::Ctx, backend: Backend) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -300,30 +300,24 @@ pub(crate) fn claimed_by(model: &str) -> Option<Backend> {
 
 /// The adapter behind each backend (in `Ctx`): the real ones, or a test's fakes.
 #[derive(Clone, Copy)]
-pub(crate) struct Adapters {
-    claude: &'static dyn Adapter,
-    codex: &'static dyn Adapter,
-    gemini: &'static dyn Adapter,
-}
+pub(crate) struct Adapters([&'static dyn Adapter; Backend::ALL.len()]);
 
 impl Default for Adapters {
     /// The real adapters.
     fn default() -> Self {
-        Adapters {
-            claude: adapter(Backend::Claude),
-            codex: adapter(Backend::Codex),
-            gemini: adapter(Backend::Gemini),
-        }
+        Adapters(Backend::ALL.map(adapter))
     }
 }
 
 impl Adapters {
     pub(crate) fn get(&self, backend: Backend) -> &'static dyn Adapter {
-        match backend {
-            Backend::Claude => self.claude,
-            Backend::Codex => self.codex,
-            Backend::Gemini => self.gemini,
-        }
+        self.0[backend as usize]
+    }
+
+    /// Puts `adapter` behind `backend` (tests: a fake CLI).
+    #[cfg(test)]
+    pub(crate) fn set(&mut self, backend: Backend, adapter: &'static dyn Adapter) {
+        self.0[backend as usize] = adapter;
     }
 }
 

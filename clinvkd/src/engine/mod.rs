@@ -227,3 +227,6 @@ pub(crate) async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, Engin
         calls,
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -78,3 +78,6 @@ pub(crate) fn store_error(e: StoreError) -> ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
