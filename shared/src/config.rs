@@ -74,7 +74,8 @@ impl Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            default_backend: "claude".into(),
+            // The first CLI of the table (claude).
+            default_backend: crate::cli::CLIS[0].name.into(),
             backends: KNOWN_BACKENDS
                 .iter()
                 .map(|b| (b.to_string(), BackendSettings::default()))
