@@ -663,6 +663,25 @@ def test_client_gone_mid_stream_kills_the_silent_cli(world, style):
     poll(lambda: not pid_alive(pid) and not runs(world), 20, "the CLI to be stopped")
 
 
+@pytest.mark.parametrize("style", ["openai", "anthropic"])
+def test_client_gone_before_any_text_kills_the_cli_at_once(world, style):
+    """A compatible stream holds its status until the first text; a client that leaves during
+    that silence stops the CLI then, not at the next keep-alive (here an hour away)."""
+    url = start(world, claude_config("hang", rest="server:\n  sse_keepalive_secs: 3600\n"))
+    path, body = {
+        "openai": ("/openai/v1/chat/completions", {**OPENAI_CHAT, "stream": True}),
+        "anthropic": ("/anthropic/v1/messages", {**ANTHROPIC_MSG, "stream": True}),
+    }[style]
+    s = raw_request(url, "POST", path, json.dumps(body).encode())
+    try:
+        run = poll(lambda: next((r for r in runs(world) if r.get("pid")), None), 30, "the CLI to start")
+        pid = run["pid"]
+        assert not readable(s), "nothing is sent before the first text"
+    finally:
+        s.close()
+    poll(lambda: not pid_alive(pid) and not runs(world), 60, "the CLI to be stopped")
+
+
 def test_kill9_of_the_daemon_leaves_no_cli_behind(world):
     world.write_config(claude_config("hang-with-grandchild"))
     d = world.start_daemon()

@@ -312,6 +312,16 @@ pub(crate) trait Frames: Send + 'static {
 /// CLI is silent, a keep-alive frame goes out every `server.sse_keepalive_secs` (so proxies and
 /// clients with idle timeouts do not cut a long run); a start-up silence that long decides the
 /// status (200) early, so that keep-alives can flow.
+/// Resolves when the request waiting for the stream's status is gone (its client left).
+async fn held_request_gone(decide: &mut Option<DecideTx>) {
+    match decide {
+        Some(d) => d.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
+type DecideTx = tokio::sync::oneshot::Sender<Result<(), ApiError>>;
+
 pub(crate) async fn stream(
     ctx: &Ctx,
     started: Started,
@@ -340,6 +350,8 @@ pub(crate) async fn stream(
                     p = &mut next => break p,
                     // The client left while the CLI was silent: dropping `pieces` cancels it.
                     _ = tx.closed(), if decide.is_none() => return,
+                    // ... or before the status was decided (the request's future is gone).
+                    _ = held_request_gone(&mut decide), if decide.is_some() => return,
                     _ = &mut stopped => {
                         match decide.take() {
                             Some(d) => { let _ = d.send(Err(shutting_down())); }
