@@ -606,6 +606,53 @@ def test_idle_connections_do_not_starve_the_server_and_time_out(world):
             s.close()
 
 
+def test_half_open_connections_at_the_cap_make_room_for_real_requests(world):
+    """Connections that never send a request cannot hold the server at its connection cap (as
+    when the open-file limit keeps the cap low): the oldest unused one is closed for a new one,
+    long before `read_timeout_secs` (here 10 minutes) would close them."""
+    url = start(world, "server:\n  max_connections: 40\n  read_timeout_secs: 600\n"
+                       "  idle_timeout_secs: 600\n")
+    host, port = hostport(url)
+    socks = []
+    try:
+        for _ in range(60):
+            socks.append(socket.create_connection((host, port), timeout=30))
+        r = call(url, "GET", "/health", timeout=60)
+        assert r.status == 200, r
+        # A connection that sent a request is not the one closed: a keep-alive request works.
+        conn = http.client.HTTPConnection(host, port, timeout=60)
+        conn.request("GET", "/health")
+        first = conn.getresponse()
+        assert first.status == 200 and first.read()
+        for _ in range(30):
+            socks.append(socket.create_connection((host, port), timeout=30))
+        conn.request("GET", "/health")
+        again = conn.getresponse()
+        assert again.status == 200 and again.read()
+        conn.close()
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_one_client_holds_at_most_its_share_of_connections(world):
+    url = start(world, "server:\n  max_connections_per_client: 4\n  read_timeout_secs: 600\n"
+                       "  idle_timeout_secs: 600\n")
+    host, port = hostport(url)
+    first = socket.create_connection((host, port), timeout=30)
+    socks = [socket.create_connection((host, port), timeout=30) for _ in range(3)]
+    try:
+        # The fifth connection from this address closes the oldest unused one.
+        r = call(url, "GET", "/health", timeout=60)
+        assert r.status == 200, r
+        assert not wait_closed([first], 60), "the oldest unused connection is still open"
+        assert wait_closed(socks, 0.5) == socks, "only the oldest was closed"
+    finally:
+        first.close()
+        for s in socks:
+            s.close()
+
+
 def test_oversized_body_refused_before_it_is_sent(world):
     url = start(world, "server:\n  max_request_body_bytes: 1000\n")
     host, port = hostport(url)
@@ -619,6 +666,30 @@ def test_oversized_body_refused_before_it_is_sent(world):
             assert chunk, f"closed without an answer: {head!r}"
             head += chunk
         assert head.split(b"\r\n")[0].split()[1] == b"413", head
+    finally:
+        s.close()
+
+
+def test_a_trickled_body_gets_408_before_it_is_all_sent(world):
+    """A body sent one byte at a time never stalls for `read_timeout_secs`, but it may not hold
+    its connection: the whole body has a deadline (read_timeout plus a minimum rate)."""
+    url = start(world, "server:\n  read_timeout_secs: 3\n")
+    host, port = hostport(url)
+    body = json.dumps({"backend": "claude", "prompt": "x" * 2000}).encode()
+    s = socket.create_connection((host, port), timeout=30)
+    try:
+        s.sendall(f"POST /api/v1/prompt HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        sent = 0
+        give_up = time.monotonic() + 120
+        while not readable(s):
+            assert sent < len(body), "the whole trickled body was read"
+            assert time.monotonic() < give_up, "no answer to a trickled body within 120 s"
+            s.sendall(body[sent:sent + 1])
+            sent += 1
+            time.sleep(0.5)  # the attack's pace (one byte every half second), not a wait
+        head = s.recv(4096)
+        assert head.split(b"\r\n")[0].split()[1] == b"408", head
     finally:
         s.close()
 

@@ -301,6 +301,8 @@ pub struct ServerSettings {
     pub default_workdir: String,
     /// HTTP connections open at once; more wait in the listen queue.
     pub max_connections: usize,
+    /// HTTP connections one client address may hold (trusted proxies excepted).
+    pub max_connections_per_client: usize,
     pub rate_limit_enabled: bool,
     pub rate_limit_rps: f64,
     pub rate_limit_burst: u32,
@@ -337,6 +339,7 @@ impl Default for ServerSettings {
             allow_request_escalation: false,
             default_workdir: String::new(),
             max_connections: 512,
+            max_connections_per_client: 256,
             rate_limit_enabled: false,
             rate_limit_rps: 10.0,
             rate_limit_burst: 20,
@@ -835,6 +838,12 @@ pub fn validate(s: &Settings, source: Option<&Path>) -> Result<(), ConfigError> 
     if s.server.max_request_body_bytes == 0 {
         return Err(invalid(
             "server.max_request_body_bytes",
+            "must be at least 1".into(),
+        ));
+    }
+    if s.server.max_connections_per_client == 0 {
+        return Err(invalid(
+            "server.max_connections_per_client",
             "must be at least 1".into(),
         ));
     }

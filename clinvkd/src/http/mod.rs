@@ -4,6 +4,7 @@
 
 pub(crate) mod anthropic;
 pub(crate) mod compat;
+mod conns;
 pub(crate) mod error;
 pub(crate) mod guard;
 pub(crate) mod meta;
@@ -38,28 +39,39 @@ pub(crate) struct HttpRequest {
     pub(crate) request_id: String,
     /// Who asks (set by the key check).
     pub(crate) caller: crate::ops::Caller,
-    /// How long the body may stall (`server.read_timeout_secs`).
+    /// How long the body may stall (`server.read_timeout_secs`), and its base deadline.
     read_timeout: std::time::Duration,
     body: Option<BoxStream<'static, Result<Bytes, warp::Error>>>,
 }
 
+/// The slowest a request body may come once its base deadline (`read_timeout_secs`) is spent:
+/// 64 KiB a second.
+const MIN_BODY_RATE: f64 = 64.0 * 1024.0;
+
 impl HttpRequest {
-    /// Reads the whole body, refusing more than `limit` bytes (413).
+    /// Reads the whole body, refusing more than `limit` bytes (413), a body that stalls for
+    /// `read_timeout`, and one that trickles: the whole body must arrive within `read_timeout`
+    /// plus one second per `MIN_BODY_RATE` bytes received (408).
     pub(crate) async fn body_bytes(&mut self, limit: u64) -> Result<Bytes, ApiError> {
         let Some(mut stream) = self.body.take() else {
             return Ok(Bytes::new());
         };
+        let started = tokio::time::Instant::now();
         let mut buf = bytes::BytesMut::new();
         loop {
-            let next = tokio::time::timeout(self.read_timeout, stream.next())
+            let earned = std::time::Duration::from_secs_f64(buf.len() as f64 / MIN_BODY_RATE);
+            let deadline = (started + self.read_timeout + earned)
+                .min(tokio::time::Instant::now() + self.read_timeout);
+            let next = tokio::time::timeout_at(deadline, stream.next())
                 .await
                 .map_err(|_| {
                     ApiError::new(
                         Kind::RequestTimeout,
                         Code::RequestTimeout,
                         format!(
-                            "the request body stalled for {} s (server.read_timeout_secs)",
-                            self.read_timeout.as_secs()
+                            "the request body stalled or came too slowly: it must arrive within {} s (server.read_timeout_secs) plus one second per {} KiB",
+                            self.read_timeout.as_secs(),
+                            MIN_BODY_RATE as u64 / 1024
                         ),
                     )
                 })?;

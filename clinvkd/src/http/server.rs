@@ -4,7 +4,9 @@
 //!   between keep-alive requests, `idle_timeout_secs`, whichever is shorter) is closed — hyper's
 //!   header-read timer starts whenever the connection waits for a request head;
 //! - a request body that stalls for `read_timeout_secs` is refused (`HttpRequest::body_bytes`);
-//! - a client that stops reading an answer for `write_timeout_secs` is dropped (`StallGuard`).
+//! - a client that stops reading an answer for `write_timeout_secs` is dropped (`StallGuard`);
+//! - one client address holds at most `max_connections_per_client`, and at a cap the oldest
+//!   connection that never sent a request is closed to make room (`conns`).
 //!
 //! Warp's own `serve` offers none of these knobs, so the filter runs as a plain service here.
 
@@ -32,6 +34,16 @@ fn connection_cap(configured: usize) -> usize {
     configured.min(fd_limit.saturating_sub(128).max(16))
 }
 
+/// Whether `ip` is one of `server.trusted_proxies`.
+fn is_trusted_proxy(s: &clinvk_shared::config::Settings, ip: std::net::IpAddr) -> bool {
+    use clinvk_shared::config::{cidr_contains, parse_cidr};
+    s.server
+        .trusted_proxies
+        .iter()
+        .filter_map(|t| parse_cidr(t))
+        .any(|n| cidr_contains(n, ip))
+}
+
 /// Serves until `shutdown` resolves, then waits for open connections to finish.
 pub(crate) async fn serve(
     ctx: Ctx,
@@ -42,18 +54,12 @@ pub(crate) async fn serve(
     let cap = connection_cap(ctx.settings().server.max_connections);
     tracing::debug!(cap, "HTTP connection cap");
     let slots = Arc::new(tokio::sync::Semaphore::new(cap));
+    let conns = super::conns::Conns::default();
     let service = warp::service(super::filter(ctx.clone(), rate));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut backoff = Duration::from_millis(5);
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(pair) => {
@@ -70,14 +76,37 @@ pub(crate) async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
         let s = ctx.settings();
+        // One client may not hold every connection; a trusted proxy carries many clients.
+        let per_client = (!is_trusted_proxy(&s, peer.ip()))
+            .then_some(s.server.max_connections_per_client.min(cap));
+        if conns.make_room(peer.ip(), per_client).is_err() {
+            metrics::counter!("clinvk_http_connections_refused_total", "reason" => "per_client")
+                .increment(1);
+            continue; // dropping the stream closes it
+        }
+        // At the cap, a connection that never sent a request makes room for this one.
+        if slots.available_permits() == 0 && conns.close_oldest_unused() {
+            metrics::counter!("clinvk_http_connections_refused_total", "reason" => "unused_evicted")
+                .increment(1);
+        }
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let registered = conns.register(peer.ip());
+        let _ = stream.set_nodelay(true);
         let head_timeout =
             Duration::from_secs(s.server.read_timeout_secs.min(s.server.idle_timeout_secs));
         let io = StallGuard::new(stream, Duration::from_secs(s.server.write_timeout_secs));
         let service = service.clone();
+        let used = registered.used.clone();
         let hyper_service =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                used.store(true, std::sync::atomic::Ordering::Relaxed);
                 req.extensions_mut().insert(Peer(peer));
                 let mut service = service.clone();
                 tower_service::Service::call(&mut service, req)
@@ -85,6 +114,8 @@ pub(crate) async fn serve(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
+            let super::conns::Registered { closed, guard, .. } = registered;
+            let _registered = guard;
             // HTTP/1 only: the auto-detecting builder waits for the first bytes without a
             // timer, so a silent connection would be kept forever.
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -93,8 +124,14 @@ pub(crate) async fn serve(
                 .header_read_timeout(head_timeout)
                 .keep_alive(true);
             let conn = builder.serve_connection(TokioIo::new(io), hyper_service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, peer = %peer, "HTTP connection ended with an error");
+            tokio::select! {
+                r = watcher.watch(conn) => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, peer = %peer, "HTTP connection ended with an error");
+                    }
+                }
+                // Closed to make room (it never sent a request): dropping it closes the socket.
+                _ = closed => tracing::debug!(peer = %peer, "an unused HTTP connection was closed to make room"),
             }
         });
     }
