@@ -795,6 +795,40 @@ def test_parallel_is_capped_per_request(world, tmp_path):
     assert 1 <= seen["max"] <= 2, seen
 
 
+def test_parallel_takes_at_most_half_the_slots(world, tmp_path):
+    counter = tmp_path / "overlap.json"
+    url = start(world, claude_config("count-overlap",
+                                     f"env:\n  FAKECLI_OVERLAP_FILE: '{counter}'\n  FAKECLI_DELAY_MS: '1000'",
+                                     "limits:\n  max_parallel_per_request: 8\n  max_concurrent: 4\n"))
+    tasks = [{"backend": "claude", "prompt": f"task {i}"} for i in range(8)]
+    r = jpost(url, "/api/v1/parallel", {"tasks": tasks, "max_parallel": 8}, timeout=120)
+    assert r.status == 200 and r.json["completed"] == 8, r
+    seen = json.loads(counter.read_text())
+    assert seen["starts"] == 8 and seen["running"] == 0, seen
+    assert 1 <= seen["max"] <= 2, seen
+
+
+def test_one_key_cannot_take_every_slot(world):
+    url = start(world, claude_config("hang", rest="limits:\n  max_concurrent: 4\n"),
+                {"CLINVK_API_KEYS": "key-a,key-b"})
+    body = json.dumps({**PROMPT, "output_format": "stream-json"}).encode()
+    held = []
+    try:
+        for _ in range(3):  # three quarters of the slots
+            held.append(raw_request(url, "POST", "/api/v1/prompt", body, bearer("key-a")))
+        poll(lambda: len(runs(world)) == 3, 30, "key A's three runs")
+        r = jpost(url, "/api/v1/prompt", PROMPT, bearer("key-a"), timeout=30)
+        assert r.status == 429 and r.json["code"] == "quota_exceeded", r
+        assert int(r.headers["retry-after"]) >= 1
+        # The last slot is still there for another key.
+        held.append(raw_request(url, "POST", "/api/v1/prompt", body, bearer("key-b")))
+        poll(lambda: len(runs(world)) == 4, 30, "key B's run beside key A's")
+    finally:
+        for s in held:
+            s.close()
+    poll(lambda: not runs(world), 30, "every run to stop with its client")
+
+
 # --------------------------------------------------------------------------------------------
 # 9. small things
 

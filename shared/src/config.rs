@@ -417,12 +417,33 @@ pub struct LimitSettings {
     /// Cap on one run's captured output (stdout), in bytes; the rest is dropped and noted.
     pub max_output_bytes: usize,
     /// The most tasks of one `parallel` request that run at once (a request's `max_parallel`
-    /// is capped by it).
+    /// is capped by it, and by half of `max_concurrent`).
     pub max_parallel_per_request: usize,
+    /// Prompts one API key may have running or queued at once (a key's own `max_concurrent`
+    /// quota may set fewer); unset: three quarters of `max_concurrent` (at least 1), so one key
+    /// cannot take every slot. Callers without a key (auth off) are not counted.
+    pub max_concurrent_per_key: Option<usize>,
     /// Warm CLI processes alive at once, all backends together; 0: derived from the machine's
     /// memory (one per GiB of RAM, at least 2, at most 64). The least recently used idle one is
     /// stopped first.
     pub max_workers: usize,
+}
+
+impl LimitSettings {
+    /// The most tasks of one `parallel` request at once: the request's wish, capped by
+    /// `max_parallel_per_request` and by half of `max_concurrent` (at least 1).
+    pub fn parallel_cap(&self, wanted: usize) -> usize {
+        wanted
+            .clamp(1, self.max_parallel_per_request)
+            .min((self.max_concurrent / 2).max(1))
+    }
+
+    /// The most prompts one key may have running or queued (see `max_concurrent_per_key`).
+    pub fn per_key_cap(&self) -> usize {
+        self.max_concurrent_per_key
+            .unwrap_or(self.max_concurrent * 3 / 4)
+            .max(1)
+    }
 }
 
 impl Default for LimitSettings {
@@ -434,6 +455,7 @@ impl Default for LimitSettings {
             kill_grace_secs: 2,
             max_output_bytes: 16 * 1024 * 1024,
             max_parallel_per_request: 8,
+            max_concurrent_per_key: None,
             max_workers: 0,
         }
     }

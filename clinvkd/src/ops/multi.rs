@@ -79,11 +79,11 @@ pub(crate) async fn parallel(
     let plans = plan_all(ctx, caller, "tasks", req.tasks)?;
     let backends: Vec<Backend> = plans.iter().map(|p| p.inv.backend).collect();
     let settings = ctx.settings();
-    // The operator's cap wins over the request's (and the configured default).
-    let max = req
-        .max_parallel
-        .unwrap_or(settings.parallel.max_workers)
-        .clamp(1, settings.limits.max_parallel_per_request);
+    // The operator's caps win over the request's (and the configured default): one request
+    // never takes more than half of the concurrency slots.
+    let max = settings
+        .limits
+        .parallel_cap(req.max_parallel.unwrap_or(settings.parallel.max_workers));
     let fail_fast = req.fail_fast.unwrap_or(settings.parallel.fail_fast);
     let total = plans.len();
     let start = Instant::now();

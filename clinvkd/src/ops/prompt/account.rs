@@ -50,15 +50,15 @@ impl Account {
             started_at: clinvk_shared::types::now_rfc3339(),
             elapsed_ms: 0,
         };
-        let live = ctx
-            .live
-            .register(info, quotas.max_concurrent)
-            .map_err(|n| {
-                quota_exceeded(
-                    format!("this key already runs {n} prompts (its max_concurrent quota)"),
-                    1,
-                )
-            })?;
+        // The key's own quota, within the server's per-key share (no key holder takes every slot).
+        let share = ctx.settings().limits.per_key_cap() as u32;
+        let max_concurrent = Some(quotas.max_concurrent.map_or(share, |q| q.min(share)));
+        let live = ctx.live.register(info, max_concurrent).map_err(|n| {
+            quota_exceeded(
+                format!("this key already runs {n} prompts (its max_concurrent quota, or limits.max_concurrent_per_key)"),
+                1,
+            )
+        })?;
         let new = crate::usage::NewRun {
             key_id: plan.owner.clone(),
             backend: plan.inv.backend,
