@@ -99,3 +99,53 @@ def test_rate_limit_with_retry_after_and_trusted_proxies(world):
     assert s == 429 and int(h["retry-after"]) >= 1 and json.loads(b)["code"] == "rate_limited"
     # Another client (as forwarded by the trusted proxy) has its own bucket.
     assert call(url + "/api/v1/sessions", headers={"X-Forwarded-For": "10.0.0.2"})[0] == 200
+
+
+def test_a_clis_own_error_text_reaches_admins_only(world, tmp_path):
+    """A failing CLI's stderr can carry paths and tokens: a `use` key gets a message naming the
+    request id (the full text is in the log); an admin key, or the owner with auth off, gets the
+    text. Executable paths in /api/v1/backends are for admins only too."""
+    cli = tmp_path / "leaky-cli"
+    cli.write_text("#!/bin/sh\n"
+                   'case "$1" in --version) echo "fakecli 0.0.0"; exit 0;; esac\n'
+                   'echo "Error: bad token sk-LEAK-4242 in /home/someone/.secret" >&2\n'
+                   "exit 3\n")
+    cli.chmod(0o755)
+    world.write_config(f"backends:\n  claude:\n    command: {cli}\n    mode: oneshot\n")
+    url = world.start_daemon().status["http_url"]
+    r = world.ctl("keys", "add", "ops", "--scope", "admin")
+    assert r.returncode == 0, r.stderr
+    admin = {"Authorization": f"Bearer {r.stdout.strip()}"}
+    r = world.ctl("keys", "add", "bot")
+    assert r.returncode == 0, r.stderr
+    user = {"Authorization": f"Bearer {r.stdout.strip()}"}
+    prompt = {"backend": "claude", "prompt": "hi"}
+
+    s, h, b = call(url + "/api/v1/prompt", "POST", prompt, user)
+    body = json.loads(b)
+    assert s == 200 and body["exit_code"] == 3, body
+    assert "sk-LEAK" not in b.decode() and "/home/someone" not in b.decode(), body
+    assert h["x-request-id"] in body["error"], (h, body)
+    s, h, b = call(url + "/openai/v1/chat/completions", "POST",
+                   {"model": "claude", "messages": [{"role": "user", "content": "hi"}]}, user)
+    assert s == 502 and "sk-LEAK" not in b.decode(), b
+    assert h["x-request-id"] in json.loads(b)["error"]["message"], b
+    # The session the key can read does not keep the text either.
+    sessions = json.loads(call(url + "/api/v1/sessions", headers=user)[2])["sessions"]
+    for sess in sessions:
+        detail = call(url + f"/api/v1/sessions/{sess['id']}", headers=user)[2].decode()
+        assert "sk-LEAK" not in detail, detail
+
+    s, _, b = call(url + "/api/v1/prompt", "POST", prompt, admin)
+    assert s == 200 and "sk-LEAK-4242" in json.loads(b)["error"], b
+
+    s, _, b = call(url + "/api/v1/backends", headers=user)
+    claude = next(x for x in json.loads(b)["backends"] if x["name"] == "claude")
+    assert s == 200 and not claude.get("path"), claude
+    s, _, b = call(url + "/api/v1/backends", headers=admin)
+    claude = next(x for x in json.loads(b)["backends"] if x["name"] == "claude")
+    assert claude["path"] == str(cli), claude
+
+    world.ctl("stop")
+    logs = "".join(p.read_text() for p in world.root.glob("clinvkd-*.stderr"))
+    assert "sk-LEAK-4242" in logs, "the full text goes to the log"

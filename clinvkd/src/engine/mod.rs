@@ -96,6 +96,8 @@ pub(crate) struct RunSummary {
     pub(crate) backend_session_id: Option<String>,
     pub(crate) timed_out: bool,
     pub(crate) cancelled: bool,
+    /// `error` quotes the CLI itself (its error report or stderr): shown to admins only.
+    pub(crate) error_from_cli: bool,
 }
 
 /// How a run ended, in one word: the usage store's `outcome` column and the `status` label of

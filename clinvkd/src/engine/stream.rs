@@ -230,6 +230,7 @@ pub(super) fn summarize(
     } else {
         None
     };
+    let error_from_cli = !info.timed_out && !info.cancelled && error.is_some();
     RunSummary {
         backend,
         model,
@@ -241,6 +242,7 @@ pub(super) fn summarize(
         backend_session_id: o.session_id,
         timed_out: info.timed_out,
         cancelled: info.cancelled,
+        error_from_cli,
     }
 }
 

@@ -298,6 +298,7 @@ fn admit(
     rate.check(ctx, &auth.client)?;
     guard::check_body_headers(ctx, req)?;
     req.caller = auth.caller;
+    req.caller.request_id = req.request_id.clone();
     if !auth.verified && req.path == "/health" {
         // Without a key, /health says only whether the server is up.
         return Ok(Admitted::Answered(meta::health_status_only(ctx), cors));

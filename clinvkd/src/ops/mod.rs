@@ -22,6 +22,8 @@ pub(crate) struct Caller {
     pub(crate) via_http: bool,
     /// What the key may do (ignored without a key: the owner may do everything).
     pub(crate) scope: clinvk_shared::api::Scope,
+    /// The HTTP request's id (empty elsewhere): where a redacted message points.
+    pub(crate) request_id: String,
 }
 
 /// The shortest session id prefix accepted over HTTP.
@@ -39,12 +41,19 @@ impl Caller {
             key_id,
             via_http: true,
             scope: clinvk_shared::api::Scope::Use,
+            request_id: String::new(),
         }
     }
 
     /// Whether this caller may see and manage everything: the daemon's owner, or an `admin` key.
     pub(crate) fn is_admin(&self) -> bool {
         self.key_id.is_none() || self.scope == clinvk_shared::api::Scope::Admin
+    }
+
+    /// For a caller who may not read the CLIs' own messages (their stderr can carry paths and
+    /// tokens): the request id the redacted text points to; `None` for an admin.
+    pub(crate) fn redaction(&self) -> Option<String> {
+        (!self.is_admin()).then(|| self.request_id.clone())
     }
 
     /// Whose sessions this caller sees (`None`: all).

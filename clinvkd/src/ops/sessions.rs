@@ -7,12 +7,21 @@ use crate::error::ApiError;
 use clinvk_shared::api::{BackendList, ListQuery, SessionDeleted, SessionDetail, SessionPage};
 
 /// Every backend with its workers. A key holder does not see which backend session a worker
-/// holds (it may be another key holder's).
+/// holds (it may be another key holder's); only admins see where the executables are (a path
+/// tells about the machine: also in an unavailable backend's message).
 pub(crate) fn backends(ctx: &Ctx, caller: &Caller) -> BackendList {
     let mut backends = ctx.backend_statuses();
     if caller.owner().is_some() {
         for w in backends.iter_mut().flat_map(|b| b.workers.iter_mut()) {
             w.backend_session_id = None;
+        }
+    }
+    if !caller.is_admin() {
+        for b in &mut backends {
+            b.path = None;
+            if b.message.as_deref().is_some_and(|m| m.contains('/')) {
+                b.message = Some("not available (the details are shown to admin keys)".into());
+            }
         }
     }
     BackendList {

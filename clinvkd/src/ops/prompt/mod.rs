@@ -53,6 +53,9 @@ pub(crate) struct Plan {
     pub(crate) source: api::ApiStyle,
     /// The key that asks (recorded as the owner of a new session).
     pub(crate) owner: Option<String>,
+    /// For a caller without the `admin` scope: the request id that replaces the CLI's own
+    /// error text (which goes to the log).
+    pub(crate) redact: Option<String>,
 }
 
 pub(super) fn bad(code: Code, msg: impl Into<String>) -> ApiError {

@@ -256,6 +256,7 @@ pub(crate) fn plan(ctx: &Ctx, caller: &Caller, ask: Ask) -> Result<Plan, ApiErro
         metadata: req.metadata,
         source,
         owner: caller.key_id.clone(),
+        redact: caller.redaction(),
     })
 }
 

@@ -28,6 +28,8 @@ pub(crate) struct PromptRun {
     pub(super) backend_sid: Option<String>,
     /// Set once the end is being recorded: a drop after that is not an interruption.
     pub(super) ended: bool,
+    /// See `Plan::redact`.
+    pub(super) redact: Option<String>,
     /// The session's turn lock, held until the run ends or is dropped.
     pub(super) _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
@@ -109,16 +111,46 @@ impl PromptRun {
                             .await;
                     }
                 }
-                Some(PromptUpdate::Event(ev))
+                Some(PromptUpdate::Event(self.redacted_event(ev)))
             }
             RunUpdate::ToolCall(c) => Some(PromptUpdate::ToolCall(c)),
             RunUpdate::Done(summary) => Some(self.done(summary).await),
         }
     }
 
+    /// A CLI's own error report, for a caller who may not read it: logged in full (with the
+    /// request id), replaced by a message that points to the log.
+    fn redacted(&self, what: &str, message: &str) -> Option<String> {
+        let rid = self.redact.as_ref()?;
+        tracing::warn!(request_id = %rid, backend = %self.backend, error = %message, "{what} (shown to admins only)");
+        Some(format!(
+            "the {} CLI failed; its own message is in the server log under request id {rid} (shown to admin keys)",
+            self.backend
+        ))
+    }
+
+    fn redacted_event(&self, ev: Event) -> Event {
+        match ev {
+            Event::Error { message } => Event::Error {
+                message: self
+                    .redacted("the CLI reported an error", &message)
+                    .unwrap_or(message),
+            },
+            other => other,
+        }
+    }
+
     /// The end: the turn and the usage recorded, the result.
-    pub(super) async fn done(&mut self, summary: RunSummary) -> PromptUpdate {
+    pub(super) async fn done(&mut self, mut summary: RunSummary) -> PromptUpdate {
         self.ended = true;
+        // Before the turn is recorded: the caller can read its session.
+        if summary.error_from_cli {
+            if let Some(e) = summary.error.as_deref() {
+                if let Some(generic) = self.redacted("the CLI failed", e) {
+                    summary.error = Some(generic);
+                }
+            }
+        }
         self.record(&summary).await;
         self.account.finish(&summary).await;
         let result = PromptResult {
@@ -347,6 +379,7 @@ pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> 
         prompt: plan.inv.prompt,
         backend_sid: None,
         ended: false,
+        redact: plan.redact,
         _turn: guard,
     })
 }
