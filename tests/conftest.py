@@ -12,6 +12,12 @@ The test world (see tests/fakemodel/README.md):
 Helpers that are not fixtures (``run_cli``, ``wait_for``, ``http_json``) are plain
 functions here, importable as ``from conftest import run_cli``.
 
+The suite runs on several pytest-xdist workers at once (tests/run.sh: ``-n`` with
+``--dist loadgroup``). Each test has its own HOME, fake model server and daemon on a port of
+the kernel's choosing, so tests run side by side; a test that needs something of the machine's
+that another test also uses is marked with an ``xdist_group`` (``uses_default_port`` below),
+and the tests of one group run one after another on one worker.
+
 Daemon fixtures are meant to live further down in this file.
 """
 
@@ -54,6 +60,16 @@ CLI_VERSIONS = _read_versions()
 CLAUDE_VERSION = CLI_VERSIONS["CLAUDE_CODE_VERSION"]
 CODEX_VERSION = CLI_VERSIONS["CODEX_VERSION"]
 GEMINI_VERSION = CLI_VERSIONS["GEMINI_CLI_VERSION"]
+
+
+# --------------------------------------------------------------------------
+# running in parallel
+
+uses_default_port = pytest.mark.xdist_group("default-port")
+"""For a test that makes clinvkd listen on the default 127.0.0.1:8080 (a daemon started with no
+--port and no server.port, e.g. by ``clinvk "prompt"``), or runs ``clinvk doctor`` with no daemon
+and no server.port (it binds that port to see whether it is free): the port is the machine's, so
+these tests run one after another. Every other test uses ports the kernel hands out."""
 
 
 # --------------------------------------------------------------------------

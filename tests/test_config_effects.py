@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import urllib.request
 
+from conftest import uses_default_port
 from harness import FAKECLI_DIR, World, binary, world  # noqa: F401  (fixture)
 
 OK = FAKECLI_DIR / "ok"
@@ -19,6 +20,7 @@ def post(url: str, body: dict):
         return r.headers.get("content-type"), r.read().decode()
 
 
+@uses_default_port  # `clinvk "prompt"` starts the daemon on 127.0.0.1:8080
 def test_output_settings_shape_what_clinvk_prints(world):
     world.write_config(f"backends:\n  claude:\n    command: {OK}\n    mode: oneshot\n"
                        "output:\n  format: json\n  show_tokens: true\n  show_timing: true\n")

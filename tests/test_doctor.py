@@ -10,7 +10,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from conftest import CLAUDE_VERSION, CODEX_VERSION, GEMINI_VERSION
+from conftest import CLAUDE_VERSION, CODEX_VERSION, GEMINI_VERSION, uses_default_port
 from harness import World, binary, live_world, world  # noqa: F401  (fixtures)
 
 TESTED = {"claude": CLAUDE_VERSION, "codex": CODEX_VERSION, "gemini": GEMINI_VERSION}
@@ -58,6 +58,7 @@ def test_the_pinned_clis_pass_and_a_smoke_prompt_answers(live_world):
     assert one(report, "socket")["verdict"] == "ok"
 
 
+@uses_default_port  # no daemon, no server.port: doctor checks 127.0.0.1:8080
 def test_without_any_cli_the_default_backend_fails_with_the_install_command(world):
     env = dict(world.env, PATH="/usr/bin:/bin")
     code, report = doctor(world, env=env)
@@ -74,6 +75,7 @@ def test_without_any_cli_the_default_backend_fails_with_the_install_command(worl
     assert "FAIL  claude" in r.stdout and "fix: npm install -g" in r.stdout, r.stdout
 
 
+@uses_default_port  # no daemon, no server.port: doctor checks 127.0.0.1:8080
 def test_a_cli_of_another_version_is_a_warning_naming_both_versions(live_world, tmp_path):
     w = live_world
     shim_dir = tmp_path / "shim"
@@ -97,6 +99,7 @@ def test_a_cli_of_another_version_is_a_warning_naming_both_versions(live_world, 
     assert code == 0 and report["ok"] and report["warnings"] >= 1, report
 
 
+@uses_default_port  # no daemon, no server.port: doctor checks 127.0.0.1:8080
 def test_a_broken_config_fails_naming_the_key_and_line(world):
     world.write_config("server:\n  port: \"abc\"\n")
     code, report = doctor(world)
