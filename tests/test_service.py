@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import plistlib
+import random
 import shutil
 import signal
 import socket
@@ -36,10 +37,30 @@ needs_socket_activate = pytest.mark.skipif(
 # --- helpers ----------------------------------------------------------------------------------
 
 
+# The socket-activation tests take a free port and let systemd-socket-activate bind it a moment
+# later: they run one after another, so that two of them never pick the same one.
+socket_activation = pytest.mark.xdist_group("socket-activation")
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, for systemd-socket-activate to bind a moment later. Taken below the
+    kernel's ephemeral range (when that leaves room), so that in between no port-0 listener or
+    outgoing connection of the tests running alongside (their daemons, fake model servers, HTTP
+    clients) can be given it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    below = range(10000, low) if low - 10000 >= 1000 else None
+    rng = random.Random()
+    for _ in range(200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", rng.choice(below) if below else 0))
+            except OSError:  # taken: try another
+                continue
+            return s.getsockname()[1]
+    raise AssertionError("no free port found")
 
 
 def http(method: str, url: str, body=None, timeout: float = 30):
@@ -89,6 +110,7 @@ def assert_clean_exit(world: World, p: subprocess.Popen, timeout: float = 20, so
 
 
 @needs_socket_activate
+@socket_activation
 def test_first_http_request_starts_the_daemon(world):
     port = free_port()
     sa = socket_activate(world, f"127.0.0.1:{port}")
@@ -107,6 +129,7 @@ def test_first_http_request_starts_the_daemon(world):
 
 
 @needs_socket_activate
+@socket_activation
 def test_fdnames_route_the_control_socket(world):
     port = free_port()
     world.socket.parent.mkdir(parents=True, mode=0o700)
@@ -127,6 +150,7 @@ def test_fdnames_route_the_control_socket(world):
 
 
 @needs_socket_activate
+@socket_activation
 def test_clinvk_serve_attaches_to_a_socket_activated_daemon(world, tmp_path):
     port = free_port()
     sa = socket_activate(world, f"127.0.0.1:{port}")
