@@ -18,6 +18,11 @@ from harness import World, poll
 
 BACKENDS = ["claude", "codex", "gemini"]
 
+# Config for a test that checks the HTTP status of a streamed run failing before any text: a
+# stream decides 200 at its first keep-alive (server.sse_keepalive_secs, 15 by default, of
+# silence), so the default would make the answer depend on how fast the CLI starts.
+NO_EARLY_KEEPALIVE = "server:\n  sse_keepalive_secs: 600\n"
+
 
 class CompatDaemon:
     def __init__(self, world: World, fake_model, proc):
@@ -126,4 +131,4 @@ class Background:
         return self._value
 
 
-__all__ = ["compat", "CompatDaemon", "BACKENDS", "Background", "fakecli", "wait_for", "os", "Path"]
+__all__ = ["compat", "CompatDaemon", "BACKENDS", "NO_EARLY_KEEPALIVE", "Background", "fakecli", "wait_for", "os", "Path"]
