@@ -4,7 +4,8 @@
 # black-box suite against the real CLIs and the fake model server. Exits non-zero on any failure.
 #
 # Environment: CLINVK_TEST_CACHE (default <repo>/.test-cache) holds the npm and pip installs,
-# reused by later runs. PYTEST_ARGS adds pytest arguments (e.g. "-k daemon").
+# reused by later runs. PYTEST_ARGS adds pytest arguments (e.g. "-k daemon"; "-n 0" runs the
+# black-box tests one at a time), PYTEST_WORKERS sets how many run at once (default 4).
 # The last stage builds the .deb (cargo-deb, release build), installs it with dpkg, checks it and
 # removes it: it needs root; CLINVK_SKIP_DEB_CHECK=1 skips it.
 set -euo pipefail
@@ -44,8 +45,21 @@ step "Rust tests"
 cargo test --workspace --quiet
 
 step "black-box tests"
+# On PYTEST_WORKERS pytest-xdist workers at once (the tests mostly wait on CLI processes); the
+# tests of one xdist_group (tests/conftest.py) run one after another on one worker.
+# PYTEST_ARGS="-n 0" runs them all serially. The tests' folders go under a short base folder:
+# their HOMEs hold Unix sockets, whose paths must stay under 108 bytes, and xdist adds
+# popen-gwN/ to each. They are kept when a test fails.
+basetemp="$(mktemp -d /tmp/ck-XXXXXX)"
+rc=0
 # shellcheck disable=SC2086
-"$PY" -m pytest -p no:cacheprovider -ra tests/ ${PYTEST_ARGS:-}
+"$PY" -m pytest -p no:cacheprovider -ra -n "${PYTEST_WORKERS:-4}" --dist loadgroup \
+  --basetemp "$basetemp" tests/ ${PYTEST_ARGS:-} || rc=$?
+if [ "$rc" -ne 0 ]; then
+  echo "the tests' folders (daemon and fake model logs) are in $basetemp"
+  exit "$rc"
+fi
+rm -rf "$basetemp"
 
 step "Debian package (build, install, check, remove)"
 # Needs root and dpkg (CI has both); CLINVK_SKIP_DEB_CHECK=1 skips it on a developer machine.
