@@ -541,15 +541,19 @@ fn resolve(generator: &SchemaGenerator, schema: &Value) -> Value {
     }
 }
 
-/// The statuses the guards answer before a route's handler: every route can be refused for its
-/// `Host` or `Origin`; a keyed route for its key and the rate limit; a body for its size, type
-/// and JSON.
-fn guard_errors(method: &Method, access: Access) -> Vec<u16> {
-    let mut codes = vec![403, 421];
+/// The statuses the guards answer before a route's handler (`http::admit`, in its order):
+/// every route can be refused for its `Host` (421) or `Origin` (403), while the daemon drains
+/// (503, all but `/health`), for too many failed key checks from the client's address and for
+/// the rate limit (429: a key sent to a public route is checked too); a route that may need a
+/// key for the key (401) and its scope (403); a body for its size, type and JSON (413, 415, 400).
+fn guard_errors(method: &Method, template: &str, access: Access) -> Vec<u16> {
+    let mut codes = vec![403, 421, 429];
+    if template != "/health" {
+        codes.push(503);
+    }
     match access {
         Access::Public => {}
-        Access::Metrics => codes.push(401),
-        Access::Read | Access::Key | Access::Admin => codes.extend([401, 429]),
+        Access::Metrics | Access::Read | Access::Key | Access::Admin => codes.push(401),
     }
     if method == Method::POST {
         codes.extend([400, 413, 415]);
@@ -573,7 +577,7 @@ fn build() -> Value {
             "200".into(),
             json!({"description": d.ok.0, "content": d.ok.1, "headers": request_id}),
         );
-        let mut codes = guard_errors(&route.method, route.access);
+        let mut codes = guard_errors(&route.method, &template, route.access);
         codes.extend(d.errors);
         codes.sort_unstable();
         codes.dedup();
