@@ -138,6 +138,71 @@ def test_parallel_calls_come_in_one_answer(compat):
     assert "result-of-get_weather" in text and "result-of-get_time" in text, text
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_legacy_functions_are_answered_in_the_legacy_form(compat, stream):
+    """`functions` + `function_call` (the legacy form): the answer carries `message.function_call`
+    and `finish_reason: function_call`; the result comes back as a `function` message naming the
+    function, and continues the same CLI process."""
+    d = compat()
+    client = d.openai()
+    functions = [WEATHER["function"]]
+    messages = [{"role": "user", "content": 'Weather? [[call:get_weather={"city":"Oslo"}]]'}]
+    if stream:
+        chunks = list(client.chat.completions.create(
+            model="claude", messages=messages, functions=functions, function_call="auto",
+            stream=True))
+        name = "".join((ch.choices[0].delta.function_call.name or "") for ch in chunks
+                       if ch.choices and ch.choices[0].delta.function_call)
+        args = "".join((ch.choices[0].delta.function_call.arguments or "") for ch in chunks
+                       if ch.choices and ch.choices[0].delta.function_call)
+        assert not any(ch.choices[0].delta.tool_calls for ch in chunks if ch.choices)
+        finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+        assert finish == ["function_call"], finish
+    else:
+        r = client.chat.completions.create(model="claude", messages=messages,
+                                           functions=functions, function_call="auto")
+        assert r.choices[0].finish_reason == "function_call", r.choices[0]
+        assert r.choices[0].message.tool_calls is None
+        name = r.choices[0].message.function_call.name
+        args = r.choices[0].message.function_call.arguments
+    assert name == "get_weather" and json.loads(args) == {"city": "Oslo"}
+    # The CLI waits for the result (its process is alive).
+    pids = cli_pids(d)
+    assert pids and all(pid_alive(p) for p in pids)
+    messages += [
+        {"role": "assistant", "content": None, "function_call": {"name": name, "arguments": args}},
+        {"role": "function", "name": "get_weather", "content": "sunny, 21 C"},
+    ]
+    r = client.chat.completions.create(model="claude", messages=messages, functions=functions)
+    assert r.choices[0].finish_reason == "stop"
+    assert "sunny, 21 C" in r.choices[0].message.content
+    # The waiting run went on: the model got the result as a tool result, not as prompt text.
+    model_saw_result(d, "sunny, 21 C")
+    d.wait_no_runs()
+
+
+def test_legacy_functions_take_one_call_per_answer(compat):
+    d = compat()
+    client = d.openai()
+    functions = [WEATHER["function"], TIME["function"]]
+    messages = [{"role": "user", "content":
+                 'Both [[call:get_weather={"city":"Rome"}]] [[call:get_time={"city":"Rome"}]]'}]
+    r = client.chat.completions.create(model="claude", messages=messages, functions=functions)
+    assert r.choices[0].finish_reason == "function_call"
+    first = r.choices[0].message.function_call
+    assert r.choices[0].message.tool_calls is None
+    messages += [
+        {"role": "assistant", "content": None,
+         "function_call": {"name": first.name, "arguments": first.arguments}},
+        {"role": "function", "name": first.name, "content": "result-of-" + first.name},
+    ]
+    r = client.chat.completions.create(model="claude", messages=messages, functions=functions)
+    # The model got the client's result, and for the other call: one at a time, please.
+    seen = model_saw_result(d, "result-of-" + first.name)
+    assert any("one function call at a time" in t for t in seen["tool_results"]), seen
+    assert r.choices[0].finish_reason in ("stop", "function_call")
+
+
 @pytest.mark.parametrize("backend", ["codex", "gemini"])
 def test_parallel_calls_on_cli_that_announce_calls_late(compat, backend):
     """codex and gemini print a call only as they make it: the calls of one step come in one

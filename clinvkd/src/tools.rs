@@ -123,6 +123,11 @@ pub(crate) struct PendingCall {
 }
 
 impl PendingCall {
+    /// Answers the call at once (the client will not see it).
+    pub(crate) fn answer_now(self, reply: ToolReply) {
+        let _ = self.reply.send(reply);
+    }
+
     pub(crate) fn new(call: McpCall) -> PendingCall {
         PendingCall {
             id: format!("{CALL_PREFIX}{}", uuid::Uuid::new_v4().simple()),
@@ -328,6 +333,22 @@ impl ToolHub {
                 "no result within tools.pending_timeout_secs",
             );
         });
+    }
+
+    /// The id of the one call named `name` (the function's name) that a run of `owner` waits
+    /// for: how a result in the legacy form (`role: function`, which names the function, not
+    /// the call) finds its call. None when no such call waits, or several do.
+    pub(crate) fn pending_id_by_name(&self, name: &str, owner: Option<&str>) -> Option<String> {
+        let st = lock(&self.state);
+        let mut found = st.parked.iter().filter_map(|(id, slot)| {
+            let guard = lock(slot);
+            let parked = guard.as_ref()?;
+            (parked.owner.as_deref() == owner
+                && parked.calls.iter().any(|c| &c.id == id && c.name == name))
+            .then(|| id.clone())
+        });
+        let first = found.next()?;
+        found.next().is_none().then_some(first)
     }
 
     /// The parked run the results (call ids) answer; every call it waits for must be answered.

@@ -86,8 +86,16 @@ pub(crate) struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// The legacy function-calling form (`functions` without `tools`): answered in that form,
+    /// `message.function_call` and `finish_reason: function_call`, one call per answer.
+    fn legacy_functions(&self) -> bool {
+        self.tools.as_ref().is_none_or(Vec::is_empty)
+            && self.functions.as_ref().is_some_and(|f| !f.is_empty())
+    }
+
     /// The client's functions (`tools`, or the legacy `functions`) and the choice.
     fn tools(&self, conv: &mut Conversation) -> Result<(), ApiError> {
+        conv.one_call = self.legacy_functions();
         let mut tools = Vec::new();
         for (i, t) in self.tools.iter().flatten().enumerate() {
             let param = format!("tools[{i}]");
@@ -284,10 +292,12 @@ pub(crate) async fn chat(
     let started = compat::start(ctx, caller, session, ApiStyle::OpenAi, &target, conv).await?;
     let id = format!("chatcmpl-{}", compat::new_id());
     let created = compat::unix_now();
+    let legacy = cr.legacy_functions();
     if cr.stream.unwrap_or(false) {
         let frames = ChunkFrames {
             id,
             created,
+            legacy,
             model: cr.model.clone(),
             include_usage: cr
                 .stream_options
@@ -298,14 +308,21 @@ pub(crate) async fn chat(
     }
     let reply = compat::complete(ctx, started).await?;
     let mut message = json!({"role": "assistant", "content": reply.text, "refusal": null});
-    let finish = if reply.calls.is_empty() {
-        "stop"
-    } else {
-        if reply.text.is_empty() {
-            message["content"] = Value::Null;
+    let finish = match reply.calls.first() {
+        None => "stop",
+        Some(first) => {
+            if reply.text.is_empty() {
+                message["content"] = Value::Null;
+            }
+            if legacy {
+                message["function_call"] =
+                    json!({"name": first.name, "arguments": first.arguments_json()});
+                "function_call"
+            } else {
+                message["tool_calls"] = tool_calls_json(&reply.calls);
+                "tool_calls"
+            }
         }
-        message["tool_calls"] = tool_calls_json(&reply.calls);
-        "tool_calls"
     };
     let mut resp = json_response(
         StatusCode::OK,
@@ -332,6 +349,8 @@ pub(crate) async fn chat(
 struct ChunkFrames {
     id: String,
     created: u64,
+    /// The legacy `functions` form: a `function_call` delta, `finish_reason: function_call`.
+    legacy: bool,
     model: String,
     include_usage: bool,
 }
@@ -388,6 +407,29 @@ impl Frames for ChunkFrames {
     }
 
     fn calls(&mut self, calls: &[CallView]) -> Vec<Bytes> {
+        if self.legacy {
+            let mut out: Vec<Bytes> = calls
+                .first()
+                .map(|c| {
+                    self.chunk(
+                        json!([{"index": 0, "delta": {"function_call": {
+                            "name": c.name, "arguments": c.arguments_json(),
+                        }}, "logprobs": null, "finish_reason": null}]),
+                        None,
+                    )
+                })
+                .into_iter()
+                .collect();
+            out.push(self.chunk(
+                json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": "function_call"}]),
+                None,
+            ));
+            if self.include_usage {
+                out.push(self.chunk(json!([]), Some(usage_json(&PromptResult::default()))));
+            }
+            out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+            return out;
+        }
         let mut out: Vec<Bytes> = calls
             .iter()
             .enumerate()

@@ -52,6 +52,7 @@ pub(crate) struct Pieces {
     batch: Vec<PendingCall>,
     require_call: bool,
     owner: Option<String>,
+    one_call: bool,
 }
 
 impl Pieces {
@@ -62,6 +63,7 @@ impl Pieces {
             tools,
             require_call,
             owner,
+            one_call,
         } = started;
         (
             Pieces {
@@ -74,6 +76,7 @@ impl Pieces {
                 batch: Vec::new(),
                 require_call,
                 owner,
+                one_call,
             },
             meta,
         )
@@ -194,6 +197,16 @@ impl Pieces {
             self.batch.drain(..).map(|c| (rank(&c), c)).collect();
         ranked.sort_by_key(|(r, _)| *r);
         self.batch = ranked.into_iter().map(|(_, c)| c).collect();
+        if self.one_call && self.batch.len() > 1 {
+            // The client takes one call per answer: the model is asked to make the others
+            // one at a time.
+            for extra in self.batch.drain(1..) {
+                extra.answer_now(crate::tools::ToolReply {
+                    content: "Not run: this client takes one function call at a time. Call this function again after the result of the first call.".into(),
+                    is_error: true,
+                });
+            }
+        }
         Piece::Calls(
             self.batch
                 .iter()

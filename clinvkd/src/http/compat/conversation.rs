@@ -67,6 +67,9 @@ pub(crate) struct Conversation {
     /// The client's functions the model may call (empty: none, or `tool_choice: none`).
     pub(crate) tools: Vec<ClientTool>,
     pub(crate) tool_choice: ToolChoice,
+    /// The client takes one call per answer (OpenAI's legacy `functions`): further calls of
+    /// the same model step are answered at once with an error asking to call one at a time.
+    pub(crate) one_call: bool,
 }
 
 /// What a request's `tool_choice` asks for.

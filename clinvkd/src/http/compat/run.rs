@@ -14,6 +14,8 @@ pub(crate) struct Started {
     pub(crate) require_call: bool,
     /// Who asks (a parked run is continued by its owner only).
     pub(crate) owner: Option<String>,
+    /// See `Conversation::one_call`.
+    pub(crate) one_call: bool,
 }
 
 /// The tool results at the end of a conversation (the new turns), by call id. What the user
@@ -58,9 +60,22 @@ pub(super) fn continue_parked(
     conv: &Conversation,
     new: &[Msg],
 ) -> Result<Option<Started>, ApiError> {
-    let results = tool_results(new);
+    let mut results = tool_results(new);
     if results.is_empty() {
         return Ok(None);
+    }
+    // A legacy result names the function, not the call: the one call of that name waiting.
+    let named: Vec<String> = results
+        .keys()
+        .filter(|k| !k.starts_with(crate::tools::CALL_PREFIX))
+        .cloned()
+        .collect();
+    for name in named {
+        if let Some(id) = ctx.tools.pending_id_by_name(&name, caller.owner()) {
+            if let Some(reply) = results.remove(&name) {
+                results.insert(id, reply);
+            }
+        }
     }
     let ids: Vec<String> = results.keys().cloned().collect();
     match ctx.tools.take(&ids, caller.owner()) {
@@ -77,6 +92,7 @@ pub(super) fn continue_parked(
                 tools: Some(tools),
                 require_call: false,
                 owner: caller.owner().map(str::to_string),
+                one_call: conv.one_call,
             }))
         }
         Err(Unmatched::Foreign) => Ok(None),
@@ -200,5 +216,6 @@ pub(crate) async fn start(
             ToolChoice::Required | ToolChoice::Named(_)
         ),
         owner: caller.owner().map(str::to_string),
+        one_call: conv.one_call,
     })
 }
