@@ -136,9 +136,17 @@ def test_ctrl_c_stops_a_daemon_that_serve_started(world, sig):
     p = world.popen(binary("clinvk"), "serve", "--port", "0")
     read_until(p, "press Ctrl-C")
     pid = world.status()["pid"]
-    # The attached view shows requests as they happen.
-    get(world.url + "/health")
-    read_until(p, "GET /health 200")
+    # The attached view shows requests as they happen. (`clinvk serve` prints its banner just
+    # before it attaches: a request sent at once can come before the view listens, so requests
+    # are sent until one is shown.)
+    url, view = world.url, line_reader(p)
+
+    def shown():
+        get(url + "/health")
+        with view.cond:
+            return "GET /health 200" in "".join(view.lines)
+
+    poll(shown, 30, "the attached view to show a request", interval=0.5)
     p.send_signal(sig)
     assert p.wait(timeout=30) == 0, p.stderr.read()
     poll(lambda: not pid_alive(pid), 10, "the daemon to exit")
