@@ -85,6 +85,31 @@ def test_system_prompt_and_blocks(compat):
     assert not named & {"model", "messages", "system", "tool_choice"}, named
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_stop_sequences_end_the_answer(compat, backend, stream):
+    """`stop_sequences` is honoured: the answer ends before the first sequence met (across the
+    CLI's pieces), `stop_reason: stop_sequence` names it, and the conversation goes on from what
+    the client saw."""
+    d = compat()
+    client = d.anthropic()
+    kw = dict(model=backend, max_tokens=256, messages=msg("hello there"),
+              stop_sequences=["NEVER-SEEN", "s=1 la"])
+    if stream:
+        with client.messages.stream(**kw) as s:
+            final = s.get_final_message()
+    else:
+        final = client.messages.create(**kw)
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == "s=1 la", final
+    assert final.content[0].text.strip() == "fake-reply turn", final
+    history = msg("hello there") + [{"role": "assistant", "content": final.content[0].text},
+                                    {"role": "user", "content": "and on"}]
+    again = client.messages.create(model=backend, max_tokens=256, messages=history)
+    assert again.stop_reason == "end_turn"
+    assert again.content[0].text.strip() == "fake-reply turns=2 last=and on"
+    d.wait_no_runs()
+
+
 def test_fields_a_client_relies_on_are_refused(compat):
     d = compat()
     client = d.anthropic()
@@ -94,7 +119,7 @@ def test_fields_a_client_relies_on_are_refused(compat):
     server_tools = [{"type": "web_search_20250305", "name": "web_search"}]
     for param, extra in [("web_search_20250305", dict(tools=server_tools)),
                          ("tool_choice", dict(tool_choice={"type": "any"})),
-                         ("stop_sequences", dict(stop_sequences=["X"]))]:
+                         ("stop_sequences", dict(stop_sequences=[""]))]:
         for stream in (False, True):
             with pytest.raises(anthropic.BadRequestError) as e:
                 client.messages.create(model="claude", max_tokens=10, messages=msg("hi"),

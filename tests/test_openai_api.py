@@ -216,8 +216,8 @@ def test_fields_are_honoured_named_as_ignored_or_refused(compat):
     refused = [
         ("tools[0].type", dict(tools=[{"type": "custom", "custom": {"name": "x"}}])),
         ("tool_choice", dict(tool_choice={"type": "function", "function": {"name": "x"}})),
-        ("stop", dict(stop="END")),
-        ("stop", dict(stop=["END", "STOP"])),
+        ("stop", dict(stop=["a", "b", "c", "d", "e"])),
+        ("stop", dict(stop=[""])),
         ("logprobs", dict(logprobs=True)),
         ("n", dict(n=2)),
         ("response_format", dict(response_format={"type": "xml"})),
@@ -234,6 +234,25 @@ def test_fields_are_honoured_named_as_ignored_or_refused(compat):
             assert err["param"] == param and err["type"] == "invalid_request_error", err
     # Nothing ran for a refused request.
     assert len(d.model_calls()) == before
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+def test_stop_ends_the_answer_before_the_sequence(compat, stream):
+    d = compat()
+    client = d.openai()
+    kw = dict(model="claude", messages=[{"role": "user", "content": "hello there"}],
+              stop=["s=1 la", "NEVER-SEEN"])
+    if stream:
+        chunks = list(client.chat.completions.create(stream=True, **kw))
+        text = "".join(content_chunks(chunks))
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert finish == ["stop"], finish
+    else:
+        r = client.chat.completions.create(**kw)
+        assert r.choices[0].finish_reason == "stop"
+        text = r.choices[0].message.content
+    assert text.strip() == "fake-reply turn", text
+    d.wait_no_runs()
 
 
 # --- continuity ------------------------------------------------------------------------------

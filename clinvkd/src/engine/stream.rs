@@ -62,6 +62,13 @@ pub(super) async fn next_call(calls: Option<&mut Calls>) -> Option<crate::tools:
 }
 
 impl RunStream {
+    /// Whether the run is a turn of a warm worker (not a process of its own).
+    pub(crate) fn is_warm(&self) -> bool {
+        matches!(self.source, Source::Warm(_))
+    }
+}
+
+impl RunStream {
     /// The next update: the run's events as the CLI prints them, then one `Done`, then `None`.
     /// No task runs behind it: dropping the stream drops the process handle, which kills the
     /// process group.

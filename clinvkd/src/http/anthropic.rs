@@ -52,7 +52,7 @@ pub(crate) struct MessagesRequest {
     system: Option<Value>,
     #[serde(default)]
     stream: Option<bool>,
-    /// Refused when not empty: the CLIs cannot stop at a sequence.
+    /// Stop sequences: the answer ends before the first (see `Conversation::stop`).
     #[serde(default)]
     stop_sequences: Option<Vec<String>>,
     /// Client tools (`{name, description, input_schema}`), called by the model through the
@@ -123,11 +123,13 @@ impl MessagesRequest {
             }
             None => return Err(compat::invalid("max_tokens", "`max_tokens` is required")),
         }
-        if self.stop_sequences.as_ref().is_some_and(|s| !s.is_empty()) {
-            return Err(compat::unsupported(
-                "stop_sequences",
-                "`stop_sequences` is not supported: the CLIs cannot stop at a sequence; send the request without it",
-            ));
+        for (i, s) in self.stop_sequences.iter().flatten().enumerate() {
+            if s.is_empty() {
+                return Err(compat::invalid(
+                    format!("stop_sequences[{i}]"),
+                    format!("`stop_sequences[{i}]` must not be empty"),
+                ));
+            }
         }
         if self.mcp_servers.as_ref().is_some_and(|t| !t.is_empty()) {
             return Err(compat::unsupported(
@@ -360,6 +362,7 @@ pub(crate) async fn messages(
     let target = compat::resolve_model(ctx, &mr.model)?;
     let mut conv = conversation(mr.system.as_ref(), &mr.messages)?;
     mr.tools(&mut conv)?;
+    conv.stop = mr.stop_sequences.clone().unwrap_or_default();
     let started = compat::start(ctx, caller, session, ApiStyle::Anthropic, &target, conv).await?;
     let id = format!("msg_{}", compat::new_id());
     if mr.stream.unwrap_or(false) {
@@ -376,10 +379,10 @@ pub(crate) async fn messages(
         content.push(json!({"type": "text", "text": reply.text}));
     }
     content.extend(reply.calls.iter().map(tool_use_block));
-    let stop_reason = if reply.calls.is_empty() {
-        "end_turn"
-    } else {
-        "tool_use"
+    let stop_reason = match (&reply.stop_sequence, reply.calls.is_empty()) {
+        (Some(_), _) => "stop_sequence",
+        (None, true) => "end_turn",
+        (None, false) => "tool_use",
     };
     let mut resp = json_response(
         StatusCode::OK,
@@ -390,7 +393,7 @@ pub(crate) async fn messages(
             "model": mr.model,
             "content": content,
             "stop_reason": stop_reason,
-            "stop_sequence": null,
+            "stop_sequence": reply.stop_sequence,
             "usage": {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens},
         }),
     );
@@ -414,6 +417,26 @@ fn event(name: &str, data: &Value) -> Bytes {
     out.extend(serde_json::to_vec(data).unwrap_or_default());
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
+}
+
+impl EventFrames {
+    /// The text block closes and the message stops for `stop_reason`.
+    fn end(&self, result: &PromptResult, stop_reason: Value, stop_sequence: Value) -> Vec<Bytes> {
+        let u = result.token_usage;
+        vec![
+            event(
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": 0}),
+            ),
+            event(
+                "message_delta",
+                &json!({"type": "message_delta",
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                    "usage": {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens}}),
+            ),
+            event("message_stop", &json!({"type": "message_stop"})),
+        ]
+    }
 }
 
 impl Frames for EventFrames {
@@ -443,20 +466,15 @@ impl Frames for EventFrames {
     }
 
     fn finish(&mut self, result: &PromptResult) -> Vec<Bytes> {
-        let u = result.token_usage;
-        vec![
-            event(
-                "content_block_stop",
-                &json!({"type": "content_block_stop", "index": 0}),
-            ),
-            event(
-                "message_delta",
-                &json!({"type": "message_delta",
-                    "delta": {"stop_reason": "end_turn", "stop_sequence": null},
-                    "usage": {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens}}),
-            ),
-            event("message_stop", &json!({"type": "message_stop"})),
-        ]
+        self.end(result, json!("end_turn"), Value::Null)
+    }
+
+    fn stopped(&mut self, sequence: &str) -> Vec<Bytes> {
+        self.end(
+            &PromptResult::default(),
+            json!("stop_sequence"),
+            json!(sequence),
+        )
     }
 
     /// The text block closes; each call is a `tool_use` block with its input as one JSON

@@ -55,7 +55,7 @@ pub(crate) struct ChatRequest {
     stream_options: Option<StreamOptions>,
     #[serde(default)]
     n: Option<u32>,
-    /// Refused when set: the output would not stop where the client expects.
+    /// Stop sequences: the answer ends before the first (see `Conversation::stop`).
     #[serde(default)]
     stop: Option<Value>,
     /// Refused when true: the CLIs report no log probabilities.
@@ -86,6 +86,39 @@ pub(crate) struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// The request, checked and translated once into the conversation every backend runs.
+    fn conversation(&self) -> Result<Conversation, ApiError> {
+        self.check()?;
+        let mut conv = conversation(&self.messages)?;
+        conv.output_schema =
+            compat::format_schema(self.response_format.as_ref(), "response_format")?;
+        self.tools(&mut conv)?;
+        conv.stop = self.stop_sequences()?;
+        Ok(conv)
+    }
+
+    /// `stop`: a string or up to 4 strings (none empty); the answer ends before the first.
+    fn stop_sequences(&self) -> Result<Vec<String>, ApiError> {
+        let bad = |m: &str| compat::invalid("stop", m);
+        let list: Vec<String> = match &self.stop {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad("`stop` must be a string or an array of strings"))?,
+            Some(_) => return Err(bad("`stop` must be a string or an array of strings")),
+        };
+        if list.len() > 4 {
+            return Err(bad("`stop` holds at most 4 sequences"));
+        }
+        if list.iter().any(String::is_empty) {
+            return Err(bad("`stop` must not hold an empty sequence"));
+        }
+        Ok(list)
+    }
+
     /// The legacy function-calling form (`functions` without `tools`): answered in that form,
     /// `message.function_call` and `finish_reason: function_call`, one call per answer.
     fn legacy_functions(&self) -> bool {
@@ -130,18 +163,6 @@ impl ChatRequest {
             return Err(compat::unsupported(
                 "n",
                 "only `n: 1` is supported (one CLI run answers one choice)",
-            ));
-        }
-        let stop_set = match &self.stop {
-            Some(Value::String(s)) => !s.is_empty(),
-            Some(Value::Array(a)) => !a.is_empty(),
-            Some(Value::Null) | None => false,
-            Some(_) => true,
-        };
-        if stop_set {
-            return Err(compat::unsupported(
-                "stop",
-                "`stop` is not supported: the CLIs cannot stop at a sequence; send the request without it",
             ));
         }
         if self.logprobs == Some(true) || set(&self.top_logprobs) {
@@ -271,11 +292,7 @@ fn usage_json(r: &PromptResult) -> Value {
 pub(crate) fn decode(v: Value) -> Result<(), ApiError> {
     let cr: ChatRequest = serde_json::from_value(v)
         .map_err(|e| ApiError::bad_request(crate::error::Code::InvalidRequest, e.to_string()))?;
-    cr.check()?;
-    let mut conv = conversation(&cr.messages)?;
-    conv.output_schema = compat::format_schema(cr.response_format.as_ref(), "response_format")?;
-    cr.tools(&mut conv)?;
-    Ok(())
+    cr.conversation().map(|_| ())
 }
 
 pub(crate) async fn chat(
@@ -284,11 +301,8 @@ pub(crate) async fn chat(
     session: Option<String>,
     cr: ChatRequest,
 ) -> Result<Response, ApiError> {
-    cr.check()?;
+    let conv = cr.conversation()?;
     let target = compat::resolve_model(ctx, &cr.model)?;
-    let mut conv = conversation(&cr.messages)?;
-    conv.output_schema = compat::format_schema(cr.response_format.as_ref(), "response_format")?;
-    cr.tools(&mut conv)?;
     let started = compat::start(ctx, caller, session, ApiStyle::OpenAi, &target, conv).await?;
     let id = format!("chatcmpl-{}", compat::new_id());
     let created = compat::unix_now();

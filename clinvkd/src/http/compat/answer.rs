@@ -9,6 +9,8 @@ pub(crate) enum Piece {
     Text(String),
     /// The model called client tools: the answer ends with them, the run is parked.
     Calls(Vec<CallView>),
+    /// The text reached one of the request's stop sequences (not shown): the answer ends here.
+    Stopped(String),
     Done(Box<Completed>),
 }
 
@@ -53,6 +55,11 @@ pub(crate) struct Pieces {
     require_call: bool,
     owner: Option<String>,
     one_call: bool,
+    /// The request's stop sequences, and the text held back because it may begin one.
+    stop: Vec<String>,
+    held: String,
+    /// A stop sequence met after the text just handed out.
+    pending_stop: Option<String>,
 }
 
 impl Pieces {
@@ -64,6 +71,7 @@ impl Pieces {
             require_call,
             owner,
             one_call,
+            stop,
         } = started;
         (
             Pieces {
@@ -77,6 +85,9 @@ impl Pieces {
                 require_call,
                 owner,
                 one_call,
+                stop,
+                held: String::new(),
+                pending_stop: None,
             },
             meta,
         )
@@ -99,7 +110,28 @@ impl Pieces {
         );
     }
 
+    /// After `Piece::Stopped`: the CLI stops spending. A warm turn is interrupted (its worker
+    /// stays for the session's next turn; what the model wrote past the stop stays in the
+    /// CLI's own history). A one-shot run finishes unseen in the background, so its turn is
+    /// recorded and its session stays resumable.
+    pub(crate) fn release(self, ctx: &Ctx) {
+        let mut run = self.run;
+        if run.is_warm() {
+            drop(run);
+        } else {
+            ctx.work
+                .spawn(async move { while run.next().await.is_some() {} });
+        }
+    }
+
+    fn cut(&mut self, text: &str) -> (String, Option<String>) {
+        cut_at_stop(&self.stop, &mut self.held, text)
+    }
+
     pub(crate) async fn next(&mut self) -> Option<Piece> {
+        if let Some(seq) = self.pending_stop.take() {
+            return Some(Piece::Stopped(seq));
+        }
         if let Some(r) = self.pending.take() {
             return Some(Piece::Done(r));
         }
@@ -146,15 +178,41 @@ impl Pieces {
                     }
                     // A CLI that printed its answer only in the final result.
                     if self.emitted.is_empty() && !r.output.is_empty() && r.error.is_none() {
-                        let text = r.output.clone();
+                        let whole = r.output.clone();
+                        let (text, hit) = self.cut(&whole);
+                        let text = text + &std::mem::take(&mut self.held);
+                        if text.is_empty() {
+                            if let Some(seq) = hit {
+                                return Some(Piece::Stopped(seq));
+                            }
+                        }
                         self.emitted.push_str(&text);
-                        // Hand out the text now and the result on the next call.
-                        self.pending = Some(r);
+                        // Hand out the text now and the result (or the stop) on the next call.
+                        match hit {
+                            Some(seq) => self.pending_stop = Some(seq),
+                            None => self.pending = Some(r),
+                        }
                         return Some(Piece::Text(text));
+                    }
+                    // The text held back in case it began a stop sequence did not.
+                    let held = std::mem::take(&mut self.held);
+                    if !held.is_empty() && r.error.is_none() {
+                        self.emitted.push_str(&held);
+                        self.pending = Some(r);
+                        return Some(Piece::Text(held));
                     }
                     return Some(Piece::Done(r));
                 }
             };
+            let (text, hit) = self.cut(&text);
+            if let Some(seq) = hit {
+                self.emitted.push_str(&text);
+                if !text.is_empty() {
+                    self.pending_stop = Some(seq);
+                    return Some(Piece::Text(text));
+                }
+                return Some(Piece::Stopped(seq));
+            }
             if text.is_empty() {
                 continue;
             }
@@ -229,6 +287,38 @@ impl Pieces {
     }
 }
 
+/// Splits new text at the stop sequences: what may be shown now, and the sequence met, if any
+/// (the text from it on is never shown). The end of the text that could be the start of a
+/// sequence is held back in `held` until the next piece tells.
+fn cut_at_stop(stop: &[String], held: &mut String, text: &str) -> (String, Option<String>) {
+    if stop.is_empty() {
+        return (text.to_string(), None);
+    }
+    held.push_str(text);
+    let first = stop
+        .iter()
+        .filter_map(|s| held.find(s.as_str()).map(|at| (at, s)))
+        .min_by_key(|(at, _)| *at);
+    if let Some((at, seq)) = first {
+        let seq = seq.clone();
+        let shown = held[..at].to_string();
+        held.clear();
+        return (shown, Some(seq));
+    }
+    // The longest end of the held text that begins a stop sequence stays held.
+    let keep = stop
+        .iter()
+        .flat_map(|s| s.char_indices().skip(1).map(move |(i, _)| &s[..i]))
+        .filter(|p| held.ends_with(p))
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    let split = held.len() - keep;
+    let shown = held[..split].to_string();
+    held.drain(..split);
+    (shown, None)
+}
+
 /// The API error of a failed run (502 CLI failed, 504 timeout).
 pub(crate) fn run_error(r: &Completed) -> Option<ApiError> {
     r.summary.api_error().or_else(|| {
@@ -247,6 +337,8 @@ pub(crate) struct Finished {
     /// The run's result (the default while it waits at tool calls).
     pub(crate) result: PromptResult,
     pub(crate) session_id: Option<String>,
+    /// The stop sequence the answer ended at (it is not part of `text`).
+    pub(crate) stop_sequence: Option<String>,
 }
 
 /// Runs to the end or to client-tool calls (the non-streaming answer); a failed run is an
@@ -270,6 +362,19 @@ pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, Ap
                     calls,
                     result: PromptResult::default(),
                     session_id: meta.session_id,
+                    stop_sequence: None,
+                });
+            }
+            Some(Piece::Stopped(seq)) => {
+                let text = pieces.emitted.clone();
+                meta.commit(ctx, &text);
+                pieces.release(ctx);
+                return Ok(Finished {
+                    text,
+                    calls: Vec::new(),
+                    result: PromptResult::default(),
+                    session_id: meta.session_id,
+                    stop_sequence: Some(seq),
                 });
             }
             Some(Piece::Done(r)) => break *r,
@@ -290,6 +395,7 @@ pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, Ap
         calls: Vec::new(),
         result: result.result,
         session_id: meta.session_id,
+        stop_sequence: None,
     })
 }
 
@@ -312,19 +418,16 @@ pub(crate) trait Frames: Send + 'static {
     fn calls(&mut self, calls: &[CallView]) -> Vec<Bytes>;
     /// The frame of a failure after the stream began; the stream ends after it.
     fn error(&mut self, e: &ApiError) -> Vec<Bytes>;
+    /// The closing frames of an answer that ended at a stop sequence.
+    fn stopped(&mut self, _sequence: &str) -> Vec<Bytes> {
+        self.finish(&PromptResult::default())
+    }
     /// A frame that keeps the connection alive while the CLI is silent (clients ignore it).
     fn keepalive(&mut self) -> Bytes {
         Bytes::from_static(b": keep-alive\n\n")
     }
 }
 
-/// Streams a run as server-sent events. The HTTP status is decided by the first thing the run
-/// produces: a run that fails before any text answers an ordinary error response (so clients
-/// raise their usual exception with the right status); once text flowed, a failure is an error
-/// frame, then the stream ends. Each piece is written as soon as the CLI printed it. While the
-/// CLI is silent, a keep-alive frame goes out every `server.sse_keepalive_secs` (so proxies and
-/// clients with idle timeouts do not cut a long run); a start-up silence that long decides the
-/// status (200) early, so that keep-alives can flow.
 /// Resolves when the request waiting for the stream's status is gone (its client left).
 async fn held_request_gone(decide: &mut Option<DecideTx>) {
     match decide {
@@ -335,6 +438,13 @@ async fn held_request_gone(decide: &mut Option<DecideTx>) {
 
 type DecideTx = tokio::sync::oneshot::Sender<Result<(), ApiError>>;
 
+/// Streams a run as server-sent events. The HTTP status is decided by the first thing the run
+/// produces: a run that fails before any text answers an ordinary error response (so clients
+/// raise their usual exception with the right status); once text flowed, a failure is an error
+/// frame, then the stream ends. Each piece is written as soon as the CLI printed it. While the
+/// CLI is silent, a keep-alive frame goes out every `server.sse_keepalive_secs` (so proxies and
+/// clients with idle timeouts do not cut a long run); a start-up silence that long decides the
+/// status (200) early, so that keep-alives can flow.
 pub(crate) async fn stream(
     ctx: &Ctx,
     started: Started,
@@ -395,7 +505,7 @@ pub(crate) async fn stream(
                 let failed = match &piece {
                     None => Some(run_lost()),
                     Some(Piece::Done(r)) => run_error(r),
-                    Some(Piece::Text(_) | Piece::Calls(_)) => None,
+                    Some(Piece::Text(_) | Piece::Calls(_) | Piece::Stopped(_)) => None,
                 };
                 match failed {
                     Some(e) => {
@@ -417,6 +527,17 @@ pub(crate) async fn stream(
                     out.extend(frames.calls(&calls));
                     // Parked before the client sees the calls: its results may come at once.
                     pieces.park(&ctx2);
+                    for b in out.drain(..) {
+                        if tx.send(b).await.is_err() {
+                            return;
+                        }
+                    }
+                    return;
+                }
+                Some(Piece::Stopped(seq)) => {
+                    out.extend(frames.stopped(&seq));
+                    meta.commit(&ctx2, &pieces.emitted);
+                    pieces.release(&ctx2);
                     for b in out.drain(..) {
                         if tx.send(b).await.is_err() {
                             return;
@@ -466,4 +587,51 @@ pub(super) fn run_lost() -> ApiError {
         Code::RunLost,
         "the run ended without a result",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut_at_stop;
+
+    fn run(stop: &[&str], pieces: &[&str]) -> (String, Option<String>) {
+        let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
+        let mut held = String::new();
+        let mut shown = String::new();
+        for p in pieces {
+            let (s, hit) = cut_at_stop(&stop, &mut held, p);
+            shown.push_str(&s);
+            if hit.is_some() {
+                return (shown, hit);
+            }
+        }
+        shown.push_str(&held);
+        (shown, None)
+    }
+
+    #[test]
+    fn stops_before_a_sequence_split_across_pieces() {
+        assert_eq!(
+            run(&["END"], &["hello E", "N", "D and more"]),
+            ("hello ".into(), Some("END".into()))
+        );
+        // A held prefix that turns out not to be a sequence is shown.
+        assert_eq!(
+            run(&["END"], &["hello E", "Nx"]),
+            ("hello ENx".into(), None)
+        );
+        assert_eq!(run(&["END"], &["tail E"]), ("tail E".into(), None));
+    }
+
+    #[test]
+    fn the_earliest_sequence_wins_and_text_is_never_split_inside_a_char() {
+        assert_eq!(
+            run(&["zz", "b"], &["a b c zz"]),
+            ("a ".into(), Some("b".into()))
+        );
+        assert_eq!(
+            run(&["éé"], &["café", "é!"]),
+            ("caf".into(), Some("éé".into()))
+        );
+        assert_eq!(run(&[], &["x"]), ("x".into(), None));
+    }
 }

@@ -70,6 +70,9 @@ pub(crate) struct Conversation {
     /// The client takes one call per answer (OpenAI's legacy `functions`): further calls of
     /// the same model step are answered at once with an error asking to call one at a time.
     pub(crate) one_call: bool,
+    /// Stop sequences (chat `stop`, Anthropic `stop_sequences`): the answer ends before the
+    /// first one.
+    pub(crate) stop: Vec<String>,
 }
 
 /// What a request's `tool_choice` asks for.

@@ -16,6 +16,8 @@ pub(crate) struct Started {
     pub(crate) owner: Option<String>,
     /// See `Conversation::one_call`.
     pub(crate) one_call: bool,
+    /// See `Conversation::stop`.
+    pub(crate) stop: Vec<String>,
 }
 
 /// The tool results at the end of a conversation (the new turns), by call id. What the user
@@ -93,6 +95,7 @@ pub(super) fn continue_parked(
                 require_call: false,
                 owner: caller.owner().map(str::to_string),
                 one_call: conv.one_call,
+                stop: conv.stop.clone(),
             }))
         }
         Err(Unmatched::Foreign) => Ok(None),
@@ -217,5 +220,6 @@ pub(crate) async fn start(
         ),
         owner: caller.owner().map(str::to_string),
         one_call: conv.one_call,
+        stop: conv.stop,
     })
 }

@@ -35,6 +35,11 @@ pub(crate) struct PromptRun {
 }
 
 impl PromptRun {
+    /// Whether the run is a turn of a warm worker.
+    pub(crate) fn is_warm(&self) -> bool {
+        self.run.as_ref().is_some_and(|r| r.is_warm())
+    }
+
     /// Another client-tool call of the same model step, if one comes within `wait`.
     pub(crate) async fn next_call_within(
         &mut self,
