@@ -139,6 +139,7 @@ pub async fn run(
     opts: DaemonOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    clinvk_shared::paths::process_start(); // (`main` marked it already)
     let paths = opts.paths.clone();
     // The state folder holds sessions, keys and logs: private to its user.
     ensure_private_dir(&paths.state_dir)

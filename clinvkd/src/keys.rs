@@ -150,14 +150,59 @@ fn read_file(file: &Path) -> Result<Option<Vec<StoredKey>>, KeyStoreError> {
 }
 
 impl KeyStore {
-    /// Loads the store file (a missing file is an empty store; an unreadable one is an error).
+    /// Loads the store file (a missing file is an empty store; an unreadable one is an error),
+    /// after removing the temporary files that a write cut short left next to it.
     pub(crate) fn open(file: &Path) -> Result<Self, KeyStoreError> {
         let ks = KeyStore {
             file: file.to_path_buf(),
             ..Default::default()
         };
+        ks.remove_stale_temp_files();
         ks.reload()?;
         Ok(ks)
+    }
+
+    /// Removes the store file's stale temporary files (see
+    /// `clinvk_shared::paths::remove_stale_temp_files`) under the file lock, so no write of
+    /// another handle is in between; only when there are some (no lock file made for nothing).
+    fn remove_stale_temp_files(&self) {
+        let (Some(dir), Some(name)) = (
+            self.file.parent(),
+            self.file.file_name().and_then(|n| n.to_str()),
+        ) else {
+            return;
+        };
+        let prefix = format!(".{name}.tmp.");
+        let any = std::fs::read_dir(dir).is_ok_and(|mut entries| {
+            entries.any(|e| {
+                e.is_ok_and(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.starts_with(&prefix))
+                })
+            })
+        });
+        if !any {
+            return;
+        }
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(_flock) = self.file_lock() else {
+            return;
+        };
+        crate::session::report_stale_temp_files(
+            dir,
+            clinvk_shared::paths::remove_stale_temp_files(dir, Some(name)),
+        );
+    }
+
+    /// The exclusive lock on `<store>.lock` that serialises writers between processes.
+    fn file_lock(&self) -> std::io::Result<Flock<std::fs::File>> {
+        let lock_path = self.file.with_extension("json.lock");
+        let mut opts = std::fs::OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(false);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let lock_file = opts.open(&lock_path)?;
+        Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))
     }
 
     /// Re-reads the store file (on reload); on error the keys in force stay.
@@ -256,13 +301,7 @@ impl KeyStore {
             file: self.file.clone(),
             source,
         };
-        let lock_path = self.file.with_extension("json.lock");
-        let mut opts = std::fs::OpenOptions::new();
-        opts.read(true).write(true).create(true).truncate(false);
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let lock_file = opts.open(&lock_path).map_err(werr)?;
-        let _flock = Flock::lock(lock_file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| werr(std::io::Error::from(e)))?;
+        let _flock = self.file_lock().map_err(werr)?;
         let on_disk = read_file(&self.file)?;
         let mut stored = on_disk.clone().unwrap_or_default();
         let out = f(&mut stored);
@@ -488,6 +527,29 @@ mod tests {
         std::fs::write(&f, "{not json").unwrap();
         let e = KeyStore::open(&f).err().expect("corrupt store refused");
         assert!(e.to_string().contains("keys.json"), "{e}");
+    }
+
+    #[test]
+    fn temp_files_of_dead_writers_are_removed_at_open() {
+        use crate::testkit::{leave_temp, DEAD_PID};
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("keys.json");
+        let (k, secret) = KeyStore::open(&f).unwrap().add("ci").unwrap();
+        let dead = leave_temp(d.path(), "keys.json", DEAD_PID, 60);
+        let ours_before_start = leave_temp(d.path(), "keys.json", std::process::id(), 86_400);
+        // The state folder holds other files: only the key store's own temp files go.
+        let other = leave_temp(d.path(), "config.yaml", DEAD_PID, 60);
+        let ks = KeyStore::open(&f).unwrap();
+        assert!(!dead.exists(), "a dead writer's temp file is removed");
+        assert!(
+            !ours_before_start.exists(),
+            "a temp file older than this process is removed"
+        );
+        assert!(
+            other.exists(),
+            "another file's temp file is not the key store's"
+        );
+        assert_eq!(ks.check(&secret), Some(k.id), "the keys still load");
     }
 
     #[test]

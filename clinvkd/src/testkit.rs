@@ -153,6 +153,26 @@ pub(crate) async fn spawn_worker(
         .unwrap_or_else(|e| panic!("the fake worker did not start: {e}"))
 }
 
+/// A temporary file left by a writer that died (a daemon killed mid-write), as
+/// `write_private_atomic` names them: `.<file>.tmp.<pid>.<n>`, given `age` (negative: in the
+/// future).
+pub(crate) fn leave_temp(dir: &std::path::Path, file: &str, pid: u32, age_secs: i64) -> PathBuf {
+    let p = dir.join(format!(".{file}.tmp.{pid}.7"));
+    std::fs::write(&p, b"{\"half\": ").expect("a temp file");
+    let now = std::time::SystemTime::now();
+    let d = std::time::Duration::from_secs(age_secs.unsigned_abs());
+    let at = if age_secs >= 0 { now - d } else { now + d };
+    std::fs::File::options()
+        .write(true)
+        .open(&p)
+        .and_then(|f| f.set_modified(at))
+        .expect("a temp file's time");
+    p
+}
+
+/// A pid no process can have (above Linux's PID_MAX_LIMIT, 2^22).
+pub(crate) const DEAD_PID: u32 = i32::MAX as u32;
+
 /// A fake CLI (see the module's doc).
 pub(crate) struct FakeAdapter {
     /// The backend it stands for (what `Adapter::backend` answers).
