@@ -91,6 +91,32 @@ pub(crate) enum StoreError {
     Write { id: String, source: std::io::Error },
 }
 
+/// The counter of failed session writes in `/metrics`, labelled by `op`.
+pub(crate) const ERRORS_METRIC: &str = "clinvk_session_store_errors_total";
+
+/// A session write that failed where nothing can be refused any more (the run goes on, the
+/// session on disk stays as it was): logged with the session id and the step (`op`: `status`,
+/// `backend_session_id`, `turn`, `delete`, `claim`, `transcript_hash`) — never a prompt — and
+/// counted. A session deleted meanwhile is no store error (debug log only).
+pub(crate) fn write_failed(op: &'static str, id: &str, e: &StoreError) {
+    match e {
+        StoreError::Write { .. } => {
+            metrics::counter!(ERRORS_METRIC, "op" => op).increment(1);
+            tracing::warn!(session = %id, op, error = %e, "cannot write the session");
+        }
+        StoreError::NotFound(_) | StoreError::Ambiguous(_) => {
+            tracing::debug!(session = %id, op, error = %e, "the session went away meanwhile");
+        }
+    }
+}
+
+/// `write_failed` for a result whose value is not needed.
+pub(crate) fn check_write<T>(op: &'static str, id: &str, r: Result<T, StoreError>) {
+    if let Err(e) = r {
+        write_failed(op, id, &e);
+    }
+}
+
 /// The store (cheap to clone).
 #[derive(Clone)]
 pub(crate) struct Store {
@@ -352,7 +378,13 @@ impl Store {
             .map(|s| s.id.clone())
             .collect();
         old.iter()
-            .filter(|id| self.delete(id, None).is_ok())
+            .filter(|id| match self.delete(id, None) {
+                Ok(_) => true,
+                Err(e) => {
+                    write_failed("delete", id, &e);
+                    false
+                }
+            })
             .count()
     }
 
@@ -365,10 +397,15 @@ impl Store {
             .map(|s| s.id.clone())
             .collect();
         ids.iter()
-            .filter(|id| {
-                self.update(id, |s| s.status = SessionStatus::Interrupted)
-                    .is_ok()
-            })
+            .filter(
+                |id| match self.update(id, |s| s.status = SessionStatus::Interrupted) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        write_failed("status", id, &e);
+                        false
+                    }
+                },
+            )
             .count()
     }
 
@@ -408,7 +445,7 @@ impl Store {
             s.clone()
         };
         if let Err(e) = self.persist(&claimed) {
-            tracing::warn!(session = %claimed.id, error = %e, "cannot persist a claimed session");
+            write_failed("claim", &claimed.id, &e);
         }
         Some(claimed)
     }

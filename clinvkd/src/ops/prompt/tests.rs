@@ -296,3 +296,35 @@ async fn a_prompt_runs_and_its_session_records_the_turn() {
     assert!(s.backend_session_id.is_some());
     assert!(ctx.live.snapshot().is_empty(), "the run left the live view");
 }
+
+/// The value of a counter in `/metrics` (0 when absent).
+fn counter(rendered: &str, series: &str) -> f64 {
+    rendered
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn session_writes_that_fail_are_counted_not_lost() {
+    crate::http::meta::install_metrics();
+    let series = |op: &str| format!("clinvk_session_store_errors_total{{op=\"{op}\"}}");
+    let before = crate::http::meta::rendered();
+    let ctx = Ctx::for_tests(|_| {});
+    let run = start_prompt(&ctx, request("claude", "hi")).await;
+    let id = run.session_id.clone().expect("a new session");
+    // The session is on disk; from now on its folder cannot be written (a file took its place:
+    // refused even to root, which a read-only mode is not).
+    let dir = ctx.paths.sessions_dir();
+    std::fs::rename(&dir, ctx.test_dir().join("sessions.moved")).unwrap();
+    std::fs::write(&dir, b"not a folder").unwrap();
+    let done = no_hang("the prompt", run.finish()).await;
+    assert_eq!(done.output, "hi", "the run itself goes on");
+    let after = crate::http::meta::rendered();
+    for op in ["backend_session_id", "turn"] {
+        assert!(
+            counter(&after, &series(op)) > counter(&before, &series(op)),
+            "the failed {op} write of session {id} is counted: {after}"
+        );
+    }
+}
