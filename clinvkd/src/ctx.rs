@@ -139,7 +139,7 @@ pub(crate) struct ReloadOutcome {
 }
 
 impl Ctx {
-    pub(crate) fn new(
+    pub(crate) async fn new(
         paths: Paths,
         config_path: PathBuf,
         config_explicit: bool,
@@ -148,6 +148,7 @@ impl Ctx {
         events: broadcast::Sender<AttachEvent>,
     ) -> anyhow::Result<Self> {
         let external = crate::keys::external_keys(&loaded.settings.server.api_keys_gopass_path)
+            .await
             .map_err(anyhow::Error::msg)?;
         let inner = Self::build(
             paths,
@@ -313,9 +314,9 @@ impl Ctx {
 
     /// Re-reads the configuration. An invalid one is refused and the running one stays.
     /// The service manager (if any) sees `RELOADING=1`, then `READY=1` whatever the outcome.
-    pub(crate) fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
+    pub(crate) async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         crate::service::reloading();
-        let result = self.reload_inner();
+        let result = self.reload_inner().await;
         let status = match &result {
             Ok(_) => format!("serving {}; configuration reloaded", self.http_url()),
             Err(_) => format!(
@@ -327,10 +328,11 @@ impl Ctx {
         result
     }
 
-    fn reload_inner(&self) -> Result<ReloadOutcome, ReloadError> {
+    async fn reload_inner(&self) -> Result<ReloadOutcome, ReloadError> {
         let loaded = load_settings(&self.config_path, self.config_explicit, &self.overrides)?;
         // Keys first: an unreadable store or gopass refuses the reload (never "no keys").
         let external = crate::keys::external_keys(&loaded.settings.server.api_keys_gopass_path)
+            .await
             .map_err(ReloadError::Refused)?;
         let probe = crate::keys::KeyStore::open(&self.paths.keys_file())?;
         probe.set_external(&external);

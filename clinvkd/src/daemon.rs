@@ -159,7 +159,8 @@ pub async fn run(
         opts.overrides,
         opts.loaded,
         opts.events,
-    )?;
+    )
+    .await?;
     // Process groups a crashed predecessor left behind (recorded with their start times).
     let reaped = crate::supervisor::reap_orphans(&paths.runtime_dir);
     if reaped > 0 {
@@ -354,7 +355,7 @@ async fn wait_for_stop(ctx: &Ctx, shutdown: impl std::future::Future<Output = ()
         tokio::select! {
             _ = term.recv() => { ctx.begin_drain("SIGTERM"); break; }
             _ = int.recv() => { ctx.begin_drain("SIGINT"); break; }
-            _ = hup.recv() => match ctx.reload() {
+            _ = hup.recv() => match ctx.reload().await {
                 Ok(o) => tracing::info!(changed = ?o.changed, "configuration reloaded (SIGHUP)"),
                 Err(e) => tracing::error!(error = %e, "reload refused (SIGHUP); the running configuration stays"),
             },

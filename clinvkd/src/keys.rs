@@ -402,8 +402,24 @@ fn run_with_timeout(
 }
 
 /// Keys from the environment and gopass, read at start and on every reload. A configured gopass
-/// path that cannot be read is an error (never "no keys").
-pub(crate) fn external_keys(gopass_path: &str) -> Result<Vec<String>, String> {
+/// path that cannot be read is an error (never "no keys"). Waiting for gopass (up to 10 s, its
+/// exit polled) happens on the blocking pool, never on an async worker.
+pub(crate) async fn external_keys(gopass_path: &str) -> Result<Vec<String>, String> {
+    external_keys_from(std::path::Path::new("gopass"), gopass_path).await
+}
+
+/// `external_keys` with `gopass` as the gopass program.
+async fn external_keys_from(
+    gopass: &std::path::Path,
+    gopass_path: &str,
+) -> Result<Vec<String>, String> {
+    let (gopass, gopass_path) = (gopass.to_path_buf(), gopass_path.to_string());
+    tokio::task::spawn_blocking(move || external_keys_with(&gopass, &gopass_path))
+        .await
+        .map_err(|e| format!("reading the API keys did not finish: {e}"))?
+}
+
+fn external_keys_with(gopass: &std::path::Path, gopass_path: &str) -> Result<Vec<String>, String> {
     let mut keys: Vec<String> = std::env::var("CLINVK_API_KEYS")
         .unwrap_or_default()
         .split(',')
@@ -416,7 +432,7 @@ pub(crate) fn external_keys(gopass_path: &str) -> Result<Vec<String>, String> {
         .unwrap_or_else(|| gopass_path.to_string());
     if !path.is_empty() {
         let out = run_with_timeout(
-            std::process::Command::new("gopass").args(["show", "-o", &path]),
+            std::process::Command::new(gopass).args(["show", "-o", &path]),
             std::time::Duration::from_secs(10),
         )
         .map_err(|e| format!("cannot run gopass to read the API keys at {path:?}: {e}"))?;
@@ -518,6 +534,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "k1,k2");
+    }
+
+    /// On a current-thread runtime a blocking wait would stop every other task: this gopass
+    /// answers only once another task of the same runtime has run.
+    #[tokio::test]
+    async fn the_gopass_fetch_leaves_the_runtime_free() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let (flag, part) = (d.path().join("release"), d.path().join("release.part"));
+        let gopass = d.path().join("gopass");
+        std::fs::write(
+            &gopass,
+            format!(
+                "#!/bin/sh\nwhile [ ! -e '{0}' ]; do sleep 0.01; done\ncat '{0}'\n",
+                flag.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&gopass, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let release = tokio::spawn(async move {
+            tokio::fs::write(&part, "gopass-key\n").await.unwrap();
+            tokio::fs::rename(&part, &flag).await.unwrap();
+        });
+        let keys = external_keys_from(&gopass, "clinvk/api-keys")
+            .await
+            .expect("gopass answered");
+        assert!(keys.iter().any(|k| k == "gopass-key"), "{keys:?}");
+        release.await.unwrap();
     }
 
     #[test]
