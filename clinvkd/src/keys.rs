@@ -431,11 +431,11 @@ fn external_keys_with(gopass: &std::path::Path, gopass_path: &str) -> Result<Vec
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| gopass_path.to_string());
     if !path.is_empty() {
-        let out = run_with_timeout(
-            std::process::Command::new(gopass).args(["show", "-o", &path]),
-            std::time::Duration::from_secs(10),
-        )
-        .map_err(|e| format!("cannot run gopass to read the API keys at {path:?}: {e}"))?;
+        let mut cmd = std::process::Command::new(gopass);
+        cmd.args(["show", "-o", &path]);
+        crate::supervisor::scrub_env(&mut cmd, &[]);
+        let out = run_with_timeout(&mut cmd, std::time::Duration::from_secs(10))
+            .map_err(|e| format!("cannot run gopass to read the API keys at {path:?}: {e}"))?;
         if !out.status.success() {
             return Err(format!(
                 "gopass could not read the API keys at {path:?} ({}); fix it or unset server.api_keys_gopass_path",

@@ -249,15 +249,7 @@ impl Supervisor {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        // Agents never see the daemon's own settings and secrets (CLINVK_API_KEYS, …).
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("CLINVK_") {
-                cmd.env_remove(&name);
-            }
-        }
-        for name in &spec.env_remove {
-            cmd.env_remove(name);
-        }
+        scrub_env(cmd.as_std_mut(), &spec.env_remove);
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
         }
@@ -402,6 +394,24 @@ impl Supervisor {
         if let Some(t) = self.runs().get_mut(id) {
             t.state = state;
         }
+    }
+}
+
+/// Takes out of `cmd`'s environment what no process the daemon starts may see: every
+/// `CLINVK_*` variable (the daemon's settings and secrets: `CLINVK_API_KEYS`, …), also when set
+/// explicitly on `cmd`, and the names in `env_remove` (a backend's `env_remove`). Call it after
+/// the variables are set. Every such spawn goes through it: runs, warm workers, the
+/// availability probe, gopass.
+pub(crate) fn scrub_env(cmd: &mut std::process::Command, env_remove: &[String]) {
+    let explicit: Vec<std::ffi::OsString> =
+        cmd.get_envs().map(|(name, _)| name.to_owned()).collect();
+    for name in std::env::vars_os().map(|(name, _)| name).chain(explicit) {
+        if name.to_string_lossy().starts_with("CLINVK_") {
+            cmd.env_remove(&name);
+        }
+    }
+    for name in env_remove {
+        cmd.env_remove(name);
     }
 }
 

@@ -263,3 +263,23 @@ async fn stdin_payload_is_written_and_closed() {
     assert_eq!(lines[0].trim(), "300000");
     assert_eq!(info.code, Some(0));
 }
+
+#[test]
+fn a_scrubbed_environment_holds_no_clinvk_variable() {
+    use std::ffi::OsStr;
+    let mut cmd = std::process::Command::new("/bin/true");
+    cmd.env("CLINVK_FROM_THE_CONFIG", "x")
+        .env("KEPT", "y")
+        .env("REMOVED", "z");
+    scrub_env(&mut cmd, &["REMOVED".into()]);
+    let envs: HashMap<&OsStr, Option<&OsStr>> = cmd.get_envs().collect();
+    assert_eq!(envs[OsStr::new("CLINVK_FROM_THE_CONFIG")], None, "removed");
+    assert_eq!(envs[OsStr::new("REMOVED")], None);
+    assert_eq!(envs[OsStr::new("KEPT")], Some(OsStr::new("y")));
+    // The daemon's own CLINVK_* variables are taken out too.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CLINVK_") {
+            assert_eq!(envs[name.as_os_str()], None);
+        }
+    }
+}
