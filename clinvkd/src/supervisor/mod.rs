@@ -426,23 +426,41 @@ pub fn set_private_umask() {
     CHILD_UMASK.store(old.bits(), std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Makes the child die (SIGKILL) when the daemon dies, even by `kill -9`; its own children are
-/// caught by `reap_orphans` at the next start.
-#[allow(unsafe_code)]
+/// Prepares a CLI's process for its exec: the user's umask back (the daemon runs with 077), and
+/// on Linux death with the daemon (`PR_SET_PDEATHSIG` = SIGKILL), even by `kill -9`; its own
+/// children are caught by `reap_orphans` at the next start. Other systems have no death signal
+/// (see docs/security.md).
 fn die_with_parent(cmd: &mut tokio::process::Command) {
-    let parent = nix::unistd::getpid();
-    let mask = nix::sys::stat::Mode::from_bits_truncate(
-        CHILD_UMASK.load(std::sync::atomic::Ordering::Relaxed) as _,
-    );
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
-    // calls (prctl, getppid); it allocates nothing.
+    guard_child(cmd, nix::unistd::getpid());
+}
+
+/// `die_with_parent` for a child whose parent must be `parent`: if it is not (the daemon died
+/// between the fork and the `prctl`, so the death signal will never come), the child does not
+/// exec and the spawn fails with `ESRCH`.
+#[allow(unsafe_code)]
+fn guard_child(cmd: &mut tokio::process::Command, parent: Pid) {
+    let mask = CHILD_UMASK.load(std::sync::atomic::Ordering::Relaxed) as libc::mode_t;
+    let parent = parent.as_raw();
+    // SAFETY: `pre_exec` runs the closure in the forked child before exec, where the daemon's
+    // other threads are gone (one may have held the allocator's or another lock): it may only
+    // call async-signal-safe functions and must not allocate. It owns two integers, copied in,
+    // and calls exactly `umask(2)` and `getppid(2)` — both async-signal-safe (POSIX, see
+    // signal-safety(7)) — and on Linux `prctl(2)`, which is not in POSIX's list but is a bare
+    // system call in libc (no lock, no allocation). Its errors are made from errno
+    // (`io::Error::last_os_error`, `io::Error::from_raw_os_error`: a code, no allocation; std
+    // sends the code to the parent through its pipe). It takes no lock and touches no state but
+    // the child's own umask, death signal and errno.
     unsafe {
         cmd.pre_exec(move || {
-            nix::sys::stat::umask(mask);
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-            // The daemon died before the prctl took effect: do not start at all.
-            if nix::unistd::getppid() != parent {
-                return Err(std::io::Error::other("the daemon is gone"));
+            libc::umask(mask);
+            #[cfg(target_os = "linux")]
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The daemon died before the death signal was set (elsewhere: before this point):
+            // do not start at all.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });

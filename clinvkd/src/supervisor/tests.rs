@@ -264,6 +264,22 @@ async fn stdin_payload_is_written_and_closed() {
     assert_eq!(info.code, Some(0));
 }
 
+/// A child whose daemon died before its death signal was set does not start; the reason
+/// reaches the spawner as an OS error (built without allocating, after the fork).
+#[tokio::test]
+async fn a_child_whose_daemon_is_gone_does_not_start() {
+    let marker = tempfile::tempdir().unwrap();
+    let ran = marker.path().join("ran");
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.args(["-c", &format!("touch '{}'", ran.display())]);
+    // As if the daemon had died between the fork and the prctl: the parent is not the one
+    // the child was made for.
+    guard_child(&mut cmd, Pid::from_raw(i32::MAX));
+    let e = cmd.spawn().expect_err("refused before exec");
+    assert_eq!(e.raw_os_error(), Some(libc::ESRCH), "{e:?}");
+    assert!(!ran.exists(), "the program never ran");
+}
+
 #[test]
 fn a_scrubbed_environment_holds_no_clinvk_variable() {
     use std::ffi::OsStr;
