@@ -323,12 +323,21 @@ pub async fn run(
 }
 
 /// Raises the soft limit of open files to the hard limit, so that `server.max_connections`
-/// (plus the CLIs' pipes) fits.
+/// (plus the CLIs' pipes) fits. macOS refuses a soft limit above `OPEN_MAX` (10240,
+/// `<sys/syslimits.h>`) whatever the hard limit (often unlimited): it gets that much.
 fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    const OPEN_MAX_MACOS: nix::sys::resource::rlim_t = 10240;
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        let target = if cfg!(target_os = "macos") {
+            hard.min(OPEN_MAX_MACOS)
+        } else {
+            hard
+        };
+        if soft < target {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+                tracing::warn!(soft, wanted = target, error = %e, "cannot raise the open-file limit");
+            }
         }
     }
 }

@@ -468,7 +468,13 @@ fn guard_child(cmd: &mut tokio::process::Command, parent: Pid) {
 }
 
 /// Fields of `/proc/<pid>/stat` after the command name: (process group, start time in ticks).
+/// Linux only: other systems have no `/proc` (macOS), so nothing is known there — no start
+/// time is recorded for a run, `reap_orphans` finds nothing to kill, `group_rss` is `None`,
+/// and `process_alive` asks the kernel with signal 0 instead.
 fn proc_stat(pid: u32) -> Option<(i32, u64)> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
     if rest.first() == Some(&"Z") {
@@ -520,12 +526,29 @@ pub(crate) fn reap_orphans(runtime_dir: &std::path::Path) -> usize {
     killed
 }
 
-/// Whether a process runs (a zombie does not).
+/// Whether a process runs. On Linux from `/proc` (a zombie does not run); elsewhere whether
+/// signal 0 reaches it (a zombie counts until the supervisor reaps it, which it does as soon as
+/// its child exits).
 pub(crate) fn process_alive(pid: u32) -> bool {
-    proc_stat(pid).is_some()
+    if cfg!(target_os = "linux") {
+        proc_stat(pid).is_some()
+    } else {
+        signal_reaches(pid)
+    }
 }
 
-/// The resident memory of a process group, in bytes (Linux; None when unreadable).
+/// Whether process `pid` exists (signal 0; another user's process counts).
+fn signal_reaches(pid: u32) -> bool {
+    i32::try_from(pid).is_ok_and(|p| {
+        !matches!(
+            nix::sys::signal::kill(Pid::from_raw(p), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+    })
+}
+
+/// The resident memory of a process group, in bytes (Linux; None when unreadable, and on other
+/// systems: no `/proc`).
 pub(crate) fn group_rss(pgid: u32) -> Option<u64> {
     let members = group_members(pgid as i32);
     if members.is_empty() {
@@ -547,8 +570,11 @@ pub(crate) fn group_rss(pgid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// The live processes of a process group.
+/// The live processes of a process group (Linux, from `/proc`; none elsewhere).
 fn group_members(pgid: i32) -> Vec<i32> {
+    if !cfg!(target_os = "linux") {
+        return vec![];
+    }
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return vec![];
     };

@@ -299,3 +299,12 @@ fn a_scrubbed_environment_holds_no_clinvk_variable() {
         }
     }
 }
+
+/// The liveness check of systems without `/proc` (macOS), exercised here too.
+#[test]
+fn signal_zero_tells_a_running_process_from_a_gone_one() {
+    assert!(signal_reaches(std::process::id()));
+    assert!(signal_reaches(1), "another user's process counts");
+    assert!(!signal_reaches(i32::MAX as u32));
+    assert!(!signal_reaches(u32::MAX), "not a pid at all");
+}
