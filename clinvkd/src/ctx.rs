@@ -118,6 +118,8 @@ pub(crate) struct Inner {
     pub(crate) tools: Arc<crate::tools::ToolHub>,
     /// The adapter of each backend (the real ones; a test may put fakes here).
     adapters: crate::backend::Adapters,
+    /// The homes whose secret folders the workdir policy blocks (a test may set others).
+    pub(crate) homes: crate::engine::Homes,
     /// A test context's temporary folder (see `testkit`), removed with the last clone — after
     /// the stores above closed their files (fields drop in order).
     #[cfg(test)]
@@ -219,6 +221,7 @@ impl Ctx {
             live: crate::live::LiveRuns::default(),
             tools: Arc::default(),
             adapters,
+            homes: crate::engine::Homes::of_process(),
             #[cfg(test)]
             test_dir: None,
         })
@@ -232,6 +235,7 @@ impl Ctx {
         dir: tempfile::TempDir,
         settings: Settings,
         adapters: crate::backend::Adapters,
+        homes: Option<crate::engine::Homes>,
     ) -> anyhow::Result<Ctx> {
         let paths = Paths::under(dir.path().join("state"));
         clinvk_shared::paths::ensure_private_dir(&paths.state_dir)?;
@@ -251,6 +255,9 @@ impl Ctx {
             adapters,
         )?;
         inner.test_dir = Some(dir);
+        if let Some(h) = homes {
+            inner.homes = h;
+        }
         Ok(Ctx(Arc::new(inner)))
     }
 

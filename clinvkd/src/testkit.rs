@@ -55,6 +55,7 @@ impl Ctx {
 pub(crate) struct CtxBuilder {
     settings: Settings,
     adapters: Adapters,
+    homes: Option<crate::engine::Homes>,
 }
 
 impl CtxBuilder {
@@ -67,6 +68,7 @@ impl CtxBuilder {
         CtxBuilder {
             settings: Settings::default(),
             adapters,
+            homes: None,
         }
     }
 
@@ -81,6 +83,12 @@ impl CtxBuilder {
         self
     }
 
+    /// Homes for the workdir policy other than the test process's own.
+    pub(crate) fn homes(mut self, homes: crate::engine::Homes) -> Self {
+        self.homes = Some(homes);
+        self
+    }
+
     /// The context, in a new temporary folder. Panics on settings that a configuration file
     /// could not hold (a test would test nothing real).
     pub(crate) fn build(self) -> Ctx {
@@ -90,7 +98,8 @@ impl CtxBuilder {
             .prefix("clinvkd-test-")
             .tempdir()
             .expect("a temporary folder");
-        let ctx = Ctx::for_tests_in(dir, self.settings, self.adapters).expect("a test context");
+        let ctx = Ctx::for_tests_in(dir, self.settings, self.adapters, self.homes)
+            .expect("a test context");
         crate::engine::prepare_default_workdir(&ctx).expect("the default workdir");
         ctx.supervisor
             .set_record_dir(ctx.paths.runtime_dir.join("runs"));
