@@ -90,6 +90,28 @@ def test_stale_socket_after_kill9_is_recovered(world, daemon):
     assert p2.status["pid"] == p2.pid != daemon.pid
 
 
+def test_temp_files_left_by_kill9_are_removed_at_start(world, daemon):
+    """A daemon killed mid-write leaves `.<file>.tmp.<pid>.<n>` files; the next start removes
+    them (its predecessor's pid is gone) and keeps every real file."""
+    state = world.state_dir
+    sid = "0badc0de-0000-4000-8000-000000000001"
+    (state / "sessions" / f"{sid}.json").write_text(json.dumps({"id": sid, "backend": "claude"}))
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.wait(timeout=10)
+    dead = daemon.pid
+    left = [state / "sessions" / f".{sid}.json.tmp.{dead}.3",
+            state / "responses" / f".resp_1.json.tmp.{dead}.4",
+            state / f".keys.json.tmp.{dead}.5"]
+    for f in left:
+        f.write_text('{"half": ')
+    p2 = world.start_daemon()
+    assert [f for f in left if f.exists()] == []
+    status, _, raw = get(f"{p2.status['http_url']}/api/v1/sessions")
+    body = json.loads(raw)
+    assert status == 200 and [s["id"] for s in body["sessions"]] == [sid], body
+    assert not (state / "keys.json").exists(), "no key store appears"
+
+
 def test_no_daemon_answers_of_clinvkctl(world):
     for args in (["status"], ["reload"], ["stop"]):
         r = world.ctl(*args)

@@ -478,6 +478,31 @@ def test_cli_environment_holds_no_daemon_secrets(world):
     assert "sekrit-key" not in out
 
 
+
+def test_version_probe_environment_holds_no_daemon_secrets(world, tmp_path):
+    """The availability probe (`<cli> --version`, at start) gets the environment a run gets."""
+    seen = tmp_path / "probe-env.txt"
+    cli = tmp_path / "probe-cli"
+    cli.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then\n'
+        f"  env > '{seen}.part' && mv '{seen}.part' '{seen}'\n"
+        "  echo 'probe-cli 1.0'; exit 0\n"
+        "fi\n"
+        f"exec '{fake('ok')}' \"$@\"\n")
+    cli.chmod(0o755)
+    env = {"CLINVK_SECRET_TEST": "probe-secret", "CLINVK_API_KEYS": "sekrit-key",
+           "SOME_SECRET": "x"}
+    config = (f"backends:\n  claude:\n    command: {cli}\n    mode: oneshot\n"
+              "    env_remove: [SOME_SECRET]\n")
+    start(world, config, env)
+    text = poll(lambda: seen.exists() and seen.read_text(), 30, "the --version probe to run")
+    names = [line.split("=", 1)[0] for line in text.splitlines() if "=" in line]
+    assert "HOME" in names, text
+    assert not [n for n in names if n.startswith("CLINVK_")], names
+    assert "SOME_SECRET" not in names
+    assert "probe-secret" not in text and "sekrit-key" not in text
+
 # --------------------------------------------------------------------------------------------
 # 5. key holders see only their own sessions
 

@@ -88,16 +88,15 @@ async fn check(backend: Backend, cfg: &BackendSettings) -> BackendStatus {
         return st;
     };
     st.path = Some(path.display().to_string());
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new(&path)
-            .arg("--version")
-            .envs(cfg.env.iter())
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await;
+    let mut probe = tokio::process::Command::new(&path);
+    probe
+        .arg("--version")
+        .envs(cfg.env.iter())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    // The environment a run of this backend gets: no daemon secret, no `env_remove` name.
+    crate::supervisor::scrub_env(probe.as_std_mut(), &cfg.env_remove);
+    let out = tokio::time::timeout(Duration::from_secs(30), probe.output()).await;
     match out {
         Ok(Ok(o)) if o.status.success() => {
             let text = String::from_utf8_lossy(&o.stdout);

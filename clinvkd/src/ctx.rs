@@ -118,6 +118,8 @@ pub(crate) struct Inner {
     pub(crate) tools: Arc<crate::tools::ToolHub>,
     /// The adapter of each backend (the real ones; a test may put fakes here).
     adapters: crate::backend::Adapters,
+    /// The homes whose secret folders the workdir policy blocks (a test may set others).
+    pub(crate) homes: crate::engine::Homes,
     /// A test context's temporary folder (see `testkit`), removed with the last clone — after
     /// the stores above closed their files (fields drop in order).
     #[cfg(test)]
@@ -139,7 +141,7 @@ pub(crate) struct ReloadOutcome {
 }
 
 impl Ctx {
-    pub(crate) fn new(
+    pub(crate) async fn new(
         paths: Paths,
         config_path: PathBuf,
         config_explicit: bool,
@@ -148,6 +150,7 @@ impl Ctx {
         events: broadcast::Sender<AttachEvent>,
     ) -> anyhow::Result<Self> {
         let external = crate::keys::external_keys(&loaded.settings.server.api_keys_gopass_path)
+            .await
             .map_err(anyhow::Error::msg)?;
         let inner = Self::build(
             paths,
@@ -218,6 +221,7 @@ impl Ctx {
             live: crate::live::LiveRuns::default(),
             tools: Arc::default(),
             adapters,
+            homes: crate::engine::Homes::of_process(),
             #[cfg(test)]
             test_dir: None,
         })
@@ -231,6 +235,7 @@ impl Ctx {
         dir: tempfile::TempDir,
         settings: Settings,
         adapters: crate::backend::Adapters,
+        homes: Option<crate::engine::Homes>,
     ) -> anyhow::Result<Ctx> {
         let paths = Paths::under(dir.path().join("state"));
         clinvk_shared::paths::ensure_private_dir(&paths.state_dir)?;
@@ -250,6 +255,9 @@ impl Ctx {
             adapters,
         )?;
         inner.test_dir = Some(dir);
+        if let Some(h) = homes {
+            inner.homes = h;
+        }
         Ok(Ctx(Arc::new(inner)))
     }
 
@@ -313,9 +321,9 @@ impl Ctx {
 
     /// Re-reads the configuration. An invalid one is refused and the running one stays.
     /// The service manager (if any) sees `RELOADING=1`, then `READY=1` whatever the outcome.
-    pub(crate) fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
+    pub(crate) async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         crate::service::reloading();
-        let result = self.reload_inner();
+        let result = self.reload_inner().await;
         let status = match &result {
             Ok(_) => format!("serving {}; configuration reloaded", self.http_url()),
             Err(_) => format!(
@@ -327,10 +335,11 @@ impl Ctx {
         result
     }
 
-    fn reload_inner(&self) -> Result<ReloadOutcome, ReloadError> {
+    async fn reload_inner(&self) -> Result<ReloadOutcome, ReloadError> {
         let loaded = load_settings(&self.config_path, self.config_explicit, &self.overrides)?;
         // Keys first: an unreadable store or gopass refuses the reload (never "no keys").
         let external = crate::keys::external_keys(&loaded.settings.server.api_keys_gopass_path)
+            .await
             .map_err(ReloadError::Refused)?;
         let probe = crate::keys::KeyStore::open(&self.paths.keys_file())?;
         probe.set_external(&external);

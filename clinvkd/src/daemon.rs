@@ -139,6 +139,7 @@ pub async fn run(
     opts: DaemonOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    clinvk_shared::paths::process_start(); // (`main` marked it already)
     let paths = opts.paths.clone();
     // The state folder holds sessions, keys and logs: private to its user.
     ensure_private_dir(&paths.state_dir)
@@ -158,7 +159,8 @@ pub async fn run(
         opts.overrides,
         opts.loaded,
         opts.events,
-    )?;
+    )
+    .await?;
     // Process groups a crashed predecessor left behind (recorded with their start times).
     let reaped = crate::supervisor::reap_orphans(&paths.runtime_dir);
     if reaped > 0 {
@@ -321,12 +323,21 @@ pub async fn run(
 }
 
 /// Raises the soft limit of open files to the hard limit, so that `server.max_connections`
-/// (plus the CLIs' pipes) fits.
+/// (plus the CLIs' pipes) fits. macOS refuses a soft limit above `OPEN_MAX` (10240,
+/// `<sys/syslimits.h>`) whatever the hard limit (often unlimited): it gets that much.
 fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    const OPEN_MAX_MACOS: nix::sys::resource::rlim_t = 10240;
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        let target = if cfg!(target_os = "macos") {
+            hard.min(OPEN_MAX_MACOS)
+        } else {
+            hard
+        };
+        if soft < target {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+                tracing::warn!(soft, wanted = target, error = %e, "cannot raise the open-file limit");
+            }
         }
     }
 }
@@ -353,7 +364,7 @@ async fn wait_for_stop(ctx: &Ctx, shutdown: impl std::future::Future<Output = ()
         tokio::select! {
             _ = term.recv() => { ctx.begin_drain("SIGTERM"); break; }
             _ = int.recv() => { ctx.begin_drain("SIGINT"); break; }
-            _ = hup.recv() => match ctx.reload() {
+            _ = hup.recv() => match ctx.reload().await {
                 Ok(o) => tracing::info!(changed = ?o.changed, "configuration reloaded (SIGHUP)"),
                 Err(e) => tracing::error!(error = %e, "reload refused (SIGHUP); the running configuration stays"),
             },

@@ -150,14 +150,59 @@ fn read_file(file: &Path) -> Result<Option<Vec<StoredKey>>, KeyStoreError> {
 }
 
 impl KeyStore {
-    /// Loads the store file (a missing file is an empty store; an unreadable one is an error).
+    /// Loads the store file (a missing file is an empty store; an unreadable one is an error),
+    /// after removing the temporary files that a write cut short left next to it.
     pub(crate) fn open(file: &Path) -> Result<Self, KeyStoreError> {
         let ks = KeyStore {
             file: file.to_path_buf(),
             ..Default::default()
         };
+        ks.remove_stale_temp_files();
         ks.reload()?;
         Ok(ks)
+    }
+
+    /// Removes the store file's stale temporary files (see
+    /// `clinvk_shared::paths::remove_stale_temp_files`) under the file lock, so no write of
+    /// another handle is in between; only when there are some (no lock file made for nothing).
+    fn remove_stale_temp_files(&self) {
+        let (Some(dir), Some(name)) = (
+            self.file.parent(),
+            self.file.file_name().and_then(|n| n.to_str()),
+        ) else {
+            return;
+        };
+        let prefix = format!(".{name}.tmp.");
+        let any = std::fs::read_dir(dir).is_ok_and(|mut entries| {
+            entries.any(|e| {
+                e.is_ok_and(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.starts_with(&prefix))
+                })
+            })
+        });
+        if !any {
+            return;
+        }
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(_flock) = self.file_lock() else {
+            return;
+        };
+        crate::session::report_stale_temp_files(
+            dir,
+            clinvk_shared::paths::remove_stale_temp_files(dir, Some(name)),
+        );
+    }
+
+    /// The exclusive lock on `<store>.lock` that serialises writers between processes.
+    fn file_lock(&self) -> std::io::Result<Flock<std::fs::File>> {
+        let lock_path = self.file.with_extension("json.lock");
+        let mut opts = std::fs::OpenOptions::new();
+        opts.read(true).write(true).create(true).truncate(false);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let lock_file = opts.open(&lock_path)?;
+        Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))
     }
 
     /// Re-reads the store file (on reload); on error the keys in force stay.
@@ -256,13 +301,7 @@ impl KeyStore {
             file: self.file.clone(),
             source,
         };
-        let lock_path = self.file.with_extension("json.lock");
-        let mut opts = std::fs::OpenOptions::new();
-        opts.read(true).write(true).create(true).truncate(false);
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let lock_file = opts.open(&lock_path).map_err(werr)?;
-        let _flock = Flock::lock(lock_file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| werr(std::io::Error::from(e)))?;
+        let _flock = self.file_lock().map_err(werr)?;
         let on_disk = read_file(&self.file)?;
         let mut stored = on_disk.clone().unwrap_or_default();
         let out = f(&mut stored);
@@ -363,8 +402,24 @@ fn run_with_timeout(
 }
 
 /// Keys from the environment and gopass, read at start and on every reload. A configured gopass
-/// path that cannot be read is an error (never "no keys").
-pub(crate) fn external_keys(gopass_path: &str) -> Result<Vec<String>, String> {
+/// path that cannot be read is an error (never "no keys"). Waiting for gopass (up to 10 s, its
+/// exit polled) happens on the blocking pool, never on an async worker.
+pub(crate) async fn external_keys(gopass_path: &str) -> Result<Vec<String>, String> {
+    external_keys_from(std::path::Path::new("gopass"), gopass_path).await
+}
+
+/// `external_keys` with `gopass` as the gopass program.
+async fn external_keys_from(
+    gopass: &std::path::Path,
+    gopass_path: &str,
+) -> Result<Vec<String>, String> {
+    let (gopass, gopass_path) = (gopass.to_path_buf(), gopass_path.to_string());
+    tokio::task::spawn_blocking(move || external_keys_with(&gopass, &gopass_path))
+        .await
+        .map_err(|e| format!("reading the API keys did not finish: {e}"))?
+}
+
+fn external_keys_with(gopass: &std::path::Path, gopass_path: &str) -> Result<Vec<String>, String> {
     let mut keys: Vec<String> = std::env::var("CLINVK_API_KEYS")
         .unwrap_or_default()
         .split(',')
@@ -376,11 +431,11 @@ pub(crate) fn external_keys(gopass_path: &str) -> Result<Vec<String>, String> {
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| gopass_path.to_string());
     if !path.is_empty() {
-        let out = run_with_timeout(
-            std::process::Command::new("gopass").args(["show", "-o", &path]),
-            std::time::Duration::from_secs(10),
-        )
-        .map_err(|e| format!("cannot run gopass to read the API keys at {path:?}: {e}"))?;
+        let mut cmd = std::process::Command::new(gopass);
+        cmd.args(["show", "-o", &path]);
+        crate::supervisor::scrub_env(&mut cmd, &[]);
+        let out = run_with_timeout(&mut cmd, std::time::Duration::from_secs(10))
+            .map_err(|e| format!("cannot run gopass to read the API keys at {path:?}: {e}"))?;
         if !out.status.success() {
             return Err(format!(
                 "gopass could not read the API keys at {path:?} ({}); fix it or unset server.api_keys_gopass_path",
@@ -481,6 +536,34 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "k1,k2");
     }
 
+    /// On a current-thread runtime a blocking wait would stop every other task: this gopass
+    /// answers only once another task of the same runtime has run.
+    #[tokio::test]
+    async fn the_gopass_fetch_leaves_the_runtime_free() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let (flag, part) = (d.path().join("release"), d.path().join("release.part"));
+        let gopass = d.path().join("gopass");
+        std::fs::write(
+            &gopass,
+            format!(
+                "#!/bin/sh\nwhile [ ! -e '{0}' ]; do sleep 0.01; done\ncat '{0}'\n",
+                flag.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&gopass, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let release = tokio::spawn(async move {
+            tokio::fs::write(&part, "gopass-key\n").await.unwrap();
+            tokio::fs::rename(&part, &flag).await.unwrap();
+        });
+        let keys = external_keys_from(&gopass, "clinvk/api-keys")
+            .await
+            .expect("gopass answered");
+        assert!(keys.iter().any(|k| k == "gopass-key"), "{keys:?}");
+        release.await.unwrap();
+    }
+
     #[test]
     fn corrupt_store_is_an_error_not_an_empty_store() {
         let d = tempfile::tempdir().unwrap();
@@ -488,6 +571,29 @@ mod tests {
         std::fs::write(&f, "{not json").unwrap();
         let e = KeyStore::open(&f).err().expect("corrupt store refused");
         assert!(e.to_string().contains("keys.json"), "{e}");
+    }
+
+    #[test]
+    fn temp_files_of_dead_writers_are_removed_at_open() {
+        use crate::testkit::{leave_temp, DEAD_PID};
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("keys.json");
+        let (k, secret) = KeyStore::open(&f).unwrap().add("ci").unwrap();
+        let dead = leave_temp(d.path(), "keys.json", DEAD_PID, 60);
+        let ours_before_start = leave_temp(d.path(), "keys.json", std::process::id(), 86_400);
+        // The state folder holds other files: only the key store's own temp files go.
+        let other = leave_temp(d.path(), "config.yaml", DEAD_PID, 60);
+        let ks = KeyStore::open(&f).unwrap();
+        assert!(!dead.exists(), "a dead writer's temp file is removed");
+        assert!(
+            !ours_before_start.exists(),
+            "a temp file older than this process is removed"
+        );
+        assert!(
+            other.exists(),
+            "another file's temp file is not the key store's"
+        );
+        assert_eq!(ks.check(&secret), Some(k.id), "the keys still load");
     }
 
     #[test]

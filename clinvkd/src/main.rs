@@ -49,6 +49,8 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    // The daemon's start: temporary files written before it are stale (see the stores).
+    clinvk_shared::paths::process_start();
     let args = Args::parse();
     if let Some(dir) = &args.generate_man {
         return match write_man(dir) {

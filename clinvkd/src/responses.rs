@@ -25,8 +25,13 @@ pub(crate) struct ResponseStore {
 }
 
 impl ResponseStore {
+    /// Opens (creating) the folder, removing the temporary files that a write cut short left.
     pub(crate) fn open(dir: PathBuf) -> std::io::Result<Self> {
         clinvk_shared::paths::ensure_private_dir(&dir)?;
+        crate::session::report_stale_temp_files(
+            &dir,
+            clinvk_shared::paths::remove_stale_temp_files(&dir, None),
+        );
         Ok(ResponseStore { dir })
     }
 
@@ -92,5 +97,38 @@ impl ResponseStore {
         })
         .await
         .map_err(std::io::Error::other)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{leave_temp, DEAD_PID};
+
+    #[test]
+    fn temp_files_of_dead_writers_are_removed_at_open() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("responses");
+        let store = ResponseStore::open(dir.clone()).unwrap();
+        let rec = Stored {
+            owner: None,
+            session_id: Some("s1".into()),
+            backend: Backend::Codex,
+            body: serde_json::json!({"id": "resp_1"}),
+        };
+        store.put_now("resp_1", &rec).unwrap();
+        let dead = leave_temp(&dir, "resp_2.json", DEAD_PID, 60);
+        let live = leave_temp(&dir, "resp_3.json", 1, -86_400);
+        let store = ResponseStore::open(dir.clone()).unwrap();
+        assert!(!dead.exists(), "a dead writer's temp file is removed");
+        assert!(live.exists(), "a live writer's fresh temp file stays");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = rt
+            .block_on(store.get("resp_1", None))
+            .expect("still stored");
+        assert_eq!(got.session_id.as_deref(), Some("s1"));
     }
 }

@@ -55,6 +55,7 @@ impl Ctx {
 pub(crate) struct CtxBuilder {
     settings: Settings,
     adapters: Adapters,
+    homes: Option<crate::engine::Homes>,
 }
 
 impl CtxBuilder {
@@ -67,6 +68,7 @@ impl CtxBuilder {
         CtxBuilder {
             settings: Settings::default(),
             adapters,
+            homes: None,
         }
     }
 
@@ -81,6 +83,12 @@ impl CtxBuilder {
         self
     }
 
+    /// Homes for the workdir policy other than the test process's own.
+    pub(crate) fn homes(mut self, homes: crate::engine::Homes) -> Self {
+        self.homes = Some(homes);
+        self
+    }
+
     /// The context, in a new temporary folder. Panics on settings that a configuration file
     /// could not hold (a test would test nothing real).
     pub(crate) fn build(self) -> Ctx {
@@ -90,7 +98,8 @@ impl CtxBuilder {
             .prefix("clinvkd-test-")
             .tempdir()
             .expect("a temporary folder");
-        let ctx = Ctx::for_tests_in(dir, self.settings, self.adapters).expect("a test context");
+        let ctx = Ctx::for_tests_in(dir, self.settings, self.adapters, self.homes)
+            .expect("a test context");
         crate::engine::prepare_default_workdir(&ctx).expect("the default workdir");
         ctx.supervisor
             .set_record_dir(ctx.paths.runtime_dir.join("runs"));
@@ -152,6 +161,26 @@ pub(crate) async fn spawn_worker(
         .await
         .unwrap_or_else(|e| panic!("the fake worker did not start: {e}"))
 }
+
+/// A temporary file left by a writer that died (a daemon killed mid-write), as
+/// `write_private_atomic` names them: `.<file>.tmp.<pid>.<n>`, given `age` (negative: in the
+/// future).
+pub(crate) fn leave_temp(dir: &std::path::Path, file: &str, pid: u32, age_secs: i64) -> PathBuf {
+    let p = dir.join(format!(".{file}.tmp.{pid}.7"));
+    std::fs::write(&p, b"{\"half\": ").expect("a temp file");
+    let now = std::time::SystemTime::now();
+    let d = std::time::Duration::from_secs(age_secs.unsigned_abs());
+    let at = if age_secs >= 0 { now - d } else { now + d };
+    std::fs::File::options()
+        .write(true)
+        .open(&p)
+        .and_then(|f| f.set_modified(at))
+        .expect("a temp file's time");
+    p
+}
+
+/// A pid no process can have (above Linux's PID_MAX_LIMIT, 2^22).
+pub(crate) const DEAD_PID: u32 = i32::MAX as u32;
 
 /// A fake CLI (see the module's doc).
 pub(crate) struct FakeAdapter {

@@ -433,7 +433,8 @@ impl Workers {
 }
 
 /// `limits.max_workers`, or the default derived from the machine's memory: one worker per GiB
-/// of RAM (a live claude takes about 200 MiB), at least 2, at most 64.
+/// of RAM (a live claude takes about 200 MiB), at least 2, at most 64. Without `/proc/meminfo`
+/// (systems other than Linux) the memory is unknown: 2.
 pub(crate) fn max_workers(configured: usize) -> usize {
     if configured > 0 {
         return configured;
@@ -444,8 +445,12 @@ pub(crate) fn max_workers(configured: usize) -> usize {
     (gib as usize).clamp(2, 64)
 }
 
-/// A field of `/proc/meminfo`, in KiB.
+/// A field of `/proc/meminfo`, in KiB (Linux; `None` elsewhere: no `/proc`, so the memory-low
+/// retirement never fires there).
 fn meminfo(field: &str) -> Option<u64> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?

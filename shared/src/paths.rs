@@ -158,6 +158,71 @@ pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// When this process started, as clinvk counts it: the first call (`clinvkd` makes it first
+/// thing in `main`). A temporary file last written before it cannot belong to a write of this
+/// process.
+pub fn process_start() -> std::time::SystemTime {
+    static START: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
+    *START.get_or_init(std::time::SystemTime::now)
+}
+
+/// The writer's pid if `file_name` is a temporary file that `write_private_atomic` makes for
+/// `target` (for any file when `None`): `.<target>.tmp.<pid>.<n>`.
+fn temp_file_writer(file_name: &str, target: Option<&str>) -> Option<u32> {
+    let (stem, tail) = file_name.strip_prefix('.')?.rsplit_once(".tmp.")?;
+    if stem.is_empty() || target.is_some_and(|t| t != stem) {
+        return None;
+    }
+    let (pid, n) = tail.split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether process `pid` exists (a process of another user counts).
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
+/// Removes the temporary files of `write_private_atomic` in `dir` (those for `target` only, when
+/// given) that no write can still rename: left by a writer that is gone (a process killed
+/// mid-write), or last written before this process started. A file of another name — a real
+/// one — is never touched. Returns the removed files.
+///
+/// Call it where no other writer of these files can run: the stores are the daemon's, which
+/// holds the state folder's pid lock; the key store also takes its file lock.
+pub fn remove_stale_temp_files(dir: &Path, target: Option<&str>) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let (me, started) = (std::process::id(), process_start());
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| temp_file_writer(n, target)) else {
+            continue;
+        };
+        let Ok(meta) = e.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        let before_start = meta.modified().is_ok_and(|t| t < started);
+        let writer_gone = pid != me && !process_exists(pid);
+        if (before_start || writer_gone) && std::fs::remove_file(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +255,59 @@ mod tests {
         assert_eq!(p.runtime_dir, PathBuf::from("/r/clinvk"));
         let p = Paths::resolve(env(&[("HOME", "/h")])).unwrap();
         assert_eq!(p.runtime_dir, PathBuf::from("/h/.clinvk/run"));
+    }
+
+    #[test]
+    fn temp_file_names() {
+        assert_eq!(temp_file_writer(".a.json.tmp.12.3", None), Some(12));
+        assert_eq!(
+            temp_file_writer(".a.json.tmp.12.3", Some("a.json")),
+            Some(12)
+        );
+        assert_eq!(temp_file_writer(".a.json.tmp.12.3", Some("b.json")), None);
+        for real in [
+            "a.json",
+            "a.json.tmp.12.3",
+            ".a.json.tmp.12",
+            ".a.json.tmp.x.3",
+            ".a.json.tmp.12.3.json",
+            ".tmp.12.3",
+        ] {
+            assert_eq!(temp_file_writer(real, None), None, "{real}");
+        }
+    }
+
+    #[test]
+    fn stale_temp_files_go_and_live_ones_stay() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("x.json");
+        write_private_atomic(&f, b"{}").unwrap();
+        let at = |name: &str, t: std::time::SystemTime| {
+            let p = d.path().join(name);
+            std::fs::write(&p, b"{").unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+            p
+        };
+        let hour = std::time::Duration::from_secs(3600);
+        let later = process_start() + hour;
+        let dead = at(&format!(".x.json.tmp.{}.1", i32::MAX), later);
+        let old = at(
+            &format!(".x.json.tmp.{}.2", std::process::id()),
+            process_start() - hour,
+        );
+        let live = at(".x.json.tmp.1.3", later);
+        let mine_now = at(&format!(".x.json.tmp.{}.4", std::process::id()), later);
+        let other = at(&format!(".y.json.tmp.{}.5", i32::MAX), later);
+        let removed = remove_stale_temp_files(d.path(), Some("x.json"));
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(!dead.exists() && !old.exists());
+        assert!(live.exists() && mine_now.exists() && other.exists() && f.exists());
+        assert_eq!(remove_stale_temp_files(d.path(), None), vec![other]);
     }
 
     #[test]

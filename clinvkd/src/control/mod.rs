@@ -173,7 +173,7 @@ async fn handle(ctx: Ctx, conn: Stream) {
             .await;
         }
         Request::Reload => {
-            let frame = match ctx.reload() {
+            let frame = match ctx.reload().await {
                 Ok(o) => {
                     tracing::info!(changed = ?o.changed, "configuration reloaded");
                     ServerFrame::Reply(Reply::Reloaded {

@@ -1,12 +1,15 @@
 //! The working-folder policy: the default workdir, the blocked folders (system folders, the
-//! state folder, the home's credential folders — the CLIs' own come from their adapters) and
-//! the allowed prefixes.
+//! state folder, the credential folders of `HOME` and of the daemon user's own home — the CLIs'
+//! own come from their adapters; a root daemon's home itself) and the allowed prefixes.
 
 use super::*;
 use crate::error::Code;
 
-/// The built-in system folders a run may never use as its working folder.
-pub(crate) const BLOCKED_WORKDIRS: [&str; 14] = [
+/// The built-in system folders a run may never use as its working folder: the system's
+/// programs, libraries and settings, the kernel's files, and `/var`'s state, logs, mail, spools
+/// (cron tables), caches (package archives) and backups (`/etc/shadow` copies). `/tmp` and
+/// `/var/tmp` stay usable.
+pub(crate) const BLOCKED_WORKDIRS: [&str; 19] = [
     "/bin",
     "/boot",
     "/dev",
@@ -19,9 +22,18 @@ pub(crate) const BLOCKED_WORKDIRS: [&str; 14] = [
     "/sbin",
     "/sys",
     "/usr",
-    "/var/run",
+    "/var/backups",
+    "/var/cache",
     "/var/lib",
+    "/var/log",
+    "/var/mail",
+    "/var/run",
+    "/var/spool",
 ];
+
+/// macOS's own system folders, blocked there besides the above (`/etc` and `/var` resolve into
+/// `/private`, which the resolution through symlinks covers).
+pub(crate) const BLOCKED_WORKDIRS_MACOS: [&str; 3] = ["/System", "/Library", "/private/var/db"];
 
 /// Folders of the home that hold credentials besides the CLIs' own (which each adapter
 /// declares): the usual secret ones.
@@ -33,6 +45,51 @@ pub(crate) const BLOCKED_HOME_FOLDERS: [&str; 6] = [
     ".docker",
     ".config/gcloud",
 ];
+
+/// macOS's keychains, in the home there.
+pub(crate) const BLOCKED_HOME_FOLDERS_MACOS: [&str; 1] = ["Library/Keychains"];
+
+/// The homes whose secret folders are never a workdir, found once at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Homes {
+    /// `HOME` as the daemon sees it.
+    pub(crate) env: Option<PathBuf>,
+    /// The daemon user's home in the password database: not the same folder when `HOME`
+    /// points elsewhere (a service started with another `HOME`, `HOME=/tmp/x clinvkd`), and
+    /// its credentials are just as readable.
+    pub(crate) account: Option<PathBuf>,
+    /// Whether the daemon runs as root: then a home itself is no workdir either (`/root`).
+    pub(crate) root: bool,
+}
+
+impl Homes {
+    /// The daemon process's homes (`HOME`, and the effective user's entry in the password
+    /// database).
+    pub(crate) fn of_process() -> Homes {
+        let euid = nix::unistd::geteuid();
+        let account = match nix::unistd::User::from_uid(euid) {
+            Ok(user) => user.map(|u| u.dir).filter(|d| d.is_absolute()),
+            Err(e) => {
+                tracing::warn!(uid = euid.as_raw(), error = %e, "cannot read the daemon user's home from the password database");
+                None
+            }
+        };
+        Homes {
+            env: std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|h| h.is_absolute()),
+            account,
+            root: euid.is_root(),
+        }
+    }
+
+    /// Each distinct home.
+    fn all(&self) -> Vec<&PathBuf> {
+        let mut v: Vec<&PathBuf> = self.env.iter().chain(self.account.iter()).collect();
+        v.dedup();
+        v
+    }
+}
 
 /// The folder a run without `workdir` uses: `server.default_workdir`, else
 /// `<state folder>/workspace`.
@@ -61,8 +118,11 @@ pub(crate) fn prepare_default_workdir(ctx: &Ctx) -> anyhow::Result<()> {
 /// folders.
 pub(super) fn blocked_folders(ctx: &Ctx) -> Vec<PathBuf> {
     let settings = ctx.settings();
-    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let macos = cfg!(target_os = "macos");
     let mut out: Vec<PathBuf> = BLOCKED_WORKDIRS.iter().map(PathBuf::from).collect();
+    if macos {
+        out.extend(BLOCKED_WORKDIRS_MACOS.iter().map(PathBuf::from));
+    }
     out.extend(
         settings
             .server
@@ -71,24 +131,42 @@ pub(super) fn blocked_folders(ctx: &Ctx) -> Vec<PathBuf> {
             .map(PathBuf::from),
     );
     out.push(ctx.paths.state_dir.clone());
-    if let Some(h) = &home {
+    for h in ctx.homes.all() {
         out.extend(BLOCKED_HOME_FOLDERS.iter().map(|f| h.join(f)));
+        if macos {
+            out.extend(BLOCKED_HOME_FOLDERS_MACOS.iter().map(|f| h.join(f)));
+        }
         out.extend(
             backend::adapters()
                 .flat_map(|a| a.credential_folders())
                 .map(|f| h.join(f)),
         );
     }
-    let mut resolved = Vec::new();
-    for p in out {
+    resolved(out)
+}
+
+/// Folders refused themselves (what is inside them may be allowed): `/`, and a home when the
+/// daemon runs as root (`/root`: the agent would work among root's own files).
+fn refused_exactly(ctx: &Ctx) -> Vec<PathBuf> {
+    let mut out = vec![PathBuf::from("/")];
+    if ctx.homes.root {
+        out.extend(ctx.homes.all().into_iter().cloned());
+    }
+    resolved(out)
+}
+
+/// The paths, each also resolved through symlinks where it exists.
+fn resolved(paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in paths {
         if let Ok(real) = std::fs::canonicalize(&p) {
             if real != p {
-                resolved.push(real);
+                out.push(real);
             }
         }
-        resolved.push(p);
+        out.push(p);
     }
-    resolved
+    out
 }
 
 /// Checks a requested working folder: absolute, exists, a folder, resolved through symlinks,
@@ -117,7 +195,9 @@ pub(crate) fn validate_workdir(ctx: &Ctx, requested: &str) -> Result<PathBuf, En
     if default.as_ref().is_some_and(|d| real.starts_with(d)) {
         return Ok(real);
     }
-    if real == Path::new("/") || blocked_folders(ctx).iter().any(|b| real.starts_with(b)) {
+    if refused_exactly(ctx).contains(&real)
+        || blocked_folders(ctx).iter().any(|b| real.starts_with(b))
+    {
         return Err(refused());
     }
     let allowed = &settings.server.allowed_workdir_prefixes;

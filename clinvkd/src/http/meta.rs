@@ -131,6 +131,15 @@ pub(crate) fn install_metrics() {
     });
 }
 
+/// The metrics in Prometheus text format (empty before `install_metrics`).
+pub(crate) fn rendered() -> String {
+    RECORDER
+        .get()
+        .and_then(|h| h.as_ref())
+        .map(|h| h.render())
+        .unwrap_or_default()
+}
+
 /// `GET /metrics` in Prometheus text format, when `server.metrics_enabled`.
 pub(crate) fn metrics(ctx: &Ctx) -> Result<Response, ApiError> {
     if !ctx.settings().server.metrics_enabled {
@@ -140,11 +149,7 @@ pub(crate) fn metrics(ctx: &Ctx) -> Result<Response, ApiError> {
             "metrics are disabled (server.metrics_enabled: false)",
         ));
     }
-    let text = RECORDER
-        .get()
-        .and_then(|h| h.as_ref())
-        .map(|h| h.render())
-        .unwrap_or_default();
+    let text = rendered();
     let mut resp = Response::new(text.into());
     resp.headers_mut().insert(
         "content-type",

@@ -252,7 +252,7 @@ fn describe(op: Op, s: &mut Schemas) -> OpDoc {
             }
         }
         Op::Metrics => OpDoc {
-            description: Some("Prometheus text format, when `server.metrics_enabled`. Series include `clinvk_requests_total{method,path,status}` and `clinvk_request_duration_seconds{method,path}` (path = the route template, e.g. `/api/v1/sessions/{id}`), `clinvk_backend_executions_total{backend,status}`, `clinvk_backend_execution_duration_seconds{backend}`, `clinvk_time_to_first_output_seconds{backend}`, `clinvk_active_sessions`, `clinvk_sessions_created_total`, `clinvk_usage_store_errors_total` (usage store failures: the runs went on unrecorded). A key is required when auth is on and `server.metrics_require_auth` is set (the default)."),
+            description: Some("Prometheus text format, when `server.metrics_enabled`. Series include `clinvk_requests_total{method,path,status}` and `clinvk_request_duration_seconds{method,path}` (path = the route template, e.g. `/api/v1/sessions/{id}`), `clinvk_backend_executions_total{backend,status}`, `clinvk_backend_execution_duration_seconds{backend}`, `clinvk_time_to_first_output_seconds{backend}`, `clinvk_active_sessions`, `clinvk_sessions_created_total`, `clinvk_usage_store_errors_total` (usage store failures: the runs went on unrecorded), `clinvk_session_store_errors_total{op}` (session writes that failed while a run went on; `op`: status, backend_session_id, turn, delete, claim, transcript_hash). A key is required when auth is on and `server.metrics_require_auth` is set (the default)."),
             own: vec![(404, native_error("Metrics are disabled (`code: metrics_disabled`)."))],
             ..doc(
                 "metrics",

@@ -5,7 +5,7 @@
 //! lock), so turns never interleave.
 
 use clinvk_shared::api::Backend;
-use clinvk_shared::paths::{ensure_private_dir, write_private_atomic};
+use clinvk_shared::paths::{ensure_private_dir, remove_stale_temp_files, write_private_atomic};
 use clinvk_shared::types::{now_rfc3339, TokenUsage};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -91,6 +91,32 @@ pub(crate) enum StoreError {
     Write { id: String, source: std::io::Error },
 }
 
+/// The counter of failed session writes in `/metrics`, labelled by `op`.
+pub(crate) const ERRORS_METRIC: &str = "clinvk_session_store_errors_total";
+
+/// A session write that failed where nothing can be refused any more (the run goes on, the
+/// session on disk stays as it was): logged with the session id and the step (`op`: `status`,
+/// `backend_session_id`, `turn`, `delete`, `claim`, `transcript_hash`) — never a prompt — and
+/// counted. A session deleted meanwhile is no store error (debug log only).
+pub(crate) fn write_failed(op: &'static str, id: &str, e: &StoreError) {
+    match e {
+        StoreError::Write { .. } => {
+            metrics::counter!(ERRORS_METRIC, "op" => op).increment(1);
+            tracing::warn!(session = %id, op, error = %e, "cannot write the session");
+        }
+        StoreError::NotFound(_) | StoreError::Ambiguous(_) => {
+            tracing::debug!(session = %id, op, error = %e, "the session went away meanwhile");
+        }
+    }
+}
+
+/// `write_failed` for a result whose value is not needed.
+pub(crate) fn check_write<T>(op: &'static str, id: &str, r: Result<T, StoreError>) {
+    if let Err(e) = r {
+        write_failed(op, id, &e);
+    }
+}
+
 /// The store (cheap to clone).
 #[derive(Clone)]
 pub(crate) struct Store {
@@ -105,9 +131,11 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    /// Opens (creating) the folder and loads every session file in it.
+    /// Opens (creating) the folder and loads every session file in it, after removing the
+    /// temporary files that a write cut short (a daemon killed mid-write) left behind.
     pub(crate) fn open(dir: &Path) -> std::io::Result<Store> {
         ensure_private_dir(dir)?;
+        report_stale_temp_files(dir, remove_stale_temp_files(dir, None));
         let store = Store {
             dir: dir.to_path_buf(),
             map: Arc::default(),
@@ -350,7 +378,13 @@ impl Store {
             .map(|s| s.id.clone())
             .collect();
         old.iter()
-            .filter(|id| self.delete(id, None).is_ok())
+            .filter(|id| match self.delete(id, None) {
+                Ok(_) => true,
+                Err(e) => {
+                    write_failed("delete", id, &e);
+                    false
+                }
+            })
             .count()
     }
 
@@ -363,10 +397,15 @@ impl Store {
             .map(|s| s.id.clone())
             .collect();
         ids.iter()
-            .filter(|id| {
-                self.update(id, |s| s.status = SessionStatus::Interrupted)
-                    .is_ok()
-            })
+            .filter(
+                |id| match self.update(id, |s| s.status = SessionStatus::Interrupted) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        write_failed("status", id, &e);
+                        false
+                    }
+                },
+            )
             .count()
     }
 
@@ -406,9 +445,20 @@ impl Store {
             s.clone()
         };
         if let Err(e) = self.persist(&claimed) {
-            tracing::warn!(session = %claimed.id, error = %e, "cannot persist a claimed session");
+            write_failed("claim", &claimed.id, &e);
         }
         Some(claimed)
+    }
+}
+
+/// Logs the temporary files a store removed at open (left by writes cut short).
+pub(crate) fn report_stale_temp_files(dir: &Path, removed: Vec<PathBuf>) {
+    if !removed.is_empty() {
+        tracing::warn!(
+            dir = %dir.display(),
+            files = removed.len(),
+            "removed temporary files left by writes that were cut short (a daemon killed mid-write)"
+        );
     }
 }
 
@@ -548,6 +598,39 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
             .collect();
         assert!(leftovers.is_empty(), "no temp file is left behind");
+    }
+
+    #[test]
+    fn temp_files_of_dead_writers_are_removed_at_open() {
+        use crate::testkit::{leave_temp, DEAD_PID};
+        let d = tempfile::tempdir().unwrap();
+        let st = Store::open(d.path()).unwrap();
+        let s = st.create(Session::default()).unwrap();
+        let file = format!("{}.json", s.id);
+        drop(st);
+        // Left by a daemon killed with -9 mid-write: its pid is gone; or its pid is ours (a
+        // container's pid 1 after a restart) but the file predates this process.
+        let dead = leave_temp(d.path(), &file, DEAD_PID, 60);
+        let ours_before_start = leave_temp(d.path(), "other.json", std::process::id(), 86_400);
+        // A writer that still runs (pid 1 always does) and wrote after this process started is
+        // not touched; neither is a file that only looks alike, nor a session file.
+        let live = leave_temp(d.path(), "live.json", 1, -86_400);
+        let lookalike = d.path().join("notes.json.tmp.1.2");
+        std::fs::write(&lookalike, b"x").unwrap();
+        let st = Store::open(d.path()).unwrap();
+        assert!(!dead.exists(), "a dead writer's temp file is removed");
+        assert!(
+            !ours_before_start.exists(),
+            "a temp file older than this process is removed"
+        );
+        assert!(live.exists(), "a live writer's fresh temp file stays");
+        assert!(
+            lookalike.exists(),
+            "only the store's own temp files are touched"
+        );
+        assert_eq!(st.count(), 1, "the sessions still load");
+        assert_eq!(st.get(&s.id, None).unwrap(), s);
+        assert!(st.corrupt_files.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -249,15 +249,7 @@ impl Supervisor {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        // Agents never see the daemon's own settings and secrets (CLINVK_API_KEYS, …).
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("CLINVK_") {
-                cmd.env_remove(&name);
-            }
-        }
-        for name in &spec.env_remove {
-            cmd.env_remove(name);
-        }
+        scrub_env(cmd.as_std_mut(), &spec.env_remove);
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
         }
@@ -405,6 +397,24 @@ impl Supervisor {
     }
 }
 
+/// Takes out of `cmd`'s environment what no process the daemon starts may see: every
+/// `CLINVK_*` variable (the daemon's settings and secrets: `CLINVK_API_KEYS`, …), also when set
+/// explicitly on `cmd`, and the names in `env_remove` (a backend's `env_remove`). Call it after
+/// the variables are set. Every such spawn goes through it: runs, warm workers, the
+/// availability probe, gopass.
+pub(crate) fn scrub_env(cmd: &mut std::process::Command, env_remove: &[String]) {
+    let explicit: Vec<std::ffi::OsString> =
+        cmd.get_envs().map(|(name, _)| name.to_owned()).collect();
+    for name in std::env::vars_os().map(|(name, _)| name).chain(explicit) {
+        if name.to_string_lossy().starts_with("CLINVK_") {
+            cmd.env_remove(&name);
+        }
+    }
+    for name in env_remove {
+        cmd.env_remove(name);
+    }
+}
+
 /// The umask the daemon was started with (restored in its children).
 static CHILD_UMASK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0o022);
 
@@ -416,23 +426,41 @@ pub fn set_private_umask() {
     CHILD_UMASK.store(old.bits(), std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Makes the child die (SIGKILL) when the daemon dies, even by `kill -9`; its own children are
-/// caught by `reap_orphans` at the next start.
-#[allow(unsafe_code)]
+/// Prepares a CLI's process for its exec: the user's umask back (the daemon runs with 077), and
+/// on Linux death with the daemon (`PR_SET_PDEATHSIG` = SIGKILL), even by `kill -9`; its own
+/// children are caught by `reap_orphans` at the next start. Other systems have no death signal
+/// (see docs/security.md).
 fn die_with_parent(cmd: &mut tokio::process::Command) {
-    let parent = nix::unistd::getpid();
-    let mask = nix::sys::stat::Mode::from_bits_truncate(
-        CHILD_UMASK.load(std::sync::atomic::Ordering::Relaxed) as _,
-    );
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
-    // calls (prctl, getppid); it allocates nothing.
+    guard_child(cmd, nix::unistd::getpid());
+}
+
+/// `die_with_parent` for a child whose parent must be `parent`: if it is not (the daemon died
+/// between the fork and the `prctl`, so the death signal will never come), the child does not
+/// exec and the spawn fails with `ESRCH`.
+#[allow(unsafe_code)]
+fn guard_child(cmd: &mut tokio::process::Command, parent: Pid) {
+    let mask = CHILD_UMASK.load(std::sync::atomic::Ordering::Relaxed) as libc::mode_t;
+    let parent = parent.as_raw();
+    // SAFETY: `pre_exec` runs the closure in the forked child before exec, where the daemon's
+    // other threads are gone (one may have held the allocator's or another lock): it may only
+    // call async-signal-safe functions and must not allocate. It owns two integers, copied in,
+    // and calls exactly `umask(2)` and `getppid(2)` — both async-signal-safe (POSIX, see
+    // signal-safety(7)) — and on Linux `prctl(2)`, which is not in POSIX's list but is a bare
+    // system call in libc (no lock, no allocation). Its errors are made from errno
+    // (`io::Error::last_os_error`, `io::Error::from_raw_os_error`: a code, no allocation; std
+    // sends the code to the parent through its pipe). It takes no lock and touches no state but
+    // the child's own umask, death signal and errno.
     unsafe {
         cmd.pre_exec(move || {
-            nix::sys::stat::umask(mask);
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-            // The daemon died before the prctl took effect: do not start at all.
-            if nix::unistd::getppid() != parent {
-                return Err(std::io::Error::other("the daemon is gone"));
+            libc::umask(mask);
+            #[cfg(target_os = "linux")]
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The daemon died before the death signal was set (elsewhere: before this point):
+            // do not start at all.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
@@ -440,7 +468,13 @@ fn die_with_parent(cmd: &mut tokio::process::Command) {
 }
 
 /// Fields of `/proc/<pid>/stat` after the command name: (process group, start time in ticks).
+/// Linux only: other systems have no `/proc` (macOS), so nothing is known there — no start
+/// time is recorded for a run, `reap_orphans` finds nothing to kill, `group_rss` is `None`,
+/// and `process_alive` asks the kernel with signal 0 instead.
 fn proc_stat(pid: u32) -> Option<(i32, u64)> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
     if rest.first() == Some(&"Z") {
@@ -492,12 +526,29 @@ pub(crate) fn reap_orphans(runtime_dir: &std::path::Path) -> usize {
     killed
 }
 
-/// Whether a process runs (a zombie does not).
+/// Whether a process runs. On Linux from `/proc` (a zombie does not run); elsewhere whether
+/// signal 0 reaches it (a zombie counts until the supervisor reaps it, which it does as soon as
+/// its child exits).
 pub(crate) fn process_alive(pid: u32) -> bool {
-    proc_stat(pid).is_some()
+    if cfg!(target_os = "linux") {
+        proc_stat(pid).is_some()
+    } else {
+        signal_reaches(pid)
+    }
 }
 
-/// The resident memory of a process group, in bytes (Linux; None when unreadable).
+/// Whether process `pid` exists (signal 0; another user's process counts).
+fn signal_reaches(pid: u32) -> bool {
+    i32::try_from(pid).is_ok_and(|p| {
+        !matches!(
+            nix::sys::signal::kill(Pid::from_raw(p), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
+    })
+}
+
+/// The resident memory of a process group, in bytes (Linux; None when unreadable, and on other
+/// systems: no `/proc`).
 pub(crate) fn group_rss(pgid: u32) -> Option<u64> {
     let members = group_members(pgid as i32);
     if members.is_empty() {
@@ -519,8 +570,11 @@ pub(crate) fn group_rss(pgid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// The live processes of a process group.
+/// The live processes of a process group (Linux, from `/proc`; none elsewhere).
 fn group_members(pgid: i32) -> Vec<i32> {
+    if !cfg!(target_os = "linux") {
+        return vec![];
+    }
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return vec![];
     };

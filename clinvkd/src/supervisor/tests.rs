@@ -263,3 +263,48 @@ async fn stdin_payload_is_written_and_closed() {
     assert_eq!(lines[0].trim(), "300000");
     assert_eq!(info.code, Some(0));
 }
+
+/// A child whose daemon died before its death signal was set does not start; the reason
+/// reaches the spawner as an OS error (built without allocating, after the fork).
+#[tokio::test]
+async fn a_child_whose_daemon_is_gone_does_not_start() {
+    let marker = tempfile::tempdir().unwrap();
+    let ran = marker.path().join("ran");
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.args(["-c", &format!("touch '{}'", ran.display())]);
+    // As if the daemon had died between the fork and the prctl: the parent is not the one
+    // the child was made for.
+    guard_child(&mut cmd, Pid::from_raw(i32::MAX));
+    let e = cmd.spawn().expect_err("refused before exec");
+    assert_eq!(e.raw_os_error(), Some(libc::ESRCH), "{e:?}");
+    assert!(!ran.exists(), "the program never ran");
+}
+
+#[test]
+fn a_scrubbed_environment_holds_no_clinvk_variable() {
+    use std::ffi::OsStr;
+    let mut cmd = std::process::Command::new("/bin/true");
+    cmd.env("CLINVK_FROM_THE_CONFIG", "x")
+        .env("KEPT", "y")
+        .env("REMOVED", "z");
+    scrub_env(&mut cmd, &["REMOVED".into()]);
+    let envs: HashMap<&OsStr, Option<&OsStr>> = cmd.get_envs().collect();
+    assert_eq!(envs[OsStr::new("CLINVK_FROM_THE_CONFIG")], None, "removed");
+    assert_eq!(envs[OsStr::new("REMOVED")], None);
+    assert_eq!(envs[OsStr::new("KEPT")], Some(OsStr::new("y")));
+    // The daemon's own CLINVK_* variables are taken out too.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CLINVK_") {
+            assert_eq!(envs[name.as_os_str()], None);
+        }
+    }
+}
+
+/// The liveness check of systems without `/proc` (macOS), exercised here too.
+#[test]
+fn signal_zero_tells_a_running_process_from_a_gone_one() {
+    assert!(signal_reaches(std::process::id()));
+    assert!(signal_reaches(1), "another user's process counts");
+    assert!(!signal_reaches(i32::MAX as u32));
+    assert!(!signal_reaches(u32::MAX), "not a pid at all");
+}

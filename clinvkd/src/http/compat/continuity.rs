@@ -36,8 +36,10 @@ impl Continuity {
         let mut msgs = self.transcript.clone();
         msgs.push(Msg::new(Role::Assistant, reply));
         let hash = transcript_hash(&self.target, self.system.as_deref(), &msgs);
-        if let Err(e) = ctx.sessions.update(id, |s| s.transcript_hash = Some(hash)) {
-            tracing::warn!(session = %id, error = %e, "cannot store the transcript hash");
-        }
+        crate::session::check_write(
+            "transcript_hash",
+            id,
+            ctx.sessions.update(id, |s| s.transcript_hash = Some(hash)),
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! streamed as prompt updates, the turn recorded at its end; the dry run.
 
 use super::*;
+use crate::session::check_write;
 
 /// One update of a running prompt.
 #[derive(Debug)]
@@ -109,11 +110,12 @@ impl PromptRun {
                     // Kept as soon as it is known: a crash mid-run stays resumable.
                     if let Some(id) = &self.session_id {
                         let b = session_id.clone();
-                        let _ = self
+                        let r = self
                             .ctx
                             .sessions
                             .update_async(id, |s| s.backend_session_id = Some(b))
                             .await;
+                        check_write("backend_session_id", id, r);
                     }
                 }
                 Some(PromptUpdate::Event(self.redacted_event(ev)))
@@ -243,9 +245,7 @@ pub(super) async fn record_turn(
             Ok(())
         })
         .await;
-    if let Err(e) = recorded {
-        tracing::error!(session = %id, error = %e, "cannot record the turn");
-    }
+    check_write("turn", id, recorded);
 }
 
 impl Drop for PromptRun {
@@ -266,10 +266,11 @@ impl Drop for PromptRun {
             work.spawn_on(
                 async move {
                     let _turn = turn;
-                    let _ = ctx
+                    let r = ctx
                         .sessions
                         .update_async(&id, |s| s.status = SessionStatus::Interrupted)
                         .await;
+                    check_write("status", &id, r);
                 },
                 &rt,
             );
@@ -306,10 +307,11 @@ pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> 
     // The session is on disk before the CLI can start: a crash at any later point never loses
     // it (it is marked interrupted at the next start).
     let session_id = if let Some(s) = &plan.resume_session {
-        let _ = ctx
+        let r = ctx
             .sessions
             .update_async(&s.id, |s| s.status = SessionStatus::Active)
             .await;
+        check_write("status", &s.id, r);
         Some(s.id.clone())
     } else if plan.ephemeral {
         None
@@ -343,17 +345,19 @@ pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> 
             // Nothing ran: a new session goes away, a continued one gets its status back.
             match (&session_id, previous_status) {
                 (Some(id), Some(status)) => {
-                    let _ = ctx
+                    let r = ctx
                         .sessions
                         .update_async(id, move |s| s.status = status)
                         .await;
+                    check_write("status", id, r);
                 }
                 (Some(id), None) => {
-                    let id = id.clone();
-                    let _ = ctx
+                    let gone = id.clone();
+                    let r = ctx
                         .sessions
-                        .off_thread(move |st| st.delete(&id, None))
+                        .off_thread(move |st| st.delete(&gone, None))
                         .await;
+                    check_write("delete", id, r);
                 }
                 _ => {}
             }

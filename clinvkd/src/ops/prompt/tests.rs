@@ -2,8 +2,8 @@
 //! the fake CLI.
 
 use super::*;
-use crate::testkit::{folder, no_hang, request, start_prompt};
-use std::path::PathBuf;
+use crate::testkit::{folder, no_hang, request, start_prompt, CtxBuilder};
+use std::path::{Path, PathBuf};
 
 fn plan_as(ctx: &Ctx, req: PromptRequest, source: api::ApiStyle) -> Result<Plan, ApiError> {
     plan(ctx, &Caller::control(), Ask::from_request(req, source)?)
@@ -135,6 +135,95 @@ fn the_workdir_policy() {
     let work = folder(&ctx, "work");
     let p = plan_of(&ctx, with_workdir(&work)).expect("a free folder");
     assert_eq!(p.inv.workdir.as_deref(), Some(work.as_path()));
+}
+
+#[test]
+fn system_folders_with_logs_mail_spools_and_backups_are_refused() {
+    let ctx = Ctx::for_tests(|_| {});
+    let system = [
+        "/var/log",
+        "/var/spool",
+        "/var/mail",
+        "/var/cache",
+        "/var/backups",
+    ];
+    // A folder that does not exist is refused anyway: only the existing ones prove the list.
+    let existing: Vec<&str> = system
+        .into_iter()
+        .filter(|d| Path::new(d).is_dir())
+        .collect();
+    assert!(existing.contains(&"/var/log"), "{existing:?}");
+    for dir in existing {
+        let (code, _, _) = refusal(&ctx, with_workdir(dir));
+        assert_eq!(code, "workdir_not_allowed", "{dir}");
+    }
+    // The system's temp folder stays usable.
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(plan_of(&ctx, with_workdir(tmp.path())).is_ok());
+}
+
+/// Two homes: `HOME` (what the daemon was started with) and the account's own home in the
+/// password database, as when a service is started with another `HOME`.
+fn two_homes(root: bool) -> (tempfile::TempDir, PathBuf, PathBuf, Ctx) {
+    let outside = tempfile::tempdir().unwrap();
+    let base = std::fs::canonicalize(outside.path()).unwrap();
+    let (env, account) = (base.join("env-home"), base.join("account-home"));
+    for d in [".ssh", ".claude", ".codex", ".gemini", ".aws", "projects"] {
+        std::fs::create_dir_all(account.join(d)).unwrap();
+    }
+    std::fs::create_dir_all(env.join(".ssh")).unwrap();
+    let ctx = CtxBuilder::new()
+        .homes(engine::Homes {
+            env: Some(env.clone()),
+            account: Some(account.clone()),
+            root,
+        })
+        .build();
+    (outside, env, account, ctx)
+}
+
+#[test]
+fn the_accounts_own_home_is_guarded_when_home_points_elsewhere() {
+    let (_keep, env, account, ctx) = two_homes(false);
+    for secret in [
+        account.join(".ssh"),
+        account.join(".claude"),
+        account.join(".codex"),
+        account.join(".gemini"),
+        account.join(".aws"),
+        env.join(".ssh"),
+    ] {
+        let (code, _, _) = refusal(&ctx, with_workdir(&secret));
+        assert_eq!(code, "workdir_not_allowed", "{}", secret.display());
+    }
+    // A user's home and its projects are workdirs like any other folder.
+    assert!(plan_of(&ctx, with_workdir(account.join("projects"))).is_ok());
+    assert!(plan_of(&ctx, with_workdir(&account)).is_ok());
+    assert!(plan_of(&ctx, with_workdir(&env)).is_ok());
+}
+
+#[test]
+fn a_daemon_run_as_root_refuses_roots_home_itself() {
+    let (_keep, env, account, ctx) = two_homes(true);
+    for home in [&account, &env] {
+        let (code, _, _) = refusal(&ctx, with_workdir(home));
+        assert_eq!(code, "workdir_not_allowed", "{}", home.display());
+    }
+    let (code, _, _) = refusal(&ctx, with_workdir(account.join(".ssh")));
+    assert_eq!(code, "workdir_not_allowed");
+    // A project folder inside it is not the home itself.
+    assert!(plan_of(&ctx, with_workdir(account.join("projects"))).is_ok());
+}
+
+#[test]
+fn the_process_homes_come_from_home_and_the_password_database() {
+    let h = engine::Homes::of_process();
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .expect("the test user has an account");
+    assert_eq!(h.account, Some(me.dir));
+    assert_eq!(h.root, nix::unistd::geteuid().is_root());
+    assert_eq!(h.env, std::env::var_os("HOME").map(PathBuf::from));
 }
 
 #[test]
@@ -295,4 +384,36 @@ async fn a_prompt_runs_and_its_session_records_the_turn() {
     assert_eq!(s.backend_session_id, done.summary.backend_session_id);
     assert!(s.backend_session_id.is_some());
     assert!(ctx.live.snapshot().is_empty(), "the run left the live view");
+}
+
+/// The value of a counter in `/metrics` (0 when absent).
+fn counter(rendered: &str, series: &str) -> f64 {
+    rendered
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn session_writes_that_fail_are_counted_not_lost() {
+    crate::http::meta::install_metrics();
+    let series = |op: &str| format!("clinvk_session_store_errors_total{{op=\"{op}\"}}");
+    let before = crate::http::meta::rendered();
+    let ctx = Ctx::for_tests(|_| {});
+    let run = start_prompt(&ctx, request("claude", "hi")).await;
+    let id = run.session_id.clone().expect("a new session");
+    // The session is on disk; from now on its folder cannot be written (a file took its place:
+    // refused even to root, which a read-only mode is not).
+    let dir = ctx.paths.sessions_dir();
+    std::fs::rename(&dir, ctx.test_dir().join("sessions.moved")).unwrap();
+    std::fs::write(&dir, b"not a folder").unwrap();
+    let done = no_hang("the prompt", run.finish()).await;
+    assert_eq!(done.output, "hi", "the run itself goes on");
+    let after = crate::http::meta::rendered();
+    for op in ["backend_session_id", "turn"] {
+        assert!(
+            counter(&after, &series(op)) > counter(&before, &series(op)),
+            "the failed {op} write of session {id} is counted: {after}"
+        );
+    }
 }
