@@ -510,3 +510,24 @@ def test_user_text_next_to_tool_results_reaches_the_model(compat):
     client.messages.create(model="claude", max_tokens=50, messages=messages, tools=[ANTH_WEATHER])
     seen = model_saw_result(d, "drizzle")
     assert "and answer in French" in json.dumps(seen["tool_results"]), seen["tool_results"]
+
+
+def test_a_parked_run_gives_its_slot_back(compat):
+    """A run that waits for the client's tool results holds no concurrency slot (its CLI runs
+    nothing meanwhile): with one slot, another prompt runs while it waits; the continuation
+    then takes the slot like a new run."""
+    d = compat(config="limits:\n  max_concurrent: 1\n  queue_timeout_secs: 5\n")
+    client = d.openai()
+    messages = [{"role": "user", "content": 'Weather? [[call:get_weather={"city":"Oslo"}]]'}]
+    r1 = client.chat.completions.create(model="claude", messages=messages, tools=[WEATHER])
+    assert r1.choices[0].finish_reason == "tool_calls"
+    other = client.chat.completions.create(
+        model="claude", messages=[{"role": "user", "content": "meanwhile"}])
+    assert "last=meanwhile" in other.choices[0].message.content
+    call = r1.choices[0].message.tool_calls[0]
+    messages += [r1.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
+    r = client.chat.completions.create(model="claude", messages=messages, tools=[WEATHER])
+    assert r.choices[0].finish_reason == "stop"
+    assert "sunny, 21 C" in r.choices[0].message.content
+    model_saw_result(d, "sunny, 21 C")

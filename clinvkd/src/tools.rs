@@ -296,6 +296,8 @@ impl ToolHub {
     /// `tools.pending_timeout_secs` pass (then the run is stopped).
     pub(crate) fn park(&self, mut parked: Parked, timeout: Duration, max_parked: usize) {
         parked.run.hold_for(timeout);
+        // Waiting is not running: the slot goes back until the results come.
+        parked.run.release_slot();
         let ids: Vec<String> = parked.calls.iter().map(|c| c.id.clone()).collect();
         let slot: Slot = Arc::new(Mutex::new(Some(parked)));
         let evicted = {

@@ -114,13 +114,18 @@ pub(super) fn prepare_command(
         },
         argv,
         env_names,
-        limits: Limits {
-            global: settings.limits.max_concurrent,
-            backend: cfg.max_concurrent,
-            queue: settings.limits.queue_size,
-            queue_timeout: Duration::from_secs(settings.limits.queue_timeout_secs),
-        },
+        limits: limits(&settings, cfg),
     })
+}
+
+/// The concurrency limits a run of a backend configured `cfg` is started under.
+pub(crate) fn limits(settings: &clinvk_shared::config::Settings, cfg: &BackendSettings) -> Limits {
+    Limits {
+        global: settings.limits.max_concurrent,
+        backend: cfg.max_concurrent,
+        queue: settings.limits.queue_size,
+        queue_timeout: Duration::from_secs(settings.limits.queue_timeout_secs),
+    }
 }
 
 /// Whether the backend reads the output schema from a file (codex `--output-schema FILE`).

@@ -66,6 +66,27 @@ impl RunStream {
     pub(crate) fn is_warm(&self) -> bool {
         matches!(self.source, Source::Warm(_))
     }
+
+    /// Gives the run's concurrency slot back while it waits for a client's tool results (its
+    /// CLI runs nothing meanwhile; `tools.max_parked_runs` bounds such runs).
+    pub(crate) fn release_slot(&mut self) {
+        match &mut self.source {
+            Source::Oneshot { handle, .. } => handle.release_slot(),
+            Source::Warm(turn) => turn.permit = None,
+        }
+    }
+
+    /// Takes a concurrency slot again, like a new run: queued, within `queue_timeout_secs`.
+    pub(crate) async fn restore_slot(&mut self, ctx: &Ctx) -> Result<(), EngineError> {
+        let settings = ctx.settings();
+        let limits = limits(&settings, &settings.backend(self.backend));
+        let permit = ctx.supervisor.limiter.acquire(self.backend, limits).await?;
+        match &mut self.source {
+            Source::Oneshot { handle, .. } => handle.restore_slot(permit),
+            Source::Warm(turn) => turn.permit = Some(permit),
+        }
+        Ok(())
+    }
 }
 
 impl RunStream {

@@ -98,9 +98,21 @@ pub(crate) struct RunHandle {
     /// When the process is killed for taking too long (movable: see `restart_timeout`).
     deadline: tokio::sync::watch::Sender<tokio::time::Instant>,
     timeout: Duration,
+    /// Its concurrency slot (None for a live worker's process, or while released).
+    slot: Arc<std::sync::Mutex<Option<Permit>>>,
 }
 
 impl RunHandle {
+    /// Gives the run's concurrency slot back (the run waits for a client and runs nothing).
+    pub(crate) fn release_slot(&self) {
+        drop(self.slot.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
+    /// Gives the run a slot again (see `release_slot`).
+    pub(crate) fn restore_slot(&self, permit: Permit) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(permit);
+    }
+
     /// Gives the run its whole timeout again from now (a run that waited for a client's tool
     /// results: the wait is not the CLI's time).
     pub(crate) fn restart_timeout(&self) {
@@ -228,6 +240,10 @@ impl Supervisor {
         mut spec: SpawnSpec,
         live: bool,
     ) -> Result<(RunHandle, Option<tokio::process::ChildStdin>), SpawnError> {
+        // The run's concurrency slot, released when the process exits — or while the run waits
+        // for a client's tool results (`RunHandle::release_slot`).
+        let slot = Arc::new(std::sync::Mutex::new(permit));
+        let slot_task = slot.clone();
         if live {
             spec.stdin = None;
             spec.max_output_bytes = usize::MAX;
@@ -373,7 +389,7 @@ impl Supervisor {
                 let _ = std::fs::remove_file(f);
             }
             metrics::gauge!("clinvk_running_processes").set(sup.running_count() as f64);
-            drop(permit);
+            drop(slot_task.lock().unwrap_or_else(|e| e.into_inner()).take());
             tracing::debug!(run = %run_id, code = ?info.code, signal = ?info.signal, timed_out = info.timed_out, cancelled = info.cancelled, "exited");
             let _ = tx.send(ProcEvent::Exit(info)).await;
         });
@@ -385,6 +401,7 @@ impl Supervisor {
                 cancel,
                 deadline: deadline_tx,
                 timeout,
+                slot,
             },
             live_stdin,
         ))

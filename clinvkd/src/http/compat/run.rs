@@ -55,7 +55,7 @@ pub(super) fn tool_results(new: &[Msg]) -> HashMap<String, ToolReply> {
 
 /// Continues the run parked at the tool calls these results answer. `Ok(None)`: the results
 /// answer no call of this daemon (a conversation from elsewhere, rendered as text instead).
-pub(super) fn continue_parked(
+pub(super) async fn continue_parked(
     ctx: &Ctx,
     caller: &crate::ops::Caller,
     target: &Target,
@@ -81,7 +81,18 @@ pub(super) fn continue_parked(
     }
     let ids: Vec<String> = results.keys().cloned().collect();
     match ctx.tools.take(&ids, caller.owner()) {
-        Ok(parked) => {
+        Ok(mut parked) => {
+            // The continuation takes a slot like a new run; without one in time the run waits
+            // on (parked again) and the client may send its results again.
+            if let Err(e) = parked.run.restore_slot().await {
+                let settings = ctx.settings();
+                ctx.tools.park(
+                    parked,
+                    std::time::Duration::from_secs(settings.tools.pending_timeout_secs),
+                    settings.tools.max_parked_runs,
+                );
+                return Err(e);
+            }
             let (run, tools) = parked.answer(&results);
             Ok(Some(Started {
                 meta: Continuity {
@@ -132,7 +143,7 @@ pub(crate) async fn start(
 ) -> Result<Started, ApiError> {
     let split = conv.split();
     let (history, new) = conv.messages.split_at(split);
-    if let Some(started) = continue_parked(ctx, caller, target, &conv, new)? {
+    if let Some(started) = continue_parked(ctx, caller, target, &conv, new).await? {
         return Ok(started);
     }
     if !conv.tools.is_empty() {

@@ -36,6 +36,21 @@ pub(crate) struct PromptRun {
 }
 
 impl PromptRun {
+    /// See `RunStream::release_slot`.
+    pub(crate) fn release_slot(&mut self) {
+        if let Some(run) = self.run.as_mut() {
+            run.release_slot();
+        }
+    }
+
+    /// See `RunStream::restore_slot`.
+    pub(crate) async fn restore_slot(&mut self) -> Result<(), ApiError> {
+        match self.run.as_mut() {
+            Some(run) => run.restore_slot(&self.ctx).await.map_err(|e| e.api_error()),
+            None => Ok(()),
+        }
+    }
+
     /// Whether the run is a turn of a warm worker.
     pub(crate) fn is_warm(&self) -> bool {
         self.run.as_ref().is_some_and(|r| r.is_warm())
