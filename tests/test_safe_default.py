@@ -807,29 +807,21 @@ def test_kill9_of_the_daemon_leaves_no_cli_behind(world):
                 pass
 
 
-def test_parallel_is_capped_per_request(world, tmp_path):
+@pytest.mark.parametrize("limits, tasks, delay_ms", [
+    ("max_parallel_per_request: 2\n  max_concurrent: 8", 6, 300),
+    # the request's own cap is high: half of max_concurrent is the limit
+    ("max_parallel_per_request: 8\n  max_concurrent: 4", 8, 1000),
+], ids=["per-request-cap", "half-the-slots"])
+def test_parallel_is_capped_per_request(world, tmp_path, limits, tasks, delay_ms):
     counter = tmp_path / "overlap.json"
     url = start(world, claude_config("count-overlap",
-                                     f"env:\n  FAKECLI_OVERLAP_FILE: '{counter}'\n  FAKECLI_DELAY_MS: '300'",
-                                     "limits:\n  max_parallel_per_request: 2\n  max_concurrent: 8\n"))
-    tasks = [{"backend": "claude", "prompt": f"task {i}"} for i in range(6)]
-    r = jpost(url, "/api/v1/parallel", {"tasks": tasks, "max_parallel": 100}, timeout=120)
-    assert r.status == 200 and r.json["completed"] == 6, r
+                                     f"env:\n  FAKECLI_OVERLAP_FILE: '{counter}'\n  FAKECLI_DELAY_MS: '{delay_ms}'",
+                                     f"limits:\n  {limits}\n"))
+    body = [{"backend": "claude", "prompt": f"task {i}"} for i in range(tasks)]
+    r = jpost(url, "/api/v1/parallel", {"tasks": body, "max_parallel": 100}, timeout=120)
+    assert r.status == 200 and r.json["completed"] == tasks, r
     seen = json.loads(counter.read_text())
-    assert seen["starts"] == 6 and seen["running"] == 0, seen
-    assert 1 <= seen["max"] <= 2, seen
-
-
-def test_parallel_takes_at_most_half_the_slots(world, tmp_path):
-    counter = tmp_path / "overlap.json"
-    url = start(world, claude_config("count-overlap",
-                                     f"env:\n  FAKECLI_OVERLAP_FILE: '{counter}'\n  FAKECLI_DELAY_MS: '1000'",
-                                     "limits:\n  max_parallel_per_request: 8\n  max_concurrent: 4\n"))
-    tasks = [{"backend": "claude", "prompt": f"task {i}"} for i in range(8)]
-    r = jpost(url, "/api/v1/parallel", {"tasks": tasks, "max_parallel": 8}, timeout=120)
-    assert r.status == 200 and r.json["completed"] == 8, r
-    seen = json.loads(counter.read_text())
-    assert seen["starts"] == 8 and seen["running"] == 0, seen
+    assert seen["starts"] == tasks and seen["running"] == 0, seen
     assert 1 <= seen["max"] <= 2, seen
 
 
