@@ -5,7 +5,7 @@
 #
 # Environment: CLINVK_TEST_CACHE (default <repo>/.test-cache) holds the npm and pip installs,
 # reused by later runs. PYTEST_ARGS adds pytest arguments (e.g. "-k daemon"; "-n 0" runs the
-# black-box tests one at a time), PYTEST_WORKERS sets how many run at once (default 4).
+# black-box tests one at a time), PYTEST_WORKERS sets how many run at once (default 3).
 # The last stage builds the .deb (cargo-deb, release build), installs it with dpkg, checks it and
 # removes it: it needs root; CLINVK_SKIP_DEB_CHECK=1 skips it.
 set -euo pipefail
@@ -45,15 +45,16 @@ step "Rust tests"
 cargo test --workspace --quiet
 
 step "black-box tests"
-# On PYTEST_WORKERS pytest-xdist workers at once (the tests mostly wait on CLI processes); the
-# tests of one xdist_group (tests/conftest.py) run one after another on one worker.
+# On PYTEST_WORKERS pytest-xdist workers at once; the tests of one xdist_group (tests/conftest.py)
+# run one after another on one worker. 3, measured on 2 cores: the suite is mostly CPU (the CLIs
+# are node programs); 2 left the cores idle while tests waited, 4 spent more CPU for no gain.
 # PYTEST_ARGS="-n 0" runs them all serially. The tests' folders go under a short base folder:
 # their HOMEs hold Unix sockets, whose paths must stay under 108 bytes, and xdist adds
 # popen-gwN/ to each. They are kept when a test fails.
 basetemp="$(mktemp -d /tmp/ck-XXXXXX)"
 rc=0
 # shellcheck disable=SC2086
-"$PY" -m pytest -p no:cacheprovider -ra -n "${PYTEST_WORKERS:-4}" --dist loadgroup \
+"$PY" -m pytest -p no:cacheprovider -ra -n "${PYTEST_WORKERS:-3}" --dist loadgroup \
   --basetemp "$basetemp" tests/ ${PYTEST_ARGS:-} || rc=$?
 if [ "$rc" -ne 0 ]; then
   echo "the tests' folders (daemon and fake model logs) are in $basetemp"
