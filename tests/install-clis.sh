@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the test world's tools into ${CLINVK_TEST_CACHE:-<repo>/.test-cache}:
-#   npm/   the real CLIs (claude, codex, gemini) at the versions pinned in tests/cli-versions.env
+#   npm/   the real CLIs (claude, codex, gemini, copilot, opencode) at the versions pinned in tests/cli-versions.env
 #   node-clients/  the Node clients of tests/node-clients (npm ci from its lock file)
 #   venv/  a Python venv with the exact packages of tests/requirements.txt
 # Idempotent: each part is skipped when already installed as pinned.
@@ -22,6 +22,8 @@ PKGS=(
   "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
   "@openai/codex@$CODEX_VERSION"
   "@google/gemini-cli@$GEMINI_CLI_VERSION"
+  "@github/copilot@$COPILOT_VERSION"
+  "opencode-ai@$OPENCODE_VERSION"
 )
 
 say() { printf 'install-clis: %s\n' "$*"; }
@@ -45,7 +47,7 @@ for spec in "${PKGS[@]}"; do
     say "npm: $name wanted $want, found ${have:-nothing}"
   fi
 done
-for bin in claude codex gemini; do
+for bin in claude codex gemini copilot opencode; do
   if [ ! -e "$NPM_DIR/node_modules/.bin/$bin" ] && [ ${#missing[@]} -eq 0 ]; then
     say "npm: node_modules/.bin/$bin is missing"
     missing=("${PKGS[@]}")
@@ -53,13 +55,13 @@ for bin in claude codex gemini; do
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
-  say "npm: claude-code $CLAUDE_CODE_VERSION, codex $CODEX_VERSION, gemini-cli $GEMINI_CLI_VERSION already installed in $NPM_DIR"
+  say "npm: claude-code $CLAUDE_CODE_VERSION, codex $CODEX_VERSION, gemini-cli $GEMINI_CLI_VERSION, copilot $COPILOT_VERSION, opencode-ai $OPENCODE_VERSION already installed in $NPM_DIR"
 else
   mkdir -p "$NPM_DIR"
   [ -f "$NPM_DIR/package.json" ] || printf '{"name":"clinvk-test-clis","private":true}\n' > "$NPM_DIR/package.json"
   say "npm: installing ${PKGS[*]} into $NPM_DIR"
   start=$SECONDS
-  # All three at once so npm resolves one consistent tree. claude-code declares
+  # All at once so npm resolves one consistent tree. claude-code declares
   # node>=22 but its native binary runs on node 20 (EBADENGINE is only a warning).
   (cd "$NPM_DIR" && npm install --no-audit --no-fund --loglevel=error "${PKGS[@]}")
   for spec in "${PKGS[@]}"; do
@@ -69,7 +71,7 @@ else
   done
   say "npm: done in $((SECONDS - start)) s"
 fi
-for bin in claude codex; do
+for bin in claude codex copilot opencode; do
   "$NPM_DIR/node_modules/.bin/$bin" --version >/dev/null || { say "$bin --version failed"; exit 1; }
 done
 

@@ -46,10 +46,20 @@ pub enum Backend {
     Codex,
     /// Google Gemini CLI (`gemini`).
     Gemini,
+    /// GitHub Copilot CLI (`copilot`).
+    Copilot,
+    /// opencode (`opencode`).
+    Opencode,
 }
 
 impl Backend {
-    pub const ALL: [Backend; 3] = [Backend::Claude, Backend::Codex, Backend::Gemini];
+    pub const ALL: [Backend; 5] = [
+        Backend::Claude,
+        Backend::Codex,
+        Backend::Gemini,
+        Backend::Copilot,
+        Backend::Opencode,
+    ];
 
     /// Its row in the table of CLIs (`crate::cli::CLIS`, in the order of `ALL`).
     pub fn info(self) -> &'static crate::cli::CliInfo {

@@ -25,10 +25,12 @@ pub struct CliInfo {
 /// Where a CLI keeps its state and logins, and the variable that moves it.
 #[derive(Debug)]
 pub struct StateFolder {
-    /// The variable (`CLAUDE_CONFIG_DIR`, `CODEX_HOME`, `GEMINI_CLI_HOME`).
+    /// The variable (`CLAUDE_CONFIG_DIR`, `CODEX_HOME`, `GEMINI_CLI_HOME`, `COPILOT_HOME`,
+    /// `XDG_DATA_HOME`).
     pub var: &'static str,
-    /// The variable names a home under which `folder` lies (gemini), not the folder itself.
-    pub var_is_home: bool,
+    /// When the variable names a folder above the state folder (gemini's home, opencode's XDG
+    /// data folder): the state folder's path under it (`.gemini`, `opencode`).
+    pub under_var: Option<&'static str>,
     /// The folder under the home when the variable is unset (`.claude`).
     pub folder: &'static str,
 }
@@ -38,8 +40,10 @@ impl StateFolder {
     pub fn resolve(&self, env: &BTreeMap<String, String>) -> PathBuf {
         let home = || PathBuf::from(env.get("HOME").cloned().unwrap_or_default());
         match env.get(self.var).filter(|v| !v.trim().is_empty()) {
-            Some(v) if self.var_is_home => PathBuf::from(v).join(self.folder),
-            Some(v) => PathBuf::from(v),
+            Some(v) => match self.under_var {
+                Some(sub) => PathBuf::from(v).join(sub),
+                None => PathBuf::from(v),
+            },
             None => home().join(self.folder),
         }
     }
@@ -80,7 +84,7 @@ pub struct LoginCheck {
 }
 
 /// The CLIs, in the order of `Backend::ALL`.
-pub const CLIS: [CliInfo; 3] = [
+pub const CLIS: [CliInfo; 5] = [
     CliInfo {
         backend: Backend::Claude,
         name: "claude",
@@ -89,7 +93,7 @@ pub const CLIS: [CliInfo; 3] = [
         version_key: "CLAUDE_CODE_VERSION",
         state: StateFolder {
             var: "CLAUDE_CONFIG_DIR",
-            var_is_home: false,
+            under_var: None,
             folder: ".claude",
         },
         login: LoginCheck {
@@ -109,7 +113,7 @@ pub const CLIS: [CliInfo; 3] = [
         version_key: "CODEX_VERSION",
         state: StateFolder {
             var: "CODEX_HOME",
-            var_is_home: false,
+            under_var: None,
             folder: ".codex",
         },
         login: LoginCheck {
@@ -133,7 +137,7 @@ pub const CLIS: [CliInfo; 3] = [
         version_key: "GEMINI_CLI_VERSION",
         state: StateFolder {
             var: "GEMINI_CLI_HOME",
-            var_is_home: true,
+            under_var: Some(".gemini"),
             folder: ".gemini",
         },
         login: LoginCheck {
@@ -154,6 +158,61 @@ pub const CLIS: [CliInfo; 3] = [
             saved_login: &["oauth_creds.json"],
             missing: "not logged in (no GEMINI_API_KEY, no Vertex settings, no saved Google login)",
             fix: "run `gemini` once and log in with Google, or set GEMINI_API_KEY (in the daemon's environment or backends.gemini.env)",
+        },
+    },
+    CliInfo {
+        backend: Backend::Copilot,
+        name: "copilot",
+        product: "GitHub Copilot CLI",
+        npm_package: "@github/copilot",
+        version_key: "COPILOT_VERSION",
+        state: StateFolder {
+            var: "COPILOT_HOME",
+            under_var: None,
+            folder: ".copilot",
+        },
+        login: LoginCheck {
+            status: None,
+            provider_config: None,
+            env: &[
+                EnvLogin {
+                    label: "GitHub token",
+                    all_of: &[],
+                    any_of: &["COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN"],
+                },
+                EnvLogin {
+                    label: "own model provider",
+                    all_of: &["COPILOT_PROVIDER_BASE_URL"],
+                    any_of: &[],
+                },
+            ],
+            saved_login: &[],
+            missing: "no GitHub token and no own model provider in the environment (a login saved by `copilot login` cannot be checked without running it)",
+            fix: "run `copilot login`, or set COPILOT_GITHUB_TOKEN (in the daemon's environment or backends.copilot.env)",
+        },
+    },
+    CliInfo {
+        backend: Backend::Opencode,
+        name: "opencode",
+        product: "opencode",
+        npm_package: "opencode-ai",
+        version_key: "OPENCODE_VERSION",
+        state: StateFolder {
+            var: "XDG_DATA_HOME",
+            under_var: Some("opencode"),
+            folder: ".local/share/opencode",
+        },
+        login: LoginCheck {
+            status: None,
+            provider_config: None,
+            env: &[EnvLogin {
+                label: "API key",
+                all_of: &[],
+                any_of: &["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "OPENROUTER_API_KEY"],
+            }],
+            saved_login: &["auth.json"],
+            missing: "not logged in (no saved login, no provider API key)",
+            fix: "run `opencode auth login`, or set a provider's API key such as ANTHROPIC_API_KEY (in the daemon's environment or backends.opencode.env)",
         },
     },
 ];

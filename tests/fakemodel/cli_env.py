@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Point the real CLIs (claude, codex, gemini) at the fake model server.
+"""Point the real CLIs (claude, codex, gemini, copilot, opencode) at the fake model server.
 
 Given a HOME folder and the fake server's port, :func:`prepare_home` writes the
 config files each CLI needs and :func:`cli_env` returns the environment to run
@@ -31,7 +31,11 @@ FAKE_KEYS = {
     "ANTHROPIC_API_KEY": "sk-ant-fake-key",
     CODEX_KEY_VAR: "sk-fake-openai-key",
     "GEMINI_API_KEY": "fake-gemini-key",
+    "COPILOT_PROVIDER_API_KEY": "fake-copilot-provider-key",
+    "OPENCODE_ANTHROPIC_KEY": "sk-ant-fake-opencode-key",
 }
+# The model copilot and opencode are given (both speak Anthropic messages to the fake model).
+FAKE_ANTHROPIC_MODEL = "claude-sonnet-4-5"
 # Variables from the caller's environment that would point a CLI somewhere
 # else (another account, another config folder, another endpoint).
 LEAKY_VARS = (
@@ -45,6 +49,10 @@ LEAKY_VARS = (
     "GOOGLE_CLOUD_LOCATION", "GOOGLE_APPLICATION_CREDENTIALS", "GEMINI_MODEL",
     "GEMINI_CLI_HOME", "GEMINI_SYSTEM_MD", "GEMINI_CLI_SYSTEM_SETTINGS_PATH",
     "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME",
+    "COPILOT_HOME", "COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN", "COPILOT_ALLOW_ALL",
+    "COPILOT_PROVIDER_BEARER_TOKEN", "COPILOT_PROVIDER_API_KEY_COMMAND", "COPILOT_PROVIDER_WIRE_API",
+    "COPILOT_PROVIDER_HEADERS", "GH_HOST", "COPILOT_GH_HOST",
+    "OPENCODE_CONFIG", "OPENCODE_CONFIG_DIR", "OPENCODE_CONFIG_CONTENT", "OPENCODE_PERMISSION",
 )
 
 
@@ -103,6 +111,19 @@ def gemini_settings(fast_fail: bool = False) -> dict:
     }
 
 
+def opencode_config(port: int) -> dict:
+    # ~/.config/opencode/opencode.json: the anthropic provider at the fake model, no updates,
+    # no sharing. A new session's title request goes to the same provider (a utility call).
+    return {
+        "$schema": "https://opencode.ai/config.json",
+        "provider": {"anthropic": {"options": {"baseURL": f"{base_url(port)}/v1",
+                                               "apiKey": FAKE_KEYS["OPENCODE_ANTHROPIC_KEY"]}}},
+        "model": f"anthropic/{FAKE_ANTHROPIC_MODEL}",
+        "autoupdate": False,
+        "share": "disabled",
+    }
+
+
 def claude_state() -> dict:
     # ~/.claude.json: onboarding done, so nothing interactive is ever asked.
     return {
@@ -135,6 +156,8 @@ def prepare_home(home: str | os.PathLike, port: int, fast_fail: bool = False) ->
             pass
     _write(claude_json, json.dumps(state, indent=2) + "\n")
     (home / ".claude").mkdir(exist_ok=True)
+    _write(home / ".config" / "opencode" / "opencode.json",
+           json.dumps(opencode_config(port), indent=2) + "\n")
     return home
 
 
@@ -162,6 +185,14 @@ def cli_env(home: str | os.PathLike, port: int, cache: Path | None = None,
         "GEMINI_API_KEY": FAKE_KEYS["GEMINI_API_KEY"],
         "GOOGLE_GEMINI_BASE_URL": url,
         "GEMINI_CLI_TRUST_WORKSPACE": "true",
+        # copilot: its own-provider (BYOK) mode, offline, no GitHub login
+        "COPILOT_OFFLINE": "true",
+        "COPILOT_PROVIDER_BASE_URL": url,
+        "COPILOT_PROVIDER_TYPE": "anthropic",
+        "COPILOT_PROVIDER_API_KEY": FAKE_KEYS["COPILOT_PROVIDER_API_KEY"],
+        "COPILOT_MODEL": FAKE_ANTHROPIC_MODEL,
+        "COPILOT_AUTO_UPDATE": "false",
+        # opencode: configured by ~/.config/opencode/opencode.json (prepare_home)
     }
     if fast_fail:
         env["CLAUDE_CODE_MAX_RETRIES"] = "0"

@@ -42,7 +42,7 @@ from urllib.parse import parse_qs, urlsplit
 # extracting the user's last words.
 INJECTED_BLOCK_RE = re.compile(
     r"<(system-reminder|environment_context|session_context|user_instructions|"
-    r"turn_aborted|user_shell_command|INSTRUCTIONS|permissions instructions)\b[^>]*>"
+    r"turn_aborted|user_shell_command|INSTRUCTIONS|permissions instructions|current_datetime)\b[^>]*>"
     r".*?</\1>",
     re.S,
 )

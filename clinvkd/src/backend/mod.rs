@@ -5,9 +5,11 @@ mod acp;
 mod claude;
 mod codex;
 mod codex_app;
+mod copilot;
 mod flags;
 mod gemini;
 mod jsonrpc;
+mod opencode;
 
 use clinvk_shared::api::Backend;
 use clinvk_shared::config::BackendSettings;
@@ -273,7 +275,13 @@ pub(crate) enum ArgvError {
 
 /// The registry: every CLI's adapter, one line each (a new CLI adds its line here and its row
 /// in `clinvk_shared::cli`).
-static ADAPTERS: [&dyn Adapter; 3] = [&claude::Claude, &codex::Codex, &gemini::Gemini];
+static ADAPTERS: [&dyn Adapter; 5] = [
+    &claude::Claude,
+    &codex::Codex,
+    &gemini::Gemini,
+    &copilot::Copilot,
+    &opencode::Opencode,
+];
 
 /// The real adapter of a backend. The daemon asks its context (`Ctx::adapter`), which holds
 /// these unless a test put fakes there.
