@@ -1046,7 +1046,7 @@ mod tests {
         assert!(!l.file_found);
         assert_eq!(l.settings.server.port, 8080);
         assert_eq!(l.settings.server.host, "127.0.0.1");
-        assert_eq!(l.settings.backends.len(), 3);
+        assert_eq!(l.settings.backends.len(), Backend::ALL.len());
     }
 
     #[test]
