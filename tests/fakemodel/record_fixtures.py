@@ -5,7 +5,7 @@ Runs each pinned CLI against a fresh fake model server in a throwaway HOME and
 writes ``clinvkd/tests/fixtures/<cli>-<version>-<scenario>.{stdout,stderr,exit}``
 plus ``clinvkd/tests/fixtures/README.md`` listing the exact command of each.
 
-    python3 tests/fakemodel/record_fixtures.py [--out DIR] [--only claude,codex,gemini]
+    python3 tests/fakemodel/record_fixtures.py [--out DIR] [--only claude,codex,gemini,opencode]
 
 Re-run it whenever tests/cli-versions.env changes (install-clis.sh first).
 """
@@ -46,7 +46,7 @@ def versions() -> dict[str, str]:
             k, v = line.split("=", 1)
             out[k.strip()] = v.strip()
     return {"claude": out["CLAUDE_CODE_VERSION"], "codex": out["CODEX_VERSION"],
-            "gemini": out["GEMINI_CLI_VERSION"]}
+            "gemini": out["GEMINI_CLI_VERSION"], "opencode": out["OPENCODE_VERSION"]}
 
 
 class Recorder:
@@ -74,17 +74,21 @@ class Recorder:
                                      data=json.dumps(body or {}).encode(), method="POST")
         urllib.request.urlopen(req, timeout=10).read()
 
-    def run(self, cli: str, args: list[str], extra_env: dict | None = None, timeout=120):
+    def run(self, cli: str, args: list[str], extra_env: dict | None = None, timeout=120,
+            stdin: str | None = None):
         env = dict(self.env, **(extra_env or {}))
         proc = subprocess.run([str(self.bin / cli), *args], env=env, cwd=WORK,
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+                              input=None if stdin is None else stdin.encode(),
+                              stdin=subprocess.DEVNULL if stdin is None else None,
+                              capture_output=True, timeout=timeout)
         return proc
 
     def record(self, cli: str, version: str, scenario: str, args: list[str],
-               extra_env: dict | None = None, note: str = "", mode: str = "normal"):
+               extra_env: dict | None = None, note: str = "", mode: str = "normal",
+               stdin: str | None = None):
         self.control("/_fake/scenario", {"mode": mode})
         try:
-            proc = self.run(cli, args, extra_env)
+            proc = self.run(cli, args, extra_env, stdin=stdin)
         finally:
             self.control("/_fake/scenario", {"mode": "normal"})
         stem = f"{cli}-{version}-{scenario}"
@@ -92,6 +96,8 @@ class Recorder:
         (self.out_dir / f"{stem}.stderr").write_bytes(proc.stderr)
         (self.out_dir / f"{stem}.exit").write_text(f"{proc.returncode}\n")
         shown = " ".join(shlex.quote(a) for a in [cli, *args])
+        if stdin is not None:
+            note = f"stdin: `{stdin}`. {note}"
         env_note = " ".join(f"{k}={shlex.quote(v)}" for k, v in (extra_env or {}).items())
         if mode != "normal":
             note = (note + " " if note else "") + f"Fake model scenario `{mode}`."
@@ -100,13 +106,15 @@ class Recorder:
               f"{len(proc.stderr)} B stderr", flush=True)
         return proc
 
-    def first_turn(self, cli: str, args: list[str], extra_env=None) -> str:
-        proc = self.run(cli, args, extra_env)
+    def first_turn(self, cli: str, args: list[str], extra_env=None, stdin: str | None = None) -> str:
+        proc = self.run(cli, args, extra_env, stdin=stdin)
         if proc.returncode != 0:
             raise SystemExit(f"{cli} first turn failed: {proc.stderr.decode()[-2000:]}")
         out = proc.stdout.decode()
         if cli == "codex":
             return json.loads(out.splitlines()[0])["thread_id"]
+        if cli == "opencode":
+            return json.loads(out.splitlines()[0])["sessionID"]
         return json.loads(out)["session_id"]
 
     def stop(self):
@@ -170,6 +178,23 @@ def record_gemini(r: Recorder, v: str):
              note="gemini has no system-prompt flag; GEMINI_SYSTEM_MD names a file that REPLACES its built-in system prompt.")
 
 
+def record_opencode(r: Recorder, v: str):
+    # The prompt on stdin, as clinvk runs it (`run` quotes argv words that hold a space).
+    prompt = "Say hello in a few words"
+    run = ["run", "--format", "json", "--print-logs", "--log-level", "ERROR", "--title="]
+    r.record("opencode", v, "ok", run, stdin=prompt,
+             note="`--title=`: no title-generation model call.")
+    sid = r.first_turn("opencode", run, stdin="Remember the word apple")
+    r.record("opencode", v, "resume", run + ["-s", sid], stdin="Which word was it?",
+             note=f"Second turn; first turn was the same command with 'Remember the word apple' (session {sid}).")
+    r.record("opencode", v, "error", run, stdin=prompt, mode="error",
+             note="An `error` line on stdout, exit 1.")
+    r.record("opencode", v, "badresume", run + ["-s", "ses_0000000000000000000000dead"], stdin=prompt,
+             note="Unknown session id: `Error: Session not found` (coloured) on stderr, exit 1.")
+    r.record("opencode", v, "badmodel", run + ["-m", "anthropic/claude-nope-1"], stdin=prompt,
+             note="An `error` line saying only \"Unexpected server error\" (with a `ref`); the cause is in the ERROR log line of that ref on stderr.")
+
+
 README_HEAD = """\
 # Recorded CLI output (fixtures for the backend parsers)
 
@@ -194,7 +219,7 @@ repository), and HOME + environment from `tests/fakemodel/cli_env.py`:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(REPO / "clinvkd" / "tests" / "fixtures"))
-    ap.add_argument("--only", default="claude,codex,gemini")
+    ap.add_argument("--only", default="claude,codex,gemini,opencode")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,7 +227,8 @@ def main():
     r = Recorder(out)
     try:
         for cli in args.only.split(","):
-            {"claude": record_claude, "codex": record_codex, "gemini": record_gemini}[cli](r, v[cli])
+            {"claude": record_claude, "codex": record_codex, "gemini": record_gemini,
+             "opencode": record_opencode}[cli](r, v[cli])
     finally:
         r.stop()
     shown_env = "\n".join(f"{k}={val}" for k, val in cli_env.cli_env(HOME, r.port).items()
@@ -212,9 +238,19 @@ def main():
         text += f"| `{stem}` | `{cmd}` | {('`' + env + '`') if env else ''} | {note} |\n"
     text += ("\nConfig files written into HOME: `.codex/config.toml` (provider `fake`, "
              "`wire_api = \"responses\"`), `.gemini/settings.json` (gemini-api-key auth), "
-             "`.claude.json` (onboarding done). See tests/fakemodel/README.md.\n")
-    if args.only == "claude,codex,gemini":
-        (out / "README.md").write_text(text)
+             "`.claude.json` (onboarding done), `.config/opencode/opencode.json` (the anthropic "
+             "provider at the fake model). See tests/fakemodel/README.md.\n")
+    readme = out / "README.md"
+    if args.only == "claude,codex,gemini,opencode":
+        readme.write_text(text)
+    elif readme.exists():
+        # Some CLIs only: their rows replace theirs in the existing list.
+        clis = tuple(f"| `{c}-" for c in args.only.split(","))
+        old = readme.read_text().splitlines(keepends=True)
+        kept = [line for line in old if not line.startswith(clis)]
+        last_row = max((i for i, line in enumerate(kept) if line.startswith("| `")), default=len(kept) - 1)
+        new_rows = [line for line in text.splitlines(keepends=True) if line.startswith(clis)]
+        readme.write_text("".join(kept[:last_row + 1] + new_rows + kept[last_row + 1:]))
     else:
         print(text)
 
