@@ -52,6 +52,9 @@ INJECTED_PREFIXES = ("# AGENTS.md instructions", "<environment_context", "<user_
 # prompt, then carries the summary on as a user item with the second prefix.
 CODEX_COMPACT_PROMPT = "You are performing a CONTEXT CHECKPOINT COMPACTION"
 CODEX_SUMMARY_PREFIX = "Another language model started to solve this problem"
+# opencode names a new session by a second model call with this system prompt (its user text is
+# "Generate a title for this conversation: …"), not a turn of the user's.
+OPENCODE_TITLE_SYSTEM = "You are a title generator"
 
 MAGIC_RE = re.compile(r"\[\[(slow|slowstart|error|error5xx|hang|long|gate)(?::(\d+))?\]\]")
 # `[[call:NAME]]` or `[[call:NAME={"a":1}]]` in the last user text: the model calls the offered
@@ -103,7 +106,8 @@ def analyze_anthropic(body: dict) -> dict:
     system = body.get("system")
     if isinstance(system, list):
         system = "\n".join(b.get("text", "") for b in system if isinstance(b, dict))
-    return {"raw_user_texts": raw, "user_texts": turns, "system": system or ""}
+    utility = "title" if (system or "").lstrip().startswith(OPENCODE_TITLE_SYSTEM) else None
+    return {"raw_user_texts": raw, "user_texts": turns, "system": system or "", "utility": utility}
 
 
 def _responses_text(content) -> str:
@@ -653,7 +657,9 @@ class Handler(BaseHTTPRequestHandler):
             if protocol == "responses":
                 return self._responses_calls(model, stream, calls, in_tokens)
             return self._gemini_calls(model, stream, calls, in_tokens)
-        if utility:
+        if utility == "title":
+            text = "Fake title"
+        elif utility:
             text = json.dumps(_fill_schema(schema or {"type": "object"}))
         elif protocol == "anthropic" and structured_tool(req):
             tool = structured_tool(req)
