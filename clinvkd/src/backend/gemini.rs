@@ -127,6 +127,8 @@ impl Adapter for Gemini {
                     // more. Measured; a session whose worker is gone therefore continues
                     // one-shot (`gemini --resume`, which appends).
                     resumes: false,
+                    load: None,
+                    cumulative_usage: false,
                 },
                 inv.images.is_empty(),
             )),
