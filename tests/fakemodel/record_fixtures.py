@@ -46,7 +46,8 @@ def versions() -> dict[str, str]:
             k, v = line.split("=", 1)
             out[k.strip()] = v.strip()
     return {"claude": out["CLAUDE_CODE_VERSION"], "codex": out["CODEX_VERSION"],
-            "gemini": out["GEMINI_CLI_VERSION"]}
+            "gemini": out["GEMINI_CLI_VERSION"], "copilot": out["COPILOT_VERSION"],
+            "opencode": out["OPENCODE_VERSION"]}
 
 
 class Recorder:
@@ -170,6 +171,27 @@ def record_gemini(r: Recorder, v: str):
              note="gemini has no system-prompt flag; GEMINI_SYSTEM_MD names a file that REPLACES its built-in system prompt.")
 
 
+def record_copilot(r: Recorder, v: str):
+    prompt = "Say hello in a few words"
+    as_json = ["--output-format", "json", "--no-auto-update", "--no-color"]
+    r.record("copilot", v, "ok", [f"--prompt={prompt}"] + as_json,
+             note="The session id is printed only in the last line (`result`).")
+    sid = str(uuid.uuid4())
+    first = r.run("copilot", ["--prompt=Remember the word apple", f"--session-id={sid}"] + as_json)
+    if first.returncode != 0:
+        raise SystemExit(f"copilot first turn failed: {first.stderr.decode()[-2000:]}")
+    r.record("copilot", v, "resume", ["--prompt=Which word was it?", f"--resume={sid}"] + as_json,
+             note=f"Second turn; the first was `copilot '--prompt=Remember the word apple' --session-id={sid}`.")
+    r.record("copilot", v, "error", [f"--prompt={prompt}"] + as_json, mode="error",
+             note="A `session.error` line, then `result` with exit code 1.")
+    r.record("copilot", v, "badresume", [f"--prompt={prompt}", f"--resume={BAD_ID}"] + as_json,
+             note="Unknown session id: exit 1, plain stderr only.")
+    r.record("copilot", v, "tool",
+             ['--prompt=run it [[call:bash={"command":"echo hi-from-tool","description":"say hi"}]]',
+              "--allow-all-tools"] + as_json,
+             note="The fake model asks for copilot's own `bash` tool, then answers.")
+
+
 README_HEAD = """\
 # Recorded CLI output (fixtures for the backend parsers)
 
@@ -202,7 +224,8 @@ def main():
     r = Recorder(out)
     try:
         for cli in args.only.split(","):
-            {"claude": record_claude, "codex": record_codex, "gemini": record_gemini}[cli](r, v[cli])
+            {"claude": record_claude, "codex": record_codex, "gemini": record_gemini,
+             "copilot": record_copilot}[cli](r, v[cli])
     finally:
         r.stop()
     shown_env = "\n".join(f"{k}={val}" for k, val in cli_env.cli_env(HOME, r.port).items()
