@@ -72,9 +72,8 @@ impl Adapter for Copilot {
             a.push(format!("--additional-mcp-config={mcp}"));
             a.push(format!("--allow-tool={}", crate::tools::SERVER_NAME));
         }
-        match &inv.resume {
-            Some(id) => a.push(format!("--resume={id}")),
-            None => {}
+        if let Some(id) = &inv.resume {
+            a.push(format!("--resume={id}"));
         }
         a.extend(cfg.extra_flags.iter().cloned());
         a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
