@@ -193,6 +193,11 @@ pub(crate) struct AcpOptions {
     /// The result's `usage` counts since the session was opened in this process, not the
     /// turn's alone: each turn reports the difference.
     pub(crate) cumulative_usage: bool,
+    /// A CLI that reports a failed model call as the turn's text (copilot 1.0.102: one
+    /// `agent_message_chunk` "Error: 400 …", then `end_turn` with no `usage`): a turn whose
+    /// first text starts with this is held until its result; without `usage` it is the
+    /// turn's error, with `usage` it was the answer and goes out.
+    pub(crate) error_text_prefix: Option<&'static str>,
 }
 
 /// The driver of one ACP worker.
@@ -203,6 +208,11 @@ pub(crate) struct Acp {
     cumulative_usage: bool,
     /// The usage totals reported so far (with `cumulative_usage`).
     usage_seen: PromptUsage,
+    error_text_prefix: Option<&'static str>,
+    /// This turn's text so far, while it may be an error report (`error_text_prefix`).
+    held: Option<String>,
+    /// This turn has given out text.
+    spoke: bool,
     cwd: String,
     session: Option<String>,
     next_id: u64,
@@ -227,6 +237,9 @@ impl Acp {
             load: o.load.filter(|_| o.resumes),
             cumulative_usage: o.cumulative_usage,
             usage_seen: PromptUsage::default(),
+            error_text_prefix: o.error_text_prefix,
+            held: None,
+            spoke: false,
             mcp_servers: o.mcp_servers,
             cwd: o.cwd,
             session: None,
@@ -324,6 +337,13 @@ impl Acp {
                 meta: None,
                 usage: None,
             });
+            if let Some(text) = self.held.take() {
+                if r.usage.is_some() {
+                    out.events.push(Event::TextDelta { text });
+                } else {
+                    self.fail(out, format!("{}: {}", self.label, text.trim()));
+                }
+            }
             if let Some(u) = r.usage {
                 out.events.push(Event::Usage(self.turn_usage(u)));
             } else if let Some(tc) = r.meta.and_then(|m| m.quota).and_then(|q| q.token_count) {
@@ -408,7 +428,12 @@ impl Acp {
         match kind {
             "agent_message_chunk" => {
                 let t = text();
-                if !t.is_empty() {
+                if let Some(held) = self.held.as_mut() {
+                    held.push_str(&t);
+                } else if !self.spoke && self.error_text_prefix.is_some_and(|p| t.starts_with(p)) {
+                    self.held = Some(t);
+                } else if !t.is_empty() {
+                    self.spoke = true;
                     out.events.push(Event::TextDelta { text: t });
                 }
             }
@@ -480,6 +505,8 @@ impl Driver for Acp {
 
     fn turn(&mut self, inv: &Invocation) -> Vec<String> {
         self.marks.begin();
+        self.held = None;
+        self.spoke = false;
         let mut text = super::with_system_prompt(inv, inv.system_prompt.as_deref());
         if let Some(schema) = &inv.output_schema {
             text.push_str(&super::schema_instruction(schema));
@@ -559,6 +586,7 @@ mod tests {
             resumes: false,
             load: None,
             cumulative_usage: false,
+            error_text_prefix: None,
         }
     }
 
@@ -726,5 +754,57 @@ mod tests {
             true,
         );
         assert_eq!(parsed(&d.open()[1])["method"], "session/new");
+    }
+
+    #[test]
+    fn an_error_reported_as_text_is_an_error() {
+        let opts = || AcpOptions {
+            error_text_prefix: Some("Error: "),
+            ..opts("/w")
+        };
+        let chunk = |t: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","method":"session/update","params":{{"sessionId":"s","update":{{"sessionUpdate":"agent_message_chunk","content":{{"type":"text","text":"{t}"}}}}}}}}"#
+            )
+        };
+        let mut d = Acp::new(opts(), true);
+        d.open();
+        d.on_line(r#"{"jsonrpc":"2.0","id":1,"result":{"sessionId":"s"}}"#);
+        d.turn(&Invocation::default());
+        let step = d.on_line(&chunk("Error: 400 injected"));
+        assert!(
+            !step
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::TextDelta { .. })),
+            "held"
+        );
+        let step = d.on_line(r#"{"jsonrpc":"2.0","id":2,"result":{"stopReason":"end_turn"}}"#);
+        assert!(step.end);
+        assert_eq!(
+            step.events,
+            vec![Event::Error {
+                message: "gemini --acp: Error: 400 injected".into()
+            }]
+        );
+        // An answer that starts so, with usage, is an answer; and later text is never held.
+        d.turn(&Invocation::default());
+        d.on_line(&chunk("Error: is a word"));
+        let step = d.on_line(r#"{"jsonrpc":"2.0","id":3,"result":{"stopReason":"end_turn","usage":{"inputTokens":5,"outputTokens":2}}}"#);
+        assert_eq!(
+            step.events[0],
+            Event::TextDelta {
+                text: "Error: is a word".into()
+            }
+        );
+        d.turn(&Invocation::default());
+        d.on_line(&chunk("fine "));
+        let step = d.on_line(&chunk("Error: x"));
+        assert_eq!(
+            step.events,
+            vec![Event::TextDelta {
+                text: "Error: x".into()
+            }]
+        );
     }
 }

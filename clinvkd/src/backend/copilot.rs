@@ -112,6 +112,8 @@ impl Adapter for Copilot {
                     load: inv.resume.clone(),
                     // The result's `usage` counts since the session was opened in the process.
                     cumulative_usage: true,
+                    // A failed model call is the turn's text "Error: …" (measured).
+                    error_text_prefix: Some("Error: "),
                 },
                 inv.images.is_empty(),
             )),

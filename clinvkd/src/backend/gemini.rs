@@ -129,6 +129,7 @@ impl Adapter for Gemini {
                     resumes: false,
                     load: None,
                     cumulative_usage: false,
+                    error_text_prefix: None,
                 },
                 inv.images.is_empty(),
             )),
