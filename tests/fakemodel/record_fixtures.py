@@ -5,7 +5,7 @@ Runs each pinned CLI against a fresh fake model server in a throwaway HOME and
 writes ``clinvkd/tests/fixtures/<cli>-<version>-<scenario>.{stdout,stderr,exit}``
 plus ``clinvkd/tests/fixtures/README.md`` listing the exact command of each.
 
-    python3 tests/fakemodel/record_fixtures.py [--out DIR] [--only claude,codex,gemini,opencode]
+    python3 tests/fakemodel/record_fixtures.py [--out DIR] [--only claude,codex,gemini,copilot,opencode]
 
 Re-run it whenever tests/cli-versions.env changes (install-clis.sh first).
 """
@@ -46,7 +46,8 @@ def versions() -> dict[str, str]:
             k, v = line.split("=", 1)
             out[k.strip()] = v.strip()
     return {"claude": out["CLAUDE_CODE_VERSION"], "codex": out["CODEX_VERSION"],
-            "gemini": out["GEMINI_CLI_VERSION"], "opencode": out["OPENCODE_VERSION"]}
+            "gemini": out["GEMINI_CLI_VERSION"], "copilot": out["COPILOT_VERSION"],
+            "opencode": out["OPENCODE_VERSION"]}
 
 
 class Recorder:
@@ -178,6 +179,27 @@ def record_gemini(r: Recorder, v: str):
              note="gemini has no system-prompt flag; GEMINI_SYSTEM_MD names a file that REPLACES its built-in system prompt.")
 
 
+def record_copilot(r: Recorder, v: str):
+    prompt = "Say hello in a few words"
+    as_json = ["--output-format", "json", "--no-auto-update", "--no-color"]
+    r.record("copilot", v, "ok", [f"--prompt={prompt}"] + as_json,
+             note="The session id is printed only in the last line (`result`).")
+    sid = str(uuid.uuid4())
+    first = r.run("copilot", ["--prompt=Remember the word apple", f"--session-id={sid}"] + as_json)
+    if first.returncode != 0:
+        raise SystemExit(f"copilot first turn failed: {first.stderr.decode()[-2000:]}")
+    r.record("copilot", v, "resume", ["--prompt=Which word was it?", f"--resume={sid}"] + as_json,
+             note=f"Second turn; the first was `copilot '--prompt=Remember the word apple' --session-id={sid}`.")
+    r.record("copilot", v, "error", [f"--prompt={prompt}"] + as_json, mode="error",
+             note="A `session.error` line, then `result` with exit code 1.")
+    r.record("copilot", v, "badresume", [f"--prompt={prompt}", f"--resume={BAD_ID}"] + as_json,
+             note="Unknown session id: exit 1, plain stderr only.")
+    r.record("copilot", v, "tool",
+             ['--prompt=run it [[call:bash={"command":"echo hi-from-tool","description":"say hi"}]]',
+              "--allow-all-tools"] + as_json,
+             note="The fake model asks for copilot's own `bash` tool, then answers.")
+
+
 def record_opencode(r: Recorder, v: str):
     # The prompt on stdin, as clinvk runs it (`run` quotes argv words that hold a space).
     prompt = "Say hello in a few words"
@@ -219,7 +241,7 @@ repository), and HOME + environment from `tests/fakemodel/cli_env.py`:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(REPO / "clinvkd" / "tests" / "fixtures"))
-    ap.add_argument("--only", default="claude,codex,gemini,opencode")
+    ap.add_argument("--only", default="claude,codex,gemini,copilot,opencode")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -228,7 +250,7 @@ def main():
     try:
         for cli in args.only.split(","):
             {"claude": record_claude, "codex": record_codex, "gemini": record_gemini,
-             "opencode": record_opencode}[cli](r, v[cli])
+             "copilot": record_copilot, "opencode": record_opencode}[cli](r, v[cli])
     finally:
         r.stop()
     shown_env = "\n".join(f"{k}={val}" for k, val in cli_env.cli_env(HOME, r.port).items()
@@ -241,7 +263,7 @@ def main():
              "`.claude.json` (onboarding done), `.config/opencode/opencode.json` (the anthropic "
              "provider at the fake model). See tests/fakemodel/README.md.\n")
     readme = out / "README.md"
-    if args.only == "claude,codex,gemini,opencode":
+    if args.only == "claude,codex,gemini,copilot,opencode":
         readme.write_text(text)
     elif readme.exists():
         # Some CLIs only: their rows replace theirs in the existing list.

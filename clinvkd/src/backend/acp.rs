@@ -1,12 +1,13 @@
 //! The live mode of any CLI that speaks the Agent Client Protocol (JSON-RPC 2.0 over stdio, one
-//! message per line): `gemini --acp` today. What differs per CLI comes in `AcpOptions`.
+//! message per line): `gemini --acp`, `copilot --acp`, `opencode acp`. What differs per CLI
+//! comes in `AcpOptions`.
 //!
 //! Per worker: `initialize` (protocol version 1, no file-system or terminal capability: the CLI
-//! uses its own), then `session/new`. Whether a session is loaded into a new worker
-//! (`session/load`) is the CLI's choice (`AcpOptions::resumes`). Per turn:
-//! `session/prompt` → `session/update` notifications (`agent_message_chunk` token pieces,
-//! `agent_thought_chunk`, `tool_call`) → the request's result (`stopReason`, token counts in
-//! `_meta.quota.token_count`). Permission requests are answered with the reject option (nobody
+//! uses its own), then `session/new`, or `session/load` of the session to resume when the CLI
+//! loads sessions well (`AcpOptions::resumes`; the history it replays before its answer is not
+//! a turn's output). Per turn: `session/prompt` → `session/update` notifications
+//! (`agent_message_chunk` token pieces, `agent_thought_chunk`, `tool_call`) → the request's
+//! result (`stopReason`, token counts in `usage` or gemini's `_meta.quota.token_count`). Permission requests are answered with the reject option (nobody
 //! is there to ask; the configured approval mode decides what the CLI asks at all), any other
 //! request with a JSON-RPC error.
 
@@ -58,6 +59,14 @@ struct NewSessionParams {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
+struct LoadSessionParams {
+    session_id: String,
+    cwd: String,
+    mcp_servers: Vec<Value>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct PromptParams {
     session_id: String,
     prompt: Vec<ContentBlock>,
@@ -103,6 +112,23 @@ struct PromptResult {
     stop_reason: Option<String>,
     #[serde(default, rename = "_meta")]
     meta: Option<PromptMeta>,
+    #[serde(default)]
+    usage: Option<PromptUsage>,
+}
+
+/// The `usage` of a `session/prompt` result (copilot: totals since the session was opened in
+/// this process; see `AcpOptions::cumulative_usage`).
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
+struct PromptUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    cached_read_tokens: u64,
+    #[serde(default)]
+    cached_write_tokens: u64,
 }
 
 #[derive(Deserialize)]
@@ -162,12 +188,31 @@ pub(crate) struct AcpOptions {
     pub(crate) mcp_servers: Vec<Value>,
     /// Whether a new worker may load an existing session (see `Driver::resumes`).
     pub(crate) resumes: bool,
+    /// The session to load (`session/load`) instead of opening a new one; only when `resumes`.
+    pub(crate) load: Option<String>,
+    /// The result's `usage` counts since the session was opened in this process, not the
+    /// turn's alone: each turn reports the difference.
+    pub(crate) cumulative_usage: bool,
+    /// A CLI that reports a failed model call as the turn's text (copilot 1.0.102: one
+    /// `agent_message_chunk` "Error: 400 …", then `end_turn` with no `usage`): a turn whose
+    /// first text starts with this is held until its result; without `usage` it is the
+    /// turn's error, with `usage` it was the answer and goes out.
+    pub(crate) error_text_prefix: Option<&'static str>,
 }
 
 /// The driver of one ACP worker.
 pub(crate) struct Acp {
     label: &'static str,
     resumes: bool,
+    load: Option<String>,
+    cumulative_usage: bool,
+    /// The usage totals reported so far (with `cumulative_usage`).
+    usage_seen: PromptUsage,
+    error_text_prefix: Option<&'static str>,
+    /// This turn's text so far, while it may be an error report (`error_text_prefix`).
+    held: Option<String>,
+    /// This turn has given out text.
+    spoke: bool,
     cwd: String,
     session: Option<String>,
     next_id: u64,
@@ -189,6 +234,12 @@ impl Acp {
         Acp {
             label: o.label,
             resumes: o.resumes,
+            load: o.load.filter(|_| o.resumes),
+            cumulative_usage: o.cumulative_usage,
+            usage_seen: PromptUsage::default(),
+            error_text_prefix: o.error_text_prefix,
+            held: None,
+            spoke: false,
             mcp_servers: o.mcp_servers,
             cwd: o.cwd,
             session: None,
@@ -235,6 +286,7 @@ impl Acp {
                     .unwrap_or_default();
                 let what = match id {
                     INITIALIZE => "initialize".to_string(),
+                    OPEN_SESSION if self.load.is_some() => "cannot load the session".to_string(),
                     OPEN_SESSION => "cannot start a session".to_string(),
                     _ => "session/prompt".to_string(),
                 };
@@ -251,9 +303,13 @@ impl Acp {
             }
         };
         if id == OPEN_SESSION {
-            let session = serde_json::from_value::<NewSessionResult>(result)
-                .ok()
-                .map(|r| r.session_id);
+            // `session/load` answers without an id: the session is the one asked for.
+            let session = match &self.load {
+                Some(s) => Some(s.clone()),
+                None => serde_json::from_value::<NewSessionResult>(result)
+                    .ok()
+                    .map(|r| r.session_id),
+            };
             match session {
                 Some(s) => {
                     self.session = Some(s.clone());
@@ -279,8 +335,18 @@ impl Acp {
             let r: PromptResult = serde_json::from_value(result).unwrap_or(PromptResult {
                 stop_reason: None,
                 meta: None,
+                usage: None,
             });
-            if let Some(tc) = r.meta.and_then(|m| m.quota).and_then(|q| q.token_count) {
+            if let Some(text) = self.held.take() {
+                if r.usage.is_some() {
+                    out.events.push(Event::TextDelta { text });
+                } else {
+                    self.fail(out, format!("{}: {}", self.label, text.trim()));
+                }
+            }
+            if let Some(u) = r.usage {
+                out.events.push(Event::Usage(self.turn_usage(u)));
+            } else if let Some(tc) = r.meta.and_then(|m| m.quota).and_then(|q| q.token_count) {
                 out.events.push(Event::Usage(TokenUsage {
                     input_tokens: tc.input_tokens,
                     output_tokens: tc.output_tokens,
@@ -296,6 +362,30 @@ impl Acp {
                 }
             }
             out.end = true;
+        }
+    }
+
+    /// A turn's usage from a result's `usage` (the difference to the totals seen so far when
+    /// they are cumulative).
+    fn turn_usage(&mut self, u: PromptUsage) -> TokenUsage {
+        let turn = if self.cumulative_usage {
+            let seen = std::mem::replace(&mut self.usage_seen, u);
+            PromptUsage {
+                input_tokens: u.input_tokens.saturating_sub(seen.input_tokens),
+                output_tokens: u.output_tokens.saturating_sub(seen.output_tokens),
+                cached_read_tokens: u.cached_read_tokens.saturating_sub(seen.cached_read_tokens),
+                cached_write_tokens: u
+                    .cached_write_tokens
+                    .saturating_sub(seen.cached_write_tokens),
+            }
+        } else {
+            u
+        };
+        TokenUsage {
+            input_tokens: turn.input_tokens,
+            output_tokens: turn.output_tokens,
+            cache_tokens: turn.cached_read_tokens + turn.cached_write_tokens,
+            ..Default::default()
         }
     }
 
@@ -338,7 +428,12 @@ impl Acp {
         match kind {
             "agent_message_chunk" => {
                 let t = text();
-                if !t.is_empty() {
+                if let Some(held) = self.held.as_mut() {
+                    held.push_str(&t);
+                } else if !self.spoke && self.error_text_prefix.is_some_and(|p| t.starts_with(p)) {
+                    self.held = Some(t);
+                } else if !t.is_empty() {
+                    self.spoke = true;
                     out.events.push(Event::TextDelta { text: t });
                 }
             }
@@ -386,19 +481,32 @@ impl Driver for Acp {
                 },
             },
         );
-        let open = RPC.request(
-            OPEN_SESSION,
-            "session/new",
-            NewSessionParams {
-                cwd: self.cwd.clone(),
-                mcp_servers: self.mcp_servers.clone(),
-            },
-        );
+        let open = match &self.load {
+            Some(session) => RPC.request(
+                OPEN_SESSION,
+                "session/load",
+                LoadSessionParams {
+                    session_id: session.clone(),
+                    cwd: self.cwd.clone(),
+                    mcp_servers: self.mcp_servers.clone(),
+                },
+            ),
+            None => RPC.request(
+                OPEN_SESSION,
+                "session/new",
+                NewSessionParams {
+                    cwd: self.cwd.clone(),
+                    mcp_servers: self.mcp_servers.clone(),
+                },
+            ),
+        };
         vec![init, open]
     }
 
     fn turn(&mut self, inv: &Invocation) -> Vec<String> {
         self.marks.begin();
+        self.held = None;
+        self.spoke = false;
         let mut text = super::with_system_prompt(inv, inv.system_prompt.as_deref());
         if let Some(schema) = &inv.output_schema {
             text.push_str(&super::schema_instruction(schema));
@@ -476,6 +584,9 @@ mod tests {
             images: false,
             mcp_servers: vec![],
             resumes: false,
+            load: None,
+            cumulative_usage: false,
+            error_text_prefix: None,
         }
     }
 
@@ -574,5 +685,126 @@ mod tests {
             matches!(&step.events[..], [Event::Error { message }] if message.contains("quota exceeded"))
         );
         assert!(d.healthy(), "a failed prompt leaves the session usable");
+    }
+
+    #[test]
+    fn a_loaded_session_and_cumulative_usage() {
+        let mut d = Acp::new(
+            AcpOptions {
+                resumes: true,
+                load: Some("s-old".into()),
+                cumulative_usage: true,
+                ..opts("/w")
+            },
+            true,
+        );
+        let load = parsed(&d.open()[1]);
+        assert_eq!(load["method"], "session/load");
+        assert_eq!(load["params"]["sessionId"], "s-old");
+        assert_eq!(load["params"]["cwd"], "/w");
+        // The replayed history is not output.
+        let step = d.on_line(r#"{"jsonrpc":"2.0","method":"session/update","params":{"sessionId":"s-old","update":{"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"old answer"}}}}"#);
+        assert!(step.events.is_empty());
+        assert!(
+            d.turn(&Invocation::default()).is_empty(),
+            "waits for the load"
+        );
+        let step = d.on_line(r#"{"jsonrpc":"2.0","id":1,"result":{"configOptions":[]}}"#);
+        assert_eq!(
+            step.events,
+            vec![Event::SessionStarted {
+                session_id: "s-old".into(),
+                model: None
+            }]
+        );
+        assert_eq!(parsed(&step.write[0])["params"]["sessionId"], "s-old");
+        let mut usage = Vec::new();
+        for (id, input, output) in [(2, 100, 3), (3, 250, 7)] {
+            if id > 2 {
+                let line = &d.turn(&Invocation::default())[0];
+                assert_eq!(parsed(line)["id"], id);
+            }
+            let step = d.on_line(&format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"result":{{"stopReason":"end_turn","usage":{{"inputTokens":{input},"outputTokens":{output},"cachedReadTokens":0}}}}}}"#
+            ));
+            assert!(step.end);
+            usage.extend(
+                step.events
+                    .into_iter()
+                    .filter(|e| matches!(e, Event::Usage(_))),
+            );
+        }
+        let per_turn = |i: u64, o: u64| {
+            Event::Usage(TokenUsage {
+                input_tokens: i,
+                output_tokens: o,
+                ..Default::default()
+            })
+        };
+        assert_eq!(usage, vec![per_turn(100, 3), per_turn(150, 4)]);
+    }
+
+    #[test]
+    fn a_session_is_loaded_only_where_the_cli_resumes() {
+        let mut d = Acp::new(
+            AcpOptions {
+                load: Some("s-old".into()),
+                ..opts("/w")
+            },
+            true,
+        );
+        assert_eq!(parsed(&d.open()[1])["method"], "session/new");
+    }
+
+    #[test]
+    fn an_error_reported_as_text_is_an_error() {
+        let opts = || AcpOptions {
+            error_text_prefix: Some("Error: "),
+            ..opts("/w")
+        };
+        let chunk = |t: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","method":"session/update","params":{{"sessionId":"s","update":{{"sessionUpdate":"agent_message_chunk","content":{{"type":"text","text":"{t}"}}}}}}}}"#
+            )
+        };
+        let mut d = Acp::new(opts(), true);
+        d.open();
+        d.on_line(r#"{"jsonrpc":"2.0","id":1,"result":{"sessionId":"s"}}"#);
+        d.turn(&Invocation::default());
+        let step = d.on_line(&chunk("Error: 400 injected"));
+        assert!(
+            !step
+                .events
+                .iter()
+                .any(|e| matches!(e, Event::TextDelta { .. })),
+            "held"
+        );
+        let step = d.on_line(r#"{"jsonrpc":"2.0","id":2,"result":{"stopReason":"end_turn"}}"#);
+        assert!(step.end);
+        assert_eq!(
+            step.events,
+            vec![Event::Error {
+                message: "gemini --acp: Error: 400 injected".into()
+            }]
+        );
+        // An answer that starts so, with usage, is an answer; and later text is never held.
+        d.turn(&Invocation::default());
+        d.on_line(&chunk("Error: is a word"));
+        let step = d.on_line(r#"{"jsonrpc":"2.0","id":3,"result":{"stopReason":"end_turn","usage":{"inputTokens":5,"outputTokens":2}}}"#);
+        assert_eq!(
+            step.events[0],
+            Event::TextDelta {
+                text: "Error: is a word".into()
+            }
+        );
+        d.turn(&Invocation::default());
+        d.on_line(&chunk("fine "));
+        let step = d.on_line(&chunk("Error: x"));
+        assert_eq!(
+            step.events,
+            vec![Event::TextDelta {
+                text: "Error: x".into()
+            }]
+        );
     }
 }

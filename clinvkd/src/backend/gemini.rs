@@ -127,6 +127,9 @@ impl Adapter for Gemini {
                     // more. Measured; a session whose worker is gone therefore continues
                     // one-shot (`gemini --resume`, which appends).
                     resumes: false,
+                    load: None,
+                    cumulative_usage: false,
+                    error_text_prefix: None,
                 },
                 inv.images.is_empty(),
             )),
