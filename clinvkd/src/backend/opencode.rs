@@ -132,12 +132,16 @@ impl Adapter for Opencode {
                     cwd,
                     images: false,
                     mcp_servers: mcp_servers(inv),
-                    // TODO(opencode): `opencode acp` loads a session (`session/load` replays
-                    // its history as `user_message_chunk`/`agent_message_chunk` updates before
-                    // answering; the next turn's model call had all earlier turns: measured).
-                    // Set this once the ACP driver sends `session/load` for a resumed session;
-                    // until then a session whose worker is gone continues one-shot (`run -s`).
-                    resumes: false,
+                    // `session/load` replays the history as `user_message_chunk` and
+                    // `agent_message_chunk` updates before it answers; the next turn's model
+                    // call had every earlier turn (measured).
+                    resumes: true,
+                    load: inv.resume.clone(),
+                    // The result's `usage` is the turn's own (measured: two turns of one
+                    // process reported 7635/4 then 7686/5 tokens).
+                    cumulative_usage: false,
+                    // A failed model call is a JSON-RPC error of `session/prompt`.
+                    error_text_prefix: None,
                 },
                 inv.images.is_empty() && !run_only,
             )),
