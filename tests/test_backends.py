@@ -1,4 +1,4 @@
-"""The backends, end to end: the real claude, codex and gemini CLIs run by clinvkd against the
+"""The backends, end to end: the real CLIs (claude, codex, gemini, copilot, …) run by clinvkd against the
 fake model server, through the native API; faults with the fault-injection CLIs."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from harness import FAKECLI_DIR, get_json, live_world, pid_alive, poll, post, start_live, stream_ndjson  # noqa: F401
 
-BACKENDS = ["claude", "codex", "gemini"]
+BACKENDS = ["claude", "codex", "gemini", "copilot"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -69,7 +69,8 @@ def test_codex_one_shot_streams_whole_messages(live_world):
     assert "fake-reply" in next(e for e in events if e["type"] == "message")["content"]["text"]
 
 
-@pytest.mark.parametrize("backend,flag", [("claude", "--model"), ("codex", "-m"), ("gemini", "-m")])
+@pytest.mark.parametrize("backend,flag", [("claude", "--model"), ("codex", "-m"), ("gemini", "-m"),
+                                                  ("copilot", "--model")])
 def test_model_and_system_prompt_reach_the_model(live_world, fake_model, backend, flag):
     url = start_live(live_world)
     body = {"backend": backend, "prompt": "sys check", "model": "m-test-1", "system_prompt": "SYSMARK be brief",
@@ -87,7 +88,8 @@ def test_model_and_system_prompt_reach_the_model(live_world, fake_model, backend
     # Warm mode (the default): the live CLI that would take the turn.
     worker = d["worker_command"]
     assert Path(worker[0]).name == backend
-    assert {"claude": "--input-format", "codex": "app-server", "gemini": "--acp"}[backend] in worker, worker
+    assert {"claude": "--input-format", "codex": "app-server", "gemini": "--acp",
+            "copilot": "--acp"}[backend] in worker, worker
     if backend != "codex":  # codex takes the model in its protocol (thread/start)
         assert worker[worker.index(flag) + 1] == "m-test-1"
     status, r, _ = post(url + "/api/v1/prompt", body)
@@ -96,7 +98,7 @@ def test_model_and_system_prompt_reach_the_model(live_world, fake_model, backend
     assert req["model"] == "m-test-1"
     if backend in ("claude", "codex"):  # a real system/developer message
         assert req["system_has_marker"] and "sys=SYSMARK" in r["output"], (req, r["output"])
-    else:  # gemini: folded into the prompt, the model still receives it
+    else:  # gemini, copilot: folded into the prompt, the model still receives it
         assert any("SYSMARK be brief" in t for t in req["raw_user_texts"])
 
 

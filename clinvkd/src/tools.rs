@@ -59,13 +59,14 @@ pub(crate) struct ClientTools {
 
 impl ClientTools {
     /// Whether a name the CLI reports for a tool it called is one of these client tools
-    /// (claude: `mcp__clinvk__name`, codex: `clinvk.name`, gemini: `mcp_clinvk_name`).
+    /// (claude: `mcp__clinvk__name`, codex: `clinvk.name`, gemini: `mcp_clinvk_name`, copilot:
+    /// `clinvk-name`).
     pub(crate) fn is_client_tool(&self, reported: &str) -> bool {
         self.tools.iter().any(|t| {
             reported == t.name
                 || reported
                     .strip_suffix(t.name.as_str())
-                    .is_some_and(|p| p.ends_with('_') || p.ends_with('.') || p.ends_with('/'))
+                    .is_some_and(|p| p.ends_with(['_', '.', '/', '-']))
                     && reported.contains(SERVER_NAME)
         })
     }
@@ -665,6 +666,7 @@ mod tests {
             "mcp__clinvk__get_weather",
             "clinvk.get_weather",
             "mcp_clinvk_get_weather",
+            "clinvk-get_weather",
         ] {
             assert!(t.is_client_tool(reported), "{reported}");
         }
@@ -673,6 +675,7 @@ mod tests {
             "mcp__other__get_weather",
             "Bash",
             "my_get_weather",
+            "other-get_weather",
         ] {
             assert!(!t.is_client_tool(reported), "{reported}");
         }

@@ -189,7 +189,7 @@ def offered_tools(protocol: str, req: dict) -> list[tuple[str, dict]]:
 def _tool_named(tools, short):
     for name, schema in tools:
         if name == short or name.endswith("__" + short) or name.endswith("." + short) or (
-                "clinvk" in name and name.endswith("_" + short)):
+                "clinvk" in name and (name.endswith("_" + short) or name.endswith("-" + short))):
             return name, schema
     return None
 

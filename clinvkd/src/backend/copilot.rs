@@ -145,7 +145,7 @@ fn mcp_servers(inv: &Invocation) -> Vec<Value> {
 fn session_args(inv: &Invocation, cfg: &BackendSettings) -> Vec<String> {
     let mut a = vec!["--no-auto-update".to_string(), "--no-color".to_string()];
     if let Some(m) = model_for(inv, cfg) {
-        a.push(format!("--model={m}"));
+        a.extend(["--model".to_string(), m]);
     }
     match inv.approval_mode {
         ApprovalMode::Auto => a.push("--allow-tool=write".into()),
@@ -276,7 +276,8 @@ mod tests {
         assert_eq!(
             Copilot.build(&i, &cfg).unwrap().args[5..],
             [
-                "--model=gpt-5.4",
+                "--model",
+                "gpt-5.4",
                 "--allow-all-tools",
                 "--deny-tool=write",
                 "--deny-tool=shell",
