@@ -452,7 +452,11 @@ mod tests {
                 "--title="
             ]
         );
-        assert_eq!(spec.stdin.as_deref(), Some("-hi there"), "the prompt on stdin");
+        assert_eq!(
+            spec.stdin.as_deref(),
+            Some("-hi there"),
+            "the prompt on stdin"
+        );
         assert!(spec.env.is_empty());
         i.model = Some("anthropic/claude-sonnet-4-5".into());
         i.resume = Some("ses_1".into());
@@ -495,7 +499,10 @@ mod tests {
         ));
         i.sandbox_mode = SandboxMode::Default;
         i.extra = vec!["--auto".into()];
-        assert!(Opencode.build(&i, &cfg).is_err(), "--auto grants permissions");
+        assert!(
+            Opencode.build(&i, &cfg).is_err(),
+            "--auto grants permissions"
+        );
     }
 
     #[test]
@@ -540,7 +547,10 @@ mod tests {
                 .count(),
             1
         );
-        assert_eq!(out.output(), "fake-reply turns=1 last=Say hello in a few words");
+        assert_eq!(
+            out.output(),
+            "fake-reply turns=1 last=Say hello in a few words"
+        );
         assert!(out.usage.output_tokens > 0 && out.usage.input_tokens > 0);
         assert!(out.error.is_none() && out.unparsed == 0);
         let (o, e, x) = fixture!("opencode-1.18.33-", "resume");
@@ -573,7 +583,9 @@ mod tests {
     fn tool_calls_and_stderr_logs() {
         let mut p = Parser::default();
         let ev = p.parse_line(r#"{"type":"tool_use","sessionID":"ses_1","part":{"type":"tool","tool":"bash","callID":"toolu_1","state":{"status":"error","input":{"command":"touch y"},"error":"The user rejected permission to use this specific tool call."}}}"#);
-        assert!(matches!(&ev[0], Event::SessionStarted { session_id, .. } if session_id == "ses_1"));
+        assert!(
+            matches!(&ev[0], Event::SessionStarted { session_id, .. } if session_id == "ses_1")
+        );
         assert!(matches!(&ev[1], Event::ToolUse { name, .. } if name == "bash"));
         assert!(
             matches!(&ev[2], Event::ToolResult { is_error: true, output, .. } if output.contains("rejected"))
@@ -586,6 +598,9 @@ mod tests {
             .as_deref(),
             Some(r#"A: "q" b"#)
         );
-        assert_eq!(strip_ansi("\u{1b}[91m\u{1b}[1mError: \u{1b}[0mx"), "Error: x");
+        assert_eq!(
+            strip_ansi("\u{1b}[91m\u{1b}[1mError: \u{1b}[0mx"),
+            "Error: x"
+        );
     }
 }
