@@ -16,7 +16,7 @@ import cli_env  # tests/fakemodel/cli_env.py (put on sys.path by conftest)
 from conftest import FAKECLI_DIR, http_json, wait_for
 from harness import World, poll
 
-BACKENDS = ["claude", "codex", "gemini", "copilot"]
+BACKENDS = ["claude", "codex", "gemini", "copilot", "opencode"]
 
 # Config for a test that checks the HTTP status of a streamed run failing before any text: a
 # stream decides 200 at its first keep-alive (server.sse_keepalive_secs, 15 by default, of

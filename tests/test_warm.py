@@ -12,7 +12,7 @@ import pytest
 from compat_world import compat  # noqa: F401
 from harness import get_json, live_world, pid_alive, poll, post, start_live, stream_ndjson, world  # noqa: F401
 
-BACKENDS = ["claude", "codex", "gemini", "copilot"]
+BACKENDS = ["claude", "codex", "gemini", "copilot", "opencode"]
 
 
 def workers(world, backend: str | None = None, state: str | None = None) -> list[dict]:
@@ -192,7 +192,7 @@ def test_no_worker_outlives_the_daemon(live_world, fake_model, how):
     pooled_world(live_world)
     start_live(live_world, "backends:\n" + "".join(
         f"  {b}:\n    warm:\n      pool: 1\n" for b in BACKENDS))
-    pooled = poll(lambda: len(workers(live_world, state="pooled")) == 3, 90, "a pooled worker per backend")
+    pooled = poll(lambda: len(workers(live_world, state="pooled")) == len(BACKENDS), 90, "a pooled worker per backend")
     assert pooled
     pids = [w["pid"] for w in workers(live_world)]
     daemon = live_world.status()["pid"]
