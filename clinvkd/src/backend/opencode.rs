@@ -390,7 +390,7 @@ impl LineParser for Parser {
                         self.pending = Some((r.to_string(), error_message(e)));
                     }
                     _ => out.push(Event::Error {
-                        message: format!("opencode: {}", error_message(e)),
+                        message: error_message(e),
                     }),
                 }
             }
@@ -405,9 +405,7 @@ impl LineParser for Parser {
     fn finish(&mut self, exit_code: Option<i32>, stderr_tail: &str) -> Vec<Event> {
         if let Some((r, message)) = self.pending.take() {
             let message = logged_error(stderr_tail, &r).unwrap_or(message);
-            return vec![Event::Error {
-                message: format!("opencode: {message}"),
-            }];
+            return vec![Event::Error { message }];
         }
         // "Error: Session not found" (exit 1) and the like: coloured, on stderr only, among
         // the log lines (`timestamp=… level=ERROR …`, e.g. models.dev out of reach offline).
@@ -418,14 +416,6 @@ impl LineParser for Parser {
             .collect();
         let plain = plain.join("\n");
         exit_error("opencode", self.saw_error, exit_code, &plain)
-            .into_iter()
-            .map(|e| match e {
-                Event::Error { message } if !message.starts_with("opencode") => Event::Error {
-                    message: format!("opencode: {message}"),
-                },
-                e => e,
-            })
-            .collect()
     }
 }
 
@@ -563,16 +553,10 @@ mod tests {
         let (o, e, x) = fixture!("opencode-1.18.33-", "error");
         let (_, out) = replay(&mut *Opencode.parser(), o, e, x);
         let err = out.error.as_deref().unwrap();
-        assert!(
-            err.starts_with("opencode") && err.contains("injected error"),
-            "{err}"
-        );
+        assert_eq!(err, "fakemodel: injected error [[error]]");
         let (o, e, x) = fixture!("opencode-1.18.33-", "badresume");
         let (_, out) = replay(&mut *Opencode.parser(), o, e, x);
-        assert_eq!(
-            out.error.as_deref(),
-            Some("opencode: Error: Session not found")
-        );
+        assert_eq!(out.error.as_deref(), Some("Error: Session not found"));
         let (o, e, x) = fixture!("opencode-1.18.33-", "badmodel");
         let (_, out) = replay(&mut *Opencode.parser(), o, e, x);
         let err = out.error.as_deref().unwrap();
