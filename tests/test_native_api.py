@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLAUDE_VERSION, CODEX_VERSION, GEMINI_VERSION
+from conftest import TESTED_VERSIONS
 from harness import FAKECLI_DIR, binary, get_json, live_world, poll, post, start_live  # noqa: F401
 
 
@@ -85,10 +85,10 @@ def test_backends_and_health_list_versions(live_world):
     s, b = get_json(url + "/api/v1/backends")
     assert s == 200
     by = {x["name"]: x for x in b["backends"]}
-    assert set(by) == {"claude", "codex", "gemini"}
+    assert set(by) == set(TESTED_VERSIONS)
     assert all(x["available"] for x in by.values()), by
-    assert CLAUDE_VERSION in by["claude"]["version"] and CODEX_VERSION in by["codex"]["version"] \
-        and GEMINI_VERSION in by["gemini"]["version"], by
+    for name, version in TESTED_VERSIONS.items():
+        assert version in by[name]["version"], by
     s, h = get_json(url + "/health")
     assert h["status"] == "ok" and {x["name"] for x in h["backends"] if x["available"]} == set(by)
 
