@@ -70,7 +70,7 @@ impl Adapter for Copilot {
                 "type": "http", "url": ct.url, "tools": ["*"],
             }}});
             a.push(format!("--additional-mcp-config={mcp}"));
-            a.push(format!("--allow-tool={}", crate::tools::SERVER_NAME));
+            a.extend(tool_permissions(ct));
         }
         if let Some(id) = &inv.resume {
             a.push(format!("--resume={id}"));
@@ -90,8 +90,8 @@ impl Adapter for Copilot {
     fn live(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<LiveSpec, ArgvError> {
         let mut a = vec!["--acp".to_string()];
         a.extend(session_args(inv, cfg));
-        if inv.client_tools.is_some() {
-            a.push(format!("--allow-tool={}", crate::tools::SERVER_NAME));
+        if let Some(ct) = &inv.client_tools {
+            a.extend(tool_permissions(ct));
         }
         a.extend(cfg.extra_flags.iter().cloned());
         a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
@@ -119,6 +119,18 @@ impl Adapter for Copilot {
             )),
         })
     }
+}
+
+/// The client's tools (the MCP server `clinvk`) run without a prompt; copilot's own tools are
+/// not offered unless `tools.builtin` (an MCP server's name in `--available-tools` offers all
+/// its tools; measured).
+fn tool_permissions(ct: &crate::tools::ClientTools) -> Vec<String> {
+    let server = crate::tools::SERVER_NAME;
+    let mut a = vec![format!("--allow-tool={server}")];
+    if !ct.builtin {
+        a.push(format!("--available-tools={server}"));
+    }
+    a
 }
 
 /// The ACP `session/new` MCP servers: the daemon's client-tools endpoint, if any.
