@@ -45,6 +45,11 @@ impl Adapter for Copilot {
         ALLOW
     }
 
+    /// `--reasoning-effort` takes every level.
+    fn effort_args(&self, effort: ReasoningEffort) -> Option<Vec<String>> {
+        Some(vec![format!("--reasoning-effort={}", effort.as_str())])
+    }
+
     fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError> {
         let mut full = with_system_prompt(inv, inv.system_prompt.as_deref());
         // No structured-output option: an instruction, and the engine checks.
@@ -159,6 +164,7 @@ fn session_args(inv: &Invocation, cfg: &BackendSettings) -> Vec<String> {
     if let Some(m) = model_for(inv, cfg) {
         a.extend(["--model".to_string(), m]);
     }
+    a.extend(super::effort_args_of(&Copilot, inv));
     match inv.approval_mode {
         ApprovalMode::Auto => a.push("--allow-tool=write".into()),
         ApprovalMode::None => a.push("--allow-all-tools".into()),
