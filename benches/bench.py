@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 sys.path.insert(0, str(TESTS))
 
-BACKENDS = ["claude", "codex", "gemini"]
+BACKENDS = ["claude", "codex", "gemini", "copilot", "opencode"]
 # Values of the variables the daemon sets for a CLI (the dry run names them, not their values).
 KNOWN_CHILD_ENV = {"GEMINI_CLI_TRUST_WORKSPACE": "true"}
 PROMPT = "benchmark prompt: say hello"
@@ -278,7 +278,7 @@ def machine() -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5, help="runs per backend and per way (default 5)")
-    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default all three)")
+    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default all)")
     ap.add_argument("--concurrency", type=int, default=8, help="concurrent clients for throughput (default 8)")
     ap.add_argument("--requests", type=int, default=200, help="prompts in the throughput run (default 200)")
     ap.add_argument("--timeout", type=float, default=120, help="seconds allowed for any one run")

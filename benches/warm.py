@@ -170,7 +170,7 @@ def bench_backend(url, world, backend: str, runs: int, timeout: float) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=10, help="runs per backend and per way (default 10)")
-    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default all three)")
+    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default all)")
     ap.add_argument("--timeout", type=float, default=120, help="seconds allowed for any one turn")
     ap.add_argument("--json", dest="json_out", help="write the figures to this file")
     args = ap.parse_args(argv)

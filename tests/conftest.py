@@ -6,7 +6,7 @@ The test world (see tests/fakemodel/README.md):
   with ``.port``, ``.url``, ``.requests()``, ``.reset()``, ``.set_scenario()``.
 * ``cli_home``    a temporary HOME wired to that server for the real CLIs
   (``.home``, ``.env``, ``.workdir``); pass ``.env`` to whatever you start.
-* ``cli_bin_dir`` the folder holding ``claude``, ``codex`` and ``gemini`` from the
+* ``cli_bin_dir`` the folder holding ``claude``, ``codex``, ``gemini``, ``copilot`` and ``opencode`` from the
   test cache (``tests/install-clis.sh`` fills it); tests skip when it is missing.
 
 Helpers that are not fixtures (``run_cli``, ``wait_for``, ``http_json``) are plain
@@ -60,6 +60,11 @@ CLI_VERSIONS = _read_versions()
 CLAUDE_VERSION = CLI_VERSIONS["CLAUDE_CODE_VERSION"]
 CODEX_VERSION = CLI_VERSIONS["CODEX_VERSION"]
 GEMINI_VERSION = CLI_VERSIONS["GEMINI_CLI_VERSION"]
+COPILOT_VERSION = CLI_VERSIONS["COPILOT_VERSION"]
+OPENCODE_VERSION = CLI_VERSIONS["OPENCODE_VERSION"]
+# Every CLI clinvk drives, with the version the suite pins.
+TESTED_VERSIONS = {"claude": CLAUDE_VERSION, "codex": CODEX_VERSION, "gemini": GEMINI_VERSION,
+                   "copilot": COPILOT_VERSION, "opencode": OPENCODE_VERSION}
 
 
 # --------------------------------------------------------------------------
@@ -241,7 +246,7 @@ def fake_model(tmp_path):
 @pytest.fixture(scope="session")
 def cli_bin_dir() -> Path:
     bin_dir = cli_env.npm_bin_dir()
-    missing = [b for b in ("claude", "codex", "gemini") if not (bin_dir / b).exists()]
+    missing = [b for b in TESTED_VERSIONS if not (bin_dir / b).exists()]
     if missing:
         pytest.skip(f"real CLIs not installed in {bin_dir} (missing {', '.join(missing)}): "
                     f"run tests/install-clis.sh first")

@@ -10,10 +10,10 @@ import socket
 import subprocess
 from pathlib import Path
 
-from conftest import CLAUDE_VERSION, CODEX_VERSION, GEMINI_VERSION, uses_default_port
+from conftest import CLAUDE_VERSION, TESTED_VERSIONS, uses_default_port
 from harness import World, binary, live_world, world  # noqa: F401  (fixtures)
 
-TESTED = {"claude": CLAUDE_VERSION, "codex": CODEX_VERSION, "gemini": GEMINI_VERSION}
+TESTED = TESTED_VERSIONS
 
 
 def doctor(w: World, *args, env: dict | None = None):
@@ -67,7 +67,7 @@ def test_without_any_cli_the_default_backend_fails_with_the_install_command(worl
     assert claude["verdict"] == "fail" and "not found" in claude["summary"], claude
     assert "npm install -g @anthropic-ai/claude-code" in claude["fix"]
     # The others are not the default backend: a warning each.
-    for name in ("codex", "gemini"):
+    for name in set(TESTED) - {"claude"}:
         assert one(report, name)["verdict"] == "warn", report
     # The human form says the same.
     r = world.clinvk("doctor", env=env, timeout=120)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLAUDE_VERSION, CODEX_VERSION, GEMINI_VERSION
+from conftest import TESTED_VERSIONS
 from harness import FAKECLI_DIR, binary, get_json, live_world, poll, post, start_live  # noqa: F401
 
 
@@ -85,10 +85,10 @@ def test_backends_and_health_list_versions(live_world):
     s, b = get_json(url + "/api/v1/backends")
     assert s == 200
     by = {x["name"]: x for x in b["backends"]}
-    assert set(by) == {"claude", "codex", "gemini"}
+    assert set(by) == set(TESTED_VERSIONS)
     assert all(x["available"] for x in by.values()), by
-    assert CLAUDE_VERSION in by["claude"]["version"] and CODEX_VERSION in by["codex"]["version"] \
-        and GEMINI_VERSION in by["gemini"]["version"], by
+    for name, version in TESTED_VERSIONS.items():
+        assert version in by[name]["version"], by
     s, h = get_json(url + "/health")
     assert h["status"] == "ok" and {x["name"] for x in h["backends"] if x["available"]} == set(by)
 
@@ -273,3 +273,21 @@ def test_ctrl_c_cancels_the_run_in_the_daemon(live_world):
     assert p.wait(timeout=10) == 130
     poll(lambda: live_world.status()["runs"] == [], 5, "the run to be cancelled")
     assert not Path(f"/proc/{run['pid']}").exists() or "Z" in Path(f"/proc/{run['pid']}/stat").read_text().split(")")[1][:3]
+
+
+def test_reasoning_effort_through_the_clis_setting_or_refused(live_world):
+    url = start_live(live_world)
+    wd = str(live_world.workdir)
+    body = {"prompt": "x", "reasoning_effort": "high", "workdir": wd, "dry_run": True}
+    status, d, _ = post(url + "/api/v1/prompt", {**body, "backend": "claude"})
+    assert status == 200, d
+    argv = d["command"]
+    assert argv[argv.index("--effort") + 1] == "high"
+    assert "--effort" in d["worker_command"]
+    status, d, _ = post(url + "/api/v1/prompt", {**body, "backend": "copilot"})
+    assert status == 200 and "--reasoning-effort=high" in d["command"], d
+    # A CLI without such a setting: never silently dropped.
+    status, e, _ = post(url + "/api/v1/prompt", {**body, "backend": "gemini"})
+    assert status == 400 and e["code"] == "unsupported_field" and "reasoning_effort" in e["error"], e
+    status, e, _ = post(url + "/api/v1/prompt", {**body, "backend": "claude", "reasoning_effort": "huge"})
+    assert status == 400 and "reasoning_effort" in e["error"], e

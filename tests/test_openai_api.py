@@ -321,3 +321,48 @@ def test_explicit_session_header(compat):
         model="claude", messages=[{"role": "user", "content": "again"}],
         extra_headers={"X-Clinvk-Session": sid})
     assert r.choices[0].message.content.strip() == "fake-reply turns=2 last=again"
+
+
+# What each CLI sends its model for a reasoning effort (measured with the pinned versions).
+EFFORT_IN_MODEL_REQUEST = {
+    "claude": lambda body: (body.get("output_config") or {}).get("effort"),
+    "codex": lambda body: (body.get("reasoning") or {}).get("effort"),
+    # copilot with a claude model: a thinking budget per level (default 2048, medium)
+    "copilot": lambda body: {1024: "low", 2048: "medium", 4096: "high"}.get(
+        (body.get("thinking") or {}).get("budget_tokens")),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reasoning_effort_reaches_the_cli_or_is_named_ignored(compat, backend):
+    """`reasoning_effort` (chat) and `reasoning.effort` (Responses) go to the CLI's own effort
+    setting, which its model request then carries; a CLI without one answers as usual and the
+    header names the field."""
+    d = compat()
+    client = d.openai()
+    raw = client.chat.completions.with_raw_response.create(
+        model=backend, reasoning_effort="high",
+        messages=[{"role": "user", "content": "think hard"}])
+    r = raw.parse()
+    assert "fake-reply" in r.choices[0].message.content
+    ignored = raw.headers.get("x-clinvk-ignored-params", "")
+    body = d.model_calls()[-1]["body"]
+    if backend in EFFORT_IN_MODEL_REQUEST:
+        seen = EFFORT_IN_MODEL_REQUEST[backend]
+        assert seen(body) == "high", {k: body.get(k) for k in ("output_config", "reasoning", "thinking")}
+        assert "reasoning_effort" not in ignored
+        raw = client.responses.with_raw_response.create(
+            model=backend, input="think less", reasoning={"effort": "low", "summary": "auto"})
+        assert "fake-reply" in raw.parse().output_text
+        low = d.model_calls()[-1]["body"]
+        assert seen(low) == "low", {k: low.get(k) for k in ("output_config", "reasoning", "thinking")}
+        assert raw.headers.get("x-clinvk-ignored-params") == "reasoning.summary"
+    else:
+        assert "reasoning_effort" in ignored.split(", "), ignored
+    # An unknown level is the client's mistake: 400 naming the field, nothing runs.
+    before = len(d.model_calls())
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=backend, reasoning_effort="extreme",
+                                       messages=[{"role": "user", "content": "x"}])
+    assert "reasoning_effort" in str(e.value)
+    assert len(d.model_calls()) == before

@@ -51,7 +51,7 @@ INTERNAL = {"DeferredToolPlaceholder"}
 
 def only_client_tools(offered: list[str]) -> list[str]:
     """The offered tools by their client names; a built-in tool would show up as itself."""
-    return sorted(t.split("__")[-1] for t in offered if t not in INTERNAL)
+    return sorted(t.split("__")[-1].removeprefix("clinvk-") for t in offered if t not in INTERNAL)
 
 
 def model_saw_result(d, text: str) -> dict:
@@ -93,10 +93,10 @@ def test_chat_tool_call_round_trip(compat, stream, backend):
     # The CLI waits for the result (its process is alive, still in the run list).
     pids = cli_pids(d)
     assert pids and all(pid_alive(p) for p in pids)
-    # claude offered exactly the client's tool (no built-in tools). (codex 0.169 offers MCP
-    # tools only inside its JavaScript `exec` tool, which the fake model calls.)
+    # claude and copilot offered exactly the client's tool (no built-in tools). (codex 0.169
+    # offers MCP tools only inside its JavaScript `exec` tool, which the fake model calls.)
     first = [c for c in d.model_calls() if c["tool_calls"]][-1]
-    if backend == "claude":
+    if backend in ("claude", "copilot"):
         assert only_client_tools(first["offered_tools"]) == ["get_weather"], first["offered_tools"]
 
     messages += [
@@ -435,7 +435,7 @@ def test_anthropic_tool_use_round_trip(compat, stream, backend):
     model_saw_result(d, "snow")
 
 
-@pytest.mark.parametrize("backend", ["claude", "codex"])
+@pytest.mark.parametrize("backend", ["claude", "codex", "copilot"])
 def test_one_shot_mode_round_trip(compat, backend):
     """Without warm workers: the one-shot CLI process waits for the result the same way."""
     d = compat(config=f"backends:\n  {backend}:\n    mode: oneshot\n")

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from conftest import (CLAUDE_VERSION, CODEX_VERSION, FAKECLI_DIR, GEMINI_VERSION, http_json,
+from conftest import (FAKECLI_DIR, TESTED_VERSIONS, http_json,
                       run_cli, wait_for)
 
 # --------------------------------------------------------------------------
@@ -237,11 +237,26 @@ def test_fake_control_api(fake_model):
 # real CLIs
 
 
-@pytest.mark.parametrize("cli,version", [("claude", CLAUDE_VERSION), ("codex", CODEX_VERSION),
-                                         ("gemini", GEMINI_VERSION)])
+@pytest.mark.parametrize("cli,version", sorted(TESTED_VERSIONS.items()))
 def test_cli_versions_are_pinned(cli, version, cli_bin_dir, cli_home):
     res = run_cli([cli_bin_dir / cli, "--version"], cli_home.env, cli_home.workdir, timeout=30)
     assert res.returncode == 0 and version in res.stdout, str(res)
+
+
+@pytest.mark.parametrize("cli,argv", [
+    ("copilot", ["--prompt=Hello copilot, a few words", "--output-format", "json"]),
+    ("opencode", ["run", "--format", "json", "Hello opencode, a few words"]),
+])
+def test_the_newer_clis_reach_the_fake_model(cli, argv, cli_bin_dir, cli_home, fake_model):
+    """copilot (its own-provider mode) and opencode (its config file) talk Anthropic messages to
+    the fake model with no login; their own additions to the prompt are not the user's words."""
+    res = run_cli([cli_bin_dir / cli, *argv], cli_home.env, cli_home.workdir)
+    assert res.returncode == 0, str(res)
+    want = f"fake-reply turns=1 last=Hello {cli}, a few words"
+    assert want in res.stdout, res.stdout[-2000:]
+    convo = fake_model.requests()
+    assert [r["protocol"] for r in convo] == ["anthropic"], convo
+    assert convo[0]["user_texts"] == [f"Hello {cli}, a few words"], convo[0]["user_texts"]
 
 
 def test_claude_stream(cli_bin_dir, cli_home, fake_model):

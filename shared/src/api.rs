@@ -149,6 +149,37 @@ impl ApprovalMode {
     }
 }
 
+/// `reasoning_effort`: how hard the model thinks, where the CLI has a setting for it (OpenAI's
+/// levels, plus `max`). Each CLI takes its nearest level (see docs/compat.md).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ReasoningEffort {
+    None,
+    Minimal,
+    Low,
+    Medium,
+    High,
+    Xhigh,
+    Max,
+}
+
+impl ReasoningEffort {
+    /// Its name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasoningEffort::None => "none",
+            ReasoningEffort::Minimal => "minimal",
+            ReasoningEffort::Low => "low",
+            ReasoningEffort::Medium => "medium",
+            ReasoningEffort::High => "high",
+            ReasoningEffort::Xhigh => "xhigh",
+            ReasoningEffort::Max => "max",
+        }
+    }
+}
+
 /// `sandbox_mode`: what the agent's commands may touch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
@@ -230,6 +261,8 @@ pub struct PromptRequest {
     pub output_schema: Option<serde_json::Value>,
     /// Images for the model, with the prompt (PNG, JPEG, GIF or WebP; base64).
     pub images: Vec<ImageInput>,
+    /// How hard the model thinks, through the CLI's own setting (400 for a CLI without one).
+    pub reasoning_effort: Option<ReasoningEffort>,
 }
 
 /// An image sent with a prompt.

@@ -237,6 +237,8 @@ async fn run_program(
 /// The first `N.N.N` in a text.
 fn find_version(text: &str) -> Option<String> {
     text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        // "GitHub Copilot CLI 1.0.102." ends its sentence with a dot.
+        .map(|w| w.trim_matches('.'))
         .find(|w| {
             let parts: Vec<_> = w.split('.').collect();
             parts.len() >= 3 && parts.iter().all(|p| !p.is_empty())
@@ -711,6 +713,10 @@ mod tests {
         assert_eq!(
             find_version("codex-cli 0.169.0").as_deref(),
             Some("0.169.0")
+        );
+        assert_eq!(
+            find_version("GitHub Copilot CLI 1.0.102.\nRun 'copilot update'").as_deref(),
+            Some("1.0.102")
         );
         assert_eq!(find_version("v1.2"), None);
         assert!(version_key("0.170.0") > version_key("0.169.0"));

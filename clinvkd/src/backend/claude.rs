@@ -43,6 +43,15 @@ impl Adapter for Claude {
         ALLOW
     }
 
+    /// `--effort` takes low, medium, high, xhigh and max: none and minimal are its low.
+    fn effort_args(&self, effort: ReasoningEffort) -> Option<Vec<String>> {
+        let level = match effort {
+            ReasoningEffort::None | ReasoningEffort::Minimal => "low",
+            e => e.as_str(),
+        };
+        Some(vec!["--effort".into(), level.into()])
+    }
+
     fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError> {
         let mut a = session_args(inv, cfg)?;
         // Images: the prompt goes through stdin as one stream-json user message with image blocks.
@@ -157,6 +166,9 @@ fn session_args(inv: &Invocation, cfg: &BackendSettings) -> Result<Vec<String>, 
     }
     if let Some(n) = inv.max_turns {
         push("--max-turns", &n.to_string());
+    }
+    if let [flag, level] = &super::effort_args_of(&Claude, inv)[..] {
+        push(flag, level);
     }
     let mode = match (inv.approval_mode, inv.sandbox_mode) {
         (ApprovalMode::Auto, _) => Some("acceptEdits"),

@@ -43,6 +43,18 @@ impl Adapter for Codex {
         ALLOW
     }
 
+    /// `model_reasoning_effort`: none, minimal, low, medium, high, xhigh (max is its xhigh).
+    fn effort_args(&self, effort: ReasoningEffort) -> Option<Vec<String>> {
+        let level = match effort {
+            ReasoningEffort::Max => "xhigh",
+            e => e.as_str(),
+        };
+        Some(vec![
+            "-c".into(),
+            format!("model_reasoning_effort={}", toml_string(level)),
+        ])
+    }
+
     fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError> {
         let mut a: Vec<String> = Vec::new();
         // The approval policy belongs before `exec` (`exec -a` is rejected); 0.169.0 accepts only
@@ -58,6 +70,7 @@ impl Adapter for Codex {
             a.extend(["-a".to_string(), p.to_string()]);
         }
         a.extend(mcp_overrides(inv));
+        a.extend(super::effort_args_of(&Codex, inv));
         a.extend(["exec", "--json", "--skip-git-repo-check"].map(String::from));
         if (inv.approval_mode, inv.sandbox_mode) == (ApprovalMode::Auto, SandboxMode::Default) {
             a.push("--approve-for-me".into());
@@ -125,6 +138,7 @@ impl Adapter for Codex {
             inv.extra.is_empty() && cfg.extra_flags.is_empty(),
         );
         let mut argv = mcp_overrides(inv);
+        argv.extend(super::effort_args_of(&Codex, inv));
         argv.push("app-server".into());
         Ok(LiveSpec {
             command: CommandSpec::for_run("codex", cfg, inv, argv, None),

@@ -45,6 +45,11 @@ impl Adapter for Copilot {
         ALLOW
     }
 
+    /// `--reasoning-effort` takes every level.
+    fn effort_args(&self, effort: ReasoningEffort) -> Option<Vec<String>> {
+        Some(vec![format!("--reasoning-effort={}", effort.as_str())])
+    }
+
     fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError> {
         let mut full = with_system_prompt(inv, inv.system_prompt.as_deref());
         // No structured-output option: an instruction, and the engine checks.
@@ -70,7 +75,7 @@ impl Adapter for Copilot {
                 "type": "http", "url": ct.url, "tools": ["*"],
             }}});
             a.push(format!("--additional-mcp-config={mcp}"));
-            a.push(format!("--allow-tool={}", crate::tools::SERVER_NAME));
+            a.extend(tool_permissions(ct));
         }
         if let Some(id) = &inv.resume {
             a.push(format!("--resume={id}"));
@@ -90,8 +95,8 @@ impl Adapter for Copilot {
     fn live(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<LiveSpec, ArgvError> {
         let mut a = vec!["--acp".to_string()];
         a.extend(session_args(inv, cfg));
-        if inv.client_tools.is_some() {
-            a.push(format!("--allow-tool={}", crate::tools::SERVER_NAME));
+        if let Some(ct) = &inv.client_tools {
+            a.extend(tool_permissions(ct));
         }
         a.extend(cfg.extra_flags.iter().cloned());
         a.extend(check_extra(&inv.extra, ALLOW, cfg)?);
@@ -121,6 +126,18 @@ impl Adapter for Copilot {
     }
 }
 
+/// The client's tools (the MCP server `clinvk`) run without a prompt; copilot's own tools are
+/// not offered unless `tools.builtin` (an MCP server's name in `--available-tools` offers all
+/// its tools; measured).
+fn tool_permissions(ct: &crate::tools::ClientTools) -> Vec<String> {
+    let server = crate::tools::SERVER_NAME;
+    let mut a = vec![format!("--allow-tool={server}")];
+    if !ct.builtin {
+        a.push(format!("--available-tools={server}"));
+    }
+    a
+}
+
 /// The ACP `session/new` MCP servers: the daemon's client-tools endpoint, if any.
 fn mcp_servers(inv: &Invocation) -> Vec<Value> {
     inv.client_tools
@@ -147,6 +164,7 @@ fn session_args(inv: &Invocation, cfg: &BackendSettings) -> Vec<String> {
     if let Some(m) = model_for(inv, cfg) {
         a.extend(["--model".to_string(), m]);
     }
+    a.extend(super::effort_args_of(&Copilot, inv));
     match inv.approval_mode {
         ApprovalMode::Auto => a.push("--allow-tool=write".into()),
         ApprovalMode::None => a.push("--allow-all-tools".into()),

@@ -17,7 +17,7 @@ use clinvk_shared::types::TokenUsage;
 use serde::Serialize;
 use std::path::PathBuf;
 
-pub(crate) use clinvk_shared::api::{ApprovalMode, SandboxMode};
+pub(crate) use clinvk_shared::api::{ApprovalMode, ReasoningEffort, SandboxMode};
 pub(crate) use flags::{check_extra, extra_folders};
 
 /// One run of a backend CLI, as every API describes it.
@@ -52,6 +52,8 @@ pub(crate) struct Invocation {
     pub(crate) image_files: Vec<PathBuf>,
     /// The client's functions, offered to the model through the daemon's MCP endpoint.
     pub(crate) client_tools: Option<crate::tools::ClientTools>,
+    /// How hard the model thinks (only for a CLI whose `effort_args` takes it).
+    pub(crate) reasoning_effort: Option<ReasoningEffort>,
 }
 
 /// An image of a prompt: checked (type, size, the bytes match the type) and decoded once; the
@@ -218,6 +220,19 @@ pub(crate) trait Adapter: Send + Sync {
     fn live(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<LiveSpec, ArgvError>;
     /// Flags a request's `extra` may use (plus `backends.<name>.allowed_extra_flags`).
     fn builtin_extra_allowlist(&self) -> &'static [&'static str];
+    /// The arguments that set the reasoning effort (one-shot and live alike); None: the CLI
+    /// has no such setting (a native request is refused, a compatible one names the field
+    /// ignored).
+    fn effort_args(&self, _effort: ReasoningEffort) -> Option<Vec<String>> {
+        None
+    }
+}
+
+/// The effort arguments of `inv` for `adapter` (none when not asked for or not supported).
+pub(crate) fn effort_args_of(adapter: &dyn Adapter, inv: &Invocation) -> Vec<String> {
+    inv.reasoning_effort
+        .and_then(|e| adapter.effort_args(e))
+        .unwrap_or_default()
 }
 
 /// How to start a warm worker.
@@ -565,6 +580,45 @@ mod tests {
                 "--include-directories=/b".into()
             ]),
             vec!["/a", "/b"]
+        );
+    }
+
+    #[test]
+    fn an_effort_reaches_every_cli_that_has_a_setting_one_shot_and_warm() {
+        let cfg = BackendSettings::default();
+        for a in adapters() {
+            let mut inv = testutil::inv(a.backend().as_str(), "hi");
+            inv.reasoning_effort = Some(ReasoningEffort::High);
+            let Some(want) = a.effort_args(ReasoningEffort::High) else {
+                continue;
+            };
+            let has = |args: &[String]| args.windows(want.len()).any(|w| w == want.as_slice());
+            assert!(has(&a.build(&inv, &cfg).unwrap().args), "{}", a.backend());
+            assert!(
+                has(&a.live(&inv, &cfg).unwrap().command.args),
+                "{}",
+                a.backend()
+            );
+            inv.reasoning_effort = None;
+            assert!(!has(&a.build(&inv, &cfg).unwrap().args), "{}", a.backend());
+        }
+        let levels = |b: Backend| {
+            [ReasoningEffort::Minimal, ReasoningEffort::Max].map(|e| adapter(b).effort_args(e))
+        };
+        assert_eq!(
+            levels(Backend::Claude),
+            [
+                Some(vec!["--effort".into(), "low".into()]),
+                Some(vec!["--effort".into(), "max".into()])
+            ]
+        );
+        assert_eq!(
+            levels(Backend::Codex)[1],
+            Some(vec!["-c".into(), "model_reasoning_effort=\"xhigh\"".into()])
+        );
+        assert_eq!(
+            adapter(Backend::Gemini).effort_args(ReasoningEffort::High),
+            None
         );
     }
 

@@ -83,6 +83,9 @@ pub(crate) struct ChatRequest {
     audio: Option<Value>,
     #[serde(default)]
     web_search_options: Option<Value>,
+    /// Through the CLI's effort setting where it has one (else named ignored).
+    #[serde(default)]
+    reasoning_effort: Option<clinvk_shared::api::ReasoningEffort>,
 }
 
 impl ChatRequest {
@@ -94,6 +97,7 @@ impl ChatRequest {
             compat::format_schema(self.response_format.as_ref(), "response_format")?;
         self.tools(&mut conv)?;
         conv.stop = self.stop_sequences()?;
+        conv.reasoning_effort = self.reasoning_effort;
         Ok(conv)
     }
 
@@ -301,8 +305,9 @@ pub(crate) async fn chat(
     session: Option<String>,
     cr: ChatRequest,
 ) -> Result<Response, ApiError> {
-    let conv = cr.conversation()?;
+    let mut conv = cr.conversation()?;
     let target = compat::resolve_model(ctx, &cr.model)?;
+    let ignored = compat::effort_for(ctx, &target, &mut conv, "reasoning_effort");
     let started = compat::start(ctx, caller, session, ApiStyle::OpenAi, &target, conv).await?;
     let id = format!("chatcmpl-{}", compat::new_id());
     let created = compat::unix_now();
@@ -318,7 +323,9 @@ pub(crate) async fn chat(
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
         };
-        return compat::stream(ctx, started, frames).await;
+        let mut resp = compat::stream(ctx, started, frames).await?;
+        compat::name_ignored(&mut resp, &ignored);
+        return Ok(resp);
     }
     let reply = compat::complete(ctx, started).await?;
     let mut message = json!({"role": "assistant", "content": reply.text, "refusal": null});
@@ -356,6 +363,7 @@ pub(crate) async fn chat(
         }),
     );
     compat::set_session_header(&mut resp, &reply.session_id);
+    compat::name_ignored(&mut resp, &ignored);
     Ok(resp)
 }
 

@@ -53,6 +53,16 @@ pub(crate) struct CreateRequest {
     conversation: Option<Value>,
     #[serde(default)]
     prompt: Option<Value>,
+    /// `effort` goes through the CLI's effort setting where it has one (else named ignored);
+    /// the rest (`summary`, …) is named ignored.
+    #[serde(default)]
+    reasoning: Option<Reasoning>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Reasoning {
+    #[serde(default)]
+    effort: Option<clinvk_shared::api::ReasoningEffort>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -360,7 +370,14 @@ pub(crate) async fn create(
     let format = r.text.as_ref().and_then(|t| t.get("format"));
     let mut conv = conversation(&r)?;
     conv.output_schema = compat::format_schema(format, "text.format")?;
-    let ignored = r.tools(&mut conv)?;
+    let mut ignored = r.tools(&mut conv)?;
+    conv.reasoning_effort = r.reasoning.as_ref().and_then(|x| x.effort);
+    ignored.extend(compat::effort_for(
+        ctx,
+        &target,
+        &mut conv,
+        "reasoning.effort",
+    ));
     // Continue the session of the named response (its owner only).
     let session = match &r.previous_response_id {
         Some(prev) => {

@@ -58,10 +58,15 @@ fn by_env(e: &EnvLogin, env: &Env) -> Option<String> {
     if !e.all_of.iter().all(|v| set(env, &[v]).is_some()) {
         return None;
     }
-    match (e.all_of.first(), set(env, e.any_of)) {
-        (_, Some(var)) if e.all_of.is_empty() => Some(format!("{} from {var}", e.label)),
-        (Some(first), Some(_)) => Some(format!("{} ({first})", e.label)),
-        _ => None,
+    // An empty `any_of` asks for nothing more (copilot's own provider: its URL alone).
+    let any = match e.any_of {
+        [] => None,
+        vars => Some(set(env, vars)?),
+    };
+    match (e.all_of.first(), any) {
+        (None, Some(var)) => Some(format!("{} from {var}", e.label)),
+        (Some(first), _) => Some(format!("{} ({first})", e.label)),
+        (None, None) => None,
     }
 }
 
@@ -154,6 +159,25 @@ mod tests {
         std::fs::write(home.path().join(".gemini/oauth_creds.json"), "{}").unwrap();
         let saved = check(gemini, none, &env(&[("HOME", h)])).await.unwrap();
         assert!(saved.contains("oauth_creds.json"), "{saved}");
+    }
+
+    #[tokio::test]
+    async fn copilot_token_or_own_provider() {
+        let copilot = Backend::Copilot.info();
+        let none = Path::new("/nonexistent/copilot");
+        let got = check(copilot, none, &env(&[("HOME", "/h"), ("GH_TOKEN", "t")])).await;
+        assert_eq!(got.unwrap(), "GitHub token from GH_TOKEN");
+        let got = check(
+            copilot,
+            none,
+            &env(&[("HOME", "/h"), ("COPILOT_PROVIDER_BASE_URL", "http://x")]),
+        )
+        .await;
+        assert_eq!(
+            got.unwrap(),
+            "own model provider (COPILOT_PROVIDER_BASE_URL)"
+        );
+        assert!(check(copilot, none, &env(&[("HOME", "/h")])).await.is_err());
     }
 
     #[tokio::test]

@@ -73,6 +73,9 @@ pub(crate) struct Conversation {
     /// Stop sequences (chat `stop`, Anthropic `stop_sequences`): the answer ends before the
     /// first one.
     pub(crate) stop: Vec<String>,
+    /// Chat `reasoning_effort`, Responses `reasoning.effort`: through the CLI's own setting
+    /// where it has one (see `compat::effort_for`).
+    pub(crate) reasoning_effort: Option<clinvk_shared::api::ReasoningEffort>,
 }
 
 /// What a request's `tool_choice` asks for.

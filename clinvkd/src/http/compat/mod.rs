@@ -44,6 +44,24 @@ pub(crate) const SESSION_HEADER: &str = "x-clinvk-session";
 /// refused instead (400 naming them).
 pub(crate) const IGNORED_HEADER: &str = "x-clinvk-ignored-params";
 
+/// A compatible request's reasoning effort for its backend: kept where the CLI has a setting;
+/// else dropped, and `param` is returned to be named in `X-Clinvk-Ignored-Params` (the answer
+/// is the same without it).
+pub(crate) fn effort_for(
+    ctx: &Ctx,
+    target: &Target,
+    conv: &mut Conversation,
+    param: &str,
+) -> Vec<String> {
+    match conv.reasoning_effort {
+        Some(e) if ctx.adapter(target.backend).effort_args(e).is_none() => {
+            conv.reasoning_effort = None;
+            vec![param.to_string()]
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// Adds `X-Clinvk-Ignored-Params` (sorted, once each; list indexes as `*`, e.g.
 /// `messages.*.name`) to an answer.
 pub(crate) fn name_ignored(resp: &mut Response, fields: &[String]) {
@@ -52,6 +70,8 @@ pub(crate) fn name_ignored(resp: &mut Response, fields: &[String]) {
         .filter(|f| !f.is_empty() && f.as_str() != "?")
         .map(|f| {
             f.split('.')
+                // serde's name for the inside of an `Option`: not a field of the request
+                .filter(|seg| *seg != "?")
                 .map(|seg| {
                     if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
                         "*"

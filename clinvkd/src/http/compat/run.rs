@@ -211,6 +211,7 @@ pub(crate) async fn start(
             system_prompt: conv.system.clone(),
             session_id: resume.clone(),
             output_schema: conv.output_schema.clone(),
+            reasoning_effort: conv.reasoning_effort,
             ..Default::default()
         },
     };

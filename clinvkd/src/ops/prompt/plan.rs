@@ -157,6 +157,15 @@ pub(crate) fn plan(ctx: &Ctx, caller: &Caller, ask: Ask) -> Result<Plan, ApiErro
         }
     }
     let adapter = ctx.adapter(backend);
+    if let Some(effort) = req.reasoning_effort {
+        if adapter.effort_args(effort).is_none() {
+            return Err(bad(
+                Code::UnsupportedField,
+                format!("{backend} has no reasoning-effort setting; send the request without `reasoning_effort`"),
+            )
+            .with_param("reasoning_effort"));
+        }
+    }
     crate::backend::check_extra(&req.extra, adapter.builtin_extra_allowlist(), &cfg)
         .map_err(|e| bad(Code::InvalidFlags, e.to_string()).with_param("extra"))?;
     for folder in crate::backend::extra_folders(&req.extra) {
@@ -237,6 +246,7 @@ pub(crate) fn plan(ctx: &Ctx, caller: &Caller, ask: Ask) -> Result<Plan, ApiErro
         images,
         image_files: Vec::new(),
         client_tools,
+        reasoning_effort: req.reasoning_effort,
     };
     if resume_session
         .as_ref()
