@@ -76,11 +76,16 @@ def stream_turn(url: str, body: dict, timeout: float) -> tuple[float, float, str
         conn.close()
 
 
-def bare_turn(argv, cwd, env, timeout: float) -> tuple[float, float]:
-    """(first stdout line with answer text, exit) in seconds of the bare CLI."""
+def bare_turn(argv, cwd, env, timeout: float, stdin: str | None = None) -> tuple[float, float]:
+    """(first stdout line with answer text, exit) in seconds of the bare CLI; ``stdin``: the
+    prompt, for a CLI the daemon gives it on standard input (the dry run's ``stdin``)."""
     start = time.perf_counter()
-    p = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, process_group=0)
+    p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+                         process_group=0)
+    if stdin is not None:
+        p.stdin.write(stdin.encode())
+        p.stdin.close()
     first = None
     try:
         timer = threading.Timer(timeout, lambda: bench.kill_group(p))
@@ -132,7 +137,8 @@ def bench_backend(url, world, backend: str, runs: int, timeout: float) -> dict:
 
     first, end = [], []
     for _ in range(runs):
-        f, e = bare_turn(dry["command"], dry.get("cwd"), child_env, timeout)
+        f, e = bare_turn(dry["command"], dry.get("cwd"), child_env, timeout,
+                         bench.PROMPT if dry.get("stdin") else None)
         first.append(f)
         end.append(e)
     out["bare"] = summary(first, end)

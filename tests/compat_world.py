@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 import cli_env  # tests/fakemodel/cli_env.py (put on sys.path by conftest)
-from conftest import FAKECLI_DIR, http_json, wait_for
+from conftest import FAKECLI_DIR, TESTED_VERSIONS, http_json, wait_for
 from harness import World, poll
 
-BACKENDS = ["claude", "codex", "gemini", "copilot", "opencode"]
+# Every CLI the suite pins (tests/conftest.py TESTED_VERSIONS): the per-backend tests run over all.
+BACKENDS = list(TESTED_VERSIONS)
 
 # Config for a test that checks the HTTP status of a streamed run failing before any text: a
 # stream decides 200 at its first keep-alive (server.sse_keepalive_secs, 15 by default, of

@@ -12,7 +12,7 @@ import pytest
 
 from harness import FAKECLI_DIR, get_json, live_world, pid_alive, poll, post, start_live, stream_ndjson  # noqa: F401
 
-BACKENDS = ["claude", "codex", "gemini", "copilot", "opencode"]
+from compat_world import BACKENDS  # every pinned CLI
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

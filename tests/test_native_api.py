@@ -286,6 +286,11 @@ def test_reasoning_effort_through_the_clis_setting_or_refused(live_world):
     assert "--effort" in d["worker_command"]
     status, d, _ = post(url + "/api/v1/prompt", {**body, "backend": "copilot"})
     assert status == 200 and "--reasoning-effort=high" in d["command"], d
+    assert d["stdin"] is False
+    # opencode takes every prompt on stdin (its `run` would quote argv words): the dry run says so.
+    status, d, _ = post(url + "/api/v1/prompt", {**body, "backend": "opencode", "reasoning_effort": None,
+                                                 "prompt": "a unique prompt"})
+    assert status == 200 and d["stdin"] is True and "a unique prompt" not in " ".join(d["command"]), d
     # A CLI without such a setting: never silently dropped.
     status, e, _ = post(url + "/api/v1/prompt", {**body, "backend": "gemini"})
     assert status == 400 and e["code"] == "unsupported_field" and "reasoning_effort" in e["error"], e

@@ -12,7 +12,7 @@ import pytest
 from compat_world import compat  # noqa: F401
 from harness import get_json, live_world, pid_alive, poll, post, start_live, stream_ndjson, world  # noqa: F401
 
-BACKENDS = ["claude", "codex", "gemini", "copilot", "opencode"]
+from compat_world import BACKENDS  # every pinned CLI
 
 
 def workers(world, backend: str | None = None, state: str | None = None) -> list[dict]:

@@ -314,6 +314,10 @@ pub struct DryRun {
     /// one-shot. None: the turn runs one-shot.
     #[serde(default)]
     pub worker_command: Option<Vec<String>>,
+    /// The prompt goes on the CLI's standard input (a long prompt; opencode's always), not in
+    /// `command`.
+    #[serde(default)]
+    pub stdin: bool,
 }
 
 /// A prompt's answer: a result, or a dry run.

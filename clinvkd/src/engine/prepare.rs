@@ -16,6 +16,8 @@ pub(crate) struct DryRun {
     pub(crate) env: Vec<String>,
     /// In warm mode: the worker's argv.
     pub(crate) worker_argv: Option<Vec<String>>,
+    /// The prompt goes on the CLI's standard input, not in `argv`.
+    pub(crate) stdin: bool,
 }
 
 pub(super) struct Prepared {
@@ -245,5 +247,6 @@ pub(crate) fn dry_run(ctx: &Ctx, inv: &Invocation) -> Result<DryRun, EngineError
         cwd: p.spec.cwd.map(|c| c.display().to_string()),
         env: p.env_names,
         worker_argv,
+        stdin: p.spec.stdin.is_some(),
     })
 }

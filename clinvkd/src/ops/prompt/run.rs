@@ -420,6 +420,7 @@ pub(crate) fn dry_run(ctx: &Ctx, plan: &Plan) -> Result<DryRun, ApiError> {
         env: d.env,
         session_id: plan.resume_session.as_ref().map(|s| s.id.clone()),
         worker_command: d.worker_argv,
+        stdin: d.stdin,
     })
 }
 
