@@ -243,16 +243,22 @@ def test_cli_versions_are_pinned(cli, version, cli_bin_dir, cli_home):
     assert res.returncode == 0 and version in res.stdout, str(res)
 
 
-@pytest.mark.parametrize("cli,argv", [
-    ("copilot", ["--prompt=Hello copilot, a few words", "--output-format", "json"]),
-    ("opencode", ["run", "--format", "json", "Hello opencode, a few words"]),
+@pytest.mark.parametrize("cli,argv,on_stdin", [
+    ("copilot", ["--prompt=Hello copilot, a few words", "--output-format", "json"], False),
+    # opencode's `run` quotes every argv word holding a space; it takes stdin as it is.
+    ("opencode", ["run", "--format", "json"], True),
 ])
-def test_the_newer_clis_reach_the_fake_model(cli, argv, cli_bin_dir, cli_home, fake_model):
+def test_the_newer_clis_reach_the_fake_model(cli, argv, on_stdin, cli_bin_dir, cli_home, fake_model, tmp_path):
     """copilot (its own-provider mode) and opencode (its config file) talk Anthropic messages to
     the fake model with no login; their own additions to the prompt are not the user's words."""
-    res = run_cli([cli_bin_dir / cli, *argv], cli_home.env, cli_home.workdir)
+    words = f"Hello {cli}, a few words"
+    stdin = subprocess.DEVNULL
+    if on_stdin:
+        (tmp_path / "prompt.txt").write_text(words)
+        stdin = open(tmp_path / "prompt.txt", "rb")
+    res = run_cli([cli_bin_dir / cli, *argv], cli_home.env, cli_home.workdir, stdin=stdin)
     assert res.returncode == 0, str(res)
-    want = f"fake-reply turns=1 last=Hello {cli}, a few words"
+    want = f"fake-reply turns=1 last={words}"
     assert want in res.stdout, res.stdout[-2000:]
     convo = fake_model.requests()
     assert [r["protocol"] for r in convo] == ["anthropic"], convo
