@@ -83,15 +83,20 @@ def fakecli(name: str) -> str:
 
 @pytest.fixture
 def compat(tmp_path, fake_model, cli_bin_dir):
-    """``compat(config="yaml text", fast_fail=True)`` → a running CompatDaemon."""
+    """``compat(config="yaml text", fast_fail=True, env={"NAME": "value" or None})`` → a running
+    CompatDaemon (``env``: variables set, or removed when None, in the daemon's environment)."""
     started: list[World] = []
 
-    def start(config: str = "", fast_fail: bool = True) -> CompatDaemon:
+    def start(config: str = "", fast_fail: bool = True, env: dict | None = None) -> CompatDaemon:
         root = tmp_path / f"w{len(started)}"
         root.mkdir()
         home = root / "home"
+        overrides = env or {}
         env = cli_env.setup(home, fake_model.port, fast_fail=fast_fail)
         env = {k: v for k, v in env.items() if not k.startswith("CLINVK_")}
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        for k in [k for k, v in overrides.items() if v is None]:
+            env.pop(k, None)
         world = World(root, extra_env=env)
         assert world.home == home
         started.append(world)

@@ -126,9 +126,9 @@ class World:
                and k not in ("XDG_RUNTIME_DIR", "RUST_LOG")}
         env["HOME"] = str(self.home)
         env["NO_COLOR"] = "1"
-        # No pre-started warm workers unless a test asks (each would start three CLIs with every
+        # No pre-started warm workers unless a test asks (each would start every CLI with every
         # daemon of the suite); the workers per session stay on (the default warm mode).
-        for b in ("CLAUDE", "CODEX", "GEMINI"):
+        for b in ("CLAUDE", "CODEX", "GEMINI", "COPILOT", "OPENCODE"):
             env[f"CLINVK_BACKENDS_{b}_WARM_POOL"] = "0"
         env.update(extra_env or {})
         self.env = env

@@ -114,6 +114,8 @@ pub(crate) struct Inner {
     pub(crate) usage: crate::usage::UsageStore,
     /// The prompts running now (live view, cancel, concurrency quota).
     pub(crate) live: crate::live::LiveRuns,
+    /// The quota windows the CLIs report of their accounts.
+    pub(crate) quotas: crate::quota::QuotaBook,
     /// Client tool calls: the MCP endpoint and the runs waiting for results.
     pub(crate) tools: Arc<crate::tools::ToolHub>,
     /// The adapter of each backend (the real ones; a test may put fakes here).
@@ -190,6 +192,7 @@ impl Ctx {
         let keys = crate::keys::KeyStore::open(&paths.keys_file())?;
         keys.set_external(external_keys);
         let usage = crate::usage::UsageStore::open(&paths.state_dir.join("usage.db"));
+        let quotas_file = paths.state_dir.join("quotas.json");
         let (drain_tx, _) = watch::channel(false);
         let (stop_tx, _) = watch::channel(false);
         Ok(Inner {
@@ -219,6 +222,7 @@ impl Ctx {
             workers: crate::worker::Workers::default(),
             usage,
             live: crate::live::LiveRuns::default(),
+            quotas: crate::quota::QuotaBook::open(quotas_file),
             tools: Arc::default(),
             adapters,
             homes: crate::engine::Homes::of_process(),

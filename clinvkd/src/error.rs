@@ -115,6 +115,7 @@ codes! {
     UnsupportedImageType = "unsupported_image_type": "An image type the CLIs cannot take.",
     UnsupportedMediaType = "unsupported_media_type": "The body is not `application/json`.",
     UnsupportedParameter = "unsupported_parameter": "A parameter clinvk cannot honour and must not drop.",
+    UsageLimitReached = "usage_limit_reached": "The CLI's subscription refused the run: a quota window is spent (429, `Retry-After` = seconds to its reset).",
     UsageStoreError = "usage_store_error": "The usage store could not be read or written.",
     WorkdirNotAllowed = "workdir_not_allowed": "The working folder is outside the server's workdir policy.",
 }

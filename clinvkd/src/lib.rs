@@ -13,6 +13,7 @@ pub(crate) mod keys;
 pub(crate) mod live;
 pub mod logging;
 pub(crate) mod ops;
+pub(crate) mod quota;
 pub(crate) mod responses;
 pub mod service;
 pub(crate) mod session;

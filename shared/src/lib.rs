@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod paths;
 pub mod protocol;
+pub mod quota;
 pub mod types;
 
 /// The exit code of `clinvkd` when its HTTP port is already taken (EADDRINUSE), so that

@@ -185,6 +185,9 @@ pub struct StatusInfo {
     /// The live CLI processes kept between turns (warm mode).
     #[serde(default)]
     pub workers: Vec<WorkerInfo>,
+    /// The accounts whose CLI reported quota windows (`GET /api/v1/accounts`).
+    #[serde(default)]
+    pub accounts: Vec<crate::quota::Account>,
 }
 
 /// One warm worker: a live CLI process kept between turns.

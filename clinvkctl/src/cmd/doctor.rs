@@ -412,6 +412,26 @@ async fn check_daemon(paths: &Paths, settings: &Settings, checks: &mut Checks) -
             if s.draining {
                 checks.add("daemon", Verdict::Warn, "it is shutting down");
             }
+            // The quota windows the CLIs reported: a spent one refuses runs until its reset.
+            for a in &s.accounts {
+                let Some(l) = &a.limits else { continue };
+                let area = format!("{} quota", a.backend);
+                let summary = super::status::quota_lines(a).join("; ");
+                match l.status {
+                    clinvk_shared::quota::WindowStatus::Rejected => checks.fix(
+                        &area,
+                        Verdict::Warn,
+                        summary,
+                        "runs on it are refused (429) until the window resets",
+                    ),
+                    clinvk_shared::quota::WindowStatus::AllowedWarning => {
+                        checks.add(&area, Verdict::Warn, summary)
+                    }
+                    clinvk_shared::quota::WindowStatus::Allowed => {
+                        checks.add(&area, Verdict::Ok, summary)
+                    }
+                }
+            }
             true
         }
         Ok(Err(ClientError::NotRunning(_))) => {

@@ -57,6 +57,14 @@ pub async fn run(args: StatusArgs) -> Result<u8, ClientError> {
             println!("    {:<7} {state} ({} mode)", b.name, mode_name(b.mode));
         }
     }
+    if !s.accounts.is_empty() {
+        println!("  quota windows:");
+        for a in &s.accounts {
+            for line in quota_lines(a) {
+                println!("    {line}");
+            }
+        }
+    }
     println!("  runs:       {}", s.runs.len());
     for r in &s.runs {
         let pid = r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
@@ -86,6 +94,31 @@ pub async fn run(args: StatusArgs) -> Result<u8, ClientError> {
         );
     }
     Ok(exit::OK)
+}
+
+/// One line per quota window of an account: `claude/default five_hour 91% allowed_warning,
+/// resets 2026-12-07T18:00:00Z`.
+pub(crate) fn quota_lines(a: &clinvk_shared::quota::Account) -> Vec<String> {
+    let Some(l) = &a.limits else {
+        return Vec::new();
+    };
+    l.windows
+        .iter()
+        .map(|w| {
+            let reset = w
+                .resets_at
+                .map(|r| format!(", resets {}", clinvk_shared::quota::reset_time(r)))
+                .unwrap_or_default();
+            format!(
+                "{}/{} {} {:.0}% {}{reset}",
+                a.backend,
+                a.account,
+                w.name,
+                w.utilization * 100.0,
+                w.status.as_str()
+            )
+        })
+        .collect()
 }
 
 fn mode_name(m: clinvk_shared::config::BackendMode) -> &'static str {

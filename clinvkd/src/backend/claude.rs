@@ -1,6 +1,7 @@
 //! Claude Code (`claude`): `-p --output-format stream-json --verbose --include-partial-messages`.
 
 use super::*;
+use clinvk_shared::quota::{AccountLimits, QuotaWindow, WindowStatus};
 use serde_json::Value;
 
 pub(crate) struct Claude;
@@ -213,6 +214,57 @@ fn session_args(inv: &Invocation, cfg: &BackendSettings) -> Result<Vec<String>, 
     Ok(a)
 }
 
+/// claude's `rate_limit_info` (read from the API's `anthropic-ratelimit-unified-*` headers).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RateLimitInfo {
+    status: WindowStatus,
+    #[serde(default)]
+    resets_at: Option<i64>,
+    #[serde(default)]
+    rate_limit_type: Option<String>,
+    #[serde(default)]
+    unified_windows: std::collections::BTreeMap<String, UnifiedWindow>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UnifiedWindow {
+    #[serde(default)]
+    utilization: f64,
+    #[serde(default)]
+    resets_at: Option<i64>,
+    #[serde(default)]
+    status: WindowStatus,
+}
+
+/// The account's windows from a `rate_limit_event` (nothing when it does not parse).
+fn rate_limits(info: &Value) -> Option<Event> {
+    let info: RateLimitInfo = serde_json::from_value(info.clone()).ok()?;
+    Some(Event::Limits(AccountLimits {
+        status: info.status,
+        limiting_window: info.rate_limit_type,
+        resets_at: info.resets_at,
+        windows: info
+            .unified_windows
+            .into_iter()
+            .map(|(name, w)| QuotaWindow {
+                minutes: match name.as_str() {
+                    "five_hour" => Some(300),
+                    "seven_day" | "seven_day_opus" | "seven_day_sonnet" => Some(7 * 24 * 60),
+                    _ => None,
+                },
+                name,
+                utilization: w.utilization,
+                resets_at: w.resets_at,
+                status: w.status,
+            })
+            .collect(),
+        seen_at: crate::quota::now(),
+        source: "claude rate_limit_event".into(),
+    }))
+}
+
 #[derive(Default)]
 struct Parser {
     session_announced: bool,
@@ -265,9 +317,14 @@ impl LineParser for Parser {
                     }
                 }
             }
-            // An API failure is first reported as a synthetic assistant message; the result line
-            // that follows carries the error.
-            Some("assistant") if v["is_api_error_message"].as_bool() == Some(true) => {}
+            // An API failure, or a refusal for a spent quota window (a text from the
+            // `<synthetic>` model, "You've hit your 5-hour limit…"), is first reported as an
+            // assistant message; the result line that follows carries the error.
+            Some("assistant")
+                if v["is_api_error_message"].as_bool() == Some(true)
+                    || v["message"]["model"] == "<synthetic>" => {}
+            // Under a subscription login: the account's quota windows.
+            Some("rate_limit_event") => out.extend(rate_limits(&v["rate_limit_info"])),
             Some("assistant") => {
                 let mut text = Vec::new();
                 for block in v["message"]["content"].as_array().into_iter().flatten() {
@@ -341,7 +398,7 @@ impl LineParser for Parser {
                     out.push(Event::Error { message });
                 }
             }
-            Some("system") | Some("rate_limit_event") => {}
+            Some("system") => {}
             Some(_) => {}
             None => out.push(Event::Unparsed {
                 line: line.to_string(),

@@ -147,6 +147,8 @@ pub(crate) enum Event {
     Error {
         message: String,
     },
+    /// What the CLI reported of its account's quota windows (a spent one: `status: rejected`).
+    Limits(clinvk_shared::quota::AccountLimits),
     /// Output that is not the expected JSON: kept, never dropped.
     Unparsed {
         line: String,
@@ -446,6 +448,8 @@ pub(crate) struct Outcome {
     pub(crate) error: Option<String>,
     pub(crate) is_error: bool,
     pub(crate) unparsed: usize,
+    /// The CLI's report of a spent quota window (the run was refused for it).
+    pub(crate) refused: Option<clinvk_shared::quota::AccountLimits>,
     deltas: String,
     messages: Vec<String>,
     result: Option<String>,
@@ -469,6 +473,7 @@ impl Outcome {
                 }
             }
             Event::Unparsed { .. } => self.unparsed += 1,
+            Event::Limits(l) if crate::quota::refusal(l) => self.refused = Some(l.clone()),
             _ => {}
         }
     }

@@ -269,6 +269,11 @@ pub(crate) fn status(ctx: &Ctx) -> StatusInfo {
         },
         workers: ctx.workers.list(),
         backends: ctx.backend_statuses(),
+        accounts: crate::ops::sessions::accounts(ctx)
+            .accounts
+            .into_iter()
+            .filter(|a| a.limits.is_some())
+            .collect(),
     }
 }
 

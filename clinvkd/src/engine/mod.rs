@@ -98,6 +98,9 @@ pub(crate) struct RunSummary {
     pub(crate) cancelled: bool,
     /// `error` quotes the CLI itself (its error report or stderr): shown to admins only.
     pub(crate) error_from_cli: bool,
+    /// The run failed, before any output, because a quota window of the account is spent:
+    /// the CLI's report (answered as a 429 with `Retry-After`).
+    pub(crate) refused: Option<clinvk_shared::quota::AccountLimits>,
 }
 
 /// How a run ended, in one word: the usage store's `outcome` column and the `status` label of
@@ -139,15 +142,41 @@ impl RunSummary {
         }
     }
 
-    /// The API error a compatible API answers for a failed run (502 CLI failed, 504 timeout).
+    /// The API error answered for a failed run (429 a spent quota window, 502 CLI failed, 504
+    /// timeout).
     pub(crate) fn api_error(&self) -> Option<ApiError> {
         let msg = self.error.clone()?;
+        if let Some(limits) = &self.refused {
+            return Some(usage_limit_error(self.backend, limits, &msg));
+        }
         Some(if self.timed_out {
             ApiError::new(Kind::Timeout, Code::BackendTimeout, msg)
         } else {
             ApiError::new(Kind::CliFailed, Code::BackendFailed, msg)
         })
     }
+}
+
+/// The 429 of a run refused for a spent quota window: its own code (not clinvk's rate
+/// limiter's `rate_limited`), the window named, `Retry-After` = seconds to the reset.
+pub(crate) fn usage_limit_error(
+    backend: Backend,
+    limits: &clinvk_shared::quota::AccountLimits,
+    cli_said: &str,
+) -> ApiError {
+    let now = crate::quota::now();
+    let window = limits.limiting_window.as_deref().unwrap_or("a quota window");
+    let reset = limits
+        .resets_at
+        .map(|r| format!(" until {}", clinvk_shared::quota::reset_time(r)))
+        .unwrap_or_default();
+    let mut e = ApiError::new(
+        Kind::RateLimited,
+        Code::UsageLimitReached,
+        format!("{backend}: the subscription's {window} limit is reached{reset} ({cli_said})"),
+    );
+    e.retry_after_secs = limits.retry_after(now);
+    e
 }
 
 /// One update of a running invocation.

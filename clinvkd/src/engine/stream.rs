@@ -259,18 +259,24 @@ pub(super) fn summarize(
         None
     };
     let error_from_cli = !info.timed_out && !info.cancelled && error.is_some();
+    // Refused for a spent quota window: only when it failed, and before any output.
+    let output = o.output();
+    let refused = o
+        .refused
+        .filter(|_| error.is_some() && output.trim().is_empty() && !info.timed_out);
     RunSummary {
         backend,
         model,
         exit_code,
         duration_ms: elapsed.as_millis() as u64,
-        output: o.output(),
+        output,
         error,
         usage: o.usage,
         backend_session_id: o.session_id,
         timed_out: info.timed_out,
         cancelled: info.cancelled,
         error_from_cli,
+        refused,
     }
 }
 

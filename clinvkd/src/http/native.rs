@@ -66,15 +66,23 @@ pub(crate) async fn prompt(
     let stream = plan.stream;
     let run = prompt::start(ctx, plan).await?;
     if !stream {
-        return json_ok(&run.finish().await.result);
+        let done = run.finish().await;
+        // A run a spent quota window refused is a 429, not a result.
+        if let Some(e) = done.summary.refused.as_ref().and(done.summary.api_error()) {
+            return Err(e);
+        }
+        return json_ok(&done.result);
     }
-    Ok(ndjson(ctx, run))
+    ndjson(ctx, run).await
 }
 
 /// Streams a prompt as NDJSON events, each line written as soon as the CLI produced it; a
-/// `heartbeat` line every `server.sse_keepalive_secs` while the CLI is silent.
-fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
+/// `heartbeat` line every `server.sse_keepalive_secs` while the CLI is silent. The status waits
+/// for the first output or the run's end (at most one keep-alive period): a run a spent quota
+/// window refused before any output is a 429, not a stream.
+async fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Result<Response, ApiError> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let (decide, decided) = tokio::sync::oneshot::channel::<Result<(), ApiError>>();
     let stopped = ctx.stopped();
     let mut keepalive = super::KeepAlive::new(ctx);
     // Tracked: a stop lets the stream run to its end within the grace period.
@@ -84,6 +92,9 @@ fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
         let session_id = run.session_id.clone();
         let mut seq: u64 = 0;
         let mut saw_delta = false;
+        let mut decide = Some(decide);
+        // Lines written before the status is decided.
+        let mut held: Vec<Bytes> = Vec::new();
         loop {
             // The next update is awaited across heartbeats (never dropped half-way).
             let update = {
@@ -97,10 +108,18 @@ fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
                         _ = tx.closed() => return,
                         _ = keepalive.due() => {
                             keepalive.reset();
-                            let line = event_line(&backend, &session_id, seq, &RunEvent::Heartbeat);
+                            if let Some(d) = decide.take() {
+                                // A long silent start: answer 200 now, so heartbeats can flow.
+                                if d.send(Ok(())).is_err() {
+                                    return;
+                                }
+                            }
+                            held.push(event_line(&backend, &session_id, seq, &RunEvent::Heartbeat));
                             seq += 1;
-                            if tx.send(line).await.is_err() {
-                                return;
+                            for line in held.drain(..) {
+                                if tx.send(line).await.is_err() {
+                                    return;
+                                }
                             }
                         }
                     }
@@ -108,43 +127,78 @@ fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Response {
             };
             let Some(update) = update else { break };
             keepalive.reset();
-            let event = match update {
+            let mut lines = Vec::new();
+            let mut done = false;
+            match update {
                 prompt::PromptUpdate::Event(ev) => match prompt::run_event(&ev, &mut saw_delta) {
-                    Some(ev) => ev,
+                    Some(ev) => lines.push(ev),
                     None => continue,
                 },
                 // The native API offers no client tools.
                 prompt::PromptUpdate::ToolCall(_) => continue,
                 prompt::PromptUpdate::Done(r) => {
-                    if let Some(e) = &r.error {
-                        let ev = RunEvent::Error {
-                            message: e.clone(),
-                            exit_code: Some(r.exit_code),
-                        };
-                        let line = event_line(&backend, &session_id, seq, &ev);
-                        seq += 1;
-                        if tx.send(line).await.is_err() {
+                    // Refused for a spent quota window before any output: a 429.
+                    if r.summary.refused.is_some() && decide.is_some() {
+                        if let (Some(d), Some(e)) = (decide.take(), r.summary.api_error()) {
+                            let _ = d.send(Err(e));
                             return;
                         }
                     }
-                    RunEvent::Done(Done::from(&r.result))
+                    if let Some(e) = &r.error {
+                        lines.push(RunEvent::Error {
+                            message: e.clone(),
+                            exit_code: Some(r.exit_code),
+                        });
+                    }
+                    lines.push(RunEvent::Done(Done::from(&r.result)));
+                    done = true;
                 }
-            };
-            let done = matches!(event, RunEvent::Done(_));
-            if tx
-                .send(event_line(&backend, &session_id, seq, &event))
-                .await
-                .is_err()
-            {
-                return; // client gone: dropping `run` cancels the CLI
             }
-            seq += 1;
+            let output = done
+                || lines.iter().any(|e| {
+                    !matches!(e, RunEvent::Init { .. } | RunEvent::Heartbeat)
+                });
+            for ev in &lines {
+                held.push(event_line(&backend, &session_id, seq, ev));
+                seq += 1;
+            }
+            if output {
+                if let Some(d) = decide.take() {
+                    if d.send(Ok(())).is_err() {
+                        return;
+                    }
+                }
+            }
+            if decide.is_none() {
+                for line in held.drain(..) {
+                    if tx.send(line).await.is_err() {
+                        return; // client gone: dropping `run` cancels the CLI
+                    }
+                }
+            }
             if done {
                 break;
             }
         }
+        // Ended without a verdict (a stop): what was held goes out with a 200.
+        if let Some(d) = decide.take() {
+            if d.send(Ok(())).is_ok() {
+                for line in held.drain(..) {
+                    let _ = tx.send(line).await;
+                }
+            }
+        }
     });
-    super::streamed(rx, "application/x-ndjson")
+    let response = super::streamed(rx, "application/x-ndjson");
+    match decided.await {
+        Ok(Ok(())) => Ok(response),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ApiError::new(
+            crate::error::Kind::Unavailable,
+            crate::error::Code::ShuttingDown,
+            "the run ended before it answered",
+        )),
+    }
 }
 
 /// One line of the native NDJSON prompt stream: an event and where it belongs.

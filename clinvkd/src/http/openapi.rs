@@ -333,6 +333,14 @@ fn describe(op: Op, s: &mut Schemas) -> OpDoc {
             "List backends and whether each is usable",
             ("The backends.", json_body(s.answer::<api::BackendList>())),
         ),
+        Op::Accounts => OpDoc {
+            description: Some("Each backend's account (today one per backend: the CLI's own login) with the quota windows its CLI last reported — claude's `five_hour` and `seven_day` under a subscription login — each with utilization 0–1, reset time and status. Kept across a restart until every window has reset. A run refused for a spent window is answered 429 `usage_limit_reached` with `Retry-After`."),
+            ..doc(
+                "listAccounts",
+                "List accounts and their quota windows",
+                ("The accounts.", json_body(s.answer::<clinvk_shared::quota::AccountList>())),
+            )
+        },
         Op::SessionsList => {
             let query = s.request::<api::ListQuery>();
             let query = resolve(&s.requests, &query);

@@ -17,6 +17,7 @@ pub(crate) enum Op {
     Chain,
     Compare,
     Backends,
+    Accounts,
     SessionsList,
     SessionGet,
     SessionDelete,
@@ -90,7 +91,7 @@ const fn route(method: Method, template: &'static str, op: Op, access: Access) -
 use Access::{Admin, Key, Metrics, Public, Read};
 
 /// Every route the server answers.
-pub(crate) static ROUTES: [Route; 31] = [
+pub(crate) static ROUTES: [Route; 32] = [
     route(Method::GET, "/health", Op::Health, Public),
     route(Method::GET, "/metrics", Op::Metrics, Metrics),
     route(Method::GET, "/openapi.json", Op::OpenApi, Public),
@@ -101,6 +102,7 @@ pub(crate) static ROUTES: [Route; 31] = [
     route(Method::POST, "/api/v1/chain", Op::Chain, Key),
     route(Method::POST, "/api/v1/compare", Op::Compare, Key),
     route(Method::GET, "/api/v1/backends", Op::Backends, Read),
+    route(Method::GET, "/api/v1/accounts", Op::Accounts, Read),
     route(Method::GET, "/api/v1/sessions", Op::SessionsList, Read),
     route(Method::GET, "/api/v1/sessions/{id}", Op::SessionGet, Read),
     route(

@@ -166,6 +166,7 @@ impl Pieces {
                     | Event::Usage(_)
                     | Event::Result { .. }
                     | Event::Error { .. }
+                    | Event::Limits(_)
                     | Event::Unparsed { .. },
                 ) => continue,
                 PromptUpdate::Done(mut r) => {

@@ -339,6 +339,26 @@ async function deleteSession(id) {
 // ---- backends --------------------------------------------------------------------------------
 
 let backendList = [];
+let quotaByBackend = {};
+
+// One bar per quota window the backend's CLI reported (utilization, status, reset time).
+function quotaBars(limits) {
+  const box = el("div", null, "quota");
+  if (!limits) return box;
+  for (const w of limits.windows) {
+    const pct = Math.round(w.utilization * 100);
+    const line = el("div", null, "quota-window " + w.status);
+    line.dataset.window = w.name;
+    const bar = el("span", null, "quota-bar");
+    const fill = el("span", null, "quota-fill");
+    fill.style.width = Math.min(100, Math.max(0, pct)) + "%";
+    bar.appendChild(fill);
+    const reset = w.resets_at ? " · resets " + new Date(w.resets_at * 1000).toLocaleString() : "";
+    line.append(el("span", w.name + " ", "quota-name"), bar, el("span", " " + pct + "% " + w.status.replace("_", " ") + reset, "quota-text"));
+    box.appendChild(line);
+  }
+  return box;
+}
 
 async function loadBackends() {
   const select = $("prompt-backend");
@@ -346,6 +366,10 @@ async function loadBackends() {
   try {
     const r = await api("GET", "/api/v1/backends");
     backendList = r.backends;
+    quotaByBackend = {};
+    try {
+      for (const a of (await api("GET", "/api/v1/accounts")).accounts) quotaByBackend[a.backend] = a.limits;
+    } catch (e) { /* an older daemon: no windows to show */ }
     select.replaceChildren();
     const chosen = filter.value;
     filter.replaceChildren(el("option", "any"));
@@ -374,8 +398,10 @@ function renderBackends(cap) {
   for (const b of backendList) {
     const running = cap.running_per_backend[b.name] || 0;
     const limit = cap.per_backend[b.name];
-    body.appendChild(row([b.name, b.available ? "yes" : "no", b.version || "", b.mode, limit ? running + " / " + limit : String(running),
-      b.workers.length, b.message || ""]));
+    const tr = row([b.name, b.available ? "yes" : "no", b.version || "", b.mode, limit ? running + " / " + limit : String(running),
+      b.workers.length, quotaBars(quotaByBackend[b.name]), b.message || ""]);
+    tr.dataset.backend = b.name;
+    body.appendChild(tr);
   }
 }
 

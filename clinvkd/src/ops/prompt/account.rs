@@ -97,9 +97,17 @@ impl Account {
         })
     }
 
-    /// Notes what an event says about the run: its first output, its model.
+    /// Notes what an event says about the run: its first output, its model, its account's
+    /// quota windows.
     pub(super) fn saw(&mut self, ev: &Event) {
         match ev {
+            Event::Limits(limits) => {
+                self.ctx.quotas.record(
+                    self.backend,
+                    crate::quota::DEFAULT_ACCOUNT,
+                    limits.clone(),
+                );
+            }
             Event::SessionStarted { model: Some(m), .. } if self.model.is_none() => {
                 self.model = Some(m.clone());
             }
@@ -129,6 +137,11 @@ impl Account {
     /// Records the end (waits for the write: a usage report right after the answer has it).
     pub(super) async fn finish(&mut self, summary: &RunSummary) {
         self.closed = true;
+        if summary.refused.is_some() {
+            self.ctx
+                .quotas
+                .refused(summary.backend, crate::quota::DEFAULT_ACCOUNT);
+        }
         let Some(id) = self.row else { return };
         let (store, settings, end) = (
             self.ctx.usage.clone(),

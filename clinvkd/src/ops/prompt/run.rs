@@ -464,9 +464,12 @@ pub(crate) fn run_event(ev: &Event, saw_delta: &mut bool) -> Option<RunEvent> {
             message: message.clone(),
             exit_code: None,
         },
-        // Folded into the result (usage, final text) or kept in the log (unparsed lines).
-        Event::Message { .. } | Event::Usage(_) | Event::Result { .. } | Event::Unparsed { .. } => {
-            return None
-        }
+        // Folded into the result (usage, final text), kept in the log (unparsed lines), or in
+        // the quota book (limits: `GET /api/v1/accounts`).
+        Event::Message { .. }
+        | Event::Usage(_)
+        | Event::Result { .. }
+        | Event::Unparsed { .. }
+        | Event::Limits(_) => return None,
     })
 }

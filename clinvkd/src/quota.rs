@@ -1,0 +1,163 @@
+//! The quota windows the CLIs report of their accounts (`Event::Limits`), kept per backend and
+//! account: shown by `GET /api/v1/accounts`, `clinvkctl status`, the dashboard and `/metrics`,
+//! and kept across a restart (`<state>/quotas.json`) until every window has reset.
+
+use clinvk_shared::api::Backend;
+use clinvk_shared::quota::{AccountLimits, WindowStatus};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// The account of a backend's own login (several per CLI come with the accounts issue).
+pub(crate) const DEFAULT_ACCOUNT: &str = "default";
+
+/// The metric of each window's utilization (0–1).
+pub(crate) const UTILIZATION_METRIC: &str = "clinvk_account_utilization";
+/// The metric of runs a spent window refused.
+pub(crate) const REFUSED_METRIC: &str = "clinvk_usage_limit_refusals_total";
+
+type Key = (Backend, String);
+
+/// The last report of every account, saved on each change.
+pub(crate) struct QuotaBook {
+    file: PathBuf,
+    reports: Mutex<BTreeMap<Key, AccountLimits>>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    backend: Backend,
+    account: String,
+    limits: AccountLimits,
+}
+
+impl QuotaBook {
+    /// Opens the book saved in `file` (a missing or unreadable file is an empty book: the next
+    /// run's report fills it again), dropping what has all reset.
+    pub(crate) fn open(file: PathBuf) -> QuotaBook {
+        let now = now();
+        let reports = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vec<Saved>>(&b).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| !s.limits.expired(now))
+            .map(|s| ((s.backend, s.account), s.limits))
+            .collect();
+        let book = QuotaBook {
+            file,
+            reports: Mutex::new(reports),
+        };
+        book.publish();
+        book
+    }
+
+    /// Records a CLI's report.
+    pub(crate) fn record(&self, backend: Backend, account: &str, limits: AccountLimits) {
+        let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        reports.insert((backend, account.to_string()), limits);
+        let saved: Vec<Saved> = reports
+            .iter()
+            .map(|((b, a), l)| Saved {
+                backend: *b,
+                account: a.clone(),
+                limits: l.clone(),
+            })
+            .collect();
+        drop(reports);
+        if let Err(e) = serde_json::to_vec_pretty(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|b| clinvk_shared::paths::write_private_atomic(&self.file, &b))
+        {
+            tracing::warn!(file = %self.file.display(), error = %e, "cannot save the quota windows");
+        }
+        self.publish();
+    }
+
+    /// The current report of an account (None once every window has reset).
+    pub(crate) fn get(&self, backend: Backend, account: &str) -> Option<AccountLimits> {
+        let reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        reports
+            .get(&(backend, account.to_string()))
+            .filter(|l| !l.expired(now()))
+            .cloned()
+    }
+
+    /// Counts a run a spent window refused.
+    pub(crate) fn refused(&self, backend: Backend, account: &str) {
+        metrics::counter!(REFUSED_METRIC, "backend" => backend.as_str(), "account" => account.to_string())
+            .increment(1);
+    }
+
+    /// Sets the utilization gauges from the book.
+    fn publish(&self) {
+        let reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        for ((backend, account), limits) in reports.iter() {
+            for w in &limits.windows {
+                metrics::gauge!(UTILIZATION_METRIC, "backend" => backend.as_str(), "account" => account.clone(), "window" => w.name.clone())
+                    .set(w.utilization);
+            }
+        }
+    }
+}
+
+/// Whether a run's limits report says it was refused.
+pub(crate) fn refusal(limits: &AccountLimits) -> bool {
+    limits.status == WindowStatus::Rejected
+}
+
+/// Unix seconds now.
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clinvk_shared::quota::QuotaWindow;
+
+    fn report(util: f64, resets_in: i64) -> AccountLimits {
+        let reset = now() + resets_in;
+        AccountLimits {
+            status: WindowStatus::AllowedWarning,
+            limiting_window: Some("five_hour".into()),
+            resets_at: Some(reset),
+            windows: vec![QuotaWindow {
+                name: "five_hour".into(),
+                utilization: util,
+                resets_at: Some(reset),
+                status: WindowStatus::AllowedWarning,
+                minutes: None,
+            }],
+            seen_at: now(),
+            source: "test".into(),
+        }
+    }
+
+    #[test]
+    fn kept_across_a_restart_until_the_windows_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("quotas.json");
+        let book = QuotaBook::open(file.clone());
+        assert_eq!(book.get(Backend::Claude, DEFAULT_ACCOUNT), None);
+        book.record(Backend::Claude, DEFAULT_ACCOUNT, report(0.91, 3600));
+        book.record(Backend::Codex, DEFAULT_ACCOUNT, report(0.5, -10));
+        let again = QuotaBook::open(file.clone());
+        assert_eq!(
+            again
+                .get(Backend::Claude, DEFAULT_ACCOUNT)
+                .map(|l| l.windows[0].utilization),
+            Some(0.91)
+        );
+        assert_eq!(again.get(Backend::Codex, DEFAULT_ACCOUNT), None, "reset");
+        // An unreadable file is an empty book, not a failure.
+        std::fs::write(&file, b"not json").unwrap();
+        assert_eq!(
+            QuotaBook::open(file).get(Backend::Claude, DEFAULT_ACCOUNT),
+            None
+        );
+    }
+}
