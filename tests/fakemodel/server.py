@@ -70,14 +70,16 @@ DEFAULT_RESET_IN = 3600
 SEVEN_DAYS_S = 7 * 24 * 3600
 
 
-def limit_signals(protocol: str, mode: str, reset_in: int, model: str | None = None):
-    """The quota signals a conversation call carries under a limits mode: (headers, error).
-    ``error`` is None, or (HTTP status, JSON body) to answer instead of the model's reply."""
+def limit_signals(protocol: str, limits: dict, model: str | None = None):
+    """The quota signals a conversation call carries under ``limits`` (the /_fake/limits
+    setting): (headers, error). ``error`` is None, or (HTTP status, JSON body) to answer
+    instead of the model's reply. The windows reset at fixed times (set when the mode was)."""
+    mode = limits["mode"]
     if mode == "none":
         return {}, None
-    now = int(time.time())
-    reset = now + reset_in
-    week_reset = now + SEVEN_DAYS_S - 3600  # the weekly window, well after the 5-hour one
+    reset = limits["reset_at"]
+    reset_in = max(0, reset - int(time.time()))
+    week_reset = limits["set_at"] + SEVEN_DAYS_S - 3600  # well after the 5-hour window
     rejected = mode == "rejected"
     if protocol == "anthropic":
         pre = "anthropic-ratelimit-unified-"
@@ -116,7 +118,7 @@ def limit_signals(protocol: str, mode: str, reset_in: int, model: str | None = N
     # makes it a terminal quota error, shorter ones are retried).
     if not rejected:
         return {}, None
-    per = "PerDay" if reset_in > 300 else "PerMinute"
+    per = "PerDay" if limits["reset_in"] > 300 else "PerMinute"
     metric = "generativelanguage.googleapis.com/generate_content_free_tier_requests"
     return {}, (429, {"error": {
         "code": 429, "status": "RESOURCE_EXHAUSTED",
@@ -455,13 +457,18 @@ def structured_tool(req: dict):
 # --------------------------------------------------------------------------
 
 
+def limits_setting(mode: str, reset_in: int) -> dict:
+    now = int(time.time())
+    return {"mode": mode, "reset_in": reset_in, "reset_at": now + reset_in, "set_at": now}
+
+
 class State:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.requests: list[dict] = []
         self.others: list[dict] = []
         self.scenario = {"mode": "normal", "delay_ms": DEFAULT_DELAY_MS}
-        self.limits = {"mode": "none", "reset_in": DEFAULT_RESET_IN}
+        self.limits = limits_setting("none", DEFAULT_RESET_IN)
         self.stopping = threading.Event()
         # [[gate]] answers stop after their first piece until POST /_fake/release.
         self.gate = threading.Event()
@@ -626,7 +633,7 @@ class Handler(BaseHTTPRequestHandler):
                 st.requests.clear()
                 st.others.clear()
                 st.scenario = {"mode": "normal", "delay_ms": DEFAULT_DELAY_MS}
-                st.limits = {"mode": "none", "reset_in": DEFAULT_RESET_IN}
+                st.limits = limits_setting("none", DEFAULT_RESET_IN)
                 st.gate.clear()
             return self._send_json(200, {"ok": True})
         if path == "/_fake/release" and method == "POST":
@@ -658,7 +665,7 @@ class Handler(BaseHTTPRequestHandler):
                     return self._send_json(400, {"error": f"mode must be one of {LIMIT_MODES}, "
                                                           "reset_in >= 0"})
                 with st.lock:
-                    st.limits = {"mode": mode, "reset_in": reset_in}
+                    st.limits = limits_setting(mode, reset_in)
             with st.lock:
                 return self._send_json(200, dict(st.limits))
         if path == "/_fake/health":
@@ -727,8 +734,7 @@ class Handler(BaseHTTPRequestHandler):
         with self.state.lock:
             self.state.requests.append(entry)
 
-        self._limit_headers, limit_error = limit_signals(protocol, limits["mode"],
-                                                         limits["reset_in"], model)
+        self._limit_headers, limit_error = limit_signals(protocol, limits, model)
         if limit_error:  # a spent window answers every conversation call, whatever the scenario
             self.close_connection = True
             return self._send_json(limit_error[0], limit_error[1], {"Connection": "close"})
