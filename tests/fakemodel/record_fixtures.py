@@ -78,6 +78,8 @@ class Recorder:
     def run(self, cli: str, args: list[str], extra_env: dict | None = None, timeout=120,
             stdin: str | None = None):
         env = dict(self.env, **(extra_env or {}))
+        for k in [k for k, v in env.items() if v is None]:
+            del env[k]  # None in extra_env: the variable is unset
         proc = subprocess.run([str(self.bin / cli), *args], env=env, cwd=WORK,
                               input=None if stdin is None else stdin.encode(),
                               stdin=subprocess.DEVNULL if stdin is None else None,
@@ -86,12 +88,14 @@ class Recorder:
 
     def record(self, cli: str, version: str, scenario: str, args: list[str],
                extra_env: dict | None = None, note: str = "", mode: str = "normal",
-               stdin: str | None = None):
+               stdin: str | None = None, limits: str = "none"):
         self.control("/_fake/scenario", {"mode": mode})
+        self.control("/_fake/limits", {"mode": limits})
         try:
             proc = self.run(cli, args, extra_env, stdin=stdin)
         finally:
             self.control("/_fake/scenario", {"mode": "normal"})
+            self.control("/_fake/limits", {"mode": "none"})
         stem = f"{cli}-{version}-{scenario}"
         (self.out_dir / f"{stem}.stdout").write_bytes(proc.stdout)
         (self.out_dir / f"{stem}.stderr").write_bytes(proc.stderr)
@@ -99,9 +103,12 @@ class Recorder:
         shown = " ".join(shlex.quote(a) for a in [cli, *args])
         if stdin is not None:
             note = f"stdin: `{stdin}`. {note}"
-        env_note = " ".join(f"{k}={shlex.quote(v)}" for k, v in (extra_env or {}).items())
+        env_note = " ".join(f"{k}={shlex.quote(v)}" if v is not None else f"-u {k}"
+                            for k, v in (extra_env or {}).items())
         if mode != "normal":
             note = (note + " " if note else "") + f"Fake model scenario `{mode}`."
+        if limits != "none":
+            note = (note + " " if note else "") + f"Fake model limits `{limits}` (reset in 3600 s)."
         self.rows.append((stem, shown, env_note, note))
         print(f"{stem}: exit {proc.returncode}, {len(proc.stdout)} B stdout, "
               f"{len(proc.stderr)} B stderr", flush=True)
@@ -217,6 +224,31 @@ def record_opencode(r: Recorder, v: str):
              note="An `error` line saying only \"Unexpected server error\" (with a `ref`); the cause is in the ERROR log line of that ref on stderr.")
 
 
+# claude reports quota windows only under a subscription login (no API key).
+CLAUDE_SUBSCRIPTION = {"CLAUDE_CODE_OAUTH_TOKEN": "fake-oauth", "ANTHROPIC_API_KEY": None}
+
+
+def record_limits(r: Recorder, v: dict):
+    """Subscription-limit fixtures (POST /_fake/limits): a window nearly spent, a window spent."""
+    prompt = "Say hello in a few words"
+    for limits in ("warning", "rejected"):
+        r.record("claude", v["claude"], f"limit-{limits}", STREAM_CLAUDE + [prompt],
+                 extra_env=CLAUDE_SUBSCRIPTION, limits=limits,
+                 note="`rate_limit_event` line(s); rejected: synthetic assistant message + "
+                      "`result` with `api_error_status: 429`, exit 1, one request.")
+        r.record("codex", v["codex"], f"limit-{limits}", CODEX_EXEC + [prompt], limits=limits,
+                 note="`exec --json` prints nothing of the windows; rejected: `error` + "
+                      "`turn.failed`, exit 1, one request.")
+        r.record("copilot", v["copilot"], f"limit-{limits}",
+                 [f"--prompt={prompt}", "--output-format", "json", "--no-auto-update", "--no-color"],
+                 limits=limits, note="Nothing of the headers; rejected (retry-after 3600): no retry, "
+                                     "`model.call_failure` + `session.error` (`errorType: rate_limit`), exit 1.")
+    r.record("gemini", v["gemini"], "limit-rejected",
+             ["-p", prompt, "--output-format", "stream-json"], limits="rejected",
+             note="429 RESOURCE_EXHAUSTED with a per-day QuotaFailure: TerminalQuotaError, no retry, "
+                  "`result` with `status: error` on stdout, exit 173 (429 mod 256).")
+
+
 README_HEAD = """\
 # Recorded CLI output (fixtures for the backend parsers)
 
@@ -242,13 +274,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(REPO / "clinvkd" / "tests" / "fixtures"))
     ap.add_argument("--only", default="claude,codex,gemini,copilot,opencode")
+    ap.add_argument("--limits", action="store_true",
+                    help="record only the subscription-limit fixtures; their README rows are "
+                         "replaced or appended")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     v = versions()
     r = Recorder(out)
     try:
-        for cli in args.only.split(","):
+        if args.limits:
+            record_limits(r, v)
+            args.only = ""
+        for cli in filter(None, args.only.split(",")):
             {"claude": record_claude, "codex": record_codex, "gemini": record_gemini,
              "copilot": record_copilot, "opencode": record_opencode}[cli](r, v[cli])
     finally:
@@ -263,7 +301,14 @@ def main():
              "`.claude.json` (onboarding done), `.config/opencode/opencode.json` (the anthropic "
              "provider at the fake model). See tests/fakemodel/README.md.\n")
     readme = out / "README.md"
-    if args.only == "claude,codex,gemini,copilot,opencode":
+    if args.limits and readme.exists():
+        stems = {f"| `{stem}` |" for stem, *_ in r.rows}
+        old = [line for line in readme.read_text().splitlines(keepends=True)
+               if not line.startswith(tuple(stems))]
+        last_row = max((i for i, line in enumerate(old) if line.startswith("| `")), default=len(old) - 1)
+        new_rows = [line for line in text.splitlines(keepends=True) if line.startswith(tuple(stems))]
+        readme.write_text("".join(old[:last_row + 1] + new_rows + old[last_row + 1:]))
+    elif args.only == "claude,codex,gemini,copilot,opencode":
         readme.write_text(text)
     elif readme.exists():
         # Some CLIs only: their rows replace theirs in the existing list.

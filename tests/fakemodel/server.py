@@ -64,6 +64,78 @@ CALL_RE = re.compile(r"\[\[call:([A-Za-z0-9_-]+)(?:=(\{[^\]]*\}))?\]\]")
 SYSTEM_MARKER = "SYSMARK"
 DEFAULT_DELAY_MS = 400
 MODES = ("normal", "slow", "slowstart", "error", "error5xx", "hang")
+# Subscription-limit signals (POST /_fake/limits): none, a window nearly spent, a window spent.
+LIMIT_MODES = ("none", "warning", "rejected")
+DEFAULT_RESET_IN = 3600
+SEVEN_DAYS_S = 7 * 24 * 3600
+
+
+def limit_signals(protocol: str, limits: dict, model: str | None = None):
+    """The quota signals a conversation call carries under ``limits`` (the /_fake/limits
+    setting): (headers, error). ``error`` is None, or (HTTP status, JSON body) to answer
+    instead of the model's reply. The windows reset at fixed times (set when the mode was)."""
+    mode = limits["mode"]
+    if mode == "none":
+        return {}, None
+    reset = limits["reset_at"]
+    reset_in = max(0, reset - int(time.time()))
+    week_reset = limits["set_at"] + SEVEN_DAYS_S - 3600  # well after the 5-hour window
+    rejected = mode == "rejected"
+    if protocol == "anthropic":
+        pre = "anthropic-ratelimit-unified-"
+        h = {pre + "status": "rejected" if rejected else "allowed_warning",
+             pre + "reset": str(reset),
+             pre + "representative-claim": "five_hour",
+             pre + "5h-utilization": "1.0" if rejected else "0.91",
+             pre + "5h-status": "rejected" if rejected else "allowed_warning",
+             pre + "5h-reset": str(reset),
+             pre + "7d-utilization": "0.42",
+             pre + "7d-status": "allowed",
+             pre + "7d-reset": str(week_reset)}
+        if not rejected:
+            h[pre + "5h-surpassed-threshold"] = "0.9"
+            return h, None
+        h["retry-after"] = str(reset_in)
+        return h, (429, {"type": "error", "error": {
+            "type": "rate_limit_error",
+            "message": "fakemodel: injected limit: This request would exceed your account's "
+                       "rate limit. Please try again later."}})
+    if protocol == "responses":
+        h = {"x-codex-primary-used-percent": "100" if rejected else "91",
+             "x-codex-primary-window-minutes": "300",
+             "x-codex-primary-reset-at": str(reset),
+             "x-codex-secondary-used-percent": "42",
+             "x-codex-secondary-window-minutes": "10080",
+             "x-codex-secondary-reset-at": str(week_reset)}
+        if not rejected:
+            return h, None
+        return h, (429, {"error": {
+            "type": "usage_limit_reached",
+            "message": "fakemodel: injected limit: The usage limit has been reached",
+            "plan_type": "plus", "resets_at": reset, "resets_in_seconds": reset_in}})
+    # Gemini has no warning signal; a spent quota is a 429 RESOURCE_EXHAUSTED with the
+    # google.rpc details gemini-cli classifies (a per-day quota id or a retry delay over 300 s
+    # makes it a terminal quota error, shorter ones are retried).
+    if not rejected:
+        return {}, None
+    per = "PerDay" if limits["reset_in"] > 300 else "PerMinute"
+    metric = "generativelanguage.googleapis.com/generate_content_free_tier_requests"
+    return {}, (429, {"error": {
+        "code": 429, "status": "RESOURCE_EXHAUSTED",
+        "message": ("fakemodel: injected limit: You exceeded your current quota, please check "
+                    "your plan and billing details.\n* Quota exceeded for metric: "
+                    f"{metric}, limit: 250, model: {model}\nPlease retry in {reset_in}s."),
+        "details": [
+            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
+                {"quotaMetric": metric,
+                 "quotaId": f"GenerateRequests{per}PerProjectPerModel-FreeTier",
+                 "quotaDimensions": {"location": "global", "model": model or "unknown"},
+                 "quotaValue": "250"}]},
+            {"@type": "type.googleapis.com/google.rpc.Help", "links": [
+                {"description": "Learn more about Gemini API quotas",
+                 "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{reset_in}s"},
+        ]}})
 
 
 def _clean(text: str) -> str:
@@ -385,12 +457,18 @@ def structured_tool(req: dict):
 # --------------------------------------------------------------------------
 
 
+def limits_setting(mode: str, reset_in: int) -> dict:
+    now = int(time.time())
+    return {"mode": mode, "reset_in": reset_in, "reset_at": now + reset_in, "set_at": now}
+
+
 class State:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.requests: list[dict] = []
         self.others: list[dict] = []
         self.scenario = {"mode": "normal", "delay_ms": DEFAULT_DELAY_MS}
+        self.limits = limits_setting("none", DEFAULT_RESET_IN)
         self.stopping = threading.Event()
         # [[gate]] answers stop after their first piece until POST /_fake/release.
         self.gate = threading.Event()
@@ -433,7 +511,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("request-id", "req_fake_" + uuid.uuid4().hex[:12])
-        for k, v in (extra_headers or {}).items():
+        for k, v in dict(getattr(self, "_limit_headers", {}), **(extra_headers or {})).items():
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
@@ -445,6 +523,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("request-id", "req_fake_" + uuid.uuid4().hex[:12])
+        for k, v in getattr(self, "_limit_headers", {}).items():
+            self.send_header(k, v)
         self.end_headers()
 
     def _chunk(self, data: str) -> None:
@@ -495,6 +575,7 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     def _dispatch(self, method: str) -> None:
+        self._limit_headers = {}  # set per conversation call under /_fake/limits
         try:
             body = self._read_body() if method in ("POST", "PUT") else b""
             url = urlsplit(self.path)
@@ -552,6 +633,7 @@ class Handler(BaseHTTPRequestHandler):
                 st.requests.clear()
                 st.others.clear()
                 st.scenario = {"mode": "normal", "delay_ms": DEFAULT_DELAY_MS}
+                st.limits = limits_setting("none", DEFAULT_RESET_IN)
                 st.gate.clear()
             return self._send_json(200, {"ok": True})
         if path == "/_fake/release" and method == "POST":
@@ -571,6 +653,21 @@ class Handler(BaseHTTPRequestHandler):
                                    "delay_ms": int(obj.get("delay_ms", DEFAULT_DELAY_MS))}
             with st.lock:
                 return self._send_json(200, dict(st.scenario))
+        if path == "/_fake/limits":
+            if method == "POST":
+                try:
+                    obj = json.loads(body or b"{}")
+                    reset_in = int(obj.get("reset_in", DEFAULT_RESET_IN))
+                except (ValueError, TypeError):
+                    return self._send_json(400, {"error": "body must be JSON, reset_in an integer"})
+                mode = obj.get("mode", "none")
+                if mode not in LIMIT_MODES or reset_in < 0:
+                    return self._send_json(400, {"error": f"mode must be one of {LIMIT_MODES}, "
+                                                          "reset_in >= 0"})
+                with st.lock:
+                    st.limits = limits_setting(mode, reset_in)
+            with st.lock:
+                return self._send_json(200, dict(st.limits))
         if path == "/_fake/health":
             return self._send_json(200, {"ok": True, "pid": os.getpid()})
         self._send_json(404, {"error": f"unknown control path {path}"})
@@ -605,6 +702,7 @@ class Handler(BaseHTTPRequestHandler):
 
         with self.state.lock:
             scenario = dict(self.state.scenario)
+            limits = dict(self.state.limits)
         last_raw = info["user_texts"][-1] if info["user_texts"] else ""
         magic = {name: (int(arg) if arg else None) for name, arg in MAGIC_RE.findall(last_raw)}
         mode = scenario["mode"]
@@ -618,6 +716,7 @@ class Handler(BaseHTTPRequestHandler):
         long_words = magic.get("long") or 0
         if utility:
             mode, long_words = "normal", 0  # helper calls always answer at once
+            limits["mode"] = "none"
 
         entry = {
             "protocol": protocol, "path": self.path, "model": model, "stream": stream,
@@ -628,13 +727,17 @@ class Handler(BaseHTTPRequestHandler):
             "user_texts": info["user_texts"],
             "routing": routing, "utility": utility,
             "images": count_images(protocol, req),
-            "mode": mode, "time": time.time(),
+            "mode": mode, "limits": limits["mode"], "time": time.time(),
             "headers": dict(self.headers.items()),
             "body": req,
         }
         with self.state.lock:
             self.state.requests.append(entry)
 
+        self._limit_headers, limit_error = limit_signals(protocol, limits, model)
+        if limit_error:  # a spent window answers every conversation call, whatever the scenario
+            self.close_connection = True
+            return self._send_json(limit_error[0], limit_error[1], {"Connection": "close"})
         if mode == "slowstart":
             time.sleep(delay)
         if mode == "hang":
