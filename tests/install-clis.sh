@@ -71,9 +71,14 @@ else
   done
   say "npm: done in $((SECONDS - start)) s"
 fi
+# copilot unpacks its runtime (235 MB) into $XDG_CACHE_HOME/copilot on its first start: once
+# here, into the cache the tests share (tests/fakemodel/cli_env.py), not per test HOME.
+warm_home="$(mktemp -d)"
 for bin in claude codex copilot opencode; do
-  "$NPM_DIR/node_modules/.bin/$bin" --version >/dev/null || { say "$bin --version failed"; exit 1; }
+  HOME="$warm_home" XDG_CACHE_HOME="$CACHE/xdg-cache" "$NPM_DIR/node_modules/.bin/$bin" --version >/dev/null \
+    || { say "$bin --version failed"; rm -rf "$warm_home"; exit 1; }
 done
+rm -rf "$warm_home"
 
 # ---- Node clients (tests/node-clients: the Vercel AI SDK, pinned by its lock file) ----
 NODE_CLIENTS="$CACHE/node-clients"

@@ -52,10 +52,25 @@ impl QuotaBook {
         book
     }
 
-    /// Records a CLI's report.
-    pub(crate) fn record(&self, backend: Backend, account: &str, limits: AccountLimits) {
+    /// Records a CLI's report. A report without windows (a refusal that names only the spent
+    /// window) keeps the windows last reported.
+    pub(crate) fn record(&self, backend: Backend, account: &str, mut limits: AccountLimits) {
+        let key = (backend, account.to_string());
         let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
-        reports.insert((backend, account.to_string()), limits);
+        if limits.windows.is_empty() {
+            if let Some(prev) = reports.get(&key) {
+                limits.windows = prev.windows.clone();
+                if let Some(w) = limits
+                    .windows
+                    .iter_mut()
+                    .find(|w| Some(&w.name) == limits.limiting_window.as_ref())
+                {
+                    w.status = limits.status;
+                    w.resets_at = limits.resets_at.or(w.resets_at);
+                }
+            }
+        }
+        reports.insert(key, limits);
         let saved: Vec<Saved> = reports
             .iter()
             .map(|((b, a), l)| Saved {
@@ -153,6 +168,15 @@ mod tests {
             Some(0.91)
         );
         assert_eq!(again.get(Backend::Codex, DEFAULT_ACCOUNT), None, "reset");
+        // A refusal without windows keeps them, the spent one marked.
+        let mut refusal = report(1.0, 600);
+        refusal.status = WindowStatus::Rejected;
+        refusal.windows.clear();
+        book.record(Backend::Claude, DEFAULT_ACCOUNT, refusal);
+        let l = book.get(Backend::Claude, DEFAULT_ACCOUNT).unwrap();
+        assert_eq!(l.windows.len(), 1);
+        assert_eq!(l.windows[0].status, WindowStatus::Rejected);
+        assert_eq!(l.windows[0].utilization, 0.91);
         // An unreadable file is an empty book, not a failure.
         std::fs::write(&file, b"not json").unwrap();
         assert_eq!(

@@ -141,7 +141,10 @@ mod tests {
         assert_eq!(l.retry_after(2_000), Some(1));
         assert!(!l.expired(2_000), "the 7-day window has not reset");
         assert!(l.expired(5_000));
-        assert_eq!(limits(WindowStatus::AllowedWarning, &[10]).retry_after(0), None);
+        assert_eq!(
+            limits(WindowStatus::AllowedWarning, &[10]).retry_after(0),
+            None
+        );
         assert!(!limits(WindowStatus::Allowed, &[]).expired(i64::MAX));
     }
 }

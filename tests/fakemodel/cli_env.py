@@ -64,6 +64,11 @@ def npm_bin_dir(cache: Path | None = None) -> Path:
     return (cache or cache_dir()) / "npm" / "node_modules" / ".bin"
 
 
+def xdg_cache(cache: Path | None = None) -> Path:
+    """The CLIs' shared cache folder (copilot's unpacked runtime, opencode's caches)."""
+    return (cache or cache_dir()) / "xdg-cache"
+
+
 def base_url(port: int) -> str:
     return f"http://127.0.0.1:{int(port)}"
 
@@ -172,6 +177,10 @@ def cli_env(home: str | os.PathLike, port: int, cache: Path | None = None,
         # temp files (gemini's error reports, codex's helpers) stay inside HOME; this
         # also silences codex's warning about a CODEX_HOME under the temp folder
         "TMPDIR": str(home / "tmp"),
+        # One cache for the suite, not one per HOME: copilot unpacks its 235 MB runtime into
+        # $XDG_CACHE_HOME/copilot on its first start (measured), which per test HOME filled
+        # the disk. tests/install-clis.sh unpacks it there once, before the tests run.
+        "XDG_CACHE_HOME": str(xdg_cache(cache)),
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
         # claude
         "ANTHROPIC_BASE_URL": url,

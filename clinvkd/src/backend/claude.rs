@@ -320,9 +320,16 @@ impl LineParser for Parser {
             // An API failure, or a refusal for a spent quota window (a text from the
             // `<synthetic>` model, "You've hit your 5-hour limit…"), is first reported as an
             // assistant message; the result line that follows carries the error.
+            // A refusal names the spent window here too (claude prints `rate_limit_event` only
+            // when the state changes: a warm worker's second refused turn has none).
             Some("assistant")
                 if v["is_api_error_message"].as_bool() == Some(true)
-                    || v["message"]["model"] == "<synthetic>" => {}
+                    || v["message"]["model"] == "<synthetic>" =>
+            {
+                if v["api_error"] == "usage_limit_reached" {
+                    out.extend(rate_limits(&v["api_error_params"]["rate_limit_info"]));
+                }
+            }
             // Under a subscription login: the account's quota windows.
             Some("rate_limit_event") => out.extend(rate_limits(&v["rate_limit_info"])),
             Some("assistant") => {
@@ -417,6 +424,47 @@ mod tests {
     use super::super::fixture;
     use super::super::testutil::{inv, replay};
     use super::*;
+
+    #[test]
+    fn rate_limit_events_and_a_refusal() {
+        let mut p = Parser::default();
+        let warn = r#"{"type":"rate_limit_event","rate_limit_info":{"status":"allowed_warning","resetsAt":1796700000,"rateLimitType":"five_hour","isUsingOverage":false,"unifiedWindows":{"five_hour":{"utilization":0.91,"resetsAt":1796700000,"status":"allowed_warning"},"seven_day":{"utilization":0.42,"resetsAt":1797000000,"status":"allowed"}}},"session_id":"s"}"#;
+        let events = p.parse_line(warn);
+        let Some(Event::Limits(l)) = events.iter().find(|e| matches!(e, Event::Limits(_))) else {
+            panic!("{events:?}")
+        };
+        assert_eq!(l.status, WindowStatus::AllowedWarning);
+        assert_eq!(l.limiting_window.as_deref(), Some("five_hour"));
+        let w: Vec<(&str, f64, Option<u32>)> = l
+            .windows
+            .iter()
+            .map(|w| (w.name.as_str(), w.utilization, w.minutes))
+            .collect();
+        assert_eq!(
+            w,
+            [
+                ("five_hour", 0.91, Some(300)),
+                ("seven_day", 0.42, Some(10080))
+            ]
+        );
+        // A refusal: the synthetic text is not output, the run fails, the report says why.
+        let mut out = Outcome::default();
+        for line in [
+            r#"{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":1796700000,"rateLimitType":"five_hour","unifiedWindows":{"five_hour":{"utilization":1.0,"resetsAt":1796700000,"status":"rejected"}}},"session_id":"s"}"#,
+            r#"{"type":"assistant","message":{"model":"<synthetic>","role":"assistant","content":[{"type":"text","text":"You've hit your 5-hour limit"}]},"session_id":"s"}"#,
+            r#"{"type":"result","subtype":"success","is_error":true,"api_error_status":429,"result":"You've hit your 5-hour limit","session_id":"s","usage":{}}"#,
+        ] {
+            for e in p.parse_line(line) {
+                out.apply(&e);
+            }
+        }
+        assert!(out.is_error);
+        assert_eq!(out.output(), "");
+        assert_eq!(
+            out.refused.as_ref().map(|l| l.status),
+            Some(WindowStatus::Rejected)
+        );
+    }
 
     #[test]
     fn argv() {

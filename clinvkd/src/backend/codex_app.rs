@@ -125,9 +125,12 @@ struct TurnRef {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct TurnError {
     #[serde(default)]
     message: String,
+    #[serde(default)]
+    codex_error_info: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +213,8 @@ pub(crate) struct AppServer {
     marks: TurnMarks,
     /// The session could not be opened: every turn fails with this.
     broken: Option<String>,
+    /// The account's windows as last reported (see `codex_limits`).
+    limits: Option<clinvk_shared::quota::AccountLimits>,
 }
 
 impl AppServer {
@@ -234,6 +239,7 @@ impl AppServer {
             queued: None,
             marks: TurnMarks::default(),
             broken: None,
+            limits: None,
         }
     }
 
@@ -384,9 +390,24 @@ impl AppServer {
                     }
                 }
             }
+            // The account's windows, after every turn (also between turns: kept for a refusal).
+            "account/rateLimits/updated" => {
+                if let Some(l) = super::codex_limits::from_update(params) {
+                    self.limits = Some(l.clone());
+                    if self.turn.is_some() {
+                        out.events.push(Event::Limits(l));
+                    }
+                }
+            }
             "error" => {
                 if let Ok(n) = serde_json::from_value::<ErrorNote>(params) {
                     if !n.will_retry && n.turn_id.as_deref().is_none_or(|t| self.current(t)) {
+                        if n.error.codex_error_info.as_ref().and_then(Value::as_str)
+                            == Some(super::codex_limits::USAGE_LIMIT_EXCEEDED)
+                        {
+                            out.events
+                                .push(super::codex_limits::refused(self.limits.as_ref()));
+                        }
                         self.fail(out, super::codex::error_text(&n.error.message));
                     }
                 }

@@ -5,6 +5,7 @@ mod acp;
 mod claude;
 mod codex;
 mod codex_app;
+mod codex_limits;
 mod copilot;
 mod flags;
 mod gemini;

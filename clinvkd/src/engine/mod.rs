@@ -165,7 +165,10 @@ pub(crate) fn usage_limit_error(
     cli_said: &str,
 ) -> ApiError {
     let now = crate::quota::now();
-    let window = limits.limiting_window.as_deref().unwrap_or("a quota window");
+    let window = limits
+        .limiting_window
+        .as_deref()
+        .unwrap_or("a quota window");
     let reset = limits
         .resets_at
         .map(|r| format!(" until {}", clinvk_shared::quota::reset_time(r)))

@@ -154,9 +154,14 @@ async fn ndjson(ctx: &Ctx, mut run: prompt::PromptRun) -> Result<Response, ApiEr
                     done = true;
                 }
             }
+            // What the model produced decides the status; the session's start and an error
+            // (which may be a refusal, decided at the end) wait.
             let output = done
                 || lines.iter().any(|e| {
-                    !matches!(e, RunEvent::Init { .. } | RunEvent::Heartbeat)
+                    !matches!(
+                        e,
+                        RunEvent::Init { .. } | RunEvent::Heartbeat | RunEvent::Error { .. }
+                    )
                 });
             for ev in &lines {
                 held.push(event_line(&backend, &session_id, seq, ev));

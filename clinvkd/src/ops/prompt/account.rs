@@ -102,11 +102,9 @@ impl Account {
     pub(super) fn saw(&mut self, ev: &Event) {
         match ev {
             Event::Limits(limits) => {
-                self.ctx.quotas.record(
-                    self.backend,
-                    crate::quota::DEFAULT_ACCOUNT,
-                    limits.clone(),
-                );
+                self.ctx
+                    .quotas
+                    .record(self.backend, crate::quota::DEFAULT_ACCOUNT, limits.clone());
             }
             Event::SessionStarted { model: Some(m), .. } if self.model.is_none() => {
                 self.model = Some(m.clone());
