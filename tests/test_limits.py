@@ -126,3 +126,25 @@ def test_a_spent_window_is_a_429_in_every_style(compat, fake_model, stream):
     set_limits(fake_model, "warning")
     r = d.openai(max_retries=0).chat.completions.create(model="claude", messages=msg)
     assert "fake-reply" in r.choices[0].message.content
+
+
+def test_codex_reports_its_windows_and_a_spent_one_is_a_429(compat, fake_model):
+    """codex's app-server (its warm mode, the default) reports `account/rateLimits/updated`
+    after each turn from the API's `x-codex-*` headers; a turn refused with
+    `usageLimitExceeded` is a 429."""
+    d = compat()
+    set_limits(fake_model, "warning")
+    r = d.openai(max_retries=0).chat.completions.create(
+        model="codex", messages=[{"role": "user", "content": "near the limit"}])
+    assert "fake-reply" in r.choices[0].message.content
+    limits = accounts(d)["codex"]["limits"]
+    windows = {w["name"]: w for w in limits["windows"]}
+    assert windows["primary"]["utilization"] == pytest.approx(0.91), limits
+    assert windows["primary"]["minutes"] == 300 and windows["secondary"]["minutes"] == 10080
+    set_limits(fake_model, "rejected")
+    with pytest.raises(openai.RateLimitError) as e:
+        d.openai(max_retries=0).chat.completions.create(
+            model="codex", messages=[{"role": "user", "content": "over the limit"}])
+    assert e.value.body["code"] == "usage_limit_reached" and "primary" in e.value.body["message"]
+    retry_after(e.value.response.headers)
+    assert accounts(d)["codex"]["limits"]["status"] == "rejected"
