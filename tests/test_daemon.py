@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TESTED_VERSIONS
 from harness import CONTROL_PROTOCOL, VERSION, World, binary, daemon, line_reader, pid_alive, poll, world  # noqa: F401  (fixtures)
 
 
@@ -50,7 +51,7 @@ def test_start_health_and_request_id(world, daemon):
     health = json.loads(body)
     # No CLI is installed in this bare world: nothing can run.
     assert health["status"] == "unhealthy"
-    assert {b["name"]: b["available"] for b in health["backends"]} == {"claude": False, "codex": False, "gemini": False}
+    assert {b["name"]: b["available"] for b in health["backends"]} == dict.fromkeys(TESTED_VERSIONS, False)
     assert health["version"] == VERSION
     assert health["uptime_ms"] >= 0 and "uptime" in health
     assert headers["x-request-id"] == "abc-123"

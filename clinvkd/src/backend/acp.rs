@@ -198,6 +198,8 @@ pub(crate) struct AcpOptions {
     /// first text starts with this is held until its result; without `usage` it is the
     /// turn's error, with `usage` it was the answer and goes out.
     pub(crate) error_text_prefix: Option<&'static str>,
+    /// A cancelled turn leaves nothing in the session (see `Driver::interrupt_forgets_turn`).
+    pub(crate) cancel_forgets_turn: bool,
 }
 
 /// The driver of one ACP worker.
@@ -209,6 +211,7 @@ pub(crate) struct Acp {
     /// The usage totals reported so far (with `cumulative_usage`).
     usage_seen: PromptUsage,
     error_text_prefix: Option<&'static str>,
+    cancel_forgets_turn: bool,
     /// This turn's text so far, while it may be an error report (`error_text_prefix`).
     held: Option<String>,
     /// This turn has given out text.
@@ -238,6 +241,7 @@ impl Acp {
             cumulative_usage: o.cumulative_usage,
             usage_seen: PromptUsage::default(),
             error_text_prefix: o.error_text_prefix,
+            cancel_forgets_turn: o.cancel_forgets_turn,
             held: None,
             spoke: false,
             mcp_servers: o.mcp_servers,
@@ -571,6 +575,10 @@ impl Driver for Acp {
     fn resumes(&self) -> bool {
         self.resumes
     }
+
+    fn interrupt_forgets_turn(&self) -> bool {
+        self.cancel_forgets_turn
+    }
 }
 
 #[cfg(test)]
@@ -587,6 +595,7 @@ mod tests {
             load: None,
             cumulative_usage: false,
             error_text_prefix: None,
+            cancel_forgets_turn: false,
         }
     }
 

@@ -119,6 +119,9 @@ impl Adapter for Copilot {
                     cumulative_usage: true,
                     // A failed model call is the turn's text "Error: …" (measured).
                     error_text_prefix: Some("Error: "),
+                    // Measured: after `session/cancel` the next prompt is merged with the cancelled one
+                    // and no part of the cancelled answer stays in the session.
+                    cancel_forgets_turn: true,
                 },
                 inv.images.is_empty(),
             )),
@@ -328,6 +331,7 @@ mod tests {
         let live = Copilot.live(&i, &cfg).unwrap();
         assert_eq!(live.command.args[0], "--acp");
         assert!(live.driver.resumes());
+        assert!(live.driver.interrupt_forgets_turn(), "a stopped turn is drained");
         i.resume = Some("S1".into());
         let mut d = Copilot.live(&i, &cfg).unwrap().driver;
         let open: Value = serde_json::from_str(&d.open()[1]).unwrap();

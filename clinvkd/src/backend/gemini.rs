@@ -130,6 +130,7 @@ impl Adapter for Gemini {
                     load: None,
                     cumulative_usage: false,
                     error_text_prefix: None,
+                    cancel_forgets_turn: false,
                 },
                 inv.images.is_empty(),
             )),

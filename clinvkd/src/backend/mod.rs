@@ -281,6 +281,12 @@ pub(crate) trait Driver: Send {
     fn resumes(&self) -> bool {
         true
     }
+    /// Whether an interrupted turn leaves nothing of its answer in the session (copilot: the
+    /// next prompt is then merged with the interrupted one): a turn ended early at a stop
+    /// sequence is then run to its end unseen instead, so the history stays whole.
+    fn interrupt_forgets_turn(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -142,6 +142,7 @@ impl Adapter for Opencode {
                     cumulative_usage: false,
                     // A failed model call is a JSON-RPC error of `session/prompt`.
                     error_text_prefix: None,
+                    cancel_forgets_turn: false,
                 },
                 inv.images.is_empty() && !run_only,
             )),

@@ -67,6 +67,18 @@ impl RunStream {
         matches!(self.source, Source::Warm(_))
     }
 
+    /// A warm turn whose interruption would leave nothing of it in the session (see
+    /// `Driver::interrupt_forgets_turn`).
+    pub(crate) fn interrupt_forgets_turn(&mut self) -> bool {
+        match &mut self.source {
+            Source::Warm(turn) => turn
+                .worker
+                .as_mut()
+                .is_some_and(|w| w.driver().interrupt_forgets_turn()),
+            Source::Oneshot { .. } => false,
+        }
+    }
+
     /// Gives the run's concurrency slot back while it waits for a client's tool results (its
     /// CLI runs nothing meanwhile; `tools.max_parked_runs` bounds such runs).
     pub(crate) fn release_slot(&mut self) {

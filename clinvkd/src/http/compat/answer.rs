@@ -112,11 +112,12 @@ impl Pieces {
 
     /// After `Piece::Stopped`: the CLI stops spending. A warm turn is interrupted (its worker
     /// stays for the session's next turn; what the model wrote past the stop stays in the
-    /// CLI's own history). A one-shot run finishes unseen in the background, so its turn is
-    /// recorded and its session stays resumable.
+    /// CLI's own history) — unless the CLI would then forget the turn (copilot), which, like a
+    /// one-shot run, finishes unseen in the background, so its turn is recorded and its session
+    /// stays whole and resumable.
     pub(crate) fn release(self, ctx: &Ctx) {
         let mut run = self.run;
-        if run.is_warm() {
+        if run.is_warm() && !run.interrupt_forgets_turn() {
             drop(run);
         } else {
             ctx.work

@@ -56,6 +56,13 @@ impl PromptRun {
         self.run.as_ref().is_some_and(|r| r.is_warm())
     }
 
+    /// Whether interrupting it would leave nothing of the turn in the CLI's session.
+    pub(crate) fn interrupt_forgets_turn(&mut self) -> bool {
+        self.run
+            .as_mut()
+            .is_some_and(|r| r.interrupt_forgets_turn())
+    }
+
     /// Another client-tool call of the same model step, if one comes within `wait`.
     pub(crate) async fn next_call_within(
         &mut self,
