@@ -331,7 +331,10 @@ mod tests {
         let live = Copilot.live(&i, &cfg).unwrap();
         assert_eq!(live.command.args[0], "--acp");
         assert!(live.driver.resumes());
-        assert!(live.driver.interrupt_forgets_turn(), "a stopped turn is drained");
+        assert!(
+            live.driver.interrupt_forgets_turn(),
+            "a stopped turn is drained"
+        );
         i.resume = Some("S1".into());
         let mut d = Copilot.live(&i, &cfg).unwrap().driver;
         let open: Value = serde_json::from_str(&d.open()[1]).unwrap();
