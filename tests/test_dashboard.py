@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
+import time
 import urllib.parse
 
 import pytest
@@ -49,6 +50,19 @@ def test_dashboard_end_to_end(live_world, fake_model, browser):
     print(f"\nscreenshots: {out}")
     # One-shot runs: cancelling one kills its CLI. (In warm mode a cancel interrupts the turn and
     # the session's worker stays for its next turn: see docs/architecture.md.)
+    # The quota windows claude last reported (kept in the state folder across restarts; the
+    # reading itself is tests/test_limits.py's): the backends view draws a bar per window.
+    reset = int(time.time()) + 3600
+
+    def window(name: str, util: float, status: str) -> dict:
+        return {"name": name, "utilization": util, "resets_at": reset, "status": status}
+
+    live_world.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (live_world.state_dir / "quotas.json").write_text(json.dumps([{
+        "backend": "claude", "account": "default", "limits": {
+            "status": "allowed_warning", "limiting_window": "five_hour", "resets_at": reset,
+            "windows": [window("five_hour", 0.91, "allowed_warning"), window("seven_day", 0.42, "allowed")],
+            "seen_at": int(time.time()), "source": "claude"}}]))
     url = start_live(live_world, "backends:\n  claude:\n    mode: oneshot\n")
     r = live_world.ctl("keys", "add", "operator", "--scope", "admin")
     assert r.returncode == 0, r.stderr
@@ -68,6 +82,12 @@ def test_dashboard_end_to_end(live_world, fake_model, browser):
            what="claude in the backend list")
     assert b.js("sessionStorage.getItem('clinvk.key')") == admin
     assert "0 of 8 runs at once · queue 0 of 32" in b.js("document.getElementById('capacity').textContent")
+    bar = "#backends tr[data-backend=claude] .quota-window[data-window=five_hour]"
+    b.wait(f"!!document.querySelector('{bar}')", what="claude's quota bars")
+    assert "91% allowed warning" in b.js(f"document.querySelector('{bar}').textContent")
+    assert b.js(f"document.querySelector('{bar} .quota-fill').style.width") == "91%"
+    assert b.js(f"document.querySelector('{bar}').classList.contains('allowed_warning')") is True
+    assert b.js("document.querySelectorAll('#backends tr[data-backend=codex] .quota-window').length") == 0
 
     # A prompt typed in the box streams into the page: the first piece is shown while the fake
     # model holds the rest.
