@@ -202,6 +202,21 @@ pub(crate) struct AcpOptions {
     pub(crate) cancel_forgets_turn: bool,
 }
 
+/// The ACP `session/new` MCP servers of a run: the daemon's client-tools endpoint, if any.
+pub(crate) fn mcp_servers(inv: &Invocation) -> Vec<Value> {
+    inv.client_tools
+        .as_ref()
+        .map(|ct| {
+            vec![serde_json::json!({
+                "type": "http",
+                "name": crate::tools::SERVER_NAME,
+                "url": ct.url,
+                "headers": [],
+            })]
+        })
+        .unwrap_or_default()
+}
+
 /// The driver of one ACP worker.
 pub(crate) struct Acp {
     label: &'static str,

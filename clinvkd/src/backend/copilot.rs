@@ -2,7 +2,6 @@
 //! events), `copilot --acp` as its live mode.
 
 use super::*;
-use serde_json::Value;
 
 pub(crate) struct Copilot;
 
@@ -112,7 +111,7 @@ impl Adapter for Copilot {
                     label: "copilot --acp",
                     cwd,
                     images: false,
-                    mcp_servers: mcp_servers(inv),
+                    mcp_servers: super::acp::mcp_servers(inv),
                     resumes: true,
                     load: inv.resume.clone(),
                     // The result's `usage` counts since the session was opened in the process.
@@ -139,21 +138,6 @@ fn tool_permissions(ct: &crate::tools::ClientTools) -> Vec<String> {
         a.push(format!("--available-tools={server}"));
     }
     a
-}
-
-/// The ACP `session/new` MCP servers: the daemon's client-tools endpoint, if any.
-fn mcp_servers(inv: &Invocation) -> Vec<Value> {
-    inv.client_tools
-        .as_ref()
-        .map(|ct| {
-            vec![serde_json::json!({
-                "type": "http",
-                "name": crate::tools::SERVER_NAME,
-                "url": ct.url,
-                "headers": [],
-            })]
-        })
-        .unwrap_or_default()
 }
 
 /// The options of a copilot session: no update downloads, model, what it may do unasked.
@@ -337,7 +321,7 @@ mod tests {
         );
         i.resume = Some("S1".into());
         let mut d = Copilot.live(&i, &cfg).unwrap().driver;
-        let open: Value = serde_json::from_str(&d.open()[1]).unwrap();
+        let open: serde_json::Value = serde_json::from_str(&d.open()[1]).unwrap();
         assert_eq!(open["method"], "session/load");
         assert_eq!(open["params"]["sessionId"], "S1");
     }

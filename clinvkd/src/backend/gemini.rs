@@ -119,7 +119,7 @@ impl Adapter for Gemini {
                     label: "gemini --acp",
                     cwd,
                     images: false,
-                    mcp_servers: mcp_servers(inv),
+                    mcp_servers: super::acp::mcp_servers(inv),
                     // gemini 0.61's `session/load` re-creates the session's recording file
                     // before reading it; when that happens within the minute the file was
                     // created (same file name), the turns are gone, the load fails ("No
@@ -136,21 +136,6 @@ impl Adapter for Gemini {
             )),
         })
     }
-}
-
-/// The ACP `session/new` MCP servers: the daemon's client-tools endpoint, if any.
-fn mcp_servers(inv: &Invocation) -> Vec<serde_json::Value> {
-    inv.client_tools
-        .as_ref()
-        .map(|ct| {
-            vec![serde_json::json!({
-                "type": "http",
-                "name": crate::tools::SERVER_NAME,
-                "url": ct.url,
-                "headers": [],
-            })]
-        })
-        .unwrap_or_default()
 }
 
 /// The workspace is trusted: the working folder was checked by clinvk's workdir policy.

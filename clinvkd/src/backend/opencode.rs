@@ -131,7 +131,7 @@ impl Adapter for Opencode {
                     label: "opencode acp",
                     cwd,
                     images: false,
-                    mcp_servers: mcp_servers(inv),
+                    mcp_servers: super::acp::mcp_servers(inv),
                     // `session/load` replays the history as `user_message_chunk` and
                     // `agent_message_chunk` updates before it answers; the next turn's model
                     // call had every earlier turn (measured).
@@ -148,21 +148,6 @@ impl Adapter for Opencode {
             )),
         })
     }
-}
-
-/// The ACP `session/new` MCP servers: the daemon's client-tools endpoint, if any.
-fn mcp_servers(inv: &Invocation) -> Vec<Value> {
-    inv.client_tools
-        .as_ref()
-        .map(|ct| {
-            vec![serde_json::json!({
-                "type": "http",
-                "name": crate::tools::SERVER_NAME,
-                "url": ct.url,
-                "headers": [],
-            })]
-        })
-        .unwrap_or_default()
 }
 
 /// The options of an opencode session, one-shot or live.
