@@ -229,6 +229,19 @@ pub(crate) trait Adapter: Send + Sync {
     fn effort_args(&self, _effort: ReasoningEffort) -> Option<Vec<String>> {
         None
     }
+    /// A CLI that must start alone on a fresh state folder (see [`StateSetup`]); None: any
+    /// number of its processes may start at once.
+    fn state_setup(&self) -> Option<StateSetup> {
+        None
+    }
+}
+
+/// The state folder of a CLI whose first processes race when started together on a fresh
+/// folder: before a process starts and while `marker` (a file in the state folder) is missing,
+/// `args` run alone and create it.
+pub(crate) struct StateSetup {
+    pub(crate) marker: &'static str,
+    pub(crate) args: &'static [&'static str],
 }
 
 /// The effort arguments of `inv` for `adapter` (none when not asked for or not supported).

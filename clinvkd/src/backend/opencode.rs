@@ -48,6 +48,17 @@ impl Adapter for Opencode {
         ALLOW
     }
 
+    /// opencode creates and migrates its SQLite database when it starts; two processes started
+    /// together on a fresh folder race on it and one fails ("database is locked", or "table …
+    /// already exists"; measured with two `opencode acp` on a fresh home, and as a pooled
+    /// worker and its refill). `opencode db` opens the database (migrating it) and exits.
+    fn state_setup(&self) -> Option<StateSetup> {
+        Some(StateSetup {
+            marker: "opencode.db",
+            args: &["db", "select 1"],
+        })
+    }
+
     fn build(&self, inv: &Invocation, cfg: &BackendSettings) -> Result<CommandSpec, ArgvError> {
         if inv.client_tools.is_some() {
             // One-shot opencode takes MCP servers from its config only.

@@ -4,7 +4,8 @@
 //! parses its output line by line. Dropping the stream cancels the run (its group is killed).
 //!
 //! One file per concern: `prepare` (argv, program, environment, limits, schema and image
-//! files, dry run), `stream` (the run's event stream and summary), `warm` (warm-worker turns),
+//! files, dry run), `state_setup` (a fresh state folder set up before a CLI's first start),
+//! `stream` (the run's event stream and summary), `warm` (warm-worker turns),
 //! `structured` (structured-output checks), `workdir` (the working-folder policy); this file
 //! holds the errors, the summary types and `start`.
 
@@ -21,12 +22,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod prepare;
+mod state_setup;
 mod stream;
 mod structured;
 mod warm;
 mod workdir;
 
 pub(crate) use prepare::*;
+use state_setup::ensure_state;
 pub(crate) use stream::*;
 pub(crate) use structured::*;
 pub(crate) use warm::*;
@@ -234,6 +237,7 @@ pub(crate) async fn start(ctx: &Ctx, inv: Invocation) -> Result<RunStream, Engin
                 .limiter
                 .acquire(inv.backend, p.limits)
                 .await?;
+            ensure_state(p.adapter, &p.spec).await;
             let handle = ctx
                 .supervisor
                 .spawn(permit, p.spec)

@@ -239,6 +239,7 @@ pub(crate) async fn spawn_worker(
         .live(inv, &cfg)
         .map_err(|e| EngineError::bad(Code::InvalidFlags, e.to_string()))?;
     let p = prepare_command(ctx, inv, &cfg, live.command)?;
+    ensure_state(p.adapter, &p.spec).await;
     let (handle, stdin) = ctx
         .supervisor
         .spawn_live(p.spec)

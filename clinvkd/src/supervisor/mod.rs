@@ -447,7 +447,7 @@ pub fn set_private_umask() {
 /// on Linux death with the daemon (`PR_SET_PDEATHSIG` = SIGKILL), even by `kill -9`; its own
 /// children are caught by `reap_orphans` at the next start. Other systems have no death signal
 /// (see docs/security.md).
-fn die_with_parent(cmd: &mut tokio::process::Command) {
+pub(crate) fn die_with_parent(cmd: &mut tokio::process::Command) {
     guard_child(cmd, nix::unistd::getpid());
 }
 
