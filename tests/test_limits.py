@@ -148,3 +148,42 @@ def test_codex_reports_its_windows_and_a_spent_one_is_a_429(compat, fake_model):
     assert e.value.body["code"] == "usage_limit_reached" and "primary" in e.value.body["message"]
     retry_after(e.value.response.headers)
     assert accounts(d)["codex"]["limits"]["status"] == "rejected"
+
+
+# The CLIs that report no windows, only a refusal: (backend, mode, the window clinvk names).
+REFUSALS = [
+    ("gemini", "oneshot"), ("gemini", "warm"),
+    ("copilot", "oneshot"), ("copilot", "warm"),
+    ("codex", "oneshot"),
+]
+
+
+@pytest.mark.parametrize("backend,mode", REFUSALS, ids=[f"{b}-{m}" for b, m in REFUSALS])
+def test_a_refusal_without_windows_is_a_429(compat, fake_model, backend, mode):
+    """gemini (a spent daily quota: exit 173), copilot (`session.error` `rate_limit`; warm, the
+    error as the turn's text) and codex's one-shot `exec` (its message only) report no windows,
+    only the refusal: still a 429 with `Retry-After`, and the account shows it rejected."""
+    d = compat(config=f"backends:\n  {backend}:\n    mode: {mode}\n")
+    set_limits(fake_model, "rejected")
+    with pytest.raises(openai.RateLimitError) as e:
+        d.openai(max_retries=0).chat.completions.create(
+            model=backend, messages=[{"role": "user", "content": "over the limit"}])
+    assert e.value.status_code == 429 and e.value.body["code"] == "usage_limit_reached", e.value.body
+    if (backend, mode) == ("gemini", "oneshot"):
+        retry_after(e.value.response.headers)  # the API's RetryInfo, from gemini's stderr
+    else:
+        assert int(e.value.response.headers["retry-after"]) >= 1
+    limits = accounts(d)[backend]["limits"]
+    assert limits["status"] == "rejected" and limits["windows"] == [], limits
+    # A task of `parallel` reports it in its result.
+    status, body = http_json("POST", d.url + "/api/v1/parallel", {"tasks": [
+        {"backend": backend, "prompt": "a task over the limit", "workdir": str(d.world.root / "work")}]})
+    assert status == 200 and body["failed"] == 1, body
+    [task] = body["results"]
+    assert task["error"] and task["usage_limit"]["status"] == "rejected", task
+    set_limits(fake_model, "none")
+    r = d.openai(max_retries=0).chat.completions.create(
+        model=backend, messages=[{"role": "user", "content": "after the reset"}])
+    assert "fake-reply" in r.choices[0].message.content
+    # A run that went through ends a refusal known only from the CLI's words.
+    assert accounts(d)[backend]["limits"] is None

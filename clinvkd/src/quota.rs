@@ -71,6 +71,25 @@ impl QuotaBook {
             }
         }
         reports.insert(key, limits);
+        self.save(reports);
+    }
+
+    /// A run of the account went through: a refusal known only from the CLI's words (no
+    /// windows) is over.
+    pub(crate) fn passed(&self, backend: Backend, account: &str) {
+        let key = (backend, account.to_string());
+        let mut reports = self.reports.lock().unwrap_or_else(|e| e.into_inner());
+        let stale = reports
+            .get(&key)
+            .is_some_and(|l| l.status == WindowStatus::Rejected && l.windows.is_empty());
+        if stale {
+            reports.remove(&key);
+            self.save(reports);
+        }
+    }
+
+    /// Writes the book to its file (`reports` is the book's own lock, released here).
+    fn save(&self, reports: std::sync::MutexGuard<'_, BTreeMap<(Backend, String), AccountLimits>>) {
         let saved: Vec<Saved> = reports
             .iter()
             .map(|((b, a), l)| Saved {
@@ -116,6 +135,39 @@ impl QuotaBook {
     }
 }
 
+/// The report of a run a CLI refused for a spent limit without giving its windows (only its
+/// words or an error type): the window when it named one, the reset when it said when.
+pub(crate) fn refusal_report(
+    source: &str,
+    window: Option<&str>,
+    retry_in_secs: Option<u64>,
+) -> AccountLimits {
+    let now = now();
+    AccountLimits {
+        status: WindowStatus::Rejected,
+        limiting_window: window.map(str::to_string),
+        resets_at: retry_in_secs.map(|s| now + s as i64),
+        windows: Vec::new(),
+        seen_at: now,
+        source: source.to_string(),
+    }
+}
+
+/// The delay of a "… retry in 3598s." / "retry in 12.5s" in a CLI's or an API's words.
+pub(crate) fn retry_in_secs(text: &str) -> Option<u64> {
+    let lower = text.to_ascii_lowercase();
+    let at = lower.find("retry in ")? + "retry in ".len();
+    let rest = &lower[at..];
+    let digits: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    if !rest[digits.len()..].starts_with('s') {
+        return None;
+    }
+    digits.parse::<f64>().ok().map(|s| s.ceil() as u64)
+}
+
 /// Whether a run's limits report says it was refused.
 pub(crate) fn refusal(limits: &AccountLimits) -> bool {
     limits.status == WindowStatus::Rejected
@@ -132,6 +184,17 @@ pub(crate) fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_delays_in_words() {
+        assert_eq!(
+            retry_in_secs("quota exceeded\nPlease retry in 3598s."),
+            Some(3598)
+        );
+        assert_eq!(retry_in_secs("Please retry in 12.2s"), Some(13));
+        assert_eq!(retry_in_secs("retry in 5 minutes"), None);
+        assert_eq!(retry_in_secs("nothing"), None);
+    }
     use clinvk_shared::quota::QuotaWindow;
 
     fn report(util: f64, resets_in: i64) -> AccountLimits {

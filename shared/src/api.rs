@@ -288,6 +288,11 @@ pub struct PromptResult {
     /// Why the run failed (CLI error, non-zero exit, timeout, cancellation).
     pub error: Option<String>,
     pub token_usage: TokenUsage,
+    /// Set when the CLI's subscription refused the run for a spent limit: its report (the
+    /// window, when it resets). A single prompt answers such a run 429 `usage_limit_reached`;
+    /// a task of `parallel`, `chain` or `compare` reports it here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_limit: Option<crate::quota::AccountLimits>,
 }
 
 impl PromptResult {

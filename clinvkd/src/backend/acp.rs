@@ -200,7 +200,13 @@ pub(crate) struct AcpOptions {
     pub(crate) error_text_prefix: Option<&'static str>,
     /// A cancelled turn leaves nothing in the session (see `Driver::interrupt_forgets_turn`).
     pub(crate) cancel_forgets_turn: bool,
+    /// Reads a failed turn's error as a refusal for a spent limit (the CLI's own words: ACP has
+    /// no field for it).
+    pub(crate) refusal: Option<Refusal>,
 }
+
+/// A CLI's reading of an error message as a refusal for a spent limit.
+pub(crate) type Refusal = fn(&str) -> Option<clinvk_shared::quota::AccountLimits>;
 
 /// The ACP `session/new` MCP servers of a run: the daemon's client-tools endpoint, if any.
 pub(crate) fn mcp_servers(inv: &Invocation) -> Vec<Value> {
@@ -227,6 +233,7 @@ pub(crate) struct Acp {
     usage_seen: PromptUsage,
     error_text_prefix: Option<&'static str>,
     cancel_forgets_turn: bool,
+    refusal: Option<Refusal>,
     /// This turn's text so far, while it may be an error report (`error_text_prefix`).
     held: Option<String>,
     /// This turn has given out text.
@@ -257,6 +264,7 @@ impl Acp {
             usage_seen: PromptUsage::default(),
             error_text_prefix: o.error_text_prefix,
             cancel_forgets_turn: o.cancel_forgets_turn,
+            refusal: o.refusal,
             held: None,
             spoke: false,
             mcp_servers: o.mcp_servers,
@@ -285,7 +293,11 @@ impl Acp {
         )
     }
 
+    /// The turn failed; a refusal for a spent limit is reported as such first.
     fn fail(&mut self, out: &mut Step, message: String) {
+        if let Some(limits) = self.refusal.and_then(|read| read(&message)) {
+            out.events.push(Event::Limits(limits));
+        }
         self.marks.fail(out, message);
     }
 
@@ -611,6 +623,7 @@ mod tests {
             cumulative_usage: false,
             error_text_prefix: None,
             cancel_forgets_turn: false,
+            refusal: None,
         }
     }
 

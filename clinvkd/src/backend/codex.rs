@@ -286,9 +286,12 @@ impl LineParser for Parser {
                     return vec![];
                 }
                 self.saw_error = true;
-                vec![Event::Error {
+                let mut out: Vec<Event> =
+                    super::codex_limits::exec_refusal(msg).into_iter().collect();
+                out.push(Event::Error {
                     message: error_text(msg),
-                }]
+                });
+                out
             }
             Some(_) => vec![],
             None => vec![Event::Unparsed {

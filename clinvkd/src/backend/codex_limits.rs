@@ -91,9 +91,29 @@ pub(super) fn refused(last: Option<&AccountLimits>) -> Event {
     Event::Limits(l)
 }
 
+/// `codex exec` tells a spent window only in words: "You’ve hit your usage limit. … try again
+/// at 10:51 PM." (measured with 0.169). The reset is a time of the local clock (or a date and
+/// time), which clinvk does not turn back into an instant: no reset time, so `Retry-After`
+/// falls back to a minute.
+pub(super) fn exec_refusal(message: &str) -> Option<Event> {
+    message
+        .contains("hit your usage limit")
+        .then(|| Event::Limits(crate::quota::refusal_report("codex exec error", None, None)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exec_refusal_in_words() {
+        let words = "You’ve hit your usage limit. Upgrade to Pro (https://chatgpt.com/explore/pro), visit https://chatgpt.com/settings/usage to purchase more credits or try again at 10:51 PM.";
+        let Some(Event::Limits(l)) = exec_refusal(words) else {
+            panic!("not a refusal")
+        };
+        assert_eq!(l.status, WindowStatus::Rejected);
+        assert!(exec_refusal("stream disconnected before completion").is_none());
+    }
 
     #[test]
     fn updates_and_a_refusal() {

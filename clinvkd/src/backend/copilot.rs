@@ -5,6 +5,18 @@ use super::*;
 
 pub(crate) struct Copilot;
 
+/// The live mode's reading of a failed turn (`Acp::refusal`): over ACP copilot gives a failed
+/// model call as the turn's text, "Error: 429 …" for the API's rate limit (measured).
+fn rate_limit_text(message: &str) -> Option<clinvk_shared::quota::AccountLimits> {
+    message.contains("Error: 429 ").then(|| {
+        crate::quota::refusal_report(
+            "copilot error text",
+            None,
+            crate::quota::retry_in_secs(message),
+        )
+    })
+}
+
 /// Flags a request's `extra` may use: `--reasoning-effort` only changes how hard the model
 /// thinks. The others grant tools, paths, URLs or MCP servers (`allowed_extra_flags` may allow
 /// them).
@@ -121,6 +133,7 @@ impl Adapter for Copilot {
                     // Measured: after `session/cancel` the next prompt is merged with the cancelled one
                     // and no part of the cancelled answer stays in the session.
                     cancel_forgets_turn: true,
+                    refusal: Some(rate_limit_text),
                 },
                 inv.images.is_empty(),
             )),
@@ -214,9 +227,23 @@ impl LineParser for Parser {
             }],
             Some("session.error") => {
                 self.saw_error = true;
-                vec![Event::Error {
+                let mut out = Vec::new();
+                // `rate_limit` (the API's 429, measured) and `quota_exhausted` (copilot's own
+                // plan quota): a refusal, with no window or reset in it.
+                if matches!(
+                    d["errorType"].as_str(),
+                    Some("rate_limit" | "quota_exhausted")
+                ) {
+                    out.push(Event::Limits(crate::quota::refusal_report(
+                        "copilot session.error",
+                        None,
+                        crate::quota::retry_in_secs(&text("message")),
+                    )));
+                }
+                out.push(Event::Error {
                     message: text("message"),
-                }]
+                });
+                out
             }
             // The last line: the session's id (known only now) and the exit code.
             Some("result") => {
@@ -393,5 +420,16 @@ mod tests {
             "{:?}",
             out.error
         );
+        // An injected error is not a refusal; the API's 429 is.
+        assert!(out.refused.is_none());
+        let (o, e, x) = fixture!("copilot-1.0.102-", "limit-rejected");
+        let (_, out) = replay(&mut *Copilot.parser(), o, e, x);
+        assert!(out.error.as_deref().unwrap().contains("rate limit"));
+        assert_eq!(
+            out.refused.map(|l| l.status),
+            Some(clinvk_shared::quota::WindowStatus::Rejected)
+        );
+        assert!(rate_limit_text("copilot --acp: Error: 429 too many requests").is_some());
+        assert!(rate_limit_text("copilot --acp: Error: 400 bad request").is_none());
     }
 }

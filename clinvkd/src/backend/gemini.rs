@@ -131,6 +131,7 @@ impl Adapter for Gemini {
                     cumulative_usage: false,
                     error_text_prefix: None,
                     cancel_forgets_turn: false,
+                    refusal: Some(quota_refusal),
                 },
                 inv.images.is_empty(),
             )),
@@ -168,6 +169,35 @@ fn session_args(inv: &Invocation, cfg: &BackendSettings) -> Vec<String> {
 #[derive(Default)]
 struct Parser {
     saw_error: bool,
+    /// The run's error was a spent quota (its words; the delay may be on stderr).
+    quota_error: Option<String>,
+}
+
+/// gemini's words for a spent quota (it reads no quota headers, so this is all it tells):
+/// a terminal quota error ("You have exhausted your daily quota on this model.", exit 173), or
+/// the API's own message ("You exceeded your current quota … Please retry in 3598s.").
+fn is_quota_error(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    lower.contains("quota") && (lower.contains("exhausted") || lower.contains("exceeded"))
+}
+
+/// The refusal of a spent quota: the daily window when gemini says so, the API's retry delay
+/// when `text` holds it.
+fn quota_report(message: &str, text: &str) -> clinvk_shared::quota::AccountLimits {
+    let window = message
+        .to_ascii_lowercase()
+        .contains("daily")
+        .then_some("daily");
+    crate::quota::refusal_report(
+        "gemini quota error",
+        window,
+        crate::quota::retry_in_secs(text),
+    )
+}
+
+/// The live mode's reading of a failed turn (`Acp::refusal`).
+fn quota_refusal(message: &str) -> Option<clinvk_shared::quota::AccountLimits> {
+    is_quota_error(message).then(|| quota_report(message, message))
 }
 
 fn error_message(e: &Value) -> String {
@@ -223,9 +253,11 @@ impl LineParser for Parser {
                 });
                 if is_error {
                     self.saw_error = true;
-                    out.push(Event::Error {
-                        message: error_message(&v["error"]),
-                    });
+                    let message = error_message(&v["error"]);
+                    if is_quota_error(&message) {
+                        self.quota_error = Some(message.clone());
+                    }
+                    out.push(Event::Error { message });
                 }
                 out
             }
@@ -243,6 +275,11 @@ impl LineParser for Parser {
     }
 
     fn finish(&mut self, exit_code: Option<i32>, stderr_tail: &str) -> Vec<Event> {
+        if let Some(message) = self.quota_error.take() {
+            // The API's retry delay is in the error object gemini prints on stderr.
+            let text = format!("{message}\n{stderr_tail}");
+            return vec![Event::Limits(quota_report(&message, &text))];
+        }
         if self.saw_error || exit_code == Some(0) {
             return vec![];
         }
@@ -340,5 +377,27 @@ mod tests {
         let (o, e, x) = fixture!("gemini-0.61.0-", "error-json");
         let (_, out) = replay(&mut *Gemini.parser(), o, e, x);
         assert!(out.error.is_some(), "json-mode error on stderr is found");
+    }
+
+    #[test]
+    fn a_spent_daily_quota_is_a_refusal_with_the_apis_delay() {
+        let (o, e, x) = fixture!("gemini-0.61.0-", "limit-rejected");
+        let (_, out) = replay(&mut *Gemini.parser(), o, e, x);
+        assert!(out.error.is_some());
+        let l = out.refused.expect("refused");
+        assert_eq!(l.limiting_window.as_deref(), Some("daily"));
+        // "Please retry in 3598s." is in the error gemini prints on stderr.
+        let wait = l.resets_at.unwrap() - crate::quota::now();
+        assert!((3590..=3598).contains(&wait), "{wait}");
+        // Another failure is not one.
+        assert!(quota_refusal("gemini --acp: session/prompt: Error: 400 injected").is_none());
+        let l = quota_refusal(
+            "gemini --acp: session/prompt: You have exhausted your daily quota on this model.",
+        )
+        .unwrap();
+        assert_eq!(
+            (l.limiting_window.as_deref(), l.resets_at),
+            (Some("daily"), None)
+        );
     }
 }

@@ -154,6 +154,7 @@ impl Adapter for Opencode {
                     // A failed model call is a JSON-RPC error of `session/prompt`.
                     error_text_prefix: None,
                     cancel_forgets_turn: false,
+                    refusal: None,
                 },
                 inv.images.is_empty() && !run_only,
             )),

@@ -139,6 +139,10 @@ impl Account {
             self.ctx
                 .quotas
                 .refused(summary.backend, crate::quota::DEFAULT_ACCOUNT);
+        } else if summary.outcome() == crate::engine::RunOutcome::Ok {
+            self.ctx
+                .quotas
+                .passed(summary.backend, crate::quota::DEFAULT_ACCOUNT);
         }
         let Some(id) = self.row else { return };
         let (store, settings, end) = (

@@ -190,6 +190,7 @@ impl PromptRun {
             output: summary.output.clone(),
             error: summary.error.clone(),
             token_usage: summary.usage,
+            usage_limit: summary.refused.clone(),
         };
         PromptUpdate::Done(Box::new(Completed { result, summary }))
     }
