@@ -56,7 +56,7 @@ CODEX_SUMMARY_PREFIX = "Another language model started to solve this problem"
 # "Generate a title for this conversation: …"), not a turn of the user's.
 OPENCODE_TITLE_SYSTEM = "You are a title generator"
 
-MAGIC_RE = re.compile(r"\[\[(slow|slowstart|error|error5xx|hang|long|gate)(?::(\d+))?\]\]")
+MAGIC_RE = re.compile(r"\[\[(slow|slowstart|error|error5xx|hang|long|gate|think)(?::(\d+))?\]\]")
 # `[[call:NAME]]` or `[[call:NAME={"a":1}]]` in the last user text: the model calls the offered
 # tool whose name is NAME (or ends with `__NAME` / `.NAME`, as CLIs prefix MCP tools), once per
 # directive (several: parallel calls); once the results are back, it answers with them.
@@ -778,6 +778,12 @@ class Handler(BaseHTTPRequestHandler):
             if results:
                 text += " tool-results=" + "|".join(_squash(r)[:400] for r in results)
         deltas = split_deltas(text)
+        # `[[think]]`: the answer opens with the model's reasoning (a thinking block, a reasoning
+        # summary item, a thought part), in the protocol's own shape.
+        self._thought = None
+        if "think" in magic and not utility:
+            self._thought = "fake-thought about " + _squash(last_raw)[:200]
+            entry["thought"] = self._thought
         gap = delay if mode == "slow" else 0.0
         self._gated = "gate" in magic and not utility
         in_tokens = max(1, len(body) // 4)
@@ -813,18 +819,36 @@ class Handler(BaseHTTPRequestHandler):
     # Anthropic Messages ---------------------------------------------------
 
     def _anthropic(self, req, model, stream, text, deltas, gap, in_tokens):
+        thought = getattr(self, "_thought", None)
+        first = 1 if thought else 0
+        signature = "fakesig" + uuid.uuid4().hex[:16]
+
         def text_block(ev):
-            ev("content_block_start", {"type": "content_block_start", "index": 0,
+            if thought:
+                ev("content_block_start", {"type": "content_block_start", "index": 0,
+                                           "content_block": {"type": "thinking", "thinking": "",
+                                                             "signature": ""}})
+                for d in split_deltas(thought):
+                    ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                               "delta": {"type": "thinking_delta", "thinking": d}})
+                ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                           "delta": {"type": "signature_delta",
+                                                     "signature": signature}})
+                ev("content_block_stop", {"type": "content_block_stop", "index": 0})
+            ev("content_block_start", {"type": "content_block_start", "index": first,
                                        "content_block": {"type": "text", "text": ""}})
             ev("ping", {"type": "ping"})
             for i, d in enumerate(deltas):
                 self._between(i, gap)
-                ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                ev("content_block_delta", {"type": "content_block_delta", "index": first,
                                            "delta": {"type": "text_delta", "text": d}})
-            ev("content_block_stop", {"type": "content_block_stop", "index": 0})
+            ev("content_block_stop", {"type": "content_block_stop", "index": first})
 
+        content = [{"type": "text", "text": text}]
+        if thought:
+            content.insert(0, {"type": "thinking", "thinking": thought, "signature": signature})
         self._anthropic_message(model, stream, in_tokens, len(deltas), "end_turn",
-                                [{"type": "text", "text": text}], text_block)
+                                content, text_block)
 
     def _anthropic_calls(self, model, stream, calls, in_tokens):
         """One message of tool_use blocks (several: parallel calls)."""

@@ -63,6 +63,40 @@ pub(crate) struct MessagesRequest {
     tool_choice: Option<Value>,
     #[serde(default)]
     mcp_servers: Option<Vec<Value>>,
+    /// Extended thinking: its budget reaches the CLI's effort setting, and the thinking the CLI
+    /// prints goes out as `thinking` blocks.
+    #[serde(default)]
+    thinking: Option<Thinking>,
+}
+
+/// The `thinking` field.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Thinking {
+    Enabled {
+        budget_tokens: u64,
+    },
+    /// The model decides how much to think.
+    Adaptive {},
+    Disabled {},
+}
+
+impl Thinking {
+    /// The effort a budget stands for (the CLIs take efforts, not budgets): under 4,096 tokens
+    /// low, under 16,384 medium, else high. Adaptive thinking leaves the CLI's own default.
+    fn effort(&self) -> Option<clinvk_shared::api::ReasoningEffort> {
+        use clinvk_shared::api::ReasoningEffort as E;
+        match self {
+            Thinking::Enabled { budget_tokens } if *budget_tokens < 4096 => Some(E::Low),
+            Thinking::Enabled { budget_tokens } if *budget_tokens < 16384 => Some(E::Medium),
+            Thinking::Enabled { .. } => Some(E::High),
+            Thinking::Adaptive {} | Thinking::Disabled {} => None,
+        }
+    }
+
+    fn shown(&self) -> bool {
+        !matches!(self, Thinking::Disabled {})
+    }
 }
 
 impl MessagesRequest {
@@ -363,18 +397,30 @@ pub(crate) async fn messages(
     let mut conv = conversation(mr.system.as_ref(), &mr.messages)?;
     mr.tools(&mut conv)?;
     conv.stop = mr.stop_sequences.clone().unwrap_or_default();
+    conv.reasoning_effort = mr.thinking.as_ref().and_then(Thinking::effort);
+    conv.show_reasoning = mr.thinking.as_ref().is_some_and(Thinking::shown);
+    let ignored = compat::effort_for(ctx, &target, &mut conv, "thinking");
     let started = compat::start(ctx, caller, session, ApiStyle::Anthropic, &target, conv).await?;
     let id = format!("msg_{}", compat::new_id());
     if mr.stream.unwrap_or(false) {
         let frames = EventFrames {
             id,
             model: mr.model.clone(),
+            open: None,
+            blocks: 0,
+            text_seen: false,
         };
-        return compat::stream(ctx, started, frames).await;
+        let mut resp = compat::stream(ctx, started, frames).await?;
+        compat::name_ignored(&mut resp, &ignored);
+        return Ok(resp);
     }
     let reply = compat::complete(ctx, started).await?;
     let u = reply.result.token_usage;
     let mut content: Vec<Value> = Vec::new();
+    if !reply.reasoning.is_empty() {
+        // No signature: the thinking comes from a CLI, not from this API's model.
+        content.push(json!({"type": "thinking", "thinking": reply.reasoning, "signature": ""}));
+    }
     if reply.calls.is_empty() || !reply.text.is_empty() {
         content.push(json!({"type": "text", "text": reply.text}));
     }
@@ -398,6 +444,7 @@ pub(crate) async fn messages(
         }),
     );
     compat::set_session_header(&mut resp, &reply.session_id);
+    compat::name_ignored(&mut resp, &ignored);
     Ok(resp)
 }
 
@@ -406,10 +453,17 @@ fn tool_use_block(c: &CallView) -> Value {
     json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments})
 }
 
-/// Anthropic's `event:`/`data:` frames.
+/// Anthropic's `event:`/`data:` frames: content blocks numbered in order, a `thinking` block
+/// for the model's reasoning (when asked) and a `text` block, each opened as its first piece
+/// comes.
 struct EventFrames {
     id: String,
     model: String,
+    /// The open block: its index, and whether it is a thinking block.
+    open: Option<(usize, bool)>,
+    /// Blocks opened so far.
+    blocks: usize,
+    text_seen: bool,
 }
 
 fn event(name: &str, data: &Value) -> Bytes {
@@ -420,22 +474,70 @@ fn event(name: &str, data: &Value) -> Bytes {
 }
 
 impl EventFrames {
-    /// The text block closes and the message stops for `stop_reason`.
-    fn end(&self, result: &PromptResult, stop_reason: Value, stop_sequence: Value) -> Vec<Bytes> {
-        let u = result.token_usage;
-        vec![
-            event(
+    /// The open block closes.
+    fn close(&mut self, out: &mut Vec<Bytes>) {
+        if let Some((index, _)) = self.open.take() {
+            out.push(event(
                 "content_block_stop",
-                &json!({"type": "content_block_stop", "index": 0}),
-            ),
-            event(
-                "message_delta",
-                &json!({"type": "message_delta",
-                    "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-                    "usage": {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens}}),
-            ),
-            event("message_stop", &json!({"type": "message_stop"})),
-        ]
+                &json!({"type": "content_block_stop", "index": index}),
+            ));
+        }
+    }
+
+    /// The block for the next piece: the open one when of the same kind, else a new one.
+    fn block(&mut self, thinking: bool, out: &mut Vec<Bytes>) -> usize {
+        if let Some((index, kind)) = self.open {
+            if kind == thinking {
+                return index;
+            }
+        }
+        self.close(out);
+        let index = self.blocks;
+        self.blocks += 1;
+        let block = if thinking {
+            json!({"type": "thinking", "thinking": "", "signature": ""})
+        } else {
+            self.text_seen = true;
+            json!({"type": "text", "text": ""})
+        };
+        out.push(event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": index, "content_block": block}),
+        ));
+        if index == 0 {
+            // As Anthropic's API does: the ping after the first block's start.
+            out.push(event("ping", &json!({"type": "ping"})));
+        }
+        self.open = Some((index, thinking));
+        index
+    }
+
+    /// The answer's blocks close (an answer without text still has its empty text block).
+    fn close_all(&mut self, out: &mut Vec<Bytes>) {
+        if !self.text_seen {
+            self.block(false, out);
+        }
+        self.close(out);
+    }
+
+    /// The blocks close and the message stops for `stop_reason`.
+    fn end(
+        &mut self,
+        result: &PromptResult,
+        stop_reason: Value,
+        stop_sequence: Value,
+    ) -> Vec<Bytes> {
+        let u = result.token_usage;
+        let mut out = Vec::new();
+        self.close_all(&mut out);
+        out.push(event(
+            "message_delta",
+            &json!({"type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
+                "usage": {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens}}),
+        ));
+        out.push(event("message_stop", &json!({"type": "message_stop"})));
+        out
     }
 }
 
@@ -450,19 +552,27 @@ impl Frames for EventFrames {
                     "usage": {"input_tokens": 0, "output_tokens": 0},
                 }}),
             ),
-            event(
-                "content_block_start",
-                &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-            ),
-            event("ping", &json!({"type": "ping"})),
         ]
     }
 
     fn delta(&mut self, text: &str) -> Vec<Bytes> {
-        vec![event(
+        let mut out = Vec::new();
+        let index = self.block(false, &mut out);
+        out.push(event(
             "content_block_delta",
-            &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
-        )]
+            &json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}),
+        ));
+        out
+    }
+
+    fn thinking(&mut self, text: &str) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let index = self.block(true, &mut out);
+        out.push(event(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": text}}),
+        ));
+        out
     }
 
     fn finish(&mut self, result: &PromptResult) -> Vec<Bytes> {
@@ -480,12 +590,11 @@ impl Frames for EventFrames {
     /// The text block closes; each call is a `tool_use` block with its input as one JSON
     /// delta; the message stops with `tool_use`.
     fn calls(&mut self, calls: &[CallView]) -> Vec<Bytes> {
-        let mut out = vec![event(
-            "content_block_stop",
-            &json!({"type": "content_block_stop", "index": 0}),
-        )];
-        for (i, c) in calls.iter().enumerate() {
-            let index = i + 1;
+        let mut out = Vec::new();
+        self.close_all(&mut out);
+        for c in calls {
+            let index = self.blocks;
+            self.blocks += 1;
             out.push(event(
                 "content_block_start",
                 &json!({"type": "content_block_start", "index": index,

@@ -98,6 +98,9 @@ impl ChatRequest {
         self.tools(&mut conv)?;
         conv.stop = self.stop_sequences()?;
         conv.reasoning_effort = self.reasoning_effort;
+        // OpenAI-compatible servers answer the reasoning in `reasoning_content` when asked for
+        // an effort.
+        conv.show_reasoning = self.reasoning_effort.is_some();
         Ok(conv)
     }
 
@@ -329,6 +332,9 @@ pub(crate) async fn chat(
     }
     let reply = compat::complete(ctx, started).await?;
     let mut message = json!({"role": "assistant", "content": reply.text, "refusal": null});
+    if !reply.reasoning.is_empty() {
+        message["reasoning_content"] = Value::String(reply.reasoning.clone());
+    }
     let finish = match reply.calls.first() {
         None => "stop",
         Some(first) => {
@@ -412,6 +418,13 @@ impl Frames for ChunkFrames {
     fn delta(&mut self, text: &str) -> Vec<Bytes> {
         vec![self.chunk(
             json!([{"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]),
+            None,
+        )]
+    }
+
+    fn thinking(&mut self, text: &str) -> Vec<Bytes> {
+        vec![self.chunk(
+            json!([{"index": 0, "delta": {"reasoning_content": text}, "logprobs": null, "finish_reason": null}]),
             None,
         )]
     }

@@ -54,16 +54,26 @@ pub(crate) struct CreateRequest {
     #[serde(default)]
     prompt: Option<Value>,
     /// `effort` goes through the CLI's effort setting where it has one (else named ignored);
-    /// the rest (`summary`, …) is named ignored.
+    /// `summary` asks for the reasoning the CLI prints, as a `reasoning` output item.
     #[serde(default)]
     reasoning: Option<Reasoning>,
+    /// `reasoning.encrypted_content` also asks for the reasoning item (it has no encrypted
+    /// content: the reasoning comes from a CLI); any other entry is named ignored.
+    #[serde(default)]
+    include: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 struct Reasoning {
     #[serde(default)]
     effort: Option<clinvk_shared::api::ReasoningEffort>,
+    /// `auto`, `concise` or `detailed`: the CLI's reasoning text is shown whole, whichever.
+    #[serde(default)]
+    summary: Option<String>,
 }
+
+/// The `include` entry that asks for the reasoning.
+const INCLUDE_REASONING: &str = "reasoning.encrypted_content";
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -257,6 +267,9 @@ struct Shape {
     metadata: Value,
     /// `text.format` as requested (echoed).
     format: Value,
+    reasoning_id: String,
+    /// The model's reasoning shown (a `reasoning` item before the message), when asked for.
+    reasoning: String,
 }
 
 impl Shape {
@@ -269,11 +282,14 @@ impl Shape {
         result: Option<&PromptResult>,
         error: Option<&ApiError>,
     ) -> Value {
-        let mut output: Vec<Value> = text
-            .filter(|t| calls.is_empty() || !t.is_empty())
-            .map(|t| self.message(t, "completed"))
-            .into_iter()
-            .collect();
+        let mut output: Vec<Value> = Vec::new();
+        if !self.reasoning.is_empty() {
+            output.push(self.reasoning_item(&self.reasoning));
+        }
+        output.extend(
+            text.filter(|t| calls.is_empty() || !t.is_empty())
+                .map(|t| self.message(t, "completed")),
+        );
         output.extend(calls.iter().map(|c| function_call(c, "completed")));
         let usage = result.map(|r| {
             let u = r.token_usage;
@@ -314,6 +330,15 @@ impl Shape {
 
     fn message(&self, text: &str, status: &str) -> Value {
         message_item(&self.message_id, text, status)
+    }
+
+    /// The `reasoning` output item: the reasoning as one summary text.
+    fn reasoning_item(&self, text: &str) -> Value {
+        let summary: Vec<Value> = (!text.is_empty())
+            .then(|| json!({"type": "summary_text", "text": text}))
+            .into_iter()
+            .collect();
+        json!({"type": "reasoning", "id": self.reasoning_id, "summary": summary})
     }
 }
 
@@ -372,6 +397,12 @@ pub(crate) async fn create(
     conv.output_schema = compat::format_schema(format, "text.format")?;
     let mut ignored = r.tools(&mut conv)?;
     conv.reasoning_effort = r.reasoning.as_ref().and_then(|x| x.effort);
+    let include = r.include.as_deref().unwrap_or_default();
+    conv.show_reasoning = r.reasoning.as_ref().is_some_and(|x| x.summary.is_some())
+        || include.iter().any(|i| i == INCLUDE_REASONING);
+    if include.iter().any(|i| i != INCLUDE_REASONING) {
+        ignored.push("include".into());
+    }
     ignored.extend(compat::effort_for(
         ctx,
         &target,
@@ -408,6 +439,8 @@ pub(crate) async fn create(
         store: r.store.unwrap_or(true),
         metadata: r.metadata.clone().unwrap_or_else(|| json!({})),
         format: format.cloned().unwrap_or_else(|| json!({"type": "text"})),
+        reasoning_id: format!("rs_{}", compat::new_id()),
+        reasoning: String::new(),
     };
     let keep = Keep {
         ctx: ctx.clone(),
@@ -422,12 +455,15 @@ pub(crate) async fn create(
             seq: 0,
             text: String::new(),
             message_open: false,
+            reasoning_open: false,
         };
         let mut resp = compat::stream(ctx, started, frames).await?;
         compat::name_ignored(&mut resp, &ignored);
         return Ok(resp);
     }
     let reply = compat::complete(ctx, started).await?;
+    let mut shape = shape;
+    shape.reasoning = reply.reasoning.clone();
     let body = shape.object(
         "completed",
         Some(&reply.text),
@@ -515,6 +551,9 @@ struct EventFrames {
     /// The text so far (for the `…done` events).
     text: String,
     message_open: bool,
+    /// The reasoning item is open (it comes first; reasoning that comes once the message
+    /// began is not shown).
+    reasoning_open: bool,
 }
 
 impl EventFrames {
@@ -532,28 +571,59 @@ impl EventFrames {
         json!({"type": "output_text", "text": self.text, "annotations": []})
     }
 
+    /// The message item's place in `output` (after the reasoning item, if any).
+    fn message_index(&self) -> usize {
+        usize::from(!self.shape.reasoning.is_empty())
+    }
+
+    /// The reasoning item's closing events (once it was open), before the message opens.
+    fn close_reasoning(&mut self) -> Vec<Bytes> {
+        if !std::mem::take(&mut self.reasoning_open) {
+            return Vec::new();
+        }
+        let item_id = self.shape.reasoning_id.clone();
+        let text = self.shape.reasoning.clone();
+        let item = self.shape.reasoning_item(&text);
+        let part = json!({"type": "summary_text", "text": text});
+        vec![
+            self.event(
+                "response.reasoning_summary_text.done",
+                json!({"item_id": item_id, "output_index": 0, "summary_index": 0, "text": text}),
+            ),
+            self.event(
+                "response.reasoning_summary_part.done",
+                json!({"item_id": item_id, "output_index": 0, "summary_index": 0, "part": part}),
+            ),
+            self.event(
+                "response.output_item.done",
+                json!({"output_index": 0, "item": item}),
+            ),
+        ]
+    }
+
     /// The message item's opening events (once).
     fn open_message(&mut self) -> Vec<Bytes> {
         if self.message_open {
             return Vec::new();
         }
+        let mut out = self.close_reasoning();
         self.message_open = true;
+        let index = self.message_index();
         let item = json!({
             "type": "message", "id": self.shape.message_id, "status": "in_progress",
             "role": "assistant", "content": [],
         });
         let part = self.part();
         let item_id = self.shape.message_id.clone();
-        vec![
-            self.event(
-                "response.output_item.added",
-                json!({"output_index": 0, "item": item}),
-            ),
-            self.event(
-                "response.content_part.added",
-                json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": part}),
-            ),
-        ]
+        out.push(self.event(
+            "response.output_item.added",
+            json!({"output_index": index, "item": item}),
+        ));
+        out.push(self.event(
+            "response.content_part.added",
+            json!({"item_id": item_id, "output_index": index, "content_index": 0, "part": part}),
+        ));
+        out
     }
 
     /// The message item's closing events.
@@ -562,18 +632,19 @@ impl EventFrames {
         let text = self.text.clone();
         let part = self.part();
         let item = self.shape.message(&text, "completed");
+        let index = self.message_index();
         vec![
             self.event(
                 "response.output_text.done",
-                json!({"item_id": item_id, "output_index": 0, "content_index": 0, "text": text, "logprobs": []}),
+                json!({"item_id": item_id, "output_index": index, "content_index": 0, "text": text, "logprobs": []}),
             ),
             self.event(
                 "response.content_part.done",
-                json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": part}),
+                json!({"item_id": item_id, "output_index": index, "content_index": 0, "part": part}),
             ),
             self.event(
                 "response.output_item.done",
-                json!({"output_index": 0, "item": item}),
+                json!({"output_index": index, "item": item}),
             ),
         ]
     }
@@ -605,9 +676,36 @@ impl Frames for EventFrames {
         let mut out = self.open_message();
         self.text.push_str(text);
         let item_id = self.shape.message_id.clone();
+        let index = self.message_index();
         out.push(self.event(
             "response.output_text.delta",
-            json!({"item_id": item_id, "output_index": 0, "content_index": 0, "delta": text, "logprobs": []}),
+            json!({"item_id": item_id, "output_index": index, "content_index": 0, "delta": text, "logprobs": []}),
+        ));
+        out
+    }
+
+    fn thinking(&mut self, text: &str) -> Vec<Bytes> {
+        if self.message_open {
+            return Vec::new(); // the reasoning item is closed
+        }
+        let mut out = Vec::new();
+        let item_id = self.shape.reasoning_id.clone();
+        if !self.reasoning_open {
+            self.reasoning_open = true;
+            let item = self.shape.reasoning_item("");
+            out.push(self.event(
+                "response.output_item.added",
+                json!({"output_index": 0, "item": item}),
+            ));
+            out.push(self.event(
+                "response.reasoning_summary_part.added",
+                json!({"item_id": item_id, "output_index": 0, "summary_index": 0, "part": {"type": "summary_text", "text": ""}}),
+            ));
+        }
+        self.shape.reasoning.push_str(text);
+        out.push(self.event(
+            "response.reasoning_summary_text.delta",
+            json!({"item_id": item_id, "output_index": 0, "summary_index": 0, "delta": text}),
         ));
         out
     }
@@ -620,12 +718,12 @@ impl Frames for EventFrames {
     }
 
     fn calls(&mut self, calls: &[CallView]) -> Vec<Bytes> {
-        let mut out = Vec::new();
+        let mut out = self.close_reasoning();
         let first = if self.message_open {
             out.extend(self.close_message());
-            1
+            self.message_index() + 1
         } else {
-            0
+            self.message_index()
         };
         for (i, c) in calls.iter().enumerate() {
             let index = first + i;

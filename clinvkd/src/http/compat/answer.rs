@@ -7,6 +7,8 @@ use crate::error::Code;
 /// What a run produces, reduced to what the compatible APIs show.
 pub(crate) enum Piece {
     Text(String),
+    /// The model's reasoning, as the CLI printed it (only when the request asks for it).
+    Thinking(String),
     /// The model called client tools: the answer ends with them, the run is parked.
     Calls(Vec<CallView>),
     /// The text reached one of the request's stop sequences (not shown): the answer ends here.
@@ -60,6 +62,9 @@ pub(crate) struct Pieces {
     held: String,
     /// A stop sequence met after the text just handed out.
     pending_stop: Option<String>,
+    /// The request asks for the reasoning text; what came of it so far.
+    show_reasoning: bool,
+    pub(crate) thought: String,
 }
 
 impl Pieces {
@@ -72,6 +77,7 @@ impl Pieces {
             owner,
             one_call,
             stop,
+            show_reasoning,
         } = started;
         (
             Pieces {
@@ -88,6 +94,8 @@ impl Pieces {
                 stop,
                 held: String::new(),
                 pending_stop: None,
+                show_reasoning,
+                thought: String::new(),
             },
             meta,
         )
@@ -156,6 +164,12 @@ impl Pieces {
                     continue;
                 }
                 PromptUpdate::ToolCall(call) => return Some(self.batch_from(call).await),
+                PromptUpdate::Event(Event::Thinking { text })
+                    if self.show_reasoning && !text.is_empty() =>
+                {
+                    self.thought.push_str(&text);
+                    return Some(Piece::Thinking(text));
+                }
                 // Not part of the reply text (tools, thinking and usage are in the result or the
                 // native stream only).
                 PromptUpdate::Event(
@@ -341,6 +355,8 @@ pub(crate) struct Finished {
     pub(crate) session_id: Option<String>,
     /// The stop sequence the answer ended at (it is not part of `text`).
     pub(crate) stop_sequence: Option<String>,
+    /// The model's reasoning the CLI printed, when the request asked for it (else empty).
+    pub(crate) reasoning: String,
 }
 
 /// Runs to the end or to client-tool calls (the non-streaming answer); a failed run is an
@@ -355,9 +371,10 @@ pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, Ap
             _ = &mut stopped => return Err(shutting_down()),
         };
         match piece {
-            Some(Piece::Text(_)) => continue,
+            Some(Piece::Text(_) | Piece::Thinking(_)) => continue,
             Some(Piece::Calls(calls)) => {
                 let text = pieces.emitted.clone();
+                let reasoning = std::mem::take(&mut pieces.thought);
                 pieces.park(ctx);
                 return Ok(Finished {
                     text,
@@ -365,10 +382,12 @@ pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, Ap
                     result: PromptResult::default(),
                     session_id: meta.session_id,
                     stop_sequence: None,
+                    reasoning,
                 });
             }
             Some(Piece::Stopped(seq)) => {
                 let text = pieces.emitted.clone();
+                let reasoning = std::mem::take(&mut pieces.thought);
                 meta.commit(ctx, &text);
                 pieces.release(ctx);
                 return Ok(Finished {
@@ -377,6 +396,7 @@ pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, Ap
                     result: PromptResult::default(),
                     session_id: meta.session_id,
                     stop_sequence: Some(seq),
+                    reasoning,
                 });
             }
             Some(Piece::Done(r)) => break *r,
@@ -398,6 +418,7 @@ pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, Ap
         result: result.result,
         session_id: meta.session_id,
         stop_sequence: None,
+        reasoning: pieces.thought,
     })
 }
 
@@ -414,6 +435,9 @@ pub(crate) trait Frames: Send + 'static {
     /// Frames before the first text (e.g. the role chunk, `message_start`).
     fn start(&mut self) -> Vec<Bytes>;
     fn delta(&mut self, text: &str) -> Vec<Bytes>;
+    /// A piece of the model's reasoning (only when the request asked for it; it comes before
+    /// the text of its step).
+    fn thinking(&mut self, text: &str) -> Vec<Bytes>;
     /// The closing frames of a successful run.
     fn finish(&mut self, result: &PromptResult) -> Vec<Bytes>;
     /// The closing frames of an answer that ends with client-tool calls.
@@ -507,7 +531,9 @@ pub(crate) async fn stream(
                 let failed = match &piece {
                     None => Some(run_lost()),
                     Some(Piece::Done(r)) => run_error(r),
-                    Some(Piece::Text(_) | Piece::Calls(_) | Piece::Stopped(_)) => None,
+                    Some(
+                        Piece::Text(_) | Piece::Thinking(_) | Piece::Calls(_) | Piece::Stopped(_),
+                    ) => None,
                 };
                 match failed {
                     Some(e) => {
@@ -525,6 +551,7 @@ pub(crate) async fn stream(
             let mut end = false;
             match piece {
                 Some(Piece::Text(t)) => out.extend(frames.delta(&t)),
+                Some(Piece::Thinking(t)) => out.extend(frames.thinking(&t)),
                 Some(Piece::Calls(calls)) => {
                     out.extend(frames.calls(&calls));
                     // Parked before the client sees the calls: its results may come at once.

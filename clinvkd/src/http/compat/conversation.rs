@@ -73,6 +73,10 @@ pub(crate) struct Conversation {
     /// Stop sequences (chat `stop`, Anthropic `stop_sequences`): the answer ends before the
     /// first one.
     pub(crate) stop: Vec<String>,
+    /// The request asks for the model's reasoning text (chat `reasoning_effort`, Responses
+    /// `reasoning.summary`, Anthropic `thinking`): what the CLI prints of it goes out in the
+    /// style's own field.
+    pub(crate) show_reasoning: bool,
     /// Chat `reasoning_effort`, Responses `reasoning.effort`: through the CLI's own setting
     /// where it has one (see `compat::effort_for`).
     pub(crate) reasoning_effort: Option<clinvk_shared::api::ReasoningEffort>,

@@ -18,6 +18,8 @@ pub(crate) struct Started {
     pub(crate) one_call: bool,
     /// See `Conversation::stop`.
     pub(crate) stop: Vec<String>,
+    /// See `Conversation::show_reasoning`.
+    pub(crate) show_reasoning: bool,
 }
 
 /// The tool results at the end of a conversation (the new turns), by call id. What the user
@@ -107,6 +109,7 @@ pub(super) async fn continue_parked(
                 owner: caller.owner().map(str::to_string),
                 one_call: conv.one_call,
                 stop: conv.stop.clone(),
+                show_reasoning: conv.show_reasoning,
             }))
         }
         Err(Unmatched::Foreign) => Ok(None),
@@ -233,5 +236,6 @@ pub(crate) async fn start(
         owner: caller.owner().map(str::to_string),
         one_call: conv.one_call,
         stop: conv.stop,
+        show_reasoning: conv.show_reasoning,
     })
 }
