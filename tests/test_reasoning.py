@@ -1,18 +1,19 @@
 """The model's reasoning, as the CLI prints it, in each API style's own field when the request
 asks for it: chat `reasoning_content` (with `reasoning_effort`), Responses `reasoning` items
 (with `reasoning.summary`), Anthropic `thinking` blocks (with `thinking`) — streamed and not,
-through the official SDKs. The fake model thinks when the prompt holds `[[think]]` (an Anthropic
-`thinking` block); claude, copilot and opencode (warm) print it."""
+through the official SDKs, over every pinned CLI in its warm mode (the default). The fake model
+thinks when the prompt holds `[[think]]`, in each protocol's shape (an Anthropic thinking block,
+a Responses reasoning item, a Gemini thought part)."""
 
 from __future__ import annotations
 
 import pytest
 
-from compat_world import compat  # noqa: F401  (fixture)
+from compat_world import BACKENDS, compat  # noqa: F401  (fixture)
 
-# The CLIs that print an Anthropic thinking block they receive (measured): claude and copilot in
-# both modes, opencode in warm mode (its `run` prints reasoning only with `--thinking`).
-THINKERS = ["claude", "copilot", "opencode"]
+# Every CLI prints its model's reasoning in warm mode (measured); one-shot, gemini prints no
+# thoughts and opencode's `run` prints reasoning only with `--thinking`.
+THINKERS = BACKENDS
 PROMPT = "[[think]] weigh it"
 THOUGHT = "fake-thought about"
 

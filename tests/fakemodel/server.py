@@ -987,29 +987,51 @@ class Handler(BaseHTTPRequestHandler):
                  "tools": [], "usage": usage if with_usage else None}
             return r
 
+        thought = getattr(self, "_thought", None)
+        reasoning = None
+        if thought:
+            reasoning = {"id": "rs_fake_" + uuid.uuid4().hex[:20], "type": "reasoning",
+                         "summary": [{"type": "summary_text", "text": thought}]}
+        output = [reasoning, item] if reasoning else [item]
+        at = len(output) - 1  # the message's output index
         if not stream:
-            r = response("completed", [item], True)
+            r = response("completed", output, True)
             r["output_text"] = text
             return self._send_json(200, r)
 
         ev = self._responses_stream(response)
-        ev("response.output_item.added", {"output_index": 0, "item": {
+        if reasoning:
+            rid = reasoning["id"]
+            ev("response.output_item.added", {"output_index": 0, "item": dict(reasoning, summary=[])})
+            ev("response.reasoning_summary_part.added", {
+                "item_id": rid, "output_index": 0, "summary_index": 0,
+                "part": {"type": "summary_text", "text": ""}})
+            for d in split_deltas(thought):
+                ev("response.reasoning_summary_text.delta", {
+                    "item_id": rid, "output_index": 0, "summary_index": 0, "delta": d})
+            ev("response.reasoning_summary_text.done", {
+                "item_id": rid, "output_index": 0, "summary_index": 0, "text": thought})
+            ev("response.reasoning_summary_part.done", {
+                "item_id": rid, "output_index": 0, "summary_index": 0,
+                "part": {"type": "summary_text", "text": thought}})
+            ev("response.output_item.done", {"output_index": 0, "item": reasoning})
+        ev("response.output_item.added", {"output_index": at, "item": {
             "id": item_id, "type": "message", "status": "in_progress", "role": "assistant",
             "content": []}})
-        ev("response.content_part.added", {"item_id": item_id, "output_index": 0,
+        ev("response.content_part.added", {"item_id": item_id, "output_index": at,
                                            "content_index": 0,
                                            "part": {"type": "output_text", "text": "",
                                                     "annotations": []}})
         for i, d in enumerate(deltas):
             self._between(i, gap)
-            ev("response.output_text.delta", {"item_id": item_id, "output_index": 0,
+            ev("response.output_text.delta", {"item_id": item_id, "output_index": at,
                                               "content_index": 0, "delta": d})
-        ev("response.output_text.done", {"item_id": item_id, "output_index": 0,
+        ev("response.output_text.done", {"item_id": item_id, "output_index": at,
                                          "content_index": 0, "text": text})
-        ev("response.content_part.done", {"item_id": item_id, "output_index": 0,
+        ev("response.content_part.done", {"item_id": item_id, "output_index": at,
                                           "content_index": 0, "part": part})
-        ev("response.output_item.done", {"output_index": 0, "item": item})
-        ev("response.completed", {"response": response("completed", [item], True)})
+        ev("response.output_item.done", {"output_index": at, "item": item})
+        ev("response.completed", {"response": response("completed", output, True)})
         self._end_stream()
 
     # Gemini ---------------------------------------------------------------
@@ -1027,9 +1049,17 @@ class Handler(BaseHTTPRequestHandler):
                                       "totalTokenCount": in_tokens + out_tokens},
                     "modelVersion": model, "responseId": resp_id}
 
+        thought = getattr(self, "_thought", None)
         if not stream:
-            return self._send_json(200, chunk(text, True, len(deltas)))
+            whole = chunk(text, True, len(deltas))
+            if thought:
+                whole["candidates"][0]["content"]["parts"].insert(0, {"text": thought, "thought": True})
+            return self._send_json(200, whole)
         self._start_stream()
+        if thought:
+            first = chunk("", False, 0)
+            first["candidates"][0]["content"]["parts"] = [{"text": thought, "thought": True}]
+            self._chunk("data: " + json.dumps(first) + "\r\n\r\n")
         for i, d in enumerate(deltas):
             self._between(i, gap)
             self._chunk("data: " + json.dumps(chunk(d, i == len(deltas) - 1, i + 1)) + "\r\n\r\n")
