@@ -543,16 +543,14 @@ impl EventFrames {
 
 impl Frames for EventFrames {
     fn start(&mut self) -> Vec<Bytes> {
-        vec![
-            event(
-                "message_start",
-                &json!({"type": "message_start", "message": {
-                    "id": self.id, "type": "message", "role": "assistant", "model": self.model,
-                    "content": [], "stop_reason": null, "stop_sequence": null,
-                    "usage": {"input_tokens": 0, "output_tokens": 0},
-                }}),
-            ),
-        ]
+        vec![event(
+            "message_start",
+            &json!({"type": "message_start", "message": {
+                "id": self.id, "type": "message", "role": "assistant", "model": self.model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": 0, "output_tokens": 0},
+            }}),
+        )]
     }
 
     fn delta(&mut self, text: &str) -> Vec<Bytes> {
