@@ -12,6 +12,9 @@ backend, N times each:
 * clinvk warm (`mode: warm`, `warm.pool: 1`): a new session taken from the pool (refilled
   before each run; the run waits until the pooled worker is 5 s old, as it would be between a
   user's requests), and a follow-up turn of a session whose worker is alive;
+* clinvk warm in another folder: a new session with a `workdir` other than the default, once
+  the folder was used (it then keeps a spare, `warm.folders`), the same way; and the `clinvk`
+  command itself run in that folder (wall time of the whole command, which sends its folder);
 
 for clinvk: time to the first streamed answer text (an NDJSON `message` line) and to the end,
 p50 and p95. Then the daemon's RSS and each live worker's (its process group's) RSS.
@@ -167,10 +170,46 @@ def bench_backend(url, world, backend: str, runs: int, timeout: float) -> dict:
         if mode == "warm":
             live = workers(world, backend)
             out["worker_rss_mb"] = [round((w["rss_bytes"] or 0) / 2**20, 1) for w in live]
+            out.update(bench_folder(url, world, backend, body, runs, timeout))
     bare = out["bare"]["first_p50_ms"]
+    out["ratio_folder_new_first"] = round(out["warm_folder_new"]["first_p50_ms"] / bare, 3) if bare else None
+    bare_end = out["bare"]["end_p50_ms"]
+    out["ratio_folder_new_end"] = round(out["warm_folder_new"]["end_p50_ms"] / bare_end, 3) if bare_end else None
     out["ratio_followup_first"] = round(out["warm_followup"]["first_p50_ms"] / bare, 3) if bare else None
     out["ratio_new_first"] = round(out["warm_new"]["first_p50_ms"] / bare, 3) if bare else None
     return out
+
+
+def bench_folder(url, world, backend: str, body: dict, runs: int, timeout: float) -> dict:
+    """New sessions in a folder other than the default, once it was used (warm mode, pool 1)."""
+    from harness import BIN_DIR
+
+    proj = Path(world.root) / f"project-{backend}"
+    proj.mkdir(exist_ok=True)
+    at = {**body, "workdir": str(proj)}
+    stream_turn(url, at, timeout)  # the folder is used once: from now on it keeps a spare
+
+    def settled_spares() -> bool:
+        # The default pool's worker and the folder's spare, both past their start-up.
+        return sum(w["age_ms"] >= POOL_SETTLE_MS for w in workers(world, backend, "pooled")) >= 2
+
+    first, end = [], []
+    for _ in range(runs):
+        wait_for(settled_spares, timeout, f"a settled {backend} spare for the folder")
+        f, e, _ = stream_turn(url, at, timeout)
+        first.append(f)
+        end.append(e)
+    cmd = []
+    for _ in range(runs):
+        wait_for(settled_spares, timeout, f"a settled {backend} spare for the folder")
+        t0 = time.monotonic()
+        r = subprocess.run([str(Path(BIN_DIR) / "clinvk"), "-b", backend, bench.PROMPT], cwd=proj,
+                           env=world.env, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"clinvk failed: {r.stderr[-2000:]}")
+        cmd.append((time.monotonic() - t0) * 1000)
+    return {"warm_folder_new": summary(first, end),
+            "clinvk_command_ms": {"p50": round(statistics.median(cmd)), "max": round(max(cmd))}}
 
 
 def main(argv=None) -> int:
@@ -215,7 +254,7 @@ def main(argv=None) -> int:
 
     print(f"machine: {report['machine']['cpus']} CPUs, {report['machine']['cpu']}; binaries {report['binaries']}")
     print("time to the first answer text / to the end, p50 (p95), ms")
-    cols = ["bare", "oneshot_new", "oneshot_followup", "warm_new", "warm_followup"]
+    cols = ["bare", "oneshot_new", "oneshot_followup", "warm_new", "warm_followup", "warm_folder_new"]
     print(f"{'backend':<8}" + "".join(f"{c:>26}" for c in cols))
     for r in report["backends"]:
         cells = []
@@ -225,7 +264,9 @@ def main(argv=None) -> int:
         print(f"{r['backend']:<8}" + "".join(f"{x:>26}" for x in cells))
     for r in report["backends"]:
         print(f"{r['backend']}: warm follow-up first text = {r['ratio_followup_first']}× bare, "
-              f"warm new session (pool) = {r['ratio_new_first']}× bare; worker RSS MiB {r.get('worker_rss_mb')}")
+              f"warm new session (pool) = {r['ratio_new_first']}× bare; new session in a recent folder: "
+              f"first text {r['ratio_folder_new_first']}×, whole turn {r['ratio_folder_new_end']}× bare; "
+              f"`clinvk` command there {r['clinvk_command_ms']['p50']} ms; worker RSS MiB {r.get('worker_rss_mb')}")
     print(f"daemon RSS: {report['daemon_rss']}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")

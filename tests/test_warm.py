@@ -112,6 +112,38 @@ def test_pool_replenishes_idle_workers_retire_and_a_reload_renews_the_pool(live_
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_folder_used_lately_keeps_a_spare_worker(live_world, fake_model, backend):
+    """A new session in another folder than the default starts its worker on demand; from then
+    on that folder keeps a spare (`warm.folders`), so the next new session there is answered by
+    a worker that was started before it was asked for."""
+    pooled_world(live_world)
+    url = start_live(live_world, config(backend, pool=1))
+    [default] = poll(lambda: workers(live_world, backend, "pooled"), 60, "the default pool")
+    proj = live_world.root / "proj"
+    proj.mkdir()
+    status, r, _ = post(url + "/api/v1/prompt",
+                        {"backend": backend, "prompt": "in the project", "workdir": str(proj)})
+    assert status == 200 and r["error"] is None, r
+    [first] = workers(live_world, backend, "idle")
+    assert first["pid"] != default["pid"], "the default pool's worker is for the default folder"
+
+    def spare():
+        return [w for w in workers(live_world, backend, "pooled") if w["pid"] != default["pid"]]
+
+    [kept] = poll(spare, 60, "a spare worker for the folder")
+    status, r2, _ = post(url + "/api/v1/prompt",
+                         {"backend": backend, "prompt": "a second session", "workdir": str(proj)})
+    assert status == 200 and r2["error"] is None, r2
+    assert r2["session_id"] != r["session_id"] and "turns=1 last=a second session" in r2["output"]
+    [second] = [w for w in workers(live_world, backend, "idle") if w["pid"] != first["pid"]]
+    assert second["pid"] == kept["pid"] and second["turns"] == 1, (second, kept)
+    # The default folder's pooled worker was left alone, and the folder's spare is refilled.
+    pooled = poll(lambda: len(workers(live_world, backend, "pooled")) == 2 and workers(live_world, backend, "pooled"),
+                  60, "the folder's spare to be refilled")
+    assert default["pid"] in [w["pid"] for w in pooled]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_cancelled_turn_is_interrupted_and_the_session_goes_on_in_its_worker(live_world, fake_model, backend):
     url = start_live(live_world, config(backend))
     status, r, _ = post(url + "/api/v1/prompt", {"backend": backend, "prompt": "opening words"})

@@ -4,7 +4,8 @@
 //! A worker is a process started by the supervisor (own process group, death signal, killed
 //! with its group when dropped) plus the driver of its protocol. It holds one backend session.
 //! Between turns it waits here, idle, found again by that session's id; a pool keeps workers
-//! ready for new sessions with the default settings. The maintenance task retires idle workers
+//! ready for new sessions with the default settings, in the default folder and in the folders
+//! used lately (`pool`). The maintenance task retires idle workers
 //! (`backends.<b>.warm.idle_secs`), dead ones, the least recently used when memory runs low or
 //! `limits.max_workers` is reached, and pooled ones whose settings a reload changed.
 
@@ -169,6 +170,8 @@ struct State {
     /// Turns started per backend session (so a worker still finishing an interrupted turn is
     /// not parked after a later turn of its session began elsewhere).
     turn_seq: HashMap<String, u64>,
+    /// Folders new sessions used lately, which keep a spare (see `pool`).
+    recent: Vec<pool::RecentFolder>,
 }
 
 /// Every warm worker of the daemon (cheap to clone).
@@ -358,7 +361,7 @@ impl Workers {
     }
 
     /// Pooled workers of `backend` started with `key`.
-    fn pooled(&self, backend: Backend, key: &WorkerKey) -> usize {
+    pub(super) fn pooled(&self, backend: Backend, key: &WorkerKey) -> usize {
         self.state()
             .idle
             .iter()
@@ -527,74 +530,8 @@ pub(crate) async fn maintain(ctx: crate::ctx::Ctx) {
     tracing::debug!(count = n, "drain: idle workers retired");
 }
 
-/// Refilling a backend's pool after its pooled workers died unused: 1 s, then doubling up to
-/// 5 min, so a CLI that cannot start is not restarted every second; a reload starts afresh.
-#[derive(Default)]
-struct PoolBackoff {
-    /// Per backend: consecutive failures, and when the next refill may run.
-    state: HashMap<Backend, (u32, Instant)>,
-    reloads: u64,
-}
-
-impl PoolBackoff {
-    fn failed(&mut self, b: Backend) -> Duration {
-        let entry = self.state.entry(b).or_insert((0, Instant::now()));
-        entry.0 += 1;
-        let wait = Duration::from_secs((1u64 << (entry.0 - 1).min(9)).min(300));
-        entry.1 = Instant::now() + wait;
-        wait
-    }
-
-    fn ready(&self, b: Backend) -> bool {
-        self.state
-            .get(&b)
-            .is_none_or(|(_, at)| Instant::now() >= *at)
-    }
-}
-
-/// Keeps `backends.<b>.warm.pool` workers ready for a new session with the default settings
-/// (pooled workers started with other settings are retired).
-async fn fill_pool(ctx: &crate::ctx::Ctx, backend: Backend) {
-    let settings = ctx.settings();
-    let cfg = settings.backend(backend);
-    let wanted = if cfg.enabled && cfg.mode == clinvk_shared::config::BackendMode::Warm {
-        cfg.warm.pool
-    } else {
-        0
-    };
-    let available = ctx.backends.get(backend).is_some_and(|s| s.available);
-    let template = if wanted > 0 && available {
-        crate::ops::prompt::default_invocation(ctx, backend)
-    } else {
-        None
-    };
-    let key = template
-        .as_ref()
-        .and_then(|inv| crate::engine::worker_key(ctx, inv).ok());
-    let stale = ctx.workers.retire_where(|w| {
-        w.backend == backend && w.state() == WorkerState::Pooled && Some(&w.key) != key.as_ref()
-    });
-    if stale > 0 {
-        tracing::info!(backend = %backend, count = stale, "pooled workers retired: the default settings changed");
-    }
-    let (Some(inv), Some(key)) = (template, key) else {
-        return;
-    };
-    let max = max_workers(settings.limits.max_workers);
-    while ctx.workers.pooled(backend, &key) < wanted && ctx.workers.live() < max {
-        match crate::engine::spawn_worker(ctx, &inv, key.clone()).await {
-            Ok(w) => {
-                tracing::info!(worker = %w.id, backend = %backend, pid = w.pid, "pooled worker started");
-                metrics::counter!("clinvk_worker_spawns_total", "backend" => backend.as_str(), "reason" => "pool").increment(1);
-                ctx.workers.park(w, max);
-            }
-            Err(e) => {
-                tracing::warn!(backend = %backend, error = %e, "cannot start a pooled worker");
-                break;
-            }
-        }
-    }
-}
+mod pool;
+use pool::{fill_pool, PoolBackoff};
 
 #[cfg(test)]
 mod tests;

@@ -152,6 +152,9 @@ pub struct WarmSettings {
     pub idle_secs: u64,
     /// Workers kept ready for new sessions with the default settings.
     pub pool: usize,
+    /// Besides the default folder, the folders new sessions (with the default settings) used
+    /// most recently, within `idle_secs`, each keep one spare worker (when `pool` > 0).
+    pub folders: usize,
 }
 
 impl Default for WarmSettings {
@@ -159,6 +162,7 @@ impl Default for WarmSettings {
         Self {
             idle_secs: 300,
             pool: 1,
+            folders: 2,
         }
     }
 }

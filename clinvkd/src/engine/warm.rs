@@ -284,7 +284,10 @@ pub(super) async fn warm_turn(
     let backend = inv.backend;
     let found = match &inv.resume {
         Some(sid) => ctx.workers.take_session(backend, sid, &key),
-        None => ctx.workers.take_pooled(backend, &key),
+        None => {
+            ctx.workers.note_new_session(ctx, inv, &key);
+            ctx.workers.take_pooled(backend, &key)
+        }
     };
     if found.is_none() && inv.resume.is_some() && !live.driver.resumes() {
         return Ok(None);
