@@ -121,7 +121,9 @@ def wait_for(pred, timeout: float, what: str):
 
 
 def set_mode(world, mode: str, pool: int) -> None:
-    text = "backends:\n" + "".join(
+    # Every measured new session leaves its worker idle for `warm.idle_secs`: room for all of
+    # them, so that the next backend's pool is not held back by `limits.max_workers`.
+    text = "limits:\n  max_workers: 64\nbackends:\n" + "".join(
         f"  {b}:\n    mode: {mode}\n    warm:\n      pool: {pool}\n" for b in BACKENDS)
     world.write_config(text)
     r = world.ctl("reload")
