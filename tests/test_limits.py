@@ -177,7 +177,8 @@ def test_a_refusal_without_windows_is_a_429(compat, fake_model, backend, mode):
     assert limits["status"] == "rejected" and limits["windows"] == [], limits
     # A task of `parallel` reports it in its result.
     status, body = http_json("POST", d.url + "/api/v1/parallel", {"tasks": [
-        {"backend": backend, "prompt": "a task over the limit", "workdir": str(d.world.root / "work")}]})
+        {"backend": backend, "prompt": "a task over the limit", "workdir": str(d.world.root / "work")}]},
+        timeout=120)
     assert status == 200 and body["failed"] == 1, body
     [task] = body["results"]
     assert task["error"] and task["usage_limit"]["status"] == "rejected", task
