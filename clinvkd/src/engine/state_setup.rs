@@ -100,22 +100,31 @@ mod tests {
 
     #[test]
     fn the_marker_is_looked_for_in_the_state_folder_the_child_will_use() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().to_str().unwrap();
-        let oc = backend::adapter(Backend::Opencode);
-        let s = spec(Backend::Opencode, &[("XDG_DATA_HOME", data)]);
-        assert_eq!(
-            missing_marker(oc, &s),
-            Some(dir.path().join("opencode/opencode.db"))
-        );
-        std::fs::create_dir_all(dir.path().join("opencode")).unwrap();
-        std::fs::write(dir.path().join("opencode/opencode.db"), b"").unwrap();
-        assert_eq!(missing_marker(oc, &s), None);
-        // CLIs without a setup never wait.
-        let claude = spec(Backend::Claude, &[("CLAUDE_CONFIG_DIR", data)]);
-        assert_eq!(
-            missing_marker(backend::adapter(Backend::Claude), &claude),
-            None
-        );
+        for a in backend::adapters() {
+            let home = tempfile::tempdir().unwrap();
+            // The variable that moves the state folder, emptied: it counts as unset.
+            let var = a.backend().info().state.var;
+            let s = spec(
+                a.backend(),
+                &[("HOME", home.path().to_str().unwrap()), (var, "")],
+            );
+            let Some(setup) = a.state_setup() else {
+                // CLIs without a setup never wait.
+                assert_eq!(missing_marker(a, &s), None);
+                continue;
+            };
+            // The folder the child's environment names (here, under its home), not the daemon's.
+            let want = a
+                .backend()
+                .info()
+                .state
+                .resolve(&child_env(&s))
+                .join(setup.marker);
+            assert!(want.starts_with(home.path()), "{}", want.display());
+            assert_eq!(missing_marker(a, &s), Some(want.clone()));
+            std::fs::create_dir_all(want.parent().unwrap()).unwrap();
+            std::fs::write(&want, b"").unwrap();
+            assert_eq!(missing_marker(a, &s), None);
+        }
     }
 }

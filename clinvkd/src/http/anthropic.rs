@@ -512,6 +512,17 @@ impl EventFrames {
         index
     }
 
+    /// A delta of the current text (or thinking) block, opened first if needed.
+    fn block_delta(&mut self, thinking: bool, delta: Value) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let index = self.block(thinking, &mut out);
+        out.push(event(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        ));
+        out
+    }
+
     /// The answer's blocks close (an answer without text still has its empty text block).
     fn close_all(&mut self, out: &mut Vec<Bytes>) {
         if !self.text_seen {
@@ -554,23 +565,11 @@ impl Frames for EventFrames {
     }
 
     fn delta(&mut self, text: &str) -> Vec<Bytes> {
-        let mut out = Vec::new();
-        let index = self.block(false, &mut out);
-        out.push(event(
-            "content_block_delta",
-            &json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}),
-        ));
-        out
+        self.block_delta(false, json!({"type": "text_delta", "text": text}))
     }
 
     fn thinking(&mut self, text: &str) -> Vec<Bytes> {
-        let mut out = Vec::new();
-        let index = self.block(true, &mut out);
-        out.push(event(
-            "content_block_delta",
-            &json!({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": text}}),
-        ));
-        out
+        self.block_delta(true, json!({"type": "thinking_delta", "thinking": text}))
     }
 
     fn finish(&mut self, result: &PromptResult) -> Vec<Bytes> {
