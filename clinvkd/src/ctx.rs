@@ -116,6 +116,8 @@ pub(crate) struct Inner {
     pub(crate) live: crate::live::LiveRuns,
     /// The quota windows the CLIs report of their accounts.
     pub(crate) quotas: crate::quota::QuotaBook,
+    /// The backends' accounts (`<state>/accounts/<backend>/<name>/` and the configured ones).
+    pub(crate) accounts: crate::accounts::Accounts,
     /// Client tool calls: the MCP endpoint and the runs waiting for results.
     pub(crate) tools: Arc<crate::tools::ToolHub>,
     /// The adapter of each backend (the real ones; a test may put fakes here).
@@ -193,6 +195,7 @@ impl Ctx {
         keys.set_external(external_keys);
         let usage = crate::usage::UsageStore::open(&paths.state_dir.join("usage.db"));
         let quotas_file = paths.state_dir.join("quotas.json");
+        let accounts_dir = paths.state_dir.join("accounts");
         let (drain_tx, _) = watch::channel(false);
         let (stop_tx, _) = watch::channel(false);
         Ok(Inner {
@@ -223,6 +226,7 @@ impl Ctx {
             usage,
             live: crate::live::LiveRuns::default(),
             quotas: crate::quota::QuotaBook::open(quotas_file),
+            accounts: crate::accounts::Accounts::open(accounts_dir),
             tools: Arc::default(),
             adapters,
             homes: crate::engine::Homes::of_process(),
@@ -367,6 +371,7 @@ impl Ctx {
         }
         changed.sort();
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded.settings);
+        self.accounts.scan();
         self.loaded_from_file
             .store(loaded.file_found, Ordering::Relaxed);
         self.reloads.fetch_add(1, Ordering::Relaxed);

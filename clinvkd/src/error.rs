@@ -60,6 +60,9 @@ macro_rules! codes {
 }
 
 codes! {
+    AccountExists = "account_exists": "The backend already has an account of this name.",
+    AccountNotFound = "account_not_found": "The backend has no account of this name.",
+    AccountStoreError = "account_store_error": "An account's folder or token could not be written or removed.",
     AtCapacity = "at_capacity": "Every concurrency slot and the queue are taken (503), or the queue wait ran out.",
     BackendDisabled = "backend_disabled": "The backend is disabled in the configuration.",
     BackendFailed = "backend_failed": "The CLI ran and failed (502).",
@@ -70,6 +73,7 @@ codes! {
     ExpiredApiKey = "expired_api_key": "The API key has expired.",
     ImageTooLarge = "image_too_large": "An image is larger than allowed.",
     InsufficientScope = "insufficient_scope": "The key's scope does not allow this operation.",
+    InvalidAccount = "invalid_account": "An account name or token is not valid, or the CLI takes no token.",
     InvalidApiKey = "invalid_api_key": "The API key is not known.",
     InvalidBody = "invalid_body": "The body does not match the operation (wrong or unknown fields).",
     InvalidFlags = "invalid_flags": "`extra` holds a flag that is not allowed, or a malformed one.",

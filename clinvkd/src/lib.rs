@@ -1,6 +1,7 @@
 //! clinvkd: the clinvk daemon as a library. `daemon::run` starts everything; `main.rs` only
 //! parses flags, sets up logging and calls it.
 
+pub(crate) mod accounts;
 pub(crate) mod availability;
 pub(crate) mod backend;
 pub(crate) mod control;

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-/// The account of a backend's own login (several per CLI come with the accounts issue).
-pub(crate) const DEFAULT_ACCOUNT: &str = "default";
+/// The account of a backend's own login.
+pub(crate) use clinvk_shared::accounts::DEFAULT_ACCOUNT;
 
 /// The metric of each window's utilization (0–1).
 pub(crate) const UTILIZATION_METRIC: &str = "clinvk_account_utilization";

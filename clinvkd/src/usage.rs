@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The schema, one migration per entry; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &["CREATE TABLE runs (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE runs (
         id INTEGER PRIMARY KEY,
         started_ms INTEGER NOT NULL,
         key_id TEXT,
@@ -39,7 +40,10 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE runs (
         cost_source TEXT
     );
     CREATE INDEX runs_started ON runs(started_ms);
-    CREATE INDEX runs_key_started ON runs(key_id, started_ms);"];
+    CREATE INDEX runs_key_started ON runs(key_id, started_ms);",
+    // The account that answered (NULL: the CLI's own login).
+    "ALTER TABLE runs ADD COLUMN account TEXT;",
+];
 
 /// How long a write waits for a lock held by someone else before it gives up.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -57,6 +61,9 @@ pub(crate) struct NewRun {
 /// How a run ended.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RunEnd {
+    /// The backend and the account that answered (a route or a failover may have moved it).
+    pub(crate) backend: Backend,
+    pub(crate) account: Option<String>,
     pub(crate) model: Option<String>,
     pub(crate) duration_ms: u64,
     pub(crate) first_output_ms: Option<u64>,
@@ -288,13 +295,14 @@ impl UsageStore {
     }
 
     /// Records how a run ended.
-    pub(crate) fn finish(&self, id: i64, settings: &Settings, backend: Backend, end: &RunEnd) {
-        let price = cost(settings, backend, end.model.as_deref(), &end.usage);
+    pub(crate) fn finish(&self, id: i64, settings: &Settings, end: &RunEnd) {
+        let price = cost(settings, end.backend, end.model.as_deref(), &end.usage);
         self.with("cannot record a run's end", |c| {
             c.execute(
                 "UPDATE runs SET model = coalesce(?2, model), duration_ms = ?3,
                    first_output_ms = ?4, exit_code = ?5, outcome = ?6, input_tokens = ?7,
-                   output_tokens = ?8, cache_tokens = ?9, cost_usd = ?10, cost_source = ?11
+                   output_tokens = ?8, cache_tokens = ?9, cost_usd = ?10, cost_source = ?11,
+                   backend = ?12, account = ?13
                  WHERE id = ?1",
                 params![
                     id,
@@ -308,6 +316,8 @@ impl UsageStore {
                     end.usage.cache_tokens as i64,
                     price.map(|p| p.0),
                     price.map(|p| p.1),
+                    end.backend.as_str(),
+                    end.account,
                 ],
             )
         });
@@ -333,6 +343,7 @@ impl UsageStore {
             UsageGroupBy::Key => "coalesce(key_id, '(local)')",
             UsageGroupBy::Backend => "backend",
             UsageGroupBy::Model => "backend || '/' || coalesce(model, '(default)')",
+            UsageGroupBy::Account => "backend || '/' || coalesce(account, 'default')",
         };
         let sql = format!(
             "SELECT {group} AS g, count(*), sum(outcome NOT IN ('ok', 'running')),
@@ -451,8 +462,8 @@ mod tests {
         store.finish(
             a,
             &settings,
-            Backend::Claude,
             &RunEnd {
+                backend: Backend::Claude,
                 outcome: crate::engine::RunOutcome::Ok,
                 usage,
                 ..Default::default()
@@ -593,7 +604,7 @@ mod measure {
             let id = store.begin(&run, &q).unwrap().unwrap();
             begin.push(t.elapsed());
             let t = std::time::Instant::now();
-            store.finish(id, &settings, Backend::Claude, &end);
+            store.finish(id, &settings, &end);
             finish.push(t.elapsed());
         }
         begin.sort();

@@ -281,6 +281,9 @@ pub struct PromptResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     pub backend: Backend,
+    /// The account that answered (`backends.<b>.accounts`); none: the CLI's own login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// -1 for a timeout or a cancellation.
     pub exit_code: i32,
     pub duration_ms: u64,
@@ -573,6 +576,9 @@ pub struct SessionInfo {
     pub metadata: BTreeMap<String, String>,
     /// Which API made it: `native`, `openai`, `anthropic`, `cli`.
     pub source: String,
+    /// The account its CLI session is in (`backends.<b>.accounts`); none: the CLI's own login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 /// One turn of a session.
@@ -580,8 +586,9 @@ pub struct SessionInfo {
 #[serde(default)]
 pub struct Turn {
     pub at: String,
+    /// The prompt, whole (a session moved to another account carries its turns).
     pub prompt: String,
-    /// The start of the output (at most 4000 characters).
+    /// The answer, whole (the name is from when only its start was kept).
     pub output_summary: String,
     pub usage: TokenUsage,
     pub exit_code: i32,
@@ -713,6 +720,8 @@ pub enum UsageGroupBy {
     Key,
     Backend,
     Model,
+    /// `backend/account` (`claude/default`: the CLI's own login).
+    Account,
 }
 
 /// `GET /api/v1/usage?by=…&since=…`, `clinvkctl usage`.

@@ -20,6 +20,14 @@ pub struct CliInfo {
     pub version_key: &'static str,
     pub state: StateFolder,
     pub login: LoginCheck,
+    /// The variable an account's stored token is passed in (`clinvkctl accounts add --token
+    /// -`); None: the CLI takes no token by environment (log in inside the account's folder).
+    pub token_var: Option<&'static str>,
+    /// The CLI's own login command (after the program), run in an account's folder.
+    pub login_args: &'static [&'static str],
+    /// The variables that carry a login (keys, tokens): an account's CLI never sees the
+    /// daemon's own values of these, only the account's.
+    pub login_vars: &'static [&'static str],
 }
 
 /// Where a CLI keeps its state and logins, and the variable that moves it.
@@ -104,6 +112,9 @@ pub const CLIS: [CliInfo; 5] = [
             missing: "not logged in",
             fix: "run `claude` and log in (/login), or set ANTHROPIC_API_KEY (in the daemon's environment or backends.claude.env)",
         },
+        token_var: Some("CLAUDE_CODE_OAUTH_TOKEN"),
+        login_args: &["auth", "login"],
+        login_vars: &["ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"],
     },
     CliInfo {
         backend: Backend::Codex,
@@ -128,6 +139,9 @@ pub const CLIS: [CliInfo; 5] = [
             missing: "not logged in",
             fix: "run `codex login`, or set OPENAI_API_KEY (in the daemon's environment or backends.codex.env)",
         },
+        token_var: Some("CODEX_API_KEY"),
+        login_args: &["login"],
+        login_vars: &["CODEX_API_KEY", "OPENAI_API_KEY"],
     },
     CliInfo {
         backend: Backend::Gemini,
@@ -159,6 +173,9 @@ pub const CLIS: [CliInfo; 5] = [
             missing: "not logged in (no GEMINI_API_KEY, no Vertex settings, no saved Google login)",
             fix: "run `gemini` once and log in with Google, or set GEMINI_API_KEY (in the daemon's environment or backends.gemini.env)",
         },
+        token_var: Some("GEMINI_API_KEY"),
+        login_args: &[],
+        login_vars: &["GEMINI_API_KEY", "GOOGLE_API_KEY"],
     },
     CliInfo {
         backend: Backend::Copilot,
@@ -190,6 +207,9 @@ pub const CLIS: [CliInfo; 5] = [
             missing: "no GitHub token and no own model provider in the environment (a login saved by `copilot login` cannot be checked without running it)",
             fix: "run `copilot login`, or set COPILOT_GITHUB_TOKEN (in the daemon's environment or backends.copilot.env)",
         },
+        token_var: Some("COPILOT_GITHUB_TOKEN"),
+        login_args: &["login"],
+        login_vars: &["COPILOT_GITHUB_TOKEN", "GH_TOKEN", "GITHUB_TOKEN"],
     },
     CliInfo {
         backend: Backend::Opencode,
@@ -214,6 +234,14 @@ pub const CLIS: [CliInfo; 5] = [
             missing: "not logged in (no saved login, no provider API key)",
             fix: "run `opencode auth login`, or set a provider's API key such as ANTHROPIC_API_KEY (in the daemon's environment or backends.opencode.env)",
         },
+        token_var: None,
+        login_args: &["auth", "login"],
+        login_vars: &[
+            "ANTHROPIC_API_KEY",
+            "OPENAI_API_KEY",
+            "GEMINI_API_KEY",
+            "OPENROUTER_API_KEY",
+        ],
     },
 ];
 

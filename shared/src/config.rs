@@ -29,8 +29,9 @@ pub struct Settings {
     pub output: OutputSettings,
     pub parallel: ParallelSettings,
     pub server: ServerSettings,
-    /// Model aliases for the OpenAI/Anthropic-compatible APIs: alias → `backend` or `backend/model`.
-    pub models: BTreeMap<String, String>,
+    /// Model aliases for the OpenAI/Anthropic-compatible APIs: alias → `backend` or
+    /// `backend/model`, or a list of them tried in order (the first with headroom serves).
+    pub models: BTreeMap<String, crate::accounts::ModelRoute>,
     pub log: LogSettings,
     pub limits: LimitSettings,
     pub tools: ToolSettings,
@@ -127,6 +128,10 @@ pub struct BackendSettings {
     pub mode: BackendMode,
     /// The warm workers of this backend.
     pub warm: WarmSettings,
+    /// Accounts besides (or instead of) the folders under `<state>/accounts/<backend>/`.
+    pub accounts: Vec<crate::accounts::AccountSettings>,
+    /// How new sessions are spread over the accounts.
+    pub routing: crate::accounts::Routing,
 }
 
 /// How a backend's turns run.
@@ -186,6 +191,8 @@ impl Default for BackendSettings {
             max_concurrent: None,
             mode: BackendMode::Warm,
             warm: WarmSettings::default(),
+            accounts: Vec::new(),
+            routing: Default::default(),
         }
     }
 }
@@ -931,16 +938,28 @@ pub fn validate(s: &Settings, source: Option<&Path>) -> Result<(), ConfigError> 
             "must be at least 1".into(),
         ));
     }
-    for (alias, target) in &s.models {
-        let (backend, model) = target.split_once('/').unwrap_or((target, ""));
-        if !KNOWN_BACKENDS.contains(&backend) || (!model.is_empty() && !is_safe_model_name(model)) {
+    for (alias, route) in &s.models {
+        if route.targets().is_empty() {
             return Err(invalid(
                 &format!("models.{alias}"),
-                format!("{target:?} must be `backend` or `backend/model` with a known backend"),
+                "an empty list: name at least one `backend` or `backend/model`".into(),
             ));
+        }
+        for target in route.targets() {
+            let (backend, model) = target.split_once('/').unwrap_or((target, ""));
+            if !KNOWN_BACKENDS.contains(&backend)
+                || (!model.is_empty() && !is_safe_model_name(model))
+            {
+                return Err(invalid(
+                    &format!("models.{alias}"),
+                    format!("{target:?} must be `backend` or `backend/model` with a known backend"),
+                ));
+            }
         }
     }
     for (name, b) in &s.backends {
+        crate::accounts::validate_accounts(&b.accounts)
+            .map_err(|m| invalid(&format!("backends.{name}.accounts"), m))?;
         if let Some(m) = b.model.as_deref().filter(|m| !is_safe_model_name(m)) {
             return Err(invalid(
                 &format!("backends.{name}.model"),

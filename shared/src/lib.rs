@@ -1,6 +1,7 @@
 //! clinvk-shared: what the daemon and its thin clients agree on — the control protocol, the
 //! configuration model and its loading, the folders clinvk uses, and the common types of a run.
 
+pub mod accounts;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -110,6 +110,27 @@ pub enum Request {
     Keys(KeysRequest),
     /// Runs and tokens, grouped (`Reply::Usage`).
     Usage(UsageQuery),
+    Accounts(AccountsRequest),
+}
+
+/// The backends' accounts (`clinvkctl accounts`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum AccountsRequest {
+    List,
+    /// Makes `<state>/accounts/<backend>/<name>/` (0700); a token is stored there (0600) and
+    /// passed to the CLI by environment.
+    Add {
+        backend: crate::api::Backend,
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+    /// Removes a folder account (its folder, logins and token with it).
+    Remove {
+        backend: crate::api::Backend,
+        name: String,
+    },
 }
 
 /// The session operations (the control socket sees every session).
@@ -156,6 +177,9 @@ pub enum Reply {
     Keys(KeyList),
     KeyRevoked(KeyRevoked),
     Usage(Box<UsageReport>),
+    Accounts(crate::quota::AccountList),
+    AccountAdded(crate::quota::AccountAdded),
+    AccountRemoved(crate::quota::AccountRemoved),
 }
 
 /// What `clinvkctl status` shows.

@@ -92,16 +92,61 @@ impl AccountLimits {
     }
 }
 
-/// One account of a backend, as `GET /api/v1/accounts` lists it.
+/// One account of a backend, as `GET /api/v1/accounts` and `clinvkctl accounts list` show it
+/// (never a secret: not the token, not the variables' values).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Account {
     pub backend: Backend,
-    /// The account's name (`default`: the CLI's own login; several per CLI come later).
+    /// The account's name (`default`: the CLI's own login, listed when the backend has no
+    /// other account).
     pub account: String,
     /// Whether the backend's CLI is found and enabled.
     pub available: bool,
     /// The windows the CLI last reported (none: it never reported any, or they all reset).
     pub limits: Option<AccountLimits>,
+    /// How the account logs in, as far as clinvk can tell without running the CLI: `token`
+    /// (stored by `clinvkctl accounts add --token -`), `env` (its configured variables carry a
+    /// login), `saved` (a login file of the CLI in its folder), `own` (the user's own login),
+    /// `unknown` (none of these: log in with the CLI in its folder).
+    #[serde(default)]
+    pub login: String,
+    /// Whether a token is stored for it.
+    #[serde(default)]
+    pub token: bool,
+    /// `config` (listed in `backends.<b>.accounts`), `folder` (found under the state folder),
+    /// `own` (the CLI's own login).
+    #[serde(default)]
+    pub source: String,
+}
+
+/// `clinvkctl accounts add`: what was made, and how to log in there when no token was given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AccountAdded {
+    pub backend: Backend,
+    pub account: String,
+    /// The account's folder (0700).
+    pub folder: String,
+    /// Whether a token was stored.
+    pub token: bool,
+    /// The CLI's own login, to run in a terminal with `var` set to `folder` (none when a
+    /// token was stored).
+    pub login: Option<LoginCommand>,
+}
+
+/// A CLI's login command for an account's folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LoginCommand {
+    pub argv: Vec<String>,
+    /// The variable that points the CLI at the account's folder, and its value.
+    pub var: String,
+    pub value: String,
+}
+
+/// `clinvkctl accounts remove`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AccountRemoved {
+    pub backend: Backend,
+    pub account: String,
 }
 
 /// `GET /api/v1/accounts`.

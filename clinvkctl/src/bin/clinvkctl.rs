@@ -7,7 +7,7 @@ use clinvkctl::cmd;
 #[command(
     name = "clinvkctl",
     version,
-    about = "Operate the clinvk daemon (clinvkd): status, reload, stop, API keys, usage",
+    about = "Operate the clinvk daemon (clinvkd): status, reload, stop, API keys, accounts, usage",
     after_help = "Exit codes: 0 ok, 1 failure (e.g. reload refused), 2 usage error, 3 no daemon running.\n\
 The daemon is found through its control socket under $CLINVK_HOME (default ~/.clinvk/run or $XDG_RUNTIME_DIR/clinvk)."
 )]
@@ -27,7 +27,10 @@ enum Command {
     /// Manage the daemon's API keys (add, list, revoke)
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
-    /// Runs, tokens and cost from the usage store, grouped by day, key, backend or model
+    /// Several logins per CLI: list, add (log in, or a token on stdin), remove
+    #[command(subcommand)]
+    Accounts(cmd::accounts::AccountsCommand),
+    /// Runs, tokens and cost from the usage store, grouped by day, key, backend, model or account
     Usage(cmd::usage::UsageArgs),
     /// Install, remove or inspect the daemon as a service (systemd user/system units, launchd agent)
     #[command(subcommand)]
@@ -47,6 +50,7 @@ fn main() -> std::process::ExitCode {
             Command::Reload => cmd::reload::run().await,
             Command::Stop(a) => cmd::stop::run(a).await,
             Command::Keys(c) => cmd::keys::run(c).await,
+            Command::Accounts(c) => cmd::accounts::run(c).await,
             Command::Usage(a) => cmd::usage::run(a).await,
             Command::Service(c) => cmd::service::run(c).await,
             Command::Completions(a) => cmd::generate::completions(Cli::command(), &a),

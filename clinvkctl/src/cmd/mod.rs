@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod accounts;
 pub mod doctor;
 pub mod generate;
 pub mod keys;

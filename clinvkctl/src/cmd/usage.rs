@@ -1,4 +1,4 @@
-//! `clinvkctl usage [--by key|backend|model|day] [--since 7d] [--json]`: runs, tokens and cost
+//! `clinvkctl usage [--by key|backend|model|account|day] [--since 7d] [--json]`: runs, tokens and cost
 //! from the daemon's usage store.
 
 use crate::{exit, print_json, unexpected, ClientError};
@@ -23,6 +23,8 @@ enum ByArg {
     Key,
     Backend,
     Model,
+    /// backend/account (`default`: the CLI's own login)
+    Account,
 }
 
 impl From<ByArg> for UsageGroupBy {
@@ -32,6 +34,7 @@ impl From<ByArg> for UsageGroupBy {
             ByArg::Key => UsageGroupBy::Key,
             ByArg::Backend => UsageGroupBy::Backend,
             ByArg::Model => UsageGroupBy::Model,
+            ByArg::Account => UsageGroupBy::Account,
         }
     }
 }

@@ -55,6 +55,8 @@ pub(crate) struct Invocation {
     pub(crate) client_tools: Option<crate::tools::ClientTools>,
     /// How hard the model thinks (only for a CLI whose `effort_args` takes it).
     pub(crate) reasoning_effort: Option<ReasoningEffort>,
+    /// The account it runs under (None: the user's own login).
+    pub(crate) account: Option<crate::accounts::AccountDef>,
 }
 
 /// An image of a prompt: checked (type, size, the bytes match the type) and decoded once; the

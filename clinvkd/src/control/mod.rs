@@ -269,7 +269,7 @@ pub(crate) fn status(ctx: &Ctx) -> StatusInfo {
         },
         workers: ctx.workers.list(),
         backends: ctx.backend_statuses(),
-        accounts: crate::ops::sessions::accounts(ctx)
+        accounts: crate::ops::accounts::list(ctx)
             .accounts
             .into_iter()
             .filter(|a| a.limits.is_some())
@@ -301,7 +301,7 @@ fn reply<T>(r: Result<T, crate::error::ApiError>, wrap: impl FnOnce(T) -> Reply)
 /// connection (Ctrl-C) cancels the operation and its CLI processes.
 async fn operation(ctx: &Ctx, conn: &Stream, request: Request) {
     use crate::ops::{self, multi, sessions, Caller};
-    use clinvk_shared::protocol::{KeysRequest, SessionsRequest};
+    use clinvk_shared::protocol::{AccountsRequest, KeysRequest, SessionsRequest};
     // A stop lets a `clinvk` command finish (and its answer reach the client) within the grace.
     let _work = ctx.work.token();
     let me = Caller::control();
@@ -365,6 +365,21 @@ async fn operation(ctx: &Ctx, conn: &Stream, request: Request) {
             Request::Usage(q) => reply(ops::usage::report(ctx, &me, q).await, |r| {
                 Reply::Usage(Box::new(r))
             }),
+            Request::Accounts(AccountsRequest::List) => {
+                ServerFrame::Reply(Reply::Accounts(ops::accounts::list(ctx)))
+            }
+            Request::Accounts(AccountsRequest::Add {
+                backend,
+                name,
+                token,
+            }) => reply(
+                ops::accounts::add(ctx, backend, &name, token),
+                Reply::AccountAdded,
+            ),
+            Request::Accounts(AccountsRequest::Remove { backend, name }) => reply(
+                ops::accounts::remove(ctx, backend, &name),
+                Reply::AccountRemoved,
+            ),
             Request::Status | Request::Reload | Request::Stop | Request::Attach => {
                 ServerFrame::Error(ErrorBody::new("bad_request", "not an operation"))
             }

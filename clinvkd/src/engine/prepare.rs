@@ -97,6 +97,18 @@ pub(super) fn prepare_command(
         .collect();
     env.extend(inv.env.iter().cloned());
     env.extend(cmd.env.iter().cloned());
+    let mut env_remove = cfg.env_remove.clone();
+    if let Some(account) = &inv.account {
+        // A configured account's folder is made on its first run (0700).
+        crate::accounts::create_folder(&account.dir).map_err(|e| {
+            EngineError::Spawn(format!(
+                "cannot make the folder of account {} ({}): {e}",
+                account.name,
+                account.dir.display()
+            ))
+        })?;
+        account_env(inv.backend, account, &mut env, &mut env_remove);
+    }
     let env_names = env.iter().map(|(k, _)| k.clone()).collect();
     let cwd = cmd.cwd.clone().or_else(|| inv.workdir.clone());
     Ok(Prepared {
@@ -112,12 +124,33 @@ pub(super) fn prepare_command(
             max_line_bytes: 8 * 1024 * 1024,
             max_output_bytes: settings.limits.max_output_bytes,
             stdin: cmd.stdin.map(String::into_bytes),
-            env_remove: cfg.env_remove.clone(),
+            env_remove,
         },
         argv,
         env_names,
         limits: limits(&settings, cfg),
     })
+}
+
+/// An account's run: its variables over the others (the last of a name wins), and the login
+/// variables of the daemon, of `backends.<b>.env` and of the request gone unless the account
+/// sets them (one account's login never reaches another's CLI).
+fn account_env(
+    backend: clinvk_shared::api::Backend,
+    account: &crate::accounts::AccountDef,
+    env: &mut Vec<(String, String)>,
+    env_remove: &mut Vec<String>,
+) {
+    let own = account.env(backend);
+    let sets = |name: &str| own.iter().any(|(k, _)| k == name);
+    for var in backend.info().login_vars {
+        if !sets(var) {
+            env.retain(|(k, _)| k != var);
+            env_remove.push(var.to_string());
+        }
+    }
+    env_remove.retain(|v| !sets(v));
+    env.extend(own);
 }
 
 /// The concurrency limits a run of a backend configured `cfg` is started under.

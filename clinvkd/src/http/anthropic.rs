@@ -443,7 +443,7 @@ pub(crate) async fn messages(
             "usage": {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens},
         }),
     );
-    compat::set_session_header(&mut resp, &reply.session_id);
+    compat::set_run_headers(&mut resp, &reply.session_id, &reply.served);
     compat::name_ignored(&mut resp, &ignored);
     Ok(resp)
 }

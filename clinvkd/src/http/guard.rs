@@ -491,7 +491,9 @@ pub(crate) fn add_cors(ctx: &Ctx, origin: &str, resp: &mut Response) {
     }
     h.insert(
         "access-control-expose-headers",
-        HeaderValue::from_static("x-request-id, retry-after, x-clinvk-session"),
+        HeaderValue::from_static(
+            "x-request-id, retry-after, x-clinvk-session, x-clinvk-backend, x-clinvk-account",
+        ),
     );
 }
 

@@ -393,7 +393,7 @@ async fn call(
         Op::Chain => native::json_ok(&multi::chain(ctx, &me, req.json(ctx).await?).await?),
         Op::Compare => native::json_ok(&multi::compare(ctx, &me, req.json(ctx).await?).await?),
         Op::Backends => native::json_ok(&sessions::backends(ctx, &me)),
-        Op::Accounts => native::json_ok(&sessions::accounts(ctx)),
+        Op::Accounts => native::json_ok(&crate::ops::accounts::list(ctx)),
         Op::SessionsList => {
             native::json_ok(&sessions::list(ctx, &me, &native::list_query(&req.query)?))
         }

@@ -368,7 +368,7 @@ pub(crate) async fn chat(
             "system_fingerprint": null,
         }),
     );
-    compat::set_session_header(&mut resp, &reply.session_id);
+    compat::set_run_headers(&mut resp, &reply.session_id, &reply.served);
     compat::name_ignored(&mut resp, &ignored);
     Ok(resp)
 }

@@ -471,7 +471,7 @@ pub(crate) async fn create(
         keep.save(&shape.id, &body).await;
     }
     let mut resp = json_response(StatusCode::OK, &body);
-    compat::set_session_header(&mut resp, &reply.session_id);
+    compat::set_run_headers(&mut resp, &reply.session_id, &reply.served);
     compat::name_ignored(&mut resp, &ignored);
     Ok(resp)
 }

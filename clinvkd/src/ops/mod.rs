@@ -3,6 +3,7 @@
 //! operation. Each takes its typed request (`clinvk_shared::api`) and answers its typed result,
 //! or streams events.
 
+pub(crate) mod accounts;
 pub(crate) mod keys;
 pub(crate) mod multi;
 pub(crate) mod prompt;

@@ -30,23 +30,6 @@ pub(crate) fn backends(ctx: &Ctx, caller: &Caller) -> BackendList {
     }
 }
 
-/// Every backend's account with the quota windows its CLI last reported (no secrets: the
-/// windows only).
-pub(crate) fn accounts(ctx: &Ctx) -> clinvk_shared::quota::AccountList {
-    let statuses = ctx.backend_statuses();
-    clinvk_shared::quota::AccountList {
-        accounts: clinvk_shared::api::Backend::ALL
-            .iter()
-            .map(|b| clinvk_shared::quota::Account {
-                backend: *b,
-                account: crate::quota::DEFAULT_ACCOUNT.to_string(),
-                available: statuses.iter().any(|s| s.name == *b && s.available),
-                limits: ctx.quotas.get(*b, crate::quota::DEFAULT_ACCOUNT),
-            })
-            .collect(),
-    }
-}
-
 /// The concurrency limits and the slots in use now.
 pub(crate) fn capacity(ctx: &Ctx) -> clinvk_shared::api::Capacity {
     let settings = ctx.settings();

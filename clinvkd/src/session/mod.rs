@@ -41,6 +41,9 @@ pub(crate) struct Session {
     /// owner (control socket, or HTTP with auth off). Key holders see only their own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) owner: Option<String>,
+    /// The account its CLI session is in; none: the CLI's own login.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) account: Option<String>,
     pub(crate) turns: Vec<Turn>,
 }
 
@@ -69,6 +72,7 @@ impl Session {
             title: self.title.clone(),
             metadata: self.metadata.clone(),
             source: self.source.clone(),
+            account: self.account.clone(),
         }
     }
 

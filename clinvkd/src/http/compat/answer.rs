@@ -353,6 +353,8 @@ pub(crate) struct Finished {
     /// The run's result (the default while it waits at tool calls).
     pub(crate) result: PromptResult,
     pub(crate) session_id: Option<String>,
+    /// What served it (`X-Clinvk-Backend`, `X-Clinvk-Account`).
+    pub(crate) served: crate::ops::prompt::ServedBy,
     /// The stop sequence the answer ended at (it is not part of `text`).
     pub(crate) stop_sequence: Option<String>,
     /// The model's reasoning the CLI printed, when the request asked for it (else empty).
@@ -380,7 +382,8 @@ pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, Ap
                     text,
                     calls,
                     result: PromptResult::default(),
-                    session_id: meta.session_id,
+                    session_id: meta.session_id.clone(),
+                    served: meta.served.get(),
                     stop_sequence: None,
                     reasoning,
                 });
@@ -394,7 +397,8 @@ pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, Ap
                     text,
                     calls: Vec::new(),
                     result: PromptResult::default(),
-                    session_id: meta.session_id,
+                    session_id: meta.session_id.clone(),
+                    served: meta.served.get(),
                     stop_sequence: Some(seq),
                     reasoning,
                 });
@@ -416,7 +420,8 @@ pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, Ap
         text,
         calls: Vec::new(),
         result: result.result,
-        session_id: meta.session_id,
+        session_id: meta.session_id.clone(),
+        served: meta.served.get(),
         stop_sequence: None,
         reasoning: pieces.thought,
     })
@@ -478,6 +483,7 @@ pub(crate) async fn stream(
 ) -> Result<Response, ApiError> {
     let (pieces, meta) = Pieces::new(started);
     let session_id = meta.session_id.clone();
+    let served = meta.served.clone();
     let mut keepalive = crate::http::KeepAlive::new(ctx);
     let (decide, decided) = tokio::sync::oneshot::channel::<Result<(), ApiError>>();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
@@ -606,7 +612,7 @@ pub(crate) async fn stream(
         Err(_) => return Err(run_lost()),
     }
     let mut resp = crate::http::streamed(rx, "text/event-stream");
-    set_session_header(&mut resp, &session_id);
+    set_run_headers(&mut resp, &session_id, &served.get());
     Ok(resp)
 }
 

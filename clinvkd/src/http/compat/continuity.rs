@@ -26,6 +26,8 @@ pub(crate) struct Continuity {
     pub(super) transcript: Vec<Msg>,
     pub(super) target: Target,
     pub(super) system: Option<String>,
+    /// What serves the turn (a route or a move to another account may change the backend).
+    pub(crate) served: crate::ops::prompt::Served,
 }
 
 impl Continuity {
@@ -35,7 +37,18 @@ impl Continuity {
         let Some(id) = &self.session_id else { return };
         let mut msgs = self.transcript.clone();
         msgs.push(Msg::new(Role::Assistant, reply));
-        let hash = transcript_hash(&self.target, self.system.as_deref(), &msgs);
+        // A route that fell through to another backend: the next request resolves there too.
+        let by = self.served.get();
+        let target = if by.backend == self.target.backend {
+            self.target.clone()
+        } else {
+            Target {
+                backend: by.backend,
+                model: by.model,
+                fallbacks: Vec::new(),
+            }
+        };
+        let hash = transcript_hash(&target, self.system.as_deref(), &msgs);
         crate::session::check_write(
             "transcript_hash",
             id,

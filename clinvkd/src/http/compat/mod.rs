@@ -106,13 +106,31 @@ pub(crate) fn unsupported(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::bad_request(Code::UnsupportedParameter, message).with_param(param)
 }
 
-/// Names the session a run used on the answer (`X-Clinvk-Session`).
-pub(crate) fn set_session_header(resp: &mut Response, session_id: &Option<String>) {
-    if let Some(v) = session_id
+/// The backend that answered.
+pub(crate) const BACKEND_HEADER: &str = "x-clinvk-backend";
+/// The account that answered (`default`: the CLI's own login).
+pub(crate) const ACCOUNT_HEADER: &str = "x-clinvk-account";
+
+/// Names on the answer the session a run used (`X-Clinvk-Session`) and what served it
+/// (`X-Clinvk-Backend`, `X-Clinvk-Account`).
+pub(crate) fn set_run_headers(
+    resp: &mut Response,
+    session_id: &Option<String>,
+    served: &crate::ops::prompt::ServedBy,
+) {
+    let account = served
+        .account
         .as_deref()
-        .and_then(|s| HeaderValue::from_str(s).ok())
-    {
-        resp.headers_mut().insert(SESSION_HEADER, v);
+        .unwrap_or(clinvk_shared::accounts::DEFAULT_ACCOUNT);
+    let values = [
+        (SESSION_HEADER, session_id.as_deref()),
+        (BACKEND_HEADER, Some(served.backend.as_str())),
+        (ACCOUNT_HEADER, Some(account)),
+    ];
+    for (name, value) in values {
+        if let Some(v) = value.and_then(|s| HeaderValue::from_str(s).ok()) {
+            resp.headers_mut().insert(name, v);
+        }
     }
 }
 
@@ -147,21 +165,24 @@ mod tests {
             split_target("claude"),
             Some(Target {
                 backend: Backend::Claude,
-                model: None
+                model: None,
+                ..Default::default()
             })
         );
         assert_eq!(
             split_target("codex/gpt-5"),
             Some(Target {
                 backend: Backend::Codex,
-                model: Some("gpt-5".into())
+                model: Some("gpt-5".into()),
+                ..Default::default()
             })
         );
         assert_eq!(
             split_target("claude/claude"),
             Some(Target {
                 backend: Backend::Claude,
-                model: None
+                model: None,
+                ..Default::default()
             })
         );
         assert_eq!(split_target("nobody/x"), None);
@@ -190,6 +211,7 @@ mod tests {
         let t = Target {
             backend: Backend::Claude,
             model: None,
+            ..Default::default()
         };
         let a = vec![Msg::new(Role::User, "hi"), Msg::new(Role::Assistant, "yo ")];
         let h = transcript_hash(&t, None, &a);
@@ -205,6 +227,7 @@ mod tests {
         let t2 = Target {
             backend: Backend::Codex,
             model: None,
+            ..Default::default()
         };
         assert_ne!(h, transcript_hash(&t2, None, &a));
         assert_ne!(h, transcript_hash(&t, None, &a[..1]));

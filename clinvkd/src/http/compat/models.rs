@@ -5,11 +5,14 @@ use super::*;
 use crate::error::Code;
 
 /// Where a model name leads: a backend and, when given, the model the CLI should use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Target {
     pub(crate) backend: Backend,
     /// `None` = the backend's default model (never the backend's own name).
     pub(crate) model: Option<String>,
+    /// A route's later targets (`models: {best: [claude/opus, codex]}`), tried in order when
+    /// this one's accounts are refused for a spent window.
+    pub(crate) fallbacks: Vec<(Backend, Option<String>)>,
 }
 
 pub(super) fn model_not_found(name: &str) -> ApiError {
@@ -44,7 +47,34 @@ pub(super) fn split_target(s: &str) -> Option<Target> {
     Backend::from_name(backend).map(|backend| Target {
         backend,
         model: model.map(str::to_string),
+        fallbacks: Vec::new(),
     })
+}
+
+/// A configured route's enabled targets from the first with headroom (a target whose every
+/// account is refused until a reset is passed over while a later one is not), the later ones as
+/// its fallbacks; None when none is enabled.
+fn route_target(ctx: &Ctx, route: &clinvk_shared::accounts::ModelRoute) -> Option<Target> {
+    let targets: Vec<Target> = route
+        .targets()
+        .into_iter()
+        .filter_map(split_target)
+        .filter(|t| enabled(ctx, t.backend))
+        .collect();
+    let settings = ctx.settings();
+    let first = targets
+        .iter()
+        .position(|t| {
+            ctx.accounts
+                .ranked(&settings, &ctx.quotas, t.backend, false)
+                .iter()
+                .any(|r| r.refused_until.is_none())
+        })
+        .unwrap_or(0);
+    let mut rest = targets.into_iter().skip(first);
+    let mut chosen = rest.next()?;
+    chosen.fallbacks = rest.map(|t| (t.backend, t.model)).collect();
+    Some(chosen)
 }
 
 /// Maps a requested model name: configured alias, `<backend>/<model>`, bare backend name (its
@@ -58,14 +88,19 @@ pub(crate) fn resolve_model(ctx: &Ctx, name: &str) -> Result<Target, ApiError> {
         );
     }
     let settings = ctx.settings();
-    let target = if let Some(t) = settings.models.get(name).and_then(|t| split_target(t)) {
-        Some(t)
+    let target = if let Some(route) = settings.models.get(name) {
+        match route_target(ctx, route) {
+            Some(t) => Some(t),
+            // Every target's backend is disabled: say so about the first.
+            None => route.targets().first().and_then(|t| split_target(t)),
+        }
     } else if let Some(t) = split_target(name) {
         Some(t)
     } else {
         crate::backend::claimed_by(name).map(|backend| Target {
             backend,
             model: Some(name.to_string()),
+            fallbacks: Vec::new(),
         })
     };
     match target {
@@ -97,8 +132,13 @@ pub(crate) fn model_ids(ctx: &Ctx) -> Vec<String> {
             ids.push(format!("{b}/{m}"));
         }
     }
-    for (alias, target) in &settings.models {
-        if split_target(target).is_some_and(|t| enabled(ctx, t.backend)) {
+    for (alias, route) in &settings.models {
+        if route
+            .targets()
+            .into_iter()
+            .filter_map(split_target)
+            .any(|t| enabled(ctx, t.backend))
+        {
             ids.push(alias.clone());
         }
     }

@@ -102,6 +102,7 @@ pub(super) async fn continue_parked(
                     transcript: conv.messages.clone(),
                     target: target.clone(),
                     system: conv.system.clone(),
+                    served: run.served.clone(),
                 },
                 run,
                 tools: Some(tools),
@@ -217,6 +218,7 @@ pub(crate) async fn start(
             reasoning_effort: conv.reasoning_effort,
             ..Default::default()
         },
+        fallbacks: target.fallbacks.clone(),
     };
     let plan = prompt::plan(ctx, caller, ask)?;
     let run = prompt::start(ctx, plan).await?;
@@ -226,6 +228,7 @@ pub(crate) async fn start(
             transcript: conv.messages,
             target: target.clone(),
             system: conv.system,
+            served: run.served.clone(),
         },
         run,
         tools,

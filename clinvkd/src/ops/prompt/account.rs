@@ -10,6 +10,8 @@ use crate::error::Code;
 pub(super) struct Account {
     pub(super) ctx: Ctx,
     pub(super) backend: Backend,
+    /// The account the run is in (None: the CLI's own login); a failover moves it.
+    pub(super) account: Option<String>,
     /// Whether its CLI started (a drop then means cancelled, else failed).
     pub(super) running: bool,
     pub(super) live: crate::live::LiveGuard,
@@ -87,6 +89,7 @@ impl Account {
         Ok(Account {
             ctx: ctx.clone(),
             backend: plan.inv.backend,
+            account: None,
             running: false,
             live,
             row,
@@ -104,7 +107,7 @@ impl Account {
             Event::Limits(limits) => {
                 self.ctx
                     .quotas
-                    .record(self.backend, crate::quota::DEFAULT_ACCOUNT, limits.clone());
+                    .record(self.backend, self.quota_account(), limits.clone());
             }
             Event::SessionStarted { model: Some(m), .. } if self.model.is_none() => {
                 self.model = Some(m.clone());
@@ -121,8 +124,17 @@ impl Account {
         }
     }
 
+    /// The account's name in the quota book.
+    pub(super) fn quota_account(&self) -> &str {
+        self.account
+            .as_deref()
+            .unwrap_or(crate::quota::DEFAULT_ACCOUNT)
+    }
+
     pub(super) fn end(&self, summary: &RunSummary) -> crate::usage::RunEnd {
         crate::usage::RunEnd {
+            backend: self.backend,
+            account: self.account.clone(),
             model: summary.model.clone().or_else(|| self.model.clone()),
             duration_ms: summary.duration_ms,
             first_output_ms: self.first_output_ms,
@@ -136,13 +148,9 @@ impl Account {
     pub(super) async fn finish(&mut self, summary: &RunSummary) {
         self.closed = true;
         if summary.refused.is_some() {
-            self.ctx
-                .quotas
-                .refused(summary.backend, crate::quota::DEFAULT_ACCOUNT);
+            self.ctx.quotas.refused(self.backend, self.quota_account());
         } else if summary.outcome() == crate::engine::RunOutcome::Ok {
-            self.ctx
-                .quotas
-                .passed(summary.backend, crate::quota::DEFAULT_ACCOUNT);
+            self.ctx.quotas.passed(self.backend, self.quota_account());
         }
         let Some(id) = self.row else { return };
         let (store, settings, end) = (
@@ -150,9 +158,7 @@ impl Account {
             self.ctx.settings(),
             self.end(summary),
         );
-        let backend = summary.backend;
-        let _ =
-            tokio::task::spawn_blocking(move || store.finish(id, &settings, backend, &end)).await;
+        let _ = tokio::task::spawn_blocking(move || store.finish(id, &settings, &end)).await;
     }
 }
 
@@ -179,9 +185,8 @@ impl Drop for Account {
             self.ctx.settings(),
             self.end(&summary),
         );
-        let backend = self.backend;
         self.ctx
             .work
-            .spawn_blocking_on(move || store.finish(id, &settings, backend, &end), &rt);
+            .spawn_blocking_on(move || store.finish(id, &settings, &end), &rt);
     }
 }

@@ -18,12 +18,15 @@ use std::collections::BTreeMap;
 mod account;
 mod images;
 mod plan;
+mod route;
 mod run;
 
 use account::Account;
 pub(crate) use images::*;
 pub(crate) use plan::*;
+pub(crate) use route::peek_account;
 pub(crate) use run::*;
+pub(crate) use run::{Served, ServedBy};
 
 /// A finished prompt: the result every front end shows, and the run's details (the compatible
 /// APIs tell a timeout from a failure by them).
@@ -56,6 +59,8 @@ pub(crate) struct Plan {
     /// For a caller without the `admin` scope: the request id that replaces the CLI's own
     /// error text (which goes to the log).
     pub(crate) redact: Option<String>,
+    /// A model route's later targets (see `route`).
+    pub(crate) fallbacks: Vec<(Backend, Option<String>)>,
 }
 
 pub(super) fn bad(code: Code, msg: impl Into<String>) -> ApiError {

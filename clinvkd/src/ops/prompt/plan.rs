@@ -15,6 +15,8 @@ pub(crate) struct Ask {
     pub(crate) client_tools: Option<crate::tools::ClientTools>,
     pub(crate) source: api::ApiStyle,
     pub(crate) req: PromptRequest,
+    /// A model route's later targets.
+    pub(crate) fallbacks: Vec<(Backend, Option<String>)>,
 }
 
 impl Ask {
@@ -34,6 +36,7 @@ impl Ask {
             client_tools: None,
             source,
             req,
+            fallbacks: Vec::new(),
         })
     }
 }
@@ -60,6 +63,7 @@ pub(crate) fn plan(ctx: &Ctx, caller: &Caller, ask: Ask) -> Result<Plan, ApiErro
         client_tools,
         source,
         req,
+        fallbacks,
     } = ask;
     let settings = ctx.settings();
     let prompt = req.prompt.unwrap_or_default();
@@ -247,6 +251,7 @@ pub(crate) fn plan(ctx: &Ctx, caller: &Caller, ask: Ask) -> Result<Plan, ApiErro
         image_files: Vec::new(),
         client_tools,
         reasoning_effort: req.reasoning_effort,
+        account: None,
     };
     if resume_session
         .as_ref()
@@ -267,6 +272,7 @@ pub(crate) fn plan(ctx: &Ctx, caller: &Caller, ask: Ask) -> Result<Plan, ApiErro
         source,
         owner: caller.key_id.clone(),
         redact: caller.redaction(),
+        fallbacks,
     })
 }
 
@@ -283,5 +289,6 @@ pub(crate) fn default_invocation(ctx: &Ctx, backend: Backend) -> Option<Invocati
     };
     let mut inv = plan(ctx, &Caller::control(), ask).ok()?.inv;
     inv.prompt.clear();
+    inv.account = super::peek_account(ctx, backend);
     Some(inv)
 }

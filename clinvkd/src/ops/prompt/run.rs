@@ -33,6 +33,58 @@ pub(crate) struct PromptRun {
     pub(super) redact: Option<String>,
     /// The session's turn lock, held until the run ends or is dropped.
     pub(super) _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// The invocation as started (its own prompt): a move to another account starts from it.
+    pub(super) inv: Invocation,
+    /// Where the turn moves when a spent window refuses it before any output (`route`).
+    pub(super) retries: std::collections::VecDeque<route::Candidate>,
+    /// Events held back while the turn may still move (nothing of a refused run is shown).
+    pub(super) held: Vec<Event>,
+    /// Updates to hand out before reading the run again.
+    pub(super) pending: std::collections::VecDeque<PromptUpdate>,
+    /// What serves the turn (front ends name it in `X-Clinvk-Backend`/`X-Clinvk-Account`).
+    pub(crate) served: Served,
+}
+
+/// The backend, model and account that serve a turn, as they are when the answer starts (a
+/// move to another account before any output changes them).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Served(std::sync::Arc<std::sync::Mutex<ServedBy>>);
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ServedBy {
+    pub(crate) backend: Backend,
+    pub(crate) model: Option<String>,
+    /// None: the CLI's own login.
+    pub(crate) account: Option<String>,
+}
+
+impl Served {
+    pub(crate) fn get(&self) -> ServedBy {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, by: ServedBy) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = by;
+    }
+}
+
+/// An update of the run, or none to hand out yet.
+enum Moved {
+    No(PromptUpdate),
+    /// Held back (the turn may still move), or the turn moved to another account.
+    Held,
+}
+
+/// Whether an event is part of the answer (after it the turn can no longer move).
+fn is_output(ev: &Event) -> bool {
+    matches!(
+        ev,
+        Event::TextDelta { .. }
+            | Event::Message { .. }
+            | Event::ToolUse { .. }
+            | Event::ToolResult { .. }
+            | Event::Thinking { .. }
+    )
 }
 
 impl PromptRun {
@@ -97,9 +149,38 @@ impl PromptRun {
     /// that abandons a pending `next` (a `select!` arm) must be leaving: the update it was
     /// waiting for is not handed out again (the session's writes still complete).
     pub(crate) async fn next(&mut self) -> Option<PromptUpdate> {
+        if let Some(u) = self.pending.pop_front() {
+            return Some(u);
+        }
         if self.ended {
             return None;
         }
+        loop {
+            match self.next_update().await? {
+                Moved::No(u) => return Some(u),
+                Moved::Held => continue,
+            }
+        }
+    }
+
+    /// Whether the turn may still move to another account.
+    fn may_move(&self) -> bool {
+        !self.retries.is_empty() && self.account.first_output_ms.is_none()
+    }
+
+    /// The held events, then `u`.
+    fn release(&mut self, u: PromptUpdate) -> PromptUpdate {
+        if self.held.is_empty() {
+            return u;
+        }
+        self.pending
+            .extend(self.held.drain(..).map(PromptUpdate::Event));
+        self.pending.push_back(u);
+        self.pending.pop_front().unwrap_or_else(|| unreachable!())
+    }
+
+    /// The next update of the run, or `Held` when it was held back or the turn moved.
+    async fn next_update(&mut self) -> Option<Moved> {
         let cancel = self.account.live.cancel.clone();
         let update = {
             let run = self.run.as_mut()?;
@@ -122,7 +203,8 @@ impl PromptRun {
                 cancelled: true,
                 ..Default::default()
             };
-            return Some(self.done(summary).await);
+            let u = self.done(summary).await;
+            return Some(Moved::No(self.release(u)));
         };
         match update {
             RunUpdate::Event(ev) => {
@@ -140,11 +222,94 @@ impl PromptRun {
                         check_write("backend_session_id", id, r);
                     }
                 }
-                Some(PromptUpdate::Event(self.redacted_event(ev)))
+                let ev = self.redacted_event(ev);
+                if self.may_move() && !is_output(&ev) {
+                    self.held.push(ev);
+                    return Some(Moved::Held);
+                }
+                Some(Moved::No(self.release(PromptUpdate::Event(ev))))
             }
-            RunUpdate::ToolCall(c) => Some(PromptUpdate::ToolCall(c)),
-            RunUpdate::Done(summary) => Some(self.done(summary).await),
+            RunUpdate::ToolCall(c) => Some(Moved::No(self.release(PromptUpdate::ToolCall(c)))),
+            RunUpdate::Done(summary) => {
+                if summary.refused.is_some() && self.may_move() && self.move_on().await {
+                    return Some(Moved::Held);
+                }
+                let u = self.done(summary).await;
+                Some(Moved::No(self.release(u)))
+            }
         }
+    }
+
+    /// A spent window refused the turn before any output: it starts again on the next
+    /// candidate, as a new CLI session carrying the conversation. False when none starts.
+    async fn move_on(&mut self) -> bool {
+        let from = (
+            self.account.backend,
+            self.account.quota_account().to_string(),
+        );
+        self.ctx.quotas.refused(from.0, &from.1);
+        while let Some(next) = self.retries.pop_front() {
+            let turns = match &self.session_id {
+                Some(id) => self
+                    .ctx
+                    .sessions
+                    .get(id, None)
+                    .map(|s| s.turns)
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let mut inv = self.inv.clone();
+            if next.backend != inv.backend {
+                inv.backend = next.backend;
+                inv.model = next.model.clone();
+                inv.extra.clear();
+            }
+            inv.account = next.account.clone();
+            inv.resume = None;
+            inv.prompt = route::carried_prompt(&turns, &self.prompt);
+            match engine::start(&self.ctx, inv.clone()).await {
+                Ok(run) => {
+                    tracing::info!(
+                        from_backend = %from.0, from_account = %from.1,
+                        to_backend = %next.backend,
+                        to_account = next.account_name().as_deref().unwrap_or(crate::quota::DEFAULT_ACCOUNT),
+                        "a spent quota window refused the turn before any output: it moves to the next account"
+                    );
+                    self.run = Some(run);
+                    self.held.clear();
+                    self.backend = next.backend;
+                    self.backend_sid = None;
+                    self.account.backend = next.backend;
+                    self.account.account = next.account_name();
+                    self.account.model = inv.model.clone();
+                    self.served.set(ServedBy {
+                        backend: next.backend,
+                        model: inv.model.clone(),
+                        account: next.account_name(),
+                    });
+                    if let Some(id) = &self.session_id {
+                        let (account, model) = (next.account_name(), inv.model.clone());
+                        let backend = next.backend;
+                        let r = self
+                            .ctx
+                            .sessions
+                            .update_async(id, move |s| {
+                                s.backend = backend;
+                                s.account = account;
+                                s.model = model;
+                                s.backend_session_id = None;
+                            })
+                            .await;
+                        check_write("account", id, r);
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %next.backend, error = %e, "the next account could not take the refused turn");
+                }
+            }
+        }
+        false
     }
 
     /// A CLI's own error report, for a caller who may not read it: logged in full (with the
@@ -185,6 +350,7 @@ impl PromptRun {
         let result = PromptResult {
             session_id: self.session_id.clone(),
             backend: self.backend,
+            account: self.account.account.clone(),
             exit_code: summary.exit_code,
             duration_ms: summary.duration_ms,
             output: summary.output.clone(),
@@ -223,7 +389,7 @@ impl PromptRun {
     ) -> impl std::future::Future<Output = ()> + Send {
         let session_id = self.session_id.clone();
         let ctx = self.ctx.clone();
-        let prompt = clip(&self.prompt, 4000);
+        let prompt = self.prompt.clone();
         let backend_sid = self.backend_sid.clone();
         let summary = summary.clone();
         async move {
@@ -243,7 +409,7 @@ pub(super) async fn record_turn(
     let turn = Turn {
         at: clinvk_shared::types::now_rfc3339(),
         prompt,
-        output_summary: clip(&summary.output, 4000),
+        output_summary: summary.output.clone(),
         // `session.store_token_usage: false` keeps no token counts in the session.
         usage: if ctx.settings().session.store_token_usage {
             summary.usage
@@ -305,6 +471,7 @@ impl Drop for PromptRun {
 /// the CLI starts, so a crash never loses it) and starts the run; the returned stream records
 /// the turn at its end.
 pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
+    let (first, retries) = route::route(ctx, &plan, plan.resume_session.as_ref())?;
     let mut account = Account::open(ctx, &plan).await?;
     let lock = plan
         .resume_session
@@ -317,22 +484,49 @@ pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> 
     let mut plan = plan;
     // Under the turn lock, the session as the previous turn left it (its backend id may have
     // been set or changed since the plan was made).
-    let previous_status = match &plan.resume_session {
-        Some(s) => {
-            let fresh = ctx.sessions.get(&s.id, None).map_err(store_error)?;
-            if fresh.backend_session_id.is_some() {
-                plan.inv.resume = fresh.backend_session_id.clone();
-            }
-            Some(fresh.status)
+    let mut previous: Option<Session> = None;
+    if let Some(s) = &plan.resume_session {
+        let fresh = ctx.sessions.get(&s.id, None).map_err(store_error)?;
+        if fresh.backend_session_id.is_some() {
+            plan.inv.resume = fresh.backend_session_id.clone();
         }
-        None => None,
-    };
+        previous = Some(fresh);
+    }
+    let previous_status = previous.as_ref().map(|s| s.status);
+    let original = plan.inv.clone();
+    // The first candidate: the session's own account, or where the routing sends a new one.
+    if first.backend != plan.inv.backend {
+        plan.inv.backend = first.backend;
+        plan.inv.model = first.model.clone();
+        plan.inv.extra.clear();
+    }
+    plan.inv.account = first.account.clone();
+    account.backend = first.backend;
+    account.account = first.account_name();
+    // A continued session whose account is gone or refused moves: a new CLI session there,
+    // carrying the conversation.
+    let moved = previous
+        .as_ref()
+        .filter(|s| s.backend != first.backend || s.account != first.account_name());
+    if let Some(s) = moved {
+        plan.inv.resume = None;
+        plan.inv.prompt = route::carried_prompt(&s.turns, &original.prompt);
+    }
     // The session is on disk before the CLI can start: a crash at any later point never loses
     // it (it is marked interrupted at the next start).
     let session_id = if let Some(s) = &plan.resume_session {
+        let to = moved.map(|_| (first.backend, first.account_name(), plan.inv.model.clone()));
         let r = ctx
             .sessions
-            .update_async(&s.id, |s| s.status = SessionStatus::Active)
+            .update_async(&s.id, move |s| {
+                s.status = SessionStatus::Active;
+                if let Some((backend, account, model)) = to {
+                    s.backend = backend;
+                    s.account = account;
+                    s.model = model;
+                    s.backend_session_id = None;
+                }
+            })
             .await;
         check_write("status", &s.id, r);
         Some(s.id.clone())
@@ -343,6 +537,7 @@ pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> 
             .sessions
             .create_async(Session {
                 backend: plan.inv.backend,
+                account: first.account_name(),
                 model: plan.inv.model.clone(),
                 working_dir: plan.inv.workdir.as_ref().map(|w| w.display().to_string()),
                 initial_prompt: clip(&plan.inv.prompt, 2000),
@@ -402,23 +597,39 @@ pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> 
             r.session_id = sid;
         }
     });
+    let served = Served::default();
+    served.set(ServedBy {
+        backend: plan.inv.backend,
+        model: plan.inv.model.clone(),
+        account: first.account_name(),
+    });
+    let mut inv = plan.inv;
+    inv.prompt = original.prompt.clone();
     Ok(PromptRun {
         session_id,
-        backend: plan.inv.backend,
+        backend: inv.backend,
         run: Some(run),
         ctx: ctx.clone(),
         account,
-        prompt: plan.inv.prompt,
+        prompt: original.prompt,
         backend_sid: None,
         ended: false,
         redact: plan.redact,
         _turn: guard,
+        inv,
+        retries: retries.into(),
+        held: Vec::new(),
+        pending: Default::default(),
+        served,
     })
 }
 
 /// The dry-run answer: the exact argv, nothing started.
 pub(crate) fn dry_run(ctx: &Ctx, plan: &Plan) -> Result<DryRun, ApiError> {
-    let d = engine::dry_run(ctx, &plan.inv).map_err(|e| e.api_error())?;
+    let (first, _) = route::route(ctx, plan, plan.resume_session.as_ref())?;
+    let mut inv = plan.inv.clone();
+    inv.account = first.account;
+    let d = engine::dry_run(ctx, &inv).map_err(|e| e.api_error())?;
     Ok(DryRun {
         dry_run: true,
         backend: d.backend,
