@@ -130,11 +130,15 @@ models:
     headers, r = chat(d, "route me m6", model="best")
     assert headers["x-clinvk-backend"] == "codex", dict(headers)
     assert headers["x-clinvk-account"] == "default"
+    assert r.model == "codex", "the answer names the target that served it"
     assert "fake-reply" in r.choices[0].message.content
     assert len(answered(refusing_model, "m6")) == 1
-    # Known refused: the route starts at codex now, claude is not asked.
-    headers, _ = chat(d, "route me again m7", model="best")
-    assert headers["x-clinvk-backend"] == "codex"
+    # Known refused: the route starts at codex now, claude is not asked (streamed, Anthropic).
+    with d.anthropic().messages.stream(model="best", max_tokens=100,
+                                       messages=[{"role": "user", "content": "route me again m7"}]) as s:
+        final = s.get_final_message()
+        assert s.response.headers["x-clinvk-backend"] == "codex"
+    assert final.model == "codex" and "fake-reply" in final.content[0].text
     assert not answered(refusing_model, "m7")
 
 

@@ -58,11 +58,18 @@ def test_dashboard_end_to_end(live_world, fake_model, browser):
         return {"name": name, "utilization": util, "resets_at": reset, "status": status}
 
     live_world.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # codex has two accounts (folders under the state folder), one of them refused.
+    for name in ("team-a", "team-b"):
+        (live_world.state_dir / "accounts" / "codex" / name).mkdir(mode=0o700, parents=True)
     (live_world.state_dir / "quotas.json").write_text(json.dumps([{
         "backend": "claude", "account": "default", "limits": {
             "status": "allowed_warning", "limiting_window": "five_hour", "resets_at": reset,
             "windows": [window("five_hour", 0.91, "allowed_warning"), window("seven_day", 0.42, "allowed")],
-            "seen_at": int(time.time()), "source": "claude"}}]))
+            "seen_at": int(time.time()), "source": "claude"}}, {
+        "backend": "codex", "account": "team-b", "limits": {
+            "status": "rejected", "limiting_window": "primary", "resets_at": reset,
+            "windows": [window("primary", 1.0, "rejected")],
+            "seen_at": int(time.time()), "source": "codex"}}]))
     url = start_live(live_world, "backends:\n  claude:\n    mode: oneshot\n")
     r = live_world.ctl("keys", "add", "operator", "--scope", "admin")
     assert r.returncode == 0, r.stderr
@@ -87,7 +94,13 @@ def test_dashboard_end_to_end(live_world, fake_model, browser):
     assert "91% allowed warning" in b.js(f"document.querySelector('{bar}').textContent")
     assert b.js(f"document.querySelector('{bar} .quota-fill').style.width") == "91%"
     assert b.js(f"document.querySelector('{bar}').classList.contains('allowed_warning')") is True
-    assert b.js("document.querySelectorAll('#backends tr[data-backend=codex] .quota-window').length") == 0
+    assert b.js("document.querySelectorAll('#backends tr[data-backend=gemini] .quota-window').length") == 0
+    # The accounts of a backend, each with its windows.
+    team_b = "#backends tr[data-backend=codex] .account[data-account=team-b]"
+    assert "team-b" in b.js(f"document.querySelector('{team_b}').textContent")
+    assert "refused" in b.js(f"document.querySelector('{team_b} .account-name').textContent")
+    assert b.js(f"document.querySelector('{team_b} .quota-window[data-window=primary]').classList.contains('rejected')") is True
+    assert b.js("!!document.querySelector('#backends tr[data-backend=codex] .account[data-account=team-a]')") is True
 
     # A prompt typed in the box streams into the page: the first piece is shown while the fake
     # model holds the rest.

@@ -594,6 +594,16 @@ pub struct Turn {
     pub exit_code: i32,
     pub duration_ms: u64,
     pub error: Option<String>,
+    /// The tools the model called during the turn, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<TurnToolCall>,
+}
+
+/// A tool call of a turn: the tool's name and its input (the model's JSON).
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, JsonSchema)]
+pub struct TurnToolCall {
+    pub name: String,
+    pub input: serde_json::Value,
 }
 
 /// `GET /api/v1/sessions/{id}`: a session with its turns.

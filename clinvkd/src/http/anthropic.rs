@@ -436,7 +436,7 @@ pub(crate) async fn messages(
             "id": id,
             "type": "message",
             "role": "assistant",
-            "model": mr.model,
+            "model": reply.shown_model.as_deref().unwrap_or(&mr.model),
             "content": content,
             "stop_reason": stop_reason,
             "stop_sequence": reply.stop_sequence,
@@ -553,6 +553,10 @@ impl EventFrames {
 }
 
 impl Frames for EventFrames {
+    fn serve_as(&mut self, model: &str) {
+        self.model = model.to_string();
+    }
+
     fn start(&mut self) -> Vec<Bytes> {
         vec![event(
             "message_start",

@@ -357,7 +357,7 @@ pub(crate) async fn chat(
             "id": id,
             "object": "chat.completion",
             "created": created,
-            "model": cr.model,
+            "model": reply.shown_model.as_deref().unwrap_or(&cr.model),
             "choices": [{
                 "index": 0,
                 "message": message,
@@ -408,6 +408,10 @@ fn data_frame(v: &Value) -> Bytes {
 }
 
 impl Frames for ChunkFrames {
+    fn serve_as(&mut self, model: &str) {
+        self.model = model.to_string();
+    }
+
     fn start(&mut self) -> Vec<Bytes> {
         vec![self.chunk(
             json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]),

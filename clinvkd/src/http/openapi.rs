@@ -334,7 +334,7 @@ fn describe(op: Op, s: &mut Schemas) -> OpDoc {
             ("The backends.", json_body(s.answer::<api::BackendList>())),
         ),
         Op::Accounts => OpDoc {
-            description: Some("Each backend's account (today one per backend: the CLI's own login) with the quota windows its CLI last reported — claude's `five_hour` and `seven_day` under a subscription login — each with utilization 0–1, reset time and status. Kept across a restart until every window has reset. A run refused for a spent window is answered 429 `usage_limit_reached` with `Retry-After`."),
+            description: Some("Each backend's accounts (`backends.<b>.accounts` and the folders under `<state>/accounts/<backend>/`; a backend with none lists `default`, the CLI's own login) with their login state (never a token) and the quota windows its CLI last reported — claude's `five_hour` and `seven_day` under a subscription login — each with utilization 0–1, reset time and status. Kept across a restart until every window has reset. A run refused for a spent window is answered 429 `usage_limit_reached` with `Retry-After`."),
             ..doc(
                 "listAccounts",
                 "List accounts and their quota windows",

@@ -460,6 +460,9 @@ pub(crate) async fn create(
     let reply = compat::complete(ctx, started).await?;
     let mut shape = shape;
     shape.reasoning = reply.reasoning.clone();
+    if let Some(m) = &reply.shown_model {
+        shape.model = m.clone();
+    }
     let body = shape.object(
         "completed",
         Some(&reply.text),

@@ -124,8 +124,14 @@ pub(crate) fn add(
     }
     ctx.accounts.scan();
     tracing::info!(backend = %backend, account = %name, token = token.is_some(), "account added");
+    // The CLI the daemon runs (its configured command, resolved), else its name on PATH.
+    let program = ctx
+        .backends
+        .get(backend)
+        .and_then(|s| s.path)
+        .unwrap_or_else(|| info.name.to_string());
     let login = token.is_none().then(|| LoginCommand {
-        argv: std::iter::once(info.name.to_string())
+        argv: std::iter::once(program)
             .chain(info.login_args.iter().map(|a| a.to_string()))
             .collect(),
         var: info.state.var.to_string(),

@@ -355,6 +355,8 @@ pub(crate) struct Finished {
     pub(crate) session_id: Option<String>,
     /// What served it (`X-Clinvk-Backend`, `X-Clinvk-Account`).
     pub(crate) served: crate::ops::prompt::ServedBy,
+    /// For a route: the model name the answer shows (the target that served it).
+    pub(crate) shown_model: Option<String>,
     /// The stop sequence the answer ended at (it is not part of `text`).
     pub(crate) stop_sequence: Option<String>,
     /// The model's reasoning the CLI printed, when the request asked for it (else empty).
@@ -384,6 +386,7 @@ pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, Ap
                     result: PromptResult::default(),
                     session_id: meta.session_id.clone(),
                     served: meta.served.get(),
+                    shown_model: meta.shown_model(),
                     stop_sequence: None,
                     reasoning,
                 });
@@ -399,6 +402,7 @@ pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, Ap
                     result: PromptResult::default(),
                     session_id: meta.session_id.clone(),
                     served: meta.served.get(),
+                    shown_model: meta.shown_model(),
                     stop_sequence: Some(seq),
                     reasoning,
                 });
@@ -422,6 +426,7 @@ pub(crate) async fn complete(ctx: &Ctx, started: Started) -> Result<Finished, Ap
         result: result.result,
         session_id: meta.session_id.clone(),
         served: meta.served.get(),
+        shown_model: meta.shown_model(),
         stop_sequence: None,
         reasoning: pieces.thought,
     })
@@ -453,6 +458,8 @@ pub(crate) trait Frames: Send + 'static {
     fn stopped(&mut self, _sequence: &str) -> Vec<Bytes> {
         self.finish(&PromptResult::default())
     }
+    /// The model name to show: a route's target served the answer (before `start`).
+    fn serve_as(&mut self, model: &str);
     /// A frame that keeps the connection alive while the CLI is silent (clients ignore it).
     fn keepalive(&mut self) -> Bytes {
         Bytes::from_static(b": keep-alive\n\n")
@@ -484,6 +491,10 @@ pub(crate) async fn stream(
     let (pieces, meta) = Pieces::new(started);
     let session_id = meta.session_id.clone();
     let served = meta.served.clone();
+    let shown = {
+        let meta = meta.clone_shown();
+        move || meta.shown_model()
+    };
     let mut keepalive = crate::http::KeepAlive::new(ctx);
     let (decide, decided) = tokio::sync::oneshot::channel::<Result<(), ApiError>>();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
@@ -523,6 +534,9 @@ pub(crate) async fn stream(
                             if d.send(Ok(())).is_err() {
                                 return; // the request is gone
                             }
+                            if let Some(m) = shown() {
+                                frames.serve_as(&m);
+                            }
                             out.extend(frames.start());
                         }
                         out.push(frames.keepalive());
@@ -549,6 +563,9 @@ pub(crate) async fn stream(
                     None => {
                         if d.send(Ok(())).is_err() {
                             return;
+                        }
+                        if let Some(m) = shown() {
+                            frames.serve_as(&m);
                         }
                         out.extend(frames.start());
                     }

@@ -31,6 +31,24 @@ pub(crate) struct Continuity {
 }
 
 impl Continuity {
+    /// For a route: the name of the target that served the answer.
+    pub(crate) fn shown_model(&self) -> Option<String> {
+        self.target
+            .route
+            .then(|| super::served_name(&self.served.get()))
+    }
+
+    /// What `shown_model` needs, apart (the stream's task owns the rest).
+    pub(super) fn clone_shown(&self) -> Continuity {
+        Continuity {
+            session_id: None,
+            transcript: Vec::new(),
+            target: self.target.clone(),
+            system: None,
+            served: self.served.clone(),
+        }
+    }
+
     /// Stores the transcript hash of the conversation including `reply`, so the client's next
     /// request (which sends this reply back as history) continues this session.
     pub(super) fn commit(&self, ctx: &Ctx, reply: &str) {
@@ -45,7 +63,7 @@ impl Continuity {
             Target {
                 backend: by.backend,
                 model: by.model,
-                fallbacks: Vec::new(),
+                ..Default::default()
             }
         };
         let hash = transcript_hash(&target, self.system.as_deref(), &msgs);

@@ -13,6 +13,8 @@ pub(crate) struct Target {
     /// A route's later targets (`models: {best: [claude/opus, codex]}`), tried in order when
     /// this one's accounts are refused for a spent window.
     pub(crate) fallbacks: Vec<(Backend, Option<String>)>,
+    /// Named by a route (a list alias): the answer's `model` says which target served it.
+    pub(crate) route: bool,
 }
 
 pub(super) fn model_not_found(name: &str) -> ApiError {
@@ -48,7 +50,16 @@ pub(super) fn split_target(s: &str) -> Option<Target> {
         backend,
         model: model.map(str::to_string),
         fallbacks: Vec::new(),
+        route: false,
     })
+}
+
+/// The model name an answer shows for what served it: `backend/model`, or the backend.
+pub(crate) fn served_name(by: &crate::ops::prompt::ServedBy) -> String {
+    match &by.model {
+        Some(m) => format!("{}/{m}", by.backend),
+        None => by.backend.to_string(),
+    }
 }
 
 /// A configured route's enabled targets from the first with headroom (a target whose every
@@ -74,6 +85,7 @@ fn route_target(ctx: &Ctx, route: &clinvk_shared::accounts::ModelRoute) -> Optio
     let mut rest = targets.into_iter().skip(first);
     let mut chosen = rest.next()?;
     chosen.fallbacks = rest.map(|t| (t.backend, t.model)).collect();
+    chosen.route = matches!(route, clinvk_shared::accounts::ModelRoute::Many(_));
     Some(chosen)
 }
 
@@ -101,6 +113,7 @@ pub(crate) fn resolve_model(ctx: &Ctx, name: &str) -> Result<Target, ApiError> {
             backend,
             model: Some(name.to_string()),
             fallbacks: Vec::new(),
+            route: false,
         })
     };
     match target {

@@ -136,6 +136,10 @@ impl EventFrames {
 }
 
 impl Frames for EventFrames {
+    fn serve_as(&mut self, model: &str) {
+        self.shape.model = model.to_string();
+    }
+
     fn start(&mut self) -> Vec<Bytes> {
         let created = self.shape.object("in_progress", None, &[], None, None);
         vec![

@@ -339,7 +339,7 @@ async function deleteSession(id) {
 // ---- backends --------------------------------------------------------------------------------
 
 let backendList = [];
-let quotaByBackend = {};
+let accountsByBackend = {};
 
 // One bar per quota window the backend's CLI reported (utilization, status, reset time).
 function quotaBars(limits) {
@@ -360,15 +360,31 @@ function quotaBars(limits) {
   return box;
 }
 
+// Each account of a backend (its name, how it logs in) with its quota windows; a backend with
+// only the CLI's own login shows just the windows.
+function accountBlock(accounts) {
+  const box = el("div", null, "accounts");
+  for (const a of accounts || []) {
+    const item = el("div", null, "account");
+    item.dataset.account = a.account;
+    if (accounts.length > 1 || a.account !== "default") {
+      item.appendChild(el("span", a.account + " (" + a.login + ")" + (a.limits && a.limits.status === "rejected" ? " · refused" : ""), "account-name"));
+    }
+    item.appendChild(quotaBars(a.limits));
+    box.appendChild(item);
+  }
+  return box;
+}
+
 async function loadBackends() {
   const select = $("prompt-backend");
   const filter = $("sessions-backend");
   try {
     const r = await api("GET", "/api/v1/backends");
     backendList = r.backends;
-    quotaByBackend = {};
+    accountsByBackend = {};
     try {
-      for (const a of (await api("GET", "/api/v1/accounts")).accounts) quotaByBackend[a.backend] = a.limits;
+      for (const a of (await api("GET", "/api/v1/accounts")).accounts) (accountsByBackend[a.backend] ||= []).push(a);
     } catch (e) { /* an older daemon: no windows to show */ }
     select.replaceChildren();
     const chosen = filter.value;
@@ -399,7 +415,7 @@ function renderBackends(cap) {
     const running = cap.running_per_backend[b.name] || 0;
     const limit = cap.per_backend[b.name];
     const tr = row([b.name, b.available ? "yes" : "no", b.version || "", b.mode, limit ? running + " / " + limit : String(running),
-      b.workers.length, quotaBars(quotaByBackend[b.name]), b.message || ""]);
+      b.workers.length, accountBlock(accountsByBackend[b.name]), b.message || ""]);
     tr.dataset.backend = b.name;
     body.appendChild(tr);
   }

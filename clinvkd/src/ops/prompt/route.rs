@@ -47,16 +47,18 @@ fn of_backend(ctx: &Ctx, backend: Backend, model: Option<String>, advance: bool)
 /// account (unless that account is gone, or refused while another is not); a new one goes
 /// where `routing` says. When every candidate is refused until a reset, the turn is not asked
 /// of any: 429 with the earliest reset (a single candidate is asked: only its CLI can tell).
+/// `advance`: a round-robin choice for a new session moves the turn on (a dry run only looks).
 pub(super) fn route(
     ctx: &Ctx,
     plan: &Plan,
     session: Option<&Session>,
+    advance: bool,
 ) -> Result<(Candidate, Vec<Candidate>), ApiError> {
     let mut all = of_backend(
         ctx,
         plan.inv.backend,
         plan.inv.model.clone(),
-        session.is_none(),
+        advance && session.is_none(),
     );
     for (b, m) in &plan.fallbacks {
         if *b != plan.inv.backend && ctx.settings().backend(*b).enabled {
@@ -149,6 +151,12 @@ pub(super) fn carried_prompt(turns: &[Turn], prompt: &str) -> String {
         out.push_str("[user]\n");
         out.push_str(t.prompt.trim_end());
         out.push_str("\n\n[assistant]\n");
+        for c in &t.tool_calls {
+            out.push_str(&format!(
+                "(called the tool `{}` with {})\n",
+                c.name, c.input
+            ));
+        }
         out.push_str(t.output_summary.trim_end());
         out.push_str("\n\n");
     }

@@ -43,6 +43,8 @@ pub(crate) struct PromptRun {
     pub(super) pending: std::collections::VecDeque<PromptUpdate>,
     /// What serves the turn (front ends name it in `X-Clinvk-Backend`/`X-Clinvk-Account`).
     pub(crate) served: Served,
+    /// The tools the model called (kept in the turn: a moved session carries them).
+    pub(super) tool_calls: Vec<api::TurnToolCall>,
 }
 
 /// The backend, model and account that serve a turn, as they are when the answer starts (a
@@ -209,6 +211,12 @@ impl PromptRun {
         match update {
             RunUpdate::Event(ev) => {
                 self.account.saw(&ev);
+                if let Event::ToolUse { name, input, .. } = &ev {
+                    self.tool_calls.push(api::TurnToolCall {
+                        name: name.clone(),
+                        input: input.clone(),
+                    });
+                }
                 if let Event::SessionStarted { session_id, .. } = &ev {
                     self.backend_sid = Some(session_id.clone());
                     // Kept as soon as it is known: a crash mid-run stays resumable.
@@ -277,6 +285,7 @@ impl PromptRun {
                     );
                     self.run = Some(run);
                     self.held.clear();
+                    self.tool_calls.clear();
                     self.backend = next.backend;
                     self.backend_sid = None;
                     self.account.backend = next.backend;
@@ -392,9 +401,10 @@ impl PromptRun {
         let prompt = self.prompt.clone();
         let backend_sid = self.backend_sid.clone();
         let summary = summary.clone();
+        let tool_calls = self.tool_calls.clone();
         async move {
             let Some(id) = session_id else { return };
-            record_turn(&ctx, &id, prompt, backend_sid, &summary).await
+            record_turn(&ctx, &id, (prompt, tool_calls), backend_sid, &summary).await
         }
     }
 }
@@ -402,11 +412,12 @@ impl PromptRun {
 pub(super) async fn record_turn(
     ctx: &Ctx,
     id: &str,
-    prompt: String,
+    (prompt, tool_calls): (String, Vec<api::TurnToolCall>),
     backend_sid: Option<String>,
     summary: &RunSummary,
 ) {
     let turn = Turn {
+        tool_calls,
         at: clinvk_shared::types::now_rfc3339(),
         prompt,
         output_summary: summary.output.clone(),
@@ -471,7 +482,7 @@ impl Drop for PromptRun {
 /// the CLI starts, so a crash never loses it) and starts the run; the returned stream records
 /// the turn at its end.
 pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
-    let (first, retries) = route::route(ctx, &plan, plan.resume_session.as_ref())?;
+    let (first, retries) = route::route(ctx, &plan, plan.resume_session.as_ref(), true)?;
     let mut account = Account::open(ctx, &plan).await?;
     let lock = plan
         .resume_session
@@ -621,12 +632,13 @@ pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> 
         held: Vec::new(),
         pending: Default::default(),
         served,
+        tool_calls: Vec::new(),
     })
 }
 
 /// The dry-run answer: the exact argv, nothing started.
 pub(crate) fn dry_run(ctx: &Ctx, plan: &Plan) -> Result<DryRun, ApiError> {
-    let (first, _) = route::route(ctx, plan, plan.resume_session.as_ref())?;
+    let (first, _) = route::route(ctx, plan, plan.resume_session.as_ref(), false)?;
     let mut inv = plan.inv.clone();
     inv.account = first.account;
     let d = engine::dry_run(ctx, &inv).map_err(|e| e.api_error())?;
