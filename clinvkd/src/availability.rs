@@ -1,6 +1,12 @@
 //! Which backends can run: the executable resolves and answers `--version`. Cached; refreshed at
 //! start, on reload and periodically. The version string is shown by `/api/v1/backends`,
 //! `/health` and `clinvkctl status`.
+//!
+//! A CLI's answer is remembered by the executable's identity (its real path, size and
+//! modification time, and the probe's environment) in the user's cache folder
+//! (`$XDG_CACHE_HOME/clinvk/versions.json`): while the file is unchanged, a later start (of this
+//! daemon or another of the user's) does not run it again — `gemini --version` alone costs
+//! about 2 s of CPU. An install or upgrade replaces the file, so it is probed again.
 
 use clinvk_shared::api::Backend;
 use clinvk_shared::config::{BackendSettings, Settings};
@@ -88,6 +94,12 @@ async fn check(backend: Backend, cfg: &BackendSettings) -> BackendStatus {
         return st;
     };
     st.path = Some(path.display().to_string());
+    let seen = identity(&path, cfg);
+    if let Some(version) = seen.as_deref().and_then(seen_version) {
+        st.version = version;
+        st.available = true;
+        return st;
+    }
     let mut probe = tokio::process::Command::new(&path);
     probe
         .arg("--version")
@@ -106,6 +118,9 @@ async fn check(backend: Backend, cfg: &BackendSettings) -> BackendStatus {
                 .find(|l| !l.is_empty())
                 .map(str::to_string);
             st.available = true;
+            if let Some(key) = &seen {
+                remember(key, st.version.clone());
+            }
         }
         Ok(Ok(o)) => {
             let err = String::from_utf8_lossy(&o.stderr);
@@ -125,4 +140,98 @@ async fn check(backend: Backend, cfg: &BackendSettings) -> BackendStatus {
         }
     }
     st
+}
+
+/// The probe's identity of an executable: its real path, size and modification time, and a
+/// hash of the variables the probe runs with (None when it cannot be read).
+fn identity(path: &std::path::Path, cfg: &BackendSettings) -> Option<String> {
+    use std::hash::{Hash, Hasher};
+    let real = std::fs::canonicalize(path).ok()?;
+    let meta = std::fs::metadata(&real).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&cfg.env, &cfg.env_remove).hash(&mut h);
+    Some(format!(
+        "{}|{}|{mtime}|{:x}",
+        real.display(),
+        meta.len(),
+        h.finish()
+    ))
+}
+
+/// `$XDG_CACHE_HOME/clinvk/versions.json` (or the platform's cache folder).
+fn cache_file() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| directories::BaseDirs::new().map(|d| d.cache_dir().to_path_buf()))?;
+    Some(dir.join("clinvk").join("versions.json"))
+}
+
+type Seen = std::collections::BTreeMap<String, Option<String>>;
+
+fn read_seen(file: &std::path::Path) -> Seen {
+    std::fs::read(file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// The version an unchanged executable answered before.
+fn seen_version(key: &str) -> Option<Option<String>> {
+    read_seen(&cache_file()?).get(key).cloned()
+}
+
+/// Remembers an answer (a cache: a failure to write only costs a probe next time).
+fn remember(key: &str, version: Option<String>) {
+    let Some(file) = cache_file() else { return };
+    if let Err(e) = remember_in(&file, key, version) {
+        tracing::debug!(file = %file.display(), error = %e, "cannot remember a CLI's version");
+    }
+}
+
+fn remember_in(file: &std::path::Path, key: &str, version: Option<String>) -> std::io::Result<()> {
+    let mut seen = read_seen(file);
+    // One entry per path: a replaced executable's goes.
+    let path = key.split('|').next().unwrap_or_default();
+    seen.retain(|k, _| k.split('|').next() != Some(path));
+    seen.insert(key.to_string(), version);
+    let bytes = serde_json::to_vec_pretty(&seen).map_err(std::io::Error::other)?;
+    clinvk_shared::paths::ensure_private_dir(file.parent().unwrap_or(std::path::Path::new(".")))?;
+    clinvk_shared::paths::write_private_atomic(file, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_executable_is_probed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("cli");
+        std::fs::write(&exe, "#!/bin/sh\necho 1.0\n").unwrap();
+        let cfg = BackendSettings::default();
+        let key = identity(&exe, &cfg).unwrap();
+        assert_eq!(identity(&exe, &cfg), Some(key.clone()), "stable");
+        let file = dir.path().join("cache").join("versions.json");
+        remember_in(&file, &key, Some("1.0".into())).unwrap();
+        assert_eq!(read_seen(&file).get(&key), Some(&Some("1.0".to_string())));
+        // Rewritten (an upgrade): another identity; its entry replaces the old one.
+        std::fs::write(&exe, "#!/bin/sh\necho 2.0.0\n").unwrap();
+        let newer = identity(&exe, &cfg).unwrap();
+        assert_ne!(newer, key);
+        remember_in(&file, &newer, Some("2.0.0".into())).unwrap();
+        let seen = read_seen(&file);
+        assert_eq!(seen.len(), 1);
+        assert!(seen.contains_key(&newer));
+        // Other variables for the probe: another identity.
+        let mut other = cfg.clone();
+        other.env.insert("X".into(), "1".into());
+        assert_ne!(identity(&exe, &other), Some(newer));
+    }
 }
