@@ -172,6 +172,8 @@ struct State {
     turn_seq: HashMap<String, u64>,
     /// Folders new sessions used lately, which keep a spare (see `pool`).
     recent: Vec<pool::RecentFolder>,
+    /// Sessions whose turn is being interrupted, and how many (see `interrupts`).
+    interrupting: HashMap<String, u32>,
 }
 
 /// Every warm worker of the daemon (cheap to clone).
@@ -180,6 +182,8 @@ pub(crate) struct Workers {
     state: Arc<Mutex<State>>,
     /// Wakes the maintenance task (a pooled worker was taken, settings were reloaded).
     pub(crate) wake: Arc<tokio::sync::Notify>,
+    /// Wakes the turns waiting for an interrupt to end.
+    interrupted: Arc<tokio::sync::Notify>,
 }
 
 /// Removes a busy entry when the turn that holds the worker ends, however it ends.
@@ -530,6 +534,7 @@ pub(crate) async fn maintain(ctx: crate::ctx::Ctx) {
     tracing::debug!(count = n, "drain: idle workers retired");
 }
 
+mod interrupts;
 mod pool;
 use pool::{fill_pool, PoolBackoff};
 

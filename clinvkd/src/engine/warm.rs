@@ -157,8 +157,10 @@ impl Drop for WarmTurn {
         };
         let (workers, max, seq) = (self.workers.clone(), self.max_workers, self.seq);
         let (busy, permit, retire) = (self.busy.take(), self.permit.take(), self.retire_after);
+        // The session's next turn waits for this (see `Workers::after_interrupt`).
+        let interrupting = w.session.as_deref().map(|s| workers.interrupting(s));
         rt.spawn(async move {
-            let _held = (busy, permit);
+            let _held = (busy, permit, interrupting);
             let ended = tokio::time::timeout(INTERRUPT_GRACE, interrupt_turn(&mut w, &lines))
                 .await
                 .unwrap_or(false);
@@ -276,6 +278,12 @@ pub(super) async fn warm_turn(
     }
     let p = prepare_command(ctx, inv, cfg, live.command)?;
     let key = worker_key(ctx, inv)?;
+    if let Some(sid) = &inv.resume {
+        // The session's last turn may still be ending in its worker (interrupted).
+        ctx.workers
+            .after_interrupt(sid, INTERRUPT_GRACE + Duration::from_secs(1))
+            .await;
+    }
     let permit = ctx
         .supervisor
         .limiter
