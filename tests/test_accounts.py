@@ -66,6 +66,9 @@ def test_a_refused_account_hands_the_turn_to_the_next(compat, fake_model, refusi
     print(f"refused account to an answer from the next: {time.monotonic() - t0:.2f} s (whole request)")
     assert len(answered(refusing_model, "m1")) == 1, "the first account was asked once"
     assert answered(fake_model, "m1"), "the second answered"
+    # The refused CLI session's worker is gone; the session's worker on the second stays.
+    workers = [w for w in d.world.status()["workers"] if w["backend"] == "claude"]
+    assert len(workers) == 1, workers
     # The first account is known refused until its reset: later new sessions skip it.
     headers, _ = chat(d, "second question m2")
     assert headers["x-clinvk-account"] == "second"

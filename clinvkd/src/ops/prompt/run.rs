@@ -256,6 +256,10 @@ impl PromptRun {
             self.account.quota_account().to_string(),
         );
         self.ctx.quotas.refused(from.0, &from.1);
+        // The refused CLI session is never continued: its warm worker goes now.
+        if let Some(sid) = &self.backend_sid {
+            self.ctx.workers.retire_session(from.0, sid);
+        }
         while let Some(next) = self.retries.pop_front() {
             let turns = match &self.session_id {
                 Some(id) => self
