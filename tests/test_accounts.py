@@ -15,7 +15,7 @@ import pytest
 
 from compat_world import compat, fakecli  # noqa: F401  (fixture)
 from conftest import FakeModel, http_json
-from harness import poll
+from harness import poll, post
 
 RESET_IN = 3600
 
@@ -185,9 +185,10 @@ def test_accounts_added_with_a_token_stay_secret(compat, fake_model):
          30, "the reloaded claude command")
     seen = {}
     for _ in range(2):
-        status, body = http_json("POST", d.url + "/api/v1/prompt",
-                                 {"backend": "claude", "prompt": "env please"}, timeout=120)
+        status, body, hdrs = post(d.url + "/api/v1/prompt", {"backend": "claude", "prompt": "env please"})
         assert status == 200, body
+        hdrs = {k.lower(): v for k, v in hdrs.items()}
+        assert hdrs["x-clinvk-account"] == body["account"], "the native answer names it too"
         seen[body["account"]] = body["output"].splitlines()
     assert set(seen) == {"work", "other"}, seen
     assert f"CLAUDE_CODE_OAUTH_TOKEN={token}" in seen["work"]

@@ -71,7 +71,14 @@ pub(crate) async fn prompt(
         if let Some(e) = done.summary.refused.as_ref().and(done.summary.api_error()) {
             return Err(e);
         }
-        return json_ok(&done.result);
+        let mut resp = json_ok(&done.result)?;
+        let served = crate::ops::prompt::ServedBy {
+            backend: done.result.backend,
+            model: None,
+            account: done.result.account.clone(),
+        };
+        super::compat::set_run_headers(&mut resp, &done.result.session_id, &served);
+        return Ok(resp);
     }
     ndjson(ctx, run).await
 }
