@@ -25,8 +25,8 @@ use account::Account;
 pub(crate) use images::*;
 pub(crate) use plan::*;
 pub(crate) use route::peek_account;
+pub(crate) use route::{Served, ServedBy};
 pub(crate) use run::*;
-pub(crate) use run::{Served, ServedBy};
 
 /// A finished prompt: the result every front end shows, and the run's details (the compatible
 /// APIs tell a timeout from a failure by them).

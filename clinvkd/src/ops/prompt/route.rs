@@ -1,9 +1,11 @@
-//! Which account, and for a model route which backend, serves a turn: the first candidate, and
-//! the ones a turn refused for a spent window before any output moves to (once to the
-//! backend's next account, once to each later target of the route), carrying the conversation.
+//! Which account, and for a model route which backend, serves a turn (`Served`): the first
+//! candidate, and the ones a turn refused for a spent window before any output moves to (once
+//! to the backend's next account, once to each later target of the route, `move_on`), carrying
+//! the conversation.
 
 use super::*;
 use crate::accounts::AccountDef;
+use crate::session::check_write;
 
 /// A backend, model and account a turn can run on.
 #[derive(Debug, Clone)]
@@ -135,6 +137,108 @@ fn all_refused(backend: Backend, reset: Option<i64>) -> ApiError {
     );
     e.retry_after_secs = Some(reset.map_or(60, |r| (r - now).max(1) as u64));
     e
+}
+
+/// The backend, model and account that serve a turn, as they are when the answer starts (a
+/// move to another account before any output changes them).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Served(std::sync::Arc<std::sync::Mutex<ServedBy>>);
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ServedBy {
+    pub(crate) backend: Backend,
+    pub(crate) model: Option<String>,
+    /// None: the CLI's own login.
+    pub(crate) account: Option<String>,
+}
+
+impl Served {
+    pub(crate) fn get(&self) -> ServedBy {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(super) fn set(&self, by: ServedBy) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = by;
+    }
+}
+
+impl PromptRun {
+    /// A spent window refused the turn before any output: it starts again on the next
+    /// candidate, as a new CLI session carrying the conversation. False when none starts.
+    pub(super) async fn move_on(&mut self) -> bool {
+        let from = (
+            self.account.backend,
+            self.account.quota_account().to_string(),
+        );
+        self.ctx.quotas.refused(from.0, &from.1);
+        // The refused CLI session is never continued: its warm worker goes now.
+        if let Some(sid) = &self.backend_sid {
+            self.ctx.workers.retire_session(from.0, sid);
+        }
+        while let Some(next) = self.retries.pop_front() {
+            let turns = match &self.session_id {
+                Some(id) => self
+                    .ctx
+                    .sessions
+                    .get(id, None)
+                    .map(|s| s.turns)
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let mut inv = self.inv.clone();
+            if next.backend != inv.backend {
+                inv.backend = next.backend;
+                inv.model = next.model.clone();
+                inv.extra.clear();
+            }
+            inv.account = next.account.clone();
+            inv.resume = None;
+            inv.prompt = carried_prompt(&turns, &self.prompt);
+            match engine::start(&self.ctx, inv.clone()).await {
+                Ok(run) => {
+                    tracing::info!(
+                        from_backend = %from.0, from_account = %from.1,
+                        to_backend = %next.backend,
+                        to_account = next.account_name().as_deref().unwrap_or(crate::quota::DEFAULT_ACCOUNT),
+                        "a spent quota window refused the turn before any output: it moves to the next account"
+                    );
+                    self.run = Some(run);
+                    self.held.clear();
+                    self.tool_calls.clear();
+                    self.backend = next.backend;
+                    self.backend_sid = None;
+                    self.account.backend = next.backend;
+                    self.account.account = next.account_name();
+                    self.account.model = inv.model.clone();
+                    self.served.set(ServedBy {
+                        backend: next.backend,
+                        model: inv.model.clone(),
+                        account: next.account_name(),
+                    });
+                    if let Some(id) = &self.session_id {
+                        let (account, model) = (next.account_name(), inv.model.clone());
+                        let backend = next.backend;
+                        let r = self
+                            .ctx
+                            .sessions
+                            .update_async(id, move |s| {
+                                s.backend = backend;
+                                s.account = account;
+                                s.model = model;
+                                s.backend_session_id = None;
+                            })
+                            .await;
+                        check_write("account", id, r);
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %next.backend, error = %e, "the next account could not take the refused turn");
+                }
+            }
+        }
+        false
+    }
 }
 
 /// What a turn moved to a new CLI session sends: the session's earlier turns, whole, then the

@@ -47,29 +47,6 @@ pub(crate) struct PromptRun {
     pub(super) tool_calls: Vec<api::TurnToolCall>,
 }
 
-/// The backend, model and account that serve a turn, as they are when the answer starts (a
-/// move to another account before any output changes them).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Served(std::sync::Arc<std::sync::Mutex<ServedBy>>);
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct ServedBy {
-    pub(crate) backend: Backend,
-    pub(crate) model: Option<String>,
-    /// None: the CLI's own login.
-    pub(crate) account: Option<String>,
-}
-
-impl Served {
-    pub(crate) fn get(&self) -> ServedBy {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn set(&self, by: ServedBy) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = by;
-    }
-}
-
 /// An update of the run, or none to hand out yet.
 enum Moved {
     No(PromptUpdate),
@@ -246,83 +223,6 @@ impl PromptRun {
                 Some(Moved::No(self.release(u)))
             }
         }
-    }
-
-    /// A spent window refused the turn before any output: it starts again on the next
-    /// candidate, as a new CLI session carrying the conversation. False when none starts.
-    async fn move_on(&mut self) -> bool {
-        let from = (
-            self.account.backend,
-            self.account.quota_account().to_string(),
-        );
-        self.ctx.quotas.refused(from.0, &from.1);
-        // The refused CLI session is never continued: its warm worker goes now.
-        if let Some(sid) = &self.backend_sid {
-            self.ctx.workers.retire_session(from.0, sid);
-        }
-        while let Some(next) = self.retries.pop_front() {
-            let turns = match &self.session_id {
-                Some(id) => self
-                    .ctx
-                    .sessions
-                    .get(id, None)
-                    .map(|s| s.turns)
-                    .unwrap_or_default(),
-                None => Vec::new(),
-            };
-            let mut inv = self.inv.clone();
-            if next.backend != inv.backend {
-                inv.backend = next.backend;
-                inv.model = next.model.clone();
-                inv.extra.clear();
-            }
-            inv.account = next.account.clone();
-            inv.resume = None;
-            inv.prompt = route::carried_prompt(&turns, &self.prompt);
-            match engine::start(&self.ctx, inv.clone()).await {
-                Ok(run) => {
-                    tracing::info!(
-                        from_backend = %from.0, from_account = %from.1,
-                        to_backend = %next.backend,
-                        to_account = next.account_name().as_deref().unwrap_or(crate::quota::DEFAULT_ACCOUNT),
-                        "a spent quota window refused the turn before any output: it moves to the next account"
-                    );
-                    self.run = Some(run);
-                    self.held.clear();
-                    self.tool_calls.clear();
-                    self.backend = next.backend;
-                    self.backend_sid = None;
-                    self.account.backend = next.backend;
-                    self.account.account = next.account_name();
-                    self.account.model = inv.model.clone();
-                    self.served.set(ServedBy {
-                        backend: next.backend,
-                        model: inv.model.clone(),
-                        account: next.account_name(),
-                    });
-                    if let Some(id) = &self.session_id {
-                        let (account, model) = (next.account_name(), inv.model.clone());
-                        let backend = next.backend;
-                        let r = self
-                            .ctx
-                            .sessions
-                            .update_async(id, move |s| {
-                                s.backend = backend;
-                                s.account = account;
-                                s.model = model;
-                                s.backend_session_id = None;
-                            })
-                            .await;
-                        check_write("account", id, r);
-                    }
-                    return true;
-                }
-                Err(e) => {
-                    tracing::warn!(backend = %next.backend, error = %e, "the next account could not take the refused turn");
-                }
-            }
-        }
-        false
     }
 
     /// A CLI's own error report, for a caller who may not read it: logged in full (with the
