@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 import time
 
 import pytest
 
 from compat_world import compat, fakecli  # noqa: F401  (fixture)
 from conftest import FakeModel, http_json
-from harness import poll, post
+from harness import binary, poll, post
 
 RESET_IN = 3600
 
@@ -202,3 +204,39 @@ def test_accounts_added_with_a_token_stay_secret(compat, fake_model):
     assert rm.returncode == 0, rm.stderr
     assert not folder.exists()
     assert "work" not in d.world.ctl("accounts", "list").stdout
+
+
+def test_accounts_add_runs_the_cli_login_on_a_terminal(compat, tmp_path):
+    # claude is a fake whose `auth login` saves a login where its state variable points.
+    cli = tmp_path / "fake-claude"
+    cli.write_text("#!/bin/sh\n"
+                   "if [ \"$1\" = --version ]; then echo '9.9.9 (fake)'; exit 0; fi\n"
+                   "if [ \"$1 $2\" = 'auth login' ]; then\n"
+                   "  echo '{}' > \"$CLAUDE_CONFIG_DIR/.credentials.json\"; echo logged-in; exit 0\n"
+                   "fi\n"
+                   "exit 1\n")
+    cli.chmod(0o755)
+    d = compat(config=f"backends:\n  claude:\n    command: {cli}\n    mode: oneshot\n")
+    # On a terminal (script(1) gives it one): the CLI's own login runs in the account's folder.
+    r = subprocess.run(["script", "-qec", f"{binary('clinvkctl')} accounts add claude personal", "/dev/null"],
+                       env=d.world.env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "logged-in" in r.stdout, r.stdout
+    folder = d.world.state_dir / "accounts" / "claude" / "personal"
+    assert (folder / ".credentials.json").exists()
+    listing = d.world.ctl("accounts", "list").stdout
+    assert re.search(r"claude/personal\s+login saved", listing), listing
+    # Off a terminal: the login command is printed, not run.
+    r = d.world.ctl("accounts", "add", "claude", "later")
+    assert r.returncode == 0, r.stderr
+    assert "CLAUDE_CONFIG_DIR=" in r.stderr and f"{cli} auth login" in r.stderr, r.stderr
+    assert not (d.world.state_dir / "accounts" / "claude" / "later" / ".credentials.json").exists()
+    assert re.search(r"claude/later\s+login unknown", d.world.ctl("accounts", "list").stdout)
+    # Bad input: a clear refusal, nothing made.
+    for args in (["claude", "default"], ["claude", "../x"], ["nobody", "x"]):
+        r = d.world.ctl("accounts", "add", *args)
+        assert r.returncode != 0 and r.stderr.strip(), (args, r.stderr)
+    r = d.world.ctl("accounts", "add", "claude", "personal")
+    assert r.returncode != 0 and "already has an account" in r.stderr, r.stderr
+    r = d.world.ctl("accounts", "add", "opencode", "tok", "--token", "-", input="t\n")
+    assert r.returncode != 0 and "takes no token" in r.stderr, r.stderr
