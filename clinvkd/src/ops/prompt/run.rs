@@ -386,7 +386,7 @@ impl Drop for PromptRun {
 /// the CLI starts, so a crash never loses it) and starts the run; the returned stream records
 /// the turn at its end.
 pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> {
-    let (first, retries) = route::route(ctx, &plan, plan.resume_session.as_ref(), true)?;
+    let (mut first, mut retries) = route::route(ctx, &plan, plan.resume_session.as_ref(), true)?;
     let mut account = Account::open(ctx, &plan).await?;
     let lock = plan
         .resume_session
@@ -406,6 +406,12 @@ pub(crate) async fn start(ctx: &Ctx, plan: Plan) -> Result<PromptRun, ApiError> 
             plan.inv.resume = fresh.backend_session_id.clone();
         }
         previous = Some(fresh);
+    }
+    // A turn that waited for the lock: the one before may have moved the session meanwhile.
+    if let (Some(fresh), Some(planned)) = (&previous, &plan.resume_session) {
+        if (fresh.backend, &fresh.account) != (planned.backend, &planned.account) {
+            (first, retries) = route::route(ctx, &plan, Some(fresh), true)?;
+        }
     }
     let previous_status = previous.as_ref().map(|s| s.status);
     let original = plan.inv.clone();
