@@ -13,6 +13,7 @@ import re
 import subprocess
 import time
 
+import openai
 import pytest
 
 from compat_world import compat, fakecli  # noqa: F401  (fixture)
@@ -93,6 +94,26 @@ def test_a_refused_account_hands_the_turn_to_the_next(compat, fake_model, refusi
     out = d.world.ctl("usage", "--by", "account", "--json").stdout
     groups = {g["group"]: g["requests"] for g in json.loads(out)["groups"]}
     assert groups.get("claude/second") == 3, groups
+
+
+def test_when_every_account_is_refused_the_429_names_the_earliest_reset(compat, fake_model, tmp_path):
+    soon, later = FakeModel(tmp_path / "soon"), FakeModel(tmp_path / "later")
+    try:
+        for fm, reset_in in ((soon, 600), (later, RESET_IN)):
+            status, body = http_json("POST", fm.url + "/_fake/limits", {"mode": "rejected", "reset_in": reset_in})
+            assert status == 200, body
+        d = compat(config=accounts_config(soon.url, later.url))
+        for attempt in ("asks both", "asks none"):
+            with pytest.raises(openai.RateLimitError) as e:
+                chat(d, f"anyone m11 {attempt}")
+            retry = int(e.value.response.headers["retry-after"])
+            assert 480 <= retry <= 600, (attempt, retry)
+            assert e.value.body["code"] == "usage_limit_reached", e.value.body
+        # Each account was asked once: the second request knew both were refused.
+        assert len(answered(soon, "m11")) == 1 and len(answered(later, "m11")) == 1
+    finally:
+        soon.stop()
+        later.stop()
 
 
 def test_a_continued_session_moves_with_its_conversation(compat, fake_model, tmp_path):

@@ -115,6 +115,15 @@ pub(super) fn route(
     Ok((first, next))
 }
 
+/// The earliest reset among a backend's accounts refused until a reset.
+pub(super) fn earliest_reset(ctx: &Ctx, backend: Backend) -> Option<i64> {
+    ctx.accounts
+        .ranked(&ctx.settings(), &ctx.quotas, backend, false)
+        .into_iter()
+        .filter_map(|r| r.refused_until)
+        .min()
+}
+
 /// The first candidate not refused (the first of all when every one is).
 fn first_usable(all: &mut Vec<Candidate>) -> Candidate {
     let i = all

@@ -215,9 +215,16 @@ impl PromptRun {
                 Some(Moved::No(self.release(PromptUpdate::Event(ev))))
             }
             RunUpdate::ToolCall(c) => Some(Moved::No(self.release(PromptUpdate::ToolCall(c)))),
-            RunUpdate::Done(summary) => {
+            RunUpdate::Done(mut summary) => {
                 if summary.refused.is_some() && self.may_move() && self.move_on().await {
                     return Some(Moved::Held);
+                }
+                // Refused with no account left to try: `Retry-After` is the earliest reset of
+                // the backend's accounts.
+                if let Some(limits) = summary.refused.as_mut() {
+                    if let Some(r) = route::earliest_reset(&self.ctx, self.backend) {
+                        limits.resets_at = Some(limits.resets_at.map_or(r, |own| own.min(r)));
+                    }
                 }
                 let u = self.done(summary).await;
                 Some(Moved::No(self.release(u)))
