@@ -222,24 +222,10 @@ pub(crate) fn create_folder(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use clinvk_shared::accounts::AccountSettings;
-    use clinvk_shared::quota::{AccountLimits, QuotaWindow};
+    use clinvk_shared::quota::AccountLimits;
 
     fn limits(status: WindowStatus, util: f64, reset_in: i64) -> AccountLimits {
-        let reset = crate::quota::now() + reset_in;
-        AccountLimits {
-            status,
-            limiting_window: Some("five_hour".into()),
-            resets_at: Some(reset),
-            windows: vec![QuotaWindow {
-                name: "five_hour".into(),
-                utilization: util,
-                resets_at: Some(reset),
-                status,
-                minutes: None,
-            }],
-            seen_at: crate::quota::now(),
-            source: "test".into(),
-        }
+        crate::quota::test_report(status, util, reset_in)
     }
 
     fn names(r: &[Ranked]) -> Vec<String> {

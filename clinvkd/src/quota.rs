@@ -181,6 +181,26 @@ pub(crate) fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// A report of one `five_hour` window (unit tests of the book and of the accounts' ranking).
+#[cfg(test)]
+pub(crate) fn test_report(status: WindowStatus, util: f64, resets_in: i64) -> AccountLimits {
+    let reset = now() + resets_in;
+    AccountLimits {
+        status,
+        limiting_window: Some("five_hour".into()),
+        resets_at: Some(reset),
+        windows: vec![clinvk_shared::quota::QuotaWindow {
+            name: "five_hour".into(),
+            utilization: util,
+            resets_at: Some(reset),
+            status,
+            minutes: None,
+        }],
+        seen_at: now(),
+        source: "test".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,24 +215,8 @@ mod tests {
         assert_eq!(retry_in_secs("retry in 5 minutes"), None);
         assert_eq!(retry_in_secs("nothing"), None);
     }
-    use clinvk_shared::quota::QuotaWindow;
-
     fn report(util: f64, resets_in: i64) -> AccountLimits {
-        let reset = now() + resets_in;
-        AccountLimits {
-            status: WindowStatus::AllowedWarning,
-            limiting_window: Some("five_hour".into()),
-            resets_at: Some(reset),
-            windows: vec![QuotaWindow {
-                name: "five_hour".into(),
-                utilization: util,
-                resets_at: Some(reset),
-                status: WindowStatus::AllowedWarning,
-                minutes: None,
-            }],
-            seen_at: now(),
-            source: "test".into(),
-        }
+        test_report(WindowStatus::AllowedWarning, util, resets_in)
     }
 
     #[test]

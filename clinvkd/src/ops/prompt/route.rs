@@ -133,19 +133,15 @@ fn first_usable(all: &mut Vec<Candidate>) -> Candidate {
     all.remove(i)
 }
 
-/// 429: every account the turn could use is refused until a reset.
+/// 429: every account the turn could use is refused until a reset (the earliest is named).
 fn all_refused(backend: Backend, reset: Option<i64>) -> ApiError {
-    let now = crate::quota::now();
-    let until = reset
-        .map(|r| format!(" until {}", clinvk_shared::quota::reset_time(r)))
-        .unwrap_or_default();
-    let mut e = ApiError::new(
-        Kind::RateLimited,
-        Code::UsageLimitReached,
-        format!("{backend}: every account this request can use is refused for a spent quota window{until}"),
-    );
-    e.retry_after_secs = Some(reset.map_or(60, |r| (r - now).max(1) as u64));
-    e
+    let mut limits = crate::quota::refusal_report("clinvk accounts", None, None);
+    limits.resets_at = reset;
+    engine::usage_limit_error(
+        backend,
+        &limits,
+        "every account this request can use is refused; none was asked",
+    )
 }
 
 /// The backend, model and account that serve a turn, as they are when the answer starts (a
