@@ -140,12 +140,14 @@ def test_a_continued_session_moves_with_its_conversation(compat, fake_model, tmp
         other.stop()
 
 
-def test_a_model_route_falls_through_to_the_next_backend(compat, fake_model, refusing_model):
+def test_a_model_route_falls_through_to_the_next_backend(compat, fake_model, refusing_model, tmp_path):
+    logins = tmp_path / "logins" / "claude-solo"
     config = f"""
 backends:
   claude:
     accounts:
       - name: solo
+        config_dir: {logins}
         env: {{ANTHROPIC_BASE_URL: "{refusing_model.url}", CLAUDE_CODE_OAUTH_TOKEN: tok-solo}}
 models:
   best: [claude, codex]
@@ -166,6 +168,11 @@ models:
         assert s.response.headers["x-clinvk-backend"] == "codex"
     assert final.model == "codex" and "fake-reply" in final.content[0].text
     assert not answered(refusing_model, "m7")
+    # The account's folder, outside the state folder, holds its login: no request works there.
+    assert logins.is_dir() and oct(logins.stat().st_mode & 0o777) == "0o700"
+    status, body = http_json("POST", d.url + "/api/v1/prompt",
+                             {"backend": "codex", "prompt": "x", "workdir": str(logins), "dry_run": True})
+    assert status == 400 and body["code"] == "workdir_not_allowed", body
 
 
 def add_account(d, name: str, token: str):

@@ -114,8 +114,8 @@ pub(crate) fn prepare_default_workdir(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 /// Every blocked folder, resolved through symlinks where it exists: the built-in system
-/// folders, `server.blocked_workdir_prefixes`, the state folder, and the home's credential
-/// folders.
+/// folders, `server.blocked_workdir_prefixes`, the state folder, every account's folder, and
+/// the home's credential folders.
 pub(super) fn blocked_folders(ctx: &Ctx) -> Vec<PathBuf> {
     let settings = ctx.settings();
     let macos = cfg!(target_os = "macos");
@@ -131,6 +131,10 @@ pub(super) fn blocked_folders(ctx: &Ctx) -> Vec<PathBuf> {
             .map(PathBuf::from),
     );
     out.push(ctx.paths.state_dir.clone());
+    // Every account's folder (its login and token), also one configured outside the state folder.
+    for b in clinvk_shared::api::Backend::ALL {
+        out.extend(ctx.accounts.list(&settings, b).into_iter().map(|a| a.dir));
+    }
     for h in ctx.homes.all() {
         out.extend(BLOCKED_HOME_FOLDERS.iter().map(|f| h.join(f)));
         if macos {
